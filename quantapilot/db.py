@@ -1,0 +1,123 @@
+"""Database engine and the core tables (API tokens, run events).
+
+Other tables live beside the feature that owns them (``quantapilot.docs_store``, ``quantapilot.telemetry``,
+``quantapilot.webhooks.store``); :func:`create_all` imports them so one call creates the whole schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+# Modules that define tables; imported by create_all so their tables join the metadata.
+TABLE_MODULES: tuple[str, ...] = (
+    "quantapilot.docs_store",
+    "quantapilot.telemetry",
+    "quantapilot.webhooks.store",
+    "quantapilot.forges.store",
+)
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token; only its SHA-256 hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(primary_key=True)
+    workspace: str = Field(index=True)
+    subject: str
+    token_hash: str = Field(unique=True, index=True)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RunEvent(SQLModel, table=True):
+    """One event of a run, in the run's own order (``seq``)."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq", name="uq_run_events_run_seq"),
+        Index("ix_run_events_workspace_run", "workspace", "run_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    workspace: str
+    run_kind: str
+    seq: int
+    type: str
+    correlation_id: str | None = None
+    created_at: datetime
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for ``url`` with settings that suit concurrent API and worker processes.
+
+    Args:
+        url: SQLAlchemy database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+
+    Returns:
+        The engine.
+    """
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets the API read while the worker writes; a busy timeout turns lock contention into waiting.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def import_table_modules() -> None:
+    """Import every module that defines tables, skipping those not written yet."""
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table that does not exist yet."""
+    import_table_modules()
+    SQLModel.metadata.create_all(engine)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """Open a session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

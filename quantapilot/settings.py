@@ -1,0 +1,88 @@
+"""One settings class for every process (API, worker, CLI), read from ``QP_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(".qp")
+
+
+class Settings(BaseSettings):
+    """Service settings.
+
+    Every field can be set through an environment variable named ``QP_<FIELD>`` (for lists, a JSON array).
+    Values are validated at start so a typo fails loudly instead of at the first request.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QP_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # Temporal
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "quantapilot"
+    temporal_api_key: str | None = Field(default=None, repr=False)
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+
+    # Persistence
+    state_dir: Path = DEFAULT_STATE_DIR
+    database_url: str = ""
+
+    # API server
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    public_base_url: str = ""
+    run_path: str = "/run"
+    max_body_bytes: int = 1024 * 1024
+    token_cache_seconds: float = 5.0
+
+    # Repository runs
+    workdir: Path | None = None
+    # fnmatch patterns a repo_url must match. file:// and bare paths are refused unless a pattern admits them.
+    allowed_repo_patterns: list[str] = ["https://*", "ssh://*", "git@*:*"]
+    # Repositories whose quantapilot.yml commands may be executed (fnmatch patterns); empty: none.
+    command_repo_patterns: list[str] = []
+    git_author_name: str = "QuantaPilot"
+    git_author_email: str = "quantapilot@localhost"
+    clone_timeout_s: float = 300.0
+    default_forge: Literal["git", "github", "gitea"] = "git"
+    github_api_url: str = "https://api.github.com"
+    github_token: str | None = Field(default=None, repr=False)
+    gitea_api_url: str = ""
+    gitea_token: str | None = Field(default=None, repr=False)
+
+    # Events
+    amqp_url: str | None = Field(default=None, repr=False)
+    amqp_exchange: str = "quantapilot.events"
+    webhook_allow_private: bool = False
+    webhook_secret_overlap_hours: float = 24.0
+    webhook_timeout_s: float = 10.0
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.state_dir / 'quantapilot.db').as_posix()}"
+        if self.workdir is None:
+            self.workdir = self.state_dir / "work"
+        if not self.run_path.startswith("/"):
+            raise ValueError("run_path must start with '/'")
+        return self
+
+    @cached_property
+    def base_url(self) -> str:
+        """Base URL clients use to reach the API (status URLs are built from it)."""
+        return self.public_base_url.rstrip("/") or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def run_workdir(self) -> Path:
+        """Directory under which each run gets its own worktree."""
+        assert self.workdir is not None  # filled by the validator
+        return self.workdir
