@@ -1,0 +1,642 @@
+"""The ``quantapilot.yml`` format: JSON Schema validation, safe YAML loading, defaults and derived policies.
+
+The file is published as ``schemas/quantapilot.schema.json`` (JSON Schema 2020-12). :func:`load_config`
+parses a repository's file defensively (size, alias and depth limits), validates it against the schema,
+reports every problem with a readable path (``milestones[1].steps[0].timeout_s``) and returns a frozen
+:class:`QuantapilotConfig`. A repository without the file gets the documented defaults
+(``load_config(None)``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import yaml
+from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_STEP_TIMEOUT_S",
+    "MAX_CONFIG_BYTES",
+    "SCHEMA_PATH",
+    "BudgetsConfig",
+    "ConfigError",
+    "ConfigIssue",
+    "DocsConfig",
+    "GateConfig",
+    "GateSwitches",
+    "LimitsConfig",
+    "MilestoneConfig",
+    "ModelConfig",
+    "ModelsConfig",
+    "PoliciesConfig",
+    "QuantapilotConfig",
+    "RunConfig",
+    "StepConfig",
+    "effective_gates",
+    "gate_settings",
+    "load_config",
+    "step_policy",
+]
+
+# The schema sits next to the package in the source tree (``schemas/`` is not a regular package).
+SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schemas" / "quantapilot.schema.json"
+
+#: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack.
+MAX_CONFIG_BYTES: Final = 256 * 1024
+#: Aliases (``*name``) allowed in one document: enough for a few ``<<: *defaults`` merges, far from a bomb.
+MAX_YAML_ALIASES: Final = 64
+#: Nodes of the document with every alias expanded; bounds what validators walk after parsing.
+MAX_YAML_NODES: Final = 50_000
+#: Nesting depth; the PyYAML composer recurses per level and would otherwise hit Python's recursion limit.
+MAX_YAML_DEPTH: Final = 64
+
+DEFAULT_STEP_TIMEOUT_S: Final = 600.0
+DEFAULT_MAX_ATTEMPTS: Final = 3
+ANCHOR_GATE: Final = "anchor"
+FIRST_MERGE_GATE: Final = "first_merge"
+
+_MAX_MESSAGE_CHARS = 300
+_T = TypeVar("_T")
+_MILESTONE_ID = re.compile(r"M-[0-9]{3,}")
+
+StepName = Literal["plan", "impl", "test", "doc", "pr"]
+MergeStrategy = Literal["squash", "merge", "rebase"]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Retries = Annotated[int, Field(ge=0, le=100)]
+MilestoneId = Annotated[str, Field(pattern=r"^M-[0-9]{3,}$")]
+
+
+# --- models ---
+
+
+class _Frozen(BaseModel):
+    """Base of every config model: immutable and strict about unknown keys, like the schema."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """The language model of one agent role."""
+
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+
+
+class ModelsConfig(_Frozen):
+    """Models per agent role (architecture, development, QA)."""
+
+    arch: ModelConfig | None = None
+    dev: ModelConfig | None = None
+    qa: ModelConfig | None = None
+
+
+class BudgetsConfig(_Frozen):
+    """Spending budget of one run."""
+
+    tokens: int = Field(ge=1)
+    usd: float | None = Field(default=None, ge=0)
+
+
+class StepConfig(_Frozen):
+    """A step: top-level entries set per-name defaults, milestone entries also carry the command to run."""
+
+    name: StepName
+    run: str | None = Field(default=None, min_length=1)
+    timeout_s: PositiveSeconds | None = None
+    retries: Retries | None = None
+    tokens_budget: int | None = Field(default=None, ge=1)
+
+
+class GateSwitches(_Frozen):
+    """The seed's ``gates`` object: switches of the built-in checks."""
+
+    docs_lint: bool = True
+    tests_required: bool = False
+
+
+class LimitsConfig(_Frozen):
+    """Limits that apply when a step sets none of its own."""
+
+    tokens_per_run: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    timeout_seconds: PositiveSeconds | None = None
+    max_retries: Retries | None = None
+
+
+class PoliciesConfig(_Frozen):
+    """Run policies: merge strategy and gate additions/removals."""
+
+    merge: MergeStrategy = "merge"
+    gates: list[str] = Field(default_factory=list)
+    data_retention_days: int | None = Field(default=None, ge=1)
+    model_change_requires_gate: bool = False
+
+
+class MilestoneConfig(_Frozen):
+    """One milestone; ``gate`` None means the positional default (on for the first milestone only)."""
+
+    id: MilestoneId
+    title: str = Field(min_length=1)
+    criteria: list[str] = Field(default_factory=list)
+    due_date: str | None = None
+    steps: list[StepConfig] = Field(default_factory=list)
+    gate: bool | None = None
+
+
+class GateConfig(_Frozen):
+    """Settings of one named gate; the defaults apply to gates without an entry in ``gate_definitions``."""
+
+    description: str | None = None
+    timeout_s: PositiveSeconds | None = None
+    approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+
+
+class DocsConfig(_Frozen):
+    """Where generated documentation is written."""
+
+    output_folder: str = "docs"
+    branch: str = "quantapilot/docs"
+    owners: list[str] = Field(default_factory=list)
+
+    @field_validator("output_folder")
+    @classmethod
+    def _relative_inside_repo(cls, value: str) -> str:
+        # The schema pattern already says this; repeated so models built in code cannot escape the worktree.
+        parts = PurePosixPath(value).parts
+        if not value or value.startswith("/") or "\\" in value:
+            raise ValueError("must be a relative POSIX path")
+        if any(part in {".", ".."} or part.lower() == ".git" for part in parts):
+            raise ValueError("must not contain '.', '..' or '.git' segments")
+        return value
+
+
+class RunConfig(_Frozen):
+    """Time limits of the whole run."""
+
+    time_budget_s: PositiveSeconds | None = None
+    commands_timeout_s: PositiveSeconds = 600.0
+
+
+class QuantapilotConfig(_Frozen):
+    """A validated ``quantapilot.yml``; ``QuantapilotConfig()`` is the default when the file is absent."""
+
+    version: int = 1
+    stack: dict[str, Any] = Field(default_factory=dict)
+    models: ModelsConfig | None = None
+    budgets: BudgetsConfig | None = None
+    steps: list[StepConfig] = Field(default_factory=list)
+    gates: GateSwitches = Field(default_factory=GateSwitches)
+    limits: LimitsConfig | None = None
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    milestones: list[MilestoneConfig] = Field(default_factory=list)
+    gate_definitions: dict[str, GateConfig] = Field(default_factory=dict)
+    docs: DocsConfig = Field(default_factory=DocsConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantapilotConfig:
+        issues = _semantic_issues(self.model_dump(mode="python"))
+        if issues:
+            raise ValueError("; ".join(f"{_render_path(path)}: {message}" for path, message in issues))
+        return self
+
+
+# --- errors ---
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a ``quantapilot.yml``.
+
+    Attributes:
+        path: Where, like ``milestones[1].steps[0].timeout_s``; ``<root>`` for the document itself.
+        message: What is wrong; short, never the whole offending value.
+    """
+
+    path: str
+    message: str
+
+
+class ConfigError(Exception):
+    """A ``quantapilot.yml`` that cannot be used; ends a run with ``CONFIG_INVALID``.
+
+    Args:
+        errors: Every problem found, sorted by path.
+        source: Name of the file, for the message.
+    """
+
+    def __init__(self, errors: Sequence[ConfigIssue], *, source: str = "quantapilot.yml") -> None:
+        self.errors: list[ConfigIssue] = list(errors)
+        self.source = source
+        shown = "; ".join(f"{issue.path}: {issue.message}" for issue in self.errors[:10])
+        more = f" (and {len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
+        count = len(self.errors)
+        super().__init__(f"{source} is invalid ({count} error{'s' if count != 1 else ''}): {shown}{more}")
+
+    def details(self) -> list[dict[str, str]]:
+        """The problems as JSON-ready objects, for ``run.failed`` events and error envelopes."""
+        return [{"path": issue.path, "message": issue.message} for issue in self.errors]
+
+
+# --- YAML ---
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """A ``SafeLoader`` that refuses alias bombs, deep nesting and duplicate keys.
+
+    ``yaml.safe_load`` shares aliased nodes, so parsing a "billion laughs" document is cheap, but every
+    consumer that walks the result (schema validation, pydantic, JSON encoding) pays the fully expanded size.
+    Counting aliases and the expanded node count after composing stops such documents before anything walks
+    them.
+    Timestamps are not resolved, so ``due_date: 2025-01-31`` stays the string the schema describes.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _YamlLimitError(f"more than {MAX_YAML_ALIASES} YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # A repeated key silently overrides the first in plain YAML; in a settings file that hides typos.
+        # Merge keys (``<<``) are left to PyYAML, which lets explicit keys override merged ones.
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key_node.value!r}"[:_MAX_MESSAGE_CHARS],
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YamlLimitError(Exception):
+    """A document over one of the loader's limits."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Count the nodes of ``root`` with aliases expanded, stopping early past the limit.
+
+    Shared (aliased) nodes are counted once per reference but sized once (memoised), so this is linear in the
+    document, not in its expansion. Cycles (``&a [*a]``) cannot be expanded at all and are refused.
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    # Iterative post-order walk: the document may be up to MAX_YAML_DEPTH deep, recursion is fine, but an
+    # explicit stack keeps the cycle check and memo in one place.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            in_progress.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in children)
+            if total > MAX_YAML_NODES:
+                raise _YamlLimitError(f"more than {MAX_YAML_NODES} nodes once aliases are expanded")
+            sizes[key] = total
+            continue
+        if key in in_progress:
+            raise _YamlLimitError("recursive YAML aliases")
+        in_progress.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in in_progress:
+                raise _YamlLimitError("recursive YAML aliases")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _parse_yaml(text: str, *, source: str) -> Any:
+    """Parse one YAML document within the loader's limits, raising :class:`ConfigError` on any problem."""
+    if len(text.encode("utf-8", errors="surrogatepass")) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source
+        )
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except _YamlLimitError as exc:
+        raise ConfigError([ConfigIssue("<root>", f"refused YAML: {exc}")], source=source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue("<root>", _yaml_message(exc))], source=source) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending source line; keep only the problem and its position.
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = exc.problem or exc.context or "invalid YAML"
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"invalid YAML: {problem}{where}"[:_MAX_MESSAGE_CHARS]
+    return f"invalid YAML: {type(exc).__name__}"
+
+
+# --- validation ---
+
+
+def _load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open(encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
+
+
+SCHEMA: Final[dict[str, Any]] = _load_schema()
+# Built once: compiling the schema (refs, format checker) per run would be wasted work on every config load.
+_VALIDATOR: Final = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+PathPart = str | int
+
+
+def _render_path(parts: Iterable[PathPart]) -> str:
+    rendered = ""
+    for part in parts:
+        if isinstance(part, int):
+            rendered += f"[{part}]"
+        else:
+            rendered += f".{part}" if rendered else part
+    return rendered or "<root>"
+
+
+def _sort_key(path: Sequence[PathPart]) -> tuple[tuple[int, int, str], ...]:
+    # Numeric indexes sort numerically, so milestones[2] comes before milestones[10].
+    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _schema_issues(data: Any) -> list[tuple[list[PathPart], str]]:
+    """Every schema violation, one per leaf error, with unknown keys reported at the key itself."""
+    found: list[tuple[list[PathPart], str]] = []
+    for error in _VALIDATOR.iter_errors(data):
+        found.extend(_describe(error))
+    return found
+
+
+def _describe(error: ValidationError) -> list[tuple[list[PathPart], str]]:
+    path: list[PathPart] = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        unknown = [key for key in error.instance if key not in known]
+        if unknown:
+            return [([*path, str(key)], "unknown key") for key in unknown]
+    if "propertyNames" in error.relative_schema_path:
+        # A propertyNames error is reported on the object; name the offending key instead.
+        return [
+            ([*path, str(error.instance)], "invalid name: use lowercase letters, digits, '_', '-' or M-<nnn>")
+        ]
+    if error.validator == "format" and error.validator_value == "date":
+        return [(path, "must be a date like 2025-01-31")]
+    if error.validator == "pattern":
+        hint = _PATTERN_HINTS.get(str(path[-1]) if path else "", "does not have the expected format")
+        return [(path, f"{_short_value(error.instance)} {hint}")]
+    return [(path, _short(error.message))]
+
+
+# The raw regular expressions say little to a person editing the file.
+_PATTERN_HINTS: Final = {
+    "output_folder": "must be a relative path without '..', '.' or '.git' segments and no leading '/'",
+    "branch": "is not a valid branch name",
+    "id": "must look like M-001",
+}
+
+
+def _short_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
+    """Rules JSON Schema cannot express: unique ids and names, references to milestones that exist."""
+    if not isinstance(data, dict):
+        return []
+    found: list[tuple[list[PathPart], str]] = []
+    milestone_ids: set[str] = set()
+    milestones = data.get("milestones")
+    if isinstance(milestones, list):
+        first_index: dict[str, int] = {}
+        for index, milestone in enumerate(milestones):
+            if not isinstance(milestone, dict) or not isinstance(milestone.get("id"), str):
+                continue
+            milestone_id: str = milestone["id"]
+            milestone_ids.add(milestone_id)
+            if milestone_id in first_index:
+                first = first_index[milestone_id]
+                message = f"duplicate milestone id {milestone_id!r} (first at milestones[{first}])"
+                found.append((["milestones", index, "id"], message))
+            else:
+                first_index[milestone_id] = index
+    steps = data.get("steps")
+    if isinstance(steps, list):
+        step_names: set[str] = set()
+        for index, step in enumerate(steps):
+            if isinstance(step, dict) and isinstance(step.get("name"), str):
+                if step["name"] in step_names:
+                    found.append((["steps", index, "name"], f"duplicate step {step['name']!r}"))
+                step_names.add(step["name"])
+    definitions = data.get("gate_definitions")
+    if isinstance(definitions, dict):
+        for name in definitions:
+            if _is_milestone_id(name) and name not in milestone_ids:
+                found.append((["gate_definitions", name], "no milestone has this id"))
+    policies = data.get("policies")
+    if isinstance(policies, dict) and isinstance(policies.get("gates"), list):
+        for index, entry in enumerate(policies["gates"]):
+            name = entry.removeprefix("-") if isinstance(entry, str) else None
+            if name is not None and _is_milestone_id(name) and name not in milestone_ids:
+                found.append((["policies", "gates", index], "no milestone has this id"))
+    return found
+
+
+def _is_milestone_id(name: object) -> bool:
+    return isinstance(name, str) and _MILESTONE_ID.fullmatch(name) is not None
+
+
+def load_config(text: str | None, *, source: str = "quantapilot.yml") -> QuantapilotConfig:
+    """Parse and validate a ``quantapilot.yml``.
+
+    Args:
+        text: The file's content, or None when the repository has no such file.
+        source: File name used in error messages.
+
+    Returns:
+        The validated configuration; for ``None`` the documented defaults (``QuantapilotConfig()``).
+
+    Raises:
+        ConfigError: The file is too large, not safe or valid YAML, not a mapping, or breaks the schema or
+            the rules the schema cannot express (unique milestone ids...). ``errors`` lists every problem,
+            sorted by path.
+    """
+    if text is None:
+        return QuantapilotConfig()
+    data = _parse_yaml(text, source=source)
+    if not isinstance(data, dict):
+        kind = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(
+            [ConfigIssue("<root>", f"expected a mapping with 'version: 1', found {kind}")], source=source
+        )
+    raw = _schema_issues(data) + _semantic_issues(data)
+    if raw:
+        raw.sort(key=lambda item: (_sort_key(item[0]), item[1]))
+        raise ConfigError([ConfigIssue(_render_path(path), message) for path, message in raw], source=source)
+    try:
+        return QuantapilotConfig.model_validate(data)
+    except PydanticValidationError as exc:
+        # The schema should have caught everything; this keeps a drift between the two a config error.
+        issues = [
+            ConfigIssue(
+                _render_path(part for part in err["loc"] if isinstance(part, str | int)), _short(err["msg"])
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigError(issues, source=source) from None
+
+
+# --- policies ---
+
+
+def _milestone_gate_on(config: QuantapilotConfig, index: int) -> bool:
+    milestone = config.milestones[index]
+    return milestone.gate if milestone.gate is not None else index == 0
+
+
+def effective_gates(config: QuantapilotConfig) -> list[str]:
+    """The gates a run stops at, in the order it reaches them.
+
+    The rule:
+
+    1. ``anchor`` (acceptance of the generated documentation) comes first.
+    2. Each milestone with a gate contributes its id, in milestone order. A milestone has a gate when its
+       ``gate`` says so; left unset, the first milestone has one and later ones do not.
+    3. ``first_merge`` is on whenever there are milestones. It is reached after the first milestone's own gate
+       and before that milestone's changes merge into the default branch, so it sits right after the first
+       milestone's position (``anchor, M-001, first_merge, M-002, ...``).
+    4. ``policies.gates`` edits this list: ``"-name"`` removes a gate (``-anchor``, ``-first_merge``,
+       ``-M-001``); a milestone id turns that milestone's gate on; any other name is an optional gate,
+       appended at the end in the order given (the run stops there before completion). A removal wins over an
+       addition of the same name; ``anchor``/``first_merge`` listed as additions change nothing.
+
+    Args:
+        config: A validated configuration.
+
+    Returns:
+        Gate names without duplicates.
+    """
+    removed = {entry[1:] for entry in config.policies.gates if entry.startswith("-")}
+    added = [entry for entry in config.policies.gates if not entry.startswith("-")]
+    milestone_ids = {milestone.id for milestone in config.milestones}
+    gates: list[str] = [ANCHOR_GATE]
+    for index, milestone in enumerate(config.milestones):
+        if _milestone_gate_on(config, index) or milestone.id in added:
+            gates.append(milestone.id)
+        if index == 0:
+            gates.append(FIRST_MERGE_GATE)
+    for name in added:
+        if name not in milestone_ids and name not in {ANCHOR_GATE, FIRST_MERGE_GATE} and name not in gates:
+            gates.append(name)
+    return [name for name in gates if name not in removed]
+
+
+def gate_settings(config: QuantapilotConfig, name: str) -> GateConfig:
+    """Settings of the gate ``name``.
+
+    Its ``gate_definitions`` entry, or the defaults: wait forever, anyone allowed to decide gates may decide,
+    no self-approval.
+
+    Args:
+        config: A validated configuration.
+        name: Gate name (``anchor``, ``first_merge``, a milestone id or an optional gate).
+
+    Returns:
+        The gate's settings.
+    """
+    settings = config.gate_definitions.get(name)
+    return settings if settings is not None else GateConfig()
+
+
+def step_policy(step: StepConfig | None, config: QuantapilotConfig) -> tuple[float, int]:
+    """Activity timeout and attempts for a step.
+
+    Each value comes from the first source that sets it: the step itself, the top-level ``steps`` entry with
+    the same name (per-name defaults), ``limits.timeout_seconds`` / ``limits.max_retries``, then the defaults
+    (600 s, 2 retries).
+
+    Args:
+        step: The step (a milestone step or a top-level one), or None for a step without settings.
+        config: A validated configuration.
+
+    Returns:
+        ``(start_to_close_timeout_seconds, maximum_attempts)`` where attempts = retries + 1.
+    """
+    named = None
+    if step is not None:
+        named = next((candidate for candidate in config.steps if candidate.name == step.name), None)
+    limits = config.limits or LimitsConfig()
+    timeout = _first(
+        step.timeout_s if step else None,
+        named.timeout_s if named else None,
+        limits.timeout_seconds,
+        default=DEFAULT_STEP_TIMEOUT_S,
+    )
+    retries = _first(
+        step.retries if step else None,
+        named.retries if named else None,
+        limits.max_retries,
+        default=DEFAULT_MAX_ATTEMPTS - 1,
+    )
+    return float(timeout), int(retries) + 1
+
+
+def _first(*values: _T | None, default: _T) -> _T:
+    return next((value for value in values if value is not None), default)
