@@ -1,0 +1,304 @@
+"""Small async helpers around the real ``git`` command line.
+
+Every call runs ``git`` with an argument list (never a shell), in a scrubbed environment: no system or user
+configuration, no terminal or credential prompts, and an identity only when the caller passes one. A call that
+runs too long, or whose task is cancelled, has its whole process group killed so no ``git`` (or ``ssh``/remote
+helper) child survives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Userinfo in URLs ("https://user:token@host/...") must never reach a message or a log line.
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_STDERR_TAIL_CHARS = 2000
+
+_home_dir: Path | None = None
+
+
+def redact(text: str) -> str:
+    """Remove the userinfo part of every URL in ``text``.
+
+    Args:
+        text: Any text that may contain URLs, such as a git error message.
+
+    Returns:
+        The text with ``scheme://user:secret@`` reduced to ``scheme://``.
+    """
+    return _USERINFO_RE.sub(r"\g<scheme>", text)
+
+
+@dataclass(frozen=True, slots=True)
+class GitResult:
+    """The outcome of one ``git`` invocation."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class GitError(Exception):
+    """A ``git`` command failed or timed out.
+
+    Args:
+        args_: The git arguments (redacted before they are kept).
+        returncode: Exit status; ``-1`` when the command was killed on timeout.
+        stderr: Standard error of the command; only a redacted tail is kept.
+        timed_out: Whether the command was killed because it ran too long.
+    """
+
+    def __init__(
+        self, args_: tuple[str, ...], *, returncode: int, stderr: str, timed_out: bool = False
+    ) -> None:
+        self.git_args = tuple(redact(a) for a in args_)
+        self.returncode = returncode
+        self.stderr_tail = redact(stderr[-_STDERR_TAIL_CHARS:]).strip()
+        self.timed_out = timed_out
+        what = "timed out" if timed_out else f"exited with {returncode}"
+        command = " ".join(self.git_args[:3])
+        super().__init__(f"git {command} {what}: {self.stderr_tail}".rstrip(": "))
+
+
+def _scratch_home() -> Path:
+    # One empty HOME per process: git finds no ~/.gitconfig, so no user credential helper or alias applies.
+    global _home_dir
+    if _home_dir is None or not _home_dir.is_dir():
+        _home_dir = Path(tempfile.mkdtemp(prefix="qp-git-home-"))
+    return _home_dir
+
+
+def identity_env(name: str, email: str) -> dict[str, str]:
+    """Build the environment that makes ``name <email>`` both author and committer.
+
+    Args:
+        name: Author and committer name.
+        email: Author and committer e-mail address.
+
+    Returns:
+        The ``GIT_AUTHOR_*`` and ``GIT_COMMITTER_*`` variables.
+    """
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Build the environment every git command runs with.
+
+    Only ``PATH`` is inherited: service secrets in the worker's environment must not reach git, its hooks or
+    remote helpers.
+
+    Args:
+        extra: Variables to add or override (``HOME`` among them, to use a given home directory).
+
+    Returns:
+        The environment.
+    """
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(_scratch_home()),
+        "LC_ALL": "C",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        # An askpass that answers nothing: a remote asking for a password fails instead of waiting for input.
+        "GIT_ASKPASS": "true",
+        "SSH_ASKPASS": "true",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_EDITOR": "true",
+        "GIT_MERGE_AUTOEDIT": "no",
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def git(
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120,
+    check: bool = True,
+) -> GitResult:
+    """Run ``git <args>`` in ``cwd``.
+
+    Args:
+        *args: Arguments after ``git``.
+        cwd: Working directory.
+        env: Extra environment variables on top of the scrubbed environment.
+        timeout_s: Seconds before the command's process group is killed.
+        check: Raise :class:`GitError` on a non-zero exit status.
+
+    Returns:
+        Exit status and decoded output.
+
+    Raises:
+        GitError: On timeout, or on failure when ``check`` is true.
+    """
+    # "-c credential.helper=" clears any helper a repository config might name, so nothing prompts or leaks.
+    argv = ["git", "-c", "credential.helper=", "-c", "core.hooksPath=/dev/null", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=scrubbed_env(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # own process group, so a kill reaches ssh and remote helpers too
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    except TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        raise GitError(args, returncode=-1, stderr="", timed_out=True) from None
+    except BaseException:
+        # Cancellation (or anything else) must not leave git running behind us.
+        _kill_group(proc)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(proc.wait())
+        raise
+    result = GitResult(
+        returncode=proc.returncode if proc.returncode is not None else -1,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
+    )
+    if check and result.returncode != 0:
+        raise GitError(args, returncode=result.returncode, stderr=result.stderr)
+    return result
+
+
+async def clone(
+    url: str,
+    dest: Path,
+    *,
+    branch: str | None = None,
+    depth: int | None = None,
+    timeout_s: float = 300,
+) -> Path:
+    """Clone ``url`` into ``dest`` (whose parent must exist).
+
+    Args:
+        url: Repository URL or path.
+        dest: Directory to create.
+        branch: Branch to check out; the remote's default branch when ``None``.
+        depth: Shallow-clone depth; full history when ``None``.
+        timeout_s: Seconds before the clone is killed.
+
+    Returns:
+        ``dest``.
+    """
+    args = ["clone", "--quiet"]
+    if branch:
+        args += ["--branch", branch]
+    if depth:
+        args += ["--depth", str(depth), "--no-single-branch"]
+    # "--" keeps a URL starting with "-" from being read as an option.
+    args += ["--", url, str(dest)]
+    await git(*args, cwd=dest.parent, timeout_s=timeout_s)
+    return dest
+
+
+async def current_sha(cwd: Path, ref: str = "HEAD") -> str:
+    """Return the commit sha ``ref`` points to.
+
+    Args:
+        cwd: Repository directory.
+        ref: Any revision (default ``HEAD``).
+
+    Returns:
+        The full sha.
+    """
+    result = await git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=cwd)
+    return result.stdout.strip()
+
+
+async def commit_all(cwd: Path, *, message: str, author_name: str, author_email: str) -> str | None:
+    """Stage every change (including new and deleted files) and commit it.
+
+    Args:
+        cwd: Work tree.
+        message: Commit message.
+        author_name: Author and committer name.
+        author_email: Author and committer e-mail.
+
+    Returns:
+        The new commit's sha, or ``None`` when there was nothing to commit.
+    """
+    await git("add", "--all", cwd=cwd)
+    staged = await git("diff", "--cached", "--quiet", cwd=cwd, check=False)
+    if staged.returncode == 0:
+        return None
+    await git(
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "-m",
+        message,
+        cwd=cwd,
+        env=identity_env(author_name, author_email),
+    )
+    return await current_sha(cwd)
+
+
+async def push(
+    cwd: Path, *, remote: str = "origin", branch: str, force: bool = False, timeout_s: float = 120
+) -> None:
+    """Push the local branch ``branch`` to the same name on ``remote``.
+
+    Args:
+        cwd: Repository directory.
+        remote: Remote name or URL.
+        branch: Local branch name.
+        force: Overwrite the remote branch even when the push is not a fast-forward (``--force-with-lease``
+            is not used because the caller may not have fetched the branch).
+        timeout_s: Seconds before the push is killed.
+    """
+    refspec = f"{'+' if force else ''}refs/heads/{branch}:refs/heads/{branch}"
+    await git("push", "--quiet", "--porcelain", remote, refspec, cwd=cwd, timeout_s=timeout_s)
+
+
+async def checkout_new_branch(cwd: Path, branch: str, *, start_point: str | None = None) -> None:
+    """Create ``branch`` (at ``start_point`` or ``HEAD``) and check it out; reset it if it exists.
+
+    Args:
+        cwd: Work tree.
+        branch: Branch name.
+        start_point: Revision to start from; ``HEAD`` when ``None``.
+    """
+    args = ["checkout", "--quiet", "-B", branch]
+    if start_point:
+        args.append(start_point)
+    await git(*args, cwd=cwd)
+
+
+async def fetch(
+    cwd: Path, *, remote: str = "origin", branches: tuple[str, ...] = (), timeout_s: float = 120
+) -> None:
+    """Fetch from ``remote``, force-updating its remote-tracking branches.
+
+    Args:
+        cwd: Repository directory.
+        remote: Remote name (remote-tracking refs are ``refs/remotes/<remote>/<branch>``).
+        branches: Branches to fetch; all configured ones when empty.
+        timeout_s: Seconds before the fetch is killed.
+    """
+    refspecs = [f"+refs/heads/{b}:refs/remotes/{remote}/{b}" for b in branches]
+    prune = [] if refspecs else ["--prune"]
+    await git("fetch", "--quiet", *prune, remote, *refspecs, cwd=cwd, timeout_s=timeout_s)
