@@ -1,0 +1,237 @@
+"""Telemetry store: the ``telemetry_events`` table, bulk ingestion and per-KPI aggregates.
+
+Rows follow the seed's telemetry table (id, KPI, timestamp, numeric value, unit, source, metadata,
+ingested_at, organisation, here ``workspace``) plus the customer ``account_id``. Timestamps are stored in UTC
+and always come back timezone-aware, on SQLite as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, func, insert, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field as SQLField
+from sqlmodel import Session, SQLModel
+
+from quantapilot.db import utcnow
+from quantapilot.lifecycle.models import (
+    KpiAggregate,
+    canonical_account_id,
+    parse_rfc3339,
+    pydantic_errors,
+    validate_json,
+)
+
+TELEMETRY_SCHEMA = "telemetry.schema.json"
+MAX_BATCH = 1000
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as naive UTC (all of
+    them, which keeps its text comparisons in range queries correct) and get ``UTC`` attached when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC, refusing naive datetimes whose zone would be a guess."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC timestamp column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach or normalise to UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TelemetryEvent(SQLModel, table=True):
+    """One telemetry sample of one KPI of one account."""
+
+    __tablename__ = "telemetry_events"
+    __table_args__ = (
+        Index("ix_telemetry_events_ws_account_kpi_ts", "workspace", "account_id", "kpi", "timestamp"),
+    )
+
+    # BIGINT on PostgreSQL; SQLite needs exactly INTEGER for its rowid alias (autoincrementing key).
+    id: int | None = SQLField(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    workspace: str = SQLField(sa_column=Column(String(128), nullable=False))
+    account_id: str = SQLField(sa_column=Column(String(36), nullable=False))
+    kpi: str = SQLField(sa_column=Column(String(64), nullable=False))
+    value: float
+    unit: str | None = SQLField(default=None, sa_column=Column(String(32), nullable=True))
+    source: str | None = SQLField(default=None, sa_column=Column(String(128), nullable=True))
+    # The attribute cannot be called ``metadata`` (SQLModel's MetaData); the column is.
+    meta: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
+    timestamp: datetime = SQLField(sa_column=Column(UtcDateTime(), nullable=False))
+    ingested_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class TelemetryIn(BaseModel):
+    """One telemetry event as the API receives it (camelCase ``accountId``), after schema validation.
+
+    ``source`` defaults to ``metadata.source`` when that is a string, as the seed's example carries it there.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    account_id: str = Field(alias="accountId")
+    kpi: str = Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")
+    value: float = Field(allow_inf_nan=False)
+    timestamp: datetime
+    unit: str | None = Field(default=None, max_length=32)
+    source: str | None = Field(default=None, max_length=128)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("account_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return canonical_account_id(value)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        # Parse with the same function the schema's format checker uses, so both agree on every input.
+        return parse_rfc3339(value) if isinstance(value, str) else value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp needs a UTC offset")
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _source_from_metadata(self) -> TelemetryIn:
+        meta_source = self.metadata.get("source")
+        if self.source is None and isinstance(meta_source, str) and meta_source:
+            object.__setattr__(self, "source", meta_source[:128])
+        return self
+
+
+def parse_telemetry_payload(payload: Any) -> list[TelemetryIn]:
+    """Validate and parse a decoded ``POST /v1/telemetry/events`` body: one event or ``{"events": [...]}``.
+
+    Raises:
+        SchemaValidationError: With every problem found (paths like ``/events/3/timestamp``).
+    """
+    validate_json(TELEMETRY_SCHEMA, payload)
+    items = payload["events"] if isinstance(payload, dict) and "events" in payload else [payload]
+    try:
+        return [TelemetryIn.model_validate(item) for item in items]
+    except ValidationError as exc:
+        raise pydantic_errors(exc) from None
+
+
+def insert_events(*, session: Session, workspace: str, events: Sequence[TelemetryIn]) -> int:
+    """Insert ``events`` in one multi-row statement; the caller commits.
+
+    Args:
+        session: Open session.
+        workspace: Workspace of the caller; every row is scoped to it.
+        events: Parsed events (at most what one statement should carry; the API caps batches at 1000).
+
+    Returns:
+        The number of rows inserted.
+    """
+    if not events:
+        return 0
+    ingested_at = utcnow()
+    rows = [
+        {
+            "workspace": workspace,
+            "account_id": e.account_id,
+            "kpi": e.kpi,
+            "value": e.value,
+            "unit": e.unit,
+            "source": e.source,
+            "meta": e.metadata,
+            "timestamp": e.timestamp,
+            "ingested_at": ingested_at,
+        }
+        for e in events
+    ]
+    session.execute(insert(TelemetryEvent), rows)
+    return len(rows)
+
+
+def kpi_aggregates(
+    *, session: Session, workspace: str, account_id: str, start: datetime, end: datetime
+) -> dict[str, KpiAggregate]:
+    """Aggregate an account's telemetry per KPI over ``[start, end)``.
+
+    Mean, count, min and max come from one ``GROUP BY``; ``last`` is the value with the latest timestamp
+    (ties broken by the later insert), from a second query over the same index. ``unit`` is the unit of that
+    latest sample.
+
+    Args:
+        session: Open session.
+        workspace: Caller's workspace.
+        account_id: Account UUID (any case).
+        start: Inclusive start, timezone-aware.
+        end: Exclusive end, timezone-aware.
+
+    Returns:
+        Aggregates keyed by KPI, sorted by KPI name; KPIs without samples are absent.
+    """
+    account = canonical_account_id(account_id)
+    t = SQLModel.metadata.tables[TelemetryEvent.__tablename__]
+    where = (
+        t.c.workspace == workspace,
+        t.c.account_id == account,
+        t.c.timestamp >= start,
+        t.c.timestamp < end,
+    )
+    grouped = session.execute(
+        select(
+            t.c.kpi,
+            func.avg(t.c.value),
+            func.count(),
+            func.min(t.c.value),
+            func.max(t.c.value),
+            func.max(t.c.timestamp),
+        )
+        .where(*where)
+        .group_by(t.c.kpi)
+        .order_by(t.c.kpi)
+    ).all()
+    if not grouped:
+        return {}
+    latest = select(t.c.kpi, func.max(t.c.timestamp).label("ts")).where(*where).group_by(t.c.kpi).subquery()
+    last_rows = session.execute(
+        select(t.c.kpi, t.c.value, t.c.unit)
+        .join(latest, (t.c.kpi == latest.c.kpi) & (t.c.timestamp == latest.c.ts))
+        .where(*where)
+        .order_by(t.c.kpi, t.c.id)
+    ).all()
+    # Later rows overwrite earlier ones, so the highest id wins a timestamp tie.
+    last: dict[str, tuple[float, str | None]] = {kpi: (value, unit) for kpi, value, unit in last_rows}
+    return {
+        kpi: KpiAggregate(
+            kpi=kpi,
+            mean=float(mean),
+            count=int(count),
+            min=float(lo),
+            max=float(hi),
+            last=float(last[kpi][0]),
+            unit=last[kpi][1],
+        )
+        for kpi, mean, count, lo, hi, _ts in grouped
+    }
