@@ -481,9 +481,7 @@ def _page(
     description = _one_line(scrub_personal_data(description))
     if related:
         body = [*body, "## Related pages", ""]
-        body += [
-            f"- {_link(r.title, path, _page_path(ctx, r.slug))} ({r.type.replace('_', ' ')})" for r in related
-        ]
+        body += [f"- {_link(r.title, path, _page_path(ctx, r.slug))} ({r.type.replace('_', ' ')})" for r in related]
         body.append("")
     text = scrub_personal_data("\n".join(body).rstrip() + "\n")
     markdown = _front_matter(ctx, slug, title, description, tags) + "\n" + text
@@ -556,9 +554,7 @@ def _module_page(
     if parent is not None:
         related.append(RelatedLink(slug=parent.slug, title=f"Module {parent.name}", type="related"))
     if next_module is not None:
-        related.append(
-            RelatedLink(slug=next_module.slug, title=f"Module {next_module.name}", type="next_step")
-        )
+        related.append(RelatedLink(slug=next_module.slug, title=f"Module {next_module.name}", type="next_step"))
     return _page(
         ctx,
         slug=slug,
@@ -570,9 +566,7 @@ def _module_page(
     )
 
 
-def _api_index_page(
-    ctx: _Context, modules: Sequence[_Module], failed: Sequence[tuple[str, str]]
-) -> GeneratedPage:
+def _api_index_page(ctx: _Context, modules: Sequence[_Module], failed: Sequence[tuple[str, str]]) -> GeneratedPage:
     slug = "api/index"
     path = _page_path(ctx, slug)
     body = ["# API reference", ""]
@@ -729,8 +723,7 @@ def _index_page(
     if languages:
         body += ["## Languages", "", "| Language | Files |", "| --- | --- |"]
         body += [
-            f"| {_esc(name)} | {count} |"
-            for name, count in sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))
+            f"| {_esc(name)} | {count} |" for name, count in sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))
         ]
         body.append("")
     body += [
@@ -834,9 +827,7 @@ def _normalise_folder(output_folder: str) -> str:
     folder = PurePosixPath(output_folder.strip().replace("\\", "/"))
     parts = [p for p in folder.parts if p not in ("", ".")]
     if folder.is_absolute() or not parts or ".." in parts or parts[0] in SKIP_DIRS:
-        raise ValueError(
-            f"output_folder must be a relative folder inside the repository, got {output_folder!r}"
-        )
+        raise ValueError(f"output_folder must be a relative folder inside the repository, got {output_folder!r}")
     return "/".join(parts)
 
 
@@ -994,9 +985,7 @@ def _iter_markdown(folder: Path) -> Iterable[Path]:
                 yield Path(dirpath) / name
 
 
-def write_pages(
-    repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder: str | None = None
-) -> list[Path]:
+def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder: str | None = None) -> list[Path]:
     """Write generated pages into the repository and remove generated pages that are no longer produced.
 
     Only files carrying the generator's front-matter marker are ever overwritten or deleted; if a page would

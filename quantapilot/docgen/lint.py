@@ -66,9 +66,7 @@ class LintIssue:
 
 # --- personal data ---------------------------------------------------------------------------------------
 
-_EMAIL_RE = re.compile(
-    r"(?<![\w.%+-])([A-Za-z0-9][A-Za-z0-9._%+-]*)@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})(?![\w-])"
-)
+_EMAIL_RE = re.compile(r"(?<![\w.%+-])([A-Za-z0-9][A-Za-z0-9._%+-]*)@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})(?![\w-])")
 _RESERVED_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
 _RESERVED_EMAIL_TLDS = (".example", ".test", ".invalid", ".localhost")
 
@@ -257,12 +255,15 @@ def _schema_issues(page: str, data: dict[str, Any]) -> list[LintIssue]:
     for error in errors:
         base = list(error.absolute_path)
         instance = error.instance
+        # The validator's keyword arguments are typed loosely by jsonschema; they are JSON values here.
+        keyword_value: Any = error.validator_value
+        subschema: Any = error.schema
         if error.validator == "required" and isinstance(instance, dict):
-            for name in error.validator_value:
+            for name in keyword_value:
                 if name not in instance:
                     issues.append(LintIssue(page, _field_name([*base, name]), "required field is missing"))
         elif error.validator == "additionalProperties" and isinstance(instance, dict):
-            known = error.schema.get("properties", {})
+            known = subschema.get("properties", {})
             for name in sorted(str(k) for k in instance if k not in known):
                 issues.append(LintIssue(page, _field_name([*base, name]), "unknown field"))
         else:

@@ -14,9 +14,7 @@ from markdown_it import MarkdownIt
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # A front matter block opens with "---" on the very first line and closes with "---" or "..." on its own line.
-_FRONT_MATTER_RE = re.compile(
-    r"\A---[ \t]*\r?\n(?P<yaml>.*?)(?:^|\r?\n)(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M
-)
+_FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)(?:^|\r?\n)(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 
 # Link schemes a rendered page may point to; anything else with a scheme (javascript:, data:, vbscript:,
 # file:, ...) is refused so the link is shown as text instead of becoming a live href.
