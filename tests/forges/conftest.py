@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from quantapilot.forges import gitops
 
@@ -43,3 +48,25 @@ async def worktree(tmp_path: Path, bare_repo: Path) -> Path:
 async def show(bare: Path, spec: str) -> str:
     """Return ``git show <spec>`` in ``bare`` (a file at a revision, ``main:README.md``)."""
     return (await gitops.git("show", spec, cwd=bare)).stdout
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run ``app`` on 127.0.0.1 (a free port) and yield its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -117,9 +117,7 @@ async def test_git_forge_conflict_raises_with_files_and_leaves_everything_clean(
     forge = _forge(db_engine, tmp_path)
     repo_url = str(bare_repo)
     await _branch_with(worktree, "qp/conflict", {"README.md": "# demo\n\nours\n", "ok.txt": "fine\n"})
-    main_before = await _push_to_main_elsewhere(
-        tmp_path, bare_repo, {"README.md": "# demo\n\ntheirs\n"}, "them"
-    )
+    main_before = await _push_to_main_elsewhere(tmp_path, bare_repo, {"README.md": "# demo\n\ntheirs\n"}, "them")
     pr = await forge.open_pull_request(
         repo_url=repo_url, worktree=worktree, head="qp/conflict", base="main", title="t", body="", run_id="r"
     )
@@ -213,9 +211,7 @@ async def test_git_forge_merge_retries_when_base_moves_during_push(
     assert (await gitops.git("rev-parse", "main^1", cwd=bare_repo)).stdout.strip() == racer
 
 
-async def test_git_forge_unknown_pr_is_not_retryable(
-    db_engine: Engine, tmp_path: Path, worktree: Path
-) -> None:
+async def test_git_forge_unknown_pr_is_not_retryable(db_engine: Engine, tmp_path: Path, worktree: Path) -> None:
     forge = _forge(db_engine, tmp_path)
     with pytest.raises(ForgeError) as info:
         await forge.get(repo_url="https://x/y/z", number=7)

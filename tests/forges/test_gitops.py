@@ -59,9 +59,7 @@ async def test_gitops_branch_push_fetch_round_trip(tmp_path: Path, bare_repo: Pa
     other = await gitops.clone(str(bare_repo), tmp_path / "other", branch="feature/x", depth=1)
     assert (other / "f.txt").read_text() == "x\n"
     await gitops.fetch(other, branches=("main",))
-    assert await gitops.current_sha(other, "refs/remotes/origin/main") == await gitops.current_sha(
-        bare_repo, "main"
-    )
+    assert await gitops.current_sha(other, "refs/remotes/origin/main") == await gitops.current_sha(bare_repo, "main")
     assert await show(bare_repo, "feature/x:f.txt") == "x\n"
 
 
