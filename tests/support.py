@@ -1,0 +1,137 @@
+"""Helpers shared by tests: git remotes on disk, polling, an authenticated API client."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp.test_utils import TestClient
+
+T = TypeVar("T")
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.test",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.test",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git synchronously in a test and return stdout."""
+    result = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def make_remote(root: Path, files: Mapping[str, str], *, name: str = "project", branch: str = "main") -> str:
+    """Create a bare repository whose ``branch`` holds ``files``; return its file:// URL."""
+    bare = root / f"{name}.git"
+    seed = root / f"{name}-seed"
+    git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(bare), cwd=root)
+    git("init", "--quiet", f"--initial-branch={branch}", str(seed), cwd=root)
+    for rel, content in files.items():
+        path = seed / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+    git("add", "--all", cwd=seed)
+    git("commit", "--quiet", "-m", "initial", cwd=seed)
+    git("push", "--quiet", str(bare), f"{branch}:{branch}", cwd=seed)
+    return f"file://{bare}"
+
+
+def remote_branches(url: str) -> dict[str, str]:
+    """Branch name -> sha on a file:// remote."""
+    out = git("ls-remote", "--heads", url, cwd=Path("/"))
+    return {ref.removeprefix("refs/heads/"): sha for sha, ref in (line.split("\t") for line in out.splitlines())}
+
+
+def remote_file(url: str, branch: str, path: str) -> str | None:
+    """Content of ``path`` on ``branch`` of a bare remote, or None."""
+    bare = Path(url.removeprefix("file://"))
+    result = subprocess.run(
+        ["git", "show", f"{branch}:{path}"], cwd=bare, env=GIT_ENV, capture_output=True, text=True, check=False
+    )
+    return result.stdout if result.returncode == 0 else None
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    until: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``until(value)`` holds; fail with the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last: T = await probe()
+        if until(last):
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Api:
+    """An API test client with a bearer token."""
+
+    client: TestClient[Any, Any]
+    token: str
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Authorization plus ``extra``."""
+        return {"Authorization": f"Bearer {self.token}", **(extra or {})}
+
+    async def post(
+        self, path: str, body: Any = None, *, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """POST JSON; return status and parsed body."""
+        resp = await self.client.post(path, json=body, headers=self.headers(headers))
+        return resp.status, await resp.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        """GET; return status and parsed body."""
+        resp = await self.client.get(path, headers=self.headers())
+        return resp.status, await resp.json()
+
+    async def status(self, run_id: str) -> dict[str, Any]:
+        """The run's status (asserts 200)."""
+        code, body = await self.get(f"/v1/runs/{run_id}")
+        assert code == 200, body
+        return dict(body)
+
+    async def wait_state(self, run_id: str, *states: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll the run until its state is one of ``states``."""
+        return await eventually(
+            lambda: self.status(run_id), lambda s: s["state"] in states, timeout=timeout, what=f"state {states}"
+        )
+
+    async def wait_gate(self, run_id: str, gate: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll until ``gate`` is pending."""
+        return await eventually(
+            lambda: self.status(run_id),
+            lambda s: any(g["name"] == gate and g["status"] == "pending" for g in s["gates"])
+            or s["state"] in ("failed", "completed", "cancelled"),
+            timeout=timeout,
+            what=f"gate {gate} pending",
+        )
+
+    async def events(self, run_id: str) -> list[dict[str, Any]]:
+        """All events of the run."""
+        code, body = await self.get(f"/v1/runs/{run_id}/events")
+        assert code == 200, body
+        return list(body["events"])
+
+    async def decide(self, run_id: str, gate: str, approved: bool, reason: str = "ok") -> tuple[int, Any]:
+        """Post a gate decision."""
+        return await self.post(f"/v1/runs/{run_id}/gates/{gate}/decision", {"approved": approved, "reason": reason})

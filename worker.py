@@ -1,0 +1,62 @@
+"""The Temporal worker process: registers the workflows and activities and polls the task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import build_activities
+from quantapilot.db import create_all, make_engine
+from quantapilot.settings import Settings
+from quantapilot.temporal import connect
+from workflows import WORKFLOWS
+
+log = logging.getLogger("quantapilot.worker")
+
+
+def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> Worker:
+    """Build (not start) a worker with every workflow and activity.
+
+    Args:
+        client: Connected Temporal client (pydantic data converter).
+        settings: Service settings.
+        task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
+    """
+    engine = make_engine(settings.database_url)
+    create_all(engine)
+    settings.run_workdir.mkdir(parents=True, exist_ok=True)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(settings, engine),
+        max_cached_workflows=2000,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Connect, start the worker and run until SIGINT/SIGTERM, then shut down gracefully."""
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        log.info("worker polling task queue %s", settings.task_queue)
+        await stop.wait()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    """Entry point of ``python worker.py`` and ``qp worker``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run_worker(Settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""The part every run workflow shares: state, gates, pause/resume, budget, status query and search attributes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_activity_error, retry_policy
+
+with workflow.unsafe.imports_passed_through():
+    from quantapilot.errors import ErrorCode
+    from quantapilot.models import (
+        TERMINAL_STATES,
+        BudgetInput,
+        GateDecisionInput,
+        GateRecord,
+        PauseInput,
+        ResumeInput,
+        RunError,
+        RunKind,
+        RunState,
+        RunStatus,
+    )
+    from quantapilot.temporal import SA_PENDING_GATE, SA_STATE
+
+T = TypeVar("T")
+
+
+class RunWorkflowBase:
+    """Shared behaviour of repository and lifecycle runs.
+
+    Subclasses call :meth:`_init_run` from their ``@workflow.init`` and run their pipeline through
+    :meth:`_guarded`; steps go through :meth:`_step` and gates through :meth:`_gate`.
+    """
+
+    def _init_run(
+        self,
+        *,
+        run_id: str,
+        workspace: str,
+        kind: RunKind,
+        correlation_id: str | None,
+        triggered_by: str,
+    ) -> None:
+        self._run_id = run_id
+        self._workspace = workspace
+        self._kind = kind
+        self._correlation_id = correlation_id
+        self._triggered_by = triggered_by
+        self._events = EventEmitter(run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id)
+        self._gates: dict[str, GateRecord] = {}
+        self._paused = False
+        self._paused_reason: str | None = None
+        self._terminal: RunState | None = None
+        self._error: RunError | None = None
+        self._current_step: str | None = None
+        self._created_at = workflow.now()
+        self._updated_at = self._created_at
+        self._completed_at: datetime | None = None
+        self._time_budget_s: float | None = None
+        self._extra_attempts = 0
+        self._result: dict[str, Any] | None = None
+        self._sa_state: tuple[str, str] | None = None
+
+    # ----- state -------------------------------------------------------------------------------------------
+
+    @property
+    def _state(self) -> RunState:
+        if self._terminal is not None:
+            return self._terminal
+        if self._paused:
+            return RunState.PAUSED
+        if any(g.status == "pending" for g in self._gates.values()):
+            return RunState.WAITING_FOR_GATE
+        return RunState.RUNNING
+
+    def _touch(self) -> None:
+        """Record a state change: timestamps and the search attributes operators filter on."""
+        self._updated_at = workflow.now()
+        pending = next((g.name for g in self._gates.values() if g.status == "pending"), "")
+        current = (self._state.value, pending)
+        if current != self._sa_state:
+            self._sa_state = current
+            workflow.upsert_search_attributes([SA_STATE.value_set(current[0]), SA_PENDING_GATE.value_set(pending)])
+
+    def _base_status(self) -> dict[str, Any]:
+        return {
+            "run_id": self._run_id,
+            "kind": self._kind,
+            "workspace": self._workspace,
+            "state": self._state,
+            "current_step": self._current_step,
+            "correlation_id": self._correlation_id,
+            "gates": [g.model_copy() for g in self._gates.values()],
+            "paused_reason": self._paused_reason if self._paused else None,
+            "error": self._error,
+            "created_at": self._created_at,
+            "updated_at": self._updated_at,
+            "completed_at": self._completed_at,
+            "last_event_seq": self._events.seq,
+            "result": self._result,
+        }
+
+    def _status(self) -> RunStatus:
+        return RunStatus(**self._base_status())
+
+    @workflow.query(name="status")
+    def status(self) -> RunStatus:
+        """Current status of the run (serves ``GET /v1/runs/{run_id}``)."""
+        return self._status()
+
+    async def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        await self._events.emit(event_type, data)
+
+    # ----- pipeline frame ----------------------------------------------------------------------------------
+
+    async def _guarded(self, pipeline: Callable[[], Awaitable[None]]) -> RunStatus:
+        """Run the pipeline; turn failures into ``run.failed`` and cancellation into ``run.cancelled``."""
+        self._touch()
+        try:
+            await pipeline()
+        except RunFailure as failure:
+            await self._finish_failed(failure.code, failure.message)
+            raise ApplicationError(failure.message, type=failure.code, non_retryable=True) from None
+        except asyncio.CancelledError:
+            self._terminal = RunState.CANCELLED
+            self._completed_at = workflow.now()
+            self._touch()
+            # Cleanup after a cancellation request is allowed: the event still gets recorded.
+            await self._emit("run.cancelled", {"run_id": self._run_id})
+            raise
+        self._terminal = RunState.COMPLETED
+        self._current_step = None
+        self._completed_at = workflow.now()
+        self._touch()
+        await self._emit("run.completed", {"run_id": self._run_id})
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._status()
+
+    async def _finish_failed(self, code: str, message: str) -> None:
+        self._terminal = RunState.FAILED
+        self._error = RunError(code=code, message=message)
+        self._completed_at = workflow.now()
+        for gate in self._gates.values():
+            if gate.status == "pending":
+                gate.status = "timed_out" if code == ErrorCode.GATE_TIMEOUT else gate.status
+        self._touch()
+        await self._emit("run.failed", {"run_id": self._run_id, "error_code": code, "message": message})
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _checkpoint(self) -> None:
+        """Block while paused; pause when the run's time budget is spent."""
+        if self._time_budget_s is not None and not self._paused:
+            elapsed = (workflow.now() - self._created_at).total_seconds()
+            if elapsed > self._time_budget_s:
+                await self._pause("time_limit", "run")
+        await workflow.wait_condition(lambda: not self._paused)
+
+    async def _step(
+        self,
+        name: str,
+        activity: str,
+        arg: Any,
+        result_type: type[T],
+        *,
+        timeout_s: float,
+        attempts: int,
+        heartbeat_s: float | None = None,
+        pause_on: frozenset[str] = frozenset(),
+    ) -> T:
+        """Run one step as an activity, honouring pause, budget and the step's retry policy.
+
+        A transient failure that exhausts the attempts pauses the run (``budget_exceeded``) and the step is tried
+        again after resume; a permanent failure whose code is in ``pause_on`` pauses too (e.g. a merge conflict a
+        person must resolve); any other permanent failure ends the run.
+        """
+        while True:
+            await self._checkpoint()
+            self._current_step = name
+            self._touch()
+            try:
+                result: T = await workflow.execute_activity(
+                    activity,
+                    arg,
+                    result_type=result_type,
+                    start_to_close_timeout=timedelta(seconds=timeout_s),
+                    heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
+                    retry_policy=retry_policy(attempts + self._extra_attempts),
+                    summary=name,
+                )
+                return result
+            except ActivityError as err:
+                outcome = classify_activity_error(name, err)
+                if isinstance(outcome, StepExhausted):
+                    await self._pause("budget_exceeded", outcome.message)
+                elif outcome.code in pause_on:
+                    await self._pause(outcome.code.lower(), outcome.message)
+                else:
+                    raise outcome from None
+
+    # ----- gates -------------------------------------------------------------------------------------------
+
+    async def _gate(
+        self,
+        name: str,
+        description: str,
+        *,
+        timeout_s: float | None = None,
+        approvers: list[str] | None = None,
+        allow_self_approval: bool = False,
+    ) -> GateRecord:
+        """Wait at a gate until a person decides; rejection or timeout ends the run."""
+        await self._checkpoint()
+        gate = GateRecord(
+            name=name,
+            description=description,
+            requested_at=workflow.now(),
+            approvers=approvers or [],
+            allow_self_approval=allow_self_approval,
+        )
+        self._gates[name] = gate
+        self._current_step = f"gate:{name}"
+        self._touch()
+        await self._emit("gate.requested", {"run_id": self._run_id, "gate": name, "description": description})
+        try:
+            await workflow.wait_condition(
+                lambda: gate.status != "pending",
+                timeout=timedelta(seconds=timeout_s) if timeout_s else None,
+            )
+        except TimeoutError:
+            gate.status = "timed_out"
+            raise RunFailure(ErrorCode.GATE_TIMEOUT, f"gate {name} was not decided within {timeout_s:g}s") from None
+        self._touch()
+        await self._emit(
+            "gate.decided",
+            {"run_id": self._run_id, "gate": name, "approved": gate.approved, "reason": gate.reason},
+        )
+        if gate.status == "rejected":
+            raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
+        return gate
+
+    def _check_decision(self, decision: GateDecisionInput) -> GateRecord:
+        """Validate a decision; return the gate it applies to.
+
+        Raises:
+            ApplicationError: ``CONFLICT`` when the gate is not pending or was decided otherwise, or
+                ``AUTHORIZATION_ERROR`` when the decider may not decide this gate.
+        """
+        gate = self._gates.get(decision.gate)
+        if gate is None or (self._terminal is not None and gate.status == "pending"):
+            raise ApplicationError(f"gate {decision.gate} is not pending", type=ErrorCode.CONFLICT)
+        if gate.status in ("approved", "rejected"):
+            if gate.approved == decision.approved:
+                return gate  # the same decision again is a no-op
+            raise ApplicationError(
+                f"gate {decision.gate} was already {gate.status}", type=ErrorCode.CONFLICT, non_retryable=True
+            )
+        if gate.status != "pending":
+            raise ApplicationError(f"gate {decision.gate} is {gate.status}", type=ErrorCode.CONFLICT)
+        if gate.approvers and decision.decided_by not in gate.approvers:
+            raise ApplicationError(
+                f"{decision.decided_by} may not decide gate {decision.gate}", type=ErrorCode.AUTHORIZATION_ERROR
+            )
+        return gate
+
+    def _apply_decision(self, decision: GateDecisionInput) -> GateRecord:
+        gate = self._check_decision(decision)
+        if gate.status == "pending":
+            gate.status = "approved" if decision.approved else "rejected"
+            gate.decided_at = workflow.now()
+            gate.decided_by = decision.decided_by
+            gate.source = decision.source
+            gate.reason = decision.reason
+            self._touch()
+        return gate.model_copy()
+
+    @workflow.signal(name="decide_gate")
+    def decide_gate(self, decision: GateDecisionInput) -> None:
+        """Decide a gate (from the Temporal Web UI or ``temporal workflow signal``); invalid decisions are ignored."""
+        try:
+            self._apply_decision(decision)
+        except ApplicationError as err:
+            workflow.logger.warning("gate decision ignored: %s", err.message)
+
+    @workflow.update(name="submit_gate_decision")
+    def submit_gate_decision(self, decision: GateDecisionInput) -> GateRecord:
+        """Decide a gate and learn at once whether the decision was accepted (HTTP API, CLI)."""
+        return self._apply_decision(decision)
+
+    @submit_gate_decision.validator
+    def _validate_gate_decision(self, decision: GateDecisionInput) -> None:
+        self._check_decision(decision)
+
+    # ----- pause / resume / budget -------------------------------------------------------------------------
+
+    async def _pause(self, reason: str, requested_by: str) -> None:
+        if self._paused or self._terminal is not None:
+            return
+        self._paused = True
+        self._paused_reason = reason
+        self._touch()
+        await self._emit("run.paused", {"run_id": self._run_id, "reason": reason})
+
+    async def _resume(self) -> None:
+        if not self._paused or self._terminal is not None:
+            return
+        self._paused = False
+        self._paused_reason = None
+        self._touch()
+        await self._emit("run.resumed", {"run_id": self._run_id})
+
+    def _check_not_terminal(self) -> None:
+        if self._terminal is not None:
+            raise ApplicationError(f"run is {self._terminal.value}", type=ErrorCode.CONFLICT)
+
+    @workflow.signal(name="pause")
+    async def pause(self, request: PauseInput) -> None:
+        """Pause the run: no new step starts until it is resumed."""
+        await self._pause(request.reason, request.requested_by)
+
+    @workflow.signal(name="resume")
+    async def resume(self, request: ResumeInput) -> None:
+        """Resume a paused run."""
+        await self._resume()
+
+    @workflow.update(name="pause_run")
+    async def pause_run(self, request: PauseInput) -> RunStatus:
+        """Pause and return the new status."""
+        await self._pause(request.reason, request.requested_by)
+        return self._status()
+
+    @pause_run.validator
+    def _validate_pause(self, request: PauseInput) -> None:
+        self._check_not_terminal()
+
+    @workflow.update(name="resume_run")
+    async def resume_run(self, request: ResumeInput) -> RunStatus:
+        """Resume and return the new status."""
+        await self._resume()
+        return self._status()
+
+    @resume_run.validator
+    def _validate_resume(self, request: ResumeInput) -> None:
+        self._check_not_terminal()
+
+    @workflow.update(name="raise_budget")
+    def raise_budget(self, request: BudgetInput) -> RunStatus:
+        """Raise the time budget and/or the attempts of every step (used after a budget pause)."""
+        if request.time_budget_s is not None:
+            self._time_budget_s = request.time_budget_s
+        if request.extra_attempts is not None:
+            self._extra_attempts += request.extra_attempts
+        self._touch()
+        return self._status()
+
+    @raise_budget.validator
+    def _validate_budget(self, request: BudgetInput) -> None:
+        self._check_not_terminal()
+
+
+def is_terminal(state: RunState) -> bool:
+    """Tell whether a state is final."""
+    return state in TERMINAL_STATES

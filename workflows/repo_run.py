@@ -1,0 +1,275 @@
+"""The repository run: clone, read quantapilot.yml, document, open a PR, pass gates, run milestones, merge."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.base import RunWorkflowBase
+from workflows.common import RunFailure
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        CLONE_REPOSITORY,
+        GENERATE_DOCUMENTATION,
+        LOAD_RUN_CONFIG,
+        MERGE_PULL_REQUEST,
+        OPEN_PULL_REQUEST,
+        RUN_MILESTONE,
+        CloneResult,
+        DocsInput,
+        DocsResult,
+        LoadConfigInput,
+        MergePullRequestInput,
+        MilestoneInput,
+        MilestoneResult,
+        MilestoneStep,
+        OpenPullRequestInput,
+        PullRequestResult,
+        RepoRef,
+        project_name,
+    )
+    from quantapilot.config import (
+        MilestoneConfig,
+        QuantapilotConfig,
+        StepConfig,
+        effective_gates,
+        gate_settings,
+        step_policy,
+    )
+    from quantapilot.errors import ErrorCode
+    from quantapilot.models import MilestoneRecord, PullRequestRef, RepoRunInput, RunKind, RunStatus
+
+ANCHOR = "anchor"
+FIRST_MERGE = "first_merge"
+CLONE_TIMEOUT_S = 600.0
+CONFIG_TIMEOUT_S = 60.0
+# Heartbeats of long steps must arrive this often, so a dead worker is noticed within a minute.
+HEARTBEAT_S = 30.0
+
+
+def workflow_id(workspace: str, run_id: str) -> str:
+    """Workflow id of a repository run, readable in the Temporal Web UI."""
+    return f"repo-run/{workspace}/{run_id}"
+
+
+def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
+    return next((s for s in config.steps if s.name == name), None)
+
+
+@workflow.defn(name="RepoRun")
+class RepoRunWorkflow(RunWorkflowBase):
+    """One durable repository run (see the module docstring for its steps)."""
+
+    @workflow.init
+    def __init__(self, inp: RepoRunInput) -> None:
+        self._inp = inp
+        self._init_run(
+            run_id=inp.run_id,
+            workspace=inp.workspace,
+            kind=RunKind.REPOSITORY,
+            correlation_id=inp.correlation_id,
+            triggered_by=inp.triggered_by,
+        )
+        self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)
+        self._config: QuantapilotConfig | None = None
+        self._milestones: list[MilestoneRecord] = []
+        self._pull_requests: list[PullRequestRef] = []
+        self._docs_branch: str | None = None
+        self._merged_once = False
+
+    @workflow.run
+    async def run(self, inp: RepoRunInput) -> RunStatus:
+        """Run the pipeline to completion, failure or cancellation."""
+        return await self._guarded(self._pipeline)
+
+    def _status(self) -> RunStatus:
+        return RunStatus(
+            **self._base_status(),
+            repo_url=self._inp.repo_url,
+            branch=self._inp.branch,
+            milestones=[m.model_copy() for m in self._milestones],
+            pull_requests=list(self._pull_requests),
+            docs_branch=self._docs_branch,
+        )
+
+    # ----- the pipeline ------------------------------------------------------------------------------------
+
+    async def _pipeline(self) -> None:
+        inp = self._inp
+        await self._emit(
+            "run.started",
+            {
+                "run_id": inp.run_id,
+                "repo_url": inp.repo_url,
+                "branch": inp.branch,
+                "correlation_id": inp.correlation_id,
+            },
+        )
+        clone = await self._step(
+            "clone", CLONE_REPOSITORY, self._repo, CloneResult, timeout_s=CLONE_TIMEOUT_S, attempts=3
+        )
+        self._repo = self._repo.model_copy(update={"commit_sha": clone.commit_sha})
+        config = await self._step(
+            "read_config",
+            LOAD_RUN_CONFIG,
+            LoadConfigInput(repo=self._repo, path=inp.quantapilot_yaml_path),
+            QuantapilotConfig,
+            timeout_s=CONFIG_TIMEOUT_S,
+            attempts=3,
+        )
+        self._config = config
+        self._time_budget_s = config.run.time_budget_s
+        self._milestones = [
+            MilestoneRecord(id=m.id, title=m.title, gate=m.id if self._milestone_has_gate(i, m) else None)
+            for i, m in enumerate(config.milestones)
+        ]
+        self._touch()
+        gates = effective_gates(config)
+
+        docs_pr = await self._documentation(config)
+        if ANCHOR in gates:
+            await self._decide(ANCHOR, "Accept the anchor documentation (its approval merges the docs PR).")
+        await self._merge(docs_pr, config)
+
+        for index, milestone in enumerate(config.milestones):
+            await self._milestone(index, milestone, config, gates)
+
+        known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
+        for optional in (g for g in gates if g not in known):
+            await self._decide(optional, gate_settings(config, optional).description or f"Optional gate {optional}")
+        self._current_step = None
+
+    def _milestone_has_gate(self, index: int, milestone: MilestoneConfig) -> bool:
+        assert self._config is not None
+        return milestone.id in effective_gates(self._config)
+
+    async def _decide(self, name: str, default_description: str) -> None:
+        assert self._config is not None
+        settings = gate_settings(self._config, name)
+        await self._gate(
+            name,
+            settings.description or default_description,
+            timeout_s=settings.timeout_s,
+            approvers=list(settings.approvers),
+            allow_self_approval=settings.allow_self_approval,
+        )
+
+    async def _documentation(self, config: QuantapilotConfig) -> PullRequestResult:
+        timeout_s, attempts = step_policy(_named_step(config, "doc"), config)
+        project = project_name(self._inp.repo_url)
+        docs = await self._step(
+            "generate_docs",
+            GENERATE_DOCUMENTATION,
+            DocsInput(
+                repo=self._repo,
+                project=project,
+                output_folder=config.docs.output_folder,
+                docs_branch=config.docs.branch,
+                owners=list(config.docs.owners) or ["quantapilot"],
+                lint=config.gates.docs_lint,
+                run_started_at=self._created_at,
+            ),
+            DocsResult,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            heartbeat_s=HEARTBEAT_S,
+        )
+        self._docs_branch = docs.docs_branch
+        pr = await self._open_pr(
+            docs.docs_branch,
+            "docs",
+            f"docs: generated documentation for {project}",
+            f"Documentation generated by QuantaPilot run {self._inp.run_id} ({docs.pages} pages, {docs.version}).",
+            config,
+        )
+        await self._emit(
+            "documentation.generated",
+            {"run_id": self._inp.run_id, "docs_branch": docs.docs_branch, "pr_number": pr.number},
+        )
+        return pr
+
+    async def _open_pr(
+        self, head: str, purpose: str, title: str, body: str, config: QuantapilotConfig
+    ) -> PullRequestResult:
+        timeout_s, attempts = step_policy(_named_step(config, "pr"), config)
+        pr = await self._step(
+            f"open_pr:{purpose}",
+            OPEN_PULL_REQUEST,
+            OpenPullRequestInput(repo=self._repo, head=head, base=self._inp.branch, title=title, body=body),
+            PullRequestResult,
+            timeout_s=timeout_s,
+            attempts=attempts,
+        )
+        self._record_pr(pr, purpose)
+        return pr
+
+    def _record_pr(self, pr: PullRequestResult, purpose: str) -> None:
+        ref = PullRequestRef(number=pr.number, head=pr.head, base=pr.base, state=pr.state, url=pr.url, purpose=purpose)
+        self._pull_requests = [p for p in self._pull_requests if p.number != pr.number] + [ref]
+        self._touch()
+
+    async def _merge(self, pr: PullRequestResult, config: QuantapilotConfig) -> None:
+        timeout_s, attempts = step_policy(_named_step(config, "pr"), config)
+        purpose = next((p.purpose for p in self._pull_requests if p.number == pr.number), "merge")
+        merged = await self._step(
+            f"merge:{purpose}",
+            MERGE_PULL_REQUEST,
+            MergePullRequestInput(repo=self._repo, number=pr.number, strategy=config.policies.merge),
+            PullRequestResult,
+            timeout_s=timeout_s,
+            attempts=attempts,
+            # A conflict needs a person: the run pauses and retries the merge when resumed.
+            pause_on=frozenset({ErrorCode.MERGE_CONFLICT}),
+        )
+        self._record_pr(merged, purpose)
+
+    async def _milestone(
+        self, index: int, milestone: MilestoneConfig, config: QuantapilotConfig, gates: list[str]
+    ) -> None:
+        record = self._milestones[index]
+        record.status = "active"
+        record.started_at = workflow.now()
+        record.branch = f"quantapilot/{self._inp.run_id}/{milestone.id.lower()}"
+        self._touch()
+        steps = [MilestoneStep(name=s.name, run=s.run, timeout_s=step_policy(s, config)[0]) for s in milestone.steps]
+        attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
+        result = await self._step(
+            f"milestone:{milestone.id}",
+            RUN_MILESTONE,
+            MilestoneInput(
+                repo=self._repo,
+                milestone_id=milestone.id,
+                title=milestone.title,
+                criteria=list(milestone.criteria),
+                branch=record.branch,
+                steps=steps,
+                run_started_at=self._created_at,
+            ),
+            MilestoneResult,
+            timeout_s=sum(s.timeout_s for s in steps) + 120.0,
+            attempts=attempts,
+            heartbeat_s=HEARTBEAT_S,
+        )
+        record.steps = list(result.steps)
+        if result.failed_step is not None:
+            record.status = "failed"
+            self._touch()
+            raise RunFailure(ErrorCode.STEP_FAILED, f"milestone {milestone.id} step {result.failed_step} failed")
+        pr = await self._open_pr(
+            result.branch,
+            f"milestone:{milestone.id}",
+            f"{milestone.id}: {milestone.title}",
+            "\n".join(["Milestone deliverables.", "", *(f"- [ ] {c}" for c in milestone.criteria)]),
+            config,
+        )
+        record.pr_number = pr.number
+        if record.gate:
+            await self._decide(record.gate, f"Accept the deliverables of milestone {milestone.id}: {milestone.title}")
+        if not self._merged_once and FIRST_MERGE in gates:
+            await self._decide(FIRST_MERGE, "Approve the first merge of milestone changes into the default branch.")
+        await self._merge(pr, config)
+        self._merged_once = True
+        record.status = "completed"
+        record.completed_at = workflow.now()
+        self._touch()
+        await self._emit("milestone.completed", {"run_id": self._inp.run_id, "milestone_id": milestone.id})
