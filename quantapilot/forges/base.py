@@ -89,9 +89,7 @@ class Forge(Protocol):
         """Add a comment to pull request ``number``."""
         ...
 
-    async def merge(
-        self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy
-    ) -> PullRequest:
+    async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` into its base; merging a merged pull request returns it unchanged.
 
         Raises:
@@ -189,13 +187,9 @@ async def http_json(
                     body = json.loads(raw)
                 except ValueError:
                     body = None
-            return HttpReply(
-                status=resp.status, body=body, headers={k.lower(): v for k, v in resp.headers.items()}
-            )
+            return HttpReply(status=resp.status, body=body, headers={k.lower(): v for k, v in resp.headers.items()})
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ForgeError(
-            f"{method} {urlsplit(url).path} failed: {type(exc).__name__}", retryable=True
-        ) from exc
+        raise ForgeError(f"{method} {urlsplit(url).path} failed: {type(exc).__name__}", retryable=True) from exc
 
 
 def error_for(reply: HttpReply, what: str) -> ForgeError:

@@ -117,9 +117,7 @@ class GitForge:
         """
         return (await asyncio.to_thread(self._load, repo_url, number)).to_model()
 
-    async def merge(
-        self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy
-    ) -> PullRequest:
+    async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` into its base branch on ``origin``.
 
         Args:
@@ -206,9 +204,7 @@ class GitForge:
         """Combine head into base in ``scratch`` (detached at base); return the commit base should become."""
         ident = gitops.identity_env(self._author_name, self._author_email)
         if strategy in ("merge", "rebase"):
-            merged = await gitops.git(
-                "merge-base", "--is-ancestor", head_sha, base_sha, cwd=scratch, check=False
-            )
+            merged = await gitops.git("merge-base", "--is-ancestor", head_sha, base_sha, cwd=scratch, check=False)
             if merged.returncode == 0:
                 return base_sha
         if strategy == "merge":
@@ -244,8 +240,7 @@ class GitForge:
         if not files:
             raise gitops.GitError(("merge",), returncode=result.returncode, stderr=result.stderr)
         raise MergeConflictError(
-            f"pull request #{record.number} ({record.head} into {record.base}) conflicts in "
-            f"{len(files)} file(s)",
+            f"pull request #{record.number} ({record.head} into {record.base}) conflicts in {len(files)} file(s)",
             files=files,
         )
 

@@ -61,9 +61,7 @@ class GiteaForge:
         timeout_s: Seconds for each API call.
     """
 
-    def __init__(
-        self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
         root = api_url.rstrip("/")
         self._api = root if root.endswith("/api/v1") else f"{root}/api/v1"
         self._session = session
@@ -117,9 +115,7 @@ class GiteaForge:
             )
             if reply.status != 200 or not isinstance(reply.body, list):
                 raise error_for(reply, "listing pull requests")
-            found += [
-                pr for pr in map(pull_request_from_gitea, reply.body) if pr.head == head and pr.base == base
-            ]
+            found += [pr for pr in map(pull_request_from_gitea, reply.body) if pr.head == head and pr.base == base]
             if len(reply.body) < _PAGE_LIMIT:
                 break
         for pr in found:
@@ -177,9 +173,7 @@ class GiteaForge:
             raise error_for(reply, f"reading #{number}")
         return pull_request_from_gitea(reply.body)
 
-    async def merge(
-        self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy
-    ) -> PullRequest:
+    async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` with ``strategy``; an already merged one is returned as it is.
 
         Raises:

@@ -60,9 +60,7 @@ class GitHubForge:
         timeout_s: Seconds for each API call.
     """
 
-    def __init__(
-        self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
         self._session = session
         self._api = api_url.rstrip("/")
         self._token = token
@@ -172,9 +170,7 @@ class GitHubForge:
             raise error_for(reply, f"reading #{number}")
         return pull_request_from_github(reply.body)
 
-    async def merge(
-        self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy
-    ) -> PullRequest:
+    async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` with ``strategy``; an already merged one is returned as it is.
 
         Raises:

@@ -56,9 +56,7 @@ class GitError(Exception):
         timed_out: Whether the command was killed because it ran too long.
     """
 
-    def __init__(
-        self, args_: tuple[str, ...], *, returncode: int, stderr: str, timed_out: bool = False
-    ) -> None:
+    def __init__(self, args_: tuple[str, ...], *, returncode: int, stderr: str, timed_out: bool = False) -> None:
         self.git_args = tuple(redact(a) for a in args_)
         self.returncode = returncode
         self.stderr_tail = redact(stderr[-_STDERR_TAIL_CHARS:]).strip()
@@ -257,9 +255,7 @@ async def commit_all(cwd: Path, *, message: str, author_name: str, author_email:
     return await current_sha(cwd)
 
 
-async def push(
-    cwd: Path, *, remote: str = "origin", branch: str, force: bool = False, timeout_s: float = 120
-) -> None:
+async def push(cwd: Path, *, remote: str = "origin", branch: str, force: bool = False, timeout_s: float = 120) -> None:
     """Push the local branch ``branch`` to the same name on ``remote``.
 
     Args:
@@ -298,9 +294,7 @@ async def checkout_new_branch(cwd: Path, branch: str, *, start_point: str | None
     await git(*args, cwd=cwd)
 
 
-async def fetch(
-    cwd: Path, *, remote: str = "origin", branches: tuple[str, ...] = (), timeout_s: float = 120
-) -> None:
+async def fetch(cwd: Path, *, remote: str = "origin", branches: tuple[str, ...] = (), timeout_s: float = 120) -> None:
     """Fetch from ``remote``, force-updating its remote-tracking branches.
 
     Args:

@@ -66,9 +66,7 @@ class PullRequestComment(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     pull_request_id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("pull_requests.id", ondelete="CASCADE"), nullable=False, index=True
-        )
+        sa_column=Column(Integer, ForeignKey("pull_requests.id", ondelete="CASCADE"), nullable=False, index=True)
     )
     body: str
     created_at: datetime = Field(default_factory=utcnow)
@@ -124,9 +122,7 @@ def get_or_create_pull_request(
     table = PullRequestRecord.__table__  # type: ignore[attr-defined]
     for _ in range(_NUMBER_ATTEMPTS):
         with session_scope(engine) as session:
-            existing = find_pull_request(
-                session=session, repo_url=repo_url, head=head, base=base, run_id=run_id
-            )
+            existing = find_pull_request(session=session, repo_url=repo_url, head=head, base=base, run_id=run_id)
             if existing is not None:
                 return existing
         now = utcnow()
