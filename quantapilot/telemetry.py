@@ -61,16 +61,12 @@ class TelemetryEvent(SQLModel, table=True):
     """One telemetry sample of one KPI of one account."""
 
     __tablename__ = "telemetry_events"
-    __table_args__ = (
-        Index("ix_telemetry_events_ws_account_kpi_ts", "workspace", "account_id", "kpi", "timestamp"),
-    )
+    __table_args__ = (Index("ix_telemetry_events_ws_account_kpi_ts", "workspace", "account_id", "kpi", "timestamp"),)
 
     # BIGINT on PostgreSQL; SQLite needs exactly INTEGER for its rowid alias (autoincrementing key).
     id: int | None = SQLField(
         default=None,
-        sa_column=Column(
-            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-        ),
+        sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     )
     workspace: str = SQLField(sa_column=Column(String(128), nullable=False))
     account_id: str = SQLField(sa_column=Column(String(36), nullable=False))

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]  # types-jsonschema is not a dev dependency yet
+import jsonschema  # type: ignore[import-untyped,unused-ignore]  # typed only where types-jsonschema is installed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -101,9 +102,7 @@ def parse_rfc3339(value: str) -> datetime:
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     micro = int((m["f"] or ".0")[1:7].ljust(6, "0"))
     # datetime() range-checks month, day (leap years included), hour, minute and second.
-    return datetime(
-        int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz
-    )
+    return datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz)
 
 
 def _is_rfc3339(instance: object) -> bool:
@@ -156,8 +155,10 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
 
 def load_schema(name: str) -> dict[str, Any]:
     """Return the parsed JSON Schema ``schemas/<name>`` (e.g. ``lifecycle_run.schema.json``)."""
-    schema: dict[str, Any] = dict(_validator(name).schema)
-    return schema
+    schema = _validator(name).schema
+    if not isinstance(schema, Mapping):
+        raise TypeError(f"schema {name} is not an object")
+    return dict(schema)
 
 
 def _pointer(path: Any) -> str:

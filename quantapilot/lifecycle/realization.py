@@ -76,7 +76,8 @@ def variance_of(*, actual: float, target: float) -> tuple[float, float | None]:
     variance = actual - target
     if target == 0:
         return variance, 0.0 if variance == 0 else None
-    return variance, round(variance * 100 / target, PCT_DIGITS)
+    # Adding 0.0 turns -0.0 (zero variance over a negative target) into 0.0.
+    return variance, round(variance * 100 / target, PCT_DIGITS) + 0.0
 
 
 def target_reached(*, actual: float, target: float, direction: Direction) -> bool:
@@ -106,7 +107,8 @@ def progress_of(*, baseline: float, target: float, actual: float, direction: Dir
     if not better:
         return 0.0
     pct = round((actual - baseline) * 100 / span, PCT_DIGITS)
-    return min(max(pct, 0.0), 100.0)
+    # max(0.0, ...) first so a -0.0 (no movement on a falling target) reports as 0.0.
+    return min(max(0.0, pct), 100.0)
 
 
 def kpi_status(*, reached: bool, progress_pct: float) -> KpiStatus:
@@ -131,9 +133,7 @@ def evaluate_kpi(*, target: KpiTarget | KpiValue, aggregate: KpiAggregate | None
     progress = (
         100.0
         if reached
-        else progress_of(
-            baseline=target.baseline, target=target.target, actual=actual, direction=target.direction
-        )
+        else progress_of(baseline=target.baseline, target=target.target, actual=actual, direction=target.direction)
     )
     return KpiRealization(
         kpi=target.kpi,
@@ -190,14 +190,10 @@ def realize(
     kpis = [evaluate_kpi(target=t, aggregate=aggregates.get(t.kpi)) for t in targets]
     notes: list[str] = []
     if not kpis:
-        notes.append(
-            "No KPI targets to evaluate: run the target stage first. Overall status defaults to on_track."
-        )
+        notes.append("No KPI targets to evaluate: run the target stage first. Overall status defaults to on_track.")
     no_data = [k.kpi for k in kpis if k.samples == 0]
     if no_data:
-        notes.append(
-            f"No telemetry in the period for: {', '.join(no_data)} (actual = baseline, low confidence)."
-        )
+        notes.append(f"No telemetry in the period for: {', '.join(no_data)} (actual = baseline, low confidence).")
     targeted = {t.kpi for t in targets}
     untracked = sorted(k for k in aggregates if k not in targeted)
     if untracked:

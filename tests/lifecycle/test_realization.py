@@ -152,3 +152,9 @@ def test_realization_default_period_is_thirty_days_before_as_of() -> None:
     assert period.end == as_of
     assert period.end - period.start == timedelta(days=30)
     assert report_period(requested=PERIOD, as_of=as_of) == PERIOD
+
+
+def test_realization_no_movement_on_falling_target_is_plain_zero() -> None:
+    result = evaluate_kpi(target=target("k", 5, 3, "lower_is_better"), aggregate=None)
+    assert str(result.progress_pct) == "0.0"
+    assert str(variance_of(actual=-2, target=-2)[1]) == "0.0"

@@ -69,9 +69,7 @@ def test_telemetry_timestamps_round_trip_as_utc(db_engine: Engine) -> None:
     plus2 = timezone(timedelta(hours=2))
     local = datetime(2025, 11, 17, 14, 0, 0, 123456, tzinfo=plus2)
     with session_scope(db_engine) as session:
-        insert_events(
-            session=session, workspace="ws", events=[event("k", 1, local, metadata={"source": "app"})]
-        )
+        insert_events(session=session, workspace="ws", events=[event("k", 1, local, metadata={"source": "app"})])
     with Session(db_engine) as session:
         row = session.execute(select(TelemetryEvent)).scalars().one()
         assert row.timestamp == local
