@@ -175,6 +175,15 @@ def _esc(text: str) -> str:
     return _MD_SPECIAL_RE.sub(r"\\\1", " ".join(text.split()))
 
 
+_PROSE_SPECIAL_RE = re.compile(r"([\\<>\[\]|])")
+
+
+def _esc_prose(text: str) -> str:
+    """Lighter escaping for docstring prose: keeps ``code`` spans and *emphasis*, neutralises tags and links."""
+    line = _PROSE_SPECIAL_RE.sub(r"\\\1", " ".join(text.split()))
+    return "\\" + line if line.startswith(("#", "-", "+", "=", ">")) else line
+
+
 def _code(text: str) -> str:
     """Inline code span that survives backticks inside the text."""
     longest = max((len(m) for m in _BACKTICKS_RE.findall(text)), default=0)
@@ -501,7 +510,7 @@ def _doc_block(doc: str) -> list[str]:
     if not doc:
         return []
     summary, _, rest = doc.strip().partition("\n\n")
-    out = [_esc(summary), ""]
+    out = [_esc_prose(summary), ""]
     if rest.strip():
         out += [_fence(rest, "text"), ""]
     return out
@@ -581,7 +590,7 @@ def _api_index_page(ctx: _Context, modules: Sequence[_Module], failed: Sequence[
         body += ["No Python modules were found.", ""]
     if failed:
         body += [
-            f"{len(failed)} Python files could not be parsed; "
+            f"{len(failed)} Python file(s) could not be parsed; "
             f"they are listed on the {_link('overview', path, _page_path(ctx, 'index'))}.",
             "",
         ]
