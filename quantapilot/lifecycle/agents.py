@@ -868,10 +868,12 @@ def load_agents(
             raise AgentError(f"entry point {ep.name!r} in {group} names no stage (expected one of {STAGES})")
         try:
             obj = ep.load()
-            agent = obj() if callable(obj) and not isinstance(obj, StageAgent) else obj
+            # A class also passes the runtime protocol check (it has ``stage`` and ``run``), so test for it first.
+            is_factory = isinstance(obj, type) or (callable(obj) and not isinstance(obj, StageAgent))
+            agent = obj() if is_factory else obj
         except Exception as exc:
             raise AgentError(f"entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-        if not isinstance(agent, StageAgent):
+        if isinstance(agent, type) or not isinstance(agent, StageAgent):
             raise AgentError(f"entry point {ep.name!r} ({ep.value}) is not a stage agent")
         if agent.stage != ep.name:
             raise AgentError(f"entry point {ep.name!r} ({ep.value}) serves stage {agent.stage!r}")
