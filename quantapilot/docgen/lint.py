@@ -15,8 +15,9 @@ text low, and the scrubber uses exactly the same rules):
   ``secret``, ``api_key``, ``token`` or ``aws_secret_access_key``.
 * **IPv4 addresses**: four dot-separated numbers 0-255 without leading zeros that stand alone (not part of a
   longer dotted or alphanumeric token such as ``1.2.3.4.5``, ``v1.2.3.4``, ``pkg-1.2.3.4`` or ``1.2.3.4rc1``),
-  are not preceded by the word ``version``/``release``, and where at least one part has two or more digits:
-  a quad of single digits such as ``1.2.3.4`` is read as a version number. Loopback, unspecified and the
+  are not preceded by the word ``version``/``release`` or a requirement operator (``==``, ``>=``, ``<``...),
+  and where at least one part has two or more digits: a quad of single digits such as ``1.2.3.4`` is read as
+  a version number. Loopback, unspecified and the
   documentation networks (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) are not personal and pass.
 * **IPv6 addresses**: colon-separated hex groups (at least three non-empty groups) that parse as IPv6;
   loopback, unspecified, link-local and the documentation prefix ``2001:db8::/32`` pass.
@@ -95,7 +96,7 @@ _TOKEN_RES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 _IPV4_RE = re.compile(r"(?<![\w.\-])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w\-]|\.\d)")
-_VERSION_WORD_RE = re.compile(r"(?i)(?:version|release|ver\.?)\s*[:=]?\s*$")
+_VERSION_WORD_RE = re.compile(r"(?i)(?:(?:version|release|ver\.?)\s*[:=]?|[=<>~!]=|[<>])\s*$")
 _IPV4_DOC_NETS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "0.0.0.0/8")
 )
@@ -247,8 +248,26 @@ def _field_name(path: Iterable[str | int]) -> str:
     return out or "front_matter"
 
 
+def _schema_message(validator: str, keyword_value: Any, subschema: Any) -> str:
+    """Describe a schema violation without repeating the value, which may itself be personal data."""
+    if validator == "type":
+        return f"must be of type {keyword_value}"
+    if validator == "enum":
+        return "must be one of " + ", ".join(str(v) for v in keyword_value)
+    if validator == "pattern":
+        described = subschema.get("description") if isinstance(subschema, dict) else None
+        return "has an invalid format" + (f" (expected: {described})" if described else "")
+    if validator in ("minLength", "minItems"):
+        return "must not be empty" if keyword_value == 1 else f"needs at least {keyword_value} items"
+    if validator in ("maxLength", "maxItems"):
+        return f"is longer than {keyword_value}"
+    if validator == "uniqueItems":
+        return "must not contain duplicates"
+    return f"violates the schema's {validator!r} rule"
+
+
 def _schema_issues(page: str, data: dict[str, Any]) -> list[LintIssue]:
-    issues: list[LintIssue] = []
+    issues: dict[LintIssue, None] = {}  # ordered and free of duplicates
     errors: list[ValidationError] = sorted(
         frontmatter_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]
     )
@@ -259,16 +278,18 @@ def _schema_issues(page: str, data: dict[str, Any]) -> list[LintIssue]:
         keyword_value: Any = error.validator_value
         subschema: Any = error.schema
         if error.validator == "required" and isinstance(instance, dict):
+            # jsonschema reports each missing property as its own error; the dict drops the repeats.
             for name in keyword_value:
                 if name not in instance:
-                    issues.append(LintIssue(page, _field_name([*base, name]), "required field is missing"))
+                    issues[LintIssue(page, _field_name([*base, name]), "required field is missing")] = None
         elif error.validator == "additionalProperties" and isinstance(instance, dict):
             known = subschema.get("properties", {})
             for name in sorted(str(k) for k in instance if k not in known):
-                issues.append(LintIssue(page, _field_name([*base, name]), "unknown field"))
+                issues[LintIssue(page, _field_name([*base, name]), "unknown field")] = None
         else:
-            issues.append(LintIssue(page, _field_name(base), error.message))
-    return issues
+            message = _schema_message(str(error.validator), keyword_value, subschema)
+            issues[LintIssue(page, _field_name(base), message)] = None
+    return list(issues)
 
 
 def _strings(value: Any, path: list[str | int]) -> Iterator[tuple[list[str | int], str]]:

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 from markdown_it import MarkdownIt
@@ -92,7 +93,8 @@ def is_safe_link(url: str) -> bool:
     Returns:
         ``True`` when the link is safe to render.
     """
-    probe = _IGNORED_IN_SCHEME_RE.sub("", url).lower()
+    # markdown-it hands over the percent-encoded form; decode it so "java%09script:" is judged as a browser might.
+    probe = _IGNORED_IN_SCHEME_RE.sub("", unquote(url)).lower()
     match = _SCHEME_RE.match(probe)
     if match is None:
         # No scheme: a relative path, an anchor or a protocol-relative URL; none can run script.

@@ -1,0 +1,64 @@
+"""HTML rendering: front matter stripped, raw HTML escaped, unsafe link schemes dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantapilot.docgen import render_html, split_front_matter
+from quantapilot.docgen.render import FrontMatterError
+
+
+def test_render_strips_front_matter_and_renders_tables() -> None:
+    html = render_html("---\nid: x\ntitle: X\n---\n# Hello\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n")
+    assert html.startswith("<h1>Hello</h1>")
+    assert "id: x" not in html
+    assert "<table>" in html
+    assert "<td>1</td>" in html
+
+
+def test_render_escapes_raw_html() -> None:
+    html = render_html('<script>alert(1)</script>\n\nText <img src=x onerror="alert(2)"> and <b>bold</b>\n')
+    assert "<script" not in html
+    assert "<img" not in html
+    assert "<b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in html
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "[x](javascript:alert(1))",
+        "[x](JavaScript:alert(1))",
+        "[x](jav&#x61;script:alert(1))",
+        "[x](<java\tscript:alert(1)>)",
+        "<javascript:alert(1)>",
+        "![x](javascript:alert(1))",
+        "[x](vbscript:msgbox(1))",
+        "[x](data:text/html;base64,PHNjcmlwdD4=)",
+        "[x][r]\n\n[r]: javascript:alert(1)",
+    ],
+)
+def test_render_drops_unsafe_links(source: str) -> None:
+    html = render_html(source + "\n")
+    assert "href=" not in html
+    assert "src=" not in html
+    assert "javascript:" not in html.replace("&#x61;", "a").lower() or "<a" not in html
+
+
+def test_render_keeps_safe_links() -> None:
+    html = render_html("[a](api/index.md) [b](https://example.org/x) [c](mailto:team@example.org) [d](#top)\n")
+    assert '<a href="api/index.md">a</a>' in html
+    assert '<a href="https://example.org/x">b</a>' in html
+    assert '<a href="mailto:team@example.org">c</a>' in html
+    assert '<a href="#top">d</a>' in html
+
+
+def test_split_front_matter_returns_plain_values() -> None:
+    meta, body = split_front_matter("---\nid: a\nupdated: 2025-08-19\nowners: [x]\n---\n# Body\n")
+    assert meta == {"id": "a", "updated": "2025-08-19", "owners": ["x"]}
+    assert body == "# Body\n"
+    assert split_front_matter("# No block\n---\nx: 1\n---\n") == ({}, "# No block\n---\nx: 1\n---\n")
+    assert split_front_matter("---\n---\nBody") == ({}, "Body")
+    with pytest.raises(FrontMatterError):
+        split_front_matter("---\nkey: [unclosed\n---\n")
