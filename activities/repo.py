@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,6 +82,32 @@ def repo_url_problem(url: str, patterns: list[str]) -> str | None:
     if not any(fnmatch.fnmatchcase(url, pattern) for pattern in patterns):
         return "URL does not match the allowed repository patterns"
     return None
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(detail: str) -> AsyncIterator[None]:
+    """Heartbeat in the background while the body runs, so a dead worker is noticed within the heartbeat timeout.
+
+    The interval is a third of the activity's heartbeat timeout (nothing is sent when it has none).
+    """
+    timeout = activity.info().heartbeat_timeout if activity.in_activity() else None
+    if not timeout:
+        yield
+        return
+    interval = max(timeout.total_seconds() / 3, 0.2)
+
+    async def _beat() -> None:
+        while True:
+            activity.heartbeat(detail)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(_beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _date_env(when: datetime) -> dict[str, str]:
@@ -189,7 +216,7 @@ class RepoActivities:
             if last:
                 raise permanent(ErrorCode.REPO_CLONE_FAILED, message)
             raise ApplicationError(message, type=ErrorCode.TRANSIENT_NETWORK)
-        async with self._lock(ref.run_id):
+        async with self._lock(ref.run_id), heartbeating("clone"):
             path = await self._ensure_worktree(ref)
             sha = await gitops.current_sha(path)
         return CloneResult(commit_sha=sha, default_branch=ref.branch)
@@ -197,7 +224,7 @@ class RepoActivities:
     @activity.defn(name=LOAD_RUN_CONFIG)
     async def load_run_config(self, inp: LoadConfigInput) -> QuantapilotConfig:
         """Read and validate quantapilot.yml (documented defaults when the file is absent)."""
-        async with self._lock(inp.repo.run_id):
+        async with self._lock(inp.repo.run_id), heartbeating("read_config"):
             root = (await self._ensure_worktree(inp.repo)).resolve()
             target = (root / inp.path).resolve()
             if not target.is_relative_to(root) or ".git" in target.relative_to(root).parts:
@@ -220,7 +247,7 @@ class RepoActivities:
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
         assert inp.repo.commit_sha is not None
-        async with self._lock(inp.repo.run_id):
+        async with self._lock(inp.repo.run_id), heartbeating("generate_docs"):
             path = await self._ensure_worktree(inp.repo)
             await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
             await gitops.git("clean", "-fdq", cwd=path)
@@ -234,7 +261,6 @@ class RepoActivities:
                 updated=inp.run_started_at.date().isoformat(),
                 owners=inp.owners,
             )
-            activity.heartbeat("generated")
             if inp.lint:
                 issues = lint_pages(pages)
                 if issues:
@@ -282,7 +308,7 @@ class RepoActivities:
     @activity.defn(name=OPEN_PULL_REQUEST)
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
-        async with self._lock(inp.repo.run_id):
+        async with self._lock(inp.repo.run_id), heartbeating("open_pull_request"):
             path = await self._ensure_worktree(inp.repo)
             try:
                 pr = await self._forge(inp.forge).open_pull_request(
@@ -301,7 +327,7 @@ class RepoActivities:
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
-        async with self._lock(inp.repo.run_id):
+        async with self._lock(inp.repo.run_id), heartbeating("merge"):
             path = await self._ensure_worktree(inp.repo)
             try:
                 pr = await self._forge(inp.forge).merge(
@@ -323,7 +349,7 @@ class RepoActivities:
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
         """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
-        async with self._lock(inp.repo.run_id):
+        async with self._lock(inp.repo.run_id), heartbeating("milestone"):
             path = await self._ensure_worktree(inp.repo)
             await gitops.fetch(path, branches=(inp.repo.branch,))
             await gitops.git("checkout", "--quiet", "--force", "-B", inp.branch, f"origin/{inp.repo.branch}", cwd=path)
@@ -379,7 +405,7 @@ def _pr_result(pr: PullRequest) -> PullRequestResult:
 
 
 async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -> StepOutcome:
-    """Run one milestone command in the worktree, heartbeating while it runs.
+    """Run one milestone command in the worktree (the caller heartbeats).
 
     The command gets a scrubbed environment and its own process group, which is killed on timeout or when the
     activity is cancelled, so no child outlives the step.
@@ -409,18 +435,12 @@ async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -
 
     reader = asyncio.ensure_future(_read())
     try:
-        deadline = started + timeout_s
-        while not reader.done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), timeout=min(5.0, remaining))
-            if activity.in_activity():
-                activity.heartbeat(name)
+        await asyncio.wait_for(asyncio.shield(reader), timeout=timeout_s)
+    except TimeoutError:
+        timed_out = True
     finally:
-        if reader.done() is False or timed_out:
+        # On timeout or cancellation the whole process group goes, so no child outlives the step.
+        if not reader.done() or timed_out:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()

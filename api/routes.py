@@ -75,6 +75,7 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
             triggered_by=principal.subject,
             request_sha256=digest,
             trace_id=request.get(TRACE_ID),
+            heartbeat_timeout_s=settings.step_heartbeat_s,
         )
 
     started = await start_run(

@@ -51,6 +51,8 @@ class RepoRunInput(_Model):
     triggered_by: str = "unknown"
     request_sha256: str = ""
     trace_id: str | None = None
+    # How soon a dead worker is noticed in a long step (from QP_STEP_HEARTBEAT_S at trigger time).
+    heartbeat_timeout_s: float = 30.0
 
 
 class GateDecisionInput(_Model):

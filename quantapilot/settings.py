@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     git_author_name: str = "QuantaPilot"
     git_author_email: str = "quantapilot@localhost"
     clone_timeout_s: float = 300.0
+    # Long steps heartbeat; a worker that dies mid-step is noticed after this many seconds.
+    step_heartbeat_s: float = Field(default=30.0, gt=0, le=600)
     default_forge: Literal["git", "github", "gitea"] = "git"
     github_api_url: str = "https://api.github.com"
     github_token: str | None = Field(default=None, repr=False)

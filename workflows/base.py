@@ -46,8 +46,10 @@ class RunWorkflowBase:
         kind: RunKind,
         correlation_id: str | None,
         triggered_by: str,
+        heartbeat_s: float | None = None,
     ) -> None:
         self._run_id = run_id
+        self._heartbeat_s = heartbeat_s
         self._workspace = workspace
         self._kind = kind
         self._correlation_id = correlation_id
@@ -189,7 +191,7 @@ class RunWorkflowBase:
                     arg,
                     result_type=result_type,
                     start_to_close_timeout=timedelta(seconds=timeout_s),
-                    heartbeat_timeout=timedelta(seconds=heartbeat_s) if heartbeat_s else None,
+                    heartbeat_timeout=timedelta(seconds=beat) if (beat := heartbeat_s or self._heartbeat_s) else None,
                     retry_policy=retry_policy(attempts + self._extra_attempts),
                     summary=name,
                 )

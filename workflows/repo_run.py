@@ -43,8 +43,6 @@ ANCHOR = "anchor"
 FIRST_MERGE = "first_merge"
 CLONE_TIMEOUT_S = 600.0
 CONFIG_TIMEOUT_S = 60.0
-# Heartbeats of long steps must arrive this often, so a dead worker is noticed within a minute.
-HEARTBEAT_S = 30.0
 
 
 def workflow_id(workspace: str, run_id: str) -> str:
@@ -69,6 +67,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             kind=RunKind.REPOSITORY,
             correlation_id=inp.correlation_id,
             triggered_by=inp.triggered_by,
+            heartbeat_s=inp.heartbeat_timeout_s,
         )
         self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)
         self._config: QuantapilotConfig | None = None
@@ -172,7 +171,6 @@ class RepoRunWorkflow(RunWorkflowBase):
             DocsResult,
             timeout_s=timeout_s,
             attempts=attempts,
-            heartbeat_s=HEARTBEAT_S,
         )
         self._docs_branch = docs.docs_branch
         pr = await self._open_pr(
@@ -248,7 +246,6 @@ class RepoRunWorkflow(RunWorkflowBase):
             MilestoneResult,
             timeout_s=sum(s.timeout_s for s in steps) + 120.0,
             attempts=attempts,
-            heartbeat_s=HEARTBEAT_S,
         )
         record.steps = list(result.steps)
         if result.failed_step is not None:

@@ -1,0 +1,425 @@
+"""The ``qp`` command line: start the stack, run the processes, and drive runs through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.table import Table
+
+from quantapilot.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+
+
+# ----- helpers ------------------------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _token(explicit: str | None, settings: Settings) -> str:
+    """The API token: --token, then QP_TOKEN, then the one `qp up` wrote into the state directory."""
+    if explicit:
+        return explicit
+    if env := os.environ.get("QP_TOKEN"):
+        return env
+    path = settings.state_dir / TOKEN_FILE
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    raise click.UsageError("no API token: pass --token, set QP_TOKEN, or start the stack with `qp up`")
+
+
+class ApiClient:
+    """A small synchronous wrapper over the HTTP API for the CLI."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        """Send a request; exit with the envelope's message on an error status."""
+        return asyncio.run(self._call(method, path, body, headers or {}))
+
+    async def _call(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Any:
+        all_headers = {"Authorization": f"Bearer {self.token}", "X-QP-Client": "cli", **headers}
+        timeout = aiohttp.ClientTimeout(total=60)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(method, self.base_url + path, json=body, headers=all_headers) as resp,
+            ):
+                payload = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    error = (payload or {}).get("error", {})
+                    raise click.ClickException(
+                        f"{resp.status} {error.get('code', 'ERROR')}: {error.get('message', '')}"
+                        f" (traceId {error.get('traceId', '-')})"
+                    )
+                return payload
+        except aiohttp.ClientConnectionError as exc:
+            raise click.ClickException(f"cannot reach the API at {self.base_url}: {exc}") from None
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    settings = _settings()
+    return ApiClient(obj.get("api_url") or settings.base_url, _token(obj.get("token"), settings))
+
+
+def _print_status(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    console.print(
+        f"[bold]{status['run_id']}[/bold]  state=[cyan]{status['state']}[/cyan]  step={status.get('current_step')}"
+    )
+    if status.get("error"):
+        console.print(f"[red]{status['error']['code']}[/red]: {status['error']['message']}")
+    if status.get("gates"):
+        table = Table("gate", "status", "decided by", "reason")
+        for gate in status["gates"]:
+            table.add_row(gate["name"], gate["status"], gate.get("decided_by") or "", gate.get("reason") or "")
+        console.print(table)
+        for gate in status["gates"]:
+            if gate["status"] == "pending":
+                console.print(f"approve with: qp approve {status['run_id']} {gate['name']} --reason '...'")
+    for milestone in status.get("milestones", []):
+        console.print(f"  milestone {milestone['id']} {milestone['status']}: {milestone['title']}")
+
+
+# ----- commands -----------------------------------------------------------------------------------------------
+
+
+@click.group()
+@click.option("--api-url", envvar="QP_API_URL", help="Base URL of the API (default: from QP_API_HOST/QP_API_PORT).")
+@click.option("--token", envvar="QP_TOKEN", help="API token (default: the one `qp up` created).")
+@click.pass_context
+def main(ctx: click.Context, api_url: str | None, token: str | None) -> None:
+    """QuantaPilot: durable repository and lifecycle runs on Temporal."""
+    ctx.ensure_object(dict).update(api_url=api_url, token=token)
+
+
+@main.command()
+def worker() -> None:
+    """Run a Temporal worker (workflows and activities)."""
+    from worker import main as worker_main
+
+    worker_main()
+
+
+@main.command()
+def api() -> None:
+    """Run the HTTP API server."""
+    from api.server import main as api_main
+
+    api_main()
+
+
+def _prompt_missing(value: str | None, label: str) -> str:
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"--{label} is required (no terminal to ask on)")
+    answer: str = click.prompt(label)
+    return answer
+
+
+@main.command()
+@click.option("--repo", "repo", help="Repository URL.")
+@click.option("--branch", help="Branch to run on.")
+@click.option("--correlation-id", help="Your id for tracking events and logs.")
+@click.option("--idempotency-key", help="Retry-safe key: the same key never starts a second run.")
+@click.option("--yaml-path", default=None, help="Path of quantapilot.yml in the repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    repo: str | None,
+    branch: str | None,
+    correlation_id: str | None,
+    idempotency_key: str | None,
+    yaml_path: str | None,
+    as_json: bool,
+) -> None:
+    """Trigger a repository run through the HTTP API (asks for missing values on a terminal)."""
+    client = _client(ctx)
+    body: dict[str, Any] = {"repo_url": _prompt_missing(repo, "repo"), "branch": _prompt_missing(branch, "branch")}
+    if correlation_id:
+        body["correlation_id"] = correlation_id
+    if yaml_path:
+        body["quantapilot_yaml_path"] = yaml_path
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    accepted = client.call("POST", "/run", body, headers)
+    if as_json:
+        click.echo(json.dumps(accepted))
+    else:
+        console.print(f"run [bold]{accepted['run_id']}[/bold] accepted: {accepted['status_url']}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Show a run's state, gates and milestones."""
+    _print_status(_client(ctx).call("GET", f"/v1/runs/{run_id}"), as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--after", default=0, show_default=True, help="Only events after this sequence number.")
+@click.pass_context
+def events(ctx: click.Context, run_id: str, after: int) -> None:
+    """Print a run's events, one JSON object per line."""
+    page = _client(ctx).call("GET", f"/v1/runs/{run_id}/events?after={after}")
+    for event in page["events"]:
+        click.echo(json.dumps(event))
+
+
+def _decide(ctx: click.Context, run_id: str, gate: str, approved: bool, reason: str | None) -> None:
+    record = _client(ctx).call(
+        "POST", f"/v1/runs/{run_id}/gates/{gate}/decision", {"approved": approved, "reason": reason}
+    )
+    console.print(f"gate {record['name']}: {record['status']} by {record.get('decided_by')}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("gate")
+@click.option("--reason", default=None)
+@click.pass_context
+def approve(ctx: click.Context, run_id: str, gate: str, reason: str | None) -> None:
+    """Approve a pending gate."""
+    _decide(ctx, run_id, gate, True, reason)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("gate")
+@click.option("--reason", required=True)
+@click.pass_context
+def reject(ctx: click.Context, run_id: str, gate: str, reason: str) -> None:
+    """Reject a pending gate (ends the run)."""
+    _decide(ctx, run_id, gate, False, reason)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--reason", default="manual")
+@click.pass_context
+def pause(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Pause a run (no new step starts)."""
+    _print_status(_client(ctx).call("POST", f"/v1/runs/{run_id}/pause", {"reason": reason}), False)
+
+
+@main.command()
+@click.argument("run_id")
+@click.pass_context
+def resume(ctx: click.Context, run_id: str) -> None:
+    """Resume a paused run."""
+    _print_status(_client(ctx).call("POST", f"/v1/runs/{run_id}/resume"), False)
+
+
+@main.command()
+@click.argument("run_id")
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str) -> None:
+    """Cancel a run."""
+    result = _client(ctx).call("POST", f"/v1/runs/{run_id}/cancel")
+    console.print(f"run {result['run_id']}: {result['state']}")
+
+
+# ----- tokens -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def tokens() -> None:
+    """Manage API tokens (works on the database directly)."""
+
+
+def _parse_expiry(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    if value[-1] not in units or not value[:-1].isdigit():
+        raise click.BadParameter("use a number followed by d, h or m (e.g. 90d)")
+    return datetime.now(UTC) + timedelta(**{units[value[-1]]: int(value[:-1])})
+
+
+@tokens.command("create")
+@click.option("--workspace", default="default", show_default=True)
+@click.option("--subject", default="operator", show_default=True, help="Who uses the token.")
+@click.option("--scope", "scopes", multiple=True, help="Scope to grant (repeatable; default: all).")
+@click.option("--expires", default=None, help="Lifetime such as 90d, 12h.")
+def tokens_create(workspace: str, subject: str, scopes: Sequence[str], expires: str | None) -> None:
+    """Create a token and print it once."""
+    from quantapilot.db import create_all, make_engine
+    from quantapilot.tokens import ALL_SCOPES, create_token
+
+    engine = make_engine(_settings().database_url)
+    create_all(engine)
+    try:
+        plaintext, row = create_token(
+            engine,
+            workspace=workspace,
+            subject=subject,
+            scopes=tuple(scopes) or ALL_SCOPES,
+            expires_at=_parse_expiry(expires),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    console.print(f"token id {row.id} (workspace {workspace}, scopes {' '.join(row.scopes)})")
+    click.echo(plaintext)
+
+
+@tokens.command("list")
+@click.option("--workspace", default=None)
+def tokens_list(workspace: str | None) -> None:
+    """List tokens (never their values)."""
+    from quantapilot.db import create_all, make_engine
+    from quantapilot.tokens import list_tokens
+
+    engine = make_engine(_settings().database_url)
+    create_all(engine)
+    table = Table("id", "workspace", "subject", "scopes", "expires", "revoked")
+    for row in list_tokens(engine, workspace=workspace):
+        table.add_row(
+            row.id,
+            row.workspace,
+            row.subject,
+            " ".join(row.scopes),
+            str(row.expires_at or ""),
+            str(row.revoked_at or ""),
+        )
+    console.print(table)
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by id."""
+    from quantapilot.db import make_engine
+    from quantapilot.tokens import revoke_token
+
+    if not revoke_token(make_engine(_settings().database_url), token_id):
+        raise click.ClickException(f"no token {token_id}")
+    console.print(f"revoked {token_id}")
+
+
+# ----- the whole stack ----------------------------------------------------------------------------------------
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"process exited early with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise click.ClickException(f"{host}:{port} did not open within {timeout:.0f}s")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Treat SIGTERM like Ctrl-C, so `qp up` under a supervisor stops its children in order too."""
+    raise KeyboardInterrupt
+
+
+def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """Stop children in reverse start order: SIGTERM, then SIGKILL after 15 s."""
+    for _name, proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for _name, proc in reversed(procs):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@main.command()
+@click.option("--headless", is_flag=True, help="Start the Temporal dev server without its Web UI.")
+@click.option("--temporal-port", type=int, default=None, help="Override temporal-dev.yaml's gRPC port.")
+@click.option("--ui-port", type=int, default=None, help="Override temporal-dev.yaml's Web UI port.")
+def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
+    """Start the Temporal dev server (with Web UI), a worker and the API; Ctrl-C stops all three."""
+    from quantapilot.db import create_all, make_engine
+    from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+    from quantapilot.tokens import create_token
+
+    settings = _settings()
+    dev = load_dev_config()
+    if temporal_port:
+        dev = dev.model_copy(update={"port": temporal_port})
+    if ui_port:
+        dev = dev.model_copy(update={"ui_port": ui_port})
+    state_dir = settings.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    create_all(engine)
+
+    env = {
+        **os.environ,
+        "QP_TEMPORAL_ADDRESS": f"{dev.ip}:{dev.port}",
+        "QP_TEMPORAL_NAMESPACE": dev.namespace,
+        "QP_STATE_DIR": str(state_dir),
+        "QP_DATABASE_URL": settings.database_url,
+        # A local stack delivers webhooks to local receivers (e.g. `qp webhooks listen`).
+        "QP_WEBHOOK_ALLOW_PRIVATE": os.environ.get("QP_WEBHOOK_ALLOW_PRIVATE", "true"),
+    }
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    # Ctrl-C reaches the whole foreground process group; we stop the children ourselves, in order.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        temporal = subprocess.Popen(
+            [str(temporal_cli_path()), *dev.start_dev_args(state_dir=state_dir, headless=headless)],
+            env=env,
+            start_new_session=True,
+        )
+        procs.append(("temporal", temporal))
+        _wait_port(dev.ip, dev.port, 60, temporal)
+        worker_proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True)
+        procs.append(("worker", worker_proc))
+        api_proc = subprocess.Popen([sys.executable, "-m", "api"], env=env, start_new_session=True)
+        procs.append(("api", api_proc))
+        _wait_port(settings.api_host, settings.api_port, 60, api_proc)
+        token, _row = create_token(engine, workspace="default", subject="local-admin")
+        token_path = state_dir / TOKEN_FILE
+        token_path.write_text(token + "\n", encoding="utf-8")
+        token_path.chmod(0o600)
+        click.echo(f"Temporal Web UI : {'(headless)' if headless else f'http://localhost:{dev.ui_port}'}")
+        click.echo(f"Temporal gRPC   : {dev.ip}:{dev.port}")
+        click.echo(f"API             : {settings.base_url}")
+        click.echo(f"Database        : {settings.database_url}")
+        click.echo(f"API token       : {token}")
+        click.echo("(all scopes; also saved for the CLI in the state directory)  Ctrl-C stops everything.", err=False)
+        sys.stdout.flush()
+        while all(proc.poll() is None for _name, proc in procs):
+            time.sleep(0.5)
+        dead = [name for name, proc in procs if proc.poll() is not None]
+        err_console.print(f"[red]{', '.join(dead)} exited; stopping the stack[/red]")
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        click.echo("stopping...")
+    finally:
+        _stop(procs)
