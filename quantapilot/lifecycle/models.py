@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]  # typed only where types-jsonschema is installed
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
