@@ -136,9 +136,7 @@ def prepare_request(
     """
     body = envelope.to_body()
     signature = sign(secrets, body, timestamp=int(time.time()) if timestamp is None else timestamp)
-    headers = build_headers(
-        event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature
-    )
+    headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature)
     return body, headers
 
 
@@ -274,9 +272,7 @@ async def post_event(
             )
     except aiohttp.ClientError as exc:
         if status is None:
-            return DeliveryResult(
-                outcome=DeliveryOutcome.RETRY, latency_ms=_elapsed_ms(started), error=_describe(exc)
-            )
+            return DeliveryResult(outcome=DeliveryOutcome.RETRY, latency_ms=_elapsed_ms(started), error=_describe(exc))
 
     assert status is not None  # every path that leaves it None returned above
     if 200 <= status < 300:

@@ -229,9 +229,7 @@ async def test_sender_slow_receiver_times_out(serve, session) -> None:
 
     receiver = await serve(slow)
     try:
-        result = await post_event(
-            session, receiver.url, b"{}", _signed(b"{}"), allow_private=True, timeout_s=0.3
-        )
+        result = await post_event(session, receiver.url, b"{}", _signed(b"{}"), allow_private=True, timeout_s=0.3)
     finally:
         release.set()
     assert result.outcome is DeliveryOutcome.RETRY

@@ -169,9 +169,7 @@ async def test_urlsafety_public_name_returns_resolved_addresses() -> None:
 
 async def test_urlsafety_idna_host_resolved_in_ascii_form() -> None:
     resolver = _resolver({"xn--exmple-cua.com": ["93.184.216.34"]})
-    assert await check_url("https://exämple.com/", allow_private=False, resolver=resolver) == [
-        "93.184.216.34"
-    ]
+    assert await check_url("https://exämple.com/", allow_private=False, resolver=resolver) == ["93.184.216.34"]
 
 
 async def test_urlsafety_empty_or_invalid_resolution_refused() -> None:
