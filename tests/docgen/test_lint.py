@@ -147,4 +147,6 @@ def test_lint_scrub_replaces_every_hit() -> None:
 
 def test_lint_compiles_the_schema_once() -> None:
     assert frontmatter_validator() is frontmatter_validator()
-    assert frontmatter_validator().schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    schema = frontmatter_validator().schema
+    assert isinstance(schema, dict)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
