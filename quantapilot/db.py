@@ -23,6 +23,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "quantapilot.telemetry",
     "quantapilot.webhooks.store",
     "quantapilot.forges.store",
+    "quantapilot.lifecycle_store",
 )
 
 
