@@ -73,6 +73,8 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
             quantapilot_yaml_path=body.get("quantapilot_yaml_path", "quantapilot.yml"),
             correlation_id=body.get("correlation_id"),
             triggered_by=principal.subject,
+            triggered_by_token=principal.token_id,
+            allow_self_approval_default=settings.allow_self_approval,
             request_sha256=digest,
             trace_id=request.get(TRACE_ID),
             heartbeat_timeout_s=settings.step_heartbeat_s,
@@ -161,6 +163,8 @@ async def decide_gate(request: web.Request) -> web.Response:
         reason=body.get("reason"),
         decided_by=principal.subject,
         source="cli" if request.headers.get("X-QP-Client") == "cli" else "api",
+        decided_by_token=principal.token_id,
+        decider_scopes=sorted(principal.scopes),
     )
     record: GateRecord = await _update(
         request, principal, request.match_info["run_id"], "submit_gate_decision", decision, GateRecord

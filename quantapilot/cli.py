@@ -386,6 +386,8 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         "QP_DATABASE_URL": settings.database_url,
         # A local stack delivers webhooks to local receivers (e.g. `qp webhooks listen`).
         "QP_WEBHOOK_ALLOW_PRIVATE": os.environ.get("QP_WEBHOOK_ALLOW_PRIVATE", "true"),
+        # One local operator triggers and approves with the one token `qp up` prints.
+        "QP_ALLOW_SELF_APPROVAL": os.environ.get("QP_ALLOW_SELF_APPROVAL", "true"),
     }
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Ctrl-C reaches the whole foreground process group; we stop the children ourselves, in order.

@@ -158,7 +158,8 @@ class GateConfig(_Frozen):
     description: str | None = None
     timeout_s: PositiveSeconds | None = None
     approvers: list[str] = Field(default_factory=list)
-    allow_self_approval: bool = False
+    # None: the deployment's default (QP_ALLOW_SELF_APPROVAL, off unless the operator turns it on).
+    allow_self_approval: bool | None = None
 
 
 class DocsConfig(_Frozen):

@@ -49,6 +49,9 @@ class RepoRunInput(_Model):
     quantapilot_yaml_path: str = "quantapilot.yml"
     correlation_id: str | None = None
     triggered_by: str = "unknown"
+    # Token id of the trigger: that token may not decide the run's gates unless self-approval is allowed.
+    triggered_by_token: str = ""
+    allow_self_approval_default: bool = False
     request_sha256: str = ""
     trace_id: str | None = None
     # How soon a dead worker is noticed in a long step (from QP_STEP_HEARTBEAT_S at trigger time).
@@ -63,6 +66,10 @@ class GateDecisionInput(_Model):
     reason: str | None = Field(default=None, max_length=2000)
     decided_by: str = Field(default="temporal-ui", max_length=200)
     source: DecisionSource = "signal"
+    # Set by the API from the caller's token; signals (Temporal UI/CLI) carry none: Temporal access is operator
+    # authority, see docs/SECURITY.md.
+    decided_by_token: str | None = None
+    decider_scopes: list[str] = []
 
 
 class PauseInput(_Model):

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     allowed_repo_patterns: list[str] = ["https://*", "ssh://*", "git@*:*"]
     # Repositories whose quantapilot.yml commands may be executed (fnmatch patterns); empty: none.
     command_repo_patterns: list[str] = []
+    # Whether the token that triggered a run may decide its gates when quantapilot.yml does not say.
+    allow_self_approval: bool = False
     git_author_name: str = "QuantaPilot"
     git_author_email: str = "quantapilot@localhost"
     clone_timeout_s: float = 300.0

@@ -63,6 +63,8 @@ def settings(tmp_path: Path, client: Client) -> Settings:
         allowed_repo_patterns=["file://*"],
         command_repo_patterns=[],
         token_cache_seconds=0.0,
+        # Most tests trigger and decide with one token; the approver rules have tests of their own.
+        allow_self_approval=True,
     )
 
 

@@ -46,8 +46,12 @@ class RunWorkflowBase:
         kind: RunKind,
         correlation_id: str | None,
         triggered_by: str,
+        trigger_token: str = "",
+        self_approval_default: bool = False,
         heartbeat_s: float | None = None,
     ) -> None:
+        self._trigger_token = trigger_token
+        self._self_approval_default = self_approval_default
         self._run_id = run_id
         self._heartbeat_s = heartbeat_s
         self._workspace = workspace
@@ -214,7 +218,7 @@ class RunWorkflowBase:
         *,
         timeout_s: float | None = None,
         approvers: list[str] | None = None,
-        allow_self_approval: bool = False,
+        allow_self_approval: bool | None = None,
     ) -> GateRecord:
         """Wait at a gate until a person decides; rejection or timeout ends the run."""
         await self._checkpoint()
@@ -223,7 +227,7 @@ class RunWorkflowBase:
             description=description,
             requested_at=workflow.now(),
             approvers=approvers or [],
-            allow_self_approval=allow_self_approval,
+            allow_self_approval=self._self_approval_default if allow_self_approval is None else allow_self_approval,
         )
         self._gates[name] = gate
         self._current_step = f"gate:{name}"
@@ -264,11 +268,30 @@ class RunWorkflowBase:
             )
         if gate.status != "pending":
             raise ApplicationError(f"gate {decision.gate} is {gate.status}", type=ErrorCode.CONFLICT)
-        if gate.approvers and decision.decided_by not in gate.approvers:
-            raise ApplicationError(
-                f"{decision.decided_by} may not decide gate {decision.gate}", type=ErrorCode.AUTHORIZATION_ERROR
-            )
+        if decision.source != "signal":
+            self._check_decider(gate, decision)
         return gate
+
+    def _check_decider(self, gate: GateRecord, decision: GateDecisionInput) -> None:
+        """Apply the gate's approver list and the self-approval rule to an API decision."""
+        if gate.approvers:
+            allowed = decision.decided_by in gate.approvers or any(
+                f"scope:{scope}" in gate.approvers for scope in decision.decider_scopes
+            )
+            if not allowed:
+                raise ApplicationError(
+                    f"{decision.decided_by} is not an approver of gate {decision.gate}",
+                    type=ErrorCode.AUTHORIZATION_ERROR,
+                )
+        if (
+            not gate.allow_self_approval
+            and decision.decided_by_token
+            and decision.decided_by_token == self._trigger_token
+        ):
+            raise ApplicationError(
+                f"the token that triggered the run may not decide gate {decision.gate}",
+                type=ErrorCode.AUTHORIZATION_ERROR,
+            )
 
     def _apply_decision(self, decision: GateDecisionInput) -> GateRecord:
         gate = self._check_decision(decision)

@@ -67,6 +67,8 @@ class RepoRunWorkflow(RunWorkflowBase):
             kind=RunKind.REPOSITORY,
             correlation_id=inp.correlation_id,
             triggered_by=inp.triggered_by,
+            trigger_token=inp.triggered_by_token,
+            self_approval_default=inp.allow_self_approval_default,
             heartbeat_s=inp.heartbeat_timeout_s,
         )
         self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)

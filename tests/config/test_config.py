@@ -409,7 +409,8 @@ def test_gates_settings_default_when_undefined() -> None:
     )
     default = gate_settings(config, "anchor")
     assert default == GateConfig()
-    assert (default.timeout_s, default.approvers, default.allow_self_approval) == (None, [], False)
+    # None: the deployment default (QP_ALLOW_SELF_APPROVAL) decides.
+    assert (default.timeout_s, default.approvers, default.allow_self_approval) == (None, [], None)
 
 
 # --- step policy
