@@ -1,0 +1,261 @@
+"""Repository runs with milestones: commands, PRs, gates, merges, conflicts, budgets and gate timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from quantapilot.forges.store import PullRequestRecord
+from quantapilot.settings import Settings
+from tests.conftest import ApiFactory
+from tests.e2e.test_worker_crash import start_worker
+from tests.support import Api, git, make_remote, remote_file
+
+README = "# Demo\n\nfirst line\n"
+
+TWO_MILESTONES = """\
+version: 1
+policies: {merge: squash}
+milestones:
+  - id: M-001
+    title: Add a changelog
+    criteria: [CHANGELOG.md exists]
+    steps:
+      - {name: impl, run: "echo 'v1' > CHANGELOG.md", timeout_s: 30}
+      - {name: test, run: "test -s CHANGELOG.md && echo ok", timeout_s: 30}
+  - id: M-002
+    title: Extend the changelog
+    gate: true
+    steps:
+      - {name: impl, run: "echo 'v2' >> CHANGELOG.md", timeout_s: 30}
+"""
+
+
+@pytest.fixture
+def cmd_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"command_repo_patterns": ["file://*"]})
+
+
+@pytest.fixture
+async def cmd_api(make_api: ApiFactory, cmd_settings: Settings) -> Api:
+    return await make_api(cmd_settings)
+
+
+@pytest.fixture
+async def cmd_worker(client, cmd_settings: Settings):
+    from worker import build_worker
+
+    async with build_worker(client, cmd_settings):
+        yield
+
+
+def kinds(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_two_with_gates_happy_path(cmd_api: Api, tmp_path: Path) -> None:
+    api = cmd_api
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    for gate in ("anchor", "M-001", "first_merge", "M-002"):
+        status = await api.wait_gate(run_id, gate)
+        assert status["state"] == "waiting_for_gate", status
+        if gate == "M-001":
+            # The milestone's work is on its own branch and PR, not yet on main.
+            assert remote_file(url, "main", "CHANGELOG.md") is None
+            milestone = status["milestones"][0]
+            assert milestone["status"] == "active"
+            assert [s["exit_code"] for s in milestone["steps"]] == [0, 0]
+            assert milestone["steps"][1]["output_tail"].strip() == "ok"
+            assert remote_file(url, milestone["branch"], "CHANGELOG.md") == "v1\n"
+        code, decided = await api.decide(run_id, gate, True, f"{gate} ok")
+        assert code == 200, decided
+    final = await api.wait_state(run_id, "completed")
+    assert [m["status"] for m in final["milestones"]] == ["completed", "completed"]
+    assert remote_file(url, "main", "CHANGELOG.md") == "v1\nv2\n"
+    assert [p["state"] for p in final["pull_requests"]] == ["merged", "merged", "merged"]
+    events = await api.events(run_id)
+    completed = [e["data"]["milestone_id"] for e in events if e["type"] == "milestone.completed"]
+    assert completed == ["M-001", "M-002"]
+    assert [e["data"]["gate"] for e in events if e["type"] == "gate.requested"] == [
+        "anchor",
+        "M-001",
+        "first_merge",
+        "M-002",
+    ]
+    # Squash strategy: each milestone is one commit on main with the milestone as its subject.
+    log = git("log", "--format=%s", "main", cwd=Path(url.removeprefix("file://")))
+    assert "M-002: Extend the changelog" in log
+
+
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_merge_conflict_pauses_until_a_person_resolves(cmd_api: Api, tmp_path: Path) -> None:
+    api = cmd_api
+    yml = "version: 1\nmilestones:\n  - id: M-001\n    title: Reword\n    steps:\n      - {name: impl, run: \"sed -i 's/first line/milestone line/' README.md\"}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    status = await api.wait_gate(run_id, "M-001")
+    branch = status["milestones"][0]["branch"]
+
+    # Someone changes the same line on main meanwhile.
+    human = tmp_path / "human"
+    git("clone", "--quiet", url, str(human), cwd=tmp_path)
+    (human / "README.md").write_text(README.replace("first line", "human line"))
+    git("commit", "--quiet", "-am", "human edit", cwd=human)
+    git("push", "--quiet", "origin", "main", cwd=human)
+
+    await api.decide(run_id, "M-001", True)
+    await api.wait_gate(run_id, "first_merge")
+    await api.decide(run_id, "first_merge", True)
+    paused = await api.wait_state(run_id, "paused")
+    assert paused["paused_reason"] == "merge_conflict"
+    assert "run.paused" in kinds(await api.events(run_id))
+
+    # The person resolves the conflict on the milestone branch and resumes.
+    git("fetch", "--quiet", "origin", cwd=human)
+    git("checkout", "--quiet", "-b", "fix", f"origin/{branch}", cwd=human)
+    merge = subprocess.run(
+        ["git", "merge", "origin/main"],
+        cwd=human,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "h",
+            "GIT_AUTHOR_EMAIL": "h@example.test",
+            "GIT_COMMITTER_NAME": "h",
+            "GIT_COMMITTER_EMAIL": "h@example.test",
+        },
+    )
+    assert merge.returncode != 0  # a real conflict
+    (human / "README.md").write_text(README.replace("first line", "resolved line"))
+    git("commit", "--quiet", "-am", "resolve", cwd=human)
+    git("push", "--quiet", "origin", f"fix:{branch}", cwd=human)
+    code, _ = await api.post(f"/v1/runs/{run_id}/resume")
+    assert code == 200
+    await api.wait_state(run_id, "completed")
+    assert "resolved line" in (remote_file(url, "main", "README.md") or "")
+
+
+@pytest.mark.usefixtures("cmd_worker")
+@pytest.mark.parametrize(
+    ("command", "timeout_s", "timed_out"),
+    [("echo failing >&2; exit 3", 30, False), ("sleep 30", 1, True)],
+)
+async def test_milestones_failing_or_slow_command_fails_run(
+    cmd_api: Api, tmp_path: Path, command: str, timeout_s: int, timed_out: bool
+) -> None:
+    api = cmd_api
+    yml = f'version: 1\nmilestones:\n  - id: M-001\n    title: T\n    steps:\n      - {{name: test, run: "{command}", timeout_s: {timeout_s}, retries: 0}}\n'
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    final = await api.wait_state(run_id, "failed")
+    assert final["error"]["code"] == "STEP_FAILED"
+    step = final["milestones"][0]["steps"][0]
+    assert step["timed_out"] is timed_out
+    if timed_out:
+        assert step["exit_code"] is None and step["duration_s"] < 10
+    else:
+        assert step["exit_code"] == 3 and "failing" in step["output_tail"]
+    assert final["milestones"][0]["status"] == "failed"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_milestones_commands_not_allowed(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    final = await api.wait_state(body["run_id"], "failed")
+    assert final["error"]["code"] == "COMMANDS_NOT_ALLOWED"
+    assert kinds(await api.events(body["run_id"])) == ["run.started", "run.failed"]
+
+
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_time_budget_pauses_then_raise_and_resume(cmd_api: Api, tmp_path: Path) -> None:
+    api = cmd_api
+    yml = "version: 1\nrun: {time_budget_s: 1}\nmilestones:\n  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {name: impl, run: 'sleep 1.5; echo done > out.txt'}\npolicies: {gates: ['-first_merge']}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    paused = await api.wait_state(run_id, "paused")
+    assert paused["paused_reason"] == "time_limit"
+    code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": 3600})
+    assert code == 200, raised
+    await api.post(f"/v1/runs/{run_id}/resume")
+    final = await api.wait_state(run_id, "completed")
+    assert remote_file(url, "main", "out.txt") == "done\n"
+    reasons = [e["data"]["reason"] for e in await api.events(run_id) if e["type"] == "run.paused"]
+    assert reasons == ["time_limit"]
+    assert final["milestones"][0]["status"] == "completed"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_milestones_gate_timeout_fails_run(api: Api, tmp_path: Path) -> None:
+    yml = "version: 1\ngate_definitions:\n  anchor: {timeout_s: 1, description: Quick anchor}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    final = await api.wait_state(body["run_id"], "failed", timeout=30)
+    assert final["error"]["code"] == "GATE_TIMEOUT"
+    assert final["gates"][0]["status"] == "timed_out"
+    assert final["gates"][0]["description"] == "Quick anchor"
+
+
+POST_RECEIVE = """#!/bin/sh
+# Kill the worker right after the docs branch was pushed: the push is done, the PR record is not.
+while read old new ref; do
+  if [ "$ref" = "refs/heads/quantapilot/docs" ] && [ ! -e "{marker}" ]; then
+    touch "{marker}"
+    kill -9 $(cat "{pidfile}")
+  fi
+done
+"""
+
+
+@pytest.mark.slow
+async def test_milestones_worker_killed_between_push_and_pr_record_one_pr(
+    make_api: ApiFactory, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"step_heartbeat_s": 2.0})
+    api = await make_api(settings)
+    url = make_remote(tmp_path, {"README.md": README})
+    bare = Path(url.removeprefix("file://"))
+    pidfile, marker = tmp_path / "worker.pid", tmp_path / "killed"
+    hook = bare / "hooks" / "post-receive"
+    hook.write_text(POST_RECEIVE.format(marker=marker, pidfile=pidfile))
+    hook.chmod(0o755)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    pidfile.write_text(str(worker.pid))
+    try:
+        _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+        run_id = body["run_id"]
+        await asyncio.to_thread(worker.wait, 60)  # killed by the hook
+        assert marker.exists()
+        worker = start_worker(settings, log)
+        pidfile.write_text(str(worker.pid))
+        await api.wait_gate(run_id, "anchor", timeout=60)
+        await api.decide(run_id, "anchor", True)
+        await api.wait_state(run_id, "completed")
+    finally:
+        worker.terminate()
+        await asyncio.to_thread(worker.wait, 30)
+    with Session(engine) as session:
+        prs = list(session.exec(select(PullRequestRecord).where(PullRequestRecord.run_id == run_id)))
+    assert collections.Counter(pr.head for pr in prs) == {"quantapilot/docs": 1}
+    events = await api.events(run_id)
+    assert [e["type"] for e in events].count("documentation.generated") == 1
