@@ -18,6 +18,7 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
         engine: Database engine.
     """
     from activities.events import EventActivities
+    from activities.lifecycle import lifecycle_activities
     from activities.repo import RepoActivities
 
     repo = RepoActivities(settings, engine)
@@ -30,4 +31,5 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
         repo.open_pull_request,
         repo.merge_pull_request,
         repo.run_milestone,
+        *lifecycle_activities(settings, engine),
     ]

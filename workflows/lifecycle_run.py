@@ -1,0 +1,187 @@
+"""The lifecycle run: one stage of one customer account, from agent to stored result and docs page.
+
+Steps: ``run.started`` -> the stage agent (an activity over the account's stored context) -> store the result
+-> for the target stage, a draft page and the ``business_case`` gate (approval activates the targets, rejection
+archives the page and fails the run) -> publish ``accounts/<accountId>/<stage>`` -> ``stage.completed`` (and
+``realization.updated`` for the realization stage) -> ``run.completed``. Pause/resume, status and events come
+from :class:`~workflows.base.RunWorkflowBase`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio import workflow
+
+from workflows.base import RunWorkflowBase
+from workflows.common import RunFailure
+
+with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle_models import (
+        BUSINESS_CASE_GATE,
+        PUBLISH_STAGE_PAGE,
+        RUN_STAGE_AGENT,
+        SET_STAGE_RESULT_STATUS,
+        STORE_STAGE_RESULT,
+        LifecycleRunInput,
+        PageStatus,
+        PublishedPage,
+        PublishStageInput,
+        ResultStatus,
+        SetStatusInput,
+        StageAgentInput,
+        StageAgentOutcome,
+        StoredStageResult,
+        StoreStageResultInput,
+        kpi_statuses,
+        summarize,
+    )
+    from quantapilot.errors import ErrorCode
+    from quantapilot.lifecycle.models import RealizationOutput
+    from quantapilot.lifecycle.realization import report_period
+    from quantapilot.models import RunKind, RunStatus
+
+AGENT_TIMEOUT_S = 300.0
+STORE_TIMEOUT_S = 60.0
+
+
+def workflow_id(workspace: str, run_id: str) -> str:
+    """Workflow id of a lifecycle run, readable in the Temporal Web UI."""
+    return f"lifecycle-run/{workspace}/{run_id}"
+
+
+@workflow.defn(name="LifecycleRun")
+class LifecycleRunWorkflow(RunWorkflowBase):
+    """One durable lifecycle stage run (see the module docstring for its steps)."""
+
+    @workflow.init
+    def __init__(self, inp: LifecycleRunInput) -> None:
+        self._inp = inp
+        self._init_run(
+            run_id=inp.run_id,
+            workspace=inp.workspace,
+            kind=RunKind.LIFECYCLE,
+            correlation_id=inp.correlation_id,
+            triggered_by=inp.triggered_by,
+        )
+
+    @workflow.run
+    async def run(self, inp: LifecycleRunInput) -> RunStatus:
+        """Run the stage to completion, failure or cancellation."""
+        return await self._guarded(self._pipeline)
+
+    def _status(self) -> RunStatus:
+        return RunStatus(**self._base_status(), account_id=self._inp.account_id, stage=self._inp.stage)
+
+    async def _pipeline(self) -> None:
+        inp = self._inp
+        await self._emit(
+            "run.started",
+            {
+                "run_id": inp.run_id,
+                "account_id": inp.account_id,
+                "stage": inp.stage,
+                "correlation_id": inp.correlation_id,
+            },
+        )
+        as_of = workflow.now()
+        period = report_period(requested=inp.inputs.report_period, as_of=as_of) if inp.stage == "realization" else None
+        outcome = await self._step(
+            f"agent:{inp.stage}",
+            RUN_STAGE_AGENT,
+            StageAgentInput(
+                workspace=inp.workspace,
+                account_id=inp.account_id,
+                stage=inp.stage,
+                as_of=as_of,
+                inputs=inp.inputs,
+                period=period,
+            ),
+            StageAgentOutcome,
+            timeout_s=AGENT_TIMEOUT_S,
+            attempts=3,
+        )
+        if outcome.result is None:
+            raise RunFailure(ErrorCode.AGENT_FAILED, outcome.skipped or "the agent returned no result")
+        result = outcome.result
+        gated = inp.stage == "target"
+        stored = await self._step(
+            "store_result",
+            STORE_STAGE_RESULT,
+            StoreStageResultInput(
+                key=inp.run_id,
+                workspace=inp.workspace,
+                run_id=inp.run_id,
+                status="pending_approval" if gated else "completed",
+                result=result,
+            ),
+            StoredStageResult,
+            timeout_s=STORE_TIMEOUT_S,
+            attempts=5,
+        )
+        summary: dict[str, Any] = {**summarize(result), "docsVersion": stored.version}
+        self._result = summary
+        self._touch()
+        if gated:
+            await self._publish("draft", "Proposed targets, awaiting the business_case gate.")
+            try:
+                await self._gate(
+                    BUSINESS_CASE_GATE,
+                    "Approve the business case: its KPI targets become the account's active targets.",
+                    timeout_s=inp.gate_timeout_s,
+                )
+            except RunFailure:
+                # The targets never become active; the page stays readable as an archived proposal.
+                await self._set_status("rejected")
+                await self._publish("archived", "Rejected at the business_case gate; these targets are not active.")
+                self._result = {**summary, "approved": False}
+                raise
+            await self._set_status("approved")
+            summary["approved"] = True
+        page = await self._publish("published", None)
+        self._result = {**summary, "docsSlug": page.slug}
+        self._touch()
+        await self._emit(
+            "stage.completed",
+            {
+                "run_id": inp.run_id,
+                "account_id": inp.account_id,
+                "stage": inp.stage,
+                "docs_slug": page.slug,
+                "docs_version": page.version,
+            },
+        )
+        if isinstance(result.output, RealizationOutput):
+            await self._emit(
+                "realization.updated",
+                {
+                    "run_id": inp.run_id,
+                    "account_id": inp.account_id,
+                    "overall_status": result.output.overall_status,
+                    "kpis": kpi_statuses(result.output),
+                    "docs_version": page.version,
+                    "source": "run",
+                },
+            )
+
+    async def _set_status(self, status: ResultStatus) -> StoredStageResult:
+        return await self._step(
+            f"result:{status}",
+            SET_STAGE_RESULT_STATUS,
+            SetStatusInput(key=self._inp.run_id, status=status),
+            StoredStageResult,
+            timeout_s=STORE_TIMEOUT_S,
+            attempts=5,
+        )
+
+    async def _publish(self, status: PageStatus, change_summary: str | None) -> PublishedPage:
+        return await self._step(
+            f"publish:{status}",
+            PUBLISH_STAGE_PAGE,
+            PublishStageInput(
+                key=self._inp.run_id, workspace=self._inp.workspace, status=status, change_summary=change_summary
+            ),
+            PublishedPage,
+            timeout_s=STORE_TIMEOUT_S,
+            attempts=5,
+        )
