@@ -17,7 +17,10 @@ from tests.support import Api, eventually, make_remote
 
 
 def other(api: Api, engine: Engine, subject: str, scopes: tuple[str, ...] | None = None) -> Api:
-    token, _ = create_token(engine, workspace="default", subject=subject, **({"scopes": scopes} if scopes else {}))
+    if scopes:
+        token, _ = create_token(engine, workspace="default", subject=subject, scopes=scopes)
+    else:
+        token, _ = create_token(engine, workspace="default", subject=subject)
     return Api(client=api.client, token=token)
 
 
