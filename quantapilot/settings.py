@@ -43,6 +43,23 @@ class Settings(BaseSettings):
     run_path: str = "/run"
     max_body_bytes: int = 1024 * 1024
     token_cache_seconds: float = 5.0
+    # A new connection must send a complete request head within this many seconds (and an idle keep-alive
+    # connection is closed after it): aiohttp's keep-alive timer, which also cuts off slowloris clients.
+    http_keepalive_s: float = Field(default=75.0, gt=0)
+    # A request body must arrive completely within this many seconds, else 408 and the connection closes.
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Rate limits per token and route class (docs/SECURITY.md); each API process enforces rate/api_processes.
+    rate_limit_enabled: bool = True
+    api_processes: int = Field(default=1, ge=1)
+    rate_reads_per_s: float = Field(default=50.0, gt=0)
+    rate_reads_burst: int = Field(default=100, ge=1)
+    rate_triggers_per_s: float = Field(default=20.0, gt=0)
+    rate_triggers_burst: int = Field(default=40, ge=1)
+    rate_telemetry_per_s: float = Field(default=20.0, gt=0)
+    rate_telemetry_burst: int = Field(default=40, ge=1)
+    rate_control_per_s: float = Field(default=20.0, gt=0)
+    rate_control_burst: int = Field(default=40, ge=1)
 
     # Repository runs
     workdir: Path | None = None
