@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
+from api import docs_routes, lifecycle_routes
 from api.auth import TokenCache, auth_middleware
 from api.errors import error_middleware
 from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
@@ -49,4 +50,6 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     if settings.run_path != "/v1/runs":
         app.router.add_post("/v1/runs", trigger_repo_run)
     app.router.add_routes(routes)
+    app.router.add_routes(lifecycle_routes.routes)
+    app.router.add_routes(docs_routes.routes)
     return app

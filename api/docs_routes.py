@@ -1,0 +1,136 @@
+"""HTTP routes of the docs pages: one page by slug and version, and listings by project.
+
+Pages of other workspaces do not exist for the caller (404, as unknown slugs). Slugs are paths checked by
+:func:`quantapilot.docs_store.validate_slug`, so ``..`` and empty segments never reach the store (422).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from api.auth import principal_of
+from api.keys import ENGINE
+from quantapilot.docgen.render import FrontMatterError, split_front_matter
+from quantapilot.docs_store import (
+    MAX_VERSION_LENGTH,
+    DocPageRecord,
+    PageSummary,
+    get_page,
+    list_pages,
+    list_versions,
+    validate_slug,
+)
+from quantapilot.errors import ApiError, ErrorCode, not_found
+
+MAX_PROJECT_LENGTH = 200
+DEPRECATED_STATUSES = frozenset({"archived", "deprecated"})
+
+routes = web.RouteTableDef()
+
+
+def _iso(value: Any) -> str:
+    return str(value.isoformat().replace("+00:00", "Z"))
+
+
+def deprecation_notice(record: DocPageRecord) -> str | None:
+    """The notice shown on an archived page, or on one whose front matter says ``status: deprecated``."""
+    try:
+        front, _body = split_front_matter(record.markdown)
+    except FrontMatterError:
+        front = {}
+    front_status = front.get("status")
+    if record.status not in DEPRECATED_STATUSES and front_status not in DEPRECATED_STATUSES:
+        return None
+    explicit = front.get("deprecation_notice") or front.get("deprecationNotice")
+    if isinstance(explicit, str) and explicit.strip():
+        return explicit.strip()
+    if record.change_summary:
+        return record.change_summary
+    return f"Version {record.version} of this page is {record.status if record.status == 'archived' else 'deprecated'}."
+
+
+def page_json(record: DocPageRecord, versions: list[str]) -> dict[str, Any]:
+    """A page as the API returns it (camelCase)."""
+    return {
+        "slug": record.slug,
+        "title": record.title,
+        "description": record.description,
+        "project": record.project,
+        "version": record.version,
+        "versions": versions,
+        "status": record.status,
+        "tags": list(record.tags),
+        "updated": _iso(record.updated_at),
+        "created": _iso(record.created_at),
+        "commitSha": record.commit_sha,
+        "changeSummary": record.change_summary,
+        "deprecationNotice": deprecation_notice(record),
+        "contentType": record.content_type,
+        "content": {"markdown": record.markdown, "html": record.html},
+        "related": [
+            {"slug": str(r.get("slug", "")), "title": str(r.get("title", "")), "type": str(r.get("type", "related"))}
+            for r in record.related
+        ],
+    }
+
+
+def _load_page(engine: Engine, workspace: str, slug: str, version: str | None) -> dict[str, Any] | None:
+    with Session(engine) as session:
+        record = get_page(session=session, workspace=workspace, slug=slug, version=version)
+        if record is None:
+            return None
+        return page_json(record, list_versions(session=session, workspace=workspace, slug=slug))
+
+
+@routes.get("/v1/docs/pages/{slug:.+}")
+async def get_docs_page(request: web.Request) -> web.Response:
+    """One page: the latest version, or ``?version=``; metadata, Markdown and HTML, typed related links."""
+    principal = principal_of(request, "docs:read")
+    slug = request.match_info["slug"]
+    try:
+        validate_slug(slug)
+    except ValueError as exc:
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, "invalid page slug", details=[{"path": "slug", "message": str(exc)}]
+        ) from None
+    version = request.query.get("version")
+    if version is not None and not 0 < len(version) <= MAX_VERSION_LENGTH:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"version must be 1-{MAX_VERSION_LENGTH} characters")
+    page = await asyncio.to_thread(_load_page, request.app[ENGINE], principal.workspace, slug, version)
+    if page is None:
+        raise not_found("page" if version is None else "page version")
+    return web.json_response(page)
+
+
+def _summary_json(summary: PageSummary) -> dict[str, Any]:
+    return {
+        "slug": summary.slug,
+        "project": summary.project,
+        "title": summary.title,
+        "description": summary.description,
+        "status": summary.status,
+        "versions": summary.versions,
+        "latest": summary.latest,
+        "updated": _iso(summary.updated_at),
+    }
+
+
+def _list(engine: Engine, workspace: str, project: str | None) -> list[PageSummary]:
+    with Session(engine) as session:
+        return list_pages(session=session, workspace=workspace, project=project)
+
+
+@routes.get("/v1/docs/pages")
+async def list_docs_pages(request: web.Request) -> web.Response:
+    """Pages of the caller's workspace (``?project=`` for one project), each with its versions and latest."""
+    principal = principal_of(request, "docs:read")
+    project = request.query.get("project")
+    if project is not None and not 0 < len(project) <= MAX_PROJECT_LENGTH:
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"project must be 1-{MAX_PROJECT_LENGTH} characters")
+    pages = await asyncio.to_thread(_list, request.app[ENGINE], principal.workspace, project)
+    return web.json_response({"project": project, "pages": [_summary_json(p) for p in pages]})

@@ -1,0 +1,325 @@
+"""HTTP routes of the value lifecycle: lifecycle runs, telemetry ingestion and the account event stream.
+
+Bodies are read with :func:`api.body.read_json` (content type, size, depth) and validated by the lifecycle
+schemas' own checker, whose ``date-time`` and ``uuid`` formats really run; problems answer 422 with one detail
+per error. Responses use the seed's camelCase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from activities.lifecycle_models import (
+    ACCOUNT_WORKFLOW,
+    TELEMETRY_SIGNAL,
+    AccountRealizationInput,
+    LifecycleRunInput,
+    TelemetryIngested,
+    account_stream_id,
+    account_workflow_id,
+)
+from api.auth import principal_of
+from api.body import read_json
+from api.errors import TRACE_ID
+from api.keys import ENGINE, SETTINGS, TEMPORAL
+from api.runs import parse_idempotency_key, run_handle, start_run
+from quantapilot.db import RunEvent, session_scope
+from quantapilot.errors import ApiError, ErrorCode, not_found
+from quantapilot.lifecycle.models import SchemaValidationError, canonical_account_id, parse_run_request
+from quantapilot.models import EventRecord, RunKind, RunStatus
+from quantapilot.telemetry import TelemetryIn, insert_events, parse_telemetry_payload
+from quantapilot.temporal import (
+    SA_ACCOUNT_ID,
+    SA_CORRELATION_ID,
+    SA_RUN_KIND,
+    SA_STAGE,
+    SA_STATE,
+    SA_WORKSPACE,
+)
+
+log = logging.getLogger("quantapilot.api.lifecycle")
+
+EVENTS_PAGE = 500
+DB_RETRY_AFTER_S = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class RealizationOptions:
+    """How account realization workflows started by this API behave.
+
+    Attributes:
+        window_s: At most one refresh per this many seconds per account.
+        refreshes_per_run: Refreshes before the workflow continues as new.
+    """
+
+    window_s: float = 5.0
+    refreshes_per_run: int = 100
+
+
+# Set on the application (before it starts) to override :class:`RealizationOptions` defaults, e.g. in tests.
+REALIZATION_OPTIONS = web.AppKey("realization_options", RealizationOptions)
+
+routes = web.RouteTableDef()
+
+
+def _invalid(exc: SchemaValidationError) -> ApiError:
+    return ApiError(422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=exc.errors)
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    """JSON pointer of the first NaN or infinity in ``value`` (Python's json reads them; JSON has none)."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}/{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+    return None
+
+
+async def _read_body(request: web.Request) -> Any:
+    """Read JSON and refuse NaN/Infinity (and numbers too large for a double) with a 422."""
+    payload = await read_json(request)
+    where = _non_finite_path(payload)
+    if where is not None:
+        raise _invalid(SchemaValidationError([{"path": where, "message": "numbers must be finite JSON numbers"}]))
+    return payload
+
+
+def _urls(request: web.Request, run_id: str) -> dict[str, str]:
+    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return {"statusUrl": f"{base}/v1/runs/{run_id}", "eventsUrl": f"{base}/v1/runs/{run_id}/events"}
+
+
+# ----- lifecycle runs ------------------------------------------------------------------------------------
+
+
+@routes.post("/v1/lifecycle/runs")
+async def trigger_lifecycle_run(request: web.Request) -> web.Response:
+    """Start one lifecycle stage for one account; ``Idempotency-Key`` returns the same run for the same body."""
+    principal = principal_of(request, "lifecycle:trigger")
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    payload = await _read_body(request)
+    try:
+        req = parse_run_request(payload)
+    except SchemaValidationError as exc:
+        raise _invalid(exc) from None
+    settings = request.app[SETTINGS]
+
+    def make_input(run_id: str, digest: str) -> LifecycleRunInput:
+        return LifecycleRunInput(
+            run_id=run_id,
+            workspace=principal.workspace,
+            stage=req.stage,
+            account_id=req.account_id,
+            inputs=req.inputs,
+            correlation_id=req.correlation_id,
+            triggered_by=principal.subject,
+            request_sha256=digest,
+            trace_id=request.get(TRACE_ID),
+        )
+
+    client = request.app[TEMPORAL]
+    started = await start_run(
+        client,
+        kind=RunKind.LIFECYCLE,
+        workspace=principal.workspace,
+        idempotency_key=key,
+        body=payload,
+        workflow="LifecycleRun",
+        make_input=make_input,
+        task_queue=settings.task_queue,
+        search_attributes=[
+            SearchAttributePair(SA_WORKSPACE, principal.workspace),
+            SearchAttributePair(SA_RUN_KIND, RunKind.LIFECYCLE.value),
+            SearchAttributePair(SA_ACCOUNT_ID, req.account_id),
+            SearchAttributePair(SA_STAGE, req.stage),
+            SearchAttributePair(SA_STATE, "running"),
+            *([SearchAttributePair(SA_CORRELATION_ID, req.correlation_id)] if req.correlation_id else []),
+        ],
+        summary=f"Lifecycle {req.stage} run of account {req.account_id}",
+    )
+    state = "running"
+    if not started.created:
+        # A repeated request answers with the run's current state, which may have moved on.
+        status: RunStatus = await run_handle(client, principal.workspace, started.run_id).query(
+            "status", result_type=RunStatus
+        )
+        state = status.state.value
+    urls = _urls(request, started.run_id)
+    return web.json_response(
+        {"runId": started.run_id, "status": state, **urls, "created": started.created},
+        status=202,
+        headers={"Location": urls["statusUrl"]},
+    )
+
+
+# ----- telemetry -----------------------------------------------------------------------------------------
+
+
+def _insert(engine: Engine, workspace: str, events: list[TelemetryIn]) -> int:
+    with session_scope(engine) as session:
+        return insert_events(session=session, workspace=workspace, events=events)
+
+
+async def signal_account(
+    client: Client,
+    *,
+    task_queue: str,
+    workspace: str,
+    account_id: str,
+    accepted: int,
+    options: RealizationOptions,
+) -> None:
+    """Signal-with-start the account's realization workflow: a refresh is due.
+
+    Args:
+        client: Temporal client.
+        task_queue: Task queue of the workers.
+        workspace: Caller's workspace.
+        account_id: Canonical account UUID.
+        accepted: Events of the account in the batch.
+        options: Window and continue-as-new threshold for a workflow this call starts.
+    """
+    await client.start_workflow(
+        ACCOUNT_WORKFLOW,
+        AccountRealizationInput(
+            workspace=workspace,
+            account_id=account_id,
+            window_s=options.window_s,
+            refreshes_per_run=options.refreshes_per_run,
+        ),
+        id=account_workflow_id(workspace, account_id),
+        task_queue=task_queue,
+        start_signal=TELEMETRY_SIGNAL,
+        start_signal_args=[TelemetryIngested(accepted=accepted)],
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(SA_WORKSPACE, workspace),
+                SearchAttributePair(SA_RUN_KIND, RunKind.LIFECYCLE.value),
+                SearchAttributePair(SA_ACCOUNT_ID, account_id),
+                SearchAttributePair(SA_STAGE, "realization"),
+            ]
+        ),
+        static_summary=f"Realization refreshes of account {account_id}",
+    )
+
+
+@routes.post("/v1/telemetry/events")
+async def ingest_telemetry(request: web.Request) -> web.Response:
+    """Store one event or ``{"events": [...]}`` (at most 1000), then ask each touched account for a refresh."""
+    principal = principal_of(request, "telemetry:write")
+    payload = await _read_body(request)
+    try:
+        events = parse_telemetry_payload(payload)
+    except SchemaValidationError as exc:
+        raise _invalid(exc) from None
+    try:
+        accepted = await asyncio.to_thread(_insert, request.app[ENGINE], principal.workspace, events)
+    except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
+        log.warning("telemetry store unavailable: %s", type(exc).__name__)
+        raise ApiError(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the telemetry store is unavailable; nothing was stored, retry later",
+            headers={"Retry-After": DB_RETRY_AFTER_S},
+        ) from None
+    per_account = Counter(e.account_id for e in events)
+    options = request.app.get(REALIZATION_OPTIONS) or RealizationOptions()
+    outcomes = await asyncio.gather(
+        *(
+            signal_account(
+                request.app[TEMPORAL],
+                task_queue=request.app[SETTINGS].task_queue,
+                workspace=principal.workspace,
+                account_id=account,
+                accepted=count,
+                options=options,
+            )
+            for account, count in per_account.items()
+        ),
+        return_exceptions=True,
+    )
+    failed = 0
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, RPCError | asyncio.TimeoutError):
+                raise outcome
+            # The events are stored; the next batch (or a realization run) refreshes the account.
+            failed += 1
+            log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
+    return web.json_response(
+        {
+            "accepted": accepted,
+            "accountIds": sorted(per_account),
+            "accounts": [{"accountId": a, "accepted": n} for a, n in sorted(per_account.items())],
+            "refreshesScheduled": len(per_account) - failed,
+        },
+        status=202,
+    )
+
+
+# ----- account event stream ------------------------------------------------------------------------------
+
+
+def _stream_events(engine: Engine, workspace: str, stream: str, after: int) -> list[RunEvent]:
+    with Session(engine) as session:
+        query = (
+            select(RunEvent)
+            .where(RunEvent.workspace == workspace, RunEvent.run_id == stream, col(RunEvent.seq) > after)
+            .order_by(col(RunEvent.seq))
+            .limit(EVENTS_PAGE)
+        )
+        return list(session.exec(query))
+
+
+@routes.get("/v1/accounts/{account_id}/events")
+async def account_events(request: web.Request) -> web.Response:
+    """The account's realization stream (``realization.updated`` from telemetry refreshes) after ``after``."""
+    principal = principal_of(request, "runs:read")
+    try:
+        account = canonical_account_id(request.match_info["account_id"])
+    except ValueError:
+        raise not_found("account") from None
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
+    if after < 0:
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be >= 0")
+    stream = account_stream_id(principal.workspace, account)
+    rows = await asyncio.to_thread(_stream_events, request.app[ENGINE], principal.workspace, stream, after)
+    events = [
+        EventRecord(
+            id=r.id,
+            run_id=r.run_id,
+            workspace=r.workspace,
+            run_kind=RunKind(r.run_kind),
+            seq=r.seq,
+            type=r.type,
+            correlation_id=r.correlation_id,
+            created_at=r.created_at,
+            data=r.data,
+        ).model_dump(mode="json")
+        for r in rows
+    ]
+    return web.json_response(
+        {"accountId": account, "streamId": stream, "events": events, "nextAfter": rows[-1].seq if rows else after}
+    )
