@@ -3,8 +3,9 @@ worker, SQLite database, API client and token."""
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
-from tests.dbfixtures import db_engine, postgres_url
+from tests.dbfixtures import (
+    db_engine,
+    drop_postgres_database,
+    new_postgres_database,
+    postgres_url,
+    require_postgres,
+)
 from tests.support import Api
 from worker import build_worker
 
@@ -53,11 +60,29 @@ def temporal_address(client: Client) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, client: Client) -> Settings:
-    """Settings for one test: its own state dir, SQLite file and task queue; file:// repos allowed."""
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """The test's database: a SQLite file, or with QP_TEST_DATABASE=postgres a throwaway PostgreSQL database.
+
+    `make test` runs the whole suite both ways.
+    """
+    if os.environ.get("QP_TEST_DATABASE", "sqlite") == "postgres":
+        require_postgres()
+        url, name = new_postgres_database()
+        try:
+            yield url
+        finally:
+            drop_postgres_database(name)
+    else:
+        yield f"sqlite:///{tmp_path / 'state' / 'quantapilot.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, client: Client, database_url: str) -> Settings:
+    """Settings for one test: its own state dir, database and task queue; file:// repos allowed."""
     return Settings(
         environment="test",
         state_dir=tmp_path / "state",
+        database_url=database_url,
         temporal_address=temporal_address(client),
         task_queue=f"qp-test-{uuid.uuid4().hex[:10]}",
         allowed_repo_patterns=["file://*"],
@@ -69,11 +94,12 @@ def settings(tmp_path: Path, client: Client) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings) -> Engine:
+def engine(settings: Settings) -> Iterator[Engine]:
     """The test's database with the whole schema."""
     eng = make_engine(settings.database_url)
     create_all(eng)
-    return eng
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture
