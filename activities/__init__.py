@@ -20,9 +20,11 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
     from activities.repo import RepoActivities
+    from activities.webhooks import WebhookActivities
 
     repo = RepoActivities(settings, engine)
-    events = EventActivities(engine)
+    events = EventActivities(engine, settings)
+    webhooks = WebhookActivities(settings, engine)
     return [
         events.record_event,
         repo.clone_repository,
@@ -32,4 +34,6 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
         repo.merge_pull_request,
         repo.run_milestone,
         *lifecycle_activities(settings, engine),
+        webhooks.deliver_webhook,
+        webhooks.publish_event_amqp,
     ]

@@ -1,4 +1,12 @@
-"""Recording run events durably (the run's event log served by ``GET /v1/runs/{id}/events``)."""
+"""Recording run events durably (the run's event log served by ``GET /v1/runs/{id}/events``) and fanning them out.
+
+One transaction stores the event and its webhook deliveries (one per matching endpoint of the run's
+workspace); after the commit the activity starts one delivery workflow per delivery and, with
+``QP_AMQP_URL`` set, one AMQP publication workflow per event. Starting is all the run waits for: the
+deliveries themselves run in their own workflows, so a run never waits on a consumer. A crash between the
+commit and the starts is healed by the activity's retry: the insert is a no-op the second time and the starts
+are idempotent (workflow ids derived from the delivery and event ids, duplicates rejected).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,21 @@ from sqlmodel import Session
 from temporalio import activity
 
 from activities.models import RECORD_EVENT
+from activities.webhooks import (
+    PendingDelivery,
+    envelope_of_record,
+    fan_out_run_event,
+    pending_deliveries,
+    start_amqp_publish,
+    start_delivery_workflows,
+)
 from quantapilot.db import RunEvent
 from quantapilot.models import EventRecord
+from quantapilot.settings import Settings
 
 
-def store_event(engine: Engine, event: EventRecord) -> bool:
-    """Insert an event once; a redo with the same id (an activity retry) is a no-op.
-
-    Returns:
-        True when this call inserted the row.
-    """
-    row = RunEvent(
+def _row(event: EventRecord) -> RunEvent:
+    return RunEvent(
         id=event.id,
         run_id=event.run_id,
         workspace=event.workspace,
@@ -31,32 +43,66 @@ def store_event(engine: Engine, event: EventRecord) -> bool:
         created_at=event.created_at,
         data=event.data,
     )
-    with Session(engine) as session:
-        session.add(row)
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            existing = session.get(RunEvent, event.id)
-            if existing is not None:
-                return False
-            # Same (run_id, seq) under another id: the workflow's history disagrees with the log, which must
-            # never happen silently.
-            raise
-    return True
+
+
+def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[bool, list[PendingDelivery]]:
+    """Insert an event and its deliveries in one transaction; a redo with the same id inserts nothing.
+
+    Returns:
+        Whether this call inserted the event, and the event's deliveries still pending (on a redo too, so
+        the caller can start workflows a crashed attempt did not).
+    """
+    inserted = False
+    with Session(engine, expire_on_commit=False) as session:
+        if session.get(RunEvent, event.id) is None:
+            session.add(_row(event))
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                if session.get(RunEvent, event.id) is None:
+                    # Same (run_id, seq) under another id: the workflow's history disagrees with the log,
+                    # which must never happen silently.
+                    raise
+            else:
+                fan_out_run_event(session, event)
+                session.commit()
+                inserted = True
+        pending = pending_deliveries(session, event.id)
+    return inserted, pending
+
+
+def store_event(engine: Engine, event: EventRecord) -> bool:
+    """Insert an event (and its deliveries) once; a redo with the same id is a no-op.
+
+    Returns:
+        True when this call inserted the row.
+    """
+    inserted, _pending = store_event_with_deliveries(engine, event)
+    return inserted
 
 
 class EventActivities:
-    """Event activities, built with the database engine.
+    """Event activities, built with the database engine and the settings.
 
     Args:
-        engine: Database engine holding ``run_events``.
+        engine: Database engine holding ``run_events`` and the webhook tables.
+        settings: Service settings (delivery timeouts and retry scale, the AMQP sink).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
+        self._settings = settings
 
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: EventRecord) -> None:
-        """Write the event to the run's log (idempotent by event id)."""
-        await asyncio.to_thread(store_event, self._engine, event)
+        """Write the event to the run's log, then start its deliveries (idempotent by event id)."""
+        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, self._engine, event)
+        if not pending and not self._settings.amqp_url:
+            return
+        client = activity.client()
+        task_queue = activity.info().task_queue
+        if pending:
+            await start_delivery_workflows(client, task_queue=task_queue, settings=self._settings, deliveries=pending)
+        if self._settings.amqp_url:
+            await start_amqp_publish(client, task_queue=task_queue, envelope=envelope_of_record(event))

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "test", "production"] = "development"
 
+    # Logs and metrics
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    # Prometheus endpoints of the worker process: our metrics, and the Temporal SDK's (off when unset).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     # Temporal
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
@@ -86,6 +93,8 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_secret_overlap_hours: float = 24.0
     webhook_timeout_s: float = 10.0
+    # Multiplies every webhook retry delay and the 5-day disable threshold (tests use a tiny value).
+    webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

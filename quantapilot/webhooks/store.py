@@ -177,6 +177,12 @@ class WebhookDelivery(SQLModel, table=True):
     next_retry_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     delivered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    # The envelope of an event that is not in ``run_events`` (``webhook.endpoint_disabled``); None for run
+    # events, which are rebuilt from the run's log by event id.
+    payload: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The Temporal workflow that currently owns this delivery; a redelivery replaces it, and a superseded
+    # workflow that wakes up later sees the mismatch and stops without sending.
+    workflow_id: str | None = Field(default=None, max_length=200)
 
 
 class WebhookAttempt(SQLModel, table=True):
