@@ -93,6 +93,34 @@ class RunWorkflowBase:
         if current != self._sa_state:
             self._sa_state = current
             workflow.upsert_search_attributes([SA_STATE.value_set(current[0]), SA_PENDING_GATE.value_set(pending)])
+        # The Web UI shows this markdown on the run's page; it is served by a query, so it costs no history event.
+        workflow.set_current_details(self._current_details())
+
+    def _current_details(self) -> str:
+        """Markdown for the Web UI: where the run stands, what it waits for and how to move it on."""
+        state = self._state.value
+        lines = [f"**{self._kind.value.capitalize()} run** `{self._run_id}` is **{state.replace('_', ' ')}**."]
+        if self._current_step and self._terminal is None:
+            lines.append(f"Current step: `{self._current_step}`.")
+        if self._paused:
+            lines.append(f"Paused ({self._paused_reason or 'manual'}): resume with `qp resume {self._run_id}`.")
+        if self._error is not None:
+            lines.append(f"Failed with `{self._error.code}`: {self._error.message}")
+        lines += self._details_extra()
+        if self._gates:
+            lines += ["", "| gate | status | decided by |", "| --- | --- | --- |"]
+            lines += [f"| {g.name} | {g.status} | {g.decided_by or ''} |" for g in self._gates.values()]
+        for gate in (g for g in self._gates.values() if g.status == "pending"):
+            lines += [
+                "",
+                f"Waiting at gate **{gate.name}**: {gate.description}",
+                f"Approve with `qp approve {self._run_id} {gate.name}` or the `decide_gate` signal.",
+            ]
+        return "\n".join(lines)
+
+    def _details_extra(self) -> list[str]:
+        """Markdown lines a run kind adds to its current details (milestones, pull requests)."""
+        return []
 
     def _base_status(self) -> dict[str, Any]:
         return {
@@ -178,6 +206,7 @@ class RunWorkflowBase:
         attempts: int,
         heartbeat_s: float | None = None,
         pause_on: frozenset[str] = frozenset(),
+        summary: str | None = None,
     ) -> T:
         """Run one step as an activity, honouring pause, budget and the step's retry policy.
 
@@ -197,7 +226,8 @@ class RunWorkflowBase:
                     start_to_close_timeout=timedelta(seconds=timeout_s),
                     heartbeat_timeout=timedelta(seconds=beat) if (beat := heartbeat_s or self._heartbeat_s) else None,
                     retry_policy=retry_policy(attempts + self._extra_attempts),
-                    summary=name,
+                    # Shown as the activity's title in the Web UI's event history.
+                    summary=summary or name,
                 )
                 return result
             except ActivityError as err:

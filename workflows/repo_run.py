@@ -93,6 +93,19 @@ class RepoRunWorkflow(RunWorkflowBase):
             docs_branch=self._docs_branch,
         )
 
+    def _details_extra(self) -> list[str]:
+        lines = [f"Repository `{self._inp.repo_url}` at `{self._inp.branch}`."]
+        if self._milestones:
+            done = sum(m.status == "completed" for m in self._milestones)
+            lines += ["", f"Milestones: {done}/{len(self._milestones)} completed."]
+            lines += [f"- {m.id} {m.title}: **{m.status}**" for m in self._milestones]
+        if self._pull_requests:
+            lines += [
+                "",
+                "Pull requests: " + ", ".join(f"#{p.number} {p.purpose} ({p.state})" for p in self._pull_requests),
+            ]
+        return lines
+
     # ----- the pipeline ------------------------------------------------------------------------------------
 
     async def _pipeline(self) -> None:
@@ -107,7 +120,13 @@ class RepoRunWorkflow(RunWorkflowBase):
             },
         )
         clone = await self._step(
-            "clone", CLONE_REPOSITORY, self._repo, CloneResult, timeout_s=CLONE_TIMEOUT_S, attempts=3
+            "clone",
+            CLONE_REPOSITORY,
+            self._repo,
+            CloneResult,
+            timeout_s=CLONE_TIMEOUT_S,
+            attempts=3,
+            summary=f"Clone {inp.repo_url} at {inp.branch}",
         )
         self._repo = self._repo.model_copy(update={"commit_sha": clone.commit_sha})
         config = await self._step(
@@ -117,6 +136,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             QuantapilotConfig,
             timeout_s=CONFIG_TIMEOUT_S,
             attempts=3,
+            summary=f"Read {inp.quantapilot_yaml_path}",
         )
         self._config = config
         self._time_budget_s = config.run.time_budget_s
@@ -173,6 +193,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             DocsResult,
             timeout_s=timeout_s,
             attempts=attempts,
+            summary=f"Generate the documentation into {config.docs.output_folder}",
         )
         self._docs_branch = docs.docs_branch
         pr = await self._open_pr(
@@ -199,6 +220,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             PullRequestResult,
             timeout_s=timeout_s,
             attempts=attempts,
+            summary=f"Open a pull request for {purpose}: {head} into {self._inp.branch}",
         )
         self._record_pr(pr, purpose)
         return pr
@@ -220,6 +242,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             attempts=attempts,
             # A conflict needs a person: the run pauses and retries the merge when resumed.
             pause_on=frozenset({ErrorCode.MERGE_CONFLICT}),
+            summary=f"Merge pull request #{pr.number} ({purpose}, {config.policies.merge})",
         )
         self._record_pr(merged, purpose)
 
@@ -248,6 +271,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             MilestoneResult,
             timeout_s=sum(s.timeout_s for s in steps) + 120.0,
             attempts=attempts,
+            summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
         )
         record.steps = list(result.steps)
         if result.failed_step is not None:
