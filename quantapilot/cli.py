@@ -147,6 +147,10 @@ def _prompt_missing(value: str | None, label: str) -> str:
 @click.option("--idempotency-key", help="Retry-safe key: the same key never starts a second run.")
 @click.option("--yaml-path", default=None, help="Path of quantapilot.yml in the repository.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--follow", is_flag=True, help="Then follow the run live until it ends (exit status as `events --follow`)."
+)
+@click.option("--interval", default=1.0, show_default=True, hidden=True, help="Seconds between polls with --follow.")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -156,6 +160,8 @@ def run(
     idempotency_key: str | None,
     yaml_path: str | None,
     as_json: bool,
+    follow: bool,
+    interval: float,
 ) -> None:
     """Trigger a repository run through the HTTP API (asks for missing values on a terminal)."""
     client = _client(ctx)
@@ -167,9 +173,11 @@ def run(
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     accepted = client.call("POST", "/run", body, headers)
     if as_json:
-        click.echo(json.dumps(accepted))
+        click.echo(json.dumps({"kind": "accepted", **accepted} if follow else accepted))
     else:
         console.print(f"run [bold]{accepted['run_id']}[/bold] accepted: {accepted['status_url']}")
+    if follow:
+        ctx.exit(_follow(client, accepted["run_id"], as_json=as_json, interval=interval))
 
 
 @main.command()
@@ -184,12 +192,102 @@ def status(ctx: click.Context, run_id: str, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--after", default=0, show_default=True, help="Only events after this sequence number.")
+@click.option("--follow", is_flag=True, help="Follow the run live until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="With --follow: JSON lines tagged event/status/final.")
+@click.option("--interval", default=1.0, show_default=True, hidden=True, help="Seconds between polls with --follow.")
 @click.pass_context
-def events(ctx: click.Context, run_id: str, after: int) -> None:
-    """Print a run's events, one JSON object per line."""
+def events(ctx: click.Context, run_id: str, after: int, follow: bool, as_json: bool, interval: float) -> None:
+    """Print a run's events, one JSON object per line; with --follow, a live view of the run.
+
+    With --follow the exit status tells how the run ended: 0 completed, 1 failed, 3 cancelled.
+    """
+    if follow:
+        ctx.exit(_follow(_client(ctx), run_id, as_json=as_json, interval=interval, after=after))
     page = _client(ctx).call("GET", f"/v1/runs/{run_id}/events?after={after}")
     for event in page["events"]:
         click.echo(json.dumps(event))
+
+
+# Exit status of --follow by final state; 2 stays click's usage error.
+FOLLOW_EXIT = {"completed": 0, "failed": 1, "cancelled": 3}
+FINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled"}
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    data = {k: v for k, v in event.get("data", {}).items() if k != "run_id"}
+    detail = " ".join(f"{k}={v}" for k, v in data.items() if v is not None)
+    return f"{event['created_at'][11:19]} #{event['seq']:<3} {event['type']:<24} {detail}".rstrip()
+
+
+def _status_lines(status: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    """What changed between two polls, as lines for a person (steps, milestones, gates, state)."""
+    before = previous or {}
+    lines: list[str] = []
+    if status["state"] != before.get("state"):
+        lines.append(
+            f"state: [cyan]{status['state']}[/cyan]"
+            + (f" ({status['paused_reason']})" if status.get("paused_reason") else "")
+        )
+    if status.get("current_step") and status.get("current_step") != before.get("current_step"):
+        lines.append(f"step: {status['current_step']}")
+    milestones = status.get("milestones") or []
+    old = {m["id"]: m["status"] for m in before.get("milestones") or []}
+    for m in milestones:
+        if old.get(m["id"]) != m["status"]:
+            done = sum(x["status"] == "completed" for x in milestones)
+            lines.append(f"milestone {m['id']} {m['status']}: {m['title']}  [{done}/{len(milestones)} completed]")
+    was_pending = {g["name"] for g in before.get("gates") or [] if g["status"] == "pending"}
+    for gate in status.get("gates") or []:
+        if gate["status"] == "pending" and gate["name"] not in was_pending:
+            lines += [
+                f"[yellow]waiting at gate {gate['name']}[/yellow]: {gate['description']}",
+                f"  approve: qp approve {status['run_id']} {gate['name']} --reason '...'",
+                f"  reject:  qp reject {status['run_id']} {gate['name']} --reason '...'",
+            ]
+        elif gate["name"] in was_pending and gate["status"] != "pending":
+            lines.append(f"gate {gate['name']}: {gate['status']} by {gate.get('decided_by') or '-'}")
+    return lines
+
+
+def _follow(client: ApiClient, run_id: str, *, as_json: bool, interval: float, after: int = 0) -> int:
+    """Poll the run's events and status until it ends; print what changes; return the exit status."""
+    previous: dict[str, Any] | None = None
+    final_seen = False
+    ended_at: float | None = None
+    try:
+        while True:
+            page = client.call("GET", f"/v1/runs/{run_id}/events?after={after}")
+            for event in page["events"]:
+                final_seen = final_seen or event["type"] in FINAL_EVENTS
+                if as_json:
+                    click.echo(json.dumps({"kind": "event", "event": event}))
+                else:
+                    console.print(_describe_event(event), highlight=False)
+            after = page["next_after"]
+            status = client.call("GET", f"/v1/runs/{run_id}")
+            if as_json:
+                if previous is None or {k: v for k, v in status.items() if k != "updated_at"} != {
+                    k: v for k, v in previous.items() if k != "updated_at"
+                }:
+                    click.echo(json.dumps({"kind": "status", "status": status}))
+            else:
+                for line in _status_lines(status, previous):
+                    console.print(line)
+            previous = status
+            if status["state"] in FOLLOW_EXIT:
+                # The state turns final a moment before the last event is stored: wait for it, briefly.
+                ended_at = ended_at or time.monotonic()
+                if final_seen or time.monotonic() - ended_at > 10:
+                    break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 130
+    code = FOLLOW_EXIT[status["state"]]
+    if as_json:
+        click.echo(json.dumps({"kind": "final", "state": status["state"], "exit_code": code, "status": status}))
+    else:
+        _print_status(status, False)
+    return code
 
 
 def _decide(ctx: click.Context, run_id: str, gate: str, approved: bool, reason: str | None) -> None:
@@ -425,3 +523,8 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         click.echo("stopping...")
     finally:
         _stop(procs)
+
+
+from quantapilot.cli_temporal import temporal  # noqa: E402 - command groups of other modules register last
+
+main.add_command(temporal)

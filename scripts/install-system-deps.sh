@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond the Python virtualenv: Debian's Chromium, for the Temporal Web UI
+# test (tests/ui). Called by `make install`; it does nothing when everything is already there, and it only
+# installs when it can (Debian's apt as root), so a developer without root still gets a working install: the UI
+# test then skips locally (it fails in CI, where CI is set).
+set -euo pipefail
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-deps: missing ${missing[*]}; install them with your package manager (apt: ${missing[*]})" >&2
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-system-deps: installed ${missing[*]}"

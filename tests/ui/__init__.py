@@ -1,0 +1,1 @@
+"""Operators' console: search attributes, current details, the Temporal Web UI, `qp temporal setup`, live CLI."""
