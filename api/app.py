@@ -9,10 +9,11 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api import docs_routes, lifecycle_routes
+from api import contract_routes, docs_routes, lifecycle_routes
 from api.auth import TokenCache, auth_middleware
 from api.errors import error_middleware
 from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
+from api.ratelimit import RateLimiter, body_deadline_middleware, handler_args, rate_limit_middleware, rates_from
 from api.routes import routes, trigger_repo_run
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
@@ -32,9 +33,15 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     """
     engine = engine or make_engine(settings.database_url)
     tokens = TokenCache(engine, settings.token_cache_seconds)
+    middlewares = [error_middleware, auth_middleware(tokens)]
+    if settings.rate_limit_enabled:
+        # After authentication: buckets are per token.
+        middlewares.append(rate_limit_middleware(RateLimiter(rates_from(settings)), run_path=settings.run_path))
+    middlewares.append(body_deadline_middleware(settings.http_body_timeout_s))
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware(tokens)],
+        middlewares=middlewares,
+        handler_args=handler_args(settings),
     )
     app[SETTINGS] = settings
     app[ENGINE] = engine
@@ -52,4 +59,5 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     app.router.add_routes(routes)
     app.router.add_routes(lifecycle_routes.routes)
     app.router.add_routes(docs_routes.routes)
+    contract_routes.setup(app)
     return app

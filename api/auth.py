@@ -13,7 +13,8 @@ from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.tokens import Principal, hash_token, lookup_token
 
 PRINCIPAL = web.RequestKey("principal", Principal)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# The API contract is public too: it holds no secret and clients read it before they have a token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/docs/api"})
 MAX_CACHE = 10_000
 
 

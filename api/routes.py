@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlmodel import Session, select
 from temporalio.client import WorkflowUpdateFailedError
@@ -44,6 +47,27 @@ from quantapilot.tokens import Principal
 
 API_SCHEMA = "api.schema.json"
 EVENTS_PAGE = 500
+# The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
+RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
+RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
+
+
+def run_alias_notice() -> str:
+    """The ``deprecationNotice`` of responses to the seed alias."""
+    return (
+        "This path is a deprecated alias of POST /v1/runs and stops working after "
+        f"{RUN_ALIAS_SUNSET_AT.date().isoformat()}; use POST /v1/runs."
+    )
+
+
+def run_alias_headers() -> dict[str, str]:
+    """``Deprecation``, ``Sunset`` and ``Link`` headers of responses to the seed alias."""
+    return {
+        "Deprecation": f"@{int(RUN_ALIAS_DEPRECATED_AT.timestamp())}",
+        "Sunset": format_datetime(RUN_ALIAS_SUNSET_AT, usegmt=True),
+        "Link": '</v1/runs>; rel="successor-version"',
+    }
+
 
 routes = web.RouteTableDef()
 
@@ -100,11 +124,13 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
         summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
     )
     urls = _urls(request, started.run_id)
-    return _json(
-        {"run_id": started.run_id, **urls, "created": started.created},
-        status=202,
-        headers={"Location": urls["status_url"]},
-    )
+    payload: dict[str, Any] = {"run_id": started.run_id, **urls, "created": started.created}
+    headers = {"Location": urls["status_url"]}
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical != "/v1/runs":
+        payload["deprecationNotice"] = run_alias_notice()
+        headers |= run_alias_headers()
+    return _json(payload, status=202, headers=headers)
 
 
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
@@ -262,6 +288,13 @@ async def run_events(request: web.Request) -> web.Response:
         for r in rows
     ]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of this API process (requests by route and status, latencies)."""
+    body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @routes.get("/healthz")
