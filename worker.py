@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import build_activities
 from quantapilot.db import create_all, make_engine
+from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
 from workflows import WORKFLOWS
@@ -34,12 +36,15 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
         activities=build_activities(settings, engine),
+        interceptors=[RunContextInterceptor()],
         max_cached_workflows=2000,
     )
 
 
 async def run_worker(settings: Settings) -> None:
     """Connect, start the worker and run until SIGINT/SIGTERM, then shut down gracefully."""
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     client = await connect(settings)
     worker = build_worker(client, settings)
     stop = asyncio.Event()
@@ -54,8 +59,9 @@ async def run_worker(settings: Settings) -> None:
 
 def main() -> None:
     """Entry point of ``python worker.py`` and ``qp worker``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_worker(Settings()))
+    settings = Settings()
+    setup_logging(fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

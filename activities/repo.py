@@ -219,6 +219,7 @@ class RepoActivities:
         async with self._lock(ref.run_id), heartbeating("clone"):
             path = await self._ensure_worktree(ref)
             sha = await gitops.current_sha(path)
+        activity.logger.info("cloned %s at %s", ref.branch, sha[:12], extra={"commit_sha": sha})
         return CloneResult(commit_sha=sha, default_branch=ref.branch)
 
     @activity.defn(name=LOAD_RUN_CONFIG)
@@ -301,6 +302,7 @@ class RepoActivities:
                 )
 
         await asyncio.to_thread(_store)
+        activity.logger.info("documentation generated: %d pages on %s", len(pages), inp.docs_branch)
         return DocsResult(
             docs_branch=inp.docs_branch, commit_sha=sha, pages=len(pages), version=version, changed=changed
         )

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from quantapilot.errors import ApiError, ErrorCode
+from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
 
 log = logging.getLogger("quantapilot.api")
 
@@ -77,6 +78,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Give each request a trace id, log one line for it, and answer every error with the envelope."""
     trace_id = trace_id_for(request)
     request[TRACE_ID] = trace_id
+    # Every log line written while handling the request carries its traceId.
+    context_token = RUN_CONTEXT.set({"traceId": trace_id})
     started = time.perf_counter()
     status = 500
     try:
@@ -100,13 +103,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error", extra={"traceId": trace_id, "path": request.path})
         return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
     finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        # The route template, not the path: bounded label cardinality.
+        route = resource.canonical if resource is not None else "unmatched"
+        API_REQUESTS.labels(route, request.method, str(status)).inc()
+        API_LATENCY.labels(route, request.method).observe(elapsed)
         # Path only, never the query string or headers: they may carry tokens.
         log.info(
-            "%s %s %s %.1fms traceId=%s",
+            "%s %s %s %.1fms",
             request.method,
             request.path,
             status,
-            (time.perf_counter() - started) * 1000,
-            trace_id,
-            extra={"traceId": trace_id, "status": status},
+            elapsed * 1000,
+            extra={"status": status, "route": route},
         )
+        RUN_CONTEXT.reset(context_token)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
 from api.app import create_app
+from quantapilot.observability import setup_logging
 from quantapilot.settings import Settings
 
 
 def main() -> None:
     """Serve the API until SIGINT/SIGTERM (aiohttp shuts down gracefully on both)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    setup_logging(fmt=settings.log_format, level=settings.log_level)
     web.run_app(
         create_app(settings),
         host=settings.api_host,

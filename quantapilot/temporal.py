@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
 from quantapilot.settings import Settings
@@ -39,10 +40,19 @@ async def connect(settings: Settings) -> Client:
         )
     elif settings.temporal_api_key:
         tls = True
+    runtime = None
+    if settings.temporal_metrics_port:
+        # The SDK's own metrics (task latencies, poller counts, cache size) on their own Prometheus endpoint.
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=f"127.0.0.1:{settings.temporal_metrics_port}")
+            )
+        )
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
         tls=tls,
         api_key=settings.temporal_api_key,
+        runtime=runtime,
     )

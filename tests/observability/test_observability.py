@@ -1,0 +1,80 @@
+"""JSON logs carry the run context into activities; traceparent becomes the run's trace id; /metrics counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quantapilot.observability import JsonFormatter
+from tests.support import Api, make_remote
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+class ListHandler(logging.Handler):
+    """Formats at emit time (inside the task's context), as a real stream handler does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def json_logs() -> Iterator[ListHandler]:
+    handler = ListHandler()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_observability_activity_logs_carry_run_context_and_trace(
+    api: Api, tmp_path: Path, json_logs: ListHandler
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# x\n"})
+    resp = await api.client.post(
+        "/run",
+        json={"repo_url": url, "branch": "main", "correlation_id": "obs-1"},
+        headers={**api.headers(), "traceparent": f"00-{TRACE}-b7ad6b7169203331-01"},
+    )
+    body = await resp.json()
+    assert resp.headers["X-Trace-Id"] == TRACE
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+
+    cloned = [line for line in json_logs.lines if line["message"].startswith("cloned main")]
+    assert cloned, [line["message"] for line in json_logs.lines][-20:]
+    line = cloned[0]
+    assert line["run_id"] == run_id
+    assert line["workspace"] == "default"
+    assert line["correlation_id"] == "obs-1"
+    assert line["traceId"] == TRACE
+    assert line["level"] == "INFO"
+    # The API's request line carries the same trace id.
+    request_lines = [l for l in json_logs.lines if l["logger"] == "quantapilot.api" and l.get("route") == "/run"]
+    assert any(l["traceId"] == TRACE and l["status"] == 202 for l in request_lines)
+    # No token in any line.
+    assert not any(api.token in json.dumps(l) for l in json_logs.lines)
+
+
+async def test_observability_metrics_endpoint_counts_requests(api: Api) -> None:
+    await api.get("/v1/runs/rr_" + "1" * 32)
+    resp = await api.client.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert 'qp_api_requests_total{method="GET",route="/v1/runs/{run_id}",status="404"}' in text
+    assert "qp_api_request_seconds_bucket" in text
