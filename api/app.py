@@ -15,6 +15,7 @@ from api.errors import error_middleware
 from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
 from api.ratelimit import RateLimiter, body_deadline_middleware, handler_args, rate_limit_middleware, rates_from
 from api.routes import routes, trigger_repo_run
+from api.webhook_routes import routes as webhook_routes
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
@@ -59,5 +60,6 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     app.router.add_routes(routes)
     app.router.add_routes(lifecycle_routes.routes)
     app.router.add_routes(docs_routes.routes)
+    app.router.add_routes(webhook_routes)
     contract_routes.setup(app)
     return app
