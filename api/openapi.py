@@ -475,6 +475,18 @@ def operations(settings: Settings) -> list[Operation]:
             "Readiness",
             extra_success={503: "Readiness"},
         ),
+        Operation(
+            "GET",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics of this API process",
+            "service",
+            None,
+            200,
+            None,
+            media="text/plain",
+            description="Requests by route and status, latencies. Public: restrict it at the reverse proxy if needed.",
+        ),
         Operation("GET", "/v1/openapi.json", "openapi", "This document", "service", None, 200, "OpenApiDocument"),
         Operation(
             "GET",

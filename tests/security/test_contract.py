@@ -1,0 +1,220 @@
+"""The published contract: OpenAPI document vs the router, the schema files, the error codes, scopes, the page."""
+
+from __future__ import annotations
+
+import re
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from sqlalchemy.engine import Engine
+
+import schemas
+from api.app import create_app
+from api.openapi import COMPONENT_PREFIX, SCHEMA_FILES, build_openapi, documented_routes
+from quantapilot.db import utcnow
+from quantapilot.errors import ErrorCode
+from quantapilot.settings import Settings
+from quantapilot.tokens import ALL_SCOPES, create_token
+from tests.security.support import assert_envelope, fill_path
+from tests.support import Api
+
+
+def router_routes(settings: Settings) -> set[tuple[str, str]]:
+    """(METHOD, canonical path) of every route of an application built with ``settings``."""
+    app = create_app(settings)
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"  # aiohttp adds HEAD to every GET
+    }
+
+
+@pytest.mark.parametrize("run_path", ["/run", "/v1/runs", "/trigger"])
+def test_contract_documents_exactly_the_routes_of_the_router(tmp_path: Path, run_path: str) -> None:
+    settings = Settings(state_dir=tmp_path, run_path=run_path)
+    routes = router_routes(settings)
+    documented = documented_routes(build_openapi(settings))
+    assert routes - documented == set(), "routes missing from api/openapi.py operations()"
+    assert documented - routes == set(), "documented operations without a route"
+    assert ("POST", run_path) in documented
+
+
+def _walk_refs(node: Any) -> list[str]:
+    refs: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str):
+                refs.append(ref)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return refs
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def test_contract_components_are_the_schema_files_definitions(tmp_path: Path) -> None:
+    document = build_openapi(Settings(state_dir=tmp_path))
+    components = document["components"]["schemas"]
+    for name, root in SCHEMA_FILES.items():
+        source = schemas.load(name)
+        defs = source.get("$defs", {})
+        assert defs or root, name
+        back = {(f"{root}.{d}" if root else d): d for d in defs}
+
+        def unrewrite(node: Any, back: dict[str, str] = back) -> Any:
+            if isinstance(node, dict):
+                return {
+                    k: ("#/$defs/" + back[v.removeprefix(COMPONENT_PREFIX)] if k == "$ref" else unrewrite(v))
+                    for k, v in node.items()
+                }
+            if isinstance(node, list):
+                return [unrewrite(v) for v in node]
+            return node
+
+        for component, definition in back.items():
+            assert unrewrite(components[component]) == defs[definition], (name, definition)
+        if root:
+            expected = {k: v for k, v in source.items() if k not in ("$defs", "$id", "$schema")}
+            assert unrewrite(components[root]) == expected, name
+    # Every reference in the document resolves, and every component is a valid 2020-12 schema.
+    for ref in _walk_refs(document):
+        assert _resolve(document, ref) is not None, ref
+    for name, schema in components.items():
+        Draft202012Validator.check_schema(schema), name
+
+
+def test_contract_request_bodies_are_the_ones_the_handlers_validate(tmp_path: Path) -> None:
+    document = build_openapi(Settings(state_dir=tmp_path, run_path="/run"))
+    bodies = {
+        (method.upper(), path): op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+        if "requestBody" in op
+    }
+    assert bodies[("POST", "/v1/runs")] == COMPONENT_PREFIX + "RunRequest"
+    assert bodies[("POST", "/run")] == COMPONENT_PREFIX + "RunRequest"
+    assert bodies[("POST", "/v1/runs/{run_id}/gates/{gate}/decision")] == COMPONENT_PREFIX + "GateDecisionRequest"
+    assert bodies[("POST", "/v1/lifecycle/runs")] == COMPONENT_PREFIX + "LifecycleRunRequest"
+    assert bodies[("POST", "/v1/telemetry/events")] == COMPONENT_PREFIX + "TelemetryRequest"
+
+
+def test_contract_error_codes_agree_with_the_enum() -> None:
+    codes = schemas.load("error.schema.json")["$defs"]["ErrorCode"]["oneOf"]
+    assert [c["const"] for c in codes] == [c.value for c in ErrorCode]
+    assert all(c["description"].strip() for c in codes)
+    # The envelope the server builds is the published one, codes included.
+    assert_envelope(
+        {"error": {"code": "NOT_FOUND", "message": "x", "traceId": "a" * 32, "timestamp": "2026-01-01T00:00:00Z"}}
+    )
+    with pytest.raises(AssertionError):
+        assert_envelope(
+            {
+                "error": {
+                    "code": "NO_SUCH_CODE",
+                    "message": "x",
+                    "traceId": "a" * 32,
+                    "timestamp": "2026-01-01T00:00:00Z",
+                }
+            }
+        )
+
+
+def test_contract_every_error_status_carries_the_envelope(tmp_path: Path) -> None:
+    document = build_openapi(Settings(state_dir=tmp_path))
+    shared = document["components"]["responses"]
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                if int(status) < 400 or (path == "/readyz" and status == "503"):
+                    continue
+                resolved = shared[response["$ref"].rsplit("/", 1)[-1]]
+                schema = resolved["content"]["application/json"]["schema"]
+                assert schema == {"$ref": COMPONENT_PREFIX + "ErrorResponse"}, (method, path, status)
+            if op["security"]:
+                assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
+
+
+async def test_contract_openapi_and_page_are_public(api: Api, settings: Settings) -> None:
+    resp = await api.client.get("/v1/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.json() == build_openapi(settings)
+
+    resp = await api.client.get("/v1/docs/api")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert "script" not in resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE), "external resource"
+    assert "Bearer &lt;token&gt;" in page  # document text is escaped
+    document = build_openapi(settings)
+    for item in document["paths"].values():
+        for op in item.values():
+            assert f'id="op-{op["operationId"]}"' in page
+    for code in ErrorCode:
+        assert f"<code>{code.value}</code>" in page
+
+
+async def test_contract_seed_alias_sends_deprecation_and_sunset(api: Api) -> None:
+    body = {"repo_url": "https://example.invalid/a", "branch": "main"}
+    resp = await api.client.post("/run", json=body, headers=api.headers())
+    payload = await resp.json()
+    assert resp.status == 202, payload
+    assert re.fullmatch(r"@\d+", resp.headers["Deprecation"])
+    assert parsedate_to_datetime(resp.headers["Sunset"]) > utcnow()
+    assert resp.headers["Link"] == '</v1/runs>; rel="successor-version"'
+    assert "POST /v1/runs" in payload["deprecationNotice"]
+
+    resp = await api.client.post("/v1/runs", json=body, headers=api.headers())
+    payload = await resp.json()
+    assert resp.status == 202, payload
+    assert "Deprecation" not in resp.headers and "Sunset" not in resp.headers
+    assert "deprecationNotice" not in payload
+
+
+async def test_contract_each_endpoint_requires_its_documented_scope(
+    api: Api, engine: Engine, settings: Settings
+) -> None:
+    document = build_openapi(settings)
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            scope = op["x-required-scope"]
+            if scope is None:
+                assert op["security"] == []
+                continue
+            assert op["security"] == [{"bearerAuth": [scope]}]
+            url = fill_path(path)
+            without, _ = create_token(
+                engine, workspace="default", subject="s", scopes=[s for s in ALL_SCOPES if s != scope]
+            )
+            only, _ = create_token(engine, workspace="default", subject="s", scopes=[scope])
+            for token, refused in ((without, True), (only, False)):
+                resp = await api.client.request(
+                    method.upper(), url, json={}, headers={"Authorization": f"Bearer {token}"}
+                )
+                payload = await resp.json()
+                if refused:
+                    assert resp.status == 403, (method, path, payload)
+                    assert_envelope(payload, "AUTHORIZATION_ERROR")
+                    assert payload["error"]["details"] == {"scope": scope}
+                    assert scope in payload["error"]["message"]
+                else:
+                    assert resp.status != 403, (method, path, payload)
+            checked += 1
+    assert checked >= 12

@@ -1,0 +1,133 @@
+"""Rate limits: token buckets per (token, route class), headers, 429 envelope, per-process split."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from api.ratelimit import RateLimiter, RouteClass, rates_from, route_class
+from quantapilot.settings import Settings
+from quantapilot.tokens import create_token
+from tests.conftest import ApiFactory
+from tests.security.support import assert_envelope
+
+
+class Clock:
+    """A clock the test advances by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ratelimit_bucket_refills_at_its_rate() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rates_from(Settings(rate_reads_per_s=2, rate_reads_burst=3)), clock=clock)
+    decisions = [limiter.take("tok", RouteClass.READS) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    assert decisions[0].limit == 3
+    refused = decisions[-1]
+    assert refused.retry_after_s == 1  # half a second to the next token, rounded up
+    assert refused.reset_s == 2  # 1.5 s to refill 3 tokens, rounded up
+    assert refused.headers()["Retry-After"] == "1"
+    clock.now += 0.5
+    assert limiter.take("tok", RouteClass.READS).allowed
+    assert not limiter.take("tok", RouteClass.READS).allowed
+    clock.now += 10  # never more than the burst
+    assert [limiter.take("tok", RouteClass.READS).allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_ratelimit_buckets_are_per_token_and_class() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rates_from(Settings(rate_triggers_burst=1, rate_reads_burst=1)), clock=clock)
+    assert limiter.take("a", RouteClass.TRIGGERS).allowed
+    assert not limiter.take("a", RouteClass.TRIGGERS).allowed
+    assert limiter.take("b", RouteClass.TRIGGERS).allowed
+    assert limiter.take("a", RouteClass.READS).allowed
+
+
+def test_ratelimit_slow_rate_retry_after_rounds_up() -> None:
+    limiter = RateLimiter(rates_from(Settings(rate_control_per_s=0.3, rate_control_burst=1)), clock=Clock())
+    limiter.take("t", RouteClass.CONTROL)
+    refused = limiter.take("t", RouteClass.CONTROL)
+    assert not refused.allowed
+    assert refused.retry_after_s == math.ceil(1 / 0.3) == 4
+
+
+def test_ratelimit_processes_split_the_configured_rate() -> None:
+    rates = rates_from(Settings(api_processes=4, rate_reads_per_s=50, rate_reads_burst=100, rate_triggers_burst=2))
+    assert rates[RouteClass.READS].per_second == 12.5
+    assert rates[RouteClass.READS].burst == 25
+    assert rates[RouteClass.TRIGGERS].burst == 1  # never below one request
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/run", RouteClass.TRIGGERS),
+        ("POST", "/v1/runs", RouteClass.TRIGGERS),
+        ("POST", "/v1/lifecycle/runs", RouteClass.TRIGGERS),
+        ("POST", "/v1/telemetry/events", RouteClass.TELEMETRY),
+        ("GET", "/v1/runs/{run_id}", RouteClass.READS),
+        ("GET", "/v1/docs/pages/{slug}", RouteClass.READS),
+        ("POST", "/v1/runs/{run_id}/pause", RouteClass.CONTROL),
+        ("POST", "/v1/runs/{run_id}/gates/{gate}/decision", RouteClass.CONTROL),
+        ("DELETE", "/v1/webhooks/endpoints/{endpoint_id}", RouteClass.CONTROL),
+    ],
+)
+def test_ratelimit_route_classes(method: str, path: str, expected: RouteClass) -> None:
+    assert route_class(method, path, run_path="/run") == expected
+
+
+async def test_ratelimit_http_429_with_headers_per_token(
+    make_api: ApiFactory, settings: Settings, engine: Engine
+) -> None:
+    api = await make_api(
+        settings.model_copy(update={"rate_reads_per_s": 0.5, "rate_reads_burst": 3, "rate_triggers_burst": 1})
+    )
+    path = "/v1/runs/rr_" + "0" * 32
+    for remaining in (2, 1, 0):
+        resp = await api.client.get(path, headers=api.headers())
+        assert resp.status == 404  # admitted: the limit headers ride on errors too
+        assert resp.headers["RateLimit-Limit"] == "3"
+        assert resp.headers["RateLimit-Remaining"] == str(remaining)
+        assert int(resp.headers["RateLimit-Reset"]) >= 1
+    resp = await api.client.get(path, headers=api.headers())
+    payload = await resp.json()
+    assert resp.status == 429
+    assert_envelope(payload, "RATE_LIMIT_EXCEEDED")
+    assert payload["error"]["details"]["class"] == "reads"
+    assert resp.headers["Retry-After"] == "2"  # 1 token at 0.5/s, rounded up
+    assert resp.headers["RateLimit-Remaining"] == "0"
+    assert resp.headers["X-Trace-Id"] == payload["error"]["traceId"]
+
+    # Another class of the same token, and another token, have their own buckets.
+    body = {"repo_url": "https://example.invalid/x", "branch": "main"}
+    resp = await api.client.post("/v1/runs", json=body, headers=api.headers())
+    assert resp.status == 202
+    assert resp.headers["RateLimit-Limit"] == "1" and resp.headers["RateLimit-Remaining"] == "0"
+    resp = await api.client.post("/v1/runs", json=body, headers=api.headers())
+    assert resp.status == 429
+    other, _ = create_token(engine, workspace="default", subject="other")
+    resp = await api.client.get(path, headers={"Authorization": f"Bearer {other}"})
+    assert resp.status == 404
+
+    # Public paths are not counted; unauthenticated requests never reach a bucket.
+    for _ in range(5):
+        assert (await api.client.get("/healthz")).status == 200
+    resp = await api.client.get(path)
+    assert resp.status == 401
+    assert "RateLimit-Limit" not in resp.headers
+
+
+async def test_ratelimit_can_be_disabled(make_api: ApiFactory, settings: Settings) -> None:
+    api = await make_api(settings.model_copy(update={"rate_limit_enabled": False, "rate_reads_burst": 1}))
+    for _ in range(3):
+        resp = await api.client.get("/v1/runs/rr_" + "0" * 32, headers=api.headers())
+        assert resp.status == 404
+        assert "RateLimit-Limit" not in resp.headers
