@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
@@ -19,6 +21,8 @@ from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
 log = logging.getLogger("quantapilot.api")
 
 TRACE_ID = web.RequestKey("trace_id", str)
+#: Seconds a client is asked to wait after a 503 for an unavailable database.
+DB_RETRY_AFTER_S = 5
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 _HTTP_CODES: dict[int, ErrorCode] = {
@@ -98,6 +102,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _HTTP_CODES.get(exc.status, ErrorCode.SERVER_ERROR)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, exc.reason, trace_id, headers=headers)
+    except (OperationalError, PoolTimeoutError) as exc:
+        # The database is out of reach (refused or dropped connections, an unreadable or locked SQLite file, an
+        # exhausted pool): the request may succeed later, so 503 with Retry-After rather than a 500 (or a 401
+        # from a token lookup that never ran).
+        status = 503
+        log.warning("database unavailable: %s", type(exc.orig if isinstance(exc, OperationalError) else exc).__name__)
+        return error_response(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the database is unavailable; retry later",
+            trace_id,
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
     except Exception:
         status = 500
         log.exception("unhandled error", extra={"traceId": trace_id, "path": request.path})
