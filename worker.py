@@ -37,7 +37,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         workflows=WORKFLOWS,
         activities=build_activities(settings, engine),
         interceptors=[RunContextInterceptor()],
-        max_cached_workflows=2000,
+        max_cached_workflows=settings.worker_max_cached_workflows,
     )
 
 

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     task_queue: str = "quantapilot"
+    # Workflows a worker keeps in memory between tasks (sticky cache). Past this the least recently used are
+    # evicted and replayed from history when they next get a task: it bounds the worker's memory however many
+    # runs wait at gates (bench/capacity.py measures the trade-off).
+    worker_max_cached_workflows: int = Field(default=2000, ge=0)
     temporal_api_key: str | None = Field(default=None, repr=False)
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None
