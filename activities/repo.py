@@ -48,11 +48,8 @@ from quantapilot.docgen.generator import OutputConflictError, generate_docs, wri
 from quantapilot.docgen.lint import lint_pages
 from quantapilot.docs_store import PageInput, upsert_pages
 from quantapilot.errors import ErrorCode
-from quantapilot.forges import gitops
+from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
-from quantapilot.forges.git import GitForge
-from quantapilot.forges.gitea import GiteaForge
-from quantapilot.forges.github import GitHubForge
 from quantapilot.models import StepOutcome
 from quantapilot.settings import Settings
 
@@ -164,22 +161,14 @@ class RepoActivities:
 
     def _forge(self, name: str | None) -> Forge:
         kind = name or self._settings.default_forge
-        if kind == "git":
-            return GitForge(
-                self._engine,
-                author_name=self._settings.git_author_name,
-                author_email=self._settings.git_author_email,
-                workdir=self._settings.run_workdir / "_merge",
-            )
-        if self._http is None or self._http.closed:
+        if kind not in ("git", "github", "gitea"):
+            raise permanent(ErrorCode.PRECONDITION_FAILED, f"unknown forge {kind}")
+        if kind != "git" and (self._http is None or self._http.closed):
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        if kind == "github":
-            return GitHubForge(
-                self._http, api_url=self._settings.github_api_url, token=self._settings.github_token or ""
-            )
-        if kind == "gitea":
-            return GiteaForge(self._http, api_url=self._settings.gitea_api_url, token=self._settings.gitea_token or "")
-        raise permanent(ErrorCode.PRECONDITION_FAILED, f"unknown forge {kind}")
+        try:
+            return make_forge(kind, settings=self._settings, engine=self._engine, http=self._http)  # type: ignore[arg-type]
+        except ForgeError as exc:
+            raise self._forge_failure(exc) from None
 
     async def close(self) -> None:
         """Release the HTTP session used by REST forges."""
@@ -235,6 +224,13 @@ class RepoActivities:
             config = load_config(text, source=inp.path)
         except ConfigError as exc:
             raise permanent(ErrorCode.CONFIG_INVALID, str(exc)) from None
+        if config.gates.tests_required:
+            untested = [m.id for m in config.milestones if not any(s.name == "test" and s.run for s in m.steps)]
+            if untested:
+                raise permanent(
+                    ErrorCode.CONFIG_INVALID,
+                    f"gates.tests_required is on but milestones {', '.join(untested)} have no `test` step",
+                )
         has_commands = any(step.run for m in config.milestones for step in m.steps)
         allowed = any(fnmatch.fnmatchcase(inp.repo.repo_url, p) for p in self._settings.command_repo_patterns)
         if has_commands and not allowed:

@@ -254,7 +254,16 @@ class RepoRunWorkflow(RunWorkflowBase):
         record.started_at = workflow.now()
         record.branch = f"quantapilot/{self._inp.run_id}/{milestone.id.lower()}"
         self._touch()
-        steps = [MilestoneStep(name=s.name, run=s.run, timeout_s=step_policy(s, config)[0]) for s in milestone.steps]
+        # A command is killed after its step's own timeout_s, else after run.commands_timeout_s; its attempts
+        # follow the step policy (the step, then the top-level step of that name, then limits).
+        steps = [
+            MilestoneStep(
+                name=s.name,
+                run=s.run,
+                timeout_s=s.timeout_s if s.timeout_s is not None else config.run.commands_timeout_s,
+            )
+            for s in milestone.steps
+        ]
         attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
         result = await self._step(
             f"milestone:{milestone.id}",

@@ -259,3 +259,14 @@ async def test_milestones_worker_killed_between_push_and_pr_record_one_pr(
     assert collections.Counter(pr.head for pr in prs) == {"quantapilot/docs": 1}
     events = await api.events(run_id)
     assert [e["type"] for e in events].count("documentation.generated") == 1
+
+
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_tests_required_needs_a_test_step(cmd_api: Api, tmp_path: Path) -> None:
+    yml = "version: 1\ngates: {tests_required: true}\nmilestones:\n  - id: M-001\n    title: No tests\n    steps:\n      - {name: impl, run: 'true'}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await cmd_api.post("/run", {"repo_url": url, "branch": "main"})
+    final = await cmd_api.wait_state(body["run_id"], "failed")
+    assert final["error"]["code"] == "CONFIG_INVALID"
+    assert "M-001" in final["error"]["message"]
+    assert "tests_required" in final["error"]["message"]
