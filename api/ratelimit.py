@@ -27,6 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Buckets kept before idle (full) ones are dropped; a bucket is a few dozen bytes.
 MAX_BUCKETS = 100_000
+#: Longest time an unread request body is drained after an early answer, in seconds.
+LINGER_MAX_S = 2.0
 #: Methods that only read.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -248,6 +250,11 @@ def handler_args(settings: Settings) -> dict[str, Any]:
     """Request-handler options for aiohttp (``web.Application(handler_args=...)``), the same in tests and production.
 
     ``keepalive_timeout`` starts when a connection opens, so a client that never completes its request head is
-    closed after it, as is an idle keep-alive connection.
+    closed after it, as is an idle keep-alive connection. After an early answer (408, 413) aiohttp keeps reading
+    and discarding the unread body for ``lingering_time`` so the client sees the answer; a stalled client would
+    hold the connection that long, so it is bounded by the body deadline (and 2 s).
     """
-    return {"keepalive_timeout": settings.http_keepalive_s}
+    return {
+        "keepalive_timeout": settings.http_keepalive_s,
+        "lingering_time": min(LINGER_MAX_S, settings.http_body_timeout_s),
+    }

@@ -59,18 +59,24 @@ async def raw_http(
     """
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        for i, chunk in enumerate(chunks):
-            if i and pause:
-                await asyncio.sleep(pause)  # a deliberately slow client, not a wait for a condition
-            writer.write(chunk)
-            await writer.drain()
+        try:
+            for i, chunk in enumerate(chunks):
+                if i and pause:
+                    await asyncio.sleep(pause)  # a deliberately slow client, not a wait for a condition
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the server hung up mid-request: read whatever it said before
         data = b""
         parsed = None
         deadline = time.monotonic() + timeout
         while parsed is None:
             left = deadline - time.monotonic()
             assert left > 0, f"no response within {timeout}s; got {data[:200]!r}"
-            piece = await asyncio.wait_for(reader.read(65536), timeout=left)
+            try:
+                piece = await asyncio.wait_for(reader.read(65536), timeout=left)
+            except ConnectionError:
+                piece = b""
             if not piece:
                 break
             data += piece
@@ -84,6 +90,8 @@ async def raw_http(
             closed = tail == b""
         except TimeoutError:
             closed = False
+        except ConnectionError:
+            closed = True
         return RawResponse(status=status, headers=headers, body=body, closed=closed)
     finally:
         writer.close()
