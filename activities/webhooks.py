@@ -426,7 +426,8 @@ class WebhookActivities:
                 mark_failed(delivery.id, session=session, error=result.error)
                 disabled = disable_endpoint(endpoint.id, session=session, reason=DISABLED_UNSAFE, now=at)
                 return self._after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.FAILED, disabled)
-            if endpoint.failing_since is not None and at - endpoint.failing_since >= DISABLE_AFTER * inp.retry_scale:
+            # Not scaled with the retry delays: the threshold is about the receiver's outage, not our schedule.
+            if endpoint.failing_since is not None and at - endpoint.failing_since >= DISABLE_AFTER:
                 mark_failed(delivery.id, session=session, error=result.error)
                 disabled = disable_endpoint(endpoint.id, session=session, reason=DISABLED_FAILING, now=at)
                 return self._after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.FAILED, disabled)

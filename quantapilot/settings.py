@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     allowed_repo_patterns: list[str] = ["https://*", "ssh://*", "git@*:*"]
     # Repositories whose quantapilot.yml commands may be executed (fnmatch patterns); empty: none.
     command_repo_patterns: list[str] = []
+    # Repository runs continue as new after this many milestones per execution (unset: when Temporal suggests).
+    continue_as_new_every_milestones: int | None = Field(default=None, ge=1)
     # Whether the token that triggered a run may decide its gates when quantapilot.yml does not say.
     allow_self_approval: bool = False
     git_author_name: str = "QuantaPilot"
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_secret_overlap_hours: float = 24.0
     webhook_timeout_s: float = 10.0
-    # Multiplies every webhook retry delay and the 5-day disable threshold (tests use a tiny value).
+    # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
 
     @model_validator(mode="after")

@@ -1,0 +1,168 @@
+"""Helpers of the webhook end-to-end tests: a scriptable loopback receiver and API shortcuts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from quantapilot.settings import Settings
+from quantapilot.webhooks import verify_signature
+from tests.support import Api, eventually
+
+# A repository URL the test worker refuses at once (only file:// is allowed): the run records run.started and
+# run.failed within a second, which makes it the cheapest real source of events.
+FAST_FAIL_REPO = "https://git.example.test/team/{name}.git"
+
+
+@dataclass
+class Received:
+    """One request the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The parsed envelope."""
+        value: dict[str, Any] = json.loads(self.body)
+        return value
+
+    def verified(self, secret: str) -> bool:
+        """Whether ``secret`` verifies the request's signature."""
+        return verify_signature(secret, self.headers, self.body)
+
+
+Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+async def ok(request: web.Request, count: int) -> web.StreamResponse:
+    """Answer 200."""
+    return web.json_response({"ok": True})
+
+
+@dataclass
+class Receiver:
+    """An aiohttp server on 127.0.0.1 that records every request and answers as ``behaviour`` says.
+
+    ``behaviour(request, n)`` gets the request and how many requests its path has had (from 1).
+    """
+
+    port: int = 0
+    behaviour: Behaviour = ok
+    received: list[Received] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        count = self._counts[request.path] = self._counts.get(request.path, 0) + 1
+        # Recorded on arrival (status 0 until answered), so the list is in arrival order.
+        record = Received(request.path, dict(request.headers), body, 0, time.monotonic())
+        self.received.append(record)
+        response = await self.behaviour(request, count)
+        record.status = response.status
+        return response
+
+    async def start(self) -> Self:
+        """Listen (on ``port``, or a free one)."""
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def url(self, path: str = "/hook") -> str:
+        """URL of ``path`` on this receiver."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def delivered(self, path: str | None = None) -> list[Received]:
+        """Requests answered 2xx (on ``path``, or all)."""
+        return [r for r in self.received if 200 <= r.status < 300 and (path is None or r.path == path)]
+
+    def event_ids(self, path: str | None = None) -> list[str]:
+        """Event ids of the 2xx-answered requests."""
+        return [str(r.event["id"]) for r in self.delivered(path)]
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+def free_port() -> int:
+    """A port nothing listens on (yet)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """An API client and the settings its worker runs with."""
+
+    api: Api
+    settings: Settings
+
+
+async def create_endpoint(api: Api, url: str, **extra: Any) -> dict[str, Any]:
+    """Create an endpoint (asserts 201); the answer includes its secret."""
+    code, body = await api.post("/v1/webhooks/endpoints", {"url": url, **extra})
+    assert code == 201, body
+    return dict(body)
+
+
+async def fast_run(api: Api, name: str = "repo") -> str:
+    """Trigger a run that fails at once (two events); return its id."""
+    code, body = await api.post("/v1/runs", {"repo_url": FAST_FAIL_REPO.format(name=name), "branch": "main"})
+    assert code == 202, body
+    return str(body["run_id"])
+
+
+async def finished_events(api: Api, run_id: str, *, timeout: float = 30) -> list[dict[str, Any]]:
+    """Wait until the run is over, then return its events."""
+    await api.wait_state(run_id, "failed", "completed", "cancelled", timeout=timeout)
+    return await api.events(run_id)
+
+
+async def deliveries(api: Api, endpoint_id: str, **query: str) -> list[dict[str, Any]]:
+    """The endpoint's delivery log (asserts 200)."""
+    params = "&".join(f"{k}={v}" for k, v in {"limit": "200", **query}.items())
+    code, body = await api.get(f"/v1/webhooks/endpoints/{endpoint_id}/deliveries?{params}")
+    assert code == 200, body
+    return list(body["deliveries"])
+
+
+async def wait_deliveries(
+    api: Api, endpoint_id: str, until: Callable[[list[dict[str, Any]]], bool], *, timeout: float = 30
+) -> list[dict[str, Any]]:
+    """Poll the delivery log until ``until`` holds."""
+    return await eventually(
+        lambda: deliveries(api, endpoint_id), until, timeout=timeout, interval=0.1, what="delivery log"
+    )
+
+
+def all_status(status: str, count: int) -> Callable[[list[dict[str, Any]]], bool]:
+    """A delivery-log predicate: exactly ``count`` deliveries, all in ``status``."""
+    return lambda rows: len(rows) == count and all(r["status"] == status for r in rows)
