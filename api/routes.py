@@ -102,6 +102,7 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
             request_sha256=digest,
             trace_id=request.get(TRACE_ID),
             heartbeat_timeout_s=settings.step_heartbeat_s,
+            continue_as_new_every=settings.continue_as_new_every_milestones,
         )
 
     started = await start_run(

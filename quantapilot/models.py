@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quantapilot.config import QuantapilotConfig
+
 
 class RunKind(StrEnum):
     """The two kinds of run."""
@@ -56,6 +58,27 @@ class RepoRunInput(_Model):
     trace_id: str | None = None
     # How soon a dead worker is noticed in a long step (from QP_STEP_HEARTBEAT_S at trigger time).
     heartbeat_timeout_s: float = 30.0
+    # Continue as new after this many milestones in one execution (None: only when Temporal suggests it).
+    continue_as_new_every: int | None = None
+    # Set only by the run itself when it continues as new.
+    carry: RepoRunCarry | None = None
+
+
+class RepoRunCarry(_Model):
+    """State a repository run hands to its next execution when it continues as new between milestones."""
+
+    config: QuantapilotConfig
+    commit_sha: str
+    next_milestone: int
+    milestones: list[MilestoneRecord]
+    pull_requests: list[PullRequestRef]
+    gates: list[GateRecord]
+    docs_branch: str | None
+    event_seq: int
+    created_at: datetime
+    time_budget_s: float | None
+    extra_attempts: int
+    merged_once: bool
 
 
 class GateDecisionInput(_Model):
@@ -197,3 +220,7 @@ class EventRecord(_Model):
     correlation_id: str | None = None
     created_at: datetime
     data: dict[str, Any]
+
+
+RepoRunCarry.model_rebuild()
+RepoRunInput.model_rebuild()

@@ -37,7 +37,14 @@ with workflow.unsafe.imports_passed_through():
         step_policy,
     )
     from quantapilot.errors import ErrorCode
-    from quantapilot.models import MilestoneRecord, PullRequestRef, RepoRunInput, RunKind, RunStatus
+    from quantapilot.models import (
+        MilestoneRecord,
+        PullRequestRef,
+        RepoRunCarry,
+        RepoRunInput,
+        RunKind,
+        RunStatus,
+    )
 
 ANCHOR = "anchor"
 FIRST_MERGE = "first_merge"
@@ -109,6 +116,25 @@ class RepoRunWorkflow(RunWorkflowBase):
     # ----- the pipeline ------------------------------------------------------------------------------------
 
     async def _pipeline(self) -> None:
+        if self._inp.carry is not None:
+            config, start = self._restore(self._inp.carry), self._inp.carry.next_milestone
+        else:
+            config, start = await self._documented_and_anchored(), 0
+        gates = effective_gates(config)
+        for index in range(start, len(config.milestones)):
+            if index > start and self._should_continue_as_new(index - start):
+                # Long runs stay far below Temporal's history limits: the next execution starts from here.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry(config, index)}))
+            await self._milestone(index, config.milestones[index], config, gates)
+
+        known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
+        for optional in (g for g in gates if g not in known):
+            await self._decide(optional, gate_settings(config, optional).description or f"Optional gate {optional}")
+        self._current_step = None
+
+    async def _documented_and_anchored(self) -> QuantapilotConfig:
+        """Clone, read the config, document, open the docs PR, pass the anchor gate and merge the docs."""
         inp = self._inp
         await self._emit(
             "run.started",
@@ -151,14 +177,43 @@ class RepoRunWorkflow(RunWorkflowBase):
         if ANCHOR in gates:
             await self._decide(ANCHOR, "Accept the anchor documentation (its approval merges the docs PR).")
         await self._merge(docs_pr, config)
+        return config
 
-        for index, milestone in enumerate(config.milestones):
-            await self._milestone(index, milestone, config, gates)
+    def _should_continue_as_new(self, done_here: int) -> bool:
+        every = self._inp.continue_as_new_every
+        return workflow.info().is_continue_as_new_suggested() or (every is not None and done_here >= every)
 
-        known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
-        for optional in (g for g in gates if g not in known):
-            await self._decide(optional, gate_settings(config, optional).description or f"Optional gate {optional}")
-        self._current_step = None
+    def _carry(self, config: QuantapilotConfig, next_milestone: int) -> RepoRunCarry:
+        assert self._repo.commit_sha is not None
+        return RepoRunCarry(
+            config=config,
+            commit_sha=self._repo.commit_sha,
+            next_milestone=next_milestone,
+            milestones=[m.model_copy() for m in self._milestones],
+            pull_requests=list(self._pull_requests),
+            gates=[g.model_copy() for g in self._gates.values()],
+            docs_branch=self._docs_branch,
+            event_seq=self._events.seq,
+            created_at=self._created_at,
+            time_budget_s=self._time_budget_s,
+            extra_attempts=self._extra_attempts,
+            merged_once=self._merged_once,
+        )
+
+    def _restore(self, carry: RepoRunCarry) -> QuantapilotConfig:
+        self._config = carry.config
+        self._repo = self._repo.model_copy(update={"commit_sha": carry.commit_sha})
+        self._milestones = [m.model_copy() for m in carry.milestones]
+        self._pull_requests = list(carry.pull_requests)
+        self._gates = {g.name: g.model_copy() for g in carry.gates}
+        self._docs_branch = carry.docs_branch
+        self._events.seq = carry.event_seq
+        self._created_at = carry.created_at
+        self._time_budget_s = carry.time_budget_s
+        self._extra_attempts = carry.extra_attempts
+        self._merged_once = carry.merged_once
+        self._touch()
+        return carry.config
 
     def _milestone_has_gate(self, index: int, milestone: MilestoneConfig) -> bool:
         assert self._config is not None

@@ -270,3 +270,54 @@ async def test_milestones_tests_required_needs_a_test_step(cmd_api: Api, tmp_pat
     assert final["error"]["code"] == "CONFIG_INVALID"
     assert "M-001" in final["error"]["message"]
     assert "tests_required" in final["error"]["message"]
+
+
+THREE_MILESTONES = """\
+version: 1
+policies: {gates: ['-first_merge']}
+milestones:
+  - {id: M-001, title: One, gate: false, steps: [{name: impl, run: "echo 1 >> log.txt"}]}
+  - {id: M-002, title: Two, gate: true, steps: [{name: impl, run: "echo 2 >> log.txt"}]}
+  - {id: M-003, title: Three, gate: false, steps: [{name: impl, run: "echo 3 >> log.txt"}]}
+"""
+
+
+async def test_milestones_long_run_continues_as_new_between_milestones(
+    make_api: ApiFactory, cmd_settings: Settings, client, tmp_path: Path
+) -> None:
+    from api.runs import workflow_id_for
+    from quantapilot.models import RunKind
+    from worker import build_worker
+
+    settings = cmd_settings.model_copy(update={"continue_as_new_every_milestones": 1})
+    api = await make_api(settings)
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": THREE_MILESTONES})
+    async with build_worker(client, settings):
+        _, body = await api.post("/run", {"repo_url": url, "branch": "main"}, headers={"Idempotency-Key": "long-run"})
+        run_id = body["run_id"]
+        await api.wait_gate(run_id, "anchor")
+        await api.decide(run_id, "anchor", True)
+        # M-002's gate is reached in a later execution: status, gates and decisions follow the workflow id.
+        status = await api.wait_gate(run_id, "M-002")
+        assert status["milestones"][0]["status"] == "completed"
+        assert [g["name"] for g in status["gates"]] == ["anchor", "M-002"]
+        await api.decide(run_id, "M-002", True)
+        final = await api.wait_state(run_id, "completed")
+    assert remote_file(url, "main", "log.txt") == "1\n2\n3\n"
+    assert [m["status"] for m in final["milestones"]] == ["completed"] * 3
+    events = await api.events(run_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["data"]["milestone_id"] for e in events if e["type"] == "milestone.completed"] == [
+        "M-001",
+        "M-002",
+        "M-003",
+    ]
+    assert kinds(events).count("run.started") == 1
+    handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
+    executions = [wf async for wf in client.list_workflows(f"WorkflowId = '{handle.id}'")]
+    assert len(executions) >= 3  # one execution per milestone
+    # The Idempotency-Key still finds the run (memo carried over to the new executions).
+    code, again = await api.post("/run", {"repo_url": url, "branch": "main"}, headers={"Idempotency-Key": "long-run"})
+    assert code == 202
+    assert again["run_id"] == run_id
+    assert again["created"] is False
