@@ -14,6 +14,8 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
 
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
@@ -24,6 +26,15 @@ TRACE_ID = web.RequestKey("trace_id", str)
 #: Seconds a client is asked to wait after a 503 for an unavailable database.
 DB_RETRY_AFTER_S = 5
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+_TEMPORAL_UNAVAILABLE = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 _HTTP_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.VALIDATION_ERROR,
@@ -112,6 +123,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             503,
             ErrorCode.SERVICE_UNAVAILABLE,
             "the database is unavailable; retry later",
+            trace_id,
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
+    except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        # Temporal unreachable or slow to answer (server down, no worker to answer a query or an update).
+        if isinstance(exc, RPCError) and exc.status not in _TEMPORAL_UNAVAILABLE:
+            status = 500
+            log.exception("temporal error", extra={"path": request.path})
+            return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
+        status = 503
+        log.warning("temporal unavailable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the workflow service did not answer in time; retry later",
             trace_id,
             headers={"Retry-After": str(DB_RETRY_AFTER_S)},
         )

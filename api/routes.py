@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -52,6 +53,15 @@ RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
 
 
+def url_has_credentials(url: str) -> bool:
+    """Tell whether a repository URL carries a password, or a user name that may be a token (http, https)."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.password or (parts.username and parts.scheme.lower() in ("http", "https", "ftp", "ftps")))
+    except ValueError:
+        return False  # unparsable: the clone activity refuses it
+
+
 def run_alias_notice() -> str:
     """The ``deprecationNotice`` of responses to the seed alias."""
     return (
@@ -76,6 +86,10 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.json_response(data, status=status, headers=headers)
 
 
+def _rpc_timeout(request: web.Request, factor: float = 1.0) -> timedelta:
+    return timedelta(seconds=request.app[SETTINGS].temporal_rpc_timeout_s * factor)
+
+
 def _urls(request: web.Request, run_id: str) -> dict[str, str]:
     base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
     return {"status_url": f"{base}/v1/runs/{run_id}", "events_url": f"{base}/v1/runs/{run_id}/events"}
@@ -86,6 +100,14 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
     principal = principal_of(request, "runs:trigger")
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     body = validate(await read_json(request), API_SCHEMA, "RunRequest")
+    if url_has_credentials(body["repo_url"]):
+        # Refused before anything stores the URL: events, webhooks and search attributes would carry the secret.
+        raise ApiError(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            "request body does not match the schema",
+            details=[{"path": "repo_url", "message": "credentials in the URL are not allowed"}],
+        )
     settings = request.app[SETTINGS]
 
     def make_input(run_id: str, digest: str) -> RepoRunInput:
@@ -137,7 +159,8 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     try:
-        status: RunStatus = await handle.query("status", result_type=RunStatus)
+        # Bounded: with no worker to answer, the caller gets a 503 instead of a hanging request.
+        status: RunStatus = await handle.query("status", result_type=RunStatus, rpc_timeout=_rpc_timeout(request))
     except RPCError as err:
         if is_not_found(err):
             raise not_found("run") from None
@@ -158,7 +181,7 @@ async def _update(request: web.Request, principal: Principal, run_id: str, name:
     """Send an update; map a validator rejection to 409/403 and a closed or unknown run to 409/404."""
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     try:
-        return await handle.execute_update(name, arg, result_type=result)
+        return await handle.execute_update(name, arg, result_type=result, rpc_timeout=_rpc_timeout(request, 3))
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         if isinstance(cause, ApplicationError):

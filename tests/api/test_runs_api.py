@@ -187,3 +187,14 @@ async def test_api_idempotency_key_header_validated(api: Api) -> None:
     )
     assert code == 400
     assert_envelope(payload, "VALIDATION_ERROR")
+
+
+async def test_api_no_worker_to_answer_is_503(make_api: ApiFactory, settings: Settings, tmp_path: Path) -> None:
+    # No worker polls this task queue: the run exists but nobody can answer its status query or an update.
+    api = await make_api(settings.model_copy(update={"temporal_rpc_timeout_s": 0.5}))
+    _, body = await api.post("/run", {"repo_url": "https://example.invalid/x", "branch": "main"})
+    code, payload = await api.get(f"/v1/runs/{body['run_id']}")
+    assert code == 503, payload
+    assert_envelope(payload, "SERVICE_UNAVAILABLE")
+    code, payload = await api.post(f"/v1/runs/{body['run_id']}/pause", {"reason": "x"})
+    assert code == 503, payload
