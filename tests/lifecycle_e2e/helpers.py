@@ -75,7 +75,7 @@ async def account_events(api: Api, account: str) -> list[dict[str, Any]]:
 
 
 async def wait_realization(
-    api: Api, account: str, predicate: Any, *, timeout: float = 30.0, what: str = "realization.updated"
+    api: Api, account: str, predicate: Any, *, timeout: float = 60.0, what: str = "realization.updated"
 ) -> list[dict[str, Any]]:
     """Poll the account stream until a ``realization.updated`` event satisfies ``predicate``."""
     return await eventually(
