@@ -1,0 +1,115 @@
+"""Schemathesis against the published OpenAPI document, over real HTTP with a valid token.
+
+Every operation gets a bounded number of generated requests (valid and invalid), derandomized so a run is
+reproducible. Each response must not be a 5xx, must have a documented status, content type and headers, and
+its body must match the documented schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from quantapilot.settings import Settings
+from tests.conftest import ApiFactory
+
+EXAMPLES_PER_OPERATION = 12
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+class Fuzzer:
+    """Runs the generated requests of one document against one server and collects failures."""
+
+    def __init__(self, base_url: str, token: str, session: requests.Session) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.session = session
+        self.calls = 0
+        self.failures: list[str] = []
+
+    def run(self, operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
+        """Generate up to :data:`EXAMPLES_PER_OPERATION` requests for ``operation`` and check each response."""
+        checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+
+        @hsettings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            report_multiple_bugs=False,
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case: schemathesis.Case) -> None:
+            self.calls += 1
+            response = case.call(
+                base_url=self.base_url,
+                session=self.session,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=30,
+            )
+            case.validate_response(response, checks=checks)
+
+        try:
+            check()
+        except Unsatisfiable:
+            # Nothing of the operation can be made invalid (no body, no constrained parameter): nothing to send.
+            if mode is not GenerationMode.NEGATIVE:
+                raise
+        except (Exception, FailureGroup) as exc:  # every failure is collected; the test reports them all
+            self.failures.append(f"{operation.label} [{mode.value}]: {type(exc).__name__}: {str(exc)[:1500]}")
+
+
+def fuzz(document: dict[str, Any], base_url: str, token: str) -> tuple[int, list[str]]:
+    """Run schemathesis over every operation of ``document``; return the number of requests and the failures."""
+    schema = schemathesis.openapi.from_dict(document)
+    with requests.Session() as session:
+        fuzzer = Fuzzer(base_url, token, session)
+        for result in schema.get_all_operations():
+            if not isinstance(result, Ok):
+                fuzzer.failures.append(f"invalid operation in the document: {result.err()}")
+                continue
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                fuzzer.run(result.ok(), mode)
+    return fuzzer.calls, fuzzer.failures
+
+
+async def test_fuzz_schemathesis_finds_no_contract_violation(make_api: ApiFactory, settings: Settings) -> None:
+    api = await make_api(
+        settings.model_copy(
+            update={f"rate_{cls}_burst": 1_000_000 for cls in ("reads", "triggers", "telemetry", "control")}
+        )
+    )
+    resp = await api.client.get("/v1/openapi.json")
+    document = await resp.json()
+    server = api.client.server
+    base_url = f"http://{server.host}:{server.port}"
+    # schemathesis speaks blocking HTTP: it runs in a thread while this loop serves the API.
+    calls, failures = await asyncio.to_thread(fuzz, document, base_url, api.token)
+    assert not failures, "\n\n".join(failures)
+    operations = sum(len(item) for item in document["paths"].values())
+    assert calls >= operations * 2, calls
