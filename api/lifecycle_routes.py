@@ -54,6 +54,7 @@ from quantapilot.temporal import (
 log = logging.getLogger("quantapilot.api.lifecycle")
 
 EVENTS_PAGE = 500
+MAX_AFTER = 2**63 - 1
 DB_RETRY_AFTER_S = "5"
 
 
@@ -303,8 +304,9 @@ async def account_events(request: web.Request) -> web.Response:
         after = int(request.query.get("after", "0"))
     except ValueError:
         raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
-    if after < 0:
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be >= 0")
+    if not 0 <= after <= MAX_AFTER:
+        # Beyond a signed 64-bit integer the database driver overflows: refuse it as a bad cursor.
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"after must be between 0 and {MAX_AFTER}")
     stream = account_stream_id(principal.workspace, account)
     rows = await asyncio.to_thread(_stream_events, request.app[ENGINE], principal.workspace, stream, after)
     events = [

@@ -192,3 +192,12 @@ async def test_telemetry_store_down_answers_503(make_lc_api: LcApiFactory, setti
     finally:
         engine.dispose()
         drop_postgres_database(name)
+
+
+async def test_account_events_cursor_and_unknown_account(lc_api: Api) -> None:
+    account = new_account()
+    for after, expected in (("-1", 400), ("x", 400), (str(2**63), 400), (str(2**63 - 1), 200)):
+        code, body = await lc_api.get(f"/v1/accounts/{account}/events?after={after}")
+        assert code == expected, (after, body)
+    code, body = await lc_api.get("/v1/accounts/not-a-uuid/events")
+    assert code == 404 and body["error"]["code"] == "NOT_FOUND"
