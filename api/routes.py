@@ -48,6 +48,7 @@ from quantapilot.tokens import Principal
 
 API_SCHEMA = "api.schema.json"
 EVENTS_PAGE = 500
+MAX_SEQ = 2**63 - 1  # the largest value a BIGINT column compares against
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
 RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
@@ -286,8 +287,8 @@ async def run_events(request: web.Request) -> web.Response:
         after = int(request.query.get("after", "0"))
     except ValueError:
         raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
-    if after < 0:
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be >= 0")
+    if not 0 <= after <= MAX_SEQ:
+        raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"after must be between 0 and {MAX_SEQ}")
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     rows = await asyncio.to_thread(_events_after, request, principal.workspace, run_id, after)
     if not rows:

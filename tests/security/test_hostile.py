@@ -195,11 +195,6 @@ async def test_hostile_queries_and_methods(api: Api) -> None:
         assert "POST" in resp.headers["Allow"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: api/routes.py and api/lifecycle_routes.py pass an unbounded ?after= to the database "
-    "(OverflowError -> 500); they should answer 400 above 2**63-1",
-)
 @pytest.mark.parametrize(
     "path",
     ["/v1/runs/rr_" + "0" * 32 + "/events", "/v1/accounts/" + "0" * 8 + "-0000-4000-8000-" + "0" * 12 + "/events"],
