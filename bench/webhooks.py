@@ -1,0 +1,191 @@
+"""Webhook delivery throughput and latency: the real delivery path against a raw signed POST loop.
+
+Run with ``python -m bench.webhooks [--events N]``. One process starts a Temporal dev server, an in-process worker
+with every workflow and activity, a loopback receiver that verifies signatures, and one webhook endpoint. Then:
+
+1. **our path**: N run events go through what ``record_event`` does (event and deliveries stored in one
+   transaction, one delivery workflow started per delivery); each workflow signs, POSTs, records the attempt.
+   Measured: deliveries per second (first event stored to last receipt) and event-to-receipt latency.
+2. **raw**: the same N envelopes, signed and POSTed one after another over one keep-alive aiohttp session.
+
+The ratio (ours / raw) is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from activities.events import store_event_with_deliveries
+from activities.webhooks import envelope_of_record, start_delivery_workflows
+from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.models import EventRecord, RunKind
+from quantapilot.settings import Settings
+from quantapilot.webhooks import store, verify_signature
+from quantapilot.webhooks.sender import prepare_request
+from worker import build_worker
+
+
+class Receiver:
+    """Counts verified deliveries by event id with their receipt time."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.received: dict[str, float] = {}
+        self.rejected = 0
+        self.done = asyncio.Event()
+        self.expected = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify_signature(self.secret, request.headers, body):
+            self.rejected += 1
+            return web.Response(status=401)
+        self.received.setdefault(request.headers["X-VC-Event-Id"], time.perf_counter())
+        if len(self.received) >= self.expected:
+            self.done.set()
+        return web.Response(status=204)
+
+    def reset(self, expected: int) -> None:
+        """Start counting a new batch."""
+        self.received.clear()
+        self.expected = expected
+        self.done = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _events(count: int) -> list[EventRecord]:
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    return [
+        EventRecord(
+            id=f"evt_{uuid.uuid4().hex}",
+            run_id=run_id,
+            workspace="default",
+            run_kind=RunKind.REPOSITORY,
+            seq=seq,
+            type="run.started" if seq == 1 else "gate.requested",
+            created_at=datetime.now(UTC),
+            data={"run_id": run_id, "seq": seq},
+        )
+        for seq in range(1, count + 1)
+    ]
+
+
+def _endpoint(engine: Engine, url: str) -> str:
+    with session_scope(engine) as session:
+        _endpoint_row, secret = store.create_endpoint(session=session, workspace="default", url=url)
+    return secret
+
+
+async def _ours(
+    settings: Settings, engine: Engine, client: Client, receiver: Receiver, count: int
+) -> tuple[float, list[float]]:
+    events = _events(count)
+    receiver.reset(count)
+    stored: dict[str, float] = {}
+    started = time.perf_counter()
+
+    async def _record(event: EventRecord) -> None:
+        # What the record_event activity does: one transaction, then the workflow starts.
+        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, engine, event)
+        stored[event.id] = time.perf_counter()
+        await start_delivery_workflows(client, task_queue=settings.task_queue, settings=settings, deliveries=pending)
+
+    gate = asyncio.Semaphore(8)
+
+    async def _bounded(event: EventRecord) -> None:
+        async with gate:
+            await _record(event)
+
+    await asyncio.gather(*(_bounded(e) for e in events))
+    await asyncio.wait_for(receiver.done.wait(), timeout=120)
+    elapsed = max(receiver.received.values()) - started
+    latencies = [receiver.received[e.id] - stored[e.id] for e in events]
+    return count / elapsed, latencies
+
+
+async def _raw(receiver: Receiver, secret: str, count: int) -> float:
+    envelopes = [envelope_of_record(e) for e in _events(count)]
+    receiver.reset(count)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        for attempt, envelope in enumerate(envelopes, start=1):
+            body, headers = prepare_request(envelope, secrets=[secret], attempt=attempt)
+            async with session.post(receiver.url, data=body, headers=headers) as response:
+                await response.read()
+    elapsed = time.perf_counter() - started
+    return count / elapsed
+
+
+async def main(count: int) -> None:
+    """Run both measurements and print the table and the ratio."""
+    print(machine_line())
+    progress("starting the dev server")
+    async with dev_server() as env:
+        with tempfile.TemporaryDirectory(prefix="qp-bench-webhooks-") as tmp:
+            settings = bench_settings(
+                Path(tmp) / "state", env.client, webhook_allow_private=True, webhook_timeout_s=10.0
+            )
+            engine = make_engine(settings.database_url)
+            create_all(engine)
+            receiver = Receiver("")
+            await receiver.start()
+            receiver.secret = _endpoint(engine, receiver.url)
+            try:
+                async with build_worker(env.client, settings):
+                    progress(f"warm-up: {count // 10} deliveries")
+                    await _ours(settings, engine, env.client, receiver, max(count // 10, 10))
+                    progress(f"our path: {count} deliveries")
+                    ours, latencies = await _ours(settings, engine, env.client, receiver, count)
+                progress(f"raw loop: {count} signed POSTs")
+                raw = await _raw(receiver, receiver.secret, count)
+            finally:
+                await receiver.stop()
+                engine.dispose()
+    print_table(
+        "Webhook deliveries to a loopback receiver",
+        ["path", "deliveries/s", "p50 event->receipt ms", "p99 event->receipt ms"],
+        [
+            [
+                "delivery workflows (sign, POST, record)",
+                fmt(ours),
+                fmt(percentile(latencies, 50) * 1000),
+                fmt(percentile(latencies, 99) * 1000),
+            ],
+            ["raw signed aiohttp POST loop", fmt(raw), "-", "-"],
+        ],
+    )
+    print(f"\nratio ours/raw: {ours / raw:.3f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300, help="deliveries per measured batch")
+    asyncio.run(main(parser.parse_args().events))
