@@ -262,7 +262,8 @@ def _follow(client: ApiClient, run_id: str, *, as_json: bool, interval: float, a
                 if as_json:
                     click.echo(json.dumps({"kind": "event", "event": event}))
                 else:
-                    console.print(_describe_event(event), highlight=False)
+                    # soft_wrap: a piped live view keeps one line per event instead of wrapping at 80 columns.
+                    console.print(_describe_event(event), highlight=False, soft_wrap=True)
             after = page["next_after"]
             status = client.call("GET", f"/v1/runs/{run_id}")
             if as_json:
@@ -272,7 +273,7 @@ def _follow(client: ApiClient, run_id: str, *, as_json: bool, interval: float, a
                     click.echo(json.dumps({"kind": "status", "status": status}))
             else:
                 for line in _status_lines(status, previous):
-                    console.print(line)
+                    console.print(line, highlight=False, soft_wrap=True)
             previous = status
             if status["state"] in FOLLOW_EXIT:
                 # The state turns final a moment before the last event is stored: wait for it, briefly.
