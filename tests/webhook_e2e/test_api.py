@@ -1,0 +1,209 @@
+"""The webhook API: subscriptions, secrets shown once, rotation, redelivery, workspace isolation, SSRF refusals."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from quantapilot.db import utcnow
+from quantapilot.tokens import ALL_SCOPES, create_token
+from quantapilot.webhooks.signing import parse_signature_header
+from quantapilot.webhooks.store import WebhookSecret
+from tests.conftest import ApiFactory
+from tests.support import Api
+from tests.webhook_e2e.conftest import StackFactory
+from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, free_port, wait_deliveries
+
+
+async def test_webhooks_api_crud_never_shows_secret_again(make_stack: StackFactory, receiver: Receiver) -> None:
+    stack = await make_stack(worker=False)
+    api = stack.api
+    created = await create_endpoint(
+        api,
+        receiver.url(),
+        events=["run_started", "gate_decision", "run.failed"],
+        description="chat bot",
+        run_kinds=["repository"],
+        repositories=["https://git.example.test/Team/Repo.git/"],
+    )
+    secret = created["secret"]
+    assert secret.startswith("whsec_")
+    assert created["events"] == ["run.started", "gate.decided", "run.failed"]
+    assert created["repositories"] == ["https://git.example.test/team/repo"]
+    assert created["enabled"] is True and created["disabled_reason"] is None
+
+    code, listed = await api.get("/v1/webhooks/endpoints")
+    assert code == 200 and [e["id"] for e in listed["endpoints"]] == [created["id"]]
+    code, one = await api.get(f"/v1/webhooks/endpoints/{created['id']}")
+    assert code == 200 and "secret" not in one
+    assert secret not in str(listed) and secret not in str(one)
+
+    resp = await api.client.patch(
+        f"/v1/webhooks/endpoints/{created['id']}",
+        json={"events": [], "description": "all events", "enabled": False},
+        headers=api.headers(),
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["events"] == [] and body["enabled"] is False and body["disabled_reason"] == "disabled by user"
+    assert secret not in str(body)
+
+    code, rotated = await api.post(f"/v1/webhooks/endpoints/{created['id']}/rotate-secret")
+    assert code == 200 and rotated["secret"].startswith("whsec_") and rotated["secret"] != secret
+    assert rotated["previous_secrets_expire_at"].endswith("Z")
+
+    resp = await api.client.delete(f"/v1/webhooks/endpoints/{created['id']}", headers=api.headers())
+    assert resp.status == 204
+    code, gone = await api.get(f"/v1/webhooks/endpoints/{created['id']}")
+    assert code == 404 and gone["error"]["code"] == "NOT_FOUND"
+
+
+async def test_webhooks_api_other_workspace_and_scope(
+    make_stack: StackFactory, make_api: ApiFactory, engine: Engine, receiver: Receiver
+) -> None:
+    stack = await make_stack(worker=False)
+    mine = await create_endpoint(stack.api, receiver.url())
+    theirs = await make_api(stack.settings, workspace="other")
+    code, listed = await theirs.get("/v1/webhooks/endpoints")
+    assert code == 200 and listed["endpoints"] == []
+    base = f"/v1/webhooks/endpoints/{mine['id']}"
+    for method, path in [
+        ("GET", base),
+        ("PATCH", base),
+        ("DELETE", base),
+        ("POST", f"{base}/rotate-secret"),
+        ("GET", f"{base}/deliveries"),
+    ]:
+        resp = await theirs.client.request(
+            method, path, json={"description": "x"} if method == "PATCH" else None, headers=theirs.headers()
+        )
+        assert resp.status == 404, (method, path, await resp.text())
+    code, body = await theirs.post("/v1/webhooks/deliveries/wd_000000000000000000000000/redeliver")
+    assert code == 404, body
+
+    token, _ = create_token(
+        engine, workspace="default", subject="reader", scopes=[s for s in ALL_SCOPES if s != "webhooks:manage"]
+    )
+    reader = Api(client=stack.api.client, token=token)
+    code, body = await reader.get("/v1/webhooks/endpoints")
+    assert code == 403 and body["error"]["details"] == {"scope": "webhooks:manage"}
+
+
+async def test_webhooks_api_refuses_bad_bodies_and_unsafe_urls(make_stack: StackFactory, make_api: ApiFactory) -> None:
+    stack = await make_stack(worker=False)
+    api = stack.api
+    for body in (
+        {},
+        {"url": "https://example.com/hook", "extra": 1},
+        {"url": "https://example.com/hook", "events": ["run.exploded"]},
+        {"url": "https://example.com/hook", "run_kinds": ["nightly"]},
+        {"url": "not a url"},
+    ):
+        code, answer = await api.post("/v1/webhooks/endpoints", body)
+        assert code == 422 and answer["error"]["code"] == "VALIDATION_ERROR", (body, answer)
+
+    # Even where private addresses are allowed, metadata services, credentials and other schemes are not.
+    refused = {
+        "http://169.254.169.254/latest/meta-data/": "metadata_address",
+        "http://[fd00:ec2::254]/": "metadata_address",
+        "http://user:pw@127.0.0.1:8080/": "credentials_not_allowed",
+    }
+    for url, reason in refused.items():
+        code, answer = await api.post("/v1/webhooks/endpoints", {"url": url})
+        assert code == 422, (url, answer)
+        assert answer["error"]["details"] == [{"path": "url", "reason": reason}], answer
+    code, answer = await api.post("/v1/webhooks/endpoints", {"url": "ftp://example.com/x"})
+    assert code == 422
+
+    # With the production default, loopback and private targets are refused, by literal or by name.
+    strict = await make_api(stack.settings.model_copy(update={"webhook_allow_private": False}))
+    for url, reason in {
+        f"http://127.0.0.1:{free_port()}/": "loopback_address",
+        "http://10.1.2.3/hook": "private_address",
+        f"http://localhost:{free_port()}/": "loopback_address",
+        "http://[::ffff:192.168.0.1]/": "private_address",
+    }.items():
+        code, answer = await strict.post("/v1/webhooks/endpoints", {"url": url})
+        assert code == 422, (url, answer)
+        assert answer["error"]["details"][0]["reason"] == reason, answer
+    code, answer = await strict.get("/v1/webhooks/endpoints")
+    assert answer["endpoints"] == []
+
+
+async def test_webhooks_rotation_signs_with_both_then_only_new(
+    make_stack: StackFactory, receiver: Receiver, engine: Engine
+) -> None:
+    stack = await make_stack()
+    api = stack.api
+    endpoint = await create_endpoint(api, receiver.url(), events=["run.started"])
+    old = endpoint["secret"]
+    code, rotated = await api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/rotate-secret")
+    assert code == 200
+    new = rotated["secret"]
+
+    await fast_run(api, "one")
+    await wait_deliveries(api, endpoint["id"], all_status("delivered", 1))
+    (during,) = receiver.delivered()
+    parsed = parse_signature_header(during.headers["X-VC-Signature"])
+    assert parsed is not None and len(parsed[1]) == 2
+    # Consumers holding either secret accept it during the overlap.
+    assert during.verified(old) and during.verified(new)
+
+    # The overlap ends (24 hours later, here by moving the old secret's expiry into the past).
+    with Session(engine) as session:
+        session.execute(
+            update(WebhookSecret)
+            .where(col(WebhookSecret.endpoint_id) == endpoint["id"], col(WebhookSecret.expires_at).is_not(None))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+    await fast_run(api, "two")
+    await wait_deliveries(api, endpoint["id"], all_status("delivered", 2))
+    after = receiver.delivered()[1]
+    parsed = parse_signature_header(after.headers["X-VC-Signature"])
+    assert parsed is not None and len(parsed[1]) == 1
+    assert after.verified(new) and not after.verified(old)
+
+
+async def test_webhooks_redelivery_sends_same_event_again(make_stack: StackFactory, receiver: Receiver) -> None:
+    stack = await make_stack()
+    api = stack.api
+    endpoint = await create_endpoint(api, receiver.url(), events=["run.failed"])
+    await fast_run(api)
+    (row,) = await wait_deliveries(api, endpoint["id"], all_status("delivered", 1))
+    code, body = await api.post(f"/v1/webhooks/deliveries/{row['id']}/redeliver")
+    assert code == 202, body
+    assert body["status"] == "pending" and body["id"] == row["id"]
+
+    await wait_deliveries(
+        api, endpoint["id"], lambda rs: rs[0]["status"] == "delivered" and rs[0]["attempt_count"] == 2
+    )
+    first, second = receiver.delivered()
+    assert first.event == second.event  # the same event, byte for byte apart from the signature time
+    assert (first.headers["X-VC-Delivery-Attempt"], second.headers["X-VC-Delivery-Attempt"]) == ("1", "2")
+    assert second.verified(endpoint["secret"])
+    code, one = await api.get(f"/v1/webhooks/deliveries/{row['id']}")
+    assert code == 200 and [a["attempt"] for a in one["attempts"]] == [1, 2]
+    code, body = await api.post("/v1/webhooks/deliveries/wd_unknown/redeliver")
+    assert code == 404
+
+
+async def test_webhooks_delivery_time_ssrf_check_refuses_private_name(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    # The API admitted the name (private allowed there); the worker, with the production default, resolves it
+    # again at delivery time, finds a loopback address and refuses: a stand-in for DNS rebinding.
+    api_stack = await make_stack(worker=False)
+    stack = await make_stack(webhook_allow_private=False, api_settings=api_stack.settings)
+    api = stack.api
+    endpoint = await create_endpoint(api, f"http://localhost:{receiver.port}/hook", events=["run.started"])
+    await fast_run(api)
+    (row,) = await wait_deliveries(api, endpoint["id"], all_status("failed", 1))
+    assert row["attempts"][0]["outcome"] == "rejected_unsafe"
+    assert row["last_error"] == "unsafe url: loopback_address"
+    assert receiver.received == []
+    code, ep = await api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
+    assert code == 200 and ep["enabled"] is False and ep["disabled_reason"] == "unsafe_url"
