@@ -35,6 +35,7 @@ SCHEMA_FILES: dict[str, str | None] = {
     "error.schema.json": None,
     "lifecycle_run.schema.json": "LifecycleRunRequest",
     "telemetry.schema.json": "TelemetryRequest",
+    "webhooks.schema.json": "Webhooks",
 }
 
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
@@ -165,6 +166,83 @@ INLINE_SCHEMAS: dict[str, dict[str, Any]] = {
         },
     },
     "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
+    "WebhookEndpoint": {
+        "type": "object",
+        "required": ["id", "url", "events", "run_kinds", "repositories", "enabled"],
+        "properties": {
+            "id": {"type": "string"},
+            "url": {"type": "string"},
+            "description": {"type": "string"},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "run_kinds": {"type": "array", "items": {"type": "string"}},
+            "repositories": {"type": "array", "items": {"type": "string"}},
+            "enabled": {"type": "boolean"},
+            "disabled_reason": _NULLABLE_STRING,
+            "failing_since": {"type": ["string", "null"], "format": "date-time"},
+            "created_at": {"type": ["string", "null"], "format": "date-time"},
+            "updated_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "WebhookEndpointCreated": {
+        "description": "The endpoint and its signing secret, shown this once.",
+        "allOf": [
+            {"$ref": COMPONENT_PREFIX + "WebhookEndpoint"},
+            {"required": ["secret"], "properties": {"secret": {"type": "string", "minLength": 16}}},
+        ],
+    },
+    "WebhookEndpointList": {
+        "type": "object",
+        "required": ["endpoints"],
+        "properties": {"endpoints": {"type": "array", "items": {"$ref": COMPONENT_PREFIX + "WebhookEndpoint"}}},
+    },
+    "WebhookSecretRotated": {
+        "type": "object",
+        "required": ["endpoint_id", "secret", "previous_secrets_expire_at"],
+        "properties": {
+            "endpoint_id": {"type": "string"},
+            "secret": {"type": "string", "minLength": 16},
+            "previous_secrets_expire_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["id", "endpoint_id", "event_id", "event_type", "status", "attempt_count"],
+        "properties": {
+            "id": {"type": "string"},
+            "endpoint_id": {"type": "string"},
+            "event_id": {"type": "string"},
+            "event_type": {"type": "string"},
+            "run_id": _NULLABLE_STRING,
+            "status": {"enum": ["pending", "delivered", "failed", "gone", "disabled"]},
+            "attempt_count": {"type": "integer", "minimum": 0},
+            "last_status_code": {"type": ["integer", "null"]},
+            "last_latency_ms": {"type": ["number", "null"]},
+            "last_error": _NULLABLE_STRING,
+            "next_retry_at": {"type": ["string", "null"], "format": "date-time"},
+            "created_at": {"type": ["string", "null"], "format": "date-time"},
+            "delivered_at": {"type": ["string", "null"], "format": "date-time"},
+            "attempts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["attempt", "outcome"],
+                    "properties": {
+                        "attempt": {"type": "integer"},
+                        "outcome": {"type": "string"},
+                        "status_code": {"type": ["integer", "null"]},
+                        "latency_ms": {"type": ["number", "null"]},
+                        "error": _NULLABLE_STRING,
+                        "at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+        },
+    },
+    "WebhookDeliveryList": {
+        "type": "object",
+        "required": ["deliveries"],
+        "properties": {"deliveries": {"type": "array", "items": {"$ref": COMPONENT_PREFIX + "WebhookDelivery"}}},
+    },
 }
 
 
@@ -199,7 +277,7 @@ class Operation:
         errors: Error statuses the endpoint can answer besides the common ones.
         description: Longer text.
         deprecated: Whether the route is a deprecated alias.
-        media: Media type of the success body.
+        media: Media type of the success body ("" for none, e.g. 204).
         extra_success: Other success statuses with their component names (e.g. readiness 503).
     """
 
@@ -463,6 +541,7 @@ def operations(settings: Settings) -> list[Operation]:
             ),
             errors=(404, 422),
         ),
+        *webhook_operations(),
         Operation("GET", "/healthz", "healthz", "Liveness", "service", None, 200, "Health"),
         Operation(
             "GET",
@@ -501,6 +580,139 @@ def operations(settings: Settings) -> list[Operation]:
         ),
     ]
     return ops
+
+
+ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
+DELIVERY_ID = Param("delivery_id", "path", {"type": "string", "maxLength": 64}, "Delivery id.", required=True)
+WEBHOOKS = "webhooks:manage"
+
+
+def webhook_operations() -> list[Operation]:
+    """The webhook subscription endpoints (``api/webhook_routes.py``)."""
+    return [
+        Operation(
+            "POST",
+            "/v1/webhooks/endpoints",
+            "createWebhookEndpoint",
+            "Subscribe a receiver URL; the answer carries its signing secret, shown once",
+            "webhooks",
+            WEBHOOKS,
+            201,
+            "WebhookEndpointCreated",
+            request="Webhooks.CreateEndpointRequest",
+            errors=BODY_ERRORS,
+            description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
+        ),
+        Operation(
+            "GET",
+            "/v1/webhooks/endpoints",
+            "listWebhookEndpoints",
+            "The workspace's webhook endpoints",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookEndpointList",
+        ),
+        Operation(
+            "GET",
+            "/v1/webhooks/endpoints/{endpoint_id}",
+            "getWebhookEndpoint",
+            "One webhook endpoint (never its secret)",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookEndpoint",
+            params=(ENDPOINT_ID,),
+            errors=(404,),
+        ),
+        Operation(
+            "PATCH",
+            "/v1/webhooks/endpoints/{endpoint_id}",
+            "updateWebhookEndpoint",
+            "Change an endpoint's URL, filters or description, or enable/disable it",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookEndpoint",
+            request="Webhooks.UpdateEndpointRequest",
+            params=(ENDPOINT_ID,),
+            errors=(*BODY_ERRORS, 404),
+        ),
+        Operation(
+            "DELETE",
+            "/v1/webhooks/endpoints/{endpoint_id}",
+            "deleteWebhookEndpoint",
+            "Delete an endpoint with its secrets and delivery log",
+            "webhooks",
+            WEBHOOKS,
+            204,
+            None,
+            params=(ENDPOINT_ID,),
+            errors=(404,),
+            media="",
+        ),
+        Operation(
+            "POST",
+            "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret",
+            "rotateWebhookSecret",
+            "Issue a new signing secret; the previous ones keep signing for the overlap",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookSecretRotated",
+            request="Webhooks.RotateSecretRequest",
+            request_required=False,
+            params=(ENDPOINT_ID,),
+            errors=(*BODY_ERRORS, 404),
+        ),
+        Operation(
+            "GET",
+            "/v1/webhooks/endpoints/{endpoint_id}/deliveries",
+            "listWebhookDeliveries",
+            "An endpoint's deliveries, newest first, with their attempts",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookDeliveryList",
+            params=(
+                ENDPOINT_ID,
+                Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "Page size."),
+                Param(
+                    "status",
+                    "query",
+                    {"enum": ["pending", "delivered", "failed", "gone", "disabled"]},
+                    "Only deliveries in this status.",
+                ),
+            ),
+            errors=(400, 404),
+        ),
+        Operation(
+            "GET",
+            "/v1/webhooks/deliveries/{delivery_id}",
+            "getWebhookDelivery",
+            "One delivery with its attempts",
+            "webhooks",
+            WEBHOOKS,
+            200,
+            "WebhookDelivery",
+            params=(DELIVERY_ID,),
+            errors=(404,),
+        ),
+        Operation(
+            "POST",
+            "/v1/webhooks/deliveries/{delivery_id}/redeliver",
+            "redeliverWebhook",
+            "Send a delivery again (same event id) through a fresh workflow",
+            "webhooks",
+            WEBHOOKS,
+            202,
+            "WebhookDelivery",
+            request="Webhooks.EmptyRequest",
+            request_required=False,
+            params=(DELIVERY_ID,),
+            errors=(*BODY_ERRORS, 404, 409),
+        ),
+    ]
 
 
 # ----- components ----------------------------------------------------------------------------------------
@@ -654,14 +866,12 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         success_headers["Location"] = _ref_header("Location")
     if op.deprecated:
         success_headers |= {h: _ref_header(h) for h in ("Deprecation", "Sunset", "Link")}
-    content: dict[str, Any] = (
-        {op.media: {"schema": {"$ref": COMPONENT_PREFIX + op.response}}}
-        if op.response
-        else {op.media: {"schema": {"type": "string"}}}
-    )
-    responses: dict[str, Any] = {
-        str(op.success): {"description": op.summary, "headers": success_headers, "content": content}
-    }
+    success: dict[str, Any] = {"description": op.summary, "headers": success_headers}
+    if op.response:
+        success["content"] = {op.media: {"schema": {"$ref": COMPONENT_PREFIX + op.response}}}
+    elif op.media:
+        success["content"] = {op.media: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {str(op.success): success}
     for status, component in op.extra_success.items():
         responses[str(status)] = {
             "description": f"{op.summary} (not ready)",
@@ -729,6 +939,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             {"name": "runs", "description": "Repository runs and the run controls shared by every run kind."},
             {"name": "lifecycle", "description": "Value-lifecycle runs, telemetry and account event streams."},
             {"name": "docs", "description": "Generated documentation and account reports."},
+            {"name": "webhooks", "description": "Signed webhook subscriptions of the workspace and their deliveries."},
             {"name": "service", "description": "Health and this contract (public)."},
         ],
         "paths": paths,

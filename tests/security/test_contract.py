@@ -109,6 +109,10 @@ def test_contract_request_bodies_are_the_ones_the_handlers_validate(tmp_path: Pa
     assert bodies[("POST", "/v1/runs/{run_id}/gates/{gate}/decision")] == COMPONENT_PREFIX + "GateDecisionRequest"
     assert bodies[("POST", "/v1/lifecycle/runs")] == COMPONENT_PREFIX + "LifecycleRunRequest"
     assert bodies[("POST", "/v1/telemetry/events")] == COMPONENT_PREFIX + "TelemetryRequest"
+    assert bodies[("POST", "/v1/webhooks/endpoints")] == COMPONENT_PREFIX + "Webhooks.CreateEndpointRequest"
+    assert (
+        bodies[("PATCH", "/v1/webhooks/endpoints/{endpoint_id}")] == COMPONENT_PREFIX + "Webhooks.UpdateEndpointRequest"
+    )
 
 
 def test_contract_error_codes_agree_with_the_enum() -> None:
