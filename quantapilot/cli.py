@@ -527,5 +527,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
 
 
 from quantapilot.cli_temporal import temporal  # noqa: E402 - command groups of other modules register last
+from quantapilot.cli_webhooks import webhooks  # noqa: E402
 
 main.add_command(temporal)
+main.add_command(webhooks)
