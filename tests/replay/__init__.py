@@ -1,0 +1,1 @@
+"""Replay of recorded run histories: guards the workflows against non-deterministic changes."""
