@@ -222,3 +222,18 @@ async def test_contract_each_endpoint_requires_its_documented_scope(
                     assert resp.status != 403, (method, path, payload)
             checked += 1
     assert checked >= 12
+
+
+def test_contract_security_doc_lists_every_endpoint_with_its_scope(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SECURITY.md").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"^\| (GET|POST|PUT|PATCH|DELETE) \| `([^`]+)`[^|]* \| ([^|]+) \| ([^|]+) \|$", text, re.MULTILINE
+    )
+    table = {(m, p): (s.strip().strip("`"), c.strip()) for m, p, s, c in rows}
+    document = build_openapi(Settings(state_dir=tmp_path))
+    expected = {
+        (method.upper(), path): (op["x-required-scope"] or "public", op["x-rate-limit-class"] or "-")
+        for path, item in document["paths"].items()
+        for method, op in item.items()
+    }
+    assert table == expected
