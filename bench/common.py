@@ -12,21 +12,27 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
@@ -217,6 +223,190 @@ def make_bare_repo(root: Path, *, name: str = "project", files: Mapping[str, str
     git("commit", "--quiet", "-m", "initial", cwd=seed)
     git("push", "--quiet", str(bare), "main:main", cwd=seed)
     return f"file://{bare}"
+
+
+def repo_copies(root: Path, count: int) -> list[str]:
+    """``count`` bare repositories (README only) copied from one template; a run's merges need its own remote."""
+    template = Path(make_bare_repo(root / "template").removeprefix("file://"))
+    urls = []
+    for i in range(count):
+        target = root / f"r{i}.git"
+        shutil.copytree(template, target)
+        urls.append(f"file://{target}")
+    return urls
+
+
+# ----- our runs through the API, watched through their event log -------------------------------------------
+
+
+async def trigger(session: aiohttp.ClientSession, api: ApiServer, repo_url: str, key: str) -> str:
+    """``POST /v1/runs`` with an Idempotency-Key; returns the run id (raises unless 202)."""
+    async with session.post(
+        f"{api.base_url}/v1/runs",
+        json={"repo_url": repo_url, "branch": "main"},
+        headers=api.headers({"Idempotency-Key": key}),
+    ) as resp:
+        body = await resp.json()
+        if resp.status != 202:
+            raise RuntimeError(f"trigger answered {resp.status}: {body}")
+        return str(body["run_id"])
+
+
+async def decide(session: aiohttp.ClientSession, api: ApiServer, run_id: str, gate: str) -> None:
+    """Approve ``gate`` through ``POST /v1/runs/{id}/gates/{gate}/decision`` (raises unless 200)."""
+    async with session.post(
+        f"{api.base_url}/v1/runs/{run_id}/gates/{gate}/decision",
+        json={"approved": True, "reason": "bench"},
+        headers=api.headers(),
+    ) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"decision answered {resp.status}: {body[:300]!r}")
+
+
+class EventWatcher:
+    """Follows the ``run_events`` table (SQLite rowid order) and wakes whoever waits for a run's event.
+
+    One query every ``interval`` seconds serves thousands of runs, instead of one status query per run.
+    """
+
+    def __init__(self, engine: Engine, *, interval: float = 0.05) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._last_rowid = 0
+        self._seen: dict[tuple[str, str], float] = {}
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[float]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _fetch(self) -> list[tuple[int, str, str]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT rowid, run_id, type FROM run_events WHERE rowid > :last ORDER BY rowid"),
+                {"last": self._last_rowid},
+            ).all()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    async def _loop(self) -> None:
+        while True:
+            rows = await asyncio.to_thread(self._fetch)
+            now = time.perf_counter()
+            for rowid, run_id, kind in rows:
+                self._last_rowid = rowid
+                key = (run_id, kind)
+                self._seen.setdefault(key, now)
+                for fut in self._waiters.pop(key, []):
+                    if not fut.done():
+                        fut.set_result(now)
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        """Start following the table."""
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait(self, run_id: str, event_type: str, *, within: float) -> float:
+        """Wait until the run has an event of this type; returns when it was first seen (perf_counter)."""
+        key = (run_id, event_type)
+        if key in self._seen:
+            return self._seen[key]
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(fut)
+        return await asyncio.wait_for(fut, within)
+
+    def count(self, event_type: str) -> int:
+        """How many runs have an event of this type so far."""
+        return sum(1 for _, kind in self._seen if kind == event_type)
+
+
+async def park_runs(
+    session: aiohttp.ClientSession,
+    api: ApiServer,
+    watcher: EventWatcher,
+    urls: Sequence[str],
+    *,
+    tag: str,
+    concurrency: int = 16,
+    within: float = 600.0,
+) -> list[str]:
+    """Trigger one run per URL and wait until each waits at its ``anchor`` gate; returns the run ids in order."""
+    run_ids: list[str] = [""] * len(urls)
+
+    async def _one(i: int) -> None:
+        run_ids[i] = await trigger(session, api, urls[i], f"{tag}-{i}")
+
+    sample = await run_concurrently(_one, total=len(urls), concurrency=concurrency)
+    if sample.errors:
+        raise RuntimeError(f"{sample.errors} triggers failed")
+    await asyncio.gather(*(watcher.wait(r, "gate.requested", within=within) for r in run_ids))
+    return run_ids
+
+
+# ----- raw ceilings: trivial workflows -------------------------------------------------------------------------
+
+
+@activity.defn(name="bench_noop")
+async def noop_activity(value: str) -> str:
+    """An activity that does nothing but return its input."""
+    return value
+
+
+@workflow.defn(name="BenchWaitSignal")
+class WaitSignalWorkflow:
+    """Waits for one signal, then completes: the ceiling of "a decision unblocks a waiting run"."""
+
+    def __init__(self) -> None:
+        self._decided = False
+
+    @workflow.run
+    async def run(self) -> None:
+        """Wait for ``decide``."""
+        await workflow.wait_condition(lambda: self._decided)
+
+    @workflow.signal
+    def decide(self) -> None:
+        """Unblock the run."""
+        self._decided = True
+
+    @workflow.query
+    def ready(self) -> bool:
+        """Answered once the first workflow task ran (the run is waiting)."""
+        return not self._decided
+
+
+@workflow.defn(name="BenchOneActivity")
+class OneActivityWorkflow:
+    """Runs one no-op activity: the ceiling of "a run does a step and completes"."""
+
+    @workflow.run
+    async def run(self, value: str) -> str:
+        """Execute ``bench_noop`` once."""
+        result: str = await workflow.execute_activity(
+            noop_activity, value, start_to_close_timeout=timedelta(seconds=30)
+        )
+        return result
+
+
+def ceiling_worker(client: Client, task_queue: str, *, max_cached_workflows: int = 2000) -> Worker:
+    """An in-process worker for the trivial workflows, in the sandbox as ours.
+
+    This module is passed through rather than re-imported in the sandbox: it imports the API and the database,
+    which a workflow module must not, and the trivial workflows use none of it.
+    """
+    restrictions = SandboxRestrictions.default.with_passthrough_modules("bench", "api", "quantapilot", "aiohttp")
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
+        workflows=[WaitSignalWorkflow, OneActivityWorkflow],
+        activities=[noop_activity],
+        max_cached_workflows=max_cached_workflows,
+    )
 
 
 # ----- measuring ----------------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Drill: the database is unavailable for a while.
+
+The trigger path touches the database only to authenticate (the token lookup, cached for
+``token_cache_seconds``; 0 here so every request needs it). While the database refuses connections a trigger must
+answer 503 ``SERVICE_UNAVAILABLE`` with the envelope and ``Retry-After`` - not 500, and not 401 as if the token were
+bad - and start nothing; once the database is back the same request (same Idempotency-Key) starts exactly one run.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlmodel import Session, func, select
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.app import create_app
+from api.runs import new_run_id, workflow_id_for
+from quantapilot.db import RunEvent, create_all, make_engine
+from quantapilot.models import RunKind
+from quantapilot.settings import Settings
+from quantapilot.tokens import create_token
+from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
+
+
+def _refuse_connections(name: str, *, refuse: bool) -> None:
+    """Make the database refuse new connections (and drop the open ones), or accept them again."""
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if refuse else "true"}')
+        if refuse:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+
+
+async def _workflow_exists(client: Client, wid: str) -> bool:
+    try:
+        await client.get_workflow_handle(wid).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing(
+    aiohttp_client, client: Client, settings: Settings
+) -> None:
+    require_postgres()
+    url, name = new_postgres_database()
+    engine = make_engine(url)
+    try:
+        create_all(engine)
+        token, _ = create_token(engine, workspace="default", subject="drill")
+        settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 0.0})
+        api: TestClient = await aiohttp_client(create_app(settings, client=client, engine=engine))
+        headers = {"Authorization": f"Bearer {token}"}
+        body = {"repo_url": "file:///nonexistent/drill.git", "branch": "main"}
+
+        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "before"})
+        assert resp.status == 202, await resp.text()
+
+        _refuse_connections(name, refuse=True)
+        try:
+            for attempt in range(3):  # the pool's dropped connections, then fresh connection attempts
+                resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+                payload = await resp.json()
+                assert resp.status == 503, (attempt, payload)
+                assert payload["error"]["code"] == "SERVICE_UNAVAILABLE"
+                assert set(payload["error"]) >= {"code", "message", "traceId", "timestamp"}
+                assert resp.headers["Retry-After"].isdigit()
+                assert resp.headers["X-Trace-Id"] == payload["error"]["traceId"]
+            # Readiness says the same.
+            ready = await api.get("/readyz")
+            assert ready.status == 503
+        finally:
+            _refuse_connections(name, refuse=False)
+
+        # Nothing half-written: no workflow for the refused key, no events in the database.
+        wid = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
+        assert not await _workflow_exists(client, wid)
+        with Session(engine) as session:
+            assert session.exec(select(func.count()).select_from(RunEvent)).one() == 0
+
+        # Back: the client's retry with the same key starts exactly one run (and a second retry finds it).
+        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+        first = await resp.json()
+        assert resp.status == 202, first
+        assert first["created"] is True
+        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+        again = await resp.json()
+        assert (resp.status, again["run_id"], again["created"]) == (202, first["run_id"], False)
+        assert await _workflow_exists(client, wid)
+        await client.get_workflow_handle(wid).terminate("drill over")
+    finally:
+        engine.dispose()
+        drop_postgres_database(name)

@@ -1,0 +1,100 @@
+"""Drill: the Temporal dev server (SQLite persistence) is stopped and started again while runs wait at gates.
+
+The server runs as our own subprocess with ``--db-filename`` (``load_dev_config().start_dev_args``) on a free
+port; after the restart on the same port and file, the waiting runs are approved through the API and complete,
+served by the same worker and API processes that lived through the outage.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from api.app import create_app
+from quantapilot.settings import Settings
+from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.tokens import create_token
+from tests.drills.helpers import events_of_type, free_port, remotes, spawn, stop, until
+from tests.support import Api
+
+RUNS = 3
+
+
+def _start_server(port: int, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    config = load_dev_config().model_copy(update={"port": port, "ip": "127.0.0.1"})
+    args = config.start_dev_args(state_dir=state_dir, headless=True)
+    with log.open("ab") as out:
+        return subprocess.Popen([str(temporal_cli_path()), *args], stdout=out, stderr=out)
+
+
+async def _connect(address: str) -> Client | None:
+    try:
+        return await Client.connect(address, data_converter=pydantic_data_converter)
+    except RuntimeError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_drill_dev_server_restarted_runs_at_gates_complete(
+    aiohttp_client, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    state_dir = tmp_path / "temporal"
+    state_dir.mkdir()
+    server_log = tmp_path / "server.log"
+    server = _start_server(port, state_dir, server_log)
+    worker = None
+    try:
+        client = await until(lambda: _connect(address), within=60, what="dev server up")
+        settings = settings.model_copy(update={"temporal_address": address, "rate_limit_enabled": False})
+        worker = spawn("worker", settings, tmp_path / "worker.log")
+        token, _ = create_token(engine, workspace="default", subject="drill")
+        api = Api(client=await aiohttp_client(create_app(settings, client=client, engine=engine)), token=token)
+
+        run_ids = []
+        for i, url in enumerate(remotes(tmp_path / "repos", RUNS)):
+            code, body = await api.post(
+                "/v1/runs", {"repo_url": url, "branch": "main"}, headers={"Idempotency-Key": f"k{i}"}
+            )
+            assert code == 202, body
+            run_ids.append(body["run_id"])
+        for run_id in run_ids:
+            await api.wait_gate(run_id, "anchor", timeout=60)
+
+        # Stop the server (its state is in the SQLite file), make sure it is really gone, start it again.
+        stop(server)
+        code, body = await api.get(f"/v1/runs/{run_ids[0]}")
+        assert code >= 500, body  # nothing answers for Temporal meanwhile
+        server = _start_server(port, state_dir, server_log)
+        await until(lambda: _connect(address), within=60, what="dev server back")
+
+        # The same API and worker processes carry on: status, decisions, completion.
+        for run_id in run_ids:
+            status = await api.wait_gate(run_id, "anchor", timeout=60)
+            assert status["state"] == "waiting_for_gate", status
+            code, body = await until(
+                functools.partial(_decide, api, run_id), within=60, interval=0.5, what="decision accepted"
+            )
+            assert code == 200, body
+        for run_id in run_ids:
+            final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+            assert final["state"] == "completed", final
+        assert events_of_type(engine, "run.completed") == set(run_ids)
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+async def _decide(api: Api, run_id: str) -> tuple[int, object] | None:
+    """A decision, or None while the client is still reconnecting (503/500) so the caller polls again."""
+    code, body = await api.decide(run_id, "anchor", True)
+    return (code, body) if code < 500 else None
