@@ -311,7 +311,7 @@ GATE = Param("gate", "path", {"type": "string", "minLength": 1, "maxLength": 100
 AFTER = Param(
     "after",
     "query",
-    {"type": "integer", "minimum": 0, "default": 0},
+    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
     "Return events with a sequence number greater than this (default 0); pages hold at most 500.",
 )
 BODY_ERRORS = (400, 408, 413, 415, 422)

@@ -237,3 +237,10 @@ def test_contract_security_doc_lists_every_endpoint_with_its_scope(tmp_path: Pat
         for method, op in item.items()
     }
     assert table == expected
+
+
+def test_contract_every_schema_file_is_published_or_not_an_http_body() -> None:
+    # Files that describe no HTTP body (a repository's config file, a docs page's front matter).
+    not_http = {"quantapilot.schema.json", "frontmatter.schema.json"}
+    files = {p.name for p in schemas.SCHEMA_DIR.glob("*.schema.json")}
+    assert files == set(SCHEMA_FILES) | not_http, "publish the new schema file in api/openapi.py SCHEMA_FILES"
