@@ -1,0 +1,1 @@
+"""Two worker processes and two API processes on one Temporal server."""
