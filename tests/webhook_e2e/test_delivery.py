@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import pytest
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -221,24 +219,3 @@ async def test_webhooks_endpoint_failing_five_days_is_disabled(
     code, body = await api.post(f"/v1/webhooks/deliveries/{rows[0]['id']}/redeliver")
     assert code == 202, body
     await wait_deliveries(api, broken_ep["id"], all_status("delivered", 1))
-
-
-# The dev server fires timers with one-second precision, so 24 sub-second waits take ~25 s.
-@pytest.mark.slow
-async def test_webhooks_give_up_after_the_schedule(make_stack: StackFactory, receiver: Receiver) -> None:
-    async def always_500(request: web.Request, count: int) -> web.StreamResponse:
-        return web.Response(status=500)
-
-    receiver.behaviour = always_500
-    # ~3 days of schedule squeezed into ~2.5 s.
-    stack = await make_stack(webhook_retry_scale=0.00001)
-    endpoint = await create_endpoint(stack.api, receiver.url(), events=["run.started"])
-    await fast_run(stack.api)
-    rows = await wait_deliveries(stack.api, endpoint["id"], all_status("failed", 1), timeout=60)
-    row: dict[str, Any] = rows[0]
-    assert row["attempt_count"] == 25 and len(row["attempts"]) == 25
-    assert row["last_error"] == "gave up after 25 attempts: HTTP 500"
-    assert [r.headers["X-VC-Delivery-Attempt"] for r in receiver.received] == [str(n) for n in range(1, 26)]
-    # Failing for seconds is not failing for five days: the endpoint stays enabled.
-    code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
-    assert code == 200 and ep["enabled"] is True and ep["failing_since"] is not None

@@ -1,0 +1,86 @@
+"""One delivery attempt (the ``deliver_webhook`` activity) at the end of the schedule, on a real database.
+
+The whole schedule end to end would take 24 timer firings, and the dev server fires timers with one-second
+precision; the workflow's loop is covered by the other tests, the last attempt's verdict here.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+from temporalio.testing import ActivityEnvironment
+
+from activities.webhook_models import DeliverAttemptInput, delivery_workflow_id
+from activities.webhooks import WebhookActivities, fan_out
+from quantapilot.db import session_scope
+from quantapilot.settings import Settings
+from quantapilot.webhooks.store import WebhookDelivery, create_endpoint, list_attempts
+from tests.webhook_e2e.support import Receiver
+
+
+async def _setup(engine: Engine, url: str) -> str:
+    with session_scope(engine) as session:
+        endpoint, _secret = create_endpoint(session=session, workspace="default", url=url)
+        fan_out(
+            session,
+            workspace="default",
+            event_type="run.started",
+            event_id="evt_attempt",
+            payload={
+                "id": "evt_attempt",
+                "type": "run.started",
+                "created_at": "2025-01-01T00:00:00Z",
+                "workspace": "default",
+            },
+        )
+        delivery = session.exec(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)).one()
+        return delivery.id
+
+
+def _input(delivery_id: str, *, attempt: int, index: int) -> DeliverAttemptInput:
+    return DeliverAttemptInput(
+        delivery_id=delivery_id,
+        attempt=attempt,
+        schedule_index=index,
+        workflow_id=delivery_workflow_id(delivery_id),
+        retry_scale=1.0,
+        timeout_s=5.0,
+    )
+
+
+async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engine: Engine) -> None:
+    async def busy(request: web.Request, count: int) -> web.StreamResponse:
+        return web.Response(status=503, headers={"Retry-After": "99999"})
+
+    async with Receiver(behaviour=busy) as receiver:
+        delivery_id = await _setup(engine, receiver.url())
+        activities = WebhookActivities(settings, engine)
+        env = ActivityEnvironment()
+        first = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=1, index=1))
+        # Retry-After is honoured up to the six-hour cap.
+        assert not first.done and first.delay_s == 6 * 3600.0
+        middle = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=24, index=24))
+        assert not middle.done and middle.delay_s == 6 * 3600.0
+        last = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
+        assert last.done and last.outcome == "failed"
+        # Once settled, a repeated attempt (an activity retry) sends nothing.
+        again = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
+        assert again.done and len(receiver.received) == 3
+
+    with session_scope(engine) as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        assert delivery is not None
+        assert delivery.status == "failed" and delivery.next_retry_at is None
+        assert delivery.last_error == "gave up after 25 attempts: HTTP 503"
+        attempts = list_attempts(delivery_id, session=session, workspace="default")
+        assert [(a.attempt, a.status_code) for a in attempts] == [(1, 503), (24, 503), (25, 503)]
+
+
+async def test_webhooks_attempt_by_superseded_workflow_sends_nothing(settings: Settings, engine: Engine) -> None:
+    async with Receiver() as receiver:
+        delivery_id = await _setup(engine, receiver.url())
+        stale = _input(delivery_id, attempt=1, index=1).model_copy(update={"workflow_id": "webhook-delivery/old"})
+        result = await ActivityEnvironment().run(WebhookActivities(settings, engine).deliver_webhook, stale)
+    assert result.done and result.outcome == "superseded"
+    assert receiver.received == []
