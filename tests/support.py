@@ -110,16 +110,25 @@ class Api:
         assert code == 200, body
         return dict(body)
 
+    async def poll_status(self, run_id: str) -> dict[str, Any]:
+        """The run's status, or ``{"state": "unavailable"}`` while no worker answers (e.g. after a worker crash,
+        the first query waits out the dead worker's sticky queue and the API answers 503)."""
+        code, body = await self.get(f"/v1/runs/{run_id}")
+        if code == 503:
+            return {"state": "unavailable", "gates": []}
+        assert code == 200, body
+        return dict(body)
+
     async def wait_state(self, run_id: str, *states: str, timeout: float = 60.0) -> dict[str, Any]:
         """Poll the run until its state is one of ``states``."""
         return await eventually(
-            lambda: self.status(run_id), lambda s: s["state"] in states, timeout=timeout, what=f"state {states}"
+            lambda: self.poll_status(run_id), lambda s: s["state"] in states, timeout=timeout, what=f"state {states}"
         )
 
     async def wait_gate(self, run_id: str, gate: str, timeout: float = 60.0) -> dict[str, Any]:
         """Poll until ``gate`` is pending."""
         return await eventually(
-            lambda: self.status(run_id),
+            lambda: self.poll_status(run_id),
             lambda s: any(g["name"] == gate and g["status"] == "pending" for g in s["gates"])
             or s["state"] in ("failed", "completed", "cancelled"),
             timeout=timeout,
