@@ -96,6 +96,8 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
         assert (resp.status, again["run_id"], again["created"]) == (202, first["run_id"], False)
         assert await _workflow_exists(client, wid)
         await client.get_workflow_handle(wid).terminate("drill over")
+        before = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
+        await client.get_workflow_handle(before).terminate("drill over")
     finally:
         engine.dispose()
         drop_postgres_database(name)
