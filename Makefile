@@ -24,5 +24,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The whole suite on SQLite, then every test that uses a service database again on PostgreSQL.
 test: lint
+	bash scripts/install-system-deps.sh
 	$(BIN)/pytest
+	QP_TEST_DATABASE=postgres $(BIN)/pytest

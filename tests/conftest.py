@@ -133,3 +133,18 @@ async def make_api(
 async def api(make_api: ApiFactory, settings: Settings) -> Api:
     """An API client on the test's settings with an all-scopes token."""
     return await make_api(settings)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the PostgreSQL pass, keep only the tests whose service database is the test's ``database_url``.
+
+    Tests that touch no database gain nothing from a second pass, and ``db_engine`` tests already run on both
+    databases in every pass.
+    """
+    if os.environ.get("QP_TEST_DATABASE", "sqlite") != "postgres":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if "database_url" in getattr(item, "fixturenames", ()) else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
