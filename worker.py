@@ -11,7 +11,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import build_activities
-from quantapilot.db import create_all, make_engine
+from quantapilot.db import make_engine
+from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
@@ -29,7 +30,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
     """
     engine = make_engine(settings.database_url)
-    create_all(engine)
+    ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
     return Worker(
         client,

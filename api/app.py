@@ -16,7 +16,8 @@ from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
 from api.ratelimit import RateLimiter, body_deadline_middleware, handler_args, rate_limit_middleware, rates_from
 from api.routes import routes, trigger_repo_run
 from api.webhook_routes import routes as webhook_routes
-from quantapilot.db import create_all, make_engine
+from quantapilot.db import make_engine
+from quantapilot.migrate import ensure_schema
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     app[TOKENS] = tokens
 
     async def _resources(app: web.Application) -> AsyncIterator[None]:
-        await asyncio.to_thread(create_all, engine)
+        await asyncio.to_thread(ensure_schema, engine, auto_migrate=settings.db_auto_migrate)
         app[TEMPORAL] = client or await connect(settings)
         yield
 

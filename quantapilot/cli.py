@@ -368,11 +368,12 @@ def _parse_expiry(value: str | None) -> datetime | None:
 @click.option("--expires", default=None, help="Lifetime such as 90d, 12h.")
 def tokens_create(workspace: str, subject: str, scopes: Sequence[str], expires: str | None) -> None:
     """Create a token and print it once."""
-    from quantapilot.db import create_all, make_engine
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import ensure_schema
     from quantapilot.tokens import ALL_SCOPES, create_token
 
     engine = make_engine(_settings().database_url)
-    create_all(engine)
+    ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
     try:
         plaintext, row = create_token(
             engine,
@@ -391,11 +392,12 @@ def tokens_create(workspace: str, subject: str, scopes: Sequence[str], expires: 
 @click.option("--workspace", default=None)
 def tokens_list(workspace: str | None) -> None:
     """List tokens (never their values)."""
-    from quantapilot.db import create_all, make_engine
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import ensure_schema
     from quantapilot.tokens import list_tokens
 
     engine = make_engine(_settings().database_url)
-    create_all(engine)
+    ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
     table = Table("id", "workspace", "subject", "scopes", "expires", "revoked")
     for row in list_tokens(engine, workspace=workspace):
         table.add_row(
@@ -419,6 +421,37 @@ def tokens_revoke(token_id: str) -> None:
     if not revoke_token(make_engine(_settings().database_url), token_id):
         raise click.ClickException(f"no token {token_id}")
     console.print(f"revoked {token_id}")
+
+
+# ----- database ---------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Migrate the database (QP_DATABASE_URL) to a revision."""
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import upgrade
+
+    settings = _settings()
+    console.print(f"database at {upgrade(make_engine(settings.database_url), revision)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the database's revision and the code's head; exit 1 when they differ."""
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import current_revision, head_revision
+
+    current, head = current_revision(make_engine(_settings().database_url)), head_revision()
+    console.print(f"database: {current or '(none)'}  code: {head}")
+    if current != head:
+        raise SystemExit(1)
 
 
 # ----- the whole stack ----------------------------------------------------------------------------------------
@@ -462,7 +495,8 @@ def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
 @click.option("--ui-port", type=int, default=None, help="Override temporal-dev.yaml's Web UI port.")
 def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
     """Start the Temporal dev server (with Web UI), a worker and the API; Ctrl-C stops all three."""
-    from quantapilot.db import create_all, make_engine
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import ensure_schema
     from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
     from quantapilot.tokens import create_token
 
@@ -475,7 +509,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
     state_dir = settings.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
-    create_all(engine)
+    ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
 
     env = {
         **os.environ,

@@ -14,18 +14,16 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import JSON, Column, DateTime, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, String, Text, UniqueConstraint
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
-from quantapilot.db import utcnow
+from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.docgen.generator import GeneratedPage, RelatedLink
 from quantapilot.docgen.render import render_html
 
@@ -65,28 +63,6 @@ def validate_slug(slug: str) -> str:
     return slug
 
 
-class _UtcDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and read back timezone-aware (SQLite keeps naive UTC, PostgreSQL timestamptz)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Convert to UTC; naive values are refused because their zone would be a guess."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given for a UTC timestamp column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Attach or normalise to UTC."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 class DocPageRecord(SQLModel, table=True):
     """One version of one docs page."""
 
@@ -111,8 +87,8 @@ class DocPageRecord(SQLModel, table=True):
     tags: list[str] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
     related: list[dict[str, Any]] = SQLField(default_factory=list, sa_column=Column(JSON, nullable=False))
     change_summary: str | None = SQLField(default=None, sa_column=Column(Text, nullable=True))
-    created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(_UtcDateTime(), nullable=False))
-    updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(_UtcDateTime(), nullable=False))
+    created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+    updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
 
 
 class PageInput(BaseModel):

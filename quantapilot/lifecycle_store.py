@@ -16,9 +16,8 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from quantapilot.db import utcnow
+from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.lifecycle.models import StageResult, TargetOutput, canonical_account_id
-from quantapilot.telemetry import UtcDateTime
 
 ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
 RESULT_STATUSES: tuple[str, ...] = ("completed", "pending_approval", "approved", "rejected")

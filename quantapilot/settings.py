@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # Persistence
     state_dir: Path = DEFAULT_STATE_DIR
     database_url: str = ""
+    # Migrate the schema at process start (development); in production run `qp db upgrade` and set this false.
+    db_auto_migrate: bool = True
 
     # API server
     api_host: str = "127.0.0.1"

@@ -12,13 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, func, insert, select
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, func, insert, select
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
 
-from quantapilot.db import utcnow
+from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.lifecycle.models import (
     KpiAggregate,
     canonical_account_id,
@@ -29,32 +27,6 @@ from quantapilot.lifecycle.models import (
 
 TELEMETRY_SCHEMA = "telemetry.schema.json"
 MAX_BATCH = 1000
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and read back timezone-aware.
-
-    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as naive UTC (all of
-    them, which keeps its text comparisons in range queries correct) and get ``UTC`` attached when read.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Convert to UTC, refusing naive datetimes whose zone would be a guess."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given for a UTC timestamp column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Attach or normalise to UTC."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class TelemetryEvent(SQLModel, table=True):

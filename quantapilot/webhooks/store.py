@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import secrets as _secrets
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, delete, select
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col
 
-from quantapilot.db import utcnow
+from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.webhooks.schedule import DISABLE_AFTER
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.signing import new_secret
@@ -75,32 +73,6 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     GONE = "gone"
     DISABLED = "disabled"
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and always read back timezone-aware.
-
-    PostgreSQL keeps ``timestamptz``; SQLite has no zones, so values are stored as naive UTC and get UTC
-    attached when read, which keeps comparisons correct on both.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Convert to UTC, refusing naive datetimes whose zone would be a guess."""
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given for a UTC timestamp column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Attach or normalise to UTC."""
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _ts(*, nullable: bool, index: bool = False) -> Any:
