@@ -5,23 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import build_activities
+from activities import Closeable, build_activities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
-from workflows import WORKFLOWS
+from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("quantapilot.worker")
 
 
-def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> Worker:
+class ServiceWorker(Worker):
+    """A worker that also closes its activities' shared connections when it shuts down."""
+
+    def __init__(self, *args: Any, resources: list[Closeable], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resources = resources
+
+    async def shutdown(self) -> None:
+        """Stop polling, let running tasks finish, then close HTTP sessions and broker connections."""
+        try:
+            await super().shutdown()
+        finally:
+            for resource in self._resources:
+                await resource.close()
+
+
+def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> ServiceWorker:
     """Build (not start) a worker with every workflow and activity.
 
     Args:
@@ -32,11 +49,13 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
     engine = make_engine(settings.database_url)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
-    return Worker(
+    activities, resources = build_activities(settings, engine)
+    return ServiceWorker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(settings, engine),
+        activities=activities,
+        resources=resources,
         interceptors=[RunContextInterceptor()],
         max_cached_workflows=settings.worker_max_cached_workflows,
     )

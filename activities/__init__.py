@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
 
 
-def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., Any]]:
-    """Create the activity objects and return their bound activity methods.
+class Closeable(Protocol):
+    """An activity object holding connections that the worker closes when it shuts down."""
+
+    async def close(self) -> None:
+        """Release the connections."""
+
+
+def build_activities(settings: Settings, engine: Engine) -> tuple[list[Callable[..., Any]], list[Closeable]]:
+    """Create the activity objects.
 
     Args:
         settings: Service settings.
         engine: Database engine.
+
+    Returns:
+        The bound activity methods to register, and the objects to close at shutdown.
     """
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
@@ -25,7 +35,7 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
     repo = RepoActivities(settings, engine)
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
-    return [
+    activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
         repo.load_run_config,
@@ -37,3 +47,4 @@ def build_activities(settings: Settings, engine: Engine) -> list[Callable[..., A
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,
     ]
+    return activities, [repo, webhooks]

@@ -270,6 +270,8 @@ async def start_delivery_workflows(
                     task_queue=task_queue,
                     # A closed workflow with this id means the delivery was handled: never run it twice.
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    # The starting worker polls this queue: its first task comes back in the start's answer.
+                    request_eager_start=True,
                 )
             except WorkflowAlreadyStartedError:
                 return False
@@ -357,6 +359,22 @@ class WebhookActivities:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self._settings = settings
         self._engine = engine
+        # Shared by every attempt and publication of this worker, closed by the worker's shutdown (close()).
+        self._http: aiohttp.ClientSession | None = None
+        self._amqp = AmqpPublisher.from_settings(settings)
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Created lazily: a session belongs to the event loop the activities run on.
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(trust_env=False)
+        return self._http
+
+    async def close(self) -> None:
+        """Close the shared HTTP session and AMQP connection."""
+        if self._http is not None:
+            await self._http.close()
+        if self._amqp is not None:
+            await self._amqp.close()
 
     # -- database steps (run in a thread) --
 
@@ -485,17 +503,14 @@ class WebhookActivities:
                 await self._announce(prepared)
                 return prepared.result
             body, headers = prepare_request(prepared.envelope, secrets=prepared.secrets, attempt=inp.attempt)
-            # A session per attempt: the worker has no shutdown hook to close a shared one, and deliveries to
-            # one endpoint are too sparse for pooled connections to matter much.
-            async with aiohttp.ClientSession(trust_env=False) as session:
-                result = await post_event(
-                    session,
-                    prepared.url,
-                    body,
-                    headers,
-                    timeout_s=inp.timeout_s,
-                    allow_private=self._settings.webhook_allow_private,
-                )
+            result = await post_event(
+                self._session(),
+                prepared.url,
+                body,
+                headers,
+                timeout_s=inp.timeout_s,
+                allow_private=self._settings.webhook_allow_private,
+            )
             final = await asyncio.to_thread(self._record, inp, result)
             await self._announce(final)
             return final.result
@@ -503,12 +518,11 @@ class WebhookActivities:
     @activity.defn(name=PUBLISH_EVENT_AMQP)
     async def publish_event_amqp(self, inp: AmqpPublishInput) -> None:
         """Publish one event to the exchange and wait for the broker's confirmation (raises to retry)."""
-        publisher = AmqpPublisher.from_settings(self._settings)
+        publisher = self._amqp
         if publisher is None:
             # Retryable on purpose: a worker started without QP_AMQP_URL must not drop the event.
             raise ApplicationError("the AMQP sink is not configured on this worker", type="AMQP_NOT_CONFIGURED")
         envelope = EventEnvelope.model_validate(inp.envelope)
         headers = {"workspace": envelope.workspace, "run_id": envelope.run_id or "", "seq": str(envelope.seq or "")}
-        # One connection per message: like the HTTP session, nothing would close a shared one on shutdown.
-        async with publisher:
-            await publisher.publish(envelope.type, envelope.to_body(), message_id=envelope.id, headers=headers)
+        # One connection per worker, reconnected on demand after a broker failure.
+        await publisher.publish(envelope.type, envelope.to_body(), message_id=envelope.id, headers=headers)

@@ -143,7 +143,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if os.environ.get("QP_TEST_DATABASE", "sqlite") != "postgres":
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         (keep if "database_url" in getattr(item, "fixturenames", ()) else drop).append(item)
     config.hook.pytest_deselected(items=drop)

@@ -1,16 +1,5 @@
-"""Workflows; :data:`WORKFLOWS` is what the worker registers."""
+"""Workflows; ``workflows.registry.WORKFLOWS`` is what the worker registers.
 
-from workflows.account_realization import AccountRealizationWorkflow
-from workflows.lifecycle_run import LifecycleRunWorkflow
-from workflows.repo_run import RepoRunWorkflow
-from workflows.webhook_delivery import AmqpPublishWorkflow, WebhookDeliveryWorkflow
-
-WORKFLOWS: list[type] = [
-    RepoRunWorkflow,
-    LifecycleRunWorkflow,
-    AccountRealizationWorkflow,
-    WebhookDeliveryWorkflow,
-    AmqpPublishWorkflow,
-]
-
-__all__ = ["WORKFLOWS", "RepoRunWorkflow"]
+This package module imports nothing on purpose: the sandbox imports a workflow's package afresh for every new
+workflow instance, so eager imports here would make each instance pay for every workflow module.
+"""

@@ -33,11 +33,7 @@ with workflow.unsafe.imports_passed_through():
 _ACTIVITY_SLACK_S = 15.0
 
 
-# Not sandboxed, deliberately: a sandboxed instance re-imports the whole ``workflows`` package (every run
-# workflow) and costs ~45 ms of CPU to create, which capped deliveries at ~15/s on two cores. These two
-# workflows call only workflow APIs and the pure schedule function (its jitter from ``workflow.random()``),
-# so the sandbox would guard nothing here.
-@workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW, sandboxed=False)
+@workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW)
 class WebhookDeliveryWorkflow:
     """Deliver one event to one endpoint: attempt, then sleep on the schedule, until a final outcome."""
 
@@ -88,7 +84,7 @@ class WebhookDeliveryWorkflow:
             attempt += 1
 
 
-@workflow.defn(name=AMQP_PUBLISH_WORKFLOW, sandboxed=False)
+@workflow.defn(name=AMQP_PUBLISH_WORKFLOW)
 class AmqpPublishWorkflow:
     """Publish one event to the RabbitMQ exchange, retrying until the broker confirms it."""
 

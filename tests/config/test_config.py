@@ -187,8 +187,7 @@ def test_errors_collect_all_problems_sorted_by_path() -> None:
         budgets: {usd: -1}
         milestones:
     """) + "".join(
-        f"  - {{id: M-{index:03d}, title: t, steps: [{{name: impl, run: x, retries: -1}}]}}\n"
-        for index in range(12)
+        f"  - {{id: M-{index:03d}, title: t, steps: [{{name: impl, run: x, retries: -1}}]}}\n" for index in range(12)
     )
     paths = paths_of(text)
     # Numeric order (milestones[2] before milestones[10]), all errors reported, not just the first.
@@ -456,6 +455,4 @@ def test_models_reject_unknown_fields_and_escaping_paths() -> None:
     with pytest.raises(ValidationError):
         DocsConfig(output_folder="docs/../../etc")
     with pytest.raises(ValidationError):
-        QuantapilotConfig.model_validate(
-            {"milestones": [{"id": "M-001", "title": "a"}, {"id": "M-001", "title": "b"}]}
-        )
+        QuantapilotConfig.model_validate({"milestones": [{"id": "M-001", "title": "a"}, {"id": "M-001", "title": "b"}]})

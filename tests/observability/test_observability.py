@@ -65,10 +65,10 @@ async def test_observability_activity_logs_carry_run_context_and_trace(
     assert line["traceId"] == TRACE
     assert line["level"] == "INFO"
     # The API's request line carries the same trace id.
-    request_lines = [l for l in json_logs.lines if l["logger"] == "quantapilot.api" and l.get("route") == "/run"]
-    assert any(l["traceId"] == TRACE and l["status"] == 202 for l in request_lines)
+    request_lines = [e for e in json_logs.lines if e["logger"] == "quantapilot.api" and e.get("route") == "/run"]
+    assert any(e["traceId"] == TRACE and e["status"] == 202 for e in request_lines)
     # No token in any line.
-    assert not any(api.token in json.dumps(l) for l in json_logs.lines)
+    assert not any(api.token in json.dumps(e) for e in json_logs.lines)
 
 
 async def test_observability_metrics_endpoint_counts_requests(api: Api) -> None:

@@ -19,7 +19,7 @@ from temporalio.workflow import NondeterminismError
 
 from tests.replay.changed_workflow import PatchedRepoRun, ReorderedRepoRun
 from tests.replay.record import SCENARIOS
-from workflows import WORKFLOWS
+from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 

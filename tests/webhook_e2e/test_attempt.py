@@ -57,16 +57,19 @@ async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engin
         delivery_id = await _setup(engine, receiver.url())
         activities = WebhookActivities(settings, engine)
         env = ActivityEnvironment()
-        first = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=1, index=1))
-        # Retry-After is honoured up to the six-hour cap.
-        assert not first.done and first.delay_s == 6 * 3600.0
-        middle = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=24, index=24))
-        assert not middle.done and middle.delay_s == 6 * 3600.0
-        last = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
-        assert last.done and last.outcome == "failed"
-        # Once settled, a repeated attempt (an activity retry) sends nothing.
-        again = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
-        assert again.done and len(receiver.received) == 3
+        try:
+            first = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=1, index=1))
+            # Retry-After is honoured up to the six-hour cap.
+            assert not first.done and first.delay_s == 6 * 3600.0
+            middle = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=24, index=24))
+            assert not middle.done and middle.delay_s == 6 * 3600.0
+            last = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
+            assert last.done and last.outcome == "failed"
+            # Once settled, a repeated attempt (an activity retry) sends nothing.
+            again = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
+            assert again.done and len(receiver.received) == 3
+        finally:
+            await activities.close()
 
     with session_scope(engine) as session:
         delivery = session.get(WebhookDelivery, delivery_id)
@@ -81,6 +84,10 @@ async def test_webhooks_attempt_by_superseded_workflow_sends_nothing(settings: S
     async with Receiver() as receiver:
         delivery_id = await _setup(engine, receiver.url())
         stale = _input(delivery_id, attempt=1, index=1).model_copy(update={"workflow_id": "webhook-delivery/old"})
-        result = await ActivityEnvironment().run(WebhookActivities(settings, engine).deliver_webhook, stale)
+        activities = WebhookActivities(settings, engine)
+        try:
+            result = await ActivityEnvironment().run(activities.deliver_webhook, stale)
+        finally:
+            await activities.close()
     assert result.done and result.outcome == "superseded"
     assert receiver.received == []
