@@ -92,9 +92,7 @@ class Api:
         """Authorization plus ``extra``."""
         return {"Authorization": f"Bearer {self.token}", **(extra or {})}
 
-    async def post(
-        self, path: str, body: Any = None, *, headers: Mapping[str, str] | None = None
-    ) -> tuple[int, Any]:
+    async def post(self, path: str, body: Any = None, *, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
         """POST JSON; return status and parsed body."""
         resp = await self.client.post(path, json=body, headers=self.headers(headers))
         return resp.status, await resp.json()
@@ -129,8 +127,10 @@ class Api:
         """Poll until ``gate`` is pending."""
         return await eventually(
             lambda: self.poll_status(run_id),
-            lambda s: any(g["name"] == gate and g["status"] == "pending" for g in s["gates"])
-            or s["state"] in ("failed", "completed", "cancelled"),
+            lambda s: (
+                any(g["name"] == gate and g["status"] == "pending" for g in s["gates"])
+                or s["state"] in ("failed", "completed", "cancelled")
+            ),
             timeout=timeout,
             what=f"gate {gate} pending",
         )
