@@ -42,6 +42,7 @@ def _row(event: EventRecord) -> RunEvent:
         correlation_id=event.correlation_id,
         created_at=event.created_at,
         data=event.data,
+        trace_id=event.trace_id,
     )
 
 

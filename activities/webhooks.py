@@ -115,6 +115,7 @@ def envelope_of_row(row: RunEvent) -> EventEnvelope:
         seq=row.seq,
         correlation_id=row.correlation_id,
         data=dict(row.data),
+        trace_id=row.trace_id,
     )
 
 

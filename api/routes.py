@@ -309,6 +309,7 @@ async def run_events(request: web.Request) -> web.Response:
             correlation_id=r.correlation_id,
             created_at=r.created_at,
             data=r.data,
+            trace_id=r.trace_id,
         ).model_dump(mode="json")
         for r in rows
     ]

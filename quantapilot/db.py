@@ -92,6 +92,7 @@ class RunEvent(SQLModel, table=True):
     correlation_id: str | None = None
     created_at: datetime
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    trace_id: str | None = Field(default=None, max_length=32)
 
 
 def make_engine(url: str) -> Engine:

@@ -220,6 +220,8 @@ class EventRecord(_Model):
     correlation_id: str | None = None
     created_at: datetime
     data: dict[str, Any]
+    # W3C trace id of the request that started the run; webhook deliveries send it on as ``traceparent``.
+    trace_id: str | None = None
 
 
 RepoRunCarry.model_rebuild()

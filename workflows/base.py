@@ -49,6 +49,7 @@ class RunWorkflowBase:
         trigger_token: str = "",
         self_approval_default: bool = False,
         heartbeat_s: float | None = None,
+        trace_id: str | None = None,
     ) -> None:
         self._trigger_token = trigger_token
         self._self_approval_default = self_approval_default
@@ -58,7 +59,9 @@ class RunWorkflowBase:
         self._kind = kind
         self._correlation_id = correlation_id
         self._triggered_by = triggered_by
-        self._events = EventEmitter(run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id)
+        self._events = EventEmitter(
+            run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id, trace_id=trace_id
+        )
         self._gates: dict[str, GateRecord] = {}
         self._paused = False
         self._paused_reason: str | None = None

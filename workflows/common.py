@@ -88,8 +88,11 @@ def classify_activity_error(step: str, err: ActivityError) -> RunFailure | StepE
 class EventEmitter:
     """Assigns each event its per-run sequence number and records it durably through an activity."""
 
-    def __init__(self, *, run_id: str, workspace: str, kind: RunKind, correlation_id: str | None) -> None:
+    def __init__(
+        self, *, run_id: str, workspace: str, kind: RunKind, correlation_id: str | None, trace_id: str | None = None
+    ) -> None:
         self.run_id = run_id
+        self.trace_id = trace_id
         self.workspace = workspace
         self.kind = kind
         self.correlation_id = correlation_id
@@ -109,6 +112,7 @@ class EventEmitter:
             correlation_id=self.correlation_id,
             created_at=workflow.now(),
             data=data,
+            trace_id=self.trace_id,
         )
         await workflow.execute_activity(
             RECORD_EVENT,

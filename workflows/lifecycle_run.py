@@ -63,6 +63,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
             kind=RunKind.LIFECYCLE,
             correlation_id=inp.correlation_id,
             triggered_by=inp.triggered_by,
+            trace_id=inp.trace_id,
         )
 
     @workflow.run

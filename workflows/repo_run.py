@@ -77,6 +77,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             trigger_token=inp.triggered_by_token,
             self_approval_default=inp.allow_self_approval_default,
             heartbeat_s=inp.heartbeat_timeout_s,
+            trace_id=inp.trace_id,
         )
         self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)
         self._config: QuantapilotConfig | None = None

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import secrets as secrets_module
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -73,6 +75,9 @@ class DeliveryResult(BaseModel):
     error: str | None = None
 
 
+_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
 class EventEnvelope(BaseModel):
     """The JSON body of a webhook request (and of an AMQP message).
 
@@ -90,6 +95,8 @@ class EventEnvelope(BaseModel):
     seq: int | None = None
     correlation_id: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    # Sent as the ``traceparent`` header, not in the body (the body is the documented envelope).
+    trace_id: str | None = Field(default=None, exclude=True)
 
     def to_body(self) -> bytes:
         """Serialise to the exact bytes that are signed and sent (compact JSON, UTF-8)."""
@@ -137,6 +144,9 @@ def prepare_request(
     body = envelope.to_body()
     signature = sign(secrets, body, timestamp=int(time.time()) if timestamp is None else timestamp)
     headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature)
+    if envelope.trace_id and _TRACE_ID_RE.match(envelope.trace_id):
+        # A fresh span id per attempt, in the run's trace (W3C Trace Context, sampled).
+        headers["traceparent"] = f"00-{envelope.trace_id}-{secrets_module.token_hex(8)}-01"
     return body, headers
 
 

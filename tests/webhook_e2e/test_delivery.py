@@ -219,3 +219,27 @@ async def test_webhooks_endpoint_failing_five_days_is_disabled(
     code, body = await api.post(f"/v1/webhooks/deliveries/{rows[0]['id']}/redeliver")
     assert code == 202, body
     await wait_deliveries(api, broken_ep["id"], all_status("delivered", 1))
+
+
+async def test_webhooks_carry_the_triggers_trace_context(make_stack: StackFactory, receiver: Receiver) -> None:
+    stack = await make_stack()
+    api = stack.api
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    endpoint = await create_endpoint(api, receiver.url())
+    resp = await api.client.post(
+        "/v1/runs",
+        json={"repo_url": "https://git.example.test/team/traced.git", "branch": "main"},
+        headers={**api.headers(), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    run_id = (await resp.json())["run_id"]
+    events = await finished_events(api, run_id)
+    assert {e["trace_id"] for e in events} == {trace}
+    await wait_deliveries(api, endpoint["id"], all_status("delivered", 2))
+    parents = [r.headers["traceparent"] for r in receiver.delivered()]
+    assert len(parents) == 2
+    for parent in parents:
+        version, trace_id, span_id, flags = parent.split("-")
+        assert (version, trace_id, flags) == ("00", trace, "01")
+        assert len(span_id) == 16
+    # The trace id rides in the header only: the signed body stays the documented envelope.
+    assert all("trace_id" not in r.event for r in receiver.delivered())
