@@ -11,10 +11,11 @@ are idempotent (workflow ids derived from the delivery and event ids, duplicates
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from temporalio import activity
 
 from activities.models import RECORD_EVENT
@@ -28,6 +29,7 @@ from activities.webhooks import (
 )
 from quantapilot.db import RunEvent
 from quantapilot.models import EventRecord
+from quantapilot.observability import GATE_WAIT, RUN_EVENTS, RUNS
 from quantapilot.settings import Settings
 
 
@@ -83,6 +85,33 @@ def store_event(engine: Engine, event: EventRecord) -> bool:
     return inserted
 
 
+_OUTCOMES = {
+    "run.started": "started",
+    "run.completed": "completed",
+    "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
+
+
+def count_event(engine: Engine, event: EventRecord) -> None:
+    """Update the run metrics: events by type, runs by outcome, and how long a decided gate waited."""
+    kind = event.run_kind.value
+    RUN_EVENTS.labels(kind, event.type).inc()
+    if event.type in _OUTCOMES:
+        RUNS.labels(kind, _OUTCOMES[event.type]).inc()
+    if event.type == "gate.decided":
+        with Session(engine) as session:
+            requested = session.exec(
+                select(RunEvent.created_at)
+                .where(RunEvent.run_id == event.run_id, RunEvent.type == "gate.requested", RunEvent.seq < event.seq)
+                .order_by(col(RunEvent.seq).desc())
+                .limit(1)
+            ).first()
+        if requested is not None:
+            started = requested if requested.tzinfo else requested.replace(tzinfo=UTC)
+            GATE_WAIT.labels(kind).observe(max(0.0, (event.created_at - started).total_seconds()))
+
+
 class EventActivities:
     """Event activities, built with the database engine and the settings.
 
@@ -98,7 +127,9 @@ class EventActivities:
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: EventRecord) -> None:
         """Write the event to the run's log, then start its deliveries (idempotent by event id)."""
-        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, self._engine, event)
+        inserted, pending = await asyncio.to_thread(store_event_with_deliveries, self._engine, event)
+        if inserted:  # a redo must not count twice
+            await asyncio.to_thread(count_event, self._engine, event)
         if not pending and not self._settings.amqp_url:
             return
         client = activity.client()

@@ -42,6 +42,7 @@ from activities.webhook_models import (
 )
 from quantapilot.db import RunEvent, session_scope, utcnow
 from quantapilot.models import EventRecord
+from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
@@ -512,6 +513,7 @@ class WebhookActivities:
                 timeout_s=inp.timeout_s,
                 allow_private=self._settings.webhook_allow_private,
             )
+            WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
             final = await asyncio.to_thread(self._record, inp, result)
             await self._announce(final)
             return final.result

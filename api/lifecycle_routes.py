@@ -41,6 +41,7 @@ from quantapilot.db import RunEvent, session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.lifecycle.models import SchemaValidationError, canonical_account_id, parse_run_request
 from quantapilot.models import EventRecord, RunKind, RunStatus
+from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.telemetry import TelemetryIn, insert_events, parse_telemetry_payload
 from quantapilot.temporal import (
     SA_ACCOUNT_ID,
@@ -235,6 +236,7 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
         raise _invalid(exc) from None
     try:
         accepted = await asyncio.to_thread(_insert, request.app[ENGINE], principal.workspace, events)
+        TELEMETRY_ACCEPTED.inc(accepted)
     except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
         log.warning("telemetry store unavailable: %s", type(exc).__name__)
         raise ApiError(

@@ -78,3 +78,30 @@ async def test_observability_metrics_endpoint_counts_requests(api: Api) -> None:
     text = await resp.text()
     assert 'qp_api_requests_total{method="GET",route="/v1/runs/{run_id}",status="404"}' in text
     assert "qp_api_request_seconds_bucket" in text
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.usefixtures("worker")
+async def test_observability_run_metrics_count_outcomes_and_gate_waits(api: Api, tmp_path: Path) -> None:
+    repo = {"kind": "repository"}
+    before = (
+        sample("qp_runs_total", {**repo, "outcome": "started"}),
+        sample("qp_runs_total", {**repo, "outcome": "completed"}),
+        sample("qp_gate_wait_seconds_count", repo),
+    )
+    url = make_remote(tmp_path, {"README.md": "# x\n"})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    await api.wait_gate(body["run_id"], "anchor")
+    await api.decide(body["run_id"], "anchor", True)
+    await api.wait_state(body["run_id"], "completed")
+    after = (
+        sample("qp_runs_total", {**repo, "outcome": "started"}),
+        sample("qp_runs_total", {**repo, "outcome": "completed"}),
+        sample("qp_gate_wait_seconds_count", repo),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
