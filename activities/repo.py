@@ -72,7 +72,9 @@ def repo_url_problem(url: str, patterns: list[str]) -> str | None:
     if url.startswith("-") or "::" in url.split("/", 1)[0]:
         return "transport not allowed"
     parts = urlsplit(url)
-    if parts.scheme and (parts.username or parts.password):
+    # A password anywhere, or any user name on http(s) (where it is often a token), is a credential; the
+    # user name of ssh://git@host/... is not.
+    if parts.password or (parts.username and parts.scheme.lower() in ("http", "https", "ftp", "ftps")):
         return "credentials in the URL are not allowed"
     if any(ch in url for ch in "\r\n\t ") or len(url) > 2000:
         return "malformed URL"

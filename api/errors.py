@@ -156,7 +156,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info(
             "%s %s %s %.1fms",
             request.method,
-            request.path,
+            # Escaped: a percent-encoded CR/LF in the path must not forge a second line in text logs.
+            request.path.encode("unicode_escape").decode("ascii"),
             status,
             elapsed * 1000,
             extra={"status": status, "route": route},

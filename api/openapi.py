@@ -5,13 +5,12 @@ internal references rewritten (one source of truth; a test compares them). Each 
 :class:`Operation` below: a route added to the application without an entry here fails the contract test, as does
 an entry without a route.
 
-Bodies that no schema file defines yet (a few responses) are in :data:`INLINE_SCHEMAS`; the schemathesis run in
+Every request and response body is defined in a schema file under ``schemas/``; the schemathesis run in
 ``tests/security`` checks the live responses against them.
 """
 
 from __future__ import annotations
 
-import copy
 import html
 import json
 from collections.abc import Iterable, Mapping
@@ -40,210 +39,6 @@ SCHEMA_FILES: dict[str, str | None] = {
 
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
 _RUN_STATES = ["running", "waiting_for_gate", "paused", "completed", "failed", "cancelled"]
-
-#: Response bodies not (yet) defined in a schema file.
-INLINE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "CancelAccepted": {
-        "type": "object",
-        "required": ["run_id", "state", "status_url"],
-        "properties": {
-            "run_id": {"type": "string"},
-            "state": {"const": "cancelling"},
-            "status_url": {"type": "string"},
-            "events_url": {"type": "string"},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"const": "ok"}},
-    },
-    "Readiness": {
-        "type": "object",
-        "required": ["status", "checks"],
-        "properties": {
-            "status": {"enum": ["ready", "unavailable"]},
-            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    },
-    "LifecycleRunAccepted": {
-        "type": "object",
-        "required": ["runId", "status", "statusUrl", "created"],
-        "properties": {
-            "runId": {"type": "string", "pattern": "^lc_[0-9a-f]{32}$"},
-            "status": {"enum": _RUN_STATES},
-            "statusUrl": {"type": "string"},
-            "eventsUrl": {"type": "string"},
-            "created": {"type": "boolean", "description": "False when an Idempotency-Key matched an existing run."},
-        },
-    },
-    "TelemetryAccepted": {
-        "type": "object",
-        "required": ["accepted", "accountIds", "accounts", "refreshesScheduled"],
-        "properties": {
-            "accepted": {"type": "integer", "minimum": 0},
-            "accountIds": {"type": "array", "items": {"type": "string"}},
-            "accounts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["accountId", "accepted"],
-                    "properties": {"accountId": {"type": "string"}, "accepted": {"type": "integer", "minimum": 0}},
-                },
-            },
-            "refreshesScheduled": {"type": "integer", "minimum": 0},
-        },
-    },
-    "AccountEventList": {
-        "type": "object",
-        "required": ["accountId", "streamId", "events", "nextAfter"],
-        "properties": {
-            "accountId": {"type": "string"},
-            "streamId": {"type": "string"},
-            "events": {"type": "array", "items": {"$ref": COMPONENT_PREFIX + "Event"}},
-            "nextAfter": {"type": "integer", "minimum": 0},
-        },
-    },
-    "DocsPage": {
-        "type": "object",
-        "required": ["slug", "title", "project", "version", "versions", "status", "content", "related"],
-        "properties": {
-            "slug": {"type": "string"},
-            "title": {"type": "string"},
-            "description": {"type": "string"},
-            "project": {"type": "string"},
-            "version": {"type": "string"},
-            "versions": {"type": "array", "items": {"type": "string"}},
-            "status": {"enum": ["draft", "published", "archived", "deprecated"]},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "updated": {"type": "string", "format": "date-time"},
-            "created": {"type": "string", "format": "date-time"},
-            "commitSha": _NULLABLE_STRING,
-            "changeSummary": _NULLABLE_STRING,
-            "deprecationNotice": _NULLABLE_STRING,
-            "contentType": {"enum": ["markdown", "html"]},
-            "content": {
-                "type": "object",
-                "required": ["markdown", "html"],
-                "properties": {"markdown": {"type": "string"}, "html": {"type": "string"}},
-            },
-            "related": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["slug", "type"],
-                    "properties": {
-                        "slug": {"type": "string"},
-                        "title": {"type": "string"},
-                        "type": {"type": "string", "description": "related, prerequisite or next_step."},
-                    },
-                },
-            },
-        },
-    },
-    "DocsPageList": {
-        "type": "object",
-        "required": ["pages"],
-        "properties": {
-            "project": _NULLABLE_STRING,
-            "pages": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["slug", "project", "title", "status", "versions", "latest"],
-                    "properties": {
-                        "slug": {"type": "string"},
-                        "project": {"type": "string"},
-                        "title": {"type": "string"},
-                        "description": {"type": "string"},
-                        "status": {"type": "string"},
-                        "versions": {"type": "array", "items": {"type": "string"}},
-                        "latest": {"type": "string"},
-                        "updated": {"type": "string", "format": "date-time"},
-                    },
-                },
-            },
-        },
-    },
-    "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
-    "WebhookEndpoint": {
-        "type": "object",
-        "required": ["id", "url", "events", "run_kinds", "repositories", "enabled"],
-        "properties": {
-            "id": {"type": "string"},
-            "url": {"type": "string"},
-            "description": {"type": "string"},
-            "events": {"type": "array", "items": {"type": "string"}},
-            "run_kinds": {"type": "array", "items": {"type": "string"}},
-            "repositories": {"type": "array", "items": {"type": "string"}},
-            "enabled": {"type": "boolean"},
-            "disabled_reason": _NULLABLE_STRING,
-            "failing_since": {"type": ["string", "null"], "format": "date-time"},
-            "created_at": {"type": ["string", "null"], "format": "date-time"},
-            "updated_at": {"type": ["string", "null"], "format": "date-time"},
-        },
-    },
-    "WebhookEndpointCreated": {
-        "description": "The endpoint and its signing secret, shown this once.",
-        "allOf": [
-            {"$ref": COMPONENT_PREFIX + "WebhookEndpoint"},
-            {"required": ["secret"], "properties": {"secret": {"type": "string", "minLength": 16}}},
-        ],
-    },
-    "WebhookEndpointList": {
-        "type": "object",
-        "required": ["endpoints"],
-        "properties": {"endpoints": {"type": "array", "items": {"$ref": COMPONENT_PREFIX + "WebhookEndpoint"}}},
-    },
-    "WebhookSecretRotated": {
-        "type": "object",
-        "required": ["endpoint_id", "secret", "previous_secrets_expire_at"],
-        "properties": {
-            "endpoint_id": {"type": "string"},
-            "secret": {"type": "string", "minLength": 16},
-            "previous_secrets_expire_at": {"type": ["string", "null"], "format": "date-time"},
-        },
-    },
-    "WebhookDelivery": {
-        "type": "object",
-        "required": ["id", "endpoint_id", "event_id", "event_type", "status", "attempt_count"],
-        "properties": {
-            "id": {"type": "string"},
-            "endpoint_id": {"type": "string"},
-            "event_id": {"type": "string"},
-            "event_type": {"type": "string"},
-            "run_id": _NULLABLE_STRING,
-            "status": {"enum": ["pending", "delivered", "failed", "gone", "disabled"]},
-            "attempt_count": {"type": "integer", "minimum": 0},
-            "last_status_code": {"type": ["integer", "null"]},
-            "last_latency_ms": {"type": ["number", "null"]},
-            "last_error": _NULLABLE_STRING,
-            "next_retry_at": {"type": ["string", "null"], "format": "date-time"},
-            "created_at": {"type": ["string", "null"], "format": "date-time"},
-            "delivered_at": {"type": ["string", "null"], "format": "date-time"},
-            "attempts": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["attempt", "outcome"],
-                    "properties": {
-                        "attempt": {"type": "integer"},
-                        "outcome": {"type": "string"},
-                        "status_code": {"type": ["integer", "null"]},
-                        "latency_ms": {"type": ["number", "null"]},
-                        "error": _NULLABLE_STRING,
-                        "at": {"type": ["string", "null"], "format": "date-time"},
-                    },
-                },
-            },
-        },
-    },
-    "WebhookDeliveryList": {
-        "type": "object",
-        "required": ["deliveries"],
-        "properties": {"deliveries": {"type": "array", "items": {"$ref": COMPONENT_PREFIX + "WebhookDelivery"}}},
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,7 +550,7 @@ def file_components(name: str, root: str | None) -> dict[str, dict[str, Any]]:
 
 
 def component_schemas() -> dict[str, dict[str, Any]]:
-    """Every component schema: the schema files' definitions, then :data:`INLINE_SCHEMAS`.
+    """Every component schema: the schema files' definitions.
 
     Raises:
         ValueError: Two sources define the same name.
@@ -766,10 +561,6 @@ def component_schemas() -> dict[str, dict[str, Any]]:
             if key in out:
                 raise ValueError(f"component {key} defined twice")
             out[key] = schema
-    for key, schema in INLINE_SCHEMAS.items():
-        if key in out:
-            raise ValueError(f"component {key} defined twice")
-        out[key] = copy.deepcopy(schema)
     out["RunAcceptedDeprecated"] = {
         "allOf": [
             {"$ref": COMPONENT_PREFIX + "RunAccepted"},

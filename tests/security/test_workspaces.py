@@ -197,7 +197,6 @@ async def test_workspaces_credentialed_repo_urls_are_refused_at_the_api(api: Api
         ("ext::git-upload-pack", ["*"]),
         ("fd::3", ["*"]),
         ("-uhttps://127.0.0.1:9/x.git", ["*"]),
-        ("ssh://git@127.0.0.1:9/x.git", ["*"]),
         ("file:///etc", ["https://*"]),
         ("/etc", ["https://*"]),
     ],
