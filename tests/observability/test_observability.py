@@ -105,3 +105,12 @@ async def test_observability_run_metrics_count_outcomes_and_gate_waits(api: Api,
         sample("qp_gate_wait_seconds_count", repo),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+
+
+async def test_observability_request_line_cannot_be_forged(api: Api, json_logs: ListHandler) -> None:
+    resp = await api.client.get("/v1/runs/x%0d%0aINFO forged line", headers=api.headers())
+    assert resp.status == 404
+    lines = [e["message"] for e in json_logs.lines if e["logger"] == "quantapilot.api"]
+    assert lines
+    assert all("\n" not in m and "\r" not in m for m in lines)
+    assert any("\\r\\nINFO forged line" in m for m in lines)
