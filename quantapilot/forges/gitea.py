@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from quantapilot.forges import gitops
 from quantapilot.forges.base import (
     ForgeError,
-    HttpReply,
     MergeConflictError,
     MergeStrategy,
     PullRequest,
     error_for,
-    http_json,
-    parse_repo_slug,
 )
+from quantapilot.forges.rest import USER_AGENT, RestForge
 
-USER_AGENT = "quantapilot-forge/0.1"
 # Listing pages of this size when the base branch name rules out the by-base-and-head lookup.
 _PAGE_LIMIT = 50
 _MAX_PAGES = 40
@@ -51,7 +46,7 @@ def pull_request_from_gitea(data: Any) -> PullRequest:
         raise ForgeError("unexpected pull request object from Gitea", retryable=False) from exc
 
 
-class GiteaForge:
+class GiteaForge(RestForge):
     """Pull requests on Gitea or Forgejo.
 
     Args:
@@ -61,42 +56,20 @@ class GiteaForge:
         timeout_s: Seconds for each API call.
     """
 
+    # Gitea answers 409 when an open pull request for this head and base exists.
+    create_race_status = 409
+
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
         root = api_url.rstrip("/")
-        self._api = root if root.endswith("/api/v1") else f"{root}/api/v1"
-        self._session = session
-        self._token = token
-        self._timeout_s = timeout_s
-
-    def __repr__(self) -> str:
-        return f"GiteaForge(api_url={self._api!r})"
-
-    def _repo_path(self, repo_url: str) -> str:
-        owner, name = parse_repo_slug(repo_url)
-        return f"{self._api}/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        json_body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> HttpReply:
-        headers = {
-            "Authorization": f"token {self._token}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        return await http_json(
-            self._session,
-            method,
-            url,
-            headers=headers,
-            json_body=json_body,
-            params=params,
-            timeout_s=self._timeout_s,
+        super().__init__(
+            session, api_url=root if root.endswith("/api/v1") else f"{root}/api/v1", token=token, timeout_s=timeout_s
         )
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self._token}", "Accept": "application/json", "User-Agent": USER_AGENT}
+
+    def _pull(self, data: Any) -> PullRequest:
+        return pull_request_from_gitea(data)
 
     async def _find(self, repo_url: str, *, head: str, base: str) -> PullRequest | None:
         repo = self._repo_path(repo_url)
@@ -122,56 +95,6 @@ class GiteaForge:
             if pr.state == "open":
                 return pr
         return max(found, key=lambda pr: pr.number) if found else None
-
-    async def open_pull_request(
-        self,
-        *,
-        repo_url: str,
-        worktree: Path,
-        head: str,
-        base: str,
-        title: str,
-        body: str,
-        run_id: str,
-    ) -> PullRequest:
-        """Push ``head`` from ``worktree`` and open a pull request, or return the one already there for it."""
-        try:
-            await gitops.push(worktree, remote="origin", branch=head)
-        except gitops.GitError as exc:
-            raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
-        existing = await self._find(repo_url, head=head, base=base)
-        if existing is not None:
-            return existing
-        payload = {
-            "title": title,
-            "head": head,
-            "base": base,
-            "body": f"{body}\n\n<!-- quantapilot run: {run_id} -->",
-        }
-        reply = await self._call("POST", f"{self._repo_path(repo_url)}/pulls", json_body=payload)
-        if reply.status == 201:
-            return pull_request_from_gitea(reply.body)
-        if reply.status == 409:
-            # Gitea answers 409 when an open pull request for this head and base exists (a racing creator).
-            existing = await self._find(repo_url, head=head, base=base)
-            if existing is not None:
-                return existing
-        raise error_for(reply, "creating the pull request")
-
-    async def comment(self, *, repo_url: str, number: int, body: str) -> None:
-        """Comment on pull request ``number`` (through the issues API, as Gitea models pull requests)."""
-        reply = await self._call(
-            "POST", f"{self._repo_path(repo_url)}/issues/{number}/comments", json_body={"body": body}
-        )
-        if reply.status != 201:
-            raise error_for(reply, f"commenting on #{number}")
-
-    async def get(self, *, repo_url: str, number: int) -> PullRequest:
-        """Read pull request ``number``."""
-        reply = await self._call("GET", f"{self._repo_path(repo_url)}/pulls/{number}")
-        if reply.status != 200:
-            raise error_for(reply, f"reading #{number}")
-        return pull_request_from_gitea(reply.body)
 
     async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` with ``strategy``; an already merged one is returned as it is.

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import aiohttp
-
-from quantapilot.forges import gitops
 from quantapilot.forges.base import (
     ForgeError,
-    HttpReply,
     MergeConflictError,
     MergeStrategy,
     PullRequest,
     error_for,
-    http_json,
     parse_repo_slug,
 )
+from quantapilot.forges.rest import USER_AGENT, RestForge
 
 API_VERSION = "2022-11-28"
-USER_AGENT = "quantapilot-forge/0.1"
 
 
 def pull_request_from_github(data: Any) -> PullRequest:
@@ -50,7 +43,7 @@ def pull_request_from_github(data: Any) -> PullRequest:
         raise ForgeError("unexpected pull request object from GitHub", retryable=False) from exc
 
 
-class GitHubForge:
+class GitHubForge(RestForge):
     """Pull requests on GitHub.
 
     Args:
@@ -60,14 +53,8 @@ class GitHubForge:
         timeout_s: Seconds for each API call.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
-        self._session = session
-        self._api = api_url.rstrip("/")
-        self._token = token
-        self._timeout_s = timeout_s
-
-    def __repr__(self) -> str:
-        return f"GitHubForge(api_url={self._api!r})"
+    # GitHub answers 422 when a pull request for this head and base already exists.
+    create_race_status = 422
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -77,27 +64,8 @@ class GitHubForge:
             "User-Agent": USER_AGENT,
         }
 
-    def _repo_path(self, repo_url: str) -> str:
-        owner, name = parse_repo_slug(repo_url)
-        return f"{self._api}/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        json_body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> HttpReply:
-        return await http_json(
-            self._session,
-            method,
-            url,
-            headers=self._headers(),
-            json_body=json_body,
-            params=params,
-            timeout_s=self._timeout_s,
-        )
+    def _pull(self, data: Any) -> PullRequest:
+        return pull_request_from_github(data)
 
     async def _find(self, repo_url: str, *, head: str, base: str) -> PullRequest | None:
         owner, _ = parse_repo_slug(repo_url)
@@ -114,61 +82,6 @@ class GitHubForge:
             if pr.state == "open":
                 return pr
         return found[0] if found else None
-
-    async def open_pull_request(
-        self,
-        *,
-        repo_url: str,
-        worktree: Path,
-        head: str,
-        base: str,
-        title: str,
-        body: str,
-        run_id: str,
-    ) -> PullRequest:
-        """Push ``head`` from ``worktree`` and open a pull request, or return the one already open for it.
-
-        The head branch is per run, so the pull request found for ``head`` and ``base`` is the run's own; the
-        ``run_id`` is also written at the end of the body for people reading it.
-        """
-        try:
-            await gitops.push(worktree, remote="origin", branch=head)
-        except gitops.GitError as exc:
-            raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
-        existing = await self._find(repo_url, head=head, base=base)
-        if existing is not None:
-            return existing
-        payload = {
-            "title": title,
-            "head": head,
-            "base": base,
-            "body": f"{body}\n\n<!-- quantapilot run: {run_id} -->",
-        }
-        reply = await self._call("POST", f"{self._repo_path(repo_url)}/pulls", json_body=payload)
-        if reply.status == 201:
-            return pull_request_from_github(reply.body)
-        if reply.status == 422:
-            # 422 is also what GitHub answers when a pull request for this head already exists (a racing
-            # creator): look once more before giving up.
-            existing = await self._find(repo_url, head=head, base=base)
-            if existing is not None:
-                return existing
-        raise error_for(reply, "creating the pull request")
-
-    async def comment(self, *, repo_url: str, number: int, body: str) -> None:
-        """Comment on pull request ``number`` (pull requests take comments through the issues API)."""
-        reply = await self._call(
-            "POST", f"{self._repo_path(repo_url)}/issues/{number}/comments", json_body={"body": body}
-        )
-        if reply.status != 201:
-            raise error_for(reply, f"commenting on #{number}")
-
-    async def get(self, *, repo_url: str, number: int) -> PullRequest:
-        """Read pull request ``number``."""
-        reply = await self._call("GET", f"{self._repo_path(repo_url)}/pulls/{number}")
-        if reply.status != 200:
-            raise error_for(reply, f"reading #{number}")
-        return pull_request_from_github(reply.body)
 
     async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
         """Merge pull request ``number`` with ``strategy``; an already merged one is returned as it is.

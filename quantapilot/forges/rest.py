@@ -1,0 +1,127 @@
+"""What the REST forges (GitHub, Gitea/Forgejo) share: API calls, idempotent pull request creation, comments."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import aiohttp
+
+from quantapilot.forges import gitops
+from quantapilot.forges.base import ForgeError, HttpReply, PullRequest, error_for, http_json, parse_repo_slug
+
+USER_AGENT = "quantapilot-forge/0.1"
+
+
+class RestForge(ABC):
+    """A forge reached through its REST API; subclasses say how to authenticate, parse and look up.
+
+    Args:
+        session: HTTP session (owned by the caller).
+        api_url: REST API root.
+        token: Token with pull request write access; sent only in the ``Authorization`` header.
+        timeout_s: Seconds for each API call.
+    """
+
+    #: Status the create call answers when a pull request for the same head and base exists (a racing creator).
+    create_race_status: ClassVar[int]
+
+    def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
+        self._session = session
+        self._api = api_url.rstrip("/")
+        self._token = token
+        self._timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api_url={self._api!r})"
+
+    @abstractmethod
+    def _headers(self) -> dict[str, str]:
+        """Authorization and content negotiation headers of every call."""
+
+    @abstractmethod
+    def _pull(self, data: Any) -> PullRequest:
+        """Convert the forge's pull request object."""
+
+    @abstractmethod
+    async def _find(self, repo_url: str, *, head: str, base: str) -> PullRequest | None:
+        """The pull request for ``head`` into ``base`` (open first, else the newest), if any."""
+
+    def _repo_path(self, repo_url: str) -> str:
+        owner, name = parse_repo_slug(repo_url)
+        return f"{self._api}/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> HttpReply:
+        return await http_json(
+            self._session,
+            method,
+            url,
+            headers=self._headers(),
+            json_body=json_body,
+            params=params,
+            timeout_s=self._timeout_s,
+        )
+
+    async def open_pull_request(
+        self,
+        *,
+        repo_url: str,
+        worktree: Path,
+        head: str,
+        base: str,
+        title: str,
+        body: str,
+        run_id: str,
+    ) -> PullRequest:
+        """Push ``head`` from ``worktree`` and open a pull request, or return the one already there for it.
+
+        The head branch is per run, so the pull request found for ``head`` and ``base`` is the run's own; the
+        ``run_id`` is also written at the end of the body for people reading it.
+        """
+        try:
+            await gitops.push(worktree, remote="origin", branch=head)
+        except gitops.GitError as exc:
+            raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
+        existing = await self._find(repo_url, head=head, base=base)
+        if existing is not None:
+            return existing
+        payload = {
+            "title": title,
+            "head": head,
+            "base": base,
+            "body": f"{body}\n\n<!-- quantapilot run: {run_id} -->",
+        }
+        reply = await self._call("POST", f"{self._repo_path(repo_url)}/pulls", json_body=payload)
+        if reply.status == 201:
+            return self._pull(reply.body)
+        if reply.status == self.create_race_status:
+            # Someone created it between our lookup and our create: look once more before giving up.
+            existing = await self._find(repo_url, head=head, base=base)
+            if existing is not None:
+                return existing
+        raise error_for(reply, "creating the pull request")
+
+    async def comment(self, *, repo_url: str, number: int, body: str) -> None:
+        """Comment on pull request ``number`` (pull requests take comments through the issues API)."""
+        reply = await self._call(
+            "POST", f"{self._repo_path(repo_url)}/issues/{number}/comments", json_body={"body": body}
+        )
+        if reply.status != 201:
+            raise error_for(reply, f"commenting on #{number}")
+
+    async def get(self, *, repo_url: str, number: int) -> PullRequest:
+        """Read pull request ``number``."""
+        reply = await self._call("GET", f"{self._repo_path(repo_url)}/pulls/{number}")
+        if reply.status != 200:
+            raise error_for(reply, f"reading #{number}")
+        return self._pull(reply.body)
