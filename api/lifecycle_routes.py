@@ -18,7 +18,6 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
@@ -35,12 +34,13 @@ from activities.lifecycle_models import (
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import TRACE_ID
+from api.event_log import event_json, parse_after, read_events
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import parse_idempotency_key, run_handle, start_run
-from quantapilot.db import RunEvent, session_scope
+from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.lifecycle.models import SchemaValidationError, canonical_account_id, parse_run_request
-from quantapilot.models import EventRecord, RunKind, RunStatus
+from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.telemetry import TelemetryIn, insert_events, parse_telemetry_payload
 from quantapilot.temporal import (
@@ -54,8 +54,6 @@ from quantapilot.temporal import (
 
 log = logging.getLogger("quantapilot.api.lifecycle")
 
-EVENTS_PAGE = 500
-MAX_AFTER = 2**63 - 1
 DB_RETRY_AFTER_S = "5"
 
 
@@ -283,17 +281,6 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
 # ----- account event stream ------------------------------------------------------------------------------
 
 
-def _stream_events(engine: Engine, workspace: str, stream: str, after: int) -> list[RunEvent]:
-    with Session(engine) as session:
-        query = (
-            select(RunEvent)
-            .where(RunEvent.workspace == workspace, RunEvent.run_id == stream, col(RunEvent.seq) > after)
-            .order_by(col(RunEvent.seq))
-            .limit(EVENTS_PAGE)
-        )
-        return list(session.exec(query))
-
-
 @routes.get("/v1/accounts/{account_id}/events")
 async def account_events(request: web.Request) -> web.Response:
     """The account's realization stream (``realization.updated`` from telemetry refreshes) after ``after``."""
@@ -302,29 +289,12 @@ async def account_events(request: web.Request) -> web.Response:
         account = canonical_account_id(request.match_info["account_id"])
     except ValueError:
         raise not_found("account") from None
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
-    if not 0 <= after <= MAX_AFTER:
-        # Beyond a signed 64-bit integer the database driver overflows: refuse it as a bad cursor.
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"after must be between 0 and {MAX_AFTER}")
+    after = parse_after(request)
     stream = account_stream_id(principal.workspace, account)
-    rows = await asyncio.to_thread(_stream_events, request.app[ENGINE], principal.workspace, stream, after)
-    events = [
-        EventRecord(
-            id=r.id,
-            run_id=r.run_id,
-            workspace=r.workspace,
-            run_kind=RunKind(r.run_kind),
-            seq=r.seq,
-            type=r.type,
-            correlation_id=r.correlation_id,
-            created_at=r.created_at,
-            data=r.data,
-        ).model_dump(mode="json")
-        for r in rows
-    ]
+    rows = await asyncio.to_thread(
+        read_events, request.app[ENGINE], workspace=principal.workspace, stream_id=stream, after=after
+    )
+    events = [event_json(r) for r in rows]
     return web.json_response(
         {"accountId": account, "streamId": stream, "events": events, "nextAfter": rows[-1].seq if rows else after}
     )

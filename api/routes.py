@@ -20,14 +20,13 @@ from temporalio.service import RPCError
 from api.auth import principal_of
 from api.body import read_json, validate
 from api.errors import TRACE_ID
+from api.event_log import event_json, parse_after, read_events
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
-from quantapilot.db import RunEvent
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.models import (
     TERMINAL_STATES,
     BudgetInput,
-    EventRecord,
     GateDecisionInput,
     GateRecord,
     PauseInput,
@@ -47,8 +46,6 @@ from quantapilot.temporal import (
 from quantapilot.tokens import Principal
 
 API_SCHEMA = "api.schema.json"
-EVENTS_PAGE = 500
-MAX_SEQ = 2**63 - 1  # the largest value a BIGINT column compares against
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
 RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
@@ -267,30 +264,16 @@ async def cancel_run(request: web.Request) -> web.Response:
     return _json({"run_id": run_id, "state": "cancelling", **_urls(request, run_id)}, status=202)
 
 
-def _events_after(request: web.Request, workspace: str, run_id: str, after: int) -> list[RunEvent]:
-    with Session(request.app[ENGINE]) as session:
-        query = (
-            select(RunEvent)
-            .where(RunEvent.workspace == workspace, RunEvent.run_id == run_id, RunEvent.seq > after)
-            .order_by(RunEvent.seq)  # type: ignore[arg-type]
-            .limit(EVENTS_PAGE)
-        )
-        return list(session.exec(query))
-
-
 @routes.get("/v1/runs/{run_id}/events")
 async def run_events(request: web.Request) -> web.Response:
     """The run's ordered event log after sequence number ``after`` (default 0), at most 500 at a time."""
     principal = principal_of(request, "runs:read")
     run_id = request.match_info["run_id"]
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError:
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, "after must be an integer") from None
-    if not 0 <= after <= MAX_SEQ:
-        raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"after must be between 0 and {MAX_SEQ}")
+    after = parse_after(request)
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
-    rows = await asyncio.to_thread(_events_after, request, principal.workspace, run_id, after)
+    rows = await asyncio.to_thread(
+        read_events, request.app[ENGINE], workspace=principal.workspace, stream_id=run_id, after=after
+    )
     if not rows:
         try:
             await handle.describe()  # an empty page of a real run, or an unknown run?
@@ -298,21 +281,7 @@ async def run_events(request: web.Request) -> web.Response:
             if is_not_found(err):
                 raise not_found("run") from None
             raise
-    events = [
-        EventRecord(
-            id=r.id,
-            run_id=r.run_id,
-            workspace=r.workspace,
-            run_kind=RunKind(r.run_kind),
-            seq=r.seq,
-            type=r.type,
-            correlation_id=r.correlation_id,
-            created_at=r.created_at,
-            data=r.data,
-            trace_id=r.trace_id,
-        ).model_dump(mode="json")
-        for r in rows
-    ]
+    events = [event_json(r) for r in rows]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
 
 

@@ -30,6 +30,9 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
+# Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
+PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
+
 
 class RunWorkflowBase:
     """Shared behaviour of repository and lifecycle runs.
@@ -165,29 +168,39 @@ class RunWorkflowBase:
             await self._finish_failed(failure.code, failure.message)
             raise ApplicationError(failure.message, type=failure.code, non_retryable=True) from None
         except asyncio.CancelledError:
-            self._terminal = RunState.CANCELLED
-            self._completed_at = workflow.now()
-            self._touch()
             # Cleanup after a cancellation request is allowed: the event still gets recorded.
-            await self._emit("run.cancelled", {"run_id": self._run_id})
+            await self._close(RunState.CANCELLED, "run.cancelled", {"run_id": self._run_id})
             raise
-        self._terminal = RunState.COMPLETED
         self._current_step = None
-        self._completed_at = workflow.now()
-        self._touch()
-        await self._emit("run.completed", {"run_id": self._run_id})
+        await self._close(RunState.COMPLETED, "run.completed", {"run_id": self._run_id})
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status()
 
-    async def _finish_failed(self, code: str, message: str) -> None:
-        self._terminal = RunState.FAILED
-        self._error = RunError(code=code, message=message)
+    async def _close(self, state: RunState, event_type: str, data: dict[str, Any]) -> None:
+        """Record the final event, then enter the final state, so a client that sees it finds the whole log.
+
+        Runs started before this order existed replay the old one (state first): their histories say so.
+        """
+        if workflow.patched(PATCH_FINAL_EVENT_FIRST):
+            await self._emit(event_type, data)
+            self._finish(state)
+        else:
+            self._finish(state)
+            await self._emit(event_type, data)
+
+    def _finish(self, state: RunState) -> None:
+        self._terminal = state
         self._completed_at = workflow.now()
+        self._touch()
+
+    async def _finish_failed(self, code: str, message: str) -> None:
+        self._error = RunError(code=code, message=message)
         for gate in self._gates.values():
             if gate.status == "pending":
                 gate.status = "timed_out" if code == ErrorCode.GATE_TIMEOUT else gate.status
-        self._touch()
-        await self._emit("run.failed", {"run_id": self._run_id, "error_code": code, "message": message})
+        await self._close(
+            RunState.FAILED, "run.failed", {"run_id": self._run_id, "error_code": code, "message": message}
+        )
         await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _checkpoint(self) -> None:
