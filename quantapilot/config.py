@@ -166,7 +166,8 @@ class DocsConfig(_Frozen):
     """Where generated documentation is written."""
 
     output_folder: str = "docs"
-    branch: str = "quantapilot/docs"
+    # None: quantapilot/<run_id>/docs, one branch per run so concurrent runs of a repository never collide.
+    branch: str | None = None
     owners: list[str] = Field(default_factory=list)
 
     @field_validator("output_folder")

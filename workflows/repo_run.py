@@ -241,7 +241,7 @@ class RepoRunWorkflow(RunWorkflowBase):
                 repo=self._repo,
                 project=project,
                 output_folder=config.docs.output_folder,
-                docs_branch=config.docs.branch,
+                docs_branch=config.docs.branch or f"quantapilot/{self._inp.run_id}/docs",
                 owners=list(config.docs.owners) or ["quantapilot"],
                 lint=config.gates.docs_lint,
                 run_started_at=self._created_at,

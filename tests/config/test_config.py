@@ -80,7 +80,9 @@ def test_schema_and_models_agree_on_defaults() -> None:
     defaults = QuantapilotConfig()
     props = schema["properties"]
     assert props["docs"]["properties"]["output_folder"]["default"] == defaults.docs.output_folder
-    assert props["docs"]["properties"]["branch"]["default"] == defaults.docs.branch
+    # No fixed docs branch: unset means one per run (quantapilot/<run_id>/docs), in the schema and the model.
+    assert "default" not in props["docs"]["properties"]["branch"]
+    assert defaults.docs.branch is None
     assert props["run"]["properties"]["commands_timeout_s"]["default"] == defaults.run.commands_timeout_s
     assert props["policies"]["properties"]["merge"]["default"] == defaults.policies.merge
     assert props["gates"]["properties"]["docs_lint"]["default"] is defaults.gates.docs_lint
@@ -109,7 +111,7 @@ def test_load_none_gives_documented_defaults() -> None:
     assert config.policies.model_change_requires_gate is False
     assert (config.docs.output_folder, config.docs.branch, config.docs.owners) == (
         "docs",
-        "quantapilot/docs",
+        None,
         [],
     )
     assert config.run.time_budget_s is None

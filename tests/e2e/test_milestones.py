@@ -218,7 +218,8 @@ async def test_milestones_gate_timeout_fails_run(api: Api, tmp_path: Path) -> No
 POST_RECEIVE = """#!/bin/sh
 # Kill the worker right after the docs branch was pushed: the push is done, the PR record is not.
 while read old new ref; do
-  if [ "$ref" = "refs/heads/quantapilot/docs" ] && [ ! -e "{marker}" ]; then
+  case "$ref" in refs/heads/quantapilot/*/docs) is_docs=1 ;; *) is_docs=0 ;; esac
+  if [ "$is_docs" = 1 ] && [ ! -e "{marker}" ]; then
     touch "{marker}"
     kill -9 $(cat "{pidfile}")
   fi
@@ -256,7 +257,7 @@ async def test_milestones_worker_killed_between_push_and_pr_record_one_pr(
         await asyncio.to_thread(worker.wait, 30)
     with Session(engine) as session:
         prs = list(session.exec(select(PullRequestRecord).where(PullRequestRecord.run_id == run_id)))
-    assert collections.Counter(pr.head for pr in prs) == {"quantapilot/docs": 1}
+    assert collections.Counter(pr.head for pr in prs) == {f"quantapilot/{run_id}/docs": 1}
     events = await api.events(run_id)
     assert [e["type"] for e in events].count("documentation.generated") == 1
 

@@ -33,11 +33,12 @@ async def test_repo_run_approve_anchor_completes(api: Api, tmp_path: Path) -> No
     status = await api.wait_gate(run_id, "anchor")
     assert status["state"] == "waiting_for_gate"
     assert status["correlation_id"] == "corr-1"
-    assert status["docs_branch"] == "quantapilot/docs"
+    docs_branch = f"quantapilot/{run_id}/docs"  # one per run: concurrent runs of a repository never collide
+    assert status["docs_branch"] == docs_branch
     # Documentation was really committed and pushed to the remote's docs branch.
-    index = remote_file(url, "quantapilot/docs", "docs/index.md")
+    index = remote_file(url, docs_branch, "docs/index.md")
     assert index is not None and index.startswith("---\n") and "Demo project" in index
-    assert "quantapilot/docs" in remote_branches(url)
+    assert docs_branch in remote_branches(url)
 
     code, gate = await api.decide(run_id, "anchor", True, "looks right")
     assert code == 200, gate
@@ -157,3 +158,21 @@ async def test_repo_run_url_not_allowed(api: Api, tmp_path: Path) -> None:
     _, body = await api.post("/run", {"repo_url": "https://example.invalid/org/repo", "branch": "main"})
     final = await api.wait_state(body["run_id"], "failed")
     assert final["error"]["code"] == "REPO_URL_NOT_ALLOWED"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_concurrent_runs_of_one_repository_do_not_collide(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    (_, first), (_, second) = await asyncio.gather(
+        api.post("/run", {"repo_url": url, "branch": "main"}), api.post("/run", {"repo_url": url, "branch": "main"})
+    )
+    runs = [first["run_id"], second["run_id"]]
+    for run_id in runs:
+        await api.wait_gate(run_id, "anchor")
+    for run_id in runs:
+        code, _ = await api.decide(run_id, "anchor", True)
+        assert code == 200
+    finals = [await api.wait_state(run_id, "completed") for run_id in runs]
+    assert {f["docs_branch"] for f in finals} == {f"quantapilot/{r}/docs" for r in runs}
+    assert {f"quantapilot/{r}/docs" for r in runs} <= set(remote_branches(url))
+    assert remote_file(url, "main", "docs/index.md") is not None

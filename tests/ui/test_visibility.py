@@ -130,6 +130,6 @@ async def test_visibility_current_details_and_activity_summaries_tell_the_story(
         f"Clone {url} at main",
         "Read quantapilot.yml",
         "Generate the documentation into docs",
-        "Open a pull request for docs: quantapilot/docs into main",
+        f"Open a pull request for docs: quantapilot/{run_id}/docs into main",
         "Merge pull request #1 (docs, merge)",
     ]
