@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,18 @@ def temporal() -> None:
     """Prepare a Temporal cluster (or the dev server) for QuantaPilot."""
 
 
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why a TCP connection to ``host:port`` fails, or None when it opens."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+            return None
+    except ValueError:
+        return "the address is not host:port"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 @temporal.command("setup")
 @click.option("--address", default=None, help="host:port of the Temporal frontend (default: QP_TEMPORAL_ADDRESS).")
 @click.option("--namespace", default=None, help="Namespace (default: QP_TEMPORAL_NAMESPACE).")
@@ -128,6 +141,11 @@ def setup(address: str | None, namespace: str | None, config_path: Path | None, 
         client = await connect(settings)
         return await ensure_search_attributes(client, namespace=settings.temporal_namespace, attributes=attributes)
 
+    problem = _unreachable(settings.temporal_address)
+    if problem:
+        # Checked before the SDK starts its runtime: a failed connect left that runtime's threads to a racy
+        # teardown at interpreter exit (seen as a crash under load), and this answers faster too.
+        raise click.ClickException(f"cannot connect to Temporal at {settings.temporal_address}: {problem}")
     try:
         result = asyncio.run(_run())
     except SearchAttributeConflictError as exc:
