@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from prometheus_client import start_http_server
+from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -25,17 +26,19 @@ log = logging.getLogger("quantapilot.worker")
 class ServiceWorker(Worker):
     """A worker that also closes its activities' shared connections when it shuts down."""
 
-    def __init__(self, *args: Any, resources: list[Closeable], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resources: list[Closeable], engine: Engine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resources = resources
+        self._engine = engine
 
     async def shutdown(self) -> None:
-        """Stop polling, let running tasks finish, then close HTTP sessions and broker connections."""
+        """Stop polling, let running tasks finish, then close HTTP sessions, broker and database connections."""
         try:
             await super().shutdown()
         finally:
             for resource in self._resources:
                 await resource.close()
+            self._engine.dispose()
 
 
 def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> ServiceWorker:
@@ -56,6 +59,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         workflows=WORKFLOWS,
         activities=activities,
         resources=resources,
+        engine=engine,
         interceptors=[RunContextInterceptor()],
         max_cached_workflows=settings.worker_max_cached_workflows,
     )

@@ -33,6 +33,7 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     Returns:
         The application (resources open in its cleanup context).
     """
+    owns_engine = engine is None
     engine = engine or make_engine(settings.database_url)
     tokens = TokenCache(engine, settings.token_cache_seconds)
     middlewares = [error_middleware, auth_middleware(tokens)]
@@ -53,6 +54,8 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
         await asyncio.to_thread(ensure_schema, engine, auto_migrate=settings.db_auto_migrate)
         app[TEMPORAL] = client or await connect(settings)
         yield
+        if owns_engine:
+            engine.dispose()
 
     app.cleanup_ctx.append(_resources)
     app.router.add_post(settings.run_path, trigger_repo_run)

@@ -13,20 +13,24 @@ from quantapilot.errors import ApiError, ErrorCode
 MAX_DEPTH = 32
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a parsed JSON value, stopping as soon as ``limit`` is passed."""
+def _inspect(value: Any, limit: int) -> tuple[int, bool]:
+    """Nesting depth of a parsed JSON value (stopping once past ``limit``) and whether a string holds NUL."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     deepest = 0
+    nul = False
     while stack:
         item, level = stack.pop()
         deepest = max(deepest, level)
         if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
+            break
+        if isinstance(item, str):
+            nul = nul or "\x00" in item
+        elif isinstance(item, dict):
+            nul = nul or any("\x00" in key for key in item)
             stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, level + 1) for v in item)
-    return deepest
+    return deepest, nul
 
 
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
@@ -55,8 +59,12 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
         data = json.loads(text)
     except (ValueError, RecursionError):
         raise ApiError(400, ErrorCode.VALIDATION_ERROR, "request body is not valid JSON") from None
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+    depth, nul = _inspect(data, MAX_DEPTH)
+    if depth > MAX_DEPTH:
         raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"JSON nesting deeper than {MAX_DEPTH} levels")
+    if nul:
+        # No text we store may hold NUL (PostgreSQL refuses it), and no legitimate input needs it.
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "strings must not contain the NUL character (\\u0000)")
     return data
 
 

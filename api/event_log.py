@@ -13,7 +13,8 @@ from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.models import EventRecord, RunKind
 
 EVENTS_PAGE = 500
-MAX_SEQ = 2**63 - 1  # beyond a signed 64-bit integer the database driver overflows
+MAX_SEQ = 2**63 - 1  # the largest cursor accepted (a signed 64-bit integer)
+SEQ_COLUMN_MAX = 2**31 - 1  # run_events.seq is an INTEGER column
 
 
 def parse_after(request: web.Request) -> int:
@@ -29,6 +30,9 @@ def parse_after(request: web.Request) -> int:
 
 def read_events(engine: Engine, *, workspace: str, stream_id: str, after: int) -> list[RunEvent]:
     """Up to :data:`EVENTS_PAGE` events of one run (or account stream) after ``after``, in order."""
+    if after >= SEQ_COLUMN_MAX:
+        # Nothing can follow: and PostgreSQL would refuse to bind a larger value to the 32-bit column.
+        return []
     with Session(engine) as session:
         query = (
             select(RunEvent)

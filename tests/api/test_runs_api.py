@@ -202,3 +202,14 @@ async def test_api_no_worker_to_answer_is_503(make_api: ApiFactory, settings: Se
     assert_envelope(payload, "SERVICE_UNAVAILABLE")
     code, payload = await api.post(f"/v1/runs/{body['run_id']}/pause", {"reason": "x"})
     assert code == 503, payload
+
+
+async def test_api_nul_characters_in_strings_are_refused(api: Api) -> None:
+    for body in (
+        {"repo_url": "https://x/y\u0000", "branch": "main"},
+        {"repo_url": "https://x/y", "branch": "main", "correlation_id\u0000": "x"},
+    ):
+        code, payload = await api.post("/run", body)
+        assert code == 422, payload
+        assert_envelope(payload, "VALIDATION_ERROR")
+        assert "NUL" in payload["error"]["message"]

@@ -18,12 +18,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy.engine import Engine
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.support import eventually, make_remote
@@ -115,10 +115,8 @@ async def activity_identities(client: Client, workflow_id: str) -> list[str]:
 
 @pytest.mark.slow
 async def test_scaleout_two_workers_two_apis_share_runs_and_idempotency(
-    client: Client, settings: Settings, tmp_path: Path, stack: Stack
+    client: Client, settings: Settings, engine: Engine, tmp_path: Path, stack: Stack
 ) -> None:
-    engine = make_engine(settings.database_url)
-    create_all(engine)
     token, _ = create_token(engine, workspace="default", subject="scaleout")
     headers = {"Authorization": f"Bearer {token}"}
     hostname = socket.gethostname()
