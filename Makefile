@@ -24,7 +24,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The whole suite on SQLite, then every test that uses a service database again on PostgreSQL.
+# The whole suite on SQLite, then the tests that use a service database again on PostgreSQL (tests/conftest.py).
 test: lint
 	bash scripts/install-system-deps.sh
 	$(BIN)/pytest

@@ -139,13 +139,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """In the PostgreSQL pass, keep only the tests whose service database is the test's ``database_url``.
 
     Tests that touch no database gain nothing from a second pass, and ``db_engine`` tests already run on both
-    databases in every pass.
+    databases in every pass. The ``slow`` fault drills (processes killed and restarted, scale-out, 500-delivery
+    fan-out) are left to the first pass too: what they prove is Temporal's durability, the same on either
+    database, and they are half of the suite's time.
     """
     if os.environ.get("QP_TEST_DATABASE", "sqlite") != "postgres":
         return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        (keep if "database_url" in getattr(item, "fixturenames", ()) else drop).append(item)
+        uses_service_db = "database_url" in getattr(item, "fixturenames", ())
+        (keep if uses_service_db and item.get_closest_marker("slow") is None else drop).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
