@@ -161,6 +161,25 @@ class RepoActivities:
         partial.rename(path)
         return path
 
+    async def _commit_and_push(
+        self, path: Path, *, branch: str, message: str, when: datetime, pathspec: str = "."
+    ) -> tuple[bool, str]:
+        """Commit what changed under ``pathspec`` and force-push ``branch`` to it.
+
+        The commit is dated ``when`` (the run's start), so a redo after a crash makes the very same commit.
+
+        Returns:
+            Whether there was a change to commit, and the branch's sha.
+        """
+        await gitops.git("add", "--all", "--", pathspec, cwd=path)
+        staged = await gitops.git("diff", "--cached", "--quiet", cwd=path, check=False)
+        changed = staged.returncode != 0
+        if changed:
+            await gitops.git("commit", "--quiet", "--no-verify", "-m", message, cwd=path, env=self._identity(when))
+        sha = await gitops.current_sha(path)
+        await gitops.push(path, branch=branch, force=True)
+        return changed, sha
+
     def _forge(self, name: str | None) -> Forge:
         kind = name or self._settings.default_forge
         if kind not in ("git", "github", "gitea"):
@@ -272,21 +291,13 @@ class RepoActivities:
                 await asyncio.to_thread(write_pages, path, pages, output_folder=inp.output_folder)
             except OutputConflictError as exc:
                 raise permanent(ErrorCode.PRECONDITION_FAILED, str(exc)) from None
-            await gitops.git("add", "--all", "--", inp.output_folder, cwd=path)
-            staged = await gitops.git("diff", "--cached", "--quiet", cwd=path, check=False)
-            changed = staged.returncode != 0
-            if changed:
-                await gitops.git(
-                    "commit",
-                    "--quiet",
-                    "--no-verify",
-                    "-m",
-                    f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
-                    cwd=path,
-                    env=self._identity(inp.run_started_at),
-                )
-            sha = await gitops.current_sha(path)
-            await gitops.push(path, branch=inp.docs_branch, force=True)
+            changed, sha = await self._commit_and_push(
+                path,
+                branch=inp.docs_branch,
+                message=f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
+                when=inp.run_started_at,
+                pathspec=inp.output_folder,
+            )
 
         def _store() -> None:
             with session_scope(self._engine) as session:
@@ -374,21 +385,12 @@ class RepoActivities:
                 record.parent.mkdir(parents=True, exist_ok=True)
                 criteria = "".join(f"- [ ] {c}\n" for c in inp.criteria) or "- (no criteria)\n"
                 record.write_text(f"# {inp.milestone_id}: {inp.title}\n\n## Criteria\n\n{criteria}", encoding="utf-8")
-            await gitops.git("add", "--all", cwd=path)
-            staged = await gitops.git("diff", "--cached", "--quiet", cwd=path, check=False)
-            changed = staged.returncode != 0
-            if changed:
-                await gitops.git(
-                    "commit",
-                    "--quiet",
-                    "--no-verify",
-                    "-m",
-                    f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
-                    cwd=path,
-                    env=self._identity(inp.run_started_at),
-                )
-            sha = await gitops.current_sha(path)
-            await gitops.push(path, branch=inp.branch, force=True)
+            changed, sha = await self._commit_and_push(
+                path,
+                branch=inp.branch,
+                message=f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
+                when=inp.run_started_at,
+            )
         return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)
 
 
