@@ -15,7 +15,7 @@ from quantapilot.forges.base import (
     PullRequest,
     error_for,
 )
-from quantapilot.forges.rest import USER_AGENT, RestForge
+from quantapilot.forges.rest import USER_AGENT, RestForge, pull_request_from_json
 
 # Listing pages of this size when the base branch name rules out the by-base-and-head lookup.
 _PAGE_LIMIT = 50
@@ -23,27 +23,12 @@ _MAX_PAGES = 40
 
 
 def pull_request_from_gitea(data: Any) -> PullRequest:
-    """Convert a Gitea ``PullRequest`` object into a :class:`PullRequest`.
+    """Convert a Gitea pull request object into a :class:`PullRequest`.
 
     Raises:
         ForgeError: The object lacks the documented fields (not retryable).
     """
-    try:
-        merged = bool(data.get("merged"))
-        state = "merged" if merged else str(data["state"])
-        return PullRequest.model_validate(
-            {
-                "number": data["number"],
-                "head": data["head"]["ref"],
-                "base": data["base"]["ref"],
-                "title": data["title"],
-                "state": state,
-                "url": data["html_url"],
-                "merge_sha": data.get("merge_commit_sha") if merged else None,
-            }
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise ForgeError("unexpected pull request object from Gitea", retryable=False) from exc
+    return pull_request_from_json(data, forge="Gitea", merged_at_counts=False)
 
 
 class GiteaForge(RestForge):

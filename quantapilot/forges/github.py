@@ -13,7 +13,7 @@ from quantapilot.forges.base import (
     error_for,
     parse_repo_slug,
 )
-from quantapilot.forges.rest import USER_AGENT, RestForge
+from quantapilot.forges.rest import USER_AGENT, RestForge, pull_request_from_json
 
 API_VERSION = "2022-11-28"
 
@@ -24,23 +24,7 @@ def pull_request_from_github(data: Any) -> PullRequest:
     Raises:
         ForgeError: The object lacks the documented fields (not retryable).
     """
-    try:
-        merged = bool(data.get("merged")) or data.get("merged_at") is not None
-        state = "merged" if merged else str(data["state"])
-        return PullRequest.model_validate(
-            {
-                "number": data["number"],
-                "head": data["head"]["ref"],
-                "base": data["base"]["ref"],
-                "title": data["title"],
-                "state": state,
-                "url": data["html_url"],
-                # Before a merge GitHub fills merge_commit_sha with a test merge; only a merged one is real.
-                "merge_sha": data.get("merge_commit_sha") if merged else None,
-            }
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise ForgeError("unexpected pull request object from GitHub", retryable=False) from exc
+    return pull_request_from_json(data, forge="GitHub", merged_at_counts=True)
 
 
 class GitHubForge(RestForge):

@@ -16,6 +16,35 @@ from quantapilot.forges.base import ForgeError, HttpReply, PullRequest, error_fo
 USER_AGENT = "quantapilot-forge/0.1"
 
 
+def pull_request_from_json(data: Any, *, forge: str, merged_at_counts: bool) -> PullRequest:
+    """Convert a GitHub or Gitea pull request object (they share these fields) into a :class:`PullRequest`.
+
+    Args:
+        data: The decoded JSON object.
+        forge: The forge's name, for the error message.
+        merged_at_counts: Whether a set ``merged_at`` also means merged (GitHub's list answers omit ``merged``).
+
+    Raises:
+        ForgeError: The object lacks the documented fields (not retryable).
+    """
+    try:
+        merged = bool(data.get("merged")) or (merged_at_counts and data.get("merged_at") is not None)
+        return PullRequest.model_validate(
+            {
+                "number": data["number"],
+                "head": data["head"]["ref"],
+                "base": data["base"]["ref"],
+                "title": data["title"],
+                "state": "merged" if merged else str(data["state"]),
+                "url": data["html_url"],
+                # Before a merge GitHub fills merge_commit_sha with a test merge; only a merged one is real.
+                "merge_sha": data.get("merge_commit_sha") if merged else None,
+            }
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ForgeError(f"unexpected pull request object from {forge}", retryable=False) from exc
+
+
 class RestForge(ABC):
     """A forge reached through its REST API; subclasses say how to authenticate, parse and look up.
 
