@@ -189,3 +189,5 @@ def setup_logging(*, fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every start-up check at INFO; its warnings and errors still come through.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
