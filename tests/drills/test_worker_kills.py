@@ -85,9 +85,10 @@ async def test_drill_worker_sigkilled_at_random_points_every_run_completes_once(
                 interval=0.5,
                 what="every run completed",
             )
-            # Status queries need a live worker: ask before it stops.
+            # Status queries need a live worker: ask before it stops. Right after a kill a query can wait out
+            # the dead worker's sticky queue (503 for a moment), so poll rather than ask once.
             for run_id in run_ids:
-                status = await api.status(run_id)
+                status = await api.wait_state(run_id, "completed", "failed", "cancelled")
                 assert status["state"] == "completed", status
                 assert [pr["state"] for pr in status["pull_requests"]] == ["merged"], status
         finally:
