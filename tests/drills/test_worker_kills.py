@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import random
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from quantapilot.db import RunEvent
 from quantapilot.forges.store import PullRequestRecord
@@ -24,6 +24,7 @@ from tests.conftest import ApiFactory
 from tests.drills.helpers import events_of_type, kill, remotes, spawn, stop, until
 
 RUNS = 20
+KILLS = 4
 SEED = 20240808
 # A README-only repository uses the defaults: docs PR, the anchor gate, merge.
 EXPECTED_EVENTS = {
@@ -33,6 +34,17 @@ EXPECTED_EVENTS = {
     "gate.decided": 1,
     "run.completed": 1,
 }
+
+
+def event_count(engine: Engine, run_ids: list[str]) -> int:
+    """How many events these runs have logged so far."""
+    with Session(engine) as session:
+        return len(list(session.exec(select(RunEvent.id).where(col(RunEvent.run_id).in_(run_ids)))))
+
+
+def reached(engine: Engine, run_ids: list[str], threshold: int) -> bool:
+    """Whether these runs have logged ``threshold`` events."""
+    return event_count(engine, run_ids) >= threshold
 
 
 @pytest.mark.slow
@@ -47,16 +59,20 @@ async def test_drill_worker_sigkilled_at_random_points_every_run_completes_once(
     urls = remotes(tmp_path / "repos", RUNS)
     log = tmp_path / "worker.log"
     worker = spawn("worker", settings, log)
-    kills = 0
+    # At each kill: how many triggered runs had not completed yet (the kill had work to lose).
+    in_flight_at_kill: list[int] = []
     approved: set[str] = set()
-    try:
-        run_ids = []
-        for i, url in enumerate(urls):
+    run_ids: list[str] = []
+
+    async def trigger(indices: range) -> None:
+        for i in indices:
             code, body = await api.post(
-                "/v1/runs", {"repo_url": url, "branch": "main"}, headers={"Idempotency-Key": f"k{i}"}
+                "/v1/runs", {"repo_url": urls[i], "branch": "main"}, headers={"Idempotency-Key": f"k{i}"}
             )
             assert code == 202, body
             run_ids.append(body["run_id"])
+
+    try:
 
         async def approver() -> None:
             # Approve each anchor gate as soon as the run asks for it; while no worker answers the update the API
@@ -70,14 +86,27 @@ async def test_drill_worker_sigkilled_at_random_points_every_run_completes_once(
 
         approving = asyncio.create_task(approver())
         try:
-            # Kill the worker at random moments through the first part of the drill, restarting it each time.
-            # A worker needs ~2 s to start polling: kills 2.5-5 s apart leave each one some work to lose, while a
-            # step still gets through its attempts (three deaths in one step would pause its run, by design).
-            stop_killing = time.monotonic() + 20
-            while time.monotonic() < stop_killing and len(events_of_type(engine, "run.completed")) < RUNS:
-                await asyncio.sleep(rng.uniform(2.5, 5.0))
+            # Runs arrive in waves, one before each kill, and each kill waits until its wave's event log has
+            # reached a random point in the pipeline: every kill strikes runs midway however fast this machine gets
+            # through a run (on a quick one all 20 finish between two timed kills). Each wave has a fresh worker, so
+            # no step dies three times (which would pause its run, by design).
+            wave = RUNS // (KILLS + 1)
+            for n in range(KILLS + 1):
+                first = len(run_ids)
+                await trigger(range(n * wave, RUNS if n == KILLS else (n + 1) * wave))
+                if n == KILLS:
+                    break
+                wave_ids = run_ids[first:]
+                threshold = rng.randint(1, len(wave_ids) * sum(EXPECTED_EVENTS.values()) - 2)
+                await until(
+                    functools.partial(asyncio.to_thread, reached, engine, wave_ids, threshold),
+                    within=60,
+                    interval=0.05,
+                    what=f"wave {n} at {threshold} events",
+                )
+                completed = await asyncio.to_thread(events_of_type, engine, "run.completed")
                 kill(worker)
-                kills += 1
+                in_flight_at_kill.append(len(set(run_ids) - completed))
                 worker = spawn("worker", settings, log)
             await until(
                 lambda: asyncio.to_thread(lambda: len(events_of_type(engine, "run.completed")) == RUNS),
@@ -98,7 +127,10 @@ async def test_drill_worker_sigkilled_at_random_points_every_run_completes_once(
     finally:
         stop(worker)
 
-    assert kills >= 3
+    assert len(in_flight_at_kill) == KILLS
+    # Each kill struck while runs were unfinished: the drill tested recovery, not an idle worker.
+    assert all(n > 0 for n in in_flight_at_kill), in_flight_at_kill
+    assert len(set(run_ids)) == RUNS
     with Session(engine) as session:
         prs = list(session.exec(select(PullRequestRecord)))
         events = list(session.exec(select(RunEvent)))
