@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from temporalio.api.enums.v1 import IndexedValueType
@@ -132,6 +135,27 @@ def setup(address: str | None, namespace: str | None, config_path: Path | None, 
 
     TLS client certificates or the API key come from the usual QP_TEMPORAL_* settings.
     """
+    try:
+        _setup(address, namespace, config_path, as_json)
+    except click.ClickException as exc:
+        exc.show()
+        _exit_now(exc.exit_code)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without interpreter teardown, once everything is printed.
+
+    The SDK's runtime threads can still call into Python while the interpreter finalizes, which aborts the
+    process ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300; seen in CI on a
+    successful setup). This command's work is done and flushed by then, so there is nothing left to tear down.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _setup(address: str | None, namespace: str | None, config_path: Path | None, as_json: bool) -> None:
     settings = Settings()
     updates = {k: v for k, v in (("temporal_address", address), ("temporal_namespace", namespace)) if v}
     settings = settings.model_copy(update=updates)
