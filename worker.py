@@ -17,7 +17,7 @@ from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
-from quantapilot.temporal import connect
+from quantapilot.temporal import connect, exit_without_teardown
 from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("quantapilot.worker")
@@ -86,6 +86,8 @@ def main() -> None:
     settings = Settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
     asyncio.run(run_worker(settings))
+    # Shut down gracefully above; the SDK runtime's threads must not meet interpreter teardown.
+    exit_without_teardown(0)
 
 
 if __name__ == "__main__":

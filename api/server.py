@@ -7,6 +7,7 @@ from aiohttp import web
 from api.app import create_app
 from quantapilot.observability import setup_logging
 from quantapilot.settings import Settings
+from quantapilot.temporal import exit_without_teardown
 
 
 def main() -> None:
@@ -21,3 +22,5 @@ def main() -> None:
         access_log=None,  # the error middleware logs one line per request, without query strings
         shutdown_timeout=10,
     )
+    # aiohttp has shut down gracefully; the SDK runtime's threads must not meet interpreter teardown.
+    exit_without_teardown(0)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from temporalio.api.enums.v1 import IndexedValueType
@@ -22,7 +19,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from quantapilot.settings import Settings
-from quantapilot.temporal import connect
+from quantapilot.temporal import connect, exit_without_teardown
 from quantapilot.temporal_dev import SearchAttributeType, load_dev_config
 
 # temporal-dev.yaml spells the types as the CLI does; the operator service wants the enum.
@@ -139,20 +136,8 @@ def setup(address: str | None, namespace: str | None, config_path: Path | None, 
         _setup(address, namespace, config_path, as_json)
     except click.ClickException as exc:
         exc.show()
-        _exit_now(exc.exit_code)
-    _exit_now(0)
-
-
-def _exit_now(code: int) -> NoReturn:
-    """End the process without interpreter teardown, once everything is printed.
-
-    The SDK's runtime threads can still call into Python while the interpreter finalizes, which aborts the
-    process ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300; seen in CI on a
-    successful setup). This command's work is done and flushed by then, so there is nothing left to tear down.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        exit_without_teardown(exc.exit_code)
+    exit_without_teardown(0)
 
 
 def _setup(address: str | None, namespace: str | None, config_path: Path | None, as_json: bool) -> None:

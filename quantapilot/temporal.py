@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from typing import NoReturn
+
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -20,6 +25,22 @@ SA_ACCOUNT_ID = SearchAttributeKey.for_keyword("QpAccountId")
 SA_STAGE = SearchAttributeKey.for_keyword("QpStage")
 SA_STATE = SearchAttributeKey.for_keyword("QpState")
 SA_PENDING_GATE = SearchAttributeKey.for_keyword("QpPendingGate")
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End a process that used the Temporal SDK once its work is done, skipping interpreter teardown.
+
+    The SDK's runtime threads can still call into Python while the interpreter finalizes, which aborts the
+    process ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300; seen in CI after
+    a successful ``qp temporal setup``). Output and log handlers are flushed first, so nothing printed is lost.
+
+    Args:
+        code: The process exit status.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def connect(settings: Settings) -> Client:
