@@ -116,6 +116,9 @@ class MilestoneStep(_Model):
     name: str
     run: str | None = None
     timeout_s: float
+    # Runs of the command before the milestone fails (retries + 1); each retry starts from the worktree as it was
+    # before the step's first run.
+    attempts: int = 1
 
 
 class MilestoneInput(_Model):

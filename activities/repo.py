@@ -370,9 +370,17 @@ class RepoActivities:
             for step in inp.steps:
                 if not step.run:
                     continue
-                outcome = await run_command(step.name, step.run, cwd=path, timeout_s=step.timeout_s)
-                outcomes.append(outcome)
-                if outcome.exit_code != 0:
+                before = await _snapshot(path) if step.attempts > 1 else None
+                for attempt in range(1, step.attempts + 1):
+                    if before is not None and attempt > 1:
+                        # A retry starts from the worktree as the step found it, so a command that half-wrote
+                        # files (or appends) does not see its own leftovers.
+                        await _restore(path, before)
+                    outcome = await run_command(step.name, step.run, cwd=path, timeout_s=step.timeout_s)
+                    outcomes.append(outcome.model_copy(update={"attempt": attempt}))
+                    if outcome.exit_code == 0:
+                        break
+                if outcomes[-1].exit_code != 0:
                     failed = step.name
                     break
             if failed is not None:
@@ -392,6 +400,18 @@ class RepoActivities:
                 when=inp.run_started_at,
             )
         return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)
+
+
+async def _snapshot(path: Path) -> str:
+    """The worktree's content (tracked and untracked files) as a git tree object; nothing is committed."""
+    await gitops.git("add", "--all", cwd=path)
+    return (await gitops.git("write-tree", cwd=path)).stdout.strip()
+
+
+async def _restore(path: Path, tree: str) -> None:
+    """Put the worktree back to a :func:`_snapshot`: its files as they were, files added since removed."""
+    await gitops.git("read-tree", "--reset", "-u", tree, cwd=path)
+    await gitops.git("clean", "-fdq", cwd=path)
 
 
 def _pr_result(pr: PullRequest) -> PullRequestResult:

@@ -40,6 +40,7 @@ __all__ = [
     "QuantapilotConfig",
     "RunConfig",
     "StepConfig",
+    "command_policy",
     "effective_gates",
     "gate_settings",
     "load_config",
@@ -629,6 +630,32 @@ def step_policy(step: StepConfig | None, config: QuantapilotConfig) -> tuple[flo
         limits.max_retries,
         default=DEFAULT_MAX_ATTEMPTS - 1,
     )
+    return float(timeout), int(retries) + 1
+
+
+def command_policy(step: StepConfig, config: QuantapilotConfig) -> tuple[float, int]:
+    """Timeout and attempts of one milestone command.
+
+    Each value comes from the first source that sets it: the step itself, the top-level ``steps`` entry with the
+    same name, ``limits.timeout_seconds`` / ``limits.max_retries``, then ``run.commands_timeout_s`` and no retry.
+    Unlike :func:`step_policy`, a command is not retried unless asked: a failing test is a result, not a fault.
+
+    Args:
+        step: A milestone step.
+        config: A validated configuration.
+
+    Returns:
+        ``(timeout_seconds, attempts)`` where attempts = retries + 1.
+    """
+    named = next((candidate for candidate in config.steps if candidate.name == step.name), None)
+    limits = config.limits or LimitsConfig()
+    timeout = _first(
+        step.timeout_s,
+        named.timeout_s if named else None,
+        limits.timeout_seconds,
+        default=config.run.commands_timeout_s,
+    )
+    retries = _first(step.retries, named.retries if named else None, limits.max_retries, default=0)
     return float(timeout), int(retries) + 1
 
 

@@ -148,6 +148,7 @@ class StepOutcome(_Model):
     output_tail: str = ""
     duration_s: float = 0.0
     timed_out: bool = False
+    attempt: int = 1
 
 
 class MilestoneRecord(_Model):

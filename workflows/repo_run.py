@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         MilestoneConfig,
         QuantapilotConfig,
         StepConfig,
+        command_policy,
         effective_gates,
         gate_settings,
         step_policy,
@@ -310,16 +311,13 @@ class RepoRunWorkflow(RunWorkflowBase):
         record.started_at = workflow.now()
         record.branch = f"quantapilot/{self._inp.run_id}/{milestone.id.lower()}"
         self._touch()
-        # A command is killed after its step's own timeout_s, else after run.commands_timeout_s; its attempts
-        # follow the step policy (the step, then the top-level step of that name, then limits).
-        steps = [
-            MilestoneStep(
-                name=s.name,
-                run=s.run,
-                timeout_s=s.timeout_s if s.timeout_s is not None else config.run.commands_timeout_s,
-            )
-            for s in milestone.steps
-        ]
+        # Each command's timeout and retries follow command_policy: the step, the top-level step of that name,
+        # limits, then run.commands_timeout_s and no retry. The activity's own attempts (a worker lost, git failing)
+        # follow the step policy as every other step's do.
+        steps = []
+        for s in milestone.steps:
+            command_timeout_s, command_attempts = command_policy(s, config)
+            steps.append(MilestoneStep(name=s.name, run=s.run, timeout_s=command_timeout_s, attempts=command_attempts))
         attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
         result = await self._step(
             f"milestone:{milestone.id}",
@@ -334,7 +332,7 @@ class RepoRunWorkflow(RunWorkflowBase):
                 run_started_at=self._created_at,
             ),
             MilestoneResult,
-            timeout_s=sum(s.timeout_s for s in steps) + 120.0,
+            timeout_s=sum(s.timeout_s * s.attempts for s in steps) + 120.0,
             attempts=attempts,
             summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
         )

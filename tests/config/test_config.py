@@ -20,6 +20,7 @@ from quantapilot.config import (
     GateConfig,
     QuantapilotConfig,
     StepConfig,
+    command_policy,
     effective_gates,
     gate_settings,
     load_config,
@@ -439,6 +440,36 @@ def test_step_policy_fallback_chain() -> None:
     assert step_policy(mixed, config) == (120.0, 5)
     assert step_policy(limits, config) == (120.0, 1)
     assert step_policy(None, config) == (120.0, 1)
+
+
+def test_command_policy_fallback_chain_ends_at_commands_timeout_and_no_retry() -> None:
+    config = load_config(
+        yml("""
+        version: 1
+        steps: [{name: impl, timeout_s: 1500, retries: 1}]
+        run: {commands_timeout_s: 45}
+        milestones:
+          - id: M-001
+            title: t
+            steps:
+              - {name: impl, run: a, timeout_s: 30, retries: 3}
+              - {name: impl, run: b}
+              - {name: test, run: c}
+        """)
+    )
+    own, named, bare = config.milestones[0].steps
+    assert command_policy(own, config) == (30.0, 4)
+    assert command_policy(named, config) == (1500.0, 2)
+    # Nothing set: run.commands_timeout_s, and a failing command is not run again.
+    assert command_policy(bare, config) == (45.0, 1)
+    with_limits = load_config(
+        yml("""
+        version: 1
+        limits: {timeout_seconds: 120, max_retries: 2}
+        milestones: [{id: M-001, title: t, steps: [{name: test, run: c}]}]
+        """)
+    )
+    assert command_policy(with_limits.milestones[0].steps[0], with_limits) == (120.0, 3)
 
 
 def test_step_policy_builtin_defaults() -> None:

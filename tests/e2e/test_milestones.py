@@ -174,6 +174,33 @@ async def test_milestones_failing_or_slow_command_fails_run(
     assert final["milestones"][0]["status"] == "failed"
 
 
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_failing_command_is_retried_from_the_worktree_it_found(cmd_api: Api, tmp_path: Path) -> None:
+    api = cmd_api
+    # The command appends to a tracked file, then fails on its first run only (the counter lives outside the
+    # worktree). Its retry must start from the worktree as the step found it: one appended line, not two.
+    counter = tmp_path / "runs-of-the-command"
+    command = f"echo added >> CHANGELOG.md; n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; test $n -ge 1"
+    yml = (
+        "version: 1\nmilestones:\n  - id: M-001\n    title: T\n    steps:\n"
+        f'      - {{name: impl, run: "{command}", retries: 2}}\n'
+    )
+    url = make_remote(tmp_path, {"README.md": README, "CHANGELOG.md": "v0\n", "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    for gate in ("anchor", "M-001", "first_merge"):
+        status = await api.wait_gate(run_id, gate)
+        if gate == "M-001":
+            steps = status["milestones"][0]["steps"]
+            assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)], steps
+        code, decided = await api.decide(run_id, gate, True)
+        assert code == 200, decided
+    final = await api.wait_state(run_id, "completed")
+    assert counter.read_text().strip() == "2"
+    assert remote_file(url, "main", "CHANGELOG.md") == "v0\nadded\n"
+    assert final["milestones"][0]["status"] == "completed"
+
+
 @pytest.mark.usefixtures("worker")
 async def test_milestones_commands_not_allowed(api: Api, tmp_path: Path) -> None:
     url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
