@@ -152,7 +152,11 @@ class RepoActivities:
         partial.parent.mkdir(parents=True, exist_ok=True)
         try:
             await gitops.clone(
-                ref.repo_url, partial, branch=ref.branch, depth=None, timeout_s=self._settings.clone_timeout_s
+                ref.repo_url,
+                partial,
+                branch=ref.branch,
+                depth=self._settings.clone_depth or None,
+                timeout_s=self._settings.clone_timeout_s,
             )
         except gitops.GitError as exc:
             shutil.rmtree(partial, ignore_errors=True)

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     git_author_name: str = "QuantaPilot"
     git_author_email: str = "quantapilot@localhost"
     clone_timeout_s: float = 300.0
+    # Commits of history a run clones (shallow by default: documentation and merges need only the tip; git fetches
+    # what a merge needs later). 0 clones the whole history.
+    clone_depth: int = Field(default=1, ge=0)
     # Long steps heartbeat; a worker that dies mid-step is noticed after this many seconds.
     step_heartbeat_s: float = Field(default=30.0, gt=0, le=600)
     default_forge: Literal["git", "github", "gitea"] = "git"

@@ -206,7 +206,8 @@ async def clone(
     if branch:
         args += ["--branch", branch]
     if depth:
-        args += ["--depth", str(depth), "--no-single-branch"]
+        # Shallow and single-branch: later fetches name their branches (see fetch), so no other tip is needed.
+        args += ["--depth", str(depth)]
     # "--" keeps a URL starting with "-" from being read as an option.
     args += ["--", url, str(dest)]
     await git(*args, cwd=dest.parent, timeout_s=timeout_s)

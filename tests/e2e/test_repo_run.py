@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Api, remote_branches, remote_file
+from quantapilot.settings import Settings
+from tests.support import Api, git, remote_branches, remote_file
 from tests.support import make_remote as _make_remote
 
 README = "# Demo project\n\nA small project used by the tests.\n"
@@ -176,3 +177,33 @@ async def test_repo_run_concurrent_runs_of_one_repository_do_not_collide(api: Ap
     assert {f["docs_branch"] for f in finals} == {f"quantapilot/{r}/docs" for r in runs}
     assert {f"quantapilot/{r}/docs" for r in runs} <= set(remote_branches(url))
     assert remote_file(url, "main", "docs/index.md") is not None
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_clones_shallow_and_still_merges_into_a_main_that_moved_on(
+    api: Api, tmp_path: Path, settings: Settings
+) -> None:
+    url = make_remote(tmp_path)
+    seed = tmp_path / "project-seed"
+    for n in range(3):  # some history the run does not need
+        (seed / f"history-{n}.txt").write_text(f"{n}\n", encoding="utf-8")
+        git("add", "--all", cwd=seed)
+        git("commit", "--quiet", "-m", f"history {n}", cwd=seed)
+    git("push", "--quiet", url, "main:main", cwd=seed)
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    status = await api.wait_gate(run_id, "anchor")
+    worktree = settings.run_workdir / status["workspace"] / run_id / "repo"
+    assert git("rev-parse", "--is-shallow-repository", cwd=worktree).strip() == "true"
+    assert git("rev-list", "--count", "origin/main", cwd=worktree).strip() == "1"
+    # Someone pushes to main while the run waits: the docs merge must fetch it and merge on top.
+    (seed / "meanwhile.txt").write_text("pushed during the gate\n", encoding="utf-8")
+    git("add", "--all", cwd=seed)
+    git("commit", "--quiet", "-m", "meanwhile", cwd=seed)
+    git("push", "--quiet", url, "main:main", cwd=seed)
+    await api.decide(run_id, "anchor", True)
+    final = await api.wait_state(run_id, "completed")
+    assert [p["state"] for p in final["pull_requests"]] == ["merged"]
+    assert remote_file(url, "main", "meanwhile.txt") == "pushed during the gate\n"
+    assert remote_file(url, "main", "docs/index.md") is not None
+    assert remote_file(url, "main", "history-2.txt") == "2\n"
