@@ -207,3 +207,49 @@ async def test_repo_run_clones_shallow_and_still_merges_into_a_main_that_moved_o
     assert remote_file(url, "main", "meanwhile.txt") == "pushed during the gate\n"
     assert remote_file(url, "main", "docs/index.md") is not None
     assert remote_file(url, "main", "history-2.txt") == "2\n"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_pages_are_served_by_the_docs_api_at_the_commit_version(api: Api, tmp_path: Path) -> None:
+    url = make_remote(tmp_path)
+    sha = remote_branches(url)["main"]
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    await api.wait_gate(body["run_id"], "anchor")
+    code, listing = await api.get("/v1/docs/pages?project=project")
+    assert code == 200, listing
+    slugs = {p["slug"] for p in listing["pages"]}
+    assert "project/index" in slugs, slugs
+    code, page = await api.get("/v1/docs/pages/project/index")
+    assert code == 200, page
+    assert page["project"] == "project" and page["version"] == f"git-{sha[:12]}"
+    # The stored page is the one committed to the docs branch, rendered to HTML.
+    committed = remote_file(url, f"quantapilot/{body['run_id']}/docs", "docs/index.md")
+    assert committed is not None and page["content"]["markdown"] in committed
+    assert "Demo project" in page["content"]["html"]
+    code, same = await api.get(f"/v1/docs/pages/project/index?version=git-{sha[:12]}")
+    assert code == 200 and same["content"] == page["content"]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_docs_lint_failure_ends_the_run_unless_switched_off(api: Api, tmp_path: Path) -> None:
+    # Personal data in the front matter (an owner given as a real e-mail address; example.com would pass as
+    # reserved) fails the lint, naming page and field.
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    linted = make_remote(tmp_path / "a", {"quantapilot.yml": "version: 1\ndocs: {owners: [alice@acme-widgets.io]}\n"})
+    _, body = await api.post("/run", {"repo_url": linted, "branch": "main"})
+    failed = await api.wait_state(body["run_id"], "failed")
+    assert failed["error"]["code"] == "DOCS_LINT_FAILED", failed["error"]
+    assert "field owners" in failed["error"]["message"] and "page " in failed["error"]["message"]
+    assert list(remote_branches(linted)) == ["main"]  # nothing was pushed
+    events = await api.events(body["run_id"])
+    assert types(events) == ["run.started", "run.failed"]
+    assert events[-1]["data"]["error_code"] == "DOCS_LINT_FAILED"
+    # The same repository with gates.docs_lint off documents and reaches the anchor gate.
+    off = make_remote(
+        tmp_path / "b",
+        {"quantapilot.yml": "version: 1\ngates: {docs_lint: false}\ndocs: {owners: [alice@acme-widgets.io]}\n"},
+    )
+    _, body = await api.post("/run", {"repo_url": off, "branch": "main"})
+    status = await api.wait_gate(body["run_id"], "anchor")
+    assert status["state"] == "waiting_for_gate"
