@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -91,9 +92,23 @@ async def test_drill_api_killed_while_triggers_arrive_one_run_per_key(
         assert {run_id for run_id, _ in got} == {expected}, (i, got)
         # Exactly one of the answers (or none, when the creating response was lost) said it created the run.
         assert sum(created for _, created in got) <= 1, (i, got)
-    # No other run on the queue: one workflow per client.
-    count = await client.count_workflows(f'TaskQueue="{settings.task_queue}"')
-    assert count.count == CLIENTS
+    # Each client's run exists (describe reads the workflow itself, not the eventually consistent visibility store).
+    for i in range(CLIENTS):
+        run_id = new_run_id(RunKind.REPOSITORY, "default", f"drill-{i}")
+        await client.get_workflow_handle(f"repo-run/default/{run_id}").describe()
+
+    # No other run on the queue: one workflow per client. Visibility lags the starts by a moment (CI once counted
+    # 39 of 40 right after the last answer), so wait for it to settle rather than read it once.
+    async def counted() -> int:
+        return (await client.count_workflows(f'TaskQueue="{settings.task_queue}"')).count
+
+    await until(lambda: _settled(counted), within=15, interval=0.5, what=f"{CLIENTS} workflows on the queue")
+    await asyncio.sleep(1.0)  # a late extra workflow would show up in a second count
+    assert await counted() == CLIENTS
     for i in range(CLIENTS):
         run_id = new_run_id(RunKind.REPOSITORY, "default", f"drill-{i}")
         await client.get_workflow_handle(f"repo-run/default/{run_id}").terminate("drill over")
+
+
+async def _settled(counted: Callable[[], Awaitable[int]]) -> bool:
+    return await counted() >= CLIENTS
