@@ -16,7 +16,7 @@ from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.e2e.test_worker_crash import start_worker
-from tests.support import Api, git, make_remote, remote_file
+from tests.support import Api, eventually, git, make_remote, remote_file
 
 README = "# Demo\n\nfirst line\n"
 
@@ -342,10 +342,16 @@ async def test_milestones_long_run_continues_as_new_between_milestones(
     ]
     assert kinds(events).count("run.started") == 1
     handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
-    executions = [wf async for wf in client.list_workflows(f"WorkflowId = '{handle.id}'")]
-    assert len(executions) >= 3  # one execution per milestone
+    # One execution per milestone; visibility lists the last ones a moment late, so poll for them.
+    await eventually(
+        lambda: executions_of(client, handle.id), lambda n: n >= 3, timeout=15, what="three executions listed"
+    )
     # The Idempotency-Key still finds the run (memo carried over to the new executions).
     code, again = await api.post("/run", {"repo_url": url, "branch": "main"}, headers={"Idempotency-Key": "long-run"})
     assert code == 202
     assert again["run_id"] == run_id
     assert again["created"] is False
+
+
+async def executions_of(client, workflow_id: str) -> int:
+    return len([wf async for wf in client.list_workflows(f"WorkflowId = '{workflow_id}'")])

@@ -182,7 +182,10 @@ async def test_scaleout_two_workers_two_apis_share_runs_and_idempotency(
         assert both[0][1]["run_id"] == both[1][1]["run_id"]
         assert sorted(b["created"] for _, b in both) == [False, True]
         dup_id = both[0][1]["run_id"]
-        same_id = [w.id async for w in client.list_workflows(f"WorkflowId = 'repo-run/default/{dup_id}'")]
+        # Visibility is eventually consistent: wait for the run to be listed, then it must be listed once.
+        same_id = await eventually(
+            lambda: listed(client, f"repo-run/default/{dup_id}"), lambda ids: len(ids) >= 1, what="run listed"
+        )
         assert len(same_id) == 1
 
     # Activity work was spread over both worker processes.
@@ -198,3 +201,7 @@ async def test_scaleout_two_workers_two_apis_share_runs_and_idempotency(
                 events = (await resp.json())["events"]
             assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
             assert [e["type"] for e in events][-1] == "run.completed"
+
+
+async def listed(client: Client, workflow_id: str) -> list[str]:
+    return [w.id async for w in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
