@@ -69,7 +69,7 @@ async def run_worker(settings: Settings) -> None:
     """Connect, start the worker and run until SIGINT/SIGTERM, then shut down gracefully."""
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
-    client = await connect(settings)
+    client = await connect(settings, sdk_metrics=True)
     worker = build_worker(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

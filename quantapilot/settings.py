@@ -117,6 +117,9 @@ class Settings(BaseSettings):
             self.workdir = self.state_dir / "work"
         if not self.run_path.startswith("/"):
             raise ValueError("run_path must start with '/'")
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            # One without the other would silently connect without the client certificate.
+            raise ValueError("QP_TEMPORAL_TLS_CERT and QP_TEMPORAL_TLS_KEY go together: set both or neither")
         return self
 
     @cached_property

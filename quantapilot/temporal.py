@@ -43,26 +43,44 @@ def exit_without_teardown(code: int) -> NoReturn:
     os._exit(code)
 
 
-async def connect(settings: Settings) -> Client:
+def tls_config(settings: Settings) -> bool | TLSConfig:
+    """The TLS settings of the Temporal connection.
+
+    A client certificate and key mean mTLS; an API key (Temporal Cloud) or a CA file alone mean TLS that checks
+    the server; nothing means plaintext, as the local dev server speaks. A CA file always applies.
+
+    Args:
+        settings: Service settings (cert and key are validated to come together).
+
+    Returns:
+        What ``Client.connect(tls=...)`` takes.
+    """
+    ca = settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None
+    if settings.temporal_tls_cert and settings.temporal_tls_key:
+        return TLSConfig(
+            client_cert=settings.temporal_tls_cert.read_bytes(),
+            client_private_key=settings.temporal_tls_key.read_bytes(),
+            server_root_ca_cert=ca,
+        )
+    if ca is not None:
+        return TLSConfig(server_root_ca_cert=ca)
+    return bool(settings.temporal_api_key)
+
+
+async def connect(settings: Settings, *, sdk_metrics: bool = False) -> Client:
     """Connect to Temporal with the pydantic data converter and the configured TLS or API key.
 
     Args:
         settings: Service settings.
+        sdk_metrics: Serve the SDK's own Prometheus metrics on ``QP_TEMPORAL_METRICS_PORT`` (the worker does;
+            the API and the CLI on the same host must not try to bind the same port).
 
     Returns:
         A connected client (one per process; it is safe to share across tasks).
     """
-    tls: bool | TLSConfig = False
-    if settings.temporal_tls_cert and settings.temporal_tls_key:
-        tls = TLSConfig(
-            client_cert=settings.temporal_tls_cert.read_bytes(),
-            client_private_key=settings.temporal_tls_key.read_bytes(),
-            server_root_ca_cert=settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None,
-        )
-    elif settings.temporal_api_key:
-        tls = True
+    tls = tls_config(settings)
     runtime = None
-    if settings.temporal_metrics_port:
+    if sdk_metrics and settings.temporal_metrics_port:
         # The SDK's own metrics (task latencies, poller counts, cache size) on their own Prometheus endpoint.
         runtime = Runtime(
             telemetry=TelemetryConfig(
