@@ -8,6 +8,9 @@ bad - and start nothing; once the database is back the same request (same Idempo
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,10 +21,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.app import create_app
 from api.runs import new_run_id, workflow_id_for
 from quantapilot.db import RunEvent, create_all, make_engine
-from quantapilot.models import RunKind
+from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
+from tests.support import Api, make_remote
+from worker import build_worker
 
 
 def _refuse_connections(name: str, *, refuse: bool) -> None:
@@ -98,6 +103,63 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
         await client.get_workflow_handle(wid).terminate("drill over")
         before = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
         await client.get_workflow_handle(before).terminate("drill over")
+    finally:
+        engine.dispose()
+        drop_postgres_database(name)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
+    aiohttp_client, client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """Runs that are mid-pipeline when the database goes away wait for it, then finish with a whole event log.
+
+    The token stays cached across the outage (the default cache), so a trigger during the outage is accepted: the
+    run is durable in Temporal and its first event waits for the database like every other.
+    """
+    require_postgres()
+    url, name = new_postgres_database()
+    engine = make_engine(url)
+    try:
+        create_all(engine)
+        token, _ = create_token(engine, workspace="default", subject="drill")
+        settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 300.0})
+        api = Api(client=await aiohttp_client(create_app(settings, client=client, engine=engine)), token=token)
+        remote = make_remote(tmp_path, {"README.md": "# outage\n"})
+        async with build_worker(client, settings):
+            _, first = await api.post("/v1/runs", {"repo_url": remote, "branch": "main"})
+            await api.wait_gate(first["run_id"], "anchor")
+            _refuse_connections(name, refuse=True)
+            try:
+                # Decided by an operator's signal (no database on that path): the run's next event cannot be written.
+                handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", first["run_id"]))
+                await handle.signal("decide_gate", GateDecisionInput(gate="anchor", approved=True, reason="ok"))
+                code, second = await api.post(
+                    "/v1/runs", {"repo_url": remote, "branch": "main"}, headers={"Idempotency-Key": "during-outage"}
+                )
+                assert code == 202, second
+                await asyncio.sleep(4)
+                held = await api.status(first["run_id"])
+                assert held["state"] != "completed", held  # it waits for the database instead of skipping events
+            finally:
+                _refuse_connections(name, refuse=False)
+            await api.wait_state(first["run_id"], "completed", timeout=90)
+            await api.wait_gate(second["run_id"], "anchor", timeout=90)
+            await api.decide(second["run_id"], "anchor", True)
+            await api.wait_state(second["run_id"], "completed", timeout=90)
+        with Session(engine) as session:
+            events = list(session.exec(select(RunEvent)))
+        for run_id in (first["run_id"], second["run_id"]):
+            log = sorted((e for e in events if e.run_id == run_id), key=lambda e: e.seq)
+            assert [e.seq for e in log] == list(range(1, len(log) + 1)), run_id
+            assert [e.type for e in log] == [
+                "run.started",
+                "documentation.generated",
+                "gate.requested",
+                "gate.decided",
+                "run.completed",
+            ], run_id
     finally:
         engine.dispose()
         drop_postgres_database(name)
