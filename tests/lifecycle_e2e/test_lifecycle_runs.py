@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from temporalio.client import Client
 
+from api.runs import workflow_id_for
 from quantapilot.lifecycle_store import latest_approved_target, list_results
+from quantapilot.models import RunKind
+from quantapilot.settings import Settings
+from quantapilot.temporal import SA_ACCOUNT_ID, SA_STAGE, SA_WORKSPACE
 from tests.lifecycle_e2e.helpers import (
     KPI,
     TARGET_INPUTS,
@@ -17,7 +22,7 @@ from tests.lifecycle_e2e.helpers import (
     start,
     types,
 )
-from tests.support import Api
+from tests.support import Api, eventually
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -172,3 +177,27 @@ async def test_lifecycle_run_pause_and_resume_at_gate(lc_api: Api) -> None:
     assert final["state"] == "completed"
     kinds = types(await lc_api.events(run_id))
     assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("stage.completed")
+
+
+async def test_lifecycle_run_is_found_in_visibility_by_account_stage_and_state(
+    lc_api: Api, client: Client, settings: Settings
+) -> None:
+    account = new_account()
+    await run_stage(lc_api, account, "opportunity", OPPORTUNITY_INPUTS)
+    run_id = await start(lc_api, account, "target", {"investment": {"annualCost": 50000}})
+    await lc_api.wait_gate(run_id, "business_case")
+    wid = workflow_id_for(RunKind.LIFECYCLE, "default", run_id)
+    scope = f"TaskQueue = '{settings.task_queue}' AND QpRunKind = 'lifecycle' AND QpAccountId = '{account}'"
+
+    async def found(query: str) -> set[str]:
+        return {w.id async for w in client.list_workflows(f"{scope} AND {query}")}
+
+    # What an operator filters by in the Web UI; visibility is eventually consistent, so poll.
+    waiting = "QpStage = 'target' AND QpState = 'waiting_for_gate' AND QpPendingGate = 'business_case'"
+    await eventually(lambda: found(waiting), lambda ids: ids == {wid}, what="waiting target run")
+    attrs = (await client.get_workflow_handle(wid).describe()).typed_search_attributes
+    assert (attrs.get(SA_ACCOUNT_ID), attrs.get(SA_STAGE), attrs.get(SA_WORKSPACE)) == (account, "target", "default")
+    await lc_api.decide(run_id, "business_case", True, "agreed")
+    await lc_api.wait_state(run_id, "completed")
+    done = "QpStage = 'target' AND QpState = 'completed' AND QpPendingGate = ''"
+    await eventually(lambda: found(done), lambda ids: ids == {wid}, what="completed target run")
