@@ -76,6 +76,13 @@ class LifecycleRunInput(_Model):
     request_sha256: str = ""
     trace_id: str | None = None
     gate_timeout_s: float | None = None
+    # The business_case gate's deciders (token subjects or "scope:<scope>"; empty: anyone who may decide gates).
+    gate_approvers: list[str] = Field(default_factory=list)
+    gate_allow_self_approval: bool | None = None
+    # Id of the token that triggered the run, for the self-approval rule. Runs started before it existed carry
+    # "" and keep their old behaviour (no self-approval check), as the default below does.
+    triggered_by_token: str = ""
+    allow_self_approval_default: bool = True
 
 
 class AccountRealizationInput(_Model):

@@ -134,6 +134,11 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
             triggered_by=principal.subject,
             request_sha256=digest,
             trace_id=request.get(TRACE_ID),
+            gate_timeout_s=req.gate.timeout_s if req.gate else None,
+            gate_approvers=list(req.gate.approvers) if req.gate else [],
+            gate_allow_self_approval=req.gate.allow_self_approval if req.gate else None,
+            triggered_by_token=principal.token_id,
+            allow_self_approval_default=settings.allow_self_approval,
         )
 
     client = request.app[TEMPORAL]

@@ -64,6 +64,8 @@ class LifecycleRunWorkflow(RunWorkflowBase):
             correlation_id=inp.correlation_id,
             triggered_by=inp.triggered_by,
             trace_id=inp.trace_id,
+            trigger_token=inp.triggered_by_token,
+            self_approval_default=inp.allow_self_approval_default,
         )
 
     @workflow.run
@@ -130,6 +132,8 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                     BUSINESS_CASE_GATE,
                     "Approve the business case: its KPI targets become the account's active targets.",
                     timeout_s=inp.gate_timeout_s,
+                    approvers=list(inp.gate_approvers),
+                    allow_self_approval=inp.gate_allow_self_approval,
                 )
             except RunFailure:
                 # The targets never become active; the page stays readable as an archived proposal.

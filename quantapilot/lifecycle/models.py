@@ -269,6 +269,15 @@ class LifecycleInputs(_Model):
     investment: Investment | None = None
 
 
+class StageGateSettings(_Model):
+    """Who may decide the target stage's ``business_case`` gate, and for how long it waits."""
+
+    approvers: list[str] = Field(default_factory=list)
+    # None: the deployment's default (QP_ALLOW_SELF_APPROVAL).
+    allow_self_approval: bool | None = None
+    timeout_s: float | None = None
+
+
 class LifecycleRunRequest(_Model):
     """Body of ``POST /v1/lifecycle/runs``."""
 
@@ -276,6 +285,14 @@ class LifecycleRunRequest(_Model):
     account_id: str
     inputs: LifecycleInputs = Field(default_factory=LifecycleInputs)
     correlation_id: str | None = None
+    gate: StageGateSettings | None = None
+
+    @model_validator(mode="after")
+    def _gate_only_for_target(self) -> LifecycleRunRequest:
+        # Accepting gate settings a stage never uses would let a caller believe its approvers are enforced.
+        if self.gate is not None and self.stage != "target":
+            raise ValueError(f"gate applies only to the target stage, not {self.stage}")
+        return self
 
     @field_validator("account_id")
     @classmethod

@@ -12,6 +12,7 @@ from quantapilot.lifecycle_store import latest_approved_target, list_results
 from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from quantapilot.temporal import SA_ACCOUNT_ID, SA_STAGE, SA_WORKSPACE
+from quantapilot.tokens import create_token
 from tests.lifecycle_e2e.helpers import (
     KPI,
     TARGET_INPUTS,
@@ -201,3 +202,46 @@ async def test_lifecycle_run_is_found_in_visibility_by_account_stage_and_state(
     await lc_api.wait_state(run_id, "completed")
     done = "QpStage = 'target' AND QpState = 'completed' AND QpPendingGate = ''"
     await eventually(lambda: found(done), lambda ids: ids == {wid}, what="completed target run")
+
+
+def token_for(api: Api, engine: Engine, subject: str, scopes: tuple[str, ...] = ("gates:decide",)) -> Api:
+    token, _ = create_token(engine, workspace="default", subject=subject, scopes=scopes)
+    return Api(client=api.client, token=token)
+
+
+async def test_lifecycle_business_case_gate_names_its_approvers_and_refuses_self_approval(
+    lc_api: Api, engine: Engine
+) -> None:
+    account = new_account()
+    await run_stage(lc_api, account, "opportunity", OPPORTUNITY_INPUTS)
+    gate = {"approvers": ["carol", "scope:webhooks:manage"], "allowSelfApproval": False}
+    run_id = await start(lc_api, account, "target", {"investment": {"annualCost": 50000}}, gate=gate)
+    waiting = await lc_api.wait_gate(run_id, "business_case")
+    assert waiting["gates"][0]["approvers"] == gate["approvers"]
+    assert waiting["gates"][0]["allow_self_approval"] is False
+    # The trigger's own token (subject "tester") is neither an approver nor allowed to approve its own run.
+    code, denied = await lc_api.decide(run_id, "business_case", True)
+    assert code == 403 and denied["error"]["code"] == "AUTHORIZATION_ERROR", denied
+    code, denied = await token_for(lc_api, engine, "dave").decide(run_id, "business_case", True)
+    assert code == 403 and "not an approver" in denied["error"]["message"], denied
+    # A named subject may decide; so may any token holding a scope the list names.
+    code, record = await token_for(lc_api, engine, "carol").decide(run_id, "business_case", True, "carol agrees")
+    assert code == 200 and record["decided_by"] == "carol", record
+    final = await lc_api.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed" and final["gates"][0]["decided_by"] == "carol"
+
+
+async def test_lifecycle_gate_settings_timeout_and_only_for_the_target_stage(lc_api: Api) -> None:
+    account = new_account()
+    await run_stage(lc_api, account, "opportunity", OPPORTUNITY_INPUTS)
+    run_id = await start(lc_api, account, "target", {"investment": {"annualCost": 1}}, gate={"timeoutS": 1})
+    final = await lc_api.wait_state(run_id, "failed")
+    assert final["error"]["code"] == "GATE_TIMEOUT", final["error"]
+    body = {"stage": "opportunity", "accountId": account, "gate": {"approvers": ["carol"]}}
+    code, refused = await lc_api.post("/v1/lifecycle/runs", body)
+    assert code == 422 and refused["error"]["code"] == "VALIDATION_ERROR", refused
+    assert "target stage" in str(refused["error"]), refused
+    for bad in ({"approvers": ["has space"]}, {"timeoutS": 0}, {"unknown": True}):
+        body = {"stage": "target", "accountId": account, "gate": bad}
+        code, refused = await lc_api.post("/v1/lifecycle/runs", body)
+        assert code == 422, (bad, refused)
