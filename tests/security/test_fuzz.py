@@ -8,9 +8,13 @@ its body must match the documented schema.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
+import uuid
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
@@ -30,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
+from tests.support import eventually, make_remote
 
 EXAMPLES_PER_OPERATION = 12
 CHECKS = [
@@ -59,12 +64,18 @@ def keep_on_loopback(case: schemathesis.Case) -> None:
 class Fuzzer:
     """Runs the generated requests of one document against one server and collects failures."""
 
-    def __init__(self, base_url: str, token: str, session: requests.Session) -> None:
+    def __init__(
+        self, base_url: str, token: str, session: requests.Session, known: dict[str, str] | None = None
+    ) -> None:
         self.base_url = base_url
         self.token = token
         self.session = session
+        # Ids of things that exist (a run at its gate, a webhook endpoint, ...): every other valid case uses them,
+        # so the 2xx bodies of those operations are checked against the contract too, not only their 404s.
+        self.known = known or {}
         self.calls = 0
         self.failures: list[str] = []
+        self.answered: collections.Counter[str] = collections.Counter()
 
     def run(self, operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
         """Generate up to :data:`EXAMPLES_PER_OPERATION` requests for ``operation`` and check each response."""
@@ -83,12 +94,18 @@ class Fuzzer:
         def check(case: schemathesis.Case) -> None:
             self.calls += 1
             keep_on_loopback(case)
+            if mode is GenerationMode.POSITIVE and self.calls % 2 == 0 and case.path_parameters:
+                # Only valid cases: a negative case may be invalid just in its path, which a real id would undo.
+                for name in case.path_parameters:
+                    if name in self.known:
+                        case.path_parameters[name] = self.known[name]
             response = case.call(
                 base_url=self.base_url,
                 session=self.session,
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=30,
             )
+            self.answered[f"{operation.label} {response.status_code}"] += 1
             case.validate_response(response, checks=checks)
 
         try:
@@ -101,23 +118,32 @@ class Fuzzer:
             self.failures.append(f"{operation.label} [{mode.value}]: {type(exc).__name__}: {str(exc)[:1500]}")
 
 
-def fuzz(document: dict[str, Any], base_url: str, token: str) -> tuple[int, list[str]]:
-    """Run schemathesis over every operation of ``document``; return the number of requests and the failures."""
+def fuzz(
+    document: dict[str, Any], base_url: str, token: str, known: dict[str, str] | None = None
+) -> tuple[int, list[str], collections.Counter[str]]:
+    """Run schemathesis over every operation of ``document``.
+
+    Returns:
+        The number of requests, the failures, and how often each operation answered each status.
+    """
     schema = schemathesis.openapi.from_dict(document)
     # Unknown query parameters are ignored, as HTTP APIs usually do; sending them is not "invalid data".
     schema.config.generation.update(allow_extra_parameters=False)
     with requests.Session() as session:
-        fuzzer = Fuzzer(base_url, token, session)
+        fuzzer = Fuzzer(base_url, token, session, known)
         for result in schema.get_all_operations():
             if not isinstance(result, Ok):
                 fuzzer.failures.append(f"invalid operation in the document: {result.err()}")
                 continue
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 fuzzer.run(result.ok(), mode)
-    return fuzzer.calls, fuzzer.failures
+    return fuzzer.calls, fuzzer.failures, fuzzer.answered
 
 
-async def test_fuzz_schemathesis_finds_no_contract_violation(make_api: ApiFactory, settings: Settings) -> None:
+@pytest.mark.usefixtures("worker")
+async def test_fuzz_schemathesis_finds_no_contract_violation(
+    make_api: ApiFactory, settings: Settings, tmp_path: Path
+) -> None:
     api = await make_api(
         settings.model_copy(
             update={
@@ -126,12 +152,51 @@ async def test_fuzz_schemathesis_finds_no_contract_violation(make_api: ApiFactor
             }
         )
     )
+    # Things that exist, so generated requests also reach the 2xx paths: an endpoint subscribed to every event
+    # (its deliveries to a closed port retry), a repository run waiting at its gate, and an account with telemetry.
+    code, endpoint = await api.post("/v1/webhooks/endpoints", {"url": "http://127.0.0.1:9/hook"})
+    assert code == 201, endpoint
+    # A second endpoint whose delivery is the known one: generated DELETEs may remove the first.
+    code, keeper = await api.post("/v1/webhooks/endpoints", {"url": "http://127.0.0.1:9/keep"})
+    assert code == 201, keeper
+    url = make_remote(tmp_path, {"README.md": "# fuzzed\n"})
+    _, run = await api.post("/v1/runs", {"repo_url": url, "branch": "main"})
+    await api.wait_gate(run["run_id"], "anchor")
+    account = str(uuid.uuid4())
+    code, accepted = await api.post(
+        "/v1/telemetry/events",
+        {"accountId": account, "kpi": "nps", "value": 1.0, "timestamp": "2026-01-01T00:00:00Z", "metadata": {}},
+    )
+    assert code == 202, accepted
+    deliveries = await eventually(
+        lambda: api.get(f"/v1/webhooks/endpoints/{keeper['id']}/deliveries"),
+        lambda answer: answer[0] == 200 and bool(answer[1]["deliveries"]),
+        what="a delivery to the endpoint",
+    )
+    known = {
+        "run_id": run["run_id"],
+        "gate": "anchor",
+        "endpoint_id": endpoint["id"],
+        "delivery_id": deliveries[1]["deliveries"][0]["id"],
+        "account_id": account,
+        "slug": "project/index",
+    }
     resp = await api.client.get("/v1/openapi.json")
     document = await resp.json()
     server = api.client.server
     base_url = f"http://{server.host}:{server.port}"
     # schemathesis speaks blocking HTTP: it runs in a thread while this loop serves the API.
-    calls, failures = await asyncio.to_thread(fuzz, document, base_url, api.token)
+    calls, failures, answered = await asyncio.to_thread(fuzz, document, base_url, api.token, known)
     assert not failures, "\n\n".join(failures)
     operations = sum(len(item) for item in document["paths"].values())
     assert calls >= operations * 2, calls
+    # The real ids reached the success paths, whose bodies were checked against the documented schemas.
+    for label in (
+        "GET /v1/runs/{run_id} 200",
+        "GET /v1/runs/{run_id}/events 200",
+        "GET /v1/webhooks/endpoints/{endpoint_id} 200",
+        "GET /v1/webhooks/deliveries/{delivery_id} 200",
+        "GET /v1/accounts/{account_id}/events 200",
+        "GET /v1/docs/pages/{slug} 200",
+    ):
+        assert answered[label] > 0, (label, sorted(answered))
