@@ -1,7 +1,8 @@
-"""A deliberately non-deterministic edit of RepoRun (its own module: the replay sandbox re-imports it).
+"""Deliberately non-deterministic edits of RepoRun and WebhookDelivery (their own module: the replay sandbox
+re-imports it).
 
-It reads the configuration before cloning, the kind of innocent-looking reordering that breaks every run in flight
-unless it is guarded by ``workflow.patched``.
+RepoRun reads the configuration before cloning; WebhookDelivery waits a moment before its first attempt. Both are
+the kind of innocent-looking change that breaks every run in flight unless it is guarded by ``workflow.patched``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 from temporalio import workflow
 
 from workflows.repo_run import RepoRunWorkflow
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import LOAD_RUN_CONFIG, LoadConfigInput
+    from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
     from quantapilot.config import QuantapilotConfig
     from quantapilot.models import RepoRunInput, RunStatus
 
@@ -50,4 +53,27 @@ class PatchedRepoRun(RepoRunWorkflow):
                 timeout_s=60,
                 attempts=1,
             )
+        return await super().run(inp)
+
+
+@workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW)
+class DelayedWebhookDelivery(WebhookDeliveryWorkflow):
+    """WebhookDelivery that waits a moment before its first attempt (a timer where the history has an activity)."""
+
+    @workflow.run
+    async def run(self, inp: DeliveryWorkflowInput) -> str:
+        """Let the event's transaction settle, then the usual attempts."""
+        await workflow.sleep(1)
+        return await super().run(inp)
+
+
+@workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW)
+class PatchedWebhookDelivery(WebhookDeliveryWorkflow):
+    """The same wait, guarded by a patch: deliveries already under way replay without it."""
+
+    @workflow.run
+    async def run(self, inp: DeliveryWorkflowInput) -> str:
+        """Wait on new deliveries only."""
+        if workflow.patched("settle-before-first-attempt"):
+            await workflow.sleep(1)
         return await super().run(inp)

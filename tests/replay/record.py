@@ -1,9 +1,12 @@
 """Record the histories the replay test replays: ``python -m tests.replay.record``.
 
-Starts its own Temporal dev server, a worker and the HTTP API in this process, drives one run per scenario through
-the API (as an operator would), and writes each run's history as JSON under ``tests/replay/histories/``. Re-record
-after a change that is meant to alter the workflows' commands (and guard the old path with ``workflow.patched``
-first, so runs already in flight keep replaying: see docs/DEPLOY.md).
+Starts its own Temporal dev server, a worker and the HTTP API in this process, drives one workflow per scenario
+through the API (as an operator, a telemetry source or a webhook consumer would), and writes that workflow's
+history as JSON under ``tests/replay/histories/``. Every workflow the worker registers has at least one scenario.
+Re-record after a change that is meant to alter the workflows' commands (and guard the old path with
+``workflow.patched`` first, so runs already in flight keep replaying: see docs/DEPLOY.md).
+
+The ``amqp_publish_confirmed`` scenario needs the RabbitMQ broker at 127.0.0.1:5672 (or ``QP_TEST_AMQP_URL``).
 """
 
 from __future__ import annotations
@@ -15,20 +18,45 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aio_pika
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from temporalio.client import Client, WorkflowFailureError
+from sqlalchemy.engine import Engine
+from temporalio import workflow
+from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.lifecycle_models import account_workflow_id
+from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
 from api.app import create_app
+from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
+from tests.lifecycle_e2e.helpers import (
+    TARGET_INPUTS,
+    approved_target,
+    new_account,
+    samples,
+    start,
+    wait_realization,
+)
 from tests.support import Api, make_remote
+from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
+from tests.webhooks.test_amqp import AMQP_URL, _broker_reachable
 from worker import build_worker
+from workflows.account_realization import AccountRealizationWorkflow
+from workflows.lifecycle_run import LifecycleRunWorkflow
+from workflows.lifecycle_run import workflow_id as lifecycle_workflow_id
+from workflows.repo_run import RepoRunWorkflow
+from workflows.repo_run import workflow_id as repo_workflow_id
+from workflows.webhook_delivery import AmqpPublishWorkflow, WebhookDeliveryWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 README = "# Replay demo\n\nA project whose runs are recorded for the replay test.\n"
@@ -48,57 +76,223 @@ milestones:
     steps:
       - {name: impl, run: "echo 'v2' >> CHANGELOG.md", timeout_s: 30}
 """
+# Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
+WEBHOOK_RETRY_SCALE = 0.0005
 
-Scenario = Callable[[Api, Path], Awaitable[str]]
+
+@dataclass(frozen=True)
+class Recorded:
+    """The workflow execution a scenario produced: its id, and the run when it is not the latest one."""
+
+    workflow_id: str
+    run_id: str | None = None
 
 
-async def approved(api: Api, root: Path) -> str:
+@dataclass
+class Recording:
+    """What a scenario works with: the dev server, the recorder's API, a scratch directory, and extra stacks.
+
+    Attributes:
+        client: Client of the dev server.
+        api: The recorder's API (its worker polls the recorder's task queue).
+        root: An empty directory of the scenario's own.
+        settings: The recorder's settings, which :meth:`stack` varies.
+        engine: The database every stack shares.
+        token: An all-scopes token of the ``default`` workspace.
+        exits: Closes the scenario's stacks.
+    """
+
+    client: Client
+    api: Api
+    root: Path
+    settings: Settings
+    engine: Engine
+    token: str
+    exits: contextlib.AsyncExitStack
+
+    async def stack(self, *, realization: RealizationOptions | None = None, **updates: Any) -> Api:
+        """A worker and an API of their own (fresh task queue) whose settings differ by ``updates``.
+
+        Both stop when the scenario's history has been written.
+        """
+        queue = f"{self.settings.task_queue}-{uuid.uuid4().hex[:6]}"
+        settings = self.settings.model_copy(update={**updates, "task_queue": queue})
+        await self.exits.enter_async_context(build_worker(self.client, settings))
+        app = create_app(settings, client=self.client, engine=self.engine)
+        if realization is not None:
+            app[REALIZATION_OPTIONS] = realization
+        http = await self.exits.enter_async_context(TestClient(TestServer(app)))
+        return Api(client=http, token=self.token)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One recording: the workflow it exercises and how to drive it."""
+
+    workflow: type
+    drive: Callable[[Recording], Awaitable[Recorded]]
+
+    @property
+    def workflow_type(self) -> str:
+        """The workflow type name its history must start with."""
+        return workflow_type(self.workflow)
+
+
+def workflow_type(cls: type) -> str:
+    """The registered name of a workflow class (``@workflow.defn(name=...)``)."""
+    name = workflow._Definition.must_from_class(cls).name
+    assert name is not None, f"{cls.__name__} is a dynamic workflow"
+    return name
+
+
+# ----- RepoRun ---------------------------------------------------------------------------------------------------
+
+
+def repo_run(run_id: str) -> Recorded:
+    return Recorded(repo_workflow_id("default", run_id))
+
+
+async def approved(rec: Recording) -> Recorded:
     """Anchor approved: documentation merged, run completed."""
-    _, body = await api.post("/run", {"repo_url": make_remote(root, {"README.md": README}), "branch": "main"})
+    api = rec.api
+    _, body = await api.post("/run", {"repo_url": make_remote(rec.root, {"README.md": README}), "branch": "main"})
     await api.wait_gate(body["run_id"], "anchor")
     await api.decide(body["run_id"], "anchor", True, "looks right")
     await api.wait_state(body["run_id"], "completed")
-    return str(body["run_id"])
+    return repo_run(body["run_id"])
 
 
-async def rejected(api: Api, root: Path) -> str:
+async def rejected(rec: Recording) -> Recorded:
     """Anchor rejected: the run fails with GATE_REJECTED."""
-    _, body = await api.post("/run", {"repo_url": make_remote(root, {"README.md": README}), "branch": "main"})
+    api = rec.api
+    _, body = await api.post("/run", {"repo_url": make_remote(rec.root, {"README.md": README}), "branch": "main"})
     await api.wait_gate(body["run_id"], "anchor")
     await api.decide(body["run_id"], "anchor", False, "wrong scope")
     await api.wait_state(body["run_id"], "failed")
-    return str(body["run_id"])
+    return repo_run(body["run_id"])
 
 
-async def paused_resumed(api: Api, root: Path) -> str:
+async def paused_resumed(rec: Recording) -> Recorded:
     """Paused at the anchor gate, decided while paused, then resumed to completion."""
-    _, body = await api.post("/run", {"repo_url": make_remote(root, {"README.md": README}), "branch": "main"})
+    api = rec.api
+    _, body = await api.post("/run", {"repo_url": make_remote(rec.root, {"README.md": README}), "branch": "main"})
     run_id = body["run_id"]
     await api.wait_gate(run_id, "anchor")
     await api.post(f"/v1/runs/{run_id}/pause", {"reason": "security review"})
     await api.decide(run_id, "anchor", True)
     await api.post(f"/v1/runs/{run_id}/resume")
     await api.wait_state(run_id, "completed")
-    return str(run_id)
+    return repo_run(run_id)
 
 
-async def two_milestones(api: Api, root: Path) -> str:
+async def two_milestones(rec: Recording) -> Recorded:
     """Two milestones with commands, their gates and the first merge; completed."""
-    url = make_remote(root, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
+    api = rec.api
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
     _, body = await api.post("/run", {"repo_url": url, "branch": "main", "correlation_id": "replay-milestones"})
     run_id = body["run_id"]
     for gate in ("anchor", "M-001", "first_merge", "M-002"):
         await api.wait_gate(run_id, gate)
         await api.decide(run_id, gate, True, f"{gate} ok")
     await api.wait_state(run_id, "completed")
-    return str(run_id)
+    return repo_run(run_id)
+
+
+# ----- LifecycleRun ----------------------------------------------------------------------------------------------
+
+
+async def lifecycle_target_approved(rec: Recording) -> Recorded:
+    """Target stage: draft page, business_case gate approved, targets active, page published; completed."""
+    run_id = await approved_target(rec.api, new_account())
+    return Recorded(lifecycle_workflow_id("default", run_id))
+
+
+async def lifecycle_target_rejected(rec: Recording) -> Recorded:
+    """Target stage rejected at the business_case gate: result rejected, page archived; failed."""
+    api = rec.api
+    run_id = await start(api, new_account(), "target", TARGET_INPUTS)
+    await api.wait_gate(run_id, "business_case")
+    await api.decide(run_id, "business_case", False, "ROI too optimistic")
+    await api.wait_state(run_id, "failed")
+    return Recorded(lifecycle_workflow_id("default", run_id))
+
+
+# ----- AccountRealization ----------------------------------------------------------------------------------------
+
+
+async def account_realization_refreshed(rec: Recording) -> Recorded:
+    """Three telemetry batches after an approved target: two refreshes (the second coalesces two batches after
+    the window's timer), then continue-as-new. The history is the first run's, ending in ContinuedAsNew."""
+    api = await rec.stack(realization=RealizationOptions(window_s=2.0, refreshes_per_run=2))
+    account = new_account()
+    await approved_target(api, account)
+    await api.post("/v1/telemetry/events", samples(account, [175.0]))
+    await realization_samples(api, account, 1)
+    handle = rec.client.get_workflow_handle(account_workflow_id("default", account))
+    first_run = (await handle.describe()).run_id
+    # Both within the 2 s window: one refresh serves the two.
+    await api.post("/v1/telemetry/events", samples(account, [199.0, 199.0, 199.0]))
+    await api.post("/v1/telemetry/events", samples(account, [201.0, 201.0, 201.0]))
+    await realization_samples(api, account, 7)
+    return Recorded(handle.id, first_run)
+
+
+async def realization_samples(api: Api, account: str, count: int) -> None:
+    """Wait for a ``realization.updated`` of the account that read ``count`` telemetry samples."""
+    await wait_realization(api, account, lambda d: d["samples"] == count, what=f"a refresh over {count} samples")
+
+
+# ----- WebhookDelivery and AmqpPublish ---------------------------------------------------------------------------
+
+
+async def webhook_retried_delivered(rec: Recording) -> Recorded:
+    """A run.started delivery to a loopback receiver that answers 500 once, then 200: one retry, delivered."""
+
+    async def flaky(request: web.Request, count: int) -> web.StreamResponse:
+        if count == 1:
+            return web.json_response({"busy": True}, status=500)
+        return web.json_response({"ok": True})
+
+    api = await rec.stack(webhook_allow_private=True, webhook_retry_scale=WEBHOOK_RETRY_SCALE)
+    async with Receiver(behaviour=flaky) as receiver:
+        endpoint = await create_endpoint(api, receiver.url(), events=["run.started"])
+        await fast_run(api, "replay-webhook")
+        (delivery,) = await wait_deliveries(api, endpoint["id"], all_status("delivered", 1))
+    assert [a["outcome"] for a in delivery["attempts"]] == ["retry", "delivered"], delivery
+    # The endpoint is workspace-wide: later scenarios' runs must not deliver to it.
+    await api.client.delete(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=api.headers())
+    return Recorded(delivery_workflow_id(delivery["id"]))
+
+
+async def amqp_publish_confirmed(rec: Recording) -> Recorded:
+    """A run.started event published to a RabbitMQ topic exchange and confirmed by the broker."""
+    if not _broker_reachable():
+        raise SystemExit(f"amqp_publish_confirmed needs RabbitMQ at {AMQP_URL}")
+    exchange = f"qp_replay_{uuid.uuid4().hex[:12]}"
+    api = await rec.stack(amqp_url=AMQP_URL, amqp_exchange=exchange)
+    try:
+        run_id = await fast_run(api, "replay-amqp")
+        await api.wait_state(run_id, "failed")
+        started = next(e for e in await api.events(run_id) if e["type"] == "run.started")
+        recorded = Recorded(amqp_workflow_id(started["id"]))
+        await rec.client.get_workflow_handle(recorded.workflow_id).result()
+    finally:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            await (await connection.channel()).exchange_delete(exchange)
+    return recorded
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "repo_run_approved": approved,
-    "repo_run_rejected": rejected,
-    "repo_run_paused_resumed": paused_resumed,
-    "repo_run_two_milestones": two_milestones,
+    "repo_run_approved": Scenario(RepoRunWorkflow, approved),
+    "repo_run_rejected": Scenario(RepoRunWorkflow, rejected),
+    "repo_run_paused_resumed": Scenario(RepoRunWorkflow, paused_resumed),
+    "repo_run_two_milestones": Scenario(RepoRunWorkflow, two_milestones),
+    "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
+    "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
+    "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
+    "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),
+    "amqp_publish_confirmed": Scenario(AmqpPublishWorkflow, amqp_publish_confirmed),
 }
 
 
@@ -124,14 +318,20 @@ async def record(client: Client, work: Path, names: list[str]) -> list[Path]:
     ):
         api = Api(client=http, token=token)
         for name in names:
+            scenario = SCENARIOS[name]
             root = work / name
             root.mkdir()
-            run_id = await SCENARIOS[name](api, root)
-            handle = client.get_workflow_handle(f"repo-run/default/{run_id}")
-            # The state turns final before the last event is recorded: wait until the workflow itself has closed.
-            with contextlib.suppress(WorkflowFailureError):
-                await handle.result()
-            history = await handle.fetch_history()
+            async with contextlib.AsyncExitStack() as exits:
+                rec = Recording(client, api, root, settings, engine, token, exits)
+                target = await scenario.drive(rec)
+                handle = client.get_workflow_handle(target.workflow_id, run_id=target.run_id)
+                # The state turns final before the last event is recorded: wait until the workflow itself has
+                # closed (this run only: an account workflow goes on in a new run).
+                with contextlib.suppress(WorkflowFailureError, WorkflowContinuedAsNewError):
+                    await handle.result(follow_runs=False)
+                history = await handle.fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            assert started.workflow_type.name == scenario.workflow_type, (name, started.workflow_type.name)
             path = HISTORIES / f"{name}.json"
             # Indented so a re-recording shows up as a readable diff.
             path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n", encoding="utf-8")

@@ -1,13 +1,15 @@
-"""Replaying recorded run histories with today's workflow code: a non-deterministic change fails here first.
+"""Replaying recorded histories with today's workflow code: a non-deterministic change fails here first.
 
-Re-record with ``python -m tests.replay.record`` when a change is meant to alter the workflows' commands (after
-guarding it with ``workflow.patched``, see docs/DEPLOY.md).
+Every workflow the worker registers has at least one recorded history. Re-record with
+``python -m tests.replay.record`` when a change is meant to alter the workflows' commands (after guarding it with
+``workflow.patched``, see docs/DEPLOY.md).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from tests.replay.changed_workflow import PatchedRepoRun, ReorderedRepoRun
-from tests.replay.record import SCENARIOS
+from tests.replay.changed_workflow import (
+    DelayedWebhookDelivery,
+    PatchedRepoRun,
+    PatchedWebhookDelivery,
+    ReorderedRepoRun,
+)
+from tests.replay.record import SCENARIOS, workflow_type
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -32,48 +39,101 @@ def event_types(history: WorkflowHistory) -> list[int]:
     return [e.event_type for e in history.events]
 
 
+def recorded_type(path: Path) -> str:
+    """The workflow type a history file starts."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return str(raw["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"])
+
+
+def scenarios_of(cls: type) -> list[str]:
+    """The scenarios that record ``cls``'s workflow type (a changed copy is registered under the original's name)."""
+    return [name for name, s in SCENARIOS.items() if s.workflow_type == workflow_type(cls)]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a recording must show, so it is the run its name says: how it closed and events it must contain."""
+
+    closing: int
+    must_contain: list[int] = field(default_factory=list)
+    activities: int | None = None
+
+
+E = EventType
+SHAPES: dict[str, Shape] = {
+    "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    "repo_run_rejected": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED),
+    "repo_run_paused_resumed": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
+    ),
+    "repo_run_two_milestones": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    # The business_case decision arrives as an update.
+    "lifecycle_target_approved": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
+    ),
+    "lifecycle_target_rejected": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
+    ),
+    # Telemetry signals, the coalescing window's timer, two refreshes of four activities, then continue-as-new.
+    "account_realization_refreshed": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        [E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, E.EVENT_TYPE_TIMER_FIRED],
+        activities=8,
+    ),
+    # Attempt 1 answered 500, the schedule's timer, attempt 2 delivered.
+    "webhook_retried_delivered": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_TIMER_FIRED], activities=2
+    ),
+    "amqp_publish_confirmed": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, activities=1),
+}
+
+
 def test_replay_every_scenario_has_a_recorded_history() -> None:
     assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(SCENARIOS)
-    for name in SCENARIOS:
-        raw = json.loads((HISTORIES / f"{name}.json").read_text(encoding="utf-8"))
-        started = raw["events"][0]["workflowExecutionStartedEventAttributes"]
-        assert started["workflowType"]["name"] == "RepoRun"
+    assert sorted(SHAPES) == sorted(SCENARIOS), "give every scenario its expected Shape"
+    for name, scenario in SCENARIOS.items():
+        assert recorded_type(HISTORIES / f"{name}.json") == scenario.workflow_type, name
 
 
-@pytest.mark.parametrize(
-    ("name", "closing", "must_contain"),
-    [
-        ("repo_run_approved", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, []),
-        ("repo_run_rejected", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, []),
-        (
-            "repo_run_paused_resumed",
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-            [EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
-        ),
-        ("repo_run_two_milestones", EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, []),
-    ],
-)
-async def test_replay_recorded_history_is_deterministic(name: str, closing: int, must_contain: list[int]) -> None:
+def test_replay_every_registered_workflow_has_a_recorded_history() -> None:
+    recorded = {recorded_type(path) for path in HISTORIES.glob("*.json")}
+    missing = sorted(workflow_type(cls) for cls in WORKFLOWS if workflow_type(cls) not in recorded)
+    assert not missing, f"no recorded history for {missing}: add a scenario to tests/replay/record.py and record it"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_replay_recorded_history_is_deterministic(name: str) -> None:
     history = load(name)
+    shape = SHAPES[name]
     # The recording is what the name says: the run ended the expected way.
-    assert event_types(history)[-1] == closing
-    assert set(must_contain) <= set(event_types(history))
+    kinds = event_types(history)
+    assert kinds[-1] == shape.closing
+    assert set(shape.must_contain) <= set(kinds)
+    if shape.activities is not None:
+        assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == shape.activities
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure}"
 
 
-async def test_replay_detects_an_unguarded_change() -> None:
-    replayer = Replayer(workflows=[ReorderedRepoRun], data_converter=pydantic_data_converter)
-    with pytest.raises(NondeterminismError):
-        await replayer.replay_workflow(load("repo_run_approved"))
+@pytest.mark.parametrize("changed", [ReorderedRepoRun, DelayedWebhookDelivery])
+async def test_replay_detects_an_unguarded_change(changed: type) -> None:
+    replayer = Replayer(workflows=[changed], data_converter=pydantic_data_converter)
+    names = scenarios_of(changed)
+    assert names
+    for name in names:
+        with pytest.raises(NondeterminismError):
+            await replayer.replay_workflow(load(name))
 
 
-async def test_replay_accepts_the_same_change_behind_a_patch() -> None:
-    replayer = Replayer(workflows=[PatchedRepoRun], data_converter=pydantic_data_converter)
+@pytest.mark.parametrize("patched", [PatchedRepoRun, PatchedWebhookDelivery])
+async def test_replay_accepts_the_same_change_behind_a_patch(patched: type) -> None:
+    replayer = Replayer(workflows=[patched], data_converter=pydantic_data_converter)
+    names = scenarios_of(patched)
+    assert names
 
     async def histories() -> AsyncIterator[WorkflowHistory]:
-        for name in SCENARIOS:
+        for name in names:
             yield load(name)
 
     results = await replayer.replay_workflows(histories(), raise_on_replay_failure=False)
