@@ -7,6 +7,10 @@ an activity retried after a crash between the two simply starts what is missing.
 
 A delivery row names the workflow that owns it (``workflow_id``); a redelivery hands the row to a new workflow
 and an older one that wakes up later stops without sending.
+
+An attempt that disables its endpoint (410, unsafe URL, failing for five days) records the
+``webhook.endpoint_disabled`` event in the same transaction: as an unsent row of the disabled endpoint's own
+delivery log (the durable record, there even when nobody subscribes) and as deliveries to the subscribers.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from quantapilot.webhooks.store import (
     mark_retrying,
     matching_endpoints,
     record_attempt,
+    record_own_event,
 )
 
 log = logging.getLogger("quantapilot.webhooks")
@@ -474,14 +479,19 @@ class WebhookActivities:
         if not disabled:
             return _final(status.value)
         envelope = disabled_envelope(endpoint, delivery, attempt)
+        payload = envelope.model_dump(mode="json")
         log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)
-        fan_out(
-            session,
-            workspace=endpoint.workspace,
-            event_type=envelope.type,
+        # The durable record, in this transaction: the event in the disabled endpoint's own delivery log (never
+        # sent there), so operators find it even when no other endpoint subscribes to it.
+        record_own_event(
+            endpoint,
+            session=session,
             event_id=envelope.id,
-            payload=envelope.model_dump(mode="json"),
+            event_type=envelope.type,
+            payload=payload,
+            now=endpoint.updated_at,
         )
+        fan_out(session, workspace=endpoint.workspace, event_type=envelope.type, event_id=envelope.id, payload=payload)
         return _final(status.value, disabled=envelope, session=session)
 
     async def _announce(self, final: _Final) -> None:

@@ -88,7 +88,12 @@ def _attempt_view(row: WebhookAttempt) -> dict[str, Any]:
 
 
 def delivery_view(delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] = ()) -> dict[str, Any]:
-    """The public form of a delivery with its attempts (status codes, latencies, errors) and next retry."""
+    """The public form of a delivery with its attempts (status codes, latencies, errors) and next retry.
+
+    ``data`` is the payload of an event kept with its deliveries because no run's log has it
+    (``webhook.endpoint_disabled``); run events show null there and are read from their run's log by id.
+    """
+    data = delivery.payload.get("data") if delivery.payload is not None else None
     return {
         "id": delivery.id,
         "endpoint_id": delivery.endpoint_id,
@@ -103,6 +108,7 @@ def delivery_view(delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] 
         "next_retry_at": _ts(delivery.next_retry_at),
         "created_at": _ts(delivery.created_at),
         "delivered_at": _ts(delivery.delivered_at),
+        "data": data if isinstance(data, dict) else None,
         "attempts": [_attempt_view(a) for a in attempts],
     }
 

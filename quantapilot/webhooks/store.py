@@ -763,6 +763,44 @@ def redeliver(delivery_id: str, *, session: Session, workspace: str) -> WebhookD
     return delivery
 
 
+def record_own_event(
+    endpoint: WebhookEndpoint,
+    *,
+    session: Session,
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    now: datetime | None = None,
+) -> WebhookDelivery:
+    """Keep an event about an endpoint in that endpoint's own delivery log, without sending it.
+
+    Used for ``webhook.endpoint_disabled``: the endpoint it is about is disabled, so the event cannot reach it,
+    and the workspace may have no other endpoint subscribed to it. The row (status ``disabled``, no attempts,
+    the envelope in ``payload``) is the durable record operators find with the endpoint's deliveries; a
+    redelivery after re-enabling sends it like any other. Recording the same event again changes nothing.
+
+    Args:
+        endpoint: The endpoint the event is about.
+        session: Database session (the transaction that disabled the endpoint).
+        event_id: The event id.
+        event_type: The event type (dotted or alias).
+        payload: The event's envelope, as delivered to subscribers.
+        now: Time of the event (tests).
+
+    Returns:
+        The delivery row.
+    """
+    delivery, created = ensure_delivery(
+        session=session, endpoint=endpoint, event_id=event_id, event_type=event_type, now=now
+    )
+    if created:
+        delivery.status = DeliveryStatus.DISABLED.value
+        delivery.payload = payload
+        session.add(delivery)
+        session.flush()
+    return delivery
+
+
 def disable_endpoint(endpoint_id: str, *, session: Session, reason: str, now: datetime | None = None) -> bool:
     """Disable an endpoint (worker side: 410, failing too long, unsafe URL).
 

@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -179,3 +180,29 @@ async def wait_deliveries(
 def all_status(status: str, count: int) -> Callable[[list[dict[str, Any]]], bool]:
     """A delivery-log predicate: exactly ``count`` deliveries, all in ``status``."""
     return lambda rows: len(rows) == count and all(r["status"] == status for r in rows)
+
+
+def disabled_record_after(status: str) -> Callable[[list[dict[str, Any]]], bool]:
+    """A delivery-log predicate: the ``webhook.endpoint_disabled`` record on top of one delivery in ``status``.
+
+    The log is newest first; the record is written by the attempt that disabled the endpoint.
+    """
+
+    def _holds(rows: list[dict[str, Any]]) -> bool:
+        if len(rows) != 2:
+            return False
+        record, cause = rows
+        return (
+            (record["event_type"], record["status"], record["attempt_count"], record["run_id"])
+            == ("webhook.endpoint_disabled", "disabled", 0, None)
+            and record["attempts"] == []
+            and record["next_retry_at"] is None
+            and cause["status"] == status
+        )
+
+    return _holds
+
+
+def assert_same_instant(left: str, right: str) -> None:
+    """Two ISO timestamps name the same instant (``Z`` or ``+00:00``)."""
+    assert datetime.fromisoformat(left) == datetime.fromisoformat(right), (left, right)

@@ -15,7 +15,15 @@ from quantapilot.webhooks.store import WebhookSecret
 from tests.conftest import ApiFactory
 from tests.support import Api
 from tests.webhook_e2e.conftest import StackFactory
-from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, free_port, wait_deliveries
+from tests.webhook_e2e.support import (
+    Receiver,
+    all_status,
+    create_endpoint,
+    disabled_record_after,
+    fast_run,
+    free_port,
+    wait_deliveries,
+)
 
 
 async def test_webhooks_api_crud_never_shows_secret_again(make_stack: StackFactory, receiver: Receiver) -> None:
@@ -201,9 +209,12 @@ async def test_webhooks_delivery_time_ssrf_check_refuses_private_name(
     api = stack.api
     endpoint = await create_endpoint(api, f"http://localhost:{receiver.port}/hook", events=["run.started"])
     await fast_run(api)
-    (row,) = await wait_deliveries(api, endpoint["id"], all_status("failed", 1))
+    record, row = await wait_deliveries(api, endpoint["id"], disabled_record_after("failed"))
     assert row["attempts"][0]["outcome"] == "rejected_unsafe"
     assert row["last_error"] == "unsafe url: loopback_address"
     assert receiver.received == []
     code, ep = await api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
     assert code == 200 and ep["enabled"] is False and ep["disabled_reason"] == "unsafe_url"
+    # Recorded in the endpoint's own log; the URL (the tenant's, maybe with a token in it) is not in the record.
+    assert record["data"]["reason"] == "unsafe_url" and record["data"]["delivery_id"] == row["id"]
+    assert "localhost" not in str(record["data"])

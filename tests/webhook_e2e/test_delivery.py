@@ -19,8 +19,10 @@ from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import (
     Receiver,
     all_status,
+    assert_same_instant,
     create_endpoint,
     deliveries,
+    disabled_record_after,
     fast_run,
     finished_events,
     free_port,
@@ -161,8 +163,8 @@ async def test_webhooks_gone_disables_endpoint_and_announces_it(make_stack: Stac
     watcher = await create_endpoint(api, receiver.url("/watch"), events=["webhook.endpoint_disabled"])
     doomed = await create_endpoint(api, receiver.url("/gone"), events=["run.started"])
     run_id = await fast_run(api)
-    rows = await wait_deliveries(api, doomed["id"], all_status("gone", 1))
-    assert rows[0]["attempts"][0]["status_code"] == 410
+    record, gone_row = await wait_deliveries(api, doomed["id"], disabled_record_after("gone"))
+    assert gone_row["attempts"][0]["status_code"] == 410
 
     code, ep = await api.get(f"/v1/webhooks/endpoints/{doomed['id']}")
     assert code == 200 and ep["enabled"] is False and ep["disabled_reason"] == "gone"
@@ -173,13 +175,21 @@ async def test_webhooks_gone_disables_endpoint_and_announces_it(make_stack: Stac
     assert event["type"] == "webhook.endpoint_disabled" and event["run_id"] is None
     assert event["data"]["endpoint_id"] == doomed["id"] and event["data"]["reason"] == "gone"
     assert event["data"]["last_status_code"] == 410
+    assert event["data"]["delivery_id"] == gone_row["id"] and event["data"]["event_id"] == gone_row["event_id"]
     assert run_id  # the run's own events never reach the watcher (it subscribed to one type only)
+    # The durable record in the disabled endpoint's own log is the event the watcher got, and was never sent.
+    assert record["event_id"] == event["id"] and record["data"] == event["data"]
+    assert_same_instant(record["created_at"], event["created_at"])
+    assert gone_row["data"] is None  # a run event: its payload is in the run's log
 
     # A disabled endpoint gets nothing more, and redelivery to it is refused until it is enabled again.
     await finished_events(api, await fast_run(api, "second"))
     assert len(receiver.received) == 2
-    code, body = await api.post(f"/v1/webhooks/deliveries/{rows[0]['id']}/redeliver")
-    assert code == 409, body
+    for row in (gone_row, record):
+        code, body = await api.post(f"/v1/webhooks/deliveries/{row['id']}/redeliver")
+        assert code == 409, body
+    code, one = await api.get(f"/v1/webhooks/deliveries/{record['id']}")
+    assert code == 200 and one["data"] == event["data"] and one["attempts"] == []
 
 
 async def test_webhooks_endpoint_failing_five_days_is_disabled(
@@ -203,12 +213,22 @@ async def test_webhooks_endpoint_failing_five_days_is_disabled(
         session.add(row)
         session.commit()
     await fast_run(api)
-    rows = await wait_deliveries(api, broken_ep["id"], all_status("failed", 1))
-    assert rows[0]["attempts"][0]["status_code"] == 503
+    record, failed = await wait_deliveries(api, broken_ep["id"], disabled_record_after("failed"))
+    assert failed["attempts"][0]["status_code"] == 503
     code, ep = await api.get(f"/v1/webhooks/endpoints/{broken_ep['id']}")
     assert ep["enabled"] is False and ep["disabled_reason"] == "failing"
     await wait_deliveries(api, watcher["id"], all_status("delivered", 1))
-    assert receiver.delivered("/watch")[0].event["data"]["reason"] == "failing"
+    notice = receiver.delivered("/watch")[0].event
+    assert notice["data"]["reason"] == "failing"
+    assert record["event_id"] == notice["id"]
+    assert record["data"] == {
+        "endpoint_id": broken_ep["id"],
+        "reason": "failing",
+        "delivery_id": failed["id"],
+        "event_id": failed["event_id"],
+        "last_status_code": 503,
+        "last_error": "HTTP 503",
+    }
 
     # Enabling it again starts a fresh five days; redelivery then succeeds once the receiver is healthy.
     resp = await api.client.patch(
@@ -216,9 +236,48 @@ async def test_webhooks_endpoint_failing_five_days_is_disabled(
     )
     assert resp.status == 200 and (await resp.json())["failing_since"] is None
     receiver.behaviour = ok
-    code, body = await api.post(f"/v1/webhooks/deliveries/{rows[0]['id']}/redeliver")
+    code, body = await api.post(f"/v1/webhooks/deliveries/{failed['id']}/redeliver")
     assert code == 202, body
-    await wait_deliveries(api, broken_ep["id"], all_status("delivered", 1))
+    rows = await wait_deliveries(
+        api, broken_ep["id"], lambda rs: [r["status"] for r in rs] == ["disabled", "delivered"]
+    )
+    # The record outlives the re-enabling, which clears the endpoint's own fields: the log still says when
+    # and why the endpoint was disabled.
+    code, ep = await api.get(f"/v1/webhooks/endpoints/{broken_ep['id']}")
+    assert ep["enabled"] is True and ep["disabled_reason"] is None
+    assert rows[0] == record
+
+
+async def test_webhooks_disabled_endpoint_is_recorded_without_any_subscriber(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    async def gone(request: web.Request, count: int) -> web.StreamResponse:
+        return web.Response(status=410)
+
+    receiver.behaviour = gone
+    stack = await make_stack()
+    api = stack.api
+    # The only endpoint of the workspace: nobody else could be told, so the record is all there is.
+    doomed = await create_endpoint(api, receiver.url("/gone"), events=["run.started"])
+    await fast_run(api)
+    record, gone_row = await wait_deliveries(api, doomed["id"], disabled_record_after("gone"))
+    assert record["data"]["reason"] == "gone" and record["data"]["delivery_id"] == gone_row["id"]
+    (only,) = await deliveries(api, doomed["id"], status="disabled")
+    assert only == record
+    assert len(receiver.received) == 1  # the record was never sent anywhere
+
+    # Once enabled again, redelivering the record tells the consumer itself what happened, signed as usual.
+    resp = await api.client.patch(
+        f"/v1/webhooks/endpoints/{doomed['id']}", json={"enabled": True}, headers=api.headers()
+    )
+    assert resp.status == 200
+    receiver.behaviour = ok
+    code, body = await api.post(f"/v1/webhooks/deliveries/{record['id']}/redeliver")
+    assert code == 202, body
+    await wait_deliveries(api, doomed["id"], lambda rs: rs[0]["id"] == record["id"] and rs[0]["status"] == "delivered")
+    notice = receiver.delivered()[-1]
+    assert notice.verified(doomed["secret"]) and notice.event["id"] == record["event_id"]
+    assert notice.event["type"] == "webhook.endpoint_disabled" and notice.event["data"] == record["data"]
 
 
 async def test_webhooks_carry_the_triggers_trace_context(make_stack: StackFactory, receiver: Receiver) -> None:

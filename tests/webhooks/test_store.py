@@ -319,6 +319,36 @@ def test_store_gone_disables_endpoint_once_and_redeliver(db_engine: Engine) -> N
         assert store.get_delivery(second.id, session=session, workspace="ws1").status == "disabled"
 
 
+def test_store_record_own_event_keeps_it_unsent_once(db_engine: Engine) -> None:
+    endpoint_id, _ = _create(db_engine, event_types=["run.started"])
+    payload = {"id": "evt_off", "type": "webhook.endpoint_disabled", "data": {"reason": "gone"}}
+    with session_scope(db_engine) as session:
+        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        store.disable_endpoint(endpoint_id, session=session, reason=store.DISABLED_GONE, now=T0)
+        first = store.record_own_event(
+            endpoint,
+            session=session,
+            event_id="evt_off",
+            event_type="webhook_endpoint_disabled",
+            payload=payload,
+            now=T0,
+        )
+        # An activity retried after a crash records nothing twice and does not reopen the row.
+        again = store.record_own_event(
+            endpoint, session=session, event_id="evt_off", event_type="webhook.endpoint_disabled", payload={}, now=T0
+        )
+        assert again.id == first.id
+    with Session(db_engine) as session:
+        (row,) = store.list_deliveries(endpoint_id, session=session, workspace="ws1")
+        assert (row.event_type, row.status, row.attempts, row.run_id) == (
+            "webhook.endpoint_disabled",
+            DeliveryStatus.DISABLED,
+            0,
+            None,
+        )
+        assert row.payload == payload and row.workflow_id is None and row.created_at == T0
+
+
 def test_store_failing_too_long(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with session_scope(db_engine) as session:
