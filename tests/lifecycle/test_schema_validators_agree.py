@@ -1,0 +1,140 @@
+"""The fast validity check (jsonschema-rs) and the reference validator (jsonschema) agree on every body.
+
+validate_json trusts the fast check's "valid" without asking the reference validator, so a body the fast check
+accepts and the reference rejects would slip through: these tests look for one, with hand-picked edge cases
+of our formats and with generated mutations of valid bodies.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quantapilot.lifecycle.models import _fast_validator, _validator
+
+ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
+EVENT: dict[str, Any] = {
+    "accountId": ACCOUNT,
+    "kpi": "response_time_ms",
+    "value": 123,
+    "timestamp": "2025-11-17T12:00:00Z",
+    "unit": "ms",
+    "metadata": {"source": "app", "tags": ["a", 1, None], "nested": {"k": 1.5}},
+}
+RUN: dict[str, Any] = {
+    "stage": "target",
+    "accountId": ACCOUNT,
+    "correlationId": "crm-1",
+    "inputs": {"persona": "CFO", "discoveryNotes": "notes"},
+    "gate": {"approvers": ["carol"], "allowSelfApproval": False, "timeoutS": 60},
+}
+
+TIMESTAMPS = [
+    "2025-11-17T12:00:00Z",
+    "2025-11-17T12:00:00.123456789+05:30",
+    "2025-11-17t12:00:00z",
+    "2025-11-17 12:00:00Z",
+    "2025-11-17T12:00:00",
+    "2025-02-29T00:00:00Z",
+    "2024-02-29T00:00:00Z",
+    "2025-11-17T23:59:60Z",
+    "2025-11-17T24:00:00Z",
+    "2025-11-17T12:00:00+24:00",
+    "2025-11-17T12:00:00-00:00",
+    "2025-13-01T00:00:00Z",
+    "0000-01-01T00:00:00Z",
+    "\uff12\uff10\uff12\uff15-11-17T12:00:00Z",  # full-width digits
+    "2025-11-17T12:00:00.Z",
+    "",
+]
+UUIDS = [
+    ACCOUNT,
+    ACCOUNT.upper(),
+    ACCOUNT.replace("-", ""),
+    "{" + ACCOUNT + "}",
+    "urn:uuid:" + ACCOUNT,
+    ACCOUNT[:-1] + "g",
+    ACCOUNT + " ",
+    "00000000-0000-0000-0000-000000000000",
+]
+
+
+def agree(schema: str, body: Any) -> None:
+    reference = not list(_validator(schema).iter_errors(body))
+    assert _fast_validator(schema).is_valid(body) == reference, (schema, body, reference)
+
+
+@pytest.mark.parametrize("timestamp", TIMESTAMPS)
+def test_validators_agree_on_date_times(timestamp: str) -> None:
+    agree("telemetry.schema.json", {**EVENT, "timestamp": timestamp})
+    agree("telemetry.schema.json", {"events": [EVENT, {**EVENT, "timestamp": timestamp}]})
+
+
+@pytest.mark.parametrize("account", UUIDS)
+def test_validators_agree_on_uuids(account: str) -> None:
+    agree("telemetry.schema.json", {**EVENT, "accountId": account})
+    agree("lifecycle_run.schema.json", {**RUN, "accountId": account})
+
+
+def test_validators_agree_on_batches_and_numbers() -> None:
+    bodies: tuple[Any, ...] = (
+        {"events": []},
+        {"events": [EVENT] * 1000},
+        {"events": [EVENT] * 1001},
+        {"events": [EVENT], "extra": 1},
+        {**EVENT, "value": True},
+        {**EVENT, "value": 1e308},
+        {**EVENT, "value": -0.0},
+        {**EVENT, "kpi": "A"},
+        {**EVENT, "metadata": {f"k{i}": i for i in range(33)}},
+        {**EVENT, "metadata": {"deep": {"deeper": {"x": 1}}}},
+        [EVENT],
+        None,
+    )
+    for body in bodies:
+        agree("telemetry.schema.json", body)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)
+
+
+def mutate(base: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(base)
+    node = body
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) if isinstance(node.get(key), dict) else node
+    node[path[-1]] = value
+    return body
+
+
+EVENT_PATHS = [["accountId"], ["kpi"], ["value"], ["timestamp"], ["unit"], ["source"], ["metadata"], ["metadata", "x"]]
+RUN_PATHS = [
+    ["stage"],
+    ["accountId"],
+    ["correlationId"],
+    ["inputs"],
+    ["inputs", "persona"],
+    ["gate"],
+    ["gate", "timeoutS"],
+]
+
+
+@settings(max_examples=300, derandomize=True, database=None, suppress_health_check=list(HealthCheck), deadline=None)
+@given(path=st.sampled_from(EVENT_PATHS), value=JSON)
+def test_validators_agree_on_mutated_telemetry(path: list[str], value: Any) -> None:
+    agree("telemetry.schema.json", mutate(EVENT, path, value))
+    agree("telemetry.schema.json", {"events": [EVENT, mutate(EVENT, path, value)]})
+
+
+@settings(max_examples=300, derandomize=True, database=None, suppress_health_check=list(HealthCheck), deadline=None)
+@given(path=st.sampled_from(RUN_PATHS), value=JSON)
+def test_validators_agree_on_mutated_lifecycle_runs(path: list[str], value: Any) -> None:
+    agree("lifecycle_run.schema.json", mutate(RUN, path, value))
