@@ -4,7 +4,7 @@ Run with ``python -m bench.telemetry [--batches N] [--accounts N] [--concurrency
 Temporal dev server (the pinned CLI, nothing is downloaded), a worker (so the account realization workflows the
 API signals really run) and the aiohttp API on 127.0.0.1, then posts batches of 1000 events over HTTP. The
 baseline inserts the same rows, 1000 per ``executemany`` and commit, into a fresh SQLite file with the same
-columns and index. The ratio (raw / API) is printed last.
+columns and index. The ratio (API / raw) is printed last.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
+from bench.common import machine_line
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
@@ -76,6 +77,9 @@ async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) ->
                 temporal_address=env.client.service_client.config.target_host,
                 task_queue=f"qp-bench-{uuid.uuid4().hex[:8]}",
                 max_body_bytes=4 * 1024 * 1024,
+                # The limiter stays on, raised through settings far above what the benchmark sends.
+                rate_telemetry_per_s=1_000_000.0,
+                rate_telemetry_burst=1_000_000,
             )
             engine = make_engine(settings.database_url)
             create_all(engine)
@@ -161,11 +165,13 @@ def main() -> None:
     api_s, api_n = asyncio.run(bench_api(batches, concurrency=args.concurrency))
     raw_s, raw_n = bench_raw(batches)
     api_rate, raw_rate = api_n / api_s, raw_n / raw_s
+    print(machine_line())
     print(f"{'path':<40} {'events':>8} {'seconds':>9} {'events/s':>12}")
     api_label = f"API (HTTP, {args.concurrency} in flight, batches of 1000)"
     print(f"{api_label:<40} {api_n:>8} {api_s:>9.3f} {api_rate:>12,.0f}")
     print(f"{'raw sqlite3 executemany (batches of 1000)':<40} {raw_n:>8} {raw_s:>9.3f} {raw_rate:>12,.0f}")
-    print(f"ratio raw/API: {raw_rate / api_rate:.1f}x")
+    # Last, as every benchmark here: our path as a fraction of its ceiling (1.0 would be as fast as the raw insert).
+    print(f"ratio (API events/s / raw insert events/s): {api_rate / raw_rate:.3f}")
 
 
 if __name__ == "__main__":
