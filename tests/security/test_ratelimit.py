@@ -88,7 +88,16 @@ async def test_ratelimit_http_429_with_headers_per_token(
     make_api: ApiFactory, settings: Settings, engine: Engine
 ) -> None:
     api = await make_api(
-        settings.model_copy(update={"rate_reads_per_s": 0.5, "rate_reads_burst": 3, "rate_triggers_burst": 1})
+        # Trigger refills slow enough that no token comes back while the first trigger is being started (at the
+        # default 20/s one returns every 50 ms, which a loaded CI machine's start_workflow can take).
+        settings.model_copy(
+            update={
+                "rate_reads_per_s": 0.5,
+                "rate_reads_burst": 3,
+                "rate_triggers_burst": 1,
+                "rate_triggers_per_s": 0.01,
+            }
+        )
     )
     path = "/v1/runs/rr_" + "0" * 32
     for remaining in (2, 1, 0):
