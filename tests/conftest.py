@@ -140,8 +140,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Tests that touch no database gain nothing from a second pass, and ``db_engine`` tests already run on both
     databases in every pass. The ``slow`` fault drills (processes killed and restarted, scale-out, 500-delivery
-    fan-out) are left to the first pass too: what they prove is Temporal's durability, the same on either
-    database, and they are half of the suite's time.
+    fan-out) run in both: PostgreSQL takes concurrent writers where SQLite serializes them, so the drills'
+    "exactly one PR, each event once" claims rest on its unique constraints and transactions there.
     """
     if os.environ.get("QP_TEST_DATABASE", "sqlite") != "postgres":
         return
@@ -149,6 +149,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     drop: list[pytest.Item] = []
     for item in items:
         uses_service_db = "database_url" in getattr(item, "fixturenames", ())
-        (keep if uses_service_db and item.get_closest_marker("slow") is None else drop).append(item)
+        (keep if uses_service_db else drop).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
