@@ -219,11 +219,13 @@ def fan_out(
 def fan_out_run_event(session: Session, event: EventRecord) -> int:
     """Create the deliveries of a run event; the repository is looked up only when a filter needs it."""
     kind = event.run_kind.value
-    # Repository filters are rare; matching without a repository first tells whether one must be found.
-    candidates = matching_endpoints(session=session, workspace=event.workspace, event_type=event.type, run_kind=kind)
+    # Repository filters are rare: matching by type alone (no run kind: the kind and repository filters pass)
+    # tells whether any endpoint wants the event at all and whether the run's repository must be looked up.
+    candidates = matching_endpoints(session=session, workspace=event.workspace, event_type=event.type)
     if not candidates:
         return 0
-    repository = _run_repository(session, event) if any(e.repositories for e in candidates) else None
+    needs_repository = kind == "repository" and any(e.repositories for e in candidates)
+    repository = _run_repository(session, event) if needs_repository else None
     return fan_out(
         session,
         workspace=event.workspace,

@@ -216,7 +216,8 @@ def _filter_list(values: Iterable[str], what: str) -> list[str]:
 
 def normalize_repository(value: str) -> str:
     """Normalise a repository URL for filter matching (case, trailing slash and ``.git`` do not matter)."""
-    return value.strip().rstrip("/").removesuffix(".git").rstrip("/").lower()
+    # Lower-cased first, so ".GIT" goes too.
+    return value.strip().lower().rstrip("/").removesuffix(".git").rstrip("/")
 
 
 def _event_types(values: Iterable[str]) -> list[str]:
@@ -236,8 +237,9 @@ def endpoint_matches(
 ) -> bool:
     """Tell whether an endpoint's filters admit an event.
 
-    Run-kind and repository filters only apply to events that have that attribute: an event outside any run
-    (``webhook.endpoint_disabled``) passes them, and is filtered by type alone.
+    An event outside any run (``webhook.endpoint_disabled``) passes the run-kind and repository filters and is
+    filtered by type alone. A repository filter admits only runs of those repositories: a lifecycle run, which
+    has none, does not pass it.
 
     Args:
         endpoint: The endpoint.
@@ -250,13 +252,13 @@ def endpoint_matches(
     """
     if endpoint.event_types and event_type not in endpoint.event_types:
         return False
-    if run_kind is not None and endpoint.run_kinds and run_kind.lower() not in endpoint.run_kinds:
+    if run_kind is None:
+        return True
+    if endpoint.run_kinds and run_kind.lower() not in endpoint.run_kinds:
         return False
-    return not (
-        repository is not None
-        and endpoint.repositories
-        and normalize_repository(repository) not in endpoint.repositories
-    )
+    if endpoint.repositories:
+        return repository is not None and normalize_repository(repository) in endpoint.repositories
+    return True
 
 
 # --- endpoints -----------------------------------------------------------------------------------------------

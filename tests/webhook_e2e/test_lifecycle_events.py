@@ -1,4 +1,4 @@
-"""Lifecycle events reach webhooks: stage runs and telemetry over HTTP, their events delivered signed to an endpoint."""
+"""Lifecycle events reach webhooks (stage runs and telemetry over HTTP, delivered signed), and filters keep them apart."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from quantapilot.webhooks.sender import ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_T
 from tests.lifecycle_e2e.helpers import KPI, TARGET_INPUTS, account_events, new_account, samples, start, types
 from tests.support import eventually
 from tests.webhook_e2e.conftest import StackFactory
-from tests.webhook_e2e.support import Receiver, all_status, assert_same_instant, create_endpoint, wait_deliveries
+from tests.webhook_e2e.support import (
+    FAST_FAIL_REPO,
+    Receiver,
+    all_status,
+    assert_same_instant,
+    create_endpoint,
+    fast_run,
+    finished_events,
+    wait_deliveries,
+)
 
 SUBSCRIBED = ("run.started", "stage.completed", "realization.updated", "run.completed")
 
@@ -105,3 +114,24 @@ def _by_type(envelopes: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, An
     for envelope in envelopes:
         grouped.setdefault(envelope["type"], []).append(envelope)
     return grouped
+
+
+async def test_webhooks_repository_filter_admits_only_runs_of_those_repositories(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    stack = await make_stack()
+    api = stack.api
+    wanted = FAST_FAIL_REPO.format(name="wanted")
+    # Spelled differently from the trigger (case, ".GIT", a trailing slash): the filter compares normalized URLs.
+    endpoint = await create_endpoint(api, receiver.url("/filtered"), repositories=[wanted.upper() + "/"])
+    wanted_run = await fast_run(api, "wanted")
+    other_run = await fast_run(api, "other")
+    account = new_account()
+    lifecycle_run = await start(api, account, "opportunity")
+    wanted_log = await finished_events(api, wanted_run)
+    await finished_events(api, other_run)
+    assert (await api.wait_state(lifecycle_run, "completed", "failed"))["state"] == "completed"
+    await wait_deliveries(api, endpoint["id"], all_status("delivered", len(wanted_log)))
+    # Only the wanted repository's run: not the other repository's, not the lifecycle run (it has none).
+    assert sorted(r.event["id"] for r in receiver.delivered("/filtered")) == sorted(e["id"] for e in wanted_log)
+    assert {r.event["run_id"] for r in receiver.delivered("/filtered")} == {wanted_run}

@@ -193,7 +193,9 @@ def test_store_matching_endpoints_filters(db_engine: Engine) -> None:
     assert match("run.started", "repository", repo) == {all_id, runs_id, repo_id}
     assert match("run_started", "repository", repo) == {all_id, runs_id, repo_id}
     assert match("gate.decided", "repository", "https://git.example.com/org/else") == {all_id}
-    assert match("stage.completed", "lifecycle", None) == {all_id, lifecycle_id, repo_id}
+    # A repository filter is about repository runs: lifecycle runs (no repository) do not pass it.
+    assert match("stage.completed", "lifecycle", None) == {all_id, lifecycle_id}
+    assert match("run.started", "repository", None) == {all_id, runs_id}
     # Events outside any run pass the run-kind and repository filters.
     assert match("webhook.endpoint_disabled", None, None) == {all_id, lifecycle_id, repo_id}
     with Session(db_engine) as session, pytest.raises(ValueError, match="unknown event type"):
