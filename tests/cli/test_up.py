@@ -1,8 +1,9 @@
-"""`qp up` starts the whole stack (dev server, worker, API); the CLI drives a run; SIGINT stops everything."""
+"""`qp up` starts the whole stack (dev server with Web UI, worker, API); the CLI drives runs; SIGINT stops everything."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ def port_open(port: int) -> bool:
 
 @pytest.mark.slow
 async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    api_port, temporal_port = free_port(), free_port()
+    api_port, temporal_port, ui_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "QP_STATE_DIR": str(tmp_path / "state"),
@@ -43,7 +44,7 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
     }
     env.pop("QP_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [QP, "up", "--headless", "--temporal-port", str(temporal_port)],
+        [QP, "up", "--temporal-port", str(temporal_port), "--ui-port", str(ui_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -63,6 +64,7 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                 token = line.split(":", 1)[1].strip()
         assert token and token.startswith("qp_"), "".join(lines)
         assert any(f"http://127.0.0.1:{api_port}" in line for line in lines)
+        assert any(line.startswith("Temporal Web UI") and f"http://localhost:{ui_port}" in line for line in lines)
         # The token was also saved (owner-only) for the CLI.
         saved = tmp_path / "state" / "token"
         assert saved.read_text().strip() == token
@@ -87,11 +89,14 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                 check=True,
                 stdin=subprocess.DEVNULL,
             )
-            run_id = __import__("json").loads(out.stdout)["run_id"]
+            run_id = json.loads(out.stdout)["run_id"]
+
+            async def state_of(some_run: str) -> dict:
+                async with http.get(f"{base}/v1/runs/{some_run}") as resp:
+                    return await resp.json()
 
             async def state() -> dict:
-                async with http.get(f"{base}/v1/runs/{run_id}") as resp:
-                    return await resp.json()
+                return await state_of(run_id)
 
             await eventually(state, lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate")
             approved = subprocess.run(
@@ -105,6 +110,45 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
             final = await eventually(state, lambda s: s["state"] == "completed", timeout=60, what="completed")
             anchor = final["gates"][0]
             assert anchor["source"] == "cli" and anchor["reason"] == "cli says yes"
+
+            # The Web UI it printed answers (its page, served by the dev server from the wheel).
+            async def ui() -> int:
+                try:
+                    async with http.get(f"http://localhost:{ui_port}/") as resp:
+                        return resp.status
+                except aiohttp.ClientError:
+                    return 0
+
+            await eventually(ui, lambda status: status == 200, timeout=30, what="Web UI")
+
+            # pause, status, resume and reject from the CLI on a second run.
+            def qp(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [QP, *args], env={**cli_env, "COLUMNS": "200"}, capture_output=True, text=True, check=False
+                )
+
+            second = json.loads(qp("run", "--repo", url, "--branch", "main", "--json").stdout)["run_id"]
+            await eventually(
+                lambda: state_of(second), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
+            )
+            paused = qp("pause", second, "--reason", "hold on")
+            assert paused.returncode == 0 and "state=paused" in paused.stdout, paused.stdout + paused.stderr
+            shown = qp("status", second)
+            assert shown.returncode == 0 and "state=paused" in shown.stdout and "anchor" in shown.stdout, shown.stdout
+            assert f"qp approve {second} anchor" in shown.stdout  # the command to decide the waiting gate
+            as_json = json.loads(qp("status", second, "--json").stdout)
+            assert (as_json["state"], as_json["paused_reason"]) == ("paused", "hold on")
+            resumed = qp("resume", second)
+            assert resumed.returncode == 0 and "state=waiting_for_gate" in resumed.stdout, resumed.stdout
+            rejected = qp("reject", second, "anchor", "--reason", "not this time")
+            assert rejected.returncode == 0 and "rejected" in rejected.stdout, rejected.stdout + rejected.stderr
+            failed = await eventually(
+                lambda: state_of(second), lambda s: s["state"] == "failed", timeout=60, what="rejected run failed"
+            )
+            assert failed["error"]["code"] == "GATE_REJECTED"
+            assert failed["gates"][0]["source"] == "cli" and failed["gates"][0]["reason"] == "not this time"
+            unknown = qp("status", "rr_" + "0" * 32)
+            assert unknown.returncode != 0 and "NOT_FOUND" in unknown.stdout + unknown.stderr
 
             # Without a terminal, a missing parameter is a clear error, not a hang.
             missing = subprocess.run(
