@@ -23,6 +23,10 @@ from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
 log = logging.getLogger("quantapilot.api")
 
 TRACE_ID = web.RequestKey("trace_id", str)
+#: The run a request created or addressed, for its log line (set by the trigger routes once the id is known).
+RUN_ID = web.RequestKey("run_id", str)
+# Only well-formed run ids from a path go into log lines: the path is the caller's text.
+_RUN_ID = re.compile(r"^[a-z]{2}_[0-9a-f]{32}$")
 #: Seconds a client is asked to wait after a 503 for an unavailable database.
 DB_RETRY_AFTER_S = 5
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -93,8 +97,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Give each request a trace id, log one line for it, and answer every error with the envelope."""
     trace_id = trace_id_for(request)
     request[TRACE_ID] = trace_id
-    # Every log line written while handling the request carries its traceId.
-    context_token = RUN_CONTEXT.set({"traceId": trace_id})
+    # Every log line written while handling the request carries its traceId, and the run_id of a run's route.
+    context: dict[str, str] = {"traceId": trace_id}
+    path_run_id = request.match_info.get("run_id", "")
+    if _RUN_ID.match(path_run_id):
+        context["run_id"] = path_run_id
+    context_token = RUN_CONTEXT.set(context)
     started = time.perf_counter()
     status = 500
     try:
@@ -160,6 +168,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request.path.encode("unicode_escape").decode("ascii"),
             status,
             elapsed * 1000,
-            extra={"status": status, "route": route},
+            extra={"status": status, "route": route, **({"run_id": request[RUN_ID]} if RUN_ID in request else {})},
         )
         RUN_CONTEXT.reset(context_token)

@@ -33,7 +33,7 @@ from activities.lifecycle_models import (
 )
 from api.auth import principal_of
 from api.body import read_json
-from api.errors import TRACE_ID
+from api.errors import RUN_ID, TRACE_ID
 from api.event_log import event_json, parse_after, read_events
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import parse_idempotency_key, run_handle, start_run
@@ -161,6 +161,7 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
         ],
         summary=f"Lifecycle {req.stage} run of account {req.account_id}",
     )
+    request[RUN_ID] = started.run_id
     state = "running"
     if not started.created:
         # A repeated request answers with the run's current state, which may have moved on.

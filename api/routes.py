@@ -19,7 +19,7 @@ from temporalio.service import RPCError
 
 from api.auth import principal_of
 from api.body import read_json, validate
-from api.errors import TRACE_ID
+from api.errors import RUN_ID, TRACE_ID
 from api.event_log import event_json, parse_after, read_events
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
@@ -144,6 +144,7 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
         ],
         summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
     )
+    request[RUN_ID] = started.run_id
     urls = _urls(request, started.run_id)
     payload: dict[str, Any] = {"run_id": started.run_id, **urls, "created": started.created}
     headers = {"Location": urls["status_url"]}

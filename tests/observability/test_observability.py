@@ -66,7 +66,12 @@ async def test_observability_activity_logs_carry_run_context_and_trace(
     assert line["level"] == "INFO"
     # The API's request line carries the same trace id.
     request_lines = [e for e in json_logs.lines if e["logger"] == "quantapilot.api" and e.get("route") == "/run"]
-    assert any(e["traceId"] == TRACE and e["status"] == 202 for e in request_lines)
+    assert any(e["traceId"] == TRACE and e["status"] == 202 and e["run_id"] == run_id for e in request_lines)
+    # A request to the run's routes names the run in its line; a malformed id from the path never gets in.
+    await api.get(f"/v1/runs/{run_id}")
+    await api.get("/v1/runs/rr_not-an-id")
+    status_lines = [e for e in json_logs.lines if e.get("route") == "/v1/runs/{run_id}"]
+    assert [e.get("run_id") for e in status_lines[-2:]] == [run_id, None]
     # No token in any line.
     assert not any(api.token in json.dumps(e) for e in json_logs.lines)
 
