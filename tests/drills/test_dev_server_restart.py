@@ -1,8 +1,10 @@
-"""Drill: the Temporal dev server (SQLite persistence) is stopped and started again while runs wait at gates.
+"""Drill: the Temporal dev server (SQLite persistence) goes away twice in the middle of runs.
 
 The server runs as our own subprocess with ``--db-filename`` (``load_dev_config().start_dev_args``) on a free
-port; after the restart on the same port and file, the waiting runs are approved through the API and complete,
-served by the same worker and API processes that lived through the outage.
+port. First it is stopped while the runs wait at their gates and started again on the same port and file; the
+runs are approved through the API. Then it is SIGKILLed right after the decisions, while the runs' merge steps
+are in flight, and started again. The runs complete, served by the same worker and API processes that lived
+through both outages, each with one merged pull request and a gapless log of each event once.
 """
 
 from __future__ import annotations
@@ -10,17 +12,21 @@ from __future__ import annotations
 import functools
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
+from quantapilot.db import RunEvent
+from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
-from tests.drills.helpers import events_of_type, free_port, remotes, spawn, stop, until
+from tests.drills.helpers import events_of_type, free_port, kill, remotes, spawn, stop, until
 from tests.support import Api
 
 RUNS = 3
@@ -54,7 +60,10 @@ async def test_drill_dev_server_restarted_runs_at_gates_complete(
     worker = None
     try:
         client = await until(lambda: _connect(address), within=60, what="dev server up")
-        settings = settings.model_copy(update={"temporal_address": address, "rate_limit_enabled": False})
+        # Heartbeats every 2 s: a step whose completion was lost with the killed server is retried within seconds.
+        settings = settings.model_copy(
+            update={"temporal_address": address, "rate_limit_enabled": False, "step_heartbeat_s": 2.0}
+        )
         worker = spawn("worker", settings, tmp_path / "worker.log")
         token, _ = create_token(engine, workspace="default", subject="drill")
         api = Api(client=await aiohttp_client(create_app(settings, client=client, engine=engine)), token=token)
@@ -84,14 +93,46 @@ async def test_drill_dev_server_restarted_runs_at_gates_complete(
                 functools.partial(_decide, api, run_id), within=60, interval=0.5, what="decision accepted"
             )
             assert code == 200, body
+        # Second outage, the hard way: SIGKILL while the approved runs merge, then the same port and file again.
+        unfinished = set(run_ids) - events_of_type(engine, "run.completed")
+        kill(server)
+        # The last decision was accepted a moment ago: its run cannot have merged and recorded its end yet.
+        assert unfinished, "every run had finished before the kill: the drill did not drill"
+        server = _start_server(port, state_dir, server_log)
+        await until(lambda: _connect(address), within=60, what="dev server back after SIGKILL")
         for run_id in run_ids:
-            final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+            final = await until(
+                functools.partial(_final_state, api, run_id), within=120, interval=0.5, what="run finished"
+            )
             assert final["state"] == "completed", final
+            assert [pr["state"] for pr in final["pull_requests"]] == ["merged"], final
         assert events_of_type(engine, "run.completed") == set(run_ids)
+        with Session(engine) as session:
+            events = list(session.exec(select(RunEvent).where(col(RunEvent.run_id).in_(run_ids))))
+            prs = list(session.exec(select(PullRequestRecord).where(col(PullRequestRecord.run_id).in_(run_ids))))
+        assert sorted(pr.run_id for pr in prs) == sorted(run_ids)  # one PR each, however often a merge was retried
+        for run_id in run_ids:
+            log = sorted((e for e in events if e.run_id == run_id), key=lambda e: e.seq)
+            assert [e.seq for e in log] == list(range(1, len(log) + 1)), run_id
+            assert [e.type for e in log] == [
+                "run.started",
+                "documentation.generated",
+                "gate.requested",
+                "gate.decided",
+                "run.completed",
+            ], run_id
     finally:
         if worker is not None:
             stop(worker)
         stop(server)
+
+
+async def _final_state(api: Api, run_id: str) -> dict[str, Any] | None:
+    """The run's status once it has finished; None while it runs or Temporal does not answer yet."""
+    code, body = await api.get(f"/v1/runs/{run_id}")
+    if code != 200 or body["state"] not in ("completed", "failed", "cancelled"):
+        return None
+    return dict(body)
 
 
 async def _decide(api: Api, run_id: str) -> tuple[int, object] | None:
