@@ -169,7 +169,12 @@ class AccountRealizationWorkflow:
         except ActivityError as err:
             # The account stream must outlive a bad refresh: note it; the next telemetry batch tries again.
             self._last_note = f"refresh failed: {err.cause or err}"
-            workflow.logger.warning("realization refresh of account %s failed: %s", inp.account_id, err.cause)
+            workflow.logger.warning(
+                "realization refresh of account %s failed: %s",
+                inp.account_id,
+                err.cause,
+                extra={"account_id": inp.account_id, "workspace": inp.workspace},
+            )
             return
         output = result.output
         if not isinstance(output, RealizationOutput):

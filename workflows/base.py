@@ -356,7 +356,12 @@ class RunWorkflowBase:
         try:
             self._apply_decision(decision)
         except ApplicationError as err:
-            workflow.logger.warning("gate decision ignored: %s", err.message)
+            workflow.logger.warning("gate decision ignored: %s", err.message, extra=self._log_context())
+
+    def _log_context(self) -> dict[str, str]:
+        """The run context for a workflow log line (the logger itself adds only what the workflow id says)."""
+        values = {"correlation_id": self._events.correlation_id, "traceId": self._events.trace_id}
+        return {key: value for key, value in values.items() if value}
 
     @workflow.update(name="submit_gate_decision")
     def submit_gate_decision(self, decision: GateDecisionInput) -> GateRecord:

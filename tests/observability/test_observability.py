@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from api.runs import workflow_id_for
+from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.observability import JsonFormatter
-from tests.support import Api, make_remote
+from tests.support import Api, eventually, make_remote
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 
@@ -119,3 +121,32 @@ async def test_observability_request_line_cannot_be_forged(api: Api, json_logs: 
     assert lines
     assert all("\n" not in m and "\r" not in m for m in lines)
     assert any("\\r\\nINFO forged line" in m for m in lines)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_observability_workflow_log_lines_carry_correlation_and_trace(
+    api: Api, client, tmp_path: Path, json_logs: ListHandler
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# x\n"})
+    resp = await api.client.post(
+        "/run",
+        json={"repo_url": url, "branch": "main", "correlation_id": "obs-wf"},
+        headers={**api.headers(), "traceparent": f"00-{TRACE}-b7ad6b7169203331-01"},
+    )
+    run_id = (await resp.json())["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    # A signal for a gate that is not pending is ignored, with a warning from the workflow itself.
+    handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
+    await handle.signal("decide_gate", GateDecisionInput(gate="no_such_gate", approved=True, reason="x"))
+    lines = await eventually(
+        lambda: _async([e for e in json_logs.lines if e["message"].startswith("gate decision ignored")]),
+        bool,
+        what="the workflow's warning",
+    )
+    line = lines[0]
+    assert (line["run_id"], line["workspace"], line["level"]) == (run_id, "default", "WARNING")
+    assert (line["correlation_id"], line["traceId"]) == ("obs-wf", TRACE)
+
+
+async def _async(value: list[dict]) -> list[dict]:
+    return value
