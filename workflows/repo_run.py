@@ -128,7 +128,13 @@ class RepoRunWorkflow(RunWorkflowBase):
                 # Long runs stay far below Temporal's history limits: the next execution starts from here.
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry(config, index)}))
-            await self._milestone(index, config.milestones[index], config, gates)
+            try:
+                await self._milestone(index, config.milestones[index], config, gates)
+            except RunFailure:
+                # A rejected or timed-out gate, a failed step: the run ends here, and so does this milestone.
+                self._milestones[index].status = "failed"
+                self._touch()
+                raise
 
         known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
         for optional in (g for g in gates if g not in known):

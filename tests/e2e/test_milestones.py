@@ -355,3 +355,26 @@ async def test_milestones_long_run_continues_as_new_between_milestones(
 
 async def executions_of(client, workflow_id: str) -> int:
     return len([wf async for wf in client.list_workflows(f"WorkflowId = '{workflow_id}'")])
+
+
+@pytest.mark.usefixtures("cmd_worker")
+async def test_milestones_rejected_milestone_gate_stops_the_run_before_its_merge(cmd_api: Api, tmp_path: Path) -> None:
+    api = cmd_api
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": TWO_MILESTONES})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    await api.wait_gate(run_id, "M-001")
+    code, record = await api.decide(run_id, "M-001", False, "the changelog is not what we agreed")
+    assert code == 200 and record["status"] == "rejected", record
+    final = await api.wait_state(run_id, "failed")
+    assert final["error"]["code"] == "GATE_REJECTED"
+    # The rejected milestone's work stays on its branch and PR; nothing of it reached main, M-002 never started.
+    assert [m["status"] for m in final["milestones"]] == ["failed", "planned"], final["milestones"]
+    assert remote_file(url, "main", "CHANGELOG.md") is None
+    assert remote_file(url, final["milestones"][0]["branch"], "CHANGELOG.md") == "v1\n"
+    events = await api.events(run_id)
+    assert [e["data"]["gate"] for e in events if e["type"] == "gate.requested"] == ["anchor", "M-001"]
+    assert not [e for e in events if e["type"] == "milestone.completed"]
+    assert events[-1]["type"] == "run.failed" and events[-1]["data"]["error_code"] == "GATE_REJECTED"
