@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
+from quantapilot.observability import JsonFormatter
 from quantapilot.tokens import ALL_SCOPES, create_token
 from quantapilot.webhooks.signing import parse_signature_header
 from quantapilot.webhooks.store import WebhookSecret
@@ -21,6 +25,7 @@ from tests.webhook_e2e.support import (
     create_endpoint,
     disabled_record_after,
     fast_run,
+    finished_events,
     free_port,
     wait_deliveries,
 )
@@ -218,3 +223,67 @@ async def test_webhooks_delivery_time_ssrf_check_refuses_private_name(
     # Recorded in the endpoint's own log; the URL (the tenant's, maybe with a token in it) is not in the record.
     assert record["data"]["reason"] == "unsafe_url" and record["data"]["delivery_id"] == row["id"]
     assert "localhost" not in str(record["data"])
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def json_log_lines() -> Iterator[list[str]]:
+    """Every log line of the process (API and in-process worker) at DEBUG and above, as JSON."""
+    handler = _Lines()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+async def test_webhooks_other_workspace_gets_the_unknown_answer_for_real_ids(
+    make_stack: StackFactory, make_api: ApiFactory, receiver: Receiver, json_log_lines: list[str]
+) -> None:
+    stack = await make_stack()
+    mine = await create_endpoint(stack.api, receiver.url())
+    run_id = await fast_run(stack.api)
+    await finished_events(stack.api, run_id)
+    delivered = await wait_deliveries(stack.api, mine["id"], all_status("delivered", 2))
+    theirs = await make_api(stack.settings, workspace="other")
+
+    async def answer(method: str, path: str) -> tuple[int, dict]:
+        resp = await theirs.client.request(method, path, headers=theirs.headers())
+        body = await resp.json()
+        # What may differ between two answers: the request's own trace id and time.
+        body["error"].pop("traceId")
+        body["error"].pop("timestamp")
+        return resp.status, body
+
+    # Another workspace's real endpoint and delivery answer exactly as ids that never existed.
+    for real, made_up in (
+        (f"/v1/webhooks/endpoints/{mine['id']}", "/v1/webhooks/endpoints/we_" + "0" * 24),
+        (f"/v1/webhooks/endpoints/{mine['id']}/deliveries", "/v1/webhooks/endpoints/we_" + "0" * 24 + "/deliveries"),
+        (f"/v1/webhooks/deliveries/{delivered[0]['id']}", "/v1/webhooks/deliveries/wd_" + "0" * 24),
+    ):
+        assert await answer("GET", real) == await answer("GET", made_up), real
+    redeliver = f"/v1/webhooks/deliveries/{delivered[0]['id']}/redeliver"
+    assert await answer("POST", redeliver) == await answer(
+        "POST", "/v1/webhooks/deliveries/wd_" + "0" * 24 + "/redeliver"
+    )
+    assert len(receiver.received) == 2  # nothing was redelivered
+
+    # Neither the signing secret nor a signature it made is in any log line of the API or the worker.
+    signatures = [r.headers["X-VC-Signature"] for r in receiver.received]
+    logged = "\n".join(json_log_lines)
+    assert "webhook" in logged.lower() and len(json_log_lines) > 10  # the capture saw the deliveries' lines
+    assert mine["secret"] not in logged
+    assert not any(part in logged for sig in signatures for part in sig.split(",") if part.startswith("v1="))
