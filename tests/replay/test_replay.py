@@ -29,6 +29,8 @@ from tests.replay.record import SCENARIOS, workflow_type
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
+# Histories recorded by earlier releases, kept while runs of those releases may still be open (docs/DEPLOY.md).
+PREVIOUS = HISTORIES / "previous"
 
 
 def load(name: str) -> WorkflowHistory:
@@ -60,6 +62,12 @@ class Shape:
 
 
 E = EventType
+CLOSED = {
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
 SHAPES: dict[str, Shape] = {
     "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
     "repo_run_rejected": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED),
@@ -114,6 +122,15 @@ async def test_replay_recorded_history_is_deterministic(name: str) -> None:
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure}"
+
+
+@pytest.mark.parametrize("path", sorted(PREVIOUS.glob("*.json")), ids=lambda p: p.stem)
+async def test_replay_history_of_an_earlier_release_still_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(f"replay/previous/{path.stem}", path.read_text(encoding="utf-8"))
+    assert event_types(history)[-1] in CLOSED
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
 
 
 @pytest.mark.parametrize("changed", [ReorderedRepoRun, DelayedWebhookDelivery])
