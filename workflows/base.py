@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_activity_error, retry_policy
 
@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 # Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
+PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
 
 
 class RunWorkflowBase:
@@ -211,6 +212,35 @@ class RunWorkflowBase:
                 await self._pause("time_limit", "run")
         await workflow.wait_condition(lambda: not self._paused)
 
+    def _budget_left_s(self) -> float | None:
+        """Seconds left of the run's time budget, or None without one."""
+        if self._time_budget_s is None:
+            return None
+        return max(0.0, self._time_budget_s - (workflow.now() - self._created_at).total_seconds())
+
+    async def _within_budget(self, handle: workflow.ActivityHandle[T], remaining_s: float) -> tuple[bool, T | None]:
+        """Await a step's activity until the time budget is spent; then cancel it and wait until it stopped.
+
+        Returns:
+            ``(True, None)`` when the budget stopped the step, else ``(False, result)``.
+
+        Raises:
+            ActivityError: The activity failed (before the budget ran out or while being cancelled).
+        """
+        done, _ = await workflow.wait([handle], timeout=remaining_s)
+        if handle in done:
+            finished: T = handle.result()
+            return False, finished
+        handle.cancel()
+        try:
+            # It may have finished just before the cancellation reached it: then its result counts.
+            late: T = await handle
+            return False, late
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return True, None
+            raise
+
     async def _step(
         self,
         name: str,
@@ -234,18 +264,40 @@ class RunWorkflowBase:
             await self._checkpoint()
             self._current_step = name
             self._touch()
+            beat = heartbeat_s or self._heartbeat_s
+            remaining = self._budget_left_s()
             try:
-                result: T = await workflow.execute_activity(
+                if remaining is not None and workflow.patched(PATCH_BUDGET_STOPS_STEP):
+                    stopped, result = await self._within_budget(
+                        workflow.start_activity(
+                            activity,
+                            arg,
+                            result_type=result_type,
+                            start_to_close_timeout=timedelta(seconds=timeout_s),
+                            heartbeat_timeout=timedelta(seconds=beat) if beat else None,
+                            retry_policy=retry_policy(attempts + self._extra_attempts),
+                            # The run pauses only once the step has really stopped (its commands killed).
+                            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                            summary=summary or name,
+                        ),
+                        remaining,
+                    )
+                    if stopped:
+                        # The step is tried again from the start once a person raised the budget and resumed.
+                        await self._pause("time_limit", "run")
+                        continue
+                    return cast(T, result)
+                finished: T = await workflow.execute_activity(
                     activity,
                     arg,
                     result_type=result_type,
                     start_to_close_timeout=timedelta(seconds=timeout_s),
-                    heartbeat_timeout=timedelta(seconds=beat) if (beat := heartbeat_s or self._heartbeat_s) else None,
+                    heartbeat_timeout=timedelta(seconds=beat) if beat else None,
                     retry_policy=retry_policy(attempts + self._extra_attempts),
                     # Shown as the activity's title in the Web UI's event history.
                     summary=summary or name,
                 )
-                return result
+                return finished
             except ActivityError as err:
                 outcome = classify_activity_error(name, err)
                 if isinstance(outcome, StepExhausted):

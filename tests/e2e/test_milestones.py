@@ -378,3 +378,41 @@ async def test_milestones_rejected_milestone_gate_stops_the_run_before_its_merge
     assert [e["data"]["gate"] for e in events if e["type"] == "gate.requested"] == ["anchor", "M-001"]
     assert not [e for e in events if e["type"] == "milestone.completed"]
     assert events[-1]["type"] == "run.failed" and events[-1]["data"]["error_code"] == "GATE_REJECTED"
+
+
+async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
+    cmd_api: Api, client, cmd_settings: Settings, tmp_path: Path
+) -> None:
+    from worker import build_worker
+
+    api = cmd_api
+    # The first run of the command takes a minute; the budget runs out while it runs. A retry is quick.
+    marker = tmp_path / "first-attempt-started"
+    command = (
+        f"if [ -f {marker} ]; then echo quick > out.txt; else touch {marker}; sleep 61.25; echo slow > out.txt; fi"
+    )
+    yml = (
+        "version: 1\nrun: {time_budget_s: 6}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
+        f'  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {{name: impl, run: "{command}"}}\n'
+    )
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    # Heartbeats every 2 s: the cancellation reaches the command within a second or so.
+    async with build_worker(client, cmd_settings.model_copy(update={"step_heartbeat_s": 2.0})):
+        _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+        run_id = body["run_id"]
+        await api.wait_gate(run_id, "anchor")
+        await api.decide(run_id, "anchor", True)
+        paused = await api.wait_state(run_id, "paused", timeout=45)
+        assert paused["paused_reason"] == "time_limit" and paused["current_step"] == "milestone:M-001", paused
+        assert marker.exists()  # it was stopped mid-command, not before it
+        # The command's process group is gone: no sleeper is left behind.
+        leftover = subprocess.run(["pgrep", "-f", "sleep 61.25"], capture_output=True, text=True, check=False)
+        assert leftover.stdout == "", leftover.stdout
+        code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": 3600})
+        assert code == 200, raised
+        await api.post(f"/v1/runs/{run_id}/resume")
+        final = await api.wait_state(run_id, "completed", timeout=60)
+    assert remote_file(url, "main", "out.txt") == "quick\n"
+    assert final["milestones"][0]["status"] == "completed"
+    reasons = [e["data"]["reason"] for e in await api.events(run_id) if e["type"] == "run.paused"]
+    assert reasons == ["time_limit"]
