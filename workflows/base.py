@@ -265,6 +265,13 @@ class RunWorkflowBase:
             self._current_step = name
             self._touch()
             beat = heartbeat_s or self._heartbeat_s
+            options: dict[str, Any] = {
+                "start_to_close_timeout": timedelta(seconds=timeout_s),
+                "heartbeat_timeout": timedelta(seconds=beat) if beat else None,
+                "retry_policy": retry_policy(attempts + self._extra_attempts),
+                # Shown as the activity's title in the Web UI's event history.
+                "summary": summary or name,
+            }
             remaining = self._budget_left_s()
             try:
                 if remaining is not None and workflow.patched(PATCH_BUDGET_STOPS_STEP):
@@ -273,12 +280,9 @@ class RunWorkflowBase:
                             activity,
                             arg,
                             result_type=result_type,
-                            start_to_close_timeout=timedelta(seconds=timeout_s),
-                            heartbeat_timeout=timedelta(seconds=beat) if beat else None,
-                            retry_policy=retry_policy(attempts + self._extra_attempts),
                             # The run pauses only once the step has really stopped (its commands killed).
                             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                            summary=summary or name,
+                            **options,
                         ),
                         remaining,
                     )
@@ -287,16 +291,7 @@ class RunWorkflowBase:
                         await self._pause("time_limit", "run")
                         continue
                     return cast(T, result)
-                finished: T = await workflow.execute_activity(
-                    activity,
-                    arg,
-                    result_type=result_type,
-                    start_to_close_timeout=timedelta(seconds=timeout_s),
-                    heartbeat_timeout=timedelta(seconds=beat) if beat else None,
-                    retry_policy=retry_policy(attempts + self._extra_attempts),
-                    # Shown as the activity's title in the Web UI's event history.
-                    summary=summary or name,
-                )
+                finished: T = await workflow.execute_activity(activity, arg, result_type=result_type, **options)
                 return finished
             except ActivityError as err:
                 outcome = classify_activity_error(name, err)

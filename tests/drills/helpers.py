@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
@@ -96,3 +96,22 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {within}s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+# The log of a README-only repository run that was approved at its anchor gate.
+APPROVED_RUN_EVENTS = ["run.started", "documentation.generated", "gate.requested", "gate.decided", "run.completed"]
+
+
+def assert_whole_logs(engine: Engine, run_ids: list[str], expected: list[str] = APPROVED_RUN_EVENTS) -> None:
+    """Each run's event log is gapless (seq 1..n) and holds exactly ``expected``, in order, each once."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT run_id, seq, type FROM run_events WHERE run_id IN :ids").bindparams(
+                bindparam("ids", expanding=True)
+            ),
+            {"ids": run_ids},
+        ).all()
+    for run_id in run_ids:
+        log = sorted((int(seq), str(kind)) for rid, seq, kind in rows if rid == run_id)
+        assert [seq for seq, _ in log] == list(range(1, len(log) + 1)), run_id
+        assert [kind for _, kind in log] == expected, run_id

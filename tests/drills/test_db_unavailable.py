@@ -25,6 +25,7 @@ from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
+from tests.drills.helpers import assert_whole_logs
 from tests.support import Api, make_remote
 from worker import build_worker
 
@@ -148,18 +149,7 @@ async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
             await api.wait_gate(second["run_id"], "anchor", timeout=90)
             await api.decide(second["run_id"], "anchor", True)
             await api.wait_state(second["run_id"], "completed", timeout=90)
-        with Session(engine) as session:
-            events = list(session.exec(select(RunEvent)))
-        for run_id in (first["run_id"], second["run_id"]):
-            log = sorted((e for e in events if e.run_id == run_id), key=lambda e: e.seq)
-            assert [e.seq for e in log] == list(range(1, len(log) + 1)), run_id
-            assert [e.type for e in log] == [
-                "run.started",
-                "documentation.generated",
-                "gate.requested",
-                "gate.decided",
-                "run.completed",
-            ], run_id
+        assert_whole_logs(engine, [first["run_id"], second["run_id"]])
     finally:
         engine.dispose()
         drop_postgres_database(name)

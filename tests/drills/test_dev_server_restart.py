@@ -21,12 +21,11 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
-from quantapilot.db import RunEvent
 from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
-from tests.drills.helpers import events_of_type, free_port, kill, remotes, spawn, stop, until
+from tests.drills.helpers import assert_whole_logs, events_of_type, free_port, kill, remotes, spawn, stop, until
 from tests.support import Api
 
 RUNS = 3
@@ -108,19 +107,9 @@ async def test_drill_dev_server_restarted_runs_at_gates_complete(
             assert [pr["state"] for pr in final["pull_requests"]] == ["merged"], final
         assert events_of_type(engine, "run.completed") == set(run_ids)
         with Session(engine) as session:
-            events = list(session.exec(select(RunEvent).where(col(RunEvent.run_id).in_(run_ids))))
             prs = list(session.exec(select(PullRequestRecord).where(col(PullRequestRecord.run_id).in_(run_ids))))
         assert sorted(pr.run_id for pr in prs) == sorted(run_ids)  # one PR each, however often a merge was retried
-        for run_id in run_ids:
-            log = sorted((e for e in events if e.run_id == run_id), key=lambda e: e.seq)
-            assert [e.seq for e in log] == list(range(1, len(log) + 1)), run_id
-            assert [e.type for e in log] == [
-                "run.started",
-                "documentation.generated",
-                "gate.requested",
-                "gate.decided",
-                "run.completed",
-            ], run_id
+        assert_whole_logs(engine, run_ids)
     finally:
         if worker is not None:
             stop(worker)
