@@ -39,6 +39,7 @@ from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
+from tests.brokers import AMQP_URL, broker_reachable
 from tests.lifecycle_e2e.helpers import (
     TARGET_INPUTS,
     approved_target,
@@ -49,7 +50,6 @@ from tests.lifecycle_e2e.helpers import (
 )
 from tests.support import Api, make_remote
 from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
-from tests.webhooks.test_amqp import AMQP_URL, _broker_reachable
 from worker import build_worker
 from workflows.account_realization import AccountRealizationWorkflow
 from workflows.lifecycle_run import LifecycleRunWorkflow
@@ -266,7 +266,7 @@ async def webhook_retried_delivered(rec: Recording) -> Recorded:
 
 async def amqp_publish_confirmed(rec: Recording) -> Recorded:
     """A run.started event published to a RabbitMQ topic exchange and confirmed by the broker."""
-    if not _broker_reachable():
+    if not broker_reachable():
         raise SystemExit(f"amqp_publish_confirmed needs RabbitMQ at {AMQP_URL}")
     exchange = f"qp_replay_{uuid.uuid4().hex[:12]}"
     api = await rec.stack(amqp_url=AMQP_URL, amqp_exchange=exchange)

@@ -4,8 +4,6 @@ while the broker is unreachable, the run itself does not wait, and every event a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,72 +17,18 @@ from temporalio.service import RPCError, RPCStatusCode
 from yarl import URL
 
 from activities.webhook_models import amqp_workflow_id
+from tests.brokers import AMQP_URL, TcpProxy, require_broker
 from tests.support import eventually, make_remote
 from tests.webhook_e2e.conftest import StackFactory
-from tests.webhooks.test_amqp import AMQP_URL, _broker_reachable
 
 pytestmark = pytest.mark.rabbitmq
 
 
-class GatedProxy:
-    """A loopback TCP relay to the broker that, while closed, accepts connections and drops them at once.
-
-    Closed, it looks like a broker that is down behind a load balancer: every connection attempt fails fast
-    (and is counted, so the test sees the retries arrive); opened, it forwards to the real broker.
-    """
-
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
-        self.port = 0
-        self.open = False
-        self.refused = 0
-        self.forwarded = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        """Listen on a free loopback port (closed: nothing is forwarded yet)."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if not self.open:
-            self.refused += 1
-            client_w.transport.abort()
-            return
-        self.forwarded += 1
-        upstream_r, upstream_w = await asyncio.open_connection(*self.upstream)
-        self._writers += [client_w, upstream_w]
-        await asyncio.gather(self._pipe(client_r, upstream_w), self._pipe(upstream_r, client_w))
-
-    async def stop(self) -> None:
-        """Stop listening and cut the relayed connections."""
-        if self._server is not None:
-            self._server.close()
-            for writer in self._writers:
-                writer.transport.abort()
-            self._writers.clear()
-            await self._server.wait_closed()
-            self._server = None
-
-
 @pytest.fixture
-async def broker_proxy() -> AsyncIterator[GatedProxy]:
-    """A closed proxy in front of the machine's broker (required in CI)."""
-    if not _broker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ at 127.0.0.1:5672 is required in CI")
-        pytest.skip("RabbitMQ at 127.0.0.1:5672 not reachable")
-    broker = URL(AMQP_URL)
-    proxy = GatedProxy(broker.host or "127.0.0.1", broker.port or 5672)
+async def broker_proxy() -> AsyncIterator[TcpProxy]:
+    """A closed relay in front of the machine's broker (required in CI)."""
+    require_broker()
+    proxy = TcpProxy(open_=False)
     await proxy.start()
     yield proxy
     await proxy.stop()
@@ -140,7 +84,7 @@ async def drain(queue: AbstractQueue) -> list[AbstractIncomingMessage]:
 
 
 async def test_webhooks_amqp_broker_outage_delays_but_never_loses_a_runs_events(
-    broker_proxy: GatedProxy,
+    broker_proxy: TcpProxy,
     bound_queue: tuple[str, AbstractQueue],
     make_stack: StackFactory,
     client: Client,
@@ -164,7 +108,7 @@ async def test_webhooks_amqp_broker_outage_delays_but_never_loses_a_runs_events(
     events = await api.events(run_id)
     assert [e["type"] for e in events][-1] == "run.completed"
     assert len(events) == 5 and len({e["id"] for e in events}) == 5
-    assert broker_proxy.forwarded == 0
+    assert broker_proxy.connections == 0
 
     # Each event waits in its own AmqpPublish workflow, retrying: at least three attempts failed to connect.
     async def _states() -> list[PublishState]:
@@ -179,7 +123,7 @@ async def test_webhooks_amqp_broker_outage_delays_but_never_loses_a_runs_events(
     )
     assert {s.failure_type for s in states} == {"AmqpPublishError"}
     assert broker_proxy.refused >= 3 * len(events)
-    assert broker_proxy.forwarded == 0
+    assert broker_proxy.connections == 0
     assert await drain(queue) == []
 
     # The broker is back: the retries publish every event, and a publication ends only once it is confirmed.
@@ -188,7 +132,7 @@ async def test_webhooks_amqp_broker_outage_delays_but_never_loses_a_runs_events(
     async with asyncio.timeout(30):
         await asyncio.gather(*(h.result() for h in handles))
     # One connection for all of them (the worker's publisher is shared and reconnects once).
-    assert broker_proxy.forwarded == 1
+    assert broker_proxy.connections == 1
 
     # Every publication is confirmed, so the queue holds all there is: each event exactly once.
     received = await drain(queue)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from tests.brokers import AMQP_URL, require_broker
 from tests.support import make_remote
 from tests.webhook_e2e.conftest import StackFactory
-from tests.webhooks.test_amqp import AMQP_URL, _broker_reachable
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.rabbitmq
 @pytest.fixture
 async def exchange() -> AsyncIterator[str]:
     """A unique exchange on the machine's broker (required in CI), deleted afterwards."""
-    if not _broker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ at 127.0.0.1:5672 is required in CI")
-        pytest.skip("RabbitMQ at 127.0.0.1:5672 not reachable")
+    require_broker()
     name = f"qp_test_{uuid.uuid4().hex[:12]}"
     yield name
     connection = await aio_pika.connect(AMQP_URL)

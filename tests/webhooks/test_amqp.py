@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -15,28 +14,14 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher, AmqpPublishError
+from tests.brokers import AMQP_URL, TcpProxy, require_broker
 
 pytestmark = pytest.mark.rabbitmq
-
-BROKER_HOST, BROKER_PORT = "127.0.0.1", 5672
-AMQP_URL = os.environ.get("QP_TEST_AMQP_URL", f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/")
-
-
-def _broker_reachable() -> bool:
-    try:
-        with socket.create_connection((BROKER_HOST, BROKER_PORT), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
 def broker_url() -> str:
-    if not _broker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ at 127.0.0.1:5672 is required in CI")
-        pytest.skip("RabbitMQ at 127.0.0.1:5672 not reachable")
-    return AMQP_URL
+    return require_broker()
 
 
 @pytest.fixture
@@ -72,45 +57,6 @@ async def _collect(queue: AbstractQueue, count: int, *, timeout: float = 10) -> 
             if len(received) == count:
                 break
     return received
-
-
-class TcpProxy:
-    """A loopback TCP relay to the broker whose connections the test can cut (a real network failure)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        upstream_r, upstream_w = await asyncio.open_connection(BROKER_HOST, BROKER_PORT)
-        self._writers += [client_w, upstream_w]
-        await asyncio.gather(self._pipe(client_r, upstream_w), self._pipe(upstream_r, client_w))
-
-    def cut(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self.cut()
-            await self._server.wait_closed()
-            self._server = None
 
 
 @pytest.fixture
