@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -144,3 +147,33 @@ class Api:
     async def decide(self, run_id: str, gate: str, approved: bool, reason: str = "ok") -> tuple[int, Any]:
         """Post a gate decision."""
         return await self.post(f"/v1/runs/{run_id}/gates/{gate}/decision", {"approved": approved, "reason": reason})
+
+
+class JsonLogLines(logging.Handler):
+    """Every log record as the service's JSON line, formatted at emit time (inside the task's run context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from quantapilot.observability import JsonFormatter
+
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record's JSON line, parsed."""
+        self.lines.append(json.loads(self.format(record)))
+
+
+@contextlib.contextmanager
+def captured_json_logs(level: int = logging.INFO) -> Iterator[JsonLogLines]:
+    """Capture the process's log lines (API and in-process worker) at ``level`` and above."""
+    handler = JsonLogLines()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,41 +10,20 @@ import pytest
 
 from api.runs import workflow_id_for
 from quantapilot.models import GateDecisionInput, RunKind
-from quantapilot.observability import JsonFormatter
-from tests.support import Api, eventually, make_remote
+from tests.support import Api, JsonLogLines, captured_json_logs, eventually, make_remote
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
-class ListHandler(logging.Handler):
-    """Formats at emit time (inside the task's context), as a real stream handler does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
-def json_logs() -> Iterator[ListHandler]:
-    handler = ListHandler()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+def json_logs() -> Iterator[JsonLogLines]:
+    with captured_json_logs() as handler:
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 @pytest.mark.usefixtures("worker")
 async def test_observability_activity_logs_carry_run_context_and_trace(
-    api: Api, tmp_path: Path, json_logs: ListHandler
+    api: Api, tmp_path: Path, json_logs: JsonLogLines
 ) -> None:
     url = make_remote(tmp_path, {"README.md": "# x\n"})
     resp = await api.client.post(
@@ -114,7 +92,7 @@ async def test_observability_run_metrics_count_outcomes_and_gate_waits(api: Api,
     assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
 
 
-async def test_observability_request_line_cannot_be_forged(api: Api, json_logs: ListHandler) -> None:
+async def test_observability_request_line_cannot_be_forged(api: Api, json_logs: JsonLogLines) -> None:
     resp = await api.client.get("/v1/runs/x%0d%0aINFO forged line", headers=api.headers())
     assert resp.status == 404
     lines = [e["message"] for e in json_logs.lines if e["logger"] == "quantapilot.api"]
@@ -125,7 +103,7 @@ async def test_observability_request_line_cannot_be_forged(api: Api, json_logs: 
 
 @pytest.mark.usefixtures("worker")
 async def test_observability_workflow_log_lines_carry_correlation_and_trace(
-    api: Api, client, tmp_path: Path, json_logs: ListHandler
+    api: Api, client, tmp_path: Path, json_logs: JsonLogLines
 ) -> None:
     url = make_remote(tmp_path, {"README.md": "# x\n"})
     resp = await api.client.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,12 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
-from quantapilot.observability import JsonFormatter
 from quantapilot.tokens import ALL_SCOPES, create_token
 from quantapilot.webhooks.signing import parse_signature_header
 from quantapilot.webhooks.store import WebhookSecret
 from tests.conftest import ApiFactory
-from tests.support import Api
+from tests.support import Api, JsonLogLines, captured_json_logs
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import (
     Receiver,
@@ -225,33 +225,15 @@ async def test_webhooks_delivery_time_ssrf_check_refuses_private_name(
     assert "localhost" not in str(record["data"])
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
 @pytest.fixture
-def json_log_lines() -> Iterator[list[str]]:
-    """Every log line of the process (API and in-process worker) at DEBUG and above, as JSON."""
-    handler = _Lines()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler.lines
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+def debug_logs() -> Iterator[JsonLogLines]:
+    """Every log line of the process (API and in-process worker) at DEBUG and above."""
+    with captured_json_logs(logging.DEBUG) as handler:
+        yield handler
 
 
 async def test_webhooks_other_workspace_gets_the_unknown_answer_for_real_ids(
-    make_stack: StackFactory, make_api: ApiFactory, receiver: Receiver, json_log_lines: list[str]
+    make_stack: StackFactory, make_api: ApiFactory, receiver: Receiver, debug_logs: JsonLogLines
 ) -> None:
     stack = await make_stack()
     mine = await create_endpoint(stack.api, receiver.url())
@@ -283,7 +265,7 @@ async def test_webhooks_other_workspace_gets_the_unknown_answer_for_real_ids(
 
     # Neither the signing secret nor a signature it made is in any log line of the API or the worker.
     signatures = [r.headers["X-VC-Signature"] for r in receiver.received]
-    logged = "\n".join(json_log_lines)
-    assert "webhook" in logged.lower() and len(json_log_lines) > 10  # the capture saw the deliveries' lines
+    logged = "\n".join(json.dumps(line) for line in debug_logs.lines)
+    assert "webhook" in logged.lower() and len(debug_logs.lines) > 10  # the capture saw the deliveries' lines
     assert mine["secret"] not in logged
     assert not any(part in logged for sig in signatures for part in sig.split(",") if part.startswith("v1="))
