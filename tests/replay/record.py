@@ -198,6 +198,28 @@ async def two_milestones(rec: Recording) -> Recorded:
     return repo_run(run_id)
 
 
+async def time_budget_stopped_step(rec: Recording) -> Recorded:
+    """The time budget runs out during a milestone command: the step is cancelled, the run pauses (time_limit),
+    the budget is raised, the step runs again from its start; completed."""
+    api = await rec.stack(step_heartbeat_s=1.0)
+    marker = rec.root / "first-attempt-started"
+    command = f"if [ -f {marker} ]; then echo quick > out.txt; else touch {marker}; sleep 60; fi"
+    yml = (
+        "version: 1\nrun: {time_budget_s: 4}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
+        f'  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {{name: impl, run: "{command}"}}\n'
+    )
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    await api.wait_state(run_id, "paused", timeout=45)
+    await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": 3600})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    await api.wait_state(run_id, "completed", timeout=60)
+    return repo_run(run_id)
+
+
 # ----- LifecycleRun ----------------------------------------------------------------------------------------------
 
 
@@ -288,6 +310,7 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_rejected": Scenario(RepoRunWorkflow, rejected),
     "repo_run_paused_resumed": Scenario(RepoRunWorkflow, paused_resumed),
     "repo_run_two_milestones": Scenario(RepoRunWorkflow, two_milestones),
+    "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),

@@ -75,6 +75,11 @@ SHAPES: dict[str, Shape] = {
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
     ),
     "repo_run_two_milestones": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    # The budget's timer fired during the milestone command, whose activity was cancelled (the patch's path).
+    "repo_run_time_budget_stopped_step": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_TIMER_FIRED, E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED],
+    ),
     # The business_case decision arrives as an update.
     "lifecycle_target_approved": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
