@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import signal
 import socket
 import subprocess
@@ -30,6 +32,39 @@ def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.3)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], answer: bytes, timeout: float = 60) -> str:
+    """Run a command on a pseudo-terminal, answer its first prompt, and return everything it wrote."""
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, env=env, stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    output = b""
+    answered = False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the command closed the terminal: it has exited
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                if not answered and b": " in output:
+                    os.write(primary, answer)
+                    answered = True
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=10)
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output.decode(errors="replace")
+    return output.decode(errors="replace").replace("\r\n", "\n")
 
 
 @pytest.mark.slow
@@ -155,6 +190,17 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
                 [QP, "run", "--repo", url], env=cli_env, capture_output=True, text=True, stdin=subprocess.DEVNULL
             )
             assert missing.returncode != 0 and "--branch is required" in missing.stderr
+            # With a terminal it asks for it instead, and the answer starts the run.
+            asked = await asyncio.to_thread(run_in_terminal, [QP, "run", "--repo", url, "--json"], cli_env, b"main\n")
+            assert "branch: " in asked, asked
+            prompted = json.loads(asked[asked.index("{") :])
+            assert prompted["created"] is True
+            await eventually(
+                lambda: state_of(prompted["run_id"]),
+                lambda s: s["branch"] == "main" and s["state"] == "waiting_for_gate",
+                timeout=60,
+                what="prompted run at its gate",
+            )
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(proc.wait, 40)
