@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -62,6 +63,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         engine=engine,
         interceptors=[RunContextInterceptor()],
         max_cached_workflows=settings.worker_max_cached_workflows,
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
 
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # evicted and replayed from history when they next get a task: it bounds the worker's memory however many
     # runs wait at gates (bench/capacity.py measures the trade-off).
     worker_max_cached_workflows: int = Field(default=2000, ge=0)
+    # On shutdown (SIGTERM) running activities get this long to finish before they are cancelled: an activity cut
+    # off mid-way is retried elsewhere, but one that finishes also returns its database connection before the
+    # worker closes the pool.
+    worker_graceful_shutdown_s: float = Field(default=10.0, ge=0, le=3600)
     # How long a query waits for a worker to answer (updates: three times this) before the API answers 503.
     temporal_rpc_timeout_s: float = Field(default=10.0, gt=0)
     temporal_api_key: str | None = Field(default=None, repr=False)

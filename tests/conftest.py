@@ -90,6 +90,9 @@ def settings(tmp_path: Path, client: Client, database_url: str) -> Settings:
         token_cache_seconds=0.0,
         # Most tests trigger and decide with one token; the approver rules have tests of their own.
         allow_self_approval=True,
+        # A test's worker stops at its end: in-flight activities (an event being written) finish first, so no
+        # database connection is left checked out when the worker closes its pool.
+        worker_graceful_shutdown_s=3.0,
     )
 
 
