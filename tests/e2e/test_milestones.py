@@ -6,6 +6,7 @@ import asyncio
 import collections
 import os
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -213,11 +214,14 @@ async def test_milestones_commands_not_allowed(api: Api, tmp_path: Path) -> None
 @pytest.mark.usefixtures("cmd_worker")
 async def test_milestones_time_budget_pauses_then_raise_and_resume(cmd_api: Api, tmp_path: Path) -> None:
     api = cmd_api
-    yml = "version: 1\nrun: {time_budget_s: 1}\nmilestones:\n  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {name: impl, run: 'sleep 1.5; echo done > out.txt'}\npolicies: {gates: ['-first_merge']}\n"
+    yml = "version: 1\nrun: {time_budget_s: 3600}\nmilestones:\n  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {name: impl, run: 'sleep 1.5; echo done > out.txt'}\npolicies: {gates: ['-first_merge']}\n"
     url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
     _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
     run_id = body["run_id"]
     await api.wait_gate(run_id, "anchor")
+    # Spent by now, however long the documentation took on this machine: the next step does not start.
+    code, lowered = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": 0.5})
+    assert code == 200, lowered
     await api.decide(run_id, "anchor", True)
     paused = await api.wait_state(run_id, "paused")
     assert paused["paused_reason"] == "time_limit"
@@ -392,7 +396,7 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
         f"if [ -f {marker} ]; then echo quick > out.txt; else touch {marker}; sleep 61.25; echo slow > out.txt; fi"
     )
     yml = (
-        "version: 1\nrun: {time_budget_s: 6}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
+        "version: 1\nrun: {time_budget_s: 3600}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
         f'  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {{name: impl, run: "{command}"}}\n'
     )
     url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
@@ -400,7 +404,11 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
     async with build_worker(client, cmd_settings.model_copy(update={"step_heartbeat_s": 2.0})):
         _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
         run_id = body["run_id"]
-        await api.wait_gate(run_id, "anchor")
+        waiting = await api.wait_gate(run_id, "anchor")
+        # The budget ends 5 s from now, however long the documentation took: while the minute-long command runs.
+        elapsed = (datetime.now(UTC) - datetime.fromisoformat(waiting["created_at"])).total_seconds()
+        code, lowered = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": elapsed + 5})
+        assert code == 200, lowered
         await api.decide(run_id, "anchor", True)
         paused = await api.wait_state(run_id, "paused", timeout=45)
         assert paused["paused_reason"] == "time_limit" and paused["current_step"] == "milestone:M-001", paused
