@@ -1,0 +1,49 @@
+"""Milestone commands: a scrubbed environment, and no process outlives its step (timeout or cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from activities.repo import run_command
+
+
+def running(pattern: str) -> str:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout
+
+
+async def test_commands_get_a_scrubbed_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a worker's environment may hold: service secrets and settings the repository's code must never see.
+    monkeypatch.setenv("QP_GITHUB_TOKEN", "ghp_not-for-repository-code")
+    monkeypatch.setenv("QP_DATABASE_URL", "postgresql+psycopg://qp:hunter2@db/qp")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    outcome = await run_command("env", "env", cwd=tmp_path, timeout_s=30)
+    assert outcome.exit_code == 0, outcome
+    env = dict(line.split("=", 1) for line in outcome.output_tail.splitlines() if "=" in line)
+    assert env["HOME"] == str(tmp_path)
+    assert "PATH" in env
+    assert not {"QP_GITHUB_TOKEN", "QP_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert "hunter2" not in outcome.output_tail and "ghp_" not in outcome.output_tail
+
+
+async def test_commands_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    # A child left in the background would outlive its shell without the process-group kill.
+    outcome = await run_command("slow", "sleep 61.75 & sleep 30", cwd=tmp_path, timeout_s=1)
+    assert outcome.timed_out and outcome.exit_code is None
+    await asyncio.sleep(0.2)
+    assert running("sleep 61.75") == ""
+    assert running("sleep 30$") == ""
+
+
+async def test_commands_cancellation_kills_the_whole_process_group(tmp_path: Path) -> None:
+    task = asyncio.ensure_future(run_command("slow", "sleep 62.25 & sleep 31", cwd=tmp_path, timeout_s=120))
+    await asyncio.sleep(0.5)
+    assert running("sleep 62.25") != ""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)
+    assert running("sleep 62.25") == ""
