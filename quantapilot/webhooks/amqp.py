@@ -23,6 +23,7 @@ from typing import Self
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.connection import make_url
 
 from quantapilot.settings import Settings
 
@@ -91,9 +92,15 @@ class AmqpPublisher:
             if self.is_connected and self._exchange is not None:
                 return
             await self._drop()
+            # Built here rather than by aio_pika.connect(), which drops a connection that failed half-way without
+            # closing it: its __del__ then makes a close() coroutine that, collected outside the event loop's
+            # thread, is never awaited (seen in CI after a broker outage).
+            connection = aio_pika.Connection(make_url(self._url))
             try:
-                connection = await aio_pika.connect(self._url, timeout=self.connect_timeout_s)
+                await connection.connect(timeout=self.connect_timeout_s)
             except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
                 raise AmqpPublishError(f"cannot connect to the AMQP broker: {type(exc).__name__}") from None
             try:
                 channel = await connection.channel(publisher_confirms=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -165,3 +166,26 @@ def test_amqp_from_settings_off_when_unset() -> None:
     publisher = AmqpPublisher.from_settings(Settings(amqp_url=AMQP_URL, amqp_exchange="qp.events"))
     assert publisher is not None
     assert publisher.exchange_name == "qp.events"
+
+
+async def test_amqp_failed_connects_leave_no_open_connection_behind(broker_url: str) -> None:
+    # Broker down behind a balancer (accepted, then dropped mid-handshake) and nothing listening at all.
+    closed = TcpProxy(open_=False)
+    await closed.start()
+    try:
+        for url in (f"amqp://guest:guest@127.0.0.1:{closed.port}/", "amqp://guest:guest@127.0.0.1:9/"):
+            publisher = AmqpPublisher(url, exchange="qp.never", connect_timeout_s=2)
+            for _ in range(3):
+                with pytest.raises(AmqpPublishError):
+                    await publisher.connect()
+    finally:
+        await closed.stop()
+    assert closed.refused == 3
+    # Not one of those half-made connections is left open for the garbage collector, whose collection may run in
+    # a thread with no event loop, where the connection's __del__ cannot schedule its close().
+    left_open = [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, aio_pika.Connection) and not obj.is_closed and obj.url.port in (closed.port, 9)
+    ]
+    assert left_open == []
