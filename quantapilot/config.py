@@ -614,31 +614,15 @@ def step_policy(step: StepConfig | None, config: QuantapilotConfig) -> tuple[flo
     Returns:
         ``(start_to_close_timeout_seconds, maximum_attempts)`` where attempts = retries + 1.
     """
-    named = None
-    if step is not None:
-        named = next((candidate for candidate in config.steps if candidate.name == step.name), None)
-    limits = config.limits or LimitsConfig()
-    timeout = _first(
-        step.timeout_s if step else None,
-        named.timeout_s if named else None,
-        limits.timeout_seconds,
-        default=DEFAULT_STEP_TIMEOUT_S,
-    )
-    retries = _first(
-        step.retries if step else None,
-        named.retries if named else None,
-        limits.max_retries,
-        default=DEFAULT_MAX_ATTEMPTS - 1,
-    )
-    return float(timeout), int(retries) + 1
+    return _policy(step, config, default_timeout_s=DEFAULT_STEP_TIMEOUT_S, default_retries=DEFAULT_MAX_ATTEMPTS - 1)
 
 
 def command_policy(step: StepConfig, config: QuantapilotConfig) -> tuple[float, int]:
     """Timeout and attempts of one milestone command.
 
-    Each value comes from the first source that sets it: the step itself, the top-level ``steps`` entry with the
-    same name, ``limits.timeout_seconds`` / ``limits.max_retries``, then ``run.commands_timeout_s`` and no retry.
-    Unlike :func:`step_policy`, a command is not retried unless asked: a failing test is a result, not a fault.
+    The same sources as :func:`step_policy` (the step, the top-level ``steps`` entry with the same name,
+    ``limits``), then ``run.commands_timeout_s`` and no retry. Unlike a step, a command is not retried unless
+    asked: a failing test is a result, not a fault.
 
     Args:
         step: A milestone step.
@@ -647,15 +631,28 @@ def command_policy(step: StepConfig, config: QuantapilotConfig) -> tuple[float, 
     Returns:
         ``(timeout_seconds, attempts)`` where attempts = retries + 1.
     """
-    named = next((candidate for candidate in config.steps if candidate.name == step.name), None)
+    return _policy(step, config, default_timeout_s=config.run.commands_timeout_s, default_retries=0)
+
+
+def _policy(
+    step: StepConfig | None, config: QuantapilotConfig, *, default_timeout_s: float, default_retries: int
+) -> tuple[float, int]:
+    named = None
+    if step is not None:
+        named = next((candidate for candidate in config.steps if candidate.name == step.name), None)
     limits = config.limits or LimitsConfig()
     timeout = _first(
-        step.timeout_s,
+        step.timeout_s if step else None,
         named.timeout_s if named else None,
         limits.timeout_seconds,
-        default=config.run.commands_timeout_s,
+        default=default_timeout_s,
     )
-    retries = _first(step.retries, named.retries if named else None, limits.max_retries, default=0)
+    retries = _first(
+        step.retries if step else None,
+        named.retries if named else None,
+        limits.max_retries,
+        default=default_retries,
+    )
     return float(timeout), int(retries) + 1
 
 
