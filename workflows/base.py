@@ -206,17 +206,16 @@ class RunWorkflowBase:
 
     async def _checkpoint(self) -> None:
         """Block while paused; pause when the run's time budget is spent."""
-        if self._time_budget_s is not None and not self._paused:
-            elapsed = (workflow.now() - self._created_at).total_seconds()
-            if elapsed > self._time_budget_s:
-                await self._pause("time_limit", "run")
+        left = self._budget_left_s()
+        if left is not None and left < 0 and not self._paused:
+            await self._pause("time_limit", "run")
         await workflow.wait_condition(lambda: not self._paused)
 
     def _budget_left_s(self) -> float | None:
-        """Seconds left of the run's time budget, or None without one."""
+        """Seconds left of the run's time budget (negative once overspent), or None without one."""
         if self._time_budget_s is None:
             return None
-        return max(0.0, self._time_budget_s - (workflow.now() - self._created_at).total_seconds())
+        return self._time_budget_s - (workflow.now() - self._created_at).total_seconds()
 
     async def _within_budget(self, handle: workflow.ActivityHandle[T], remaining_s: float) -> tuple[bool, T | None]:
         """Await a step's activity until the time budget is spent; then cancel it and wait until it stopped.
@@ -284,7 +283,7 @@ class RunWorkflowBase:
                             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                             **options,
                         ),
-                        remaining,
+                        max(0.0, remaining),
                     )
                     if stopped:
                         # The step is tried again from the start once a person raised the budget and resumed.
