@@ -39,7 +39,12 @@ from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import parse_idempotency_key, run_handle, start_run
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
-from quantapilot.lifecycle.models import SchemaValidationError, canonical_account_id, parse_run_request
+from quantapilot.lifecycle.models import (
+    SchemaValidationError,
+    StageGateSettings,
+    canonical_account_id,
+    parse_run_request,
+)
 from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.telemetry import TelemetryIn, insert_events, parse_telemetry_payload
@@ -123,6 +128,8 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
         raise _invalid(exc) from None
     settings = request.app[SETTINGS]
 
+    gate = req.gate or StageGateSettings()
+
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(
             run_id=run_id,
@@ -134,9 +141,9 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
             triggered_by=principal.subject,
             request_sha256=digest,
             trace_id=request.get(TRACE_ID),
-            gate_timeout_s=req.gate.timeout_s if req.gate else None,
-            gate_approvers=list(req.gate.approvers) if req.gate else [],
-            gate_allow_self_approval=req.gate.allow_self_approval if req.gate else None,
+            gate_timeout_s=gate.timeout_s,
+            gate_approvers=list(gate.approvers),
+            gate_allow_self_approval=gate.allow_self_approval,
             triggered_by_token=principal.token_id,
             allow_self_approval_default=settings.allow_self_approval,
         )
