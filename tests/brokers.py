@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractQueue
 
 BROKER_HOST, BROKER_PORT = "127.0.0.1", 5672
 AMQP_URL = os.environ.get("QP_TEST_AMQP_URL", f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/")
@@ -83,3 +86,17 @@ class TcpProxy:
             self.cut()
             await self._server.wait_closed()
             self._server = None
+
+
+@contextlib.asynccontextmanager
+async def bound_queue(url: str, exchange: str, *keys: str) -> AsyncIterator[AbstractQueue]:
+    """Declare the durable topic exchange and an exclusive queue bound to ``keys`` on it, for as long as the block."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        # Exclusive: gone with the connection; not auto_delete, which would drop it when a consumer stops.
+        queue = await channel.declare_queue(exclusive=True)
+        for key in keys:
+            await queue.bind(ex, routing_key=key)
+        yield queue

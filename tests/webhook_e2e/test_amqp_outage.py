@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from yarl import URL
 
 from activities.webhook_models import amqp_workflow_id
-from tests.brokers import AMQP_URL, TcpProxy, require_broker
+from tests.brokers import AMQP_URL, TcpProxy, bound_queue, require_broker
 from tests.support import eventually, make_remote
 from tests.webhook_e2e.conftest import StackFactory
 
@@ -35,18 +35,13 @@ async def broker_proxy() -> AsyncIterator[TcpProxy]:
 
 
 @pytest.fixture
-async def bound_queue() -> AsyncIterator[tuple[str, AbstractQueue]]:
+async def exchange_queue() -> AsyncIterator[tuple[str, AbstractQueue]]:
     """A unique durable topic exchange on the real broker with a queue bound to ``#`` (deleted afterwards)."""
     name = f"qp_test_{uuid.uuid4().hex[:12]}"
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-        # Exclusive: gone with the connection; bound before the run, since RabbitMQ drops unrouted messages.
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(exchange, routing_key="#")
+    # Bound before the run, since RabbitMQ drops unrouted messages.
+    async with bound_queue(AMQP_URL, name, "#") as queue:
         yield name, queue
-        await channel.exchange_delete(name)
+        await queue.channel.exchange_delete(name)
 
 
 @dataclass(frozen=True)
@@ -85,12 +80,12 @@ async def drain(queue: AbstractQueue) -> list[AbstractIncomingMessage]:
 
 async def test_webhooks_amqp_broker_outage_delays_but_never_loses_a_runs_events(
     broker_proxy: TcpProxy,
-    bound_queue: tuple[str, AbstractQueue],
+    exchange_queue: tuple[str, AbstractQueue],
     make_stack: StackFactory,
     client: Client,
     tmp_path: Path,
 ) -> None:
-    exchange, queue = bound_queue
+    exchange, queue = exchange_queue
     worker_url = str(URL(AMQP_URL).with_host("127.0.0.1").with_port(broker_proxy.port))
     stack = await make_stack(amqp_url=worker_url, amqp_exchange=exchange)
     api = stack.api

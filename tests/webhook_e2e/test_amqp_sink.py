@@ -11,7 +11,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.brokers import AMQP_URL, require_broker
+from tests.brokers import AMQP_URL, bound_queue, require_broker
 from tests.support import make_remote
 from tests.webhook_e2e.conftest import StackFactory
 
@@ -33,13 +33,7 @@ async def exchange() -> AsyncIterator[str]:
 async def test_webhooks_amqp_consumer_receives_every_event_of_a_run(
     make_stack: StackFactory, exchange: str, tmp_path: Path
 ) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(ex, routing_key="#")
-
+    async with bound_queue(AMQP_URL, exchange, "#") as queue:
         stack = await make_stack(amqp_url=AMQP_URL, amqp_exchange=exchange)
         api = stack.api
         url = make_remote(tmp_path, {"README.md": "# Demo\n"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import socket
 import uuid
@@ -15,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher, AmqpPublishError
-from tests.brokers import AMQP_URL, TcpProxy, require_broker
+from tests.brokers import AMQP_URL, TcpProxy, bound_queue, require_broker
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -34,19 +33,6 @@ async def exchange_name(broker_url: str) -> AsyncIterator[str]:
     async with connection:
         channel = await connection.channel()
         await channel.exchange_delete(name)
-
-
-@contextlib.asynccontextmanager
-async def _bound_queue(url: str, exchange: str, *keys: str) -> AsyncIterator[AbstractQueue]:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        # Exclusive: gone with the connection; not auto_delete, which would drop it when a consumer stops.
-        queue = await channel.declare_queue(exclusive=True)
-        for key in keys:
-            await queue.bind(ex, routing_key=key)
-        yield queue
 
 
 async def _collect(queue: AbstractQueue, count: int, *, timeout: float = 10) -> list[AbstractIncomingMessage]:
@@ -74,7 +60,7 @@ async def test_amqp_every_message_arrives_persistent_with_id_and_routing_key(
     types = ["run.started", "gate.requested", "gate.decided", "run.completed", "stage.completed"]
     async with (
         AmqpPublisher(broker_url, exchange=exchange_name) as publisher,
-        _bound_queue(broker_url, exchange_name, "#") as queue,
+        bound_queue(broker_url, exchange_name, "#") as queue,
     ):
         sent = {}
         for i in range(25):
@@ -99,7 +85,7 @@ async def test_amqp_every_message_arrives_persistent_with_id_and_routing_key(
 async def test_amqp_topic_routing_by_event_type(broker_url: str, exchange_name: str) -> None:
     async with (
         AmqpPublisher(broker_url, exchange=exchange_name) as publisher,
-        _bound_queue(broker_url, exchange_name, "gate.*") as gates,
+        bound_queue(broker_url, exchange_name, "gate.*") as gates,
     ):
         for i, event_type in enumerate(["run.started", "gate.requested", "run.paused", "gate.decided"]):
             await publisher.publish(event_type, b"{}", message_id=f"ev_{i}")
@@ -128,7 +114,7 @@ async def test_amqp_reconnects_after_connection_loss_and_broker_outage(
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
     publisher = AmqpPublisher(url, exchange=exchange_name, connect_timeout_s=3, confirm_timeout_s=3)
     try:
-        async with _bound_queue(broker_url, exchange_name, "#") as queue:
+        async with bound_queue(broker_url, exchange_name, "#") as queue:
             await publisher.publish("run.started", b"1", message_id="ev_1")
             assert proxy.connections == 1
 
