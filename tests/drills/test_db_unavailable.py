@@ -9,11 +9,14 @@ bad - and start nothing; once the database is back the same request (same Idempo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -51,59 +54,25 @@ async def _workflow_exists(client: Client, wid: str) -> bool:
     return True
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing(
-    aiohttp_client, client: Client, settings: Settings
-) -> None:
+@dataclass(frozen=True)
+class OwnDatabase:
+    """A PostgreSQL database of the test's own (its connections are refused and restored), with a token."""
+
+    url: str
+    name: str
+    engine: Engine
+    token: str
+
+
+@pytest.fixture
+def own_database() -> Iterator[OwnDatabase]:
     require_postgres()
     url, name = new_postgres_database()
     engine = make_engine(url)
     try:
         create_all(engine)
         token, _ = create_token(engine, workspace="default", subject="drill")
-        settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 0.0})
-        api: TestClient = await aiohttp_client(create_app(settings, client=client, engine=engine))
-        headers = {"Authorization": f"Bearer {token}"}
-        body = {"repo_url": "file:///nonexistent/drill.git", "branch": "main"}
-
-        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "before"})
-        assert resp.status == 202, await resp.text()
-
-        _refuse_connections(name, refuse=True)
-        try:
-            for attempt in range(3):  # the pool's dropped connections, then fresh connection attempts
-                resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
-                payload = await resp.json()
-                assert resp.status == 503, (attempt, payload)
-                assert payload["error"]["code"] == "SERVICE_UNAVAILABLE"
-                assert set(payload["error"]) >= {"code", "message", "traceId", "timestamp"}
-                assert resp.headers["Retry-After"].isdigit()
-                assert resp.headers["X-Trace-Id"] == payload["error"]["traceId"]
-            # Readiness says the same.
-            ready = await api.get("/readyz")
-            assert ready.status == 503
-        finally:
-            _refuse_connections(name, refuse=False)
-
-        # Nothing half-written: no workflow for the refused key, no events in the database.
-        wid = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
-        assert not await _workflow_exists(client, wid)
-        with Session(engine) as session:
-            assert session.exec(select(func.count()).select_from(RunEvent)).one() == 0
-
-        # Back: the client's retry with the same key starts exactly one run (and a second retry finds it).
-        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
-        first = await resp.json()
-        assert resp.status == 202, first
-        assert first["created"] is True
-        resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
-        again = await resp.json()
-        assert (resp.status, again["run_id"], again["created"]) == (202, first["run_id"], False)
-        assert await _workflow_exists(client, wid)
-        await client.get_workflow_handle(wid).terminate("drill over")
-        before = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
-        await client.get_workflow_handle(before).terminate("drill over")
+        yield OwnDatabase(url=url, name=name, engine=engine, token=token)
     finally:
         engine.dispose()
         drop_postgres_database(name)
@@ -111,45 +80,87 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
 
 @pytest.mark.slow
 @pytest.mark.postgres
+async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing(
+    aiohttp_client, client: Client, settings: Settings, own_database: OwnDatabase
+) -> None:
+    url, name, engine, token = (own_database.url, own_database.name, own_database.engine, own_database.token)
+    settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 0.0})
+    api: TestClient = await aiohttp_client(create_app(settings, client=client, engine=engine))
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"repo_url": "file:///nonexistent/drill.git", "branch": "main"}
+
+    resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "before"})
+    assert resp.status == 202, await resp.text()
+
+    _refuse_connections(name, refuse=True)
+    try:
+        for attempt in range(3):  # the pool's dropped connections, then fresh connection attempts
+            resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+            payload = await resp.json()
+            assert resp.status == 503, (attempt, payload)
+            assert payload["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert set(payload["error"]) >= {"code", "message", "traceId", "timestamp"}
+            assert resp.headers["Retry-After"].isdigit()
+            assert resp.headers["X-Trace-Id"] == payload["error"]["traceId"]
+        # Readiness says the same.
+        ready = await api.get("/readyz")
+        assert ready.status == 503
+    finally:
+        _refuse_connections(name, refuse=False)
+
+    # Nothing half-written: no workflow for the refused key, no events in the database.
+    wid = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
+    assert not await _workflow_exists(client, wid)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(RunEvent)).one() == 0
+
+    # Back: the client's retry with the same key starts exactly one run (and a second retry finds it).
+    resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+    first = await resp.json()
+    assert resp.status == 202, first
+    assert first["created"] is True
+    resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
+    again = await resp.json()
+    assert (resp.status, again["run_id"], again["created"]) == (202, first["run_id"], False)
+    assert await _workflow_exists(client, wid)
+    await client.get_workflow_handle(wid).terminate("drill over")
+    before = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
+    await client.get_workflow_handle(before).terminate("drill over")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
 async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
-    aiohttp_client, client: Client, settings: Settings, tmp_path: Path
+    aiohttp_client, client: Client, settings: Settings, tmp_path: Path, own_database: OwnDatabase
 ) -> None:
     """Runs that are mid-pipeline when the database goes away wait for it, then finish with a whole event log.
 
     The token stays cached across the outage (the default cache), so a trigger during the outage is accepted: the
     run is durable in Temporal and its first event waits for the database like every other.
     """
-    require_postgres()
-    url, name = new_postgres_database()
-    engine = make_engine(url)
-    try:
-        create_all(engine)
-        token, _ = create_token(engine, workspace="default", subject="drill")
-        settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 300.0})
-        api = Api(client=await aiohttp_client(create_app(settings, client=client, engine=engine)), token=token)
-        remote = make_remote(tmp_path, {"README.md": "# outage\n"})
-        async with build_worker(client, settings):
-            _, first = await api.post("/v1/runs", {"repo_url": remote, "branch": "main"})
-            await api.wait_gate(first["run_id"], "anchor")
-            _refuse_connections(name, refuse=True)
-            try:
-                # Decided by an operator's signal (no database on that path): the run's next event cannot be written.
-                handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", first["run_id"]))
-                await handle.signal("decide_gate", GateDecisionInput(gate="anchor", approved=True, reason="ok"))
-                code, second = await api.post(
-                    "/v1/runs", {"repo_url": remote, "branch": "main"}, headers={"Idempotency-Key": "during-outage"}
-                )
-                assert code == 202, second
-                await asyncio.sleep(4)
-                held = await api.status(first["run_id"])
-                assert held["state"] != "completed", held  # it waits for the database instead of skipping events
-            finally:
-                _refuse_connections(name, refuse=False)
-            await api.wait_state(first["run_id"], "completed", timeout=90)
-            await api.wait_gate(second["run_id"], "anchor", timeout=90)
-            await api.decide(second["run_id"], "anchor", True)
-            await api.wait_state(second["run_id"], "completed", timeout=90)
-        assert_whole_logs(engine, [first["run_id"], second["run_id"]])
-    finally:
-        engine.dispose()
-        drop_postgres_database(name)
+    url, name, engine, token = (own_database.url, own_database.name, own_database.engine, own_database.token)
+    settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 300.0})
+    api = Api(client=await aiohttp_client(create_app(settings, client=client, engine=engine)), token=token)
+    remote = make_remote(tmp_path, {"README.md": "# outage\n"})
+    async with build_worker(client, settings):
+        _, first = await api.post("/v1/runs", {"repo_url": remote, "branch": "main"})
+        await api.wait_gate(first["run_id"], "anchor")
+        _refuse_connections(name, refuse=True)
+        try:
+            # Decided by an operator's signal (no database on that path): the run's next event cannot be written.
+            handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", first["run_id"]))
+            await handle.signal("decide_gate", GateDecisionInput(gate="anchor", approved=True, reason="ok"))
+            code, second = await api.post(
+                "/v1/runs", {"repo_url": remote, "branch": "main"}, headers={"Idempotency-Key": "during-outage"}
+            )
+            assert code == 202, second
+            await asyncio.sleep(4)
+            held = await api.status(first["run_id"])
+            assert held["state"] != "completed", held  # it waits for the database instead of skipping events
+        finally:
+            _refuse_connections(name, refuse=False)
+        await api.wait_state(first["run_id"], "completed", timeout=90)
+        await api.wait_gate(second["run_id"], "anchor", timeout=90)
+        await api.decide(second["run_id"], "anchor", True)
+        await api.wait_state(second["run_id"], "completed", timeout=90)
+    assert_whole_logs(engine, [first["run_id"], second["run_id"]])
