@@ -50,7 +50,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         settings: Service settings.
         task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
     """
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
     activities, resources = build_activities(settings, engine)

@@ -34,7 +34,7 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
         The application (resources open in its cleanup context).
     """
     owns_engine = engine is None
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     tokens = TokenCache(engine, settings.token_cache_seconds)
     middlewares = [error_middleware, auth_middleware(tokens)]
     if settings.rate_limit_enabled:

@@ -95,11 +95,14 @@ class RunEvent(SQLModel, table=True):
     trace_id: str | None = Field(default=None, max_length=32)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, statement_timeout_s: float | None = None) -> Engine:
     """Create an engine for ``url`` with settings that suit concurrent API and worker processes.
 
     Args:
         url: SQLAlchemy database URL (``sqlite:///path`` or ``postgresql+psycopg://...``).
+        statement_timeout_s: PostgreSQL cancels any statement running longer (``statement_timeout``). The API
+            and the worker set it below their activity and request timeouts, so a query the server abandons does
+            not keep running in the database; None or 0: no bound (migrations, the CLI). SQLite ignores it.
 
     Returns:
         The engine.
@@ -121,7 +124,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args: dict[str, Any] = {}
+    if statement_timeout_s:
+        connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
 def import_table_modules() -> None:

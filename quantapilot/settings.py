@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     # Migrate the schema at process start (development); in production run `qp db upgrade` and set this false.
     db_auto_migrate: bool = True
+    # PostgreSQL cancels a statement of the API or the worker after this many seconds (0: never): below the
+    # activities' start-to-close timeouts (30 s for an event, 120 s for a lifecycle step), so a retried activity
+    # never leaves its abandoned query running in the database.
+    db_statement_timeout_s: float = Field(default=20.0, ge=0, lt=120)
 
     # API server
     api_host: str = "127.0.0.1"

@@ -145,9 +145,11 @@ def kpi_aggregates(
 ) -> dict[str, KpiAggregate]:
     """Aggregate an account's telemetry per KPI over ``[start, end)``.
 
-    Mean, count, min and max come from one ``GROUP BY``; ``last`` is the value with the latest timestamp
-    (ties broken by the later insert), from a second query over the same index. ``unit`` is the unit of that
-    latest sample.
+    One statement: mean, count, min and max from a ``GROUP BY kpi``, and ``last`` (with its ``unit``) from a
+    correlated probe per KPI: the ``(workspace, account_id, kpi, timestamp)`` index read backwards, ties on the
+    timestamp broken by the later insert (higher id). The probe runs once per output row whatever the planner
+    believes about the account's size; a join against a ``max(timestamp)`` subquery instead went quadratic on
+    PostgreSQL whenever its row estimate was small (stale statistics, a new account bursting into a big table).
 
     Args:
         session: Open session.
@@ -161,36 +163,39 @@ def kpi_aggregates(
     """
     account = canonical_account_id(account_id)
     t = SQLModel.metadata.tables[TelemetryEvent.__tablename__]
-    where = (
-        t.c.workspace == workspace,
-        t.c.account_id == account,
-        t.c.timestamp >= start,
-        t.c.timestamp < end,
-    )
-    grouped = session.execute(
+    probe = t.alias("latest")
+
+    def window(table: Any) -> tuple[Any, ...]:
+        return (
+            table.c.workspace == workspace,
+            table.c.account_id == account,
+            table.c.timestamp >= start,
+            table.c.timestamp < end,
+        )
+
+    def latest(column: str) -> Any:
+        return (
+            select(probe.c[column])
+            .where(*window(probe), probe.c.kpi == t.c.kpi)
+            .order_by(probe.c.timestamp.desc(), probe.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    rows = session.execute(
         select(
             t.c.kpi,
             func.avg(t.c.value),
             func.count(),
             func.min(t.c.value),
             func.max(t.c.value),
-            func.max(t.c.timestamp),
+            latest("value"),
+            latest("unit"),
         )
-        .where(*where)
+        .where(*window(t))
         .group_by(t.c.kpi)
         .order_by(t.c.kpi)
     ).all()
-    if not grouped:
-        return {}
-    latest = select(t.c.kpi, func.max(t.c.timestamp).label("ts")).where(*where).group_by(t.c.kpi).subquery()
-    last_rows = session.execute(
-        select(t.c.kpi, t.c.value, t.c.unit)
-        .join(latest, (t.c.kpi == latest.c.kpi) & (t.c.timestamp == latest.c.ts))
-        .where(*where)
-        .order_by(t.c.kpi, t.c.id)
-    ).all()
-    # Later rows overwrite earlier ones, so the highest id wins a timestamp tie.
-    last: dict[str, tuple[float, str | None]] = {kpi: (value, unit) for kpi, value, unit in last_rows}
     return {
         kpi: KpiAggregate(
             kpi=kpi,
@@ -198,8 +203,8 @@ def kpi_aggregates(
             count=int(count),
             min=float(lo),
             max=float(hi),
-            last=float(last[kpi][0]),
-            unit=last[kpi][1],
+            last=float(last),
+            unit=unit,
         )
-        for kpi, mean, count, lo, hi, _ts in grouped
+        for kpi, mean, count, lo, hi, last, unit in rows
     }

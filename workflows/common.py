@@ -14,6 +14,9 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
     from quantapilot.models import EventRecord, RunKind
 
+# Recording one event (one insert) may take this long before Temporal retries it elsewhere.
+EVENT_ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
 # Permanent failures: the activity raises ApplicationError(type=<code>, non_retryable=True); listing the types
 # here as well means a mistaken retryable raise of one of them still fails fast.
 PERMANENT_ERRORS = [
@@ -117,7 +120,7 @@ class EventEmitter:
         await workflow.execute_activity(
             RECORD_EVENT,
             record,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=EVENT_ACTIVITY_TIMEOUT,
             # An event must not be lost: keep trying while the database is away.
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=1),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -161,3 +164,64 @@ def test_telemetry_parse_refuses_unknown_account_format() -> None:
         parse_telemetry_payload(
             {"accountId": uuid.uuid4().hex, "kpi": "k", "value": 1, "timestamp": "2025-11-17T12:00:00Z"}
         )
+
+
+def _plan_loops(plan: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    yield plan["Node Type"], int(plan.get("Actual Loops", 1))
+    for child in plan.get("Plans", []):
+        yield from _plan_loops(child)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("statistics", ["never_analyzed", "analyzed_before_the_burst"])
+def test_telemetry_aggregates_stay_linear_on_postgres_with_stale_statistics(postgres_url: str, statistics: str) -> None:
+    """A new account bursting into a table whose statistics do not know it: no plan node may loop per row.
+
+    The query once joined the rows against a ``max(timestamp)`` subquery; with a small row estimate PostgreSQL
+    chose a nested loop that re-ran the aggregate for every row (3 s at 2,000 rows, minutes at 10,000). The
+    test reads the executed plan rather than the clock: each node may run at most once per KPI.
+    """
+    engine = make_engine(postgres_url)
+    create_all(engine)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        statements.append((statement, parameters))
+
+    kpis = ("nps", "deal_conversion", "response_time_ms")
+    try:
+        if statistics == "analyzed_before_the_burst":
+            with session_scope(engine) as session:
+                insert_events(
+                    session=session,
+                    workspace="ws",
+                    events=[event("nps", i, T0 + timedelta(seconds=i), account=OTHER) for i in range(2000)],
+                )
+            with engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE telemetry_events")  # the statistics know only the other account
+        for batch in range(3):
+            with session_scope(engine) as session:
+                insert_events(
+                    session=session,
+                    workspace="ws",
+                    events=[
+                        event(kpis[i % 3], float(i), T0 + timedelta(milliseconds=batch * 1000 + i)) for i in range(1000)
+                    ],
+                )
+        sqlalchemy_event.listen(engine, "before_cursor_execute", capture)
+        with Session(engine) as session:
+            aggs = kpi_aggregates(
+                session=session, workspace="ws", account_id=ACCOUNT, start=T0, end=T0 + timedelta(days=1)
+            )
+        sqlalchemy_event.remove(engine, "before_cursor_execute", capture)
+        assert sorted(aggs) == sorted(kpis) and sum(a.count for a in aggs.values()) == 3000
+        assert aggs["nps"].last == 999.0 and aggs["nps"].count == 1002  # the last batch's i = 999
+        assert statements
+        with engine.connect() as conn:
+            for statement, parameters in statements:
+                plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
+                loops = dict(_plan_loops(plan[0]["Plan"]))
+                worst = max(_plan_loops(plan[0]["Plan"]), key=lambda nl: nl[1])
+                assert worst[1] <= len(kpis), (worst, loops)
+    finally:
+        engine.dispose()
