@@ -72,15 +72,32 @@ async def eventually(
     timeout: float = 30.0,
     interval: float = 0.1,
     what: str = "condition",
+    stall_factor: float = 4.0,
 ) -> T:
-    """Poll ``probe`` until ``until(value)`` holds; fail with the last value after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``probe`` until ``until(value)`` holds.
+
+    The wait is bounded by progress, not by a guess of the machine's speed: it fails once the probed value has
+    not changed for ``timeout`` seconds (nothing moves), or after ``stall_factor * timeout`` seconds in all (it
+    moves but never arrives). On a machine twice as slow a run that keeps advancing still passes; one that is
+    stuck fails as soon as it would have before.
+    """
+    started = time.monotonic()
+    hard_deadline = started + timeout * stall_factor
+    deadline = started + timeout
+    seen: T | None = None
     while True:
         last: T = await probe()
         if until(last):
             return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s; last value: {last!r}")
+        now = time.monotonic()
+        if last != seen:
+            seen = last
+            deadline = min(now + timeout, hard_deadline)
+        if now > deadline:
+            waited = now - started
+            raise AssertionError(
+                f"{what} not reached after {waited:.1f}s ({timeout}s without progress at most); last value: {last!r}"
+            )
         await asyncio.sleep(interval)
 
 

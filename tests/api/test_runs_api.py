@@ -15,7 +15,7 @@ from api.runs import workflow_id_for
 from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
-from tests.support import Api, make_remote
+from tests.support import Api, eventually, make_remote
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -132,10 +132,7 @@ async def test_api_idempotency_200_concurrent_triggers_start_one_run(
     run_id = run_ids.pop()
     wid = workflow_id_for(RunKind.REPOSITORY, "default", run_id)
     # The visibility store is eventually consistent: poll for the one execution.
-    for _ in range(50):
-        if await count_runs(client, wid) == 1:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: count_runs(client, wid), lambda n: n >= 1, what="the run in visibility")
     assert await count_runs(client, wid) == 1
 
     # Same key, another body: refused without touching the run.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -315,6 +314,7 @@ def test_errors_error_message_and_details() -> None:
 # --- YAML safety
 
 
+@pytest.mark.timeout(30)  # expanded, the bomb would take minutes and gigabytes: the per-test timeout catches that
 def test_yaml_alias_bomb_refused_quickly() -> None:
     # Nine levels of nine aliases: 9**9 (387 million) leaves once expanded, a few hundred bytes written.
     lines = ['a0: &a0 ["lol"]']
@@ -322,9 +322,7 @@ def test_yaml_alias_bomb_refused_quickly() -> None:
         refs = ", ".join([f"*a{level - 1}"] * 9)
         lines.append(f"a{level}: &a{level} [{refs}]")
     bomb = "version: 1\nstack:\n" + "\n".join("  " + line for line in lines) + "\n"
-    started = time.monotonic()
     errors = errors_of(bomb)
-    assert time.monotonic() - started < 1.0
     assert errors[0].path == "<root>"
     assert "alias" in errors[0].message
 

@@ -405,9 +405,12 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
         _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
         run_id = body["run_id"]
         waiting = await api.wait_gate(run_id, "anchor")
-        # The budget ends 5 s from now, however long the documentation took: while the minute-long command runs.
+        # The budget must end while the minute-long command runs: after the approval, the docs merge and the
+        # milestone's checkout, which take about as long as the clone and documentation took to reach the gate.
+        # Leave several times that (at least 5 s), so a slower machine still reaches the command first.
         elapsed = (datetime.now(UTC) - datetime.fromisoformat(waiting["created_at"])).total_seconds()
-        code, lowered = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": elapsed + 5})
+        lead = max(5.0, 3 * elapsed)
+        code, lowered = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": elapsed + lead})
         assert code == 200, lowered
         await api.decide(run_id, "anchor", True)
         paused = await api.wait_state(run_id, "paused", timeout=45)
