@@ -94,6 +94,11 @@ class AccountRealizationInput(_Model):
     window_s: float = Field(default=5.0, gt=0, le=3600)
     # Continue-as-new after this many refreshes, keeping the history short.
     refreshes_per_run: int = Field(default=100, ge=1, le=10_000)
+    # First retry interval of the refresh's activities (doubling up to 90 s); tests shorten it.
+    retry_initial_s: float = Field(default=2.0, gt=0, le=60)
+    # Refreshes that failed in a row (the database away longer than an activity's retries): the next try waits
+    # window_s * 2**failures, capped at REFRESH_RETRY_MAX_S.
+    failures: int = Field(default=0, ge=0)
     refreshes_total: int = 0
     skipped_total: int = 0
     event_seq: int = 0

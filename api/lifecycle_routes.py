@@ -69,10 +69,12 @@ class RealizationOptions:
     Attributes:
         window_s: At most one refresh per this many seconds per account.
         refreshes_per_run: Refreshes before the workflow continues as new.
+        retry_initial_s: First retry interval of a refresh's activities.
     """
 
     window_s: float = 5.0
     refreshes_per_run: int = 100
+    retry_initial_s: float = 2.0
 
 
 # Set on the application (before it starts) to override :class:`RealizationOptions` defaults, e.g. in tests.
@@ -218,6 +220,7 @@ async def signal_account(
             account_id=account_id,
             window_s=options.window_s,
             refreshes_per_run=options.refreshes_per_run,
+            retry_initial_s=options.retry_initial_s,
         ),
         id=account_workflow_id(workspace, account_id),
         task_queue=task_queue,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.common import EventEmitter, retry_policy
 
@@ -43,6 +43,12 @@ with workflow.unsafe.imports_passed_through():
 
 ACTIVITY_TIMEOUT = timedelta(seconds=120)
 ACTIVITY_ATTEMPTS = 5
+# A refresh whose activities gave up (the database away for longer than their retries) is tried again, after
+# window_s * 2**failures, at most this long, instead of waiting for the next telemetry batch: the samples already
+# stored must not stay unreported.
+REFRESH_RETRY_MAX_S = 600.0
+# Workflow versioning (workflow.patched): a failed refresh is retried.
+PATCH_RETRY_FAILED_REFRESH = "retry-failed-refresh"
 
 
 @workflow.defn(name=ACCOUNT_WORKFLOW)
@@ -61,6 +67,7 @@ class AccountRealizationWorkflow:
         self._last_overall: str | None = None
         self._last_version: str | None = None
         self._refreshes_here = 0
+        self._failures = inp.failures
         self._stream = account_stream_id(inp.workspace, inp.account_id)
         self._events = EventEmitter(
             run_id=self._stream, workspace=inp.workspace, kind=RunKind.LIFECYCLE, correlation_id=None
@@ -101,8 +108,10 @@ class AccountRealizationWorkflow:
             if self._time_to_continue():
                 break
             if self._last_refresh_at is not None:
-                # Coalesce: signals arriving while we wait are all served by this one refresh.
-                wait_s = (self._last_refresh_at + timedelta(seconds=inp.window_s) - workflow.now()).total_seconds()
+                # Coalesce: signals arriving while we wait are all served by this one refresh. After failed
+                # refreshes the wait grows, so an outage costs a few attempts, not one per window.
+                delay = min(inp.window_s * 2 ** min(self._failures, 20), max(inp.window_s, REFRESH_RETRY_MAX_S))
+                wait_s = (self._last_refresh_at + timedelta(seconds=delay) - workflow.now()).total_seconds()
                 if wait_s > 0:
                     await workflow.sleep(wait_s)
             self._pending = False
@@ -117,6 +126,7 @@ class AccountRealizationWorkflow:
                     "event_seq": self._events.seq,
                     "pending": self._pending,
                     "last_refresh_at": self._last_refresh_at,
+                    "failures": self._failures,
                 }
             )
         )
@@ -139,7 +149,7 @@ class AccountRealizationWorkflow:
                 ),
                 result_type=StageAgentOutcome,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=retry_policy(ACTIVITY_ATTEMPTS),
+                retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="realization agent",
             )
             if outcome.result is None:
@@ -155,7 +165,7 @@ class AccountRealizationWorkflow:
                 ),
                 result_type=StoredStageResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=retry_policy(ACTIVITY_ATTEMPTS),
+                retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="store realization",
             )
             page = await workflow.execute_activity(
@@ -163,12 +173,17 @@ class AccountRealizationWorkflow:
                 PublishStageInput(key=stored.key, workspace=inp.workspace),
                 result_type=PublishedPage,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
-                retry_policy=retry_policy(ACTIVITY_ATTEMPTS),
+                retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="publish realization",
             )
         except ActivityError as err:
-            # The account stream must outlive a bad refresh: note it; the next telemetry batch tries again.
+            # The account stream must outlive a bad refresh: note it. A transient failure (retries exhausted) is
+            # tried again after a backoff; a permanent one (a faulty agent) waits for the next telemetry batch.
             self._last_note = f"refresh failed: {err.cause or err}"
+            transient = not (isinstance(err.cause, ApplicationError) and err.cause.non_retryable)
+            if transient and workflow.patched(PATCH_RETRY_FAILED_REFRESH):
+                self._failures += 1
+                self._pending = True
             workflow.logger.warning(
                 "realization refresh of account %s failed: %s",
                 inp.account_id,
@@ -176,6 +191,7 @@ class AccountRealizationWorkflow:
                 extra={"account_id": inp.account_id, "workspace": inp.workspace},
             )
             return
+        self._failures = 0
         output = result.output
         if not isinstance(output, RealizationOutput):
             self._last_note = f"agent returned a {output.stage} output"

@@ -34,14 +34,15 @@ PERMANENT_ERRORS = [
 ]
 
 
-def retry_policy(maximum_attempts: int = 5) -> RetryPolicy:
+def retry_policy(maximum_attempts: int = 5, *, initial_s: float = 2.0) -> RetryPolicy:
     """Exponential backoff with the seed's base (2 s) and ceiling (90 s); the SDK adds jitter.
 
     Args:
         maximum_attempts: Attempts before the step gives up (0 means unlimited).
+        initial_s: First retry interval (the seed's 2 s; tests shorten it).
     """
     return RetryPolicy(
-        initial_interval=timedelta(seconds=2),
+        initial_interval=timedelta(seconds=initial_s),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=90),
         maximum_attempts=maximum_attempts,

@@ -21,15 +21,24 @@ from sqlmodel import Session, func, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.lifecycle_models import (
+    TELEMETRY_SIGNAL,
+    AccountRealizationStatus,
+    TelemetryIngested,
+    account_workflow_id,
+)
 from api.app import create_app
+from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from api.runs import new_run_id, workflow_id_for
-from quantapilot.db import RunEvent, create_all, make_engine
+from quantapilot.db import RunEvent, create_all, make_engine, session_scope
 from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.settings import Settings
+from quantapilot.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
 from tests.drills.helpers import assert_whole_logs
-from tests.support import Api, make_remote
+from tests.lifecycle_e2e.helpers import approved_target, new_account, samples, wait_realization
+from tests.support import Api, eventually, make_remote
 from worker import build_worker
 
 
@@ -164,3 +173,45 @@ async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
         await api.decide(second["run_id"], "anchor", True)
         await api.wait_state(second["run_id"], "completed", timeout=90)
     assert_whole_logs(engine, [first["run_id"], second["run_id"]])
+
+
+@pytest.mark.postgres
+async def test_drill_database_unavailable_realization_refresh_is_retried(
+    aiohttp_client, client: Client, settings: Settings, own_database: OwnDatabase
+) -> None:
+    """A refresh whose activities give up while the database is away is tried again once it is back.
+
+    Before, the failed refresh only left a note: the samples stored before the outage stayed unreported until the
+    account's next telemetry batch, which may never come.
+    """
+    url, name, engine, token = (own_database.url, own_database.name, own_database.engine, own_database.token)
+    settings = settings.model_copy(update={"database_url": url, "token_cache_seconds": 300.0})
+    app = create_app(settings, client=client, engine=engine)
+    # Activities retry from 50 ms, so one refresh gives up within a second of the outage.
+    app[REALIZATION_OPTIONS] = RealizationOptions(window_s=0.5, retry_initial_s=0.05)
+    api = Api(client=await aiohttp_client(app), token=token)
+    account = new_account()
+    async with build_worker(client, settings):
+        await approved_target(api, account)
+        code, _ = await api.post("/v1/telemetry/events", samples(account, [150.0]))
+        assert code == 202
+        await wait_realization(api, account, lambda d: d["samples"] == 1, what="the first refresh")
+
+        # A second sample is stored, then the database goes away before the account's refresh reads it.
+        with session_scope(engine) as session:
+            batch = parse_telemetry_payload(samples(account, [190.0]))
+            insert_events(session=session, workspace="default", events=batch)
+        handle = client.get_workflow_handle(account_workflow_id("default", account))
+        _refuse_connections(name, refuse=True)
+        try:
+            await handle.signal(TELEMETRY_SIGNAL, TelemetryIngested(accepted=1))
+            await eventually(
+                lambda: handle.query("status", result_type=AccountRealizationStatus),
+                lambda s: (s.last_note or "").startswith("refresh failed"),
+                what="a refresh that failed during the outage",
+            )
+        finally:
+            _refuse_connections(name, refuse=False)
+        # No new telemetry arrives: the refresh is retried on its own and reports both samples.
+        events = await wait_realization(api, account, lambda d: d["samples"] == 2, what="the retried refresh")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

@@ -31,12 +31,18 @@ from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailu
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.lifecycle_models import account_workflow_id
+from activities.lifecycle_models import (
+    TELEMETRY_SIGNAL,
+    AccountRealizationStatus,
+    TelemetryIngested,
+    account_workflow_id,
+)
 from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from quantapilot.db import create_all, make_engine
+from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.settings import Settings
+from quantapilot.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
 from tests.brokers import AMQP_URL, broker_reachable
@@ -48,7 +54,7 @@ from tests.lifecycle_e2e.helpers import (
     start,
     wait_realization,
 )
-from tests.support import Api, make_remote
+from tests.support import Api, eventually, make_remote
 from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
 from worker import build_worker
 from workflows.account_realization import AccountRealizationWorkflow
@@ -259,6 +265,50 @@ async def account_realization_refreshed(rec: Recording) -> Recorded:
     return Recorded(handle.id, first_run)
 
 
+async def account_realization_refresh_retried(rec: Recording) -> Recorded:
+    """A refresh fails while the database refuses connections (its activities give up) and is retried on its own
+    once the database is back, without new telemetry; continue-as-new after the third refresh. Needs PostgreSQL
+    at 127.0.0.1:5432 (its connections are refused and restored)."""
+    from tests.dbfixtures import drop_postgres_database, new_postgres_database, postgres_available
+    from tests.drills.test_db_unavailable import _refuse_connections
+
+    if not postgres_available():
+        raise SystemExit("account_realization_refresh_retried needs PostgreSQL at 127.0.0.1:5432")
+    url, name = new_postgres_database()
+    engine = make_engine(url)
+    rec.exits.callback(drop_postgres_database, name)
+    rec.exits.callback(engine.dispose)
+    create_all(engine)
+    token, _ = create_token(engine, workspace="default", subject="recorder")
+    settings = rec.settings.model_copy(
+        update={"database_url": url, "task_queue": f"{rec.settings.task_queue}-{uuid.uuid4().hex[:6]}"}
+    )
+    await rec.exits.enter_async_context(build_worker(rec.client, settings))
+    app = create_app(settings, client=rec.client, engine=engine)
+    app[REALIZATION_OPTIONS] = RealizationOptions(window_s=2.0, refreshes_per_run=3, retry_initial_s=0.05)
+    api = Api(client=await rec.exits.enter_async_context(TestClient(TestServer(app))), token=token)
+    account = new_account()
+    await approved_target(api, account)
+    await api.post("/v1/telemetry/events", samples(account, [150.0]))
+    await realization_samples(api, account, 1)
+    handle = rec.client.get_workflow_handle(account_workflow_id("default", account))
+    first_run = (await handle.describe()).run_id
+    with session_scope(engine) as session:
+        insert_events(session=session, workspace="default", events=parse_telemetry_payload(samples(account, [190.0])))
+    _refuse_connections(name, refuse=True)
+    try:
+        await handle.signal(TELEMETRY_SIGNAL, TelemetryIngested(accepted=1))
+        await eventually(
+            lambda: handle.query("status", result_type=AccountRealizationStatus),
+            lambda st: (st.last_note or "").startswith("refresh failed"),
+            what="the failed refresh",
+        )
+    finally:
+        _refuse_connections(name, refuse=False)
+    await realization_samples(api, account, 2)
+    return Recorded(handle.id, first_run)
+
+
 async def realization_samples(api: Api, account: str, count: int) -> None:
     """Wait for a ``realization.updated`` of the account that read ``count`` telemetry samples."""
     await wait_realization(api, account, lambda d: d["samples"] == count, what=f"a refresh over {count} samples")
@@ -314,6 +364,7 @@ SCENARIOS: dict[str, Scenario] = {
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
+    "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),
     "amqp_publish_confirmed": Scenario(AmqpPublishWorkflow, amqp_publish_confirmed),
 }

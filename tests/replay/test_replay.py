@@ -93,6 +93,13 @@ SHAPES: dict[str, Shape] = {
         [E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, E.EVENT_TYPE_TIMER_FIRED],
         activities=8,
     ),
+    # A refresh's agent activity failed (database away; the patch marker of the retry), the backoff's timer, the
+    # retried refresh: two successful refreshes of four activities, then continue-as-new.
+    "account_realization_refresh_retried": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        [E.EVENT_TYPE_ACTIVITY_TASK_FAILED, E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_TIMER_FIRED],
+        activities=8,
+    ),
     # Attempt 1 answered 500, the schedule's timer, attempt 2 delivered.
     "webhook_retried_delivered": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_TIMER_FIRED], activities=2
