@@ -129,6 +129,11 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
 
     gate = req.gate or StageGateSettings()
+    # QP_ALLOW_SELF_APPROVAL=false is a floor: the request may narrow who decides, never lift it, so the run
+    # records the narrowed setting (and its workflow applies the same floor again when a decision arrives).
+    allow_self_approval = gate.allow_self_approval
+    if allow_self_approval and not settings.allow_self_approval:
+        allow_self_approval = False
 
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(
@@ -143,7 +148,7 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
             trace_id=request.get(TRACE_ID),
             gate_timeout_s=gate.timeout_s,
             gate_approvers=list(gate.approvers),
-            gate_allow_self_approval=gate.allow_self_approval,
+            gate_allow_self_approval=allow_self_approval,
             triggered_by_token=principal.token_id,
             allow_self_approval_default=settings.allow_self_approval,
         )
