@@ -54,6 +54,9 @@ class LoadConfigInput(_Model):
 
     repo: RepoRef
     path: str
+    # The run's QP_ALLOW_SELF_APPROVAL: false narrows every gate of the file (quantapilot.config
+    # with_self_approval_floor). None (scheduled by a workflow predating the field): left to the workflow's check.
+    allow_self_approval: bool | None = None
 
 
 class DocsInput(_Model):

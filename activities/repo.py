@@ -42,7 +42,14 @@ from activities.models import (
     PullRequestResult,
     RepoRef,
 )
-from quantapilot.config import ConfigError, QuantapilotConfig, load_config
+from quantapilot.config import (
+    ConfigError,
+    QuantapilotConfig,
+    docs_branch_problem,
+    in_run_namespace,
+    load_config,
+    with_self_approval_floor,
+)
 from quantapilot.db import session_scope
 from quantapilot.docgen.generator import OutputConflictError, generate_docs, write_pages
 from quantapilot.docgen.lint import lint_pages
@@ -166,11 +173,14 @@ class RepoActivities:
         return path
 
     async def _commit_and_push(
-        self, path: Path, *, branch: str, message: str, when: datetime, pathspec: str = "."
+        self, path: Path, *, run_id: str, branch: str, message: str, when: datetime, pathspec: str = "."
     ) -> tuple[bool, str]:
-        """Commit what changed under ``pathspec`` and force-push ``branch`` to it.
+        """Commit what changed under ``pathspec`` and push ``branch`` to it.
 
-        The commit is dated ``when`` (the run's start), so a redo after a crash makes the very same commit.
+        The commit is dated ``when`` (the run's start), so a redo after a crash makes the very same commit. Inside
+        the run's own namespace (``quantapilot/<run_id>/``) the branch is force-pushed; any other branch is only
+        created, never rewritten (``CONFIG_INVALID`` when it already exists at another commit), so a
+        ``quantapilot.yml`` cannot point the run at ``release`` or at another run's branch.
 
         Returns:
             Whether there was a change to commit, and the branch's sha.
@@ -181,7 +191,16 @@ class RepoActivities:
         if changed:
             await gitops.git("commit", "--quiet", "--no-verify", "-m", message, cwd=path, env=self._identity(when))
         sha = await gitops.current_sha(path)
-        await gitops.push(path, branch=branch, force=True)
+        if in_run_namespace(branch, run_id):
+            await gitops.push(path, branch=branch, force=True)
+            return changed, sha
+        try:
+            await gitops.push_new_branch(path, branch=branch)
+        except gitops.BranchExistsError:
+            raise permanent(
+                ErrorCode.CONFIG_INVALID,
+                f"branch {branch} already exists outside the run's namespace: it is only created, never rewritten",
+            ) from None
         return changed, sha
 
     def _forge(self, name: str | None) -> Forge:
@@ -256,6 +275,11 @@ class RepoActivities:
                     ErrorCode.CONFIG_INVALID,
                     f"gates.tests_required is on but milestones {', '.join(untested)} have no `test` step",
                 )
+        branch_problem = docs_branch_problem(config, inp.repo.run_id)
+        if branch_problem:
+            raise permanent(ErrorCode.CONFIG_INVALID, branch_problem)
+        if inp.allow_self_approval is not None:
+            config = with_self_approval_floor(config, allowed=inp.allow_self_approval)
         has_commands = any(step.run for m in config.milestones for step in m.steps)
         allowed = any(fnmatch.fnmatchcase(inp.repo.repo_url, p) for p in self._settings.command_repo_patterns)
         if has_commands and not allowed:
@@ -297,6 +321,7 @@ class RepoActivities:
                 raise permanent(ErrorCode.PRECONDITION_FAILED, str(exc)) from None
             changed, sha = await self._commit_and_push(
                 path,
+                run_id=inp.repo.run_id,
                 branch=inp.docs_branch,
                 message=f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
                 when=inp.run_started_at,
@@ -399,6 +424,7 @@ class RepoActivities:
                 record.write_text(f"# {inp.milestone_id}: {inp.title}\n\n## Criteria\n\n{criteria}", encoding="utf-8")
             changed, sha = await self._commit_and_push(
                 path,
+                run_id=inp.repo.run_id,
                 branch=inp.branch,
                 message=f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
                 when=inp.run_started_at,

@@ -1,12 +1,23 @@
-"""Reading an event log page: runs and account streams share the table, the cursor and the JSON shape."""
+"""Reading an event log page: runs and account streams share the table, the cursor and the JSON shape.
+
+A run numbers its events 1, 2, 3, ... before recording them, and two of them can be on their way at once (a pause
+signal's ``run.paused`` while a step's event is still being written), so seq N+1 may commit before seq N. A page
+therefore ends at the first missing number while the stream's workflow is open: the missing event is still being
+written (the recording activity retries until it is), and a client polling with ``after`` picks it up next time
+instead of moving its cursor past it. Once the workflow has closed nothing more can arrive, and a page runs past
+a hole left by a cancelled recording.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from quantapilot.db import RunEvent
 from quantapilot.errors import ApiError, ErrorCode
@@ -41,6 +52,45 @@ def read_events(engine: Engine, *, workspace: str, stream_id: str, after: int) -
             .limit(EVENTS_PAGE)
         )
         return list(session.exec(query))
+
+
+def up_to_first_gap(rows: list[RunEvent], after: int) -> tuple[list[RunEvent], bool]:
+    """The rows that follow ``after`` without a missing sequence number, and whether one cut the page short."""
+    for index, row in enumerate(rows):
+        if row.seq != after + 1 + index:
+            return rows[:index], True
+    return rows, False
+
+
+async def workflow_open(handle: WorkflowHandle[Any, Any]) -> bool | None:
+    """Whether the workflow is still running; None when Temporal does not know it (never started, or expired)."""
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def gapless_page(
+    rows: list[RunEvent], after: int, is_open: Callable[[], Awaitable[bool | None]]
+) -> tuple[list[RunEvent], bool | None]:
+    """The page to serve: ``rows`` up to the first gap while the stream's workflow is open (see the module).
+
+    Args:
+        rows: What :func:`read_events` returned.
+        after: The cursor.
+        is_open: Asks Temporal whether the stream's workflow runs (only called when needed).
+
+    Returns:
+        The rows to serve, and the workflow's state when it was asked (True open, False closed, None unknown).
+    """
+    served, gap = up_to_first_gap(rows, after)
+    if not gap and rows:
+        return rows, True
+    state = await is_open()
+    return (served if gap and state else rows), state
 
 
 def event_json(row: RunEvent) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from activities.lifecycle_models import (
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import RUN_ID, TRACE_ID
-from api.event_log import event_json, parse_after, read_events
+from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
-from api.runs import parse_idempotency_key, run_handle, start_run
+from api.runs import parse_idempotency_key, request_hash, run_handle, start_run
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.lifecycle.models import (
@@ -47,7 +47,13 @@ from quantapilot.lifecycle.models import (
 )
 from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
-from quantapilot.telemetry import TelemetryIn, insert_events, parse_telemetry_payload
+from quantapilot.telemetry import (
+    IdempotencyKeyReused,
+    StoredBatch,
+    TelemetryIn,
+    parse_telemetry_payload,
+    store_batch,
+)
 from quantapilot.temporal import (
     SA_ACCOUNT_ID,
     SA_CORRELATION_ID,
@@ -131,6 +137,11 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
 
     gate = req.gate or StageGateSettings()
+    # QP_ALLOW_SELF_APPROVAL=false is a floor: the request may narrow who decides, never lift it, so the run
+    # records the narrowed setting (and its workflow applies the same floor again when a decision arrives).
+    allow_self_approval = gate.allow_self_approval
+    if allow_self_approval and not settings.allow_self_approval:
+        allow_self_approval = False
 
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(
@@ -145,7 +156,7 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
             trace_id=request.get(TRACE_ID),
             gate_timeout_s=gate.timeout_s,
             gate_approvers=list(gate.approvers),
-            gate_allow_self_approval=gate.allow_self_approval,
+            gate_allow_self_approval=allow_self_approval,
             triggered_by_token=principal.token_id,
             allow_self_approval_default=settings.allow_self_approval,
         )
@@ -189,9 +200,11 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
 # ----- telemetry -----------------------------------------------------------------------------------------
 
 
-def _insert(engine: Engine, workspace: str, events: list[TelemetryIn]) -> int:
+def _store(engine: Engine, workspace: str, events: list[TelemetryIn], key: str | None, digest: str) -> StoredBatch:
     with session_scope(engine) as session:
-        return insert_events(session=session, workspace=workspace, events=events)
+        return store_batch(
+            session=session, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
+        )
 
 
 async def signal_account(
@@ -240,17 +253,30 @@ async def signal_account(
 
 @routes.post("/v1/telemetry/events")
 async def ingest_telemetry(request: web.Request) -> web.Response:
-    """Store one event or ``{"events": [...]}`` (at most 1000), then ask each touched account for a refresh."""
+    """Store one event or ``{"events": [...]}`` (at most 1000), then ask each touched account for a refresh.
+
+    A retry stores nothing twice: events whose ``id`` is already stored, and a whole batch whose
+    ``Idempotency-Key`` was stored with the same body, count as ``duplicates`` (the same key with another body is
+    422 ``IDEMPOTENCY_KEY_REUSED``). ``accepted`` counts the request's events that are stored, now or before, so a
+    retry answers as the first delivery did; refreshes are asked for again (they coalesce), which also heals a
+    first delivery that stored its events but could not schedule them.
+    """
     principal = principal_of(request, "telemetry:write")
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     payload = await _read_body(request)
     try:
         # Schema validation of a full batch takes a noticeable fraction of a second: keep the loop free.
         events = await asyncio.to_thread(parse_telemetry_payload, payload)
     except SchemaValidationError as exc:
         raise _invalid(exc) from None
+    digest = request_hash(payload) if key is not None else ""
     try:
-        accepted = await asyncio.to_thread(_insert, request.app[ENGINE], principal.workspace, events)
-        TELEMETRY_ACCEPTED.inc(accepted)
+        stored = await asyncio.to_thread(_store, request.app[ENGINE], principal.workspace, events, key, digest)
+        TELEMETRY_ACCEPTED.inc(stored.stored)
+    except IdempotencyKeyReused:
+        raise ApiError(
+            422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "Idempotency-Key was already used with a different request body"
+        ) from None
     except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
         log.warning("telemetry store unavailable: %s", type(exc).__name__)
         raise ApiError(
@@ -285,7 +311,8 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
             log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
     return web.json_response(
         {
-            "accepted": accepted,
+            "accepted": len(events),
+            "duplicates": stored.duplicates,
             "accountIds": sorted(per_account),
             "accounts": [{"accountId": a, "accepted": n} for a, n in sorted(per_account.items())],
             "refreshesScheduled": len(per_account) - failed,
@@ -310,6 +337,9 @@ async def account_events(request: web.Request) -> web.Response:
     rows = await asyncio.to_thread(
         read_events, request.app[ENGINE], workspace=principal.workspace, stream_id=stream, after=after
     )
+    handle = request.app[TEMPORAL].get_workflow_handle(account_workflow_id(principal.workspace, account))
+    if rows:  # an empty page needs no answer from Temporal: an account without events is no error here
+        rows, _ = await gapless_page(rows, after, lambda: workflow_open(handle))
     events = [event_json(r) for r in rows]
     return web.json_response(
         {"accountId": account, "streamId": stream, "events": events, "nextAfter": rows[-1].seq if rows else after}

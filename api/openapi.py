@@ -278,8 +278,13 @@ def operations(settings: Settings) -> list[Operation]:
             202,
             "TelemetryAccepted",
             request="TelemetryRequest",
+            idempotency_key=True,
             errors=(*BODY_ERRORS, 503),
-            description="Each touched account's realization is refreshed (bursts coalesce per account).",
+            description=(
+                "Each touched account's realization is refreshed (bursts coalesce per account). A retry stores "
+                "nothing twice: events with an id already stored, and a batch whose Idempotency-Key was stored with "
+                "the same body, count as duplicates; the same key with another body is 422 IDEMPOTENCY_KEY_REUSED."
+            ),
         ),
         Operation(
             "GET",
@@ -748,7 +753,10 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "1-255 printable ASCII characters; the same key and body answer with the same run.",
+                    "description": (
+                        "1-255 printable ASCII characters, per workspace: the same key and body answer the same way "
+                        "(the same run; a telemetry batch stored once), the same key with another body is 422."
+                    ),
                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
                 },
                 "Traceparent": {

@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 from api.auth import principal_of
 from api.body import read_json, validate
 from api.errors import RUN_ID, TRACE_ID
-from api.event_log import event_json, parse_after, read_events
+from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
@@ -275,13 +275,10 @@ async def run_events(request: web.Request) -> web.Response:
     rows = await asyncio.to_thread(
         read_events, request.app[ENGINE], workspace=principal.workspace, stream_id=run_id, after=after
     )
-    if not rows:
-        try:
-            await handle.describe()  # an empty page of a real run, or an unknown run?
-        except RPCError as err:
-            if is_not_found(err):
-                raise not_found("run") from None
-            raise
+    # An empty page asks Temporal too: of a real run, or of an unknown one?
+    rows, running = await gapless_page(rows, after, lambda: workflow_open(handle))
+    if running is None and not rows:
+        raise not_found("run")
     events = [event_json(r) for r in rows]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
 

@@ -41,10 +41,14 @@ __all__ = [
     "RunConfig",
     "StepConfig",
     "command_policy",
+    "docs_branch_problem",
     "effective_gates",
     "gate_settings",
+    "in_run_namespace",
     "load_config",
+    "run_branch_namespace",
     "step_policy",
+    "with_self_approval_floor",
 ]
 
 # The schema sits next to the package in the source tree (``schemas/`` is not a regular package).
@@ -598,6 +602,57 @@ def gate_settings(config: QuantapilotConfig, name: str) -> GateConfig:
     """
     settings = config.gate_definitions.get(name)
     return settings if settings is not None else GateConfig()
+
+
+def with_self_approval_floor(config: QuantapilotConfig, *, allowed: bool) -> QuantapilotConfig:
+    """The configuration as the deployment permits it: no gate allows self-approval where the deployment does not.
+
+    ``QP_ALLOW_SELF_APPROVAL=false`` is a floor. A repository's ``gate_definitions`` may narrow who decides
+    (``allow_self_approval: false`` under a permissive deployment), never lift it.
+
+    Args:
+        config: A validated configuration.
+        allowed: Whether the deployment allows self-approval (the run's recorded ``QP_ALLOW_SELF_APPROVAL``).
+
+    Returns:
+        ``config`` itself when ``allowed``, else a copy whose gates all have ``allow_self_approval`` false or unset.
+    """
+    if allowed:
+        return config
+    narrowed = {
+        name: gate.model_copy(update={"allow_self_approval": False}) if gate.allow_self_approval else gate
+        for name, gate in config.gate_definitions.items()
+    }
+    return config.model_copy(update={"gate_definitions": narrowed})
+
+
+#: Branches ``quantapilot/<x>/...`` are run namespaces: each run force-pushes only inside its own.
+RUN_BRANCH_ROOT: Final = "quantapilot/"
+
+
+def run_branch_namespace(run_id: str) -> str:
+    """The branch prefix a run owns (``quantapilot/<run_id>/``): its docs and milestone branches live there."""
+    return f"{RUN_BRANCH_ROOT}{run_id}/"
+
+
+def in_run_namespace(branch: str, run_id: str) -> bool:
+    """Tell whether ``branch`` lies in the run's own namespace, where the run may rewrite history."""
+    return branch.startswith(run_branch_namespace(run_id))
+
+
+def docs_branch_problem(config: QuantapilotConfig, run_id: str) -> str | None:
+    """Why ``docs.branch`` cannot be used by the run ``run_id``, or None when it can.
+
+    A branch in another run's namespace (``quantapilot/<other>/...``) is refused outright. Any other branch
+    outside the run's own namespace is only ever created, never rewritten; that is enforced when it is pushed.
+    """
+    branch = config.docs.branch
+    if branch is None or in_run_namespace(branch, run_id):
+        return None
+    if branch.startswith(RUN_BRANCH_ROOT) and "/" in branch.removeprefix(RUN_BRANCH_ROOT):
+        own = run_branch_namespace(run_id)
+        return f"docs.branch {branch} lies in another run's namespace; a run writes only below {own}"
+    return None
 
 
 def step_policy(step: StepConfig | None, config: QuantapilotConfig) -> tuple[float, int]:

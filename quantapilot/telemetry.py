@@ -3,22 +3,29 @@
 Rows follow the seed's telemetry table (id, KPI, timestamp, numeric value, unit, source, metadata,
 ingested_at, organisation, here ``workspace``) plus the customer ``account_id``. Timestamps are stored in UTC
 and always come back timezone-aware, on SQLite as on PostgreSQL.
+
+A sender's retry must not count twice: an event may carry its own ``id`` (unique per workspace, ``event_id``
+here), and a batch sent with an ``Idempotency-Key`` is recorded in ``telemetry_batches`` with its body's hash,
+in the same transaction as its events. A retried event id or batch is stored once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, func, insert, select
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, UniqueConstraint, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
 
 from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.lifecycle.models import (
     KpiAggregate,
+    SchemaValidationError,
     canonical_account_id,
     parse_rfc3339,
     pydantic_errors,
@@ -27,13 +34,18 @@ from quantapilot.lifecycle.models import (
 
 TELEMETRY_SCHEMA = "telemetry.schema.json"
 MAX_BATCH = 1000
+EVENT_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 
 
 class TelemetryEvent(SQLModel, table=True):
     """One telemetry sample of one KPI of one account."""
 
     __tablename__ = "telemetry_events"
-    __table_args__ = (Index("ix_telemetry_events_ws_account_kpi_ts", "workspace", "account_id", "kpi", "timestamp"),)
+    __table_args__ = (
+        Index("ix_telemetry_events_ws_account_kpi_ts", "workspace", "account_id", "kpi", "timestamp"),
+        # NULLs never collide: events sent without an id are all kept.
+        UniqueConstraint("workspace", "event_id", name="uq_telemetry_events_ws_event_id"),
+    )
 
     # BIGINT on PostgreSQL; SQLite needs exactly INTEGER for its rowid alias (autoincrementing key).
     id: int | None = SQLField(
@@ -50,6 +62,24 @@ class TelemetryEvent(SQLModel, table=True):
     meta: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     timestamp: datetime = SQLField(sa_column=Column(UtcDateTime(), nullable=False))
     ingested_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+    # The sender's own id of the event (``id`` in the API), when it sent one: a retry with it is stored once.
+    event_id: str | None = SQLField(default=None, sa_column=Column(String(128), nullable=True))
+
+
+class TelemetryBatch(SQLModel, table=True):
+    """A batch sent with an ``Idempotency-Key``: a retry with the same key and body stores nothing again."""
+
+    __tablename__ = "telemetry_batches"
+
+    workspace: str = SQLField(sa_column=Column(String(128), primary_key=True))
+    idempotency_key: str = SQLField(sa_column=Column(String(255), primary_key=True))
+    request_sha256: str = SQLField(sa_column=Column(String(64), nullable=False))
+    events: int
+    created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+
+
+class IdempotencyKeyReused(Exception):
+    """The ``Idempotency-Key`` of a telemetry batch was used before with another body."""
 
 
 class TelemetryIn(BaseModel):
@@ -60,6 +90,7 @@ class TelemetryIn(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
+    id: str | None = Field(default=None, pattern=EVENT_ID_PATTERN)
     account_id: str = Field(alias="accountId")
     kpi: str = Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")
     value: float = Field(allow_inf_nan=False)
@@ -101,15 +132,100 @@ def parse_telemetry_payload(payload: Any) -> list[TelemetryIn]:
         SchemaValidationError: With every problem found (paths like ``/events/3/timestamp``).
     """
     validate_json(TELEMETRY_SCHEMA, payload)
-    items = payload["events"] if isinstance(payload, dict) and "events" in payload else [payload]
+    batch = isinstance(payload, dict) and "events" in payload
+    items = payload["events"] if batch else [payload]
     try:
-        return [TelemetryIn.model_validate(item) for item in items]
+        events = [TelemetryIn.model_validate(item) for item in items]
     except ValidationError as exc:
         raise pydantic_errors(exc) from None
+    first: dict[str, int] = {}
+    problems = []
+    for index, event in enumerate(events):
+        if event.id is None:
+            continue
+        if event.id in first:
+            # Two events under one id: the second would silently be dropped as a retry of the first.
+            where = f"/events/{first[event.id]}/id"
+            problems.append({"path": f"/events/{index}/id", "message": f"duplicate id (first at {where})"})
+        first.setdefault(event.id, index)
+    if problems:
+        raise SchemaValidationError(problems)
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What storing a batch did.
+
+    Attributes:
+        stored: Events inserted now.
+        duplicates: Events already stored (under their id, or by the batch's earlier delivery): not stored again.
+    """
+
+    stored: int
+    duplicates: int
+
+
+def store_batch(
+    *,
+    session: Session,
+    workspace: str,
+    events: Sequence[TelemetryIn],
+    idempotency_key: str | None = None,
+    request_sha256: str = "",
+) -> StoredBatch:
+    """Store a batch once: by its ``Idempotency-Key`` and by each event's ``id``; the caller commits.
+
+    The key's row is written first, in the batch's transaction: a concurrent delivery of the same key waits on it
+    (PostgreSQL's unique index, SQLite's write lock) and then finds it, so two deliveries never both store.
+
+    Args:
+        session: Open session.
+        workspace: Workspace of the caller.
+        events: Parsed events.
+        idempotency_key: The request's ``Idempotency-Key``, if any.
+        request_sha256: Hash of the request body (:func:`api.runs.request_hash`), compared on a repeated key.
+
+    Returns:
+        How many events were stored now and how many were already there.
+
+    Raises:
+        IdempotencyKeyReused: The key was used before with another body.
+    """
+    if idempotency_key is not None:
+        claim = _insert_ignoring_conflicts(session, TelemetryBatch, ["workspace", "idempotency_key"])
+        claimed = session.execute(
+            claim.returning(TelemetryBatch.__table__.c.workspace),  # type: ignore[attr-defined]
+            [
+                {
+                    "workspace": workspace,
+                    "idempotency_key": idempotency_key,
+                    "request_sha256": request_sha256,
+                    "events": len(events),
+                    "created_at": utcnow(),
+                }
+            ],
+        ).all()
+        if not claimed:
+            earlier = session.get(TelemetryBatch, (workspace, idempotency_key))
+            if earlier is None or earlier.request_sha256 != request_sha256:
+                raise IdempotencyKeyReused(idempotency_key)
+            return StoredBatch(stored=0, duplicates=len(events))
+    stored = insert_events(session=session, workspace=workspace, events=events)
+    return StoredBatch(stored=stored, duplicates=len(events) - stored)
+
+
+def _insert_ignoring_conflicts(session: Session, table: type[SQLModel], columns: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (columns) DO NOTHING`` in the session's dialect (PostgreSQL or SQLite)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=columns)
 
 
 def insert_events(*, session: Session, workspace: str, events: Sequence[TelemetryIn]) -> int:
     """Insert ``events`` in one multi-row statement; the caller commits.
+
+    Events with an ``id`` already stored in the workspace (a sender's retry) are skipped by the same statement
+    (``ON CONFLICT DO NOTHING``); a batch without ids takes the plain insert.
 
     Args:
         session: Open session.
@@ -133,11 +249,16 @@ def insert_events(*, session: Session, workspace: str, events: Sequence[Telemetr
             "meta": e.metadata,
             "timestamp": e.timestamp,
             "ingested_at": ingested_at,
+            "event_id": e.id,
         }
         for e in events
     ]
-    session.execute(insert(TelemetryEvent), rows)
-    return len(rows)
+    if all(e.id is None for e in events):
+        session.execute(insert(TelemetryEvent), rows)
+        return len(rows)
+    statement = _insert_ignoring_conflicts(session, TelemetryEvent, ["workspace", "event_id"])
+    inserted = session.execute(statement.returning(TelemetryEvent.__table__.c.id), rows)  # type: ignore[attr-defined]
+    return len(inserted.all())
 
 
 def kpi_aggregates(

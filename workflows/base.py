@@ -29,10 +29,14 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.temporal import SA_PENDING_GATE, SA_STATE
 
 T = TypeVar("T")
+# Decides whether the sender of a decision may decide a pending gate; raises ApplicationError when not.
+DeciderCheck = Callable[[GateRecord, GateDecisionInput], None]
 
 # Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
 PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
+# Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
+PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
 
 
 class RunWorkflowBase:
@@ -56,6 +60,8 @@ class RunWorkflowBase:
         trace_id: str | None = None,
     ) -> None:
         self._trigger_token = trigger_token
+        # QP_ALLOW_SELF_APPROVAL when the run was triggered: the default of gates that do not say, and a floor no
+        # gate setting (quantapilot.yml, a lifecycle request) can lift.
         self._self_approval_default = self_approval_default
         self._run_id = run_id
         self._heartbeat_s = heartbeat_s
@@ -342,8 +348,12 @@ class RunWorkflowBase:
             raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
         return gate
 
-    def _check_decision(self, decision: GateDecisionInput) -> GateRecord:
+    def _check_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
         """Validate a decision; return the gate it applies to.
+
+        Args:
+            decision: The decision.
+            decider: Who may decide a pending gate (:meth:`_check_decider`); None: anyone (operators, replays).
 
         Raises:
             ApplicationError: ``CONFLICT`` when the gate is not pending or was decided otherwise, or
@@ -360,21 +370,29 @@ class RunWorkflowBase:
             )
         if gate.status != "pending":
             raise ApplicationError(f"gate {decision.gate} is {gate.status}", type=ErrorCode.CONFLICT)
-        if decision.source != "signal":
-            self._check_decider(gate, decision)
+        if decider is not None:
+            decider(gate, decision)
         return gate
 
     def _check_decider(self, gate: GateRecord, decision: GateDecisionInput) -> None:
-        """Apply the gate's approver list and the self-approval rule to an API decision."""
-        if gate.approvers:
-            allowed = decision.decided_by in gate.approvers or any(
-                f"scope:{scope}" in gate.approvers for scope in decision.decider_scopes
+        """Apply the gate's approver list and the self-approval rule to a decision from the API."""
+        self._check_approvers(gate, decision)
+        # The floor: a gate may narrow who decides, never allow what the deployment forbade.
+        may_self_approve = gate.allow_self_approval and self._self_approval_default
+        if not may_self_approve and self._is_trigger(decision):
+            raise ApplicationError(
+                f"the subject that triggered the run may not decide gate {decision.gate}",
+                type=ErrorCode.AUTHORIZATION_ERROR,
             )
-            if not allowed:
-                raise ApplicationError(
-                    f"{decision.decided_by} is not an approver of gate {decision.gate}",
-                    type=ErrorCode.AUTHORIZATION_ERROR,
-                )
+
+    def _is_trigger(self, decision: GateDecisionInput) -> bool:
+        """Tell whether the decider is who triggered the run: the same subject, whichever of its tokens it uses."""
+        same_token = bool(decision.decided_by_token) and decision.decided_by_token == self._trigger_token
+        return same_token or decision.decided_by == self._triggered_by
+
+    def _check_decider_before_floor(self, gate: GateRecord, decision: GateDecisionInput) -> None:
+        """The rule of runs that decided by signal before :data:`PATCH_SELF_APPROVAL_FLOOR`: token ids only."""
+        self._check_approvers(gate, decision)
         if (
             not gate.allow_self_approval
             and decision.decided_by_token
@@ -385,8 +403,19 @@ class RunWorkflowBase:
                 type=ErrorCode.AUTHORIZATION_ERROR,
             )
 
-    def _apply_decision(self, decision: GateDecisionInput) -> GateRecord:
-        gate = self._check_decision(decision)
+    def _check_approvers(self, gate: GateRecord, decision: GateDecisionInput) -> None:
+        if gate.approvers:
+            allowed = decision.decided_by in gate.approvers or any(
+                f"scope:{scope}" in gate.approvers for scope in decision.decider_scopes
+            )
+            if not allowed:
+                raise ApplicationError(
+                    f"{decision.decided_by} is not an approver of gate {decision.gate}",
+                    type=ErrorCode.AUTHORIZATION_ERROR,
+                )
+
+    def _apply_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
+        gate = self._check_decision(decision, decider=decider)
         if gate.status == "pending":
             gate.status = "approved" if decision.approved else "rejected"
             gate.decided_at = workflow.now()
@@ -399,8 +428,13 @@ class RunWorkflowBase:
     @workflow.signal(name="decide_gate")
     def decide_gate(self, decision: GateDecisionInput) -> None:
         """Decide a gate (from the Temporal Web UI or ``temporal workflow signal``); invalid decisions are ignored."""
+        decider: DeciderCheck | None = None  # Temporal access is operator authority (docs/SECURITY.md)
+        if decision.source != "signal":
+            # A signal claiming to come from the API: the API's rules, as they stood when the run took the signal.
+            patched = workflow.patched(PATCH_SELF_APPROVAL_FLOOR)
+            decider = self._check_decider if patched else self._check_decider_before_floor
         try:
-            self._apply_decision(decision)
+            self._apply_decision(decision, decider=decider)
         except ApplicationError as err:
             workflow.logger.warning("gate decision ignored: %s", err.message, extra=self._log_context())
 
@@ -412,11 +446,13 @@ class RunWorkflowBase:
     @workflow.update(name="submit_gate_decision")
     def submit_gate_decision(self, decision: GateDecisionInput) -> GateRecord:
         """Decide a gate and learn at once whether the decision was accepted (HTTP API, CLI)."""
-        return self._apply_decision(decision)
+        # Who may decide was settled by the validator; a replay (which runs no validator) accepts what the history
+        # accepted, whatever the rules say today.
+        return self._apply_decision(decision, decider=None)
 
     @submit_gate_decision.validator
     def _validate_gate_decision(self, decision: GateDecisionInput) -> None:
-        self._check_decision(decision)
+        self._check_decision(decision, decider=None if decision.source == "signal" else self._check_decider)
 
     # ----- pause / resume / budget -------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         command_policy,
         effective_gates,
         gate_settings,
+        run_branch_namespace,
         step_policy,
     )
     from quantapilot.errors import ErrorCode
@@ -166,7 +167,9 @@ class RepoRunWorkflow(RunWorkflowBase):
         config = await self._step(
             "read_config",
             LOAD_RUN_CONFIG,
-            LoadConfigInput(repo=self._repo, path=inp.quantapilot_yaml_path),
+            LoadConfigInput(
+                repo=self._repo, path=inp.quantapilot_yaml_path, allow_self_approval=inp.allow_self_approval_default
+            ),
             QuantapilotConfig,
             timeout_s=CONFIG_TIMEOUT_S,
             attempts=3,
@@ -248,7 +251,7 @@ class RepoRunWorkflow(RunWorkflowBase):
                 repo=self._repo,
                 project=project,
                 output_folder=config.docs.output_folder,
-                docs_branch=config.docs.branch or f"quantapilot/{self._inp.run_id}/docs",
+                docs_branch=config.docs.branch or f"{run_branch_namespace(self._inp.run_id)}docs",
                 owners=list(config.docs.owners) or ["quantapilot"],
                 lint=config.gates.docs_lint,
                 run_started_at=self._created_at,
@@ -315,7 +318,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         record = self._milestones[index]
         record.status = "active"
         record.started_at = workflow.now()
-        record.branch = f"quantapilot/{self._inp.run_id}/{milestone.id.lower()}"
+        record.branch = f"{run_branch_namespace(self._inp.run_id)}{milestone.id.lower()}"
         self._touch()
         # Each command's timeout and retries follow command_policy: the step, the top-level step of that name,
         # limits, then run.commands_timeout_s and no retry. The activity's own attempts (a worker lost, git failing)

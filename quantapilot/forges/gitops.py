@@ -281,6 +281,40 @@ async def push(cwd: Path, *, remote: str = "origin", branch: str, force: bool = 
             raise
 
 
+class BranchExistsError(GitError):
+    """The remote already has the branch at another commit; :func:`push_new_branch` left it untouched."""
+
+
+async def push_new_branch(cwd: Path, *, remote: str = "origin", branch: str, timeout_s: float = 120) -> None:
+    """Create ``branch`` on ``remote`` at the local branch's commit; never move a branch that exists there.
+
+    ``--force-with-lease=<ref>:`` (an empty expected value) makes the server refuse the update unless the ref is
+    absent, checked under the ref's lock, so not even a fast-forward lands on an existing branch. A remote branch
+    already at our very commit (an earlier attempt of the same push) counts as done.
+
+    Args:
+        cwd: Repository directory.
+        remote: Remote name or URL.
+        branch: Local branch name, pushed to the same name.
+        timeout_s: Seconds before the push is killed.
+
+    Raises:
+        BranchExistsError: The remote branch exists at another commit.
+        GitError: The push failed otherwise.
+    """
+    ref = f"refs/heads/{branch}"
+    args = ("push", "--quiet", "--porcelain", f"--force-with-lease={ref}:", remote, f"{ref}:{ref}")
+    result = await git(*args, cwd=cwd, timeout_s=timeout_s, check=False)
+    if result.returncode == 0:
+        return
+    remote_ref = await git("ls-remote", remote, ref, cwd=cwd, timeout_s=timeout_s)
+    remote_sha = remote_ref.stdout.split("\t", 1)[0].strip()
+    if remote_sha and remote_sha == await current_sha(cwd, ref):
+        return  # a concurrent attempt of this very push won the ref lock
+    error = BranchExistsError if remote_sha else GitError
+    raise error(args, returncode=result.returncode, stderr=result.stderr)
+
+
 async def checkout_new_branch(cwd: Path, branch: str, *, start_point: str | None = None) -> None:
     """Create ``branch`` (at ``start_point`` or ``HEAD``) and check it out; reset it if it exists.
 

@@ -20,10 +20,12 @@ from quantapilot.config import (
     QuantapilotConfig,
     StepConfig,
     command_policy,
+    docs_branch_problem,
     effective_gates,
     gate_settings,
     load_config,
     step_policy,
+    with_self_approval_floor,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,6 +413,44 @@ def test_gates_settings_default_when_undefined() -> None:
     assert default == GateConfig()
     # None: the deployment default (QP_ALLOW_SELF_APPROVAL) decides.
     assert (default.timeout_s, default.approvers, default.allow_self_approval) == (None, [], None)
+
+
+def test_gates_self_approval_floor_narrows_and_never_lifts() -> None:
+    config = load_config(
+        yml("""
+        version: 1
+        gate_definitions:
+          anchor: {allow_self_approval: true, approvers: [bot]}
+          first_merge: {allow_self_approval: false}
+          extra: {description: d}
+        """)
+    )
+    floored = with_self_approval_floor(config, allowed=False)
+    assert [gate_settings(floored, g).allow_self_approval for g in ("anchor", "first_merge", "extra")] == [
+        False,
+        False,
+        None,  # unset stays unset: the deployment's default (false here) applies
+    ]
+    assert gate_settings(floored, "anchor").approvers == ["bot"]
+    assert with_self_approval_floor(config, allowed=True) is config
+
+
+@pytest.mark.parametrize(
+    ("branch", "refused"),
+    [
+        (None, False),
+        ("quantapilot/rr_mine/docs", False),
+        ("quantapilot/rr_mine/x/y", False),
+        ("release", False),  # outside every namespace: only ever created (enforced at the push)
+        ("quantapilot/docs", False),
+        ("quantapilot/rr_other/docs", True),
+        ("quantapilot/rr_mine", False),
+        ("quantapilot/rr_mine_not/docs", True),
+    ],
+)
+def test_docs_branch_of_another_runs_namespace_is_refused(branch: str | None, refused: bool) -> None:
+    config = QuantapilotConfig(docs=DocsConfig(branch=branch))
+    assert (docs_branch_problem(config, "rr_mine") is not None) is refused
 
 
 # --- step policy

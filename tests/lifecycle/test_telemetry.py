@@ -16,11 +16,14 @@ from sqlmodel import Session
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.lifecycle.models import SchemaValidationError
 from quantapilot.telemetry import (
+    IdempotencyKeyReused,
+    StoredBatch,
     TelemetryEvent,
     TelemetryIn,
     insert_events,
     kpi_aggregates,
     parse_telemetry_payload,
+    store_batch,
 )
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
@@ -224,3 +227,46 @@ def test_telemetry_aggregates_stay_linear_on_postgres_with_stale_statistics(post
                 assert worst[1] <= len(kpis), (worst, loops)
     finally:
         engine.dispose()
+
+
+def test_telemetry_event_ids_store_a_retry_once_in_one_statement(db_engine: Engine) -> None:
+    batch = [event("k", float(i), T0 + timedelta(seconds=i), id=f"dev-{i}") for i in range(1000)]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sqlalchemy_event.listen(db_engine, "before_cursor_execute", count)
+    try:
+        with session_scope(db_engine) as session:
+            assert store_batch(session=session, workspace="ws", events=batch) == StoredBatch(stored=1000, duplicates=0)
+        inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+        assert len(inserts) == 1, inserts  # the whole batch, ids and all, is one statement
+        with session_scope(db_engine) as session:
+            again = store_batch(session=session, workspace="ws", events=[*batch[:10], event("k", 7, T0, id="new")])
+        assert again == StoredBatch(stored=1, duplicates=10)
+        with session_scope(db_engine) as session:
+            # Ids are per workspace: another workspace's "dev-0" is another event.
+            assert store_batch(session=session, workspace="ws2", events=batch[:1]).stored == 1
+    finally:
+        sqlalchemy_event.remove(db_engine, "before_cursor_execute", count)
+    with Session(db_engine) as session:
+        assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 1002
+
+
+def test_telemetry_idempotency_key_stores_a_batch_once(db_engine: Engine) -> None:
+    batch = [event("k", 1, T0), event("k", 2, T0)]
+    for _ in range(2):
+        with session_scope(db_engine) as session:
+            store_batch(session=session, workspace="ws", events=batch, idempotency_key="b-1", request_sha256="h1")
+    with session_scope(db_engine) as session:
+        replay = store_batch(session=session, workspace="ws", events=batch, idempotency_key="b-1", request_sha256="h1")
+    assert replay == StoredBatch(stored=0, duplicates=2)
+    with pytest.raises(IdempotencyKeyReused), session_scope(db_engine) as session:
+        store_batch(session=session, workspace="ws", events=batch[:1], idempotency_key="b-1", request_sha256="h2")
+    with session_scope(db_engine) as session:
+        # Keys are per workspace too.
+        other = store_batch(session=session, workspace="ws2", events=batch, idempotency_key="b-1", request_sha256="h2")
+    assert other == StoredBatch(stored=2, duplicates=0)
+    with Session(db_engine) as session:
+        assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 4

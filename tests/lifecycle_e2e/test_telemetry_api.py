@@ -42,6 +42,7 @@ async def test_telemetry_moves_kpi_from_at_risk_to_on_track(lc_api: Api, engine:
     assert code == 202, body
     assert body == {
         "accepted": 1,
+        "duplicates": 0,
         "accountIds": [account],
         "accounts": [{"accountId": account, "accepted": 1}],
         "refreshesScheduled": 1,

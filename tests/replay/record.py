@@ -245,6 +245,21 @@ async def lifecycle_target_rejected(rec: Recording) -> Recorded:
     return Recorded(lifecycle_workflow_id("default", run_id))
 
 
+async def lifecycle_target_api_signal_held(rec: Recording) -> Recorded:
+    """A decide_gate signal claiming an API source from the trigger's subject (another token) is ignored under the
+    self-approval rule (the patch's path); an operator's signal then approves; completed."""
+    api = rec.api
+    run_id = await start(api, new_account(), "target", TARGET_INPUTS, gate={"allowSelfApproval": False})
+    await api.wait_gate(run_id, "business_case")
+    handle = rec.client.get_workflow_handle(lifecycle_workflow_id("default", run_id))
+    claimed = {"source": "api", "decided_by": "recorder", "decided_by_token": "tok_another_of_recorder"}
+    await handle.signal("decide_gate", {"gate": "business_case", "approved": True, **claimed})
+    await handle.signal("decide_gate", {"gate": "business_case", "approved": True, "reason": "operator"})
+    final = await api.wait_state(run_id, "completed")
+    assert final["gates"][0]["reason"] == "operator", final["gates"]  # the first signal changed nothing
+    return Recorded(lifecycle_workflow_id("default", run_id))
+
+
 # ----- AccountRealization ----------------------------------------------------------------------------------------
 
 
@@ -363,6 +378,7 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
+    "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
     "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),

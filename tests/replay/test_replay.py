@@ -87,6 +87,11 @@ SHAPES: dict[str, Shape] = {
     "lifecycle_target_rejected": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
     ),
+    # A signal claiming an API source meets the self-approval rule (its patch marker), then an operator's signal.
+    "lifecycle_target_api_signal_held": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, E.EVENT_TYPE_MARKER_RECORDED],
+    ),
     # Telemetry signals, the coalescing window's timer, two refreshes of four activities, then continue-as-new.
     "account_realization_refreshed": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
