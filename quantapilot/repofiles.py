@@ -434,7 +434,7 @@ def _folder(root: Path, parts: Sequence[str], *, create: bool) -> Iterator[int |
                     os.mkdir(name, 0o755, dir_fd=fd)
                 child = _open_dir_or_refuse(name, fd, parts[: i + 1])
             except OSError as exc:
-                raise _refusal(exc, parts[: i + 1]) from None
+                raise _refusal(exc, parts[: i + 1], fd) from None
             os.close(fd)
             fd = child
         yield fd
@@ -446,12 +446,17 @@ def _open_dir_or_refuse(name: str, fd: int, parts: Sequence[str]) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
-        raise _refusal(exc, parts) from None
+        raise _refusal(exc, parts, fd) from None
 
 
-def _refusal(exc: OSError, parts: Sequence[str]) -> UnsafePathError:
+def _refusal(exc: OSError, parts: Sequence[str], parent_fd: int) -> UnsafePathError:
     where = "/".join(parts)
-    if exc.errno == errno.ELOOP:
+    # O_NOFOLLOW on a link fails with ELOOP, or with ENOTDIR when O_DIRECTORY is set too: look at the entry.
+    try:
+        is_link = stat.S_ISLNK(os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        is_link = False
+    if is_link or exc.errno == errno.ELOOP:
         return UnsafePathError(where, "is a symbolic link; refusing to go through it")
     if exc.errno == errno.ENOTDIR:
         return UnsafePathError(where, "is not a folder")
@@ -487,7 +492,7 @@ def read_worktree_head(root: Path, rel: str, limit: int) -> bytes | None:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _refusal(exc, [*folders, name]) from None
+            raise _refusal(exc, [*folders, name], fd) from None
         try:
             if not stat.S_ISREG(os.fstat(handle).st_mode):
                 raise UnsafePathError(rel, "is not a regular file")
@@ -522,7 +527,7 @@ def write_file(root: Path, rel: str, data: bytes) -> bool:
         try:
             handle = os.open(name, os.O_RDWR | os.O_CREAT | _FILE_FLAGS, 0o644, dir_fd=fd)
         except OSError as exc:
-            raise _refusal(exc, [*folders, name]) from None
+            raise _refusal(exc, [*folders, name], fd) from None
         try:
             info = os.fstat(handle)
             if not stat.S_ISREG(info.st_mode):
