@@ -267,12 +267,19 @@ async def test_repo_files_quantapilot_yml_is_never_read_through_a_link(api: Api,
             quantapilot_yaml_path="conf/quantapilot.yml",
         ),
     }
+    # A huge file is refused from its size in the tree, before a byte of it is read.
+    huge = await trigger(
+        api, hostile_remote(repos, "huge", {"quantapilot.yml": "version: 1\n#" + "x" * 300_000 + "\n"})
+    )
     for name, run_id in runs.items():
         final = await api.wait_state(run_id, "failed", "waiting_for_gate", timeout=90)
         assert final["state"] == "failed", (name, final)
         assert final["error"]["code"] == "CONFIG_INVALID", (name, final["error"])
         assert "symbolic link" in final["error"]["message"], (name, final["error"])
         assert secret not in json.dumps([final, await api.events(run_id)])
+    final = await api.wait_state(huge, "failed", "waiting_for_gate", timeout=90)
+    assert final["error"]["code"] == "CONFIG_INVALID", final
+    assert "larger than 262144 bytes" in final["error"]["message"], final["error"]
 
 
 # --- YAML bombs -----------------------------------------------------------------------------------------
