@@ -3,12 +3,15 @@
 :func:`generate_docs` produces these pages (slugs; files under the output folder, ``docs`` by default):
 
 * ``index``: overview from the README and the package metadata (``pyproject.toml``, ``setup.cfg``,
-  ``package.json``), language counts, links to the other pages, and the Python files that failed to parse;
+  ``package.json``), language counts, links to the other pages, the Python files that failed to parse and the
+  files not read (symbolic links, files over the size cap, front matter over the YAML limits), with the reason;
 * ``file-tree``: the tracked files as a tree (capped for huge repositories, with a note);
 * ``guides``: the repository's own Markdown documents (written by people), each linked with its summary;
 * ``api/index`` and one ``api/<module>`` page per Python module: module docstring, classes with their bases,
   methods and functions with full signatures and docstrings, read with :mod:`ast`.
 
+The repository's files are read as data through :mod:`quantapilot.repofiles` (from the git objects of the
+documented commit, never through the work tree), and written back the same way: no link is ever followed.
 The same input always gives byte-identical pages: traversal is sorted and the only date is the ``updated``
 argument. Text taken from the repository goes through :func:`~quantapilot.docgen.lint.scrub_personal_data`.
 Every page carries ``generator: quantapilot-docgen`` in its front matter; :func:`write_pages` overwrites or
