@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import timedelta
@@ -10,27 +11,77 @@ from typing import Any
 
 from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities import Closeable, build_activities
+from activities.repo import RepoActivities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
 from workflows.registry import WORKFLOWS
+from workflows.repo_run import workflow_id as repo_workflow_id
 
 log = logging.getLogger("quantapilot.worker")
 
 
 class ServiceWorker(Worker):
-    """A worker that also closes its activities' shared connections when it shuts down."""
+    """A worker that also closes its activities' shared connections when it shuts down.
 
-    def __init__(self, *args: Any, resources: list[Closeable], engine: Engine, **kwargs: Any) -> None:
+    While it runs it also sweeps the worktrees of closed runs off this host now and then (``sweep_every_s``):
+    a run's cleanup step removes the worktree of the worker that runs it, this removes the rest.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        resources: list[Closeable],
+        engine: Engine,
+        repo: RepoActivities | None = None,
+        sweep_every_s: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._resources = resources
         self._engine = engine
+        self._repo = repo
+        self._sweep_every_s = sweep_every_s
+
+    async def run(self) -> None:
+        """Poll until shut down, sweeping worktrees of closed runs alongside."""
+        sweep = asyncio.create_task(self._sweep()) if self._repo is not None and self._sweep_every_s > 0 else None
+        try:
+            await super().run()
+        finally:
+            if sweep is not None:
+                sweep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
+
+    async def _sweep(self) -> None:
+        assert self._repo is not None
+        while True:
+            try:
+                removed = await self._repo.sweep_worktrees(self._run_closed)
+                if removed:
+                    log.info("removed %d worktrees of closed runs", removed)
+            except Exception:
+                log.exception("worktree sweep failed; trying again later")
+            await asyncio.sleep(self._sweep_every_s)
+
+    async def _run_closed(self, workspace: str, run_id: str) -> bool | None:
+        """Whether the repository run has closed (completed, failed, cancelled, terminated, timed out, gone)."""
+        try:
+            desc = await self.client.get_workflow_handle(repo_workflow_id(workspace, run_id)).describe(
+                rpc_timeout=timedelta(seconds=10)
+            )
+        except RPCError as err:
+            # Not found: retention removed it, or it never started (a stray folder): nothing will use it.
+            return True if err.status == RPCStatusCode.NOT_FOUND else None
+        return desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING
 
     async def shutdown(self) -> None:
         """Stop polling, let running tasks finish, then close HTTP sessions, broker and database connections."""
@@ -61,6 +112,8 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         activities=activities,
         resources=resources,
         engine=engine,
+        repo=next((r for r in resources if isinstance(r, RepoActivities)), None),
+        sweep_every_s=settings.worktree_sweep_interval_s,
         interceptors=[RunContextInterceptor()],
         max_cached_workflows=settings.worker_max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),

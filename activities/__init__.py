@@ -43,6 +43,7 @@ def build_activities(settings: Settings, engine: Engine) -> tuple[list[Callable[
         repo.open_pull_request,
         repo.merge_pull_request,
         repo.run_milestone,
+        repo.cleanup_worktree,
         *lifecycle_activities(settings, engine),
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,

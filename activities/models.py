@@ -20,6 +20,7 @@ GENERATE_DOCUMENTATION = "generate_documentation"
 OPEN_PULL_REQUEST = "open_pull_request"
 MERGE_PULL_REQUEST = "merge_pull_request"
 RUN_MILESTONE = "run_milestone"
+CLEANUP_WORKTREE = "cleanup_worktree"
 
 
 def project_name(repo_url: str) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import logging
 import os
 import shutil
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,6 +27,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.models import (
+    CLEANUP_WORKTREE,
     CLONE_REPOSITORY,
     GENERATE_DOCUMENTATION,
     LOAD_RUN_CONFIG,
@@ -43,6 +46,7 @@ from activities.models import (
     RepoRef,
 )
 from quantapilot.config import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     QuantapilotConfig,
     docs_branch_problem,
@@ -58,7 +62,17 @@ from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
+from quantapilot.repofiles import (
+    FileRefusedError,
+    RepoReadError,
+    UnsafePathError,
+    normalise_path,
+    open_repo_files,
+    write_file,
+)
 from quantapilot.settings import Settings
+
+log = logging.getLogger("quantapilot.worktrees")
 
 OUTPUT_TAIL_CHARS = 4000
 # Only these variables reach a milestone command: no service secrets (tokens, database URLs) leak into it.
@@ -259,11 +273,8 @@ class RepoActivities:
     async def load_run_config(self, inp: LoadConfigInput) -> QuantapilotConfig:
         """Read and validate quantapilot.yml (documented defaults when the file is absent)."""
         async with self._lock(inp.repo.run_id), heartbeating("read_config"):
-            root = (await self._ensure_worktree(inp.repo)).resolve()
-            target = (root / inp.path).resolve()
-            if not target.is_relative_to(root) or ".git" in target.relative_to(root).parts:
-                raise permanent(ErrorCode.CONFIG_INVALID, f"{inp.path}: path leaves the repository")
-            text = target.read_text(encoding="utf-8", errors="replace") if target.is_file() else None
+            root = await self._ensure_worktree(inp.repo)
+            text = await asyncio.to_thread(_read_config_text, root, inp.repo.commit_sha, inp.path)
         try:
             config = load_config(text, source=inp.path)
         except ConfigError as exc:
@@ -306,9 +317,12 @@ class RepoActivities:
                 version=version,
                 updated=inp.run_started_at.date().isoformat(),
                 owners=inp.owners,
+                commit=inp.repo.commit_sha,
+                max_file_bytes=self._settings.repo_max_file_bytes,
             )
             if inp.lint:
-                issues = lint_pages(pages)
+                # In a thread: thousands of pages must not hold up the worker's other runs.
+                issues = await asyncio.to_thread(lint_pages, pages)
                 if issues:
                     first = issues[0]
                     raise permanent(
@@ -418,10 +432,15 @@ class RepoActivities:
                 )
             if not any(s.run for s in inp.steps):
                 # A milestone without commands still leaves a reviewable record of its criteria.
-                record = path / ".quantapilot" / "milestones" / f"{inp.milestone_id}.md"
-                record.parent.mkdir(parents=True, exist_ok=True)
                 criteria = "".join(f"- [ ] {c}\n" for c in inp.criteria) or "- (no criteria)\n"
-                record.write_text(f"# {inp.milestone_id}: {inp.title}\n\n## Criteria\n\n{criteria}", encoding="utf-8")
+                record = f"# {inp.milestone_id}: {inp.title}\n\n## Criteria\n\n{criteria}"
+                try:
+                    # Never through a tracked link (.quantapilot/milestones -> /tmp/x): refused, nothing written.
+                    await asyncio.to_thread(
+                        write_file, path, f".quantapilot/milestones/{inp.milestone_id}.md", record.encode("utf-8")
+                    )
+                except UnsafePathError as exc:
+                    raise permanent(ErrorCode.PRECONDITION_FAILED, f"milestone record not written: {exc}") from None
             changed, sha = await self._commit_and_push(
                 path,
                 run_id=inp.repo.run_id,
@@ -430,6 +449,103 @@ class RepoActivities:
                 when=inp.run_started_at,
             )
         return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)
+
+    @activity.defn(name=CLEANUP_WORKTREE)
+    async def cleanup_worktree(self, ref: RepoRef) -> bool:
+        """Remove the run's worktree on this worker (the run has ended); a no-op when there is none.
+
+        Best effort: a failure is logged, never raised, so a full disk or a stubborn file never keeps a run
+        from closing; the worker-side sweep (:meth:`sweep_worktrees`) retries later.
+
+        Returns:
+            Whether a worktree was removed.
+        """
+        async with self._lock(ref.run_id):
+            removed = await asyncio.to_thread(_remove_tree, self.run_dir(ref.workspace, ref.run_id))
+        self._locks.pop(ref.run_id, None)
+        if removed:
+            activity.logger.info("worktree removed")
+        return removed
+
+    def run_dir(self, workspace: str, run_id: str) -> Path:
+        """Directory holding everything a run keeps on this worker (its worktree and a partial clone)."""
+        return self._settings.run_workdir / workspace / run_id
+
+    async def sweep_worktrees(self, is_closed: Callable[[str, str], Awaitable[bool | None]]) -> int:
+        """Remove the worktrees on this worker whose run has closed.
+
+        A run's steps can run on several workers (each clones on demand) but its cleanup step runs on one, and a
+        terminated run runs none: every worker calls this now and then for what it holds.
+
+        Args:
+            is_closed: ``(workspace, run_id) -> closed?``; ``None`` when that cannot be told now (kept).
+
+        Returns:
+            How many worktrees were removed.
+        """
+        root = self._settings.run_workdir
+        found = await asyncio.to_thread(_run_dirs, root)
+        removed = 0
+        for workspace, run_id in found:
+            if await is_closed(workspace, run_id) is not True:
+                continue
+            async with self._lock(run_id):
+                if await asyncio.to_thread(_remove_tree, self.run_dir(workspace, run_id)):
+                    removed += 1
+            self._locks.pop(run_id, None)
+        return removed
+
+
+def _read_config_text(root: Path, commit: str | None, path: str) -> str | None:
+    """The text of quantapilot.yml from the commit's objects; ``None`` when the repository has no such file.
+
+    A link (the file, or a folder on its path), a submodule, a file over the size limit or a path leaving the
+    repository ends the run with ``CONFIG_INVALID``: the file is never read through a link.
+    """
+    try:
+        rel = normalise_path(path)
+        with open_repo_files(root, commit=commit, paths=[rel], max_file_bytes=MAX_CONFIG_BYTES) as repo:
+            if rel not in repo.entries and repo.link_on_path(rel) is None:
+                return None
+            return repo.read_text(rel)
+    except (UnsafePathError, FileRefusedError) as exc:
+        raise permanent(ErrorCode.CONFIG_INVALID, f"{path}: {exc.reason}") from None
+    except RepoReadError as exc:
+        raise ApplicationError(str(exc), type=ErrorCode.TOOL_FAILURE) from None
+
+
+def _run_dirs(root: Path) -> list[tuple[str, str]]:
+    """``(workspace, run_id)`` of every run folder under the work directory."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        (ws.name, run.name)
+        for ws in root.iterdir()
+        if ws.is_dir() and not ws.is_symlink()
+        for run in ws.iterdir()
+        if run.is_dir() and not run.is_symlink()
+    )
+
+
+def _remove_tree(path: Path) -> bool:
+    """Delete a run folder; links inside are removed, never followed (shutil.rmtree's fd-based walk)."""
+    if not path.exists():
+        return False
+
+    def _writable_and_retry(func: Callable[..., object], target: str, _exc: object) -> None:
+        # A milestone command may have left read-only folders behind; make the parent writable and retry once.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(target), 0o700)
+            func(target)
+
+    try:
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=_writable_and_retry)
+    except OSError as exc:
+        log.warning("worktree %s not removed: %s", path.name, type(exc).__name__)
+    return not path.exists()
 
 
 async def _snapshot(path: Path) -> str:

@@ -21,6 +21,8 @@ from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from quantapilot.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
+
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_STEP_TIMEOUT_S",
@@ -54,14 +56,9 @@ __all__ = [
 # The schema sits next to the package in the source tree (``schemas/`` is not a regular package).
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schemas" / "quantapilot.schema.json"
 
-#: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack.
-MAX_CONFIG_BYTES: Final = 256 * 1024
-#: Aliases (``*name``) allowed in one document: enough for a few ``<<: *defaults`` merges, far from a bomb.
-MAX_YAML_ALIASES: Final = 64
-#: Nodes of the document with every alias expanded; bounds what validators walk after parsing.
-MAX_YAML_NODES: Final = 50_000
-#: Nesting depth; the PyYAML composer recurses per level and would otherwise hit Python's recursion limit.
-MAX_YAML_DEPTH: Final = 64
+#: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack. The alias,
+#: node and depth limits are those of every YAML a repository supplies (quantapilot/safe_yaml.py).
+MAX_CONFIG_BYTES: Final = MAX_YAML_BYTES
 
 DEFAULT_STEP_TIMEOUT_S: Final = 600.0
 DEFAULT_MAX_ATTEMPTS: Final = 3
@@ -258,122 +255,16 @@ class ConfigError(Exception):
 # --- YAML ---
 
 
-class _LimitedLoader(yaml.SafeLoader):
-    """A ``SafeLoader`` that refuses alias bombs, deep nesting and duplicate keys.
-
-    ``yaml.safe_load`` shares aliased nodes, so parsing a "billion laughs" document is cheap, but every
-    consumer that walks the result (schema validation, pydantic, JSON encoding) pays the fully expanded size.
-    Counting aliases and the expanded node count after composing stops such documents before anything walks
-    them.
-    Timestamps are not resolved, so ``due_date: 2025-01-31`` stays the string the schema describes.
-    """
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise _YamlLimitError(f"more than {MAX_YAML_ALIASES} YAML aliases")
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise _YamlLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # A repeated key silently overrides the first in plain YAML; in a settings file that hides typos.
-        # Merge keys (``<<``) are left to PyYAML, which lets explicit keys override merged ones.
-        seen: set[tuple[str, str]] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found duplicate key {key_node.value!r}"[:_MAX_MESSAGE_CHARS],
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-class _YamlLimitError(Exception):
-    """A document over one of the loader's limits."""
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """Count the nodes of ``root`` with aliases expanded, stopping early past the limit.
-
-    Shared (aliased) nodes are counted once per reference but sized once (memoised), so this is linear in the
-    document, not in its expansion. Cycles (``&a [*a]``) cannot be expanded at all and are refused.
-    """
-    sizes: dict[int, int] = {}
-    in_progress: set[int] = set()
-    # Iterative post-order walk: the document may be up to MAX_YAML_DEPTH deep, recursion is fine, but an
-    # explicit stack keeps the cycle check and memo in one place.
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if key in sizes:
-            continue
-        children = _children(node)
-        if children_done:
-            in_progress.discard(key)
-            total = 1 + sum(sizes[id(child)] for child in children)
-            if total > MAX_YAML_NODES:
-                raise _YamlLimitError(f"more than {MAX_YAML_NODES} nodes once aliases are expanded")
-            sizes[key] = total
-            continue
-        if key in in_progress:
-            raise _YamlLimitError("recursive YAML aliases")
-        in_progress.add(key)
-        stack.append((node, True))
-        for child in children:
-            if id(child) in in_progress:
-                raise _YamlLimitError("recursive YAML aliases")
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return sizes[id(root)]
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
 def _parse_yaml(text: str, *, source: str) -> Any:
-    """Parse one YAML document within the loader's limits, raising :class:`ConfigError` on any problem."""
+    """Parse one YAML document within the shared limits (:mod:`quantapilot.safe_yaml`), as :class:`ConfigError`."""
     if len(text.encode("utf-8", errors="surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source)
-    loader = _LimitedLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _expanded_size(node)
-        return loader.construct_document(node)
-    except _YamlLimitError as exc:
+        return load_yaml(text, unique_keys=True)
+    except YamlLimitError as exc:
         raise ConfigError([ConfigIssue("<root>", f"refused YAML: {exc}")], source=source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue("<root>", _yaml_message(exc))], source=source) from None
-    finally:
-        loader.dispose()
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     # Commits of history a run clones (shallow by default: documentation and merges need only the tip; git fetches
     # what a merge needs later). 0 clones the whole history.
     clone_depth: int = Field(default=1, ge=0)
+    # Largest file of a repository read as data (quantapilot.yml aside: README, guides, package metadata, Python
+    # sources); a larger one is listed on the index page but never read (quantapilot/repofiles.py).
+    repo_max_file_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Each worker removes the worktrees of closed runs this often (and at start): runs that ended on another
+    # worker, were terminated, or whose cleanup step failed. 0 turns the sweep off.
+    worktree_sweep_interval_s: float = Field(default=600.0, ge=0)
     # Long steps heartbeat; a worker that dies mid-step is noticed after this many seconds.
     step_heartbeat_s: float = Field(default=30.0, gt=0, le=600)
     default_forge: Literal["git", "github", "gitea"] = "git"

@@ -186,14 +186,20 @@ class RunWorkflowBase:
     async def _close(self, state: RunState, event_type: str, data: dict[str, Any]) -> None:
         """Record the final event, then enter the final state, so a client that sees it finds the whole log.
 
-        Runs started before this order existed replay the old one (state first): their histories say so.
+        Runs started before this order existed replay the old one (state first): their histories say so. What the
+        run holds outside Temporal is released first (:meth:`_release`), so a client that sees the final state
+        finds it released.
         """
+        await self._release()
         if workflow.patched(PATCH_FINAL_EVENT_FIRST):
             await self._emit(event_type, data)
             self._finish(state)
         else:
             self._finish(state)
             await self._emit(event_type, data)
+
+    async def _release(self) -> None:
+        """Release what the run keeps outside Temporal when it ends; repository runs remove their worktrees."""
 
     def _finish(self, state: RunState) -> None:
         self._terminal = state

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import (
+        CLEANUP_WORKTREE,
         CLONE_REPOSITORY,
         GENERATE_DOCUMENTATION,
         LOAD_RUN_CONFIG,
@@ -52,6 +57,9 @@ ANCHOR = "anchor"
 FIRST_MERGE = "first_merge"
 CLONE_TIMEOUT_S = 600.0
 CONFIG_TIMEOUT_S = 60.0
+CLEANUP_TIMEOUT_S = 120.0
+# Workflow versioning (workflow.patched): a run that ends removes its worktree (cleanup_worktree) first.
+PATCH_WORKTREE_CLEANUP = "cleanup-worktree-at-end"
 
 
 def workflow_id(workspace: str, run_id: str) -> str:
@@ -92,6 +100,26 @@ class RepoRunWorkflow(RunWorkflowBase):
     async def run(self, inp: RepoRunInput) -> RunStatus:
         """Run the pipeline to completion, failure or cancellation."""
         return await self._guarded(self._pipeline)
+
+    async def _release(self) -> None:
+        """Remove the run's worktree when it ends: completed, failed or cancelled (continuing as new is no end).
+
+        The step runs on one worker; worktrees other workers cloned for this run are removed by their sweep
+        (``worker.py``), which also covers a run that was terminated. A cleanup that fails never fails the run.
+        """
+        if not workflow.patched(PATCH_WORKTREE_CLEANUP):
+            return  # started before worktrees were removed: replay without the step
+        try:
+            await workflow.execute_activity(
+                CLEANUP_WORKTREE,
+                self._repo,
+                result_type=bool,
+                start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+                summary="Remove the run's worktree",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("worktree cleanup failed: %s", err.cause, extra=self._log_context())
 
     def _status(self) -> RunStatus:
         return RunStatus(

@@ -3,12 +3,15 @@
 :func:`generate_docs` produces these pages (slugs; files under the output folder, ``docs`` by default):
 
 * ``index``: overview from the README and the package metadata (``pyproject.toml``, ``setup.cfg``,
-  ``package.json``), language counts, links to the other pages, and the Python files that failed to parse;
+  ``package.json``), language counts, links to the other pages, the Python files that failed to parse and the
+  files not read (symbolic links, files over the size cap, front matter over the YAML limits), with the reason;
 * ``file-tree``: the tracked files as a tree (capped for huge repositories, with a note);
 * ``guides``: the repository's own Markdown documents (written by people), each linked with its summary;
 * ``api/index`` and one ``api/<module>`` page per Python module: module docstring, classes with their bases,
   methods and functions with full signatures and docstrings, read with :mod:`ast`.
 
+The repository's files are read as data through :mod:`quantapilot.repofiles` (from the git objects of the
+documented commit, never through the work tree), and written back the same way: no link is ever followed.
 The same input always gives byte-identical pages: traversal is sorted and the only date is the ``updated``
 argument. Text taken from the repository goes through :func:`~quantapilot.docgen.lint.scrub_personal_data`.
 Every page carries ``generator: quantapilot-docgen`` in its front matter; :func:`write_pages` overwrites or
@@ -19,15 +22,14 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import json
-import os
 import posixpath
 import re
-import subprocess
 import tomllib
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -37,7 +39,25 @@ import yaml
 from pydantic import BaseModel, Field
 
 from quantapilot.docgen.lint import scrub_personal_data
-from quantapilot.docgen.render import FrontMatterError, find_front_matter, split_front_matter
+from quantapilot.docgen.render import (
+    FrontMatterError,
+    FrontMatterRefusedError,
+    find_front_matter,
+    split_front_matter,
+)
+from quantapilot.repofiles import (
+    MAX_FILE_BYTES,
+    EntryKind,
+    FileRefusedError,
+    RepoFiles,
+    UnsafePathError,
+    normalise_path,
+    open_repo_files,
+    read_worktree_head,
+    remove_file,
+    walk_worktree_files,
+    write_file,
+)
 
 GENERATOR_MARKER = "quantapilot-docgen"
 DEFAULT_OWNERS: tuple[str, ...] = ("quantapilot",)
@@ -47,6 +67,8 @@ MAX_TREE_LINES = 1500
 # README text beyond this size is cut (with a note) so one huge README cannot bloat the overview.
 MAX_README_CHARS = 100_000
 MAX_DESCRIPTION_CHARS = 300
+# The index names at most this many files left out (links, oversized files, refused front matter).
+MAX_LEFT_OUT_LINES = 200
 MAX_SLUG_PART = 200
 
 # Folders never documented even when tracked: VCS metadata, virtualenvs, dependency and tool caches.
@@ -229,35 +251,28 @@ def _skipped(rel: str) -> bool:
     return any(part in SKIP_DIRS for part in rel.split("/")[:-1])
 
 
-def _list_files(repo_dir: Path) -> list[str]:
-    """Tracked files (``git ls-files``), or every file when ``repo_dir`` is not a git work tree."""
-    files: list[str] | None = None
-    if (repo_dir / ".git").exists():
+def _listed(repo: RepoFiles) -> list[str]:
+    """Tracked regular files and symbolic links (listed, never read); submodules have no files here."""
+    return [p for p in repo.paths(EntryKind.FILE, EntryKind.SYMLINK) if not _skipped(p)]
+
+
+class _Reader:
+    """Reads the repository's files as data and remembers the ones it left out, with the reason."""
+
+    def __init__(self, repo: RepoFiles) -> None:
+        self.repo = repo
+        self.left_out: dict[str, str] = {}
+
+    def text(self, rel: str) -> str | None:
+        data = self.data(rel)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def data(self, rel: str) -> bytes | None:
         try:
-            proc = subprocess.run(
-                ["git", "-C", str(repo_dir), "ls-files", "-z", "--cached"],
-                capture_output=True,
-                check=True,
-                timeout=120,
-            )
-            files = [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
-        except (OSError, subprocess.SubprocessError):
-            files = None
-    if files is None:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(repo_dir):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            base = Path(dirpath).relative_to(repo_dir).as_posix()
-            files.extend(name if base == "." else f"{base}/{name}" for name in filenames)
-    # Deleted-but-tracked entries and submodules (gitlinks) are not regular files; leave them out.
-    return sorted({f for f in files if not _skipped(f) and (repo_dir / f).is_file()})
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+            return self.repo.read_bytes(rel)
+        except FileRefusedError as exc:
+            self.left_out[rel] = exc.reason
+            return None
 
 
 @dataclass(slots=True)
@@ -272,12 +287,13 @@ def _str(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _read_metadata(repo_dir: Path, files: set[str]) -> _Metadata:
+def _read_metadata(reader: _Reader, files: set[str]) -> _Metadata:
     meta = _Metadata()
-    if "pyproject.toml" in files:
+    # RecursionError: tomllib and json recurse per nesting level; a hostile file may nest thousands deep.
+    if "pyproject.toml" in files and (toml_bytes := reader.data("pyproject.toml")) is not None:
         try:
-            data = tomllib.loads((repo_dir / "pyproject.toml").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            data = tomllib.loads(toml_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
             data = {}
         project = data.get("project")
         poetry = data.get("tool", {}).get("poetry") if isinstance(data.get("tool"), dict) else None
@@ -289,11 +305,11 @@ def _read_metadata(repo_dir: Path, files: set[str]) -> _Metadata:
                     _str(table.get("version")),
                     "pyproject.toml",
                 )
-    if "setup.cfg" in files:
+    if "setup.cfg" in files and (cfg_bytes := reader.data("setup.cfg")) is not None:
         parser = configparser.ConfigParser(interpolation=None)
         try:
-            parser.read_string((repo_dir / "setup.cfg").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, configparser.Error):
+            parser.read_string(cfg_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, configparser.Error):
             parser = configparser.ConfigParser(interpolation=None)
         section = dict(parser.items("metadata")) if parser.has_section("metadata") else {}
         if section.get("name", "").strip():
@@ -303,10 +319,10 @@ def _read_metadata(repo_dir: Path, files: set[str]) -> _Metadata:
                 section.get("version", "").strip(),
                 "setup.cfg",
             )
-    if "package.json" in files:
+    if "package.json" in files and (json_bytes := reader.data("package.json")) is not None:
         try:
-            pkg = json.loads((repo_dir / "package.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+            pkg = json.loads(json_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
             pkg = None
         if isinstance(pkg, dict) and _str(pkg.get("name")):
             return _Metadata(
@@ -709,6 +725,7 @@ def _index_page(
     modules: Sequence[_Module],
     failed: Sequence[tuple[str, str]],
     guides: Sequence[str],
+    left_out: Sequence[tuple[str, str]],
 ) -> GeneratedPage:
     slug = "index"
     path = _page_path(ctx, slug)
@@ -761,6 +778,13 @@ def _index_page(
         body += ["## Files that could not be parsed", ""]
         body += [f"- {_code(p)}: {_esc(reason)}" for p, reason in failed]
         body.append("")
+    if left_out:
+        # Links, oversized files and refused front matter: the reader learns why a file is missing.
+        body += ["## Files not read", ""]
+        body += [f"- {_code(p)}: {_esc(reason)}" for p, reason in left_out[:MAX_LEFT_OUT_LINES]]
+        if len(left_out) > MAX_LEFT_OUT_LINES:
+            body.append(f"- *and {len(left_out) - MAX_LEFT_OUT_LINES} more*")
+        body.append("")
     return _page(
         ctx,
         slug=slug,
@@ -786,35 +810,43 @@ def _is_generated_text(head: str) -> bool:
     return data.get("generator") == GENERATOR_MARKER
 
 
-def _doc_title(rel: str, text: str) -> str:
+@dataclass(frozen=True, slots=True)
+class _Guide:
+    path: str
+    title: str
+    summary: str
+
+
+def _guide(rel: str, text: str) -> _Guide:
+    """Title and summary of a Markdown document (its front matter parsed once, within the YAML limits).
+
+    Raises:
+        FrontMatterRefusedError: The front matter is over a YAML limit (an alias bomb): the document is left out.
+    """
     try:
         data, body = split_front_matter(text)
+    except FrontMatterRefusedError:
+        raise
     except FrontMatterError:
         data, body = {}, text
     title = data.get("title")
-    if isinstance(title, str) and title.strip():
-        return title.strip()
-    for line in body.splitlines():
-        m = re.match(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", line)
-        if m:
-            return m.group(1)
-    return rel.rsplit("/", 1)[-1]
+    if not (isinstance(title, str) and title.strip()):
+        title = next(
+            (m.group(1) for line in body.splitlines() if (m := re.match(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", line))),
+            rel.rsplit("/", 1)[-1],
+        )
+    return _Guide(rel, title.strip(), _one_line(_first_paragraph(body), 200))
 
 
-def _guides_page(ctx: _Context, guides: Sequence[tuple[str, str]]) -> GeneratedPage:
+def _guides_page(ctx: _Context, guides: Sequence[_Guide]) -> GeneratedPage:
     slug = "guides"
     path = _page_path(ctx, slug)
     body = ["# Guides", ""]
     if guides:
         body += ["The Markdown documents kept in the repository, written by its people.", ""]
-        for rel, text in guides:
-            try:
-                _data, doc_body = split_front_matter(text)
-            except FrontMatterError:
-                doc_body = text
-            summary = _one_line(_first_paragraph(doc_body), 200)
-            line = f"- {_link(_doc_title(rel, text), path, rel)} ({_code(rel)})"
-            body.append(f"{line}: {_esc(summary)}" if summary else line)
+        for guide in guides:
+            line = f"- {_link(guide.title, path, guide.path)} ({_code(guide.path)})"
+            body.append(f"{line}: {_esc(guide.summary)}" if guide.summary else line)
         body.append("")
     else:
         body += ["The repository has no Markdown documents besides the generated ones.", ""]
@@ -848,25 +880,34 @@ def generate_docs(
     version: str,
     updated: str,
     owners: Sequence[str] = DEFAULT_OWNERS,
+    commit: str | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> list[GeneratedPage]:
-    """Generate the documentation pages of a checked-out repository.
+    """Generate the documentation pages of a repository.
 
     Nothing from the repository is imported or executed: Python modules are read with :mod:`ast`, metadata
-    files are parsed as data. Files that fail to parse are listed on the index page.
+    files are parsed as data. The files are read from the git objects of ``commit`` (never through the work
+    tree, see :mod:`quantapilot.repofiles`): a tracked symbolic link is listed in the file tree but never
+    followed, a file over ``max_file_bytes`` is not read, and a Markdown document whose front matter is over
+    the YAML limits is left out. The index page lists those files with the reason, and the files that failed to
+    parse.
 
     Args:
-        repo_dir: The repository's work tree.
+        repo_dir: The repository's work tree (or a plain directory, read without following links).
         output_folder: Folder (relative to the root) the pages belong to; it is left out of the file tree.
         project: Project name shown on the pages.
         version: Version label written to every page's front matter (a release or a short commit label).
         updated: Date (``YYYY-MM-DD``) or RFC 3339 timestamp for the front matter; the only date written.
         owners: Owners for the front matter; must not be empty.
+        commit: The commit to document (default ``HEAD``).
+        max_file_bytes: Largest file read.
 
     Returns:
         The pages: ``index``, ``file-tree``, ``guides``, ``api/index``, then ``api/<module>`` by module name.
 
     Raises:
         ValueError: Empty ``project``/``version``/``owners`` or an output folder outside the repository.
+        RepoReadError: git could not read the commit.
     """
     owner_list = [o.strip() for o in owners if o.strip()]
     if not owner_list:
@@ -875,32 +916,45 @@ def generate_docs(
         raise ValueError("project, version and updated must not be empty")
     out = _normalise_folder(output_folder)
     ctx = _Context(out, project.strip(), version.strip(), updated.strip(), owner_list)
-    repo_dir = Path(repo_dir)
+    with open_repo_files(
+        Path(repo_dir), commit=commit, max_file_bytes=max_file_bytes, skip_dirs=frozenset(SKIP_DIRS)
+    ) as repo:
+        return _generate(ctx, _Reader(repo))
 
-    all_files = _list_files(repo_dir)
+
+def _generate(ctx: _Context, reader: _Reader) -> list[GeneratedPage]:
+    out = ctx.out
+    all_files = _listed(reader.repo)
     in_output = [f for f in all_files if f.startswith(out + "/")]
     files = [f for f in all_files if not f.startswith(out + "/")]
     file_set = set(files)
 
-    meta = _read_metadata(repo_dir, file_set)
+    meta = _read_metadata(reader, file_set)
     readme: tuple[str, str] | None = None
     for name in README_NAMES:
-        if name in file_set and (text := _read_text(repo_dir / name)) is not None:
+        if name in file_set and (text := reader.text(name)) is not None:
             readme = (name, text)
             break
 
-    guides: list[tuple[str, str]] = []
+    guides: list[_Guide] = []
     for rel in [*files, *in_output]:
         if PurePosixPath(rel).suffix.lower() not in MARKDOWN_SUFFIXES:
             continue
-        text = _read_text(repo_dir / rel)
+        text = reader.text(rel)
         # Pages we generated earlier are not guides; anything else in the output folder was written by people.
         if text is None or _is_generated_text(text[:8192]):
             continue
-        guides.append((rel, text))
-    guides.sort(key=lambda g: g[0])
+        try:
+            guides.append(_guide(rel, text))
+        except FrontMatterRefusedError as exc:
+            reader.left_out[rel] = str(exc)
+    guides.sort(key=lambda g: g.path)
 
     py_files = [f for f in files if f.endswith((".py", ".pyi"))]
+    for rel in py_files:
+        if reader.repo.entries[rel].kind is not EntryKind.FILE:
+            reader.data(rel)  # records why a link is not read
+    py_files = [f for f in py_files if reader.repo.entries[f].kind is EntryKind.FILE]
     # A stub beside its module documents the same thing; prefer the .py.
     py_set = set(py_files)
     py_files = [f for f in py_files if not (f.endswith(".pyi") and f[:-1] in py_set)]
@@ -909,12 +963,15 @@ def generate_docs(
     failed: list[tuple[str, str]] = []
     for rel in py_files:
         module = _Module(name=names[rel], path=rel)
+        source = reader.data(rel)
+        if source is None:
+            continue
         try:
-            _parse_module(module, (repo_dir / rel).read_bytes())
+            _parse_module(module, source)
         except SyntaxError as exc:
             failed.append((rel, f"syntax error at line {exc.lineno}: {exc.msg}"))
             continue
-        except (ValueError, RecursionError, MemoryError, OSError) as exc:
+        except (ValueError, RecursionError, MemoryError) as exc:
             failed.append((rel, f"could not be read as Python ({type(exc).__name__})"))
             continue
         modules.append(module)
@@ -938,7 +995,8 @@ def generate_docs(
             readme=readme,
             modules=modules,
             failed=failed,
-            guides=[g[0] for g in guides],
+            guides=[g.path for g in guides],
+            left_out=sorted(reader.left_out.items()),
         ),
         _tree_page(ctx, files),
         _guides_page(ctx, guides),
@@ -963,43 +1021,31 @@ def is_generated_file(path: Path) -> bool:
     Returns:
         ``True`` only for regular files (not symlinks) marked ``generator: quantapilot-docgen``.
     """
-    if path.is_symlink() or not path.is_file():
-        return False
     try:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            head = fh.read(8192)
-    except OSError:
+        head = read_worktree_head(path.parent, path.name, 8192)
+    except UnsafePathError:
         return False
-    return _is_generated_text(head)
+    return head is not None and _is_generated_text(head.decode("utf-8", errors="replace"))
 
 
-def _safe_target(root: Path, rel: str) -> Path | None:
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts or pure.parts[0] == ".git":
-        return None
-    target = root / pure
-    try:
-        # Resolving follows symlinks, so a symlinked folder pointing outside the repository is caught here.
-        target.parent.resolve().relative_to(root)
-    except (ValueError, OSError):
-        return None
-    return target
+def _generated_on_disk(root: Path, rel: str) -> bool | None:
+    """Whether the work tree's file at ``rel`` is one of our pages; ``None`` when there is none.
 
-
-def _iter_markdown(folder: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if PurePosixPath(name).suffix.lower() in MARKDOWN_SUFFIXES:
-                yield Path(dirpath) / name
+    Raises:
+        UnsafePathError: The path (or a folder on it) is a link, not a regular file, or leaves the work tree.
+    """
+    head = read_worktree_head(root, rel, 8192)
+    return None if head is None else _is_generated_text(head.decode("utf-8", errors="replace"))
 
 
 def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder: str | None = None) -> list[Path]:
     """Write generated pages into the repository and remove generated pages that are no longer produced.
 
     Only files carrying the generator's front-matter marker are ever overwritten or deleted; if a page would
-    replace a file written by people (or a symlink, or a path outside the repository), nothing is written.
-    Files whose content is unchanged are not rewritten.
+    replace a file written by people, a symbolic link, or go through a linked folder or out of the repository,
+    nothing is written. Every path is opened one folder at a time without following links
+    (:mod:`quantapilot.repofiles`), so a tracked ``docs -> /etc`` is refused, never written through. Files
+    whose content is unchanged are not rewritten.
 
     Args:
         repo_dir: The repository's work tree.
@@ -1010,17 +1056,17 @@ def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder
         The paths of all pages, in the order given.
 
     Raises:
-        OutputConflictError: A page would overwrite a file not generated by us or leave the repository.
+        OutputConflictError: A page would overwrite a file not generated by us, go through a link, or leave
+            the repository.
     """
     root = Path(repo_dir).resolve()
-    targets: list[tuple[Path, GeneratedPage]] = []
     conflicts: list[str] = []
     for page in pages:
-        target = _safe_target(root, page.path)
-        if target is None or target.is_symlink() or (target.exists() and not is_generated_file(target)):
+        try:
+            if _generated_on_disk(root, page.path) is False:
+                conflicts.append(page.path)
+        except UnsafePathError:
             conflicts.append(page.path)
-            continue
-        targets.append((target, page))
     if conflicts:
         raise OutputConflictError(conflicts)
 
@@ -1028,23 +1074,25 @@ def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder
         index = next((p for p in pages if p.slug == "index"), None)
         output_folder = posixpath.dirname(index.path) if index is not None else None
     if output_folder:
-        out_dir = _safe_target(root, _normalise_folder(output_folder) + "/x")
-        keep = {t for t, _ in targets}
-        if out_dir is not None and out_dir.parent.is_dir() and not out_dir.parent.is_symlink():
-            for stale in list(_iter_markdown(out_dir.parent)):
-                if stale not in keep and is_generated_file(stale):
-                    stale.unlink()
-                    # Drop folders the removal emptied (never the output folder itself).
-                    parent = stale.parent
-                    while parent != out_dir.parent and not any(parent.iterdir()):
-                        parent.rmdir()
-                        parent = parent.parent
+        out = _normalise_folder(output_folder)
+        keep = {normalise_path(p.path) for p in pages}
+        try:
+            existing = walk_worktree_files(root, out)
+        except UnsafePathError:
+            existing = []  # a linked output folder was refused above for every page in it
+        for rel in existing:
+            if PurePosixPath(rel).suffix.lower() not in MARKDOWN_SUFFIXES or rel in keep:
+                continue
+            with contextlib.suppress(UnsafePathError):
+                if _generated_on_disk(root, rel):
+                    # Folders the removal emptied go too (never the output folder itself).
+                    remove_file(root, rel, prune_up_to=out)
 
     written: list[Path] = []
-    for target, page in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = page.markdown.encode("utf-8")
-        if not (target.is_file() and target.read_bytes() == data):
-            target.write_bytes(data)
-        written.append(target)
+    for page in pages:
+        try:
+            write_file(root, page.path, page.markdown.encode("utf-8"))
+        except UnsafePathError:
+            raise OutputConflictError([page.path]) from None
+        written.append(root / normalise_path(page.path))
     return written

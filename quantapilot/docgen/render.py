@@ -11,8 +11,7 @@ from urllib.parse import unquote
 import yaml
 from markdown_it import MarkdownIt
 
-# The C loader is several times faster; fall back to the pure-Python one where libyaml is absent.
-_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from quantapilot.safe_yaml import YamlLimitError, load_yaml
 
 # A front matter block opens with "---" on the very first line and closes with "---" or "..." on its own line.
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)(?:^|\r?\n)(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
@@ -27,6 +26,10 @@ _IGNORED_IN_SCHEME_RE = re.compile(r"[\x00-\x20\x7f]+")
 
 class FrontMatterError(ValueError):
     """The front matter block exists but is not a YAML mapping."""
+
+
+class FrontMatterRefusedError(FrontMatterError):
+    """The front matter block is over a limit of :mod:`quantapilot.safe_yaml` (an alias bomb, say)."""
 
 
 def find_front_matter(text: str) -> tuple[str | None, str]:
@@ -58,7 +61,9 @@ def _plain(value: Any) -> Any:
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """Split a Markdown document into its front matter and its body.
 
-    Dates and timestamps in the YAML are returned as ISO 8601 strings so the result is JSON-ready.
+    Dates and timestamps in the YAML are returned as ISO 8601 strings so the result is JSON-ready. The block is
+    parsed within the limits every YAML of a repository gets (size, aliases, expanded nodes, depth;
+    :mod:`quantapilot.safe_yaml`), so a bomb costs time linear in its text.
 
     Args:
         text: A Markdown document, optionally starting with a ``---`` delimited YAML block.
@@ -67,13 +72,16 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
         The front matter as a dict (empty when the document has none) and the body.
 
     Raises:
+        FrontMatterRefusedError: The block is over one of those limits; nothing was built from it.
         FrontMatterError: The block is not valid YAML or not a mapping.
     """
     raw, body = find_front_matter(text)
     if raw is None:
         return {}, body
     try:
-        data = yaml.load(raw, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass, never the unsafe one
+        data = load_yaml(raw, timestamps=True)
+    except YamlLimitError as exc:
+        raise FrontMatterRefusedError(f"front matter refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise FrontMatterError(f"front matter is not valid YAML: {exc}") from exc
     if data is None:

@@ -216,3 +216,34 @@ def test_write_pages_refuses_paths_outside_the_repository(demo_repo: Path, tmp_p
     with pytest.raises(OutputConflictError):
         write_pages(demo_repo, [escaping])
     assert list(outside.iterdir()) == []
+
+
+def test_generator_lists_links_oversized_files_and_refused_front_matter_without_reading_them(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Outside\n\nOUTSIDE-SECRET\n")
+    laughs = "\n".join(['l0: &l0 "lol"'] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)])
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "README.md": "# Hostile\n\nA repository.\n",
+            "big.py": '"""BIG-MODULE"""\n' + "x = 1\n" * 400,
+            "docs/laughs.md": f"---\n{laughs}\n---\n# Laughs\n",
+            "docs/ok.md": "# Fine\n\nA fine guide.\n",
+        },
+    )
+    (repo / "NOTES.md").symlink_to(outside / "secret.md")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "link")
+    pages = _by_slug(_generate(repo, max_file_bytes=1024))
+    text = "\n".join(p.markdown for p in pages.values())
+    assert "OUTSIDE-SECRET" not in text and "BIG-MODULE" not in text
+    index = pages["index"].markdown
+    assert "## Files not read" in index
+    assert "- `NOTES.md`: symbolic link, not followed" in index
+    assert "- `big.py`: larger than 1024 bytes, not read" in index
+    assert "- `docs/laughs.md`: front matter refused: more than 64 YAML aliases" in index
+    guides = pages["guides"].markdown
+    assert "Fine" in guides and "laughs.md" not in guides and "NOTES.md" not in guides
+    assert "NOTES.md" in pages["file-tree"].markdown  # tracked, so listed
+    assert lint_pages(list(pages.values())) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quantapilot.docgen import render_html, split_front_matter
-from quantapilot.docgen.render import FrontMatterError
+from quantapilot.docgen.render import FrontMatterError, FrontMatterRefusedError
 
 
 def test_render_strips_front_matter_and_renders_tables() -> None:
@@ -62,3 +62,27 @@ def test_split_front_matter_returns_plain_values() -> None:
     assert split_front_matter("---\n---\nBody") == ({}, "Body")
     with pytest.raises(FrontMatterError):
         split_front_matter("---\nkey: [unclosed\n---\n")
+
+
+@pytest.mark.parametrize(
+    ("front", "why"),
+    [
+        # Nine levels of ten aliases: 10**9 leaves once expanded.
+        (
+            "\n".join(['l0: &l0 "lol"'] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]),
+            "more than 64 YAML aliases",
+        ),
+        ("loop: &s [*s]", "recursive YAML aliases"),
+        ("deep: " + "[" * 100 + "]" * 100, "nesting deeper than 64 levels"),
+        ("big: &b [" + ", ".join(["1"] * 10_000) + "]\ncopies: [*b, *b, *b, *b, *b, *b]", "nodes once aliases"),
+    ],
+)
+def test_split_front_matter_refuses_yaml_over_the_limits(front: str, why: str) -> None:
+    # The same limits as quantapilot.yml (quantapilot/safe_yaml.py); nothing is built from the document.
+    with pytest.raises(FrontMatterRefusedError, match=why):
+        split_front_matter(f"---\n{front}\n---\n# Body\n")
+
+
+def test_split_front_matter_keeps_dates_and_last_duplicate_key() -> None:
+    meta, _ = split_front_matter("---\nupdated: 2025-08-19T10:00:00Z\nid: a\nid: b\n---\n")
+    assert meta == {"updated": "2025-08-19T10:00:00+00:00", "id": "b"}

@@ -19,6 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from activities.models import CLEANUP_WORKTREE, RECORD_EVENT
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,
@@ -139,6 +140,22 @@ async def test_replay_recorded_history_is_deterministic(name: str) -> None:
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure}"
+
+
+def scheduled_activities(history: WorkflowHistory) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_")))
+def test_replay_repo_run_recordings_remove_the_worktree_before_the_final_event(name: str) -> None:
+    # The recordings are of today's shape: the run's last steps remove its worktree, then record its final event.
+    activities = scheduled_activities(load(name))
+    assert activities[-2:] == [CLEANUP_WORKTREE, RECORD_EVENT], activities[-4:]
+    assert activities.count(CLEANUP_WORKTREE) == 1
 
 
 @pytest.mark.parametrize("path", sorted(PREVIOUS.glob("*.json")), ids=lambda p: p.stem)

@@ -132,4 +132,5 @@ async def test_visibility_current_details_and_activity_summaries_tell_the_story(
         "Generate the documentation into docs",
         f"Open a pull request for docs: quantapilot/{run_id}/docs into main",
         "Merge pull request #1 (docs, merge)",
+        "Remove the run's worktree",
     ]
