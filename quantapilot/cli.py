@@ -560,11 +560,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         load_keyring(settings)
     except SecretKeyError as exc:
         raise click.ClickException(str(exc)) from None
-    key_source = (
-        "QP_SECRET_KEY"
-        if settings.secret_key
-        else str(settings.secret_key_file or default_key_file(settings.model_copy(update={"state_dir": state_dir})))
-    )
+    key_source = "QP_SECRET_KEY" if settings.secret_key else str(settings.secret_key_file or default_key_file(settings))
     engine = make_engine(settings.database_url)
     ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
 
@@ -604,7 +600,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         click.echo(f"Temporal gRPC   : {dev.ip}:{dev.port}")
         click.echo(f"API             : {settings.base_url}")
         click.echo(f"Database        : {settings.database_url}")
-        click.echo(f"Secret key      : {key_source}  (encrypts webhook secrets; back it up apart from the database)")
+        click.echo(f"Secret key      : {key_source}  (encrypts webhook secrets; keep it apart from database backups)")
         click.echo(f"API token       : {token}")
         click.echo("(all scopes; also saved for the CLI in the state directory)  Ctrl-C stops everything.", err=False)
         sys.stdout.flush()

@@ -70,6 +70,10 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         saved = tmp_path / "state" / "token"
         assert saved.read_text().strip() == token
         assert saved.stat().st_mode & 0o077 == 0
+        # The key that encrypts webhook secrets was generated into the state directory, owner-only, and named.
+        key_file = tmp_path / "state" / "secret.key"
+        assert key_file.stat().st_mode & 0o077 == 0
+        assert any(line.startswith("Secret key") and str(key_file) in line for line in lines), "".join(lines)
 
         base = f"http://127.0.0.1:{api_port}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
