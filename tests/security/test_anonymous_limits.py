@@ -146,6 +146,13 @@ async def test_anonymous_forwarded_for_counts_only_behind_a_trusted_proxy(
         ]
         assert one == [401, 401, 401, 429, 429]
         assert (await get(proxy, api, path, **bearer(BOGUS), **{"X-Forwarded-For": "192.0.2.2"}))[0] == 401
+        # IPv6 clients count per /64: a host that owns a whole /64 cannot rotate through its addresses.
+        same_net = [
+            (await get(proxy, api, path, **bearer(BOGUS), **{"X-Forwarded-For": f"2001:db8:0:7::{n:x}"}))[0]
+            for n in range(1, 6)
+        ]
+        assert same_net == [401, 401, 401, 429, 429]
+        assert (await get(proxy, api, path, **bearer(BOGUS), **{"X-Forwarded-For": "2001:db8:0:8::1"}))[0] == 401
 
 
 @pytest.mark.slow
