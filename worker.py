@@ -20,8 +20,10 @@ from activities.repo import RepoActivities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
+from quantapilot.secretbox import SecretKeyError, load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
+from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 from workflows.registry import WORKFLOWS
 from workflows.repo_run import workflow_id as repo_workflow_id
 
@@ -101,8 +103,10 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
         settings: Service settings.
         task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
     """
+    keyring = load_keyring(settings)
     engine = make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
+    encrypt_plaintext_secrets(engine, keyring)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
     activities, resources = build_activities(settings, engine)
     return ServiceWorker(
@@ -122,6 +126,7 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
 
 async def run_worker(settings: Settings) -> None:
     """Connect, start the worker and run until SIGINT/SIGTERM, then shut down gracefully."""
+    load_keyring(settings)  # refuse to start without the secret key before connecting to anything
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     client = await connect(settings, sdk_metrics=True)
@@ -140,7 +145,11 @@ def main() -> None:
     """Entry point of ``python worker.py`` and ``qp worker``."""
     settings = Settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
-    asyncio.run(run_worker(settings))
+    try:
+        asyncio.run(run_worker(settings))
+    except SecretKeyError as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(2) from None
     # Shut down gracefully above; the SDK runtime's threads must not meet interpreter teardown.
     exit_without_teardown(0)
 

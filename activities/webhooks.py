@@ -47,6 +47,7 @@ from activities.webhook_models import (
 from quantapilot.db import RunEvent, session_scope, utcnow
 from quantapilot.models import EventRecord
 from quantapilot.observability import WEBHOOK_DELIVERIES
+from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
@@ -361,13 +362,17 @@ class WebhookActivities:
     """Delivery and publication activities, built with the settings and the database engine.
 
     Args:
-        settings: Service settings (HTTP timeout, private-address policy, AMQP broker).
+        settings: Service settings (HTTP timeout, private-address policy, AMQP broker, the secret key).
         engine: Database engine holding the webhook tables and ``run_events``.
+
+    Raises:
+        SecretKeyError: No usable key to decrypt the signing secrets with.
     """
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self._settings = settings
         self._engine = engine
+        self._keyring = load_keyring(settings)
         # Shared by every attempt and publication of this worker, closed by the worker's shutdown (close()).
         self._http: aiohttp.ClientSession | None = None
         self._amqp = AmqpPublisher.from_settings(settings)
@@ -408,7 +413,9 @@ class WebhookActivities:
             if not endpoint.enabled:
                 mark_disabled(delivery.id, session=session)
                 return _final(DeliveryStatus.DISABLED.value)
-            secrets = active_secrets(endpoint.id, session=session)
+            # A secret no configured key opens raises here: the attempt fails and is retried on the schedule,
+            # so deliveries resume once the operator configures the key.
+            secrets = active_secrets(endpoint.id, session=session, keyring=self._keyring)
             envelope = self._event_envelope(session, delivery)
             if not secrets or envelope is None:
                 mark_failed(delivery.id, session=session, error="event or signing secret missing")

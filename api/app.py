@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api import contract_routes, docs_routes, lifecycle_routes
+from api import contract_routes, docs_routes, lifecycle_routes, metrics_routes
 from api.auth import TokenCache, auth_middleware
 from api.errors import error_middleware
-from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
-from api.ratelimit import RateLimiter, body_deadline_middleware, handler_args, rate_limit_middleware, rates_from
+from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
+from api.ratelimit import (
+    RateLimiter,
+    anonymous_limit_middleware,
+    body_deadline_middleware,
+    handler_args,
+    parse_networks,
+    rate_limit_middleware,
+    rates_from,
+)
 from api.routes import routes, trigger_repo_run
 from api.webhook_routes import routes as webhook_routes
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
+from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
+from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 
 
 def create_app(settings: Settings, *, client: Client | None = None, engine: Engine | None = None) -> web.Application:
@@ -32,14 +42,26 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
 
     Returns:
         The application (resources open in its cleanup context).
+
+    Raises:
+        SecretKeyError: No usable secret key (in production one must be configured).
+        ValueError: ``QP_TRUSTED_PROXIES`` holds something that is not an address or network.
     """
+    # First: a process without its key must not start (and must not have opened anything yet).
+    keyring = load_keyring(settings)
+    trusted_proxies = parse_networks(settings.trusted_proxies)
     owns_engine = engine is None
     engine = engine or make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     tokens = TokenCache(engine, settings.token_cache_seconds)
-    middlewares = [error_middleware, auth_middleware(tokens)]
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    limiter = RateLimiter(rates_from(settings))
+    if settings.rate_limit_enabled:
+        # Before authentication: requests without a valid token are limited per client address.
+        middlewares.append(anonymous_limit_middleware(limiter, tokens, trusted_proxies=trusted_proxies))
+    middlewares.append(auth_middleware(tokens))
     if settings.rate_limit_enabled:
         # After authentication: buckets are per token.
-        middlewares.append(rate_limit_middleware(RateLimiter(rates_from(settings)), run_path=settings.run_path))
+        middlewares.append(rate_limit_middleware(limiter, run_path=settings.run_path))
     middlewares.append(body_deadline_middleware(settings.http_body_timeout_s))
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -49,9 +71,11 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[TOKENS] = tokens
+    app[KEYRING] = keyring
 
     async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(ensure_schema, engine, auto_migrate=settings.db_auto_migrate)
+        await asyncio.to_thread(encrypt_plaintext_secrets, engine, keyring)
         app[TEMPORAL] = client or await connect(settings)
         yield
         if owns_engine:
@@ -65,5 +89,6 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     app.router.add_routes(lifecycle_routes.routes)
     app.router.add_routes(docs_routes.routes)
     app.router.add_routes(webhook_routes)
+    metrics_routes.setup(app, settings)
     contract_routes.setup(app)
     return app

@@ -7,9 +7,11 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.auth import TokenCache
+from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 TEMPORAL = web.AppKey("temporal", Client)
 ENGINE = web.AppKey("engine", Engine)
 TOKENS = web.AppKey("tokens", TokenCache)
+KEYRING = web.AppKey("keyring", KeyRing)

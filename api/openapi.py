@@ -363,8 +363,13 @@ def operations(settings: Settings) -> list[Operation]:
             None,
             200,
             None,
+            errors=(401, 404),
             media="text/plain",
-            description="Requests by route and status, latencies. Public: restrict it at the reverse proxy if needed.",
+            description=(
+                "Requests by route and status, latencies. Open in development; with QP_METRICS_TOKEN it needs "
+                "`Authorization: Bearer <metrics token>` (401 otherwise); with QP_METRICS_PORT it is served on that "
+                "port instead (404 here), and in production without either it is not served (404)."
+            ),
         ),
         Operation("GET", "/v1/openapi.json", "openapi", "This document", "service", None, 200, "OpenApiDocument"),
         Operation(
@@ -619,7 +624,11 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     413: ("PayloadTooLarge", "The body is over the size limit.", ()),
     415: ("UnsupportedMediaType", "The body is not application/json.", ()),
     422: ("UnprocessableContent", "The body does not match its schema (details lists each problem).", ()),
-    429: ("TooManyRequests", "Rate limit of the route class exceeded.", ("Retry-After", *_RATE_HEADERS)),
+    429: (
+        "TooManyRequests",
+        "Rate limit exceeded: of the token's route class, or (without a valid token) of the client address.",
+        ("Retry-After", *_RATE_HEADERS),
+    ),
     500: ("InternalError", "Unexpected failure; the traceId finds the log line.", ()),
     503: ("ServiceUnavailable", "A dependency does not answer; retry later.", ("Retry-After",)),
 }
@@ -725,7 +734,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "description": (
                 "Durable repository and value-lifecycle runs on Temporal. Every endpoint except the public ones "
                 "needs `Authorization: Bearer <token>`; a token belongs to one workspace and carries scopes. "
-                "Errors are the envelope of error.schema.json. Rate limits per token and route class "
+                "Errors are the envelope of error.schema.json. Rate limits per token and route class, and per "
+                "client address for requests without a valid token and for the public endpoints "
                 f"({rate_text}) answer 429 with Retry-After; every authenticated response carries "
                 "RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset."
             ),

@@ -1,4 +1,6 @@
-"""Abuse limits: token-bucket rate limits per (token, route class) and deadlines for slow clients.
+"""Abuse limits: token buckets per (token, route class) and per client address, and deadlines for slow clients.
+
+Requests without a valid token are limited per client address (:func:`anonymous_limit_middleware`).
 
 Each API process keeps its own buckets in memory and enforces ``rate / api_processes`` and
 ``burst / api_processes`` (rounded up), so N processes behind one load balancer admit about the configured
@@ -9,6 +11,7 @@ nothing and errs on the strict side when load is uneven (docs/SECURITY.md).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -18,12 +21,14 @@ from typing import Any
 
 from aiohttp import web
 
-from api.auth import PRINCIPAL
+from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
 from api.errors import TRACE_ID, error_response
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Buckets kept before idle (full) ones are dropped; a bucket is a few dozen bytes.
 MAX_BUCKETS = 100_000
@@ -40,6 +45,10 @@ class RouteClass(StrEnum):
     TELEMETRY = "telemetry"
     READS = "reads"
     CONTROL = "control"
+    # Per client address, not per token: failed authentications (401), and requests to the public endpoints. Two
+    # buckets, so a flood of bad tokens through a shared proxy address does not also fail the health checks.
+    UNAUTHENTICATED = "unauthenticated"
+    PUBLIC = "public"
 
 
 #: Routes whose class is not implied by their method. Every other safe method is a read, any other write control.
@@ -83,6 +92,8 @@ def rates_from(settings: Settings) -> dict[RouteClass, Rate]:
         RouteClass.TRIGGERS: (settings.rate_triggers_per_s, settings.rate_triggers_burst),
         RouteClass.TELEMETRY: (settings.rate_telemetry_per_s, settings.rate_telemetry_burst),
         RouteClass.CONTROL: (settings.rate_control_per_s, settings.rate_control_burst),
+        RouteClass.UNAUTHENTICATED: (settings.rate_unauthenticated_per_s, settings.rate_unauthenticated_burst),
+        RouteClass.PUBLIC: (settings.rate_unauthenticated_per_s, settings.rate_unauthenticated_burst),
     }
     return {cls: Rate(per_second=r / n, burst=max(1, math.ceil(b / n))) for cls, (r, b) in configured.items()}
 
@@ -161,6 +172,13 @@ class RateLimiter:
             retry_after_s=0 if allowed else max(1, math.ceil((1.0 - tokens) / rate.per_second)),
         )
 
+    def admits(self, key: str, cls: RouteClass) -> bool:
+        """Tell whether :meth:`take` would admit a request now, without spending anything."""
+        rate = self._rates[cls]
+        now = self._clock()
+        tokens, then = self._buckets.get((key, cls), (float(rate.burst), now))
+        return min(float(rate.burst), tokens + (now - then) * rate.per_second) >= 1.0
+
     def _evict(self, now: float) -> None:
         """Drop buckets that have refilled completely: forgetting them changes nothing."""
         full = [
@@ -220,6 +238,99 @@ def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..
         return response
 
     return _limit
+
+
+def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
+    """Parse ``QP_TRUSTED_PROXIES`` (addresses or CIDR networks).
+
+    Raises:
+        ValueError: An entry that is neither.
+    """
+    networks: list[IPNetwork] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"QP_TRUSTED_PROXIES: {value[:64]!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _ip(text: str | None) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address((text or "").strip())
+    except ValueError:
+        return None
+
+
+def client_address(request: web.Request, trusted: tuple[IPNetwork, ...] = ()) -> str:
+    """The client's address, as the key of its buckets.
+
+    It is the TCP peer's address. Only when the peer is a trusted proxy is ``X-Forwarded-For`` read, from the
+    right (the entries proxies appended) to the first address that is not itself a trusted proxy: everything left
+    of it was written by the client and proves nothing. IPv6 clients are keyed by their /64, which one host
+    usually owns whole.
+    """
+    address = _ip(request.remote)
+    if address is None:
+        return request.remote or "unknown"
+    if trusted and any(address in net for net in trusted):
+        hops = [hop for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
+        for hop in reversed(hops):
+            forwarded = _ip(hop)
+            if forwarded is None:
+                break  # a malformed entry: stop at the last proxy we trust
+            address = forwarded
+            if not any(forwarded in net for net in trusted):
+                break
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def anonymous_limit_middleware(
+    limiter: RateLimiter, tokens: TokenCache, *, trusted_proxies: tuple[IPNetwork, ...] = ()
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Build the middleware that limits requests without a valid token per client address (placed before auth).
+
+    A public endpoint spends from the address's ``public`` bucket. Elsewhere only a failed authentication (401)
+    spends, from its ``unauthenticated`` bucket; once that is empty, the address's requests answer 429 before any
+    token lookup, unless their token was verified recently (so one client's flood costs no database work and does
+    not lock out a valid token behind the same address).
+    """
+
+    def _refuse(cls: RouteClass, decision: Decision) -> ApiError:
+        return ApiError(
+            429,
+            ErrorCode.RATE_LIMIT_EXCEEDED,
+            f"too many {cls.value} requests from this address; retry after {decision.retry_after_s}s",
+            details={"class": cls.value, "limit": decision.limit, "retryAfter": decision.retry_after_s},
+            headers=decision.headers(),
+        )
+
+    @web.middleware
+    async def _anonymous(request: web.Request, handler: Handler) -> web.StreamResponse:
+        address = client_address(request, trusted_proxies)
+        if request.path in PUBLIC_PATHS:
+            decision = limiter.take(address, RouteClass.PUBLIC)
+            if not decision.allowed:
+                raise _refuse(RouteClass.PUBLIC, decision)
+            return await handler(request)
+        cls = RouteClass.UNAUTHENTICATED
+        if not limiter.admits(address, cls):
+            token = bearer_token(request)
+            if token is None or tokens.verified(token) is None:
+                raise _refuse(cls, limiter.take(address, cls))
+        try:
+            return await handler(request)
+        except AuthenticationFailed:
+            decision = limiter.take(address, cls)
+            if not decision.allowed:
+                raise _refuse(cls, decision) from None
+            raise
+
+    return _anonymous
 
 
 def body_deadline_middleware(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -9,7 +9,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlmodel import Session, select
 from temporalio.client import WorkflowUpdateFailedError
@@ -281,13 +280,6 @@ async def run_events(request: web.Request) -> web.Response:
         raise not_found("run")
     events = [event_json(r) for r in rows]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
-
-
-@routes.get("/metrics")
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this API process (requests by route and status, latencies)."""
-    body = generate_latest()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @routes.get("/healthz")

@@ -26,9 +26,10 @@ from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, redelivery_work
 from activities.webhooks import delivery_input
 from api.auth import principal_of
 from api.body import read_json, validate
-from api.keys import ENGINE, SETTINGS, TEMPORAL
+from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
+from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 from quantapilot.webhooks import store
 from quantapilot.webhooks.store import (
@@ -157,7 +158,9 @@ async def _in_db(request: web.Request, fn: Any, /, *args: Any, **kwargs: Any) ->
 # ----- database steps (blocking; run in a thread) ---------------------------------------------------------------
 
 
-def _create(engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool) -> tuple[dict[str, Any], str]:
+def _create(
+    engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
+) -> tuple[dict[str, Any], str]:
     with session_scope(engine) as session:
         endpoint, secret = store.create_endpoint(
             session=session,
@@ -165,6 +168,7 @@ def _create(engine: Engine, *, workspace: str, body: dict[str, Any], allow_priva
             url=body["url"],
             description=body.get("description", ""),
             allow_private=allow_private,
+            keyring=keyring,
             **_filters(body),
         )
         return endpoint_view(endpoint), secret
@@ -202,9 +206,13 @@ def _delete(engine: Engine, endpoint_id: str, *, workspace: str) -> None:
         store.delete_endpoint(endpoint_id, session=session, workspace=workspace)
 
 
-def _rotate(engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta) -> tuple[str, datetime]:
+def _rotate(
+    engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta, keyring: KeyRing
+) -> tuple[str, datetime]:
     with session_scope(engine) as session:
-        secret = store.rotate_secret(endpoint_id, session=session, workspace=workspace, overlap=overlap)
+        secret = store.rotate_secret(
+            endpoint_id, session=session, workspace=workspace, overlap=overlap, keyring=keyring
+        )
         endpoint = store.get_endpoint(endpoint_id, session=session, workspace=workspace)
         return secret, endpoint.updated_at + overlap
 
@@ -282,7 +290,12 @@ async def create_endpoint(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     await _check_url(body["url"], settings)
     view, secret = await _in_db(
-        request, _create, workspace=principal.workspace, body=body, allow_private=settings.webhook_allow_private
+        request,
+        _create,
+        workspace=principal.workspace,
+        body=body,
+        allow_private=settings.webhook_allow_private,
+        keyring=request.app[KEYRING],
     )
     log.info("webhook endpoint %s created in workspace %s", view["id"], principal.workspace)
     return web.json_response({**view, "secret": secret}, status=201, headers={"Cache-Control": "no-store"})
@@ -346,6 +359,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         request.match_info["endpoint_id"],
         workspace=principal.workspace,
         overlap=timedelta(hours=hours),
+        keyring=request.app[KEYRING],
     )
     return web.json_response(
         {"endpoint_id": request.match_info["endpoint_id"], "secret": secret, "previous_secrets_expire_at": _ts(until)},

@@ -31,6 +31,7 @@ from activities.webhooks import envelope_of_record, start_delivery_workflows
 from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.models import EventRecord, RunKind
+from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks import store, verify_signature
 from quantapilot.webhooks.sender import prepare_request
@@ -98,9 +99,11 @@ def _events(count: int) -> list[EventRecord]:
     ]
 
 
-def _endpoint(engine: Engine, url: str) -> str:
+def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
     with session_scope(engine) as session:
-        _endpoint_row, secret = store.create_endpoint(session=session, workspace="default", url=url)
+        _endpoint_row, secret = store.create_endpoint(
+            session=session, workspace="default", url=url, keyring=load_keyring(settings)
+        )
     return secret
 
 
@@ -157,7 +160,7 @@ async def main(count: int) -> None:
             create_all(engine)
             receiver = Receiver("")
             await receiver.start()
-            receiver.secret = _endpoint(engine, receiver.url)
+            receiver.secret = _endpoint(engine, receiver.url, settings)
             try:
                 async with build_worker(env.client, settings):
                     progress(f"warm-up: {count // 10} deliveries")

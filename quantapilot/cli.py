@@ -352,39 +352,84 @@ def tokens() -> None:
     """Manage API tokens (works on the database directly)."""
 
 
-def _parse_expiry(value: str | None) -> datetime | None:
-    if not value:
+#: Lifetime of a token made by `qp tokens create` without --expires; `--expires never` opts out explicitly.
+DEFAULT_TOKEN_EXPIRY = "90d"  # noqa: S105 - a lifetime, not a secret
+
+
+def _parse_expiry(value: str) -> datetime | None:
+    if value == "never":
         return None
     units = {"d": "days", "h": "hours", "m": "minutes"}
-    if value[-1] not in units or not value[:-1].isdigit():
-        raise click.BadParameter("use a number followed by d, h or m (e.g. 90d)")
+    if not value or value[-1] not in units or not value[:-1].isdigit():
+        raise click.BadParameter("use a number followed by d, h or m (e.g. 90d), or never")
     return datetime.now(UTC) + timedelta(**{units[value[-1]]: int(value[:-1])})
+
+
+def _parse_scopes(answer: str) -> tuple[str, ...]:
+    """Scopes from names or list numbers separated by spaces or commas, or ``all``."""
+    from quantapilot.tokens import ALL_SCOPES
+
+    words = answer.replace(",", " ").split()
+    if words == ["all"]:
+        return ALL_SCOPES
+    chosen: list[str] = []
+    for word in words:
+        scope = ALL_SCOPES[int(word) - 1] if word.isdigit() and 1 <= int(word) <= len(ALL_SCOPES) else word
+        if scope not in ALL_SCOPES:
+            raise click.BadParameter(f"unknown scope {word[:40]!r}")
+        if scope not in chosen:
+            chosen.append(scope)
+    if not chosen:
+        raise click.BadParameter("name at least one scope")
+    return tuple(chosen)
+
+
+def _scopes_for(given: Sequence[str]) -> tuple[str, ...]:
+    """The scopes to grant: as given (``all`` for every scope), else asked on a terminal, else refused."""
+    from quantapilot.tokens import ALL_SCOPES
+
+    if given:
+        return ALL_SCOPES if tuple(given) == ("all",) else tuple(given)
+    if not sys.stdin.isatty():
+        # A script that forgets --scope must not get an all-powerful token by default.
+        raise click.UsageError("--scope is required (no terminal to ask on): repeat --scope S, or --scope all")
+    click.echo("Scopes a token can carry (grant only what its user needs)")
+    for number, scope in enumerate(ALL_SCOPES, 1):
+        click.echo(f"  {number}. {scope}")
+    scopes: tuple[str, ...] = click.prompt("Scopes (numbers or names; all for every scope)", value_proc=_parse_scopes)
+    return scopes
 
 
 @tokens.command("create")
 @click.option("--workspace", default="default", show_default=True)
 @click.option("--subject", default="operator", show_default=True, help="Who uses the token.")
-@click.option("--scope", "scopes", multiple=True, help="Scope to grant (repeatable; default: all).")
-@click.option("--expires", default=None, help="Lifetime such as 90d, 12h.")
-def tokens_create(workspace: str, subject: str, scopes: Sequence[str], expires: str | None) -> None:
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="Scope to grant (repeatable), or all. Without it: asked on a terminal, refused otherwise.",
+)
+@click.option(
+    "--expires", default=DEFAULT_TOKEN_EXPIRY, show_default=True, help="Lifetime such as 90d, 12h; never for none."
+)
+def tokens_create(workspace: str, subject: str, scopes: Sequence[str], expires: str) -> None:
     """Create a token and print it once."""
     from quantapilot.db import make_engine
     from quantapilot.migrate import ensure_schema
-    from quantapilot.tokens import ALL_SCOPES, create_token
+    from quantapilot.tokens import create_token
 
+    expires_at = _parse_expiry(expires)
+    granted = _scopes_for(scopes)
     engine = make_engine(_settings().database_url)
     ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
     try:
         plaintext, row = create_token(
-            engine,
-            workspace=workspace,
-            subject=subject,
-            scopes=tuple(scopes) or ALL_SCOPES,
-            expires_at=_parse_expiry(expires),
+            engine, workspace=workspace, subject=subject, scopes=granted, expires_at=expires_at
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    console.print(f"token id {row.id} (workspace {workspace}, scopes {' '.join(row.scopes)})")
+    until = f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else "never expires"
+    console.print(f"token id {row.id} (workspace {workspace}, scopes {' '.join(row.scopes)}, {until})")
     click.echo(plaintext)
 
 
@@ -497,6 +542,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
     """Start the Temporal dev server (with Web UI), a worker and the API; Ctrl-C stops all three."""
     from quantapilot.db import make_engine
     from quantapilot.migrate import ensure_schema
+    from quantapilot.secretbox import SecretKeyError, default_key_file, load_keyring
     from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
     from quantapilot.tokens import create_token
 
@@ -508,6 +554,13 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         dev = dev.model_copy(update={"ui_port": ui_port})
     state_dir = settings.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    # The key that encrypts webhook secrets: generated into the state directory on first start (owner-only), so
+    # the worker and the API read the same one instead of racing to create it.
+    try:
+        load_keyring(settings)
+    except SecretKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    key_source = "QP_SECRET_KEY" if settings.secret_key else str(settings.secret_key_file or default_key_file(settings))
     engine = make_engine(settings.database_url)
     ensure_schema(engine, auto_migrate=_settings().db_auto_migrate)
 
@@ -538,6 +591,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         api_proc = subprocess.Popen([sys.executable, "-m", "api"], env=env, start_new_session=True)
         procs.append(("api", api_proc))
         _wait_port(settings.api_host, settings.api_port, 60, api_proc)
+        # The local operator's token: all scopes and no expiry, like before (a new one every start, saved 0600).
         token, _row = create_token(engine, workspace="default", subject="local-admin")
         token_path = state_dir / TOKEN_FILE
         token_path.write_text(token + "\n", encoding="utf-8")
@@ -546,6 +600,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         click.echo(f"Temporal gRPC   : {dev.ip}:{dev.port}")
         click.echo(f"API             : {settings.base_url}")
         click.echo(f"Database        : {settings.database_url}")
+        click.echo(f"Secret key      : {key_source}  (encrypts webhook secrets; keep it apart from database backups)")
         click.echo(f"API token       : {token}")
         click.echo("(all scopes; also saved for the CLI in the state directory)  Ctrl-C stops everything.", err=False)
         sys.stdout.flush()
@@ -560,8 +615,10 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         _stop(procs)
 
 
-from quantapilot.cli_temporal import temporal  # noqa: E402 - command groups of other modules register last
+from quantapilot.cli_secrets import secrets  # noqa: E402 - command groups of other modules register last
+from quantapilot.cli_temporal import temporal  # noqa: E402
 from quantapilot.cli_webhooks import webhooks  # noqa: E402
 
+main.add_command(secrets)
 main.add_command(temporal)
 main.add_command(webhooks)

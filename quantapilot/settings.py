@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     Values are validated at start so a typo fails loudly instead of at the first request.
     """
 
-    model_config = SettingsConfigDict(env_prefix="QP_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a validation error must not echo the input, which holds the keys and tokens below.
+    model_config = SettingsConfigDict(env_prefix="QP_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "test", "production"] = "development"
 
@@ -113,6 +114,25 @@ class Settings(BaseSettings):
     github_token: str | None = Field(default=None, repr=False)
     gitea_api_url: str = ""
     gitea_token: str | None = Field(default=None, repr=False)
+
+    # Secrets at rest (quantapilot/secretbox.py, docs/DEPLOY.md): webhook signing secrets are encrypted with this
+    # key (32 bytes, base64 or hex), or the keys of the file (one a line, the first the primary); previous keys only
+    # decrypt, during a rotation. Unset outside production: <state_dir>/secret.key, generated on first start.
+    secret_key: str | None = Field(default=None, repr=False)
+    secret_key_file: Path | None = None
+    secret_previous_keys: list[str] = Field(default_factory=list, repr=False)
+
+    # Unauthenticated requests (no valid token; public endpoints) are limited per client address. The address is
+    # the TCP peer; X-Forwarded-For is read only when the peer is one of these proxies (IPs or CIDRs).
+    rate_unauthenticated_per_s: float = Field(default=5.0, gt=0)
+    rate_unauthenticated_burst: int = Field(default=20, ge=1)
+    trusted_proxies: list[str] = []
+
+    # /metrics: on its own listener (QP_METRICS_PORT, on QP_METRICS_HOST) instead of the API port, and/or only with
+    # `Authorization: Bearer <QP_METRICS_TOKEN>`. In production the API port serves /metrics only with the token.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str | None = Field(default=None, repr=False)
 
     # Events
     amqp_url: str | None = Field(default=None, repr=False)

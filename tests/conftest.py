@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
+from quantapilot.secretbox import generate_key
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
@@ -32,6 +33,9 @@ from tests.support import Api
 from worker import build_worker
 
 __all__ = ["db_engine", "postgres_url"]
+
+#: The secret key (encrypting webhook secrets at rest) of every test's settings; subprocesses get it too.
+TEST_SECRET_KEY = generate_key()
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +97,7 @@ def settings(tmp_path: Path, client: Client, database_url: str) -> Settings:
         # A test's worker stops at its end: in-flight activities (an event being written) finish first, so no
         # database connection is left checked out when the worker closes its pool.
         worker_graceful_shutdown_s=3.0,
+        secret_key=TEST_SECRET_KEY,
     )
 
 

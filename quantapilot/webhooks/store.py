@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets as _secrets
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
@@ -20,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col
 
 from quantapilot.db import UtcDateTime, utcnow
+from quantapilot.secretbox import FORMAT_VERSION, KeyRing, SecretDecryptError
 from quantapilot.webhooks.schedule import DISABLE_AFTER
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.signing import new_secret
@@ -110,10 +112,12 @@ class WebhookEndpoint(SQLModel, table=True):
 class WebhookSecret(SQLModel, table=True):
     """A signing secret of an endpoint.
 
-    The secret is stored in plaintext on purpose: HMAC signing needs the secret itself, so a hash would be
-    useless. Protect the database accordingly. It is returned once, when created (endpoint creation or
-    rotation), and never exposed by any read path afterwards. ``expires_at`` is set when a newer secret
-    replaces it; until then both sign (rotation overlap).
+    HMAC signing needs the secret itself, so it cannot be hashed; ``secret`` holds it encrypted with the service's
+    secret key (:mod:`quantapilot.secretbox`, bound to the endpoint and this row's id), which is never in the
+    database: a dump alone signs nothing. Rows written before encryption hold the plaintext until
+    :func:`encrypt_plaintext_secrets` runs (every API and worker start, and ``qp secrets rotate-key``). The
+    secret is returned once, when created (endpoint creation or rotation), and never exposed by any read path
+    afterwards. ``expires_at`` is set when a newer secret replaces it; until then both sign (rotation overlap).
     """
 
     __tablename__ = "webhook_secrets"
@@ -278,6 +282,7 @@ def create_endpoint(
     run_kinds: Sequence[str] = (),
     repositories: Sequence[str] = (),
     allow_private: bool | None = None,
+    keyring: KeyRing,
     now: datetime | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint and its first signing secret.
@@ -291,6 +296,7 @@ def create_endpoint(
         run_kinds: Run kinds to receive; empty for all.
         repositories: Repository URLs to receive; empty for all.
         allow_private: Passed to the URL syntax check (literal IP policy); None checks syntax only.
+        keyring: Encrypts the secret for storage.
         now: Creation time (tests).
 
     Returns:
@@ -316,8 +322,7 @@ def create_endpoint(
     secret = new_secret()
     session.add(endpoint)
     session.flush()  # the secret row references the endpoint
-    session.add(WebhookSecret(endpoint_id=endpoint.id, secret=secret, created_at=at))
-    session.flush()
+    _add_secret(session, endpoint.id, secret, keyring=keyring, at=at)
     return endpoint, secret
 
 
@@ -416,6 +421,7 @@ def rotate_secret(
     session: Session,
     workspace: str,
     overlap: timedelta,
+    keyring: KeyRing,
     now: datetime | None = None,
 ) -> str:
     """Give an endpoint a new secret; current secrets keep signing for ``overlap``.
@@ -428,6 +434,7 @@ def rotate_secret(
         session: Database session.
         workspace: The caller's workspace.
         overlap: How long the previous secrets stay valid (``timedelta(0)`` revokes them at once).
+        keyring: Encrypts the new secret for storage.
         now: Current time (tests).
 
     Returns:
@@ -450,23 +457,28 @@ def rotate_secret(
             row.expires_at = until
             session.add(row)
     secret = new_secret()
-    session.add(WebhookSecret(endpoint_id=endpoint.id, secret=secret, created_at=at))
+    _add_secret(session, endpoint.id, secret, keyring=keyring, at=at)
     endpoint.updated_at = at
     session.add(endpoint)
     session.flush()
     return secret
 
 
-def active_secrets(endpoint_id: str, *, session: Session, now: datetime | None = None) -> list[str]:
+def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now: datetime | None = None) -> list[str]:
     """Return the secrets that sign deliveries now, newest first (one ``v1=`` each).
 
     Args:
         endpoint_id: The endpoint.
         session: Database session.
+        keyring: Decrypts the stored secrets.
         now: Current time (tests).
 
     Returns:
         The plaintext secrets; for signing only, never for display.
+
+    Raises:
+        SecretDecryptError: A secret that no configured key opens (the key is missing from this process, or the
+            row was tampered with); the delivery attempt fails and is retried on its schedule.
     """
     at = now or utcnow()
     rows = session.scalars(
@@ -474,7 +486,95 @@ def active_secrets(endpoint_id: str, *, session: Session, now: datetime | None =
         .where(col(WebhookSecret.endpoint_id) == endpoint_id)
         .order_by(col(WebhookSecret.created_at).desc(), col(WebhookSecret.id).desc())
     )
-    return [row.secret for row in rows if row.expires_at is None or row.expires_at > at]
+    return [reveal_secret(row, keyring=keyring) for row in rows if row.expires_at is None or row.expires_at > at]
+
+
+# --- secrets at rest -------------------------------------------------------------------------------------------
+
+
+def _secret_context(row: WebhookSecret) -> str:
+    # The associated data: a ciphertext moved to another endpoint or row no longer decrypts.
+    return f"webhook_secrets/{row.endpoint_id}/{row.id}"
+
+
+def _add_secret(session: Session, endpoint_id: str, secret: str, *, keyring: KeyRing, at: datetime) -> WebhookSecret:
+    row = WebhookSecret(endpoint_id=endpoint_id, secret="", created_at=at)
+    session.add(row)
+    session.flush()  # the row id is part of the associated data
+    row.secret = keyring.encrypt(secret, context=_secret_context(row))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def reveal_secret(row: WebhookSecret, *, keyring: KeyRing) -> str:
+    """The plaintext of a stored secret (a row from before encryption is returned as it is).
+
+    Raises:
+        SecretDecryptError: The row is encrypted but no configured key opens it for this row.
+    """
+    if KeyRing.key_id_of(row.secret) is None:
+        return row.secret
+    return keyring.decrypt(row.secret, context=_secret_context(row))
+
+
+@dataclass(frozen=True, slots=True)
+class ReencryptReport:
+    """What :func:`reencrypt_secrets` did: rows rewritten under the primary key, already under it, plaintext."""
+
+    reencrypted: int
+    current: int
+    plaintext: int
+
+
+def reencrypt_secrets(*, session: Session, keyring: KeyRing, plaintext_only: bool = False) -> ReencryptReport:
+    """Rewrite every stored secret under the primary key (and encrypt rows still in plaintext).
+
+    Each row is decrypted with whichever configured key it names and encrypted again with a fresh nonce. Rows
+    already under the primary key are left alone, so running it again changes nothing. The caller's transaction
+    makes it all or nothing: one row that no key opens aborts it, before anything is written.
+
+    Args:
+        session: Database session (commit to keep the result).
+        keyring: Primary key to write, and the keys to read.
+        plaintext_only: Only encrypt plaintext rows (what every process start does).
+
+    Returns:
+        The counts.
+
+    Raises:
+        SecretDecryptError: A row that no configured key opens (the message names its id and key id).
+    """
+    reencrypted = current = plaintext = 0
+    query = select(WebhookSecret).order_by(col(WebhookSecret.id))
+    if plaintext_only:
+        query = query.where(col(WebhookSecret.secret).not_like(f"{FORMAT_VERSION}:%"))
+    for row in session.scalars(query.with_for_update()):
+        kid = KeyRing.key_id_of(row.secret)
+        if kid == keyring.primary_id:
+            current += 1
+            continue
+        try:
+            secret = reveal_secret(row, keyring=keyring)
+        except SecretDecryptError as exc:
+            raise SecretDecryptError(f"webhook secret {row.id}: {exc}") from None
+        if kid is None:
+            plaintext += 1
+        else:
+            reencrypted += 1
+        row.secret = keyring.encrypt(secret, context=_secret_context(row))
+        session.add(row)
+    session.flush()
+    return ReencryptReport(reencrypted=reencrypted, current=current, plaintext=plaintext)
+
+
+def secrets_by_key(*, session: Session) -> dict[str, int]:
+    """How many stored secrets each key id holds (``plaintext`` for rows not yet encrypted)."""
+    counts: dict[str, int] = {}
+    for stored in session.scalars(select(col(WebhookSecret.secret))):
+        kid = KeyRing.key_id_of(stored) or "plaintext"
+        counts[kid] = counts.get(kid, 0) + 1
+    return counts
 
 
 # --- matching and deliveries ---------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ async def test_commands_get_a_scrubbed_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("QP_GITHUB_TOKEN", "ghp_not-for-repository-code")
     monkeypatch.setenv("QP_DATABASE_URL", "postgresql+psycopg://qp:hunter2@db/qp")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+    monkeypatch.setenv("QP_SECRET_KEY", "qp-secret-key-value")
     outcome = await run_command("env", "env", cwd=tmp_path, timeout_s=30)
     assert outcome.exit_code == 0, outcome
     env = dict(line.split("=", 1) for line in outcome.output_tail.splitlines() if "=" in line)
     assert env["HOME"] == str(tmp_path)
     assert "PATH" in env
-    assert not {"QP_GITHUB_TOKEN", "QP_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert not {"QP_GITHUB_TOKEN", "QP_DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "QP_SECRET_KEY"} & set(env)
     assert "hunter2" not in outcome.output_tail and "ghp_" not in outcome.output_tail
 
 

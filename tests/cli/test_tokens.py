@@ -10,7 +10,8 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
-from quantapilot.tokens import hash_token, lookup_token
+from quantapilot.tokens import ALL_SCOPES, hash_token, list_tokens, lookup_token
+from tests.cli.terminal import run_in_terminal
 from tests.drills.helpers import settings_env
 
 QP = str(Path(sys.executable).with_name("qp"))
@@ -57,3 +58,53 @@ def test_cli_tokens_refuse_unknown_scope_and_bad_expiry(settings: Settings, engi
         made = qp(settings, "create", *args)
         assert made.returncode == 2, (args, made.stdout, made.stderr)
         assert "Invalid value" in made.stderr, made.stderr
+
+
+def listed_row(settings: Settings, workspace: str, token_id: str) -> str:
+    listed = qp(settings, "list", "--workspace", workspace)
+    assert listed.returncode == 0, listed.stderr
+    return next(line for line in listed.stdout.splitlines() if token_id in line)
+
+
+def test_cli_tokens_create_without_scope_refuses_without_terminal(settings: Settings, engine: Engine) -> None:
+    env = settings_env(settings) | {"COLUMNS": "250"}
+    made = subprocess.run(
+        [QP, "tokens", "create", "--workspace", "noscope"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert made.returncode == 2, made.stdout + made.stderr
+    assert "--scope is required" in made.stderr
+    assert "qp_" not in made.stdout  # no token was printed ...
+    assert list_tokens(engine, workspace="noscope") == []  # ... nor created
+
+
+def test_cli_tokens_create_without_scope_asks_on_terminal(settings: Settings, engine: Engine) -> None:
+    env = settings_env(settings) | {"COLUMNS": "250"}
+    shown = run_in_terminal([QP, "tokens", "create", "--workspace", "asked"], env, b"2 docs:read\n")
+    assert "1. runs:trigger" in shown and "8. telemetry:write" in shown  # the scopes were offered
+    assert "Scopes (numbers or names; all for every scope): " in shown
+    plaintext = shown.strip().splitlines()[-1]
+    principal = lookup_token(engine, plaintext)
+    assert principal is not None
+    assert principal.scopes == frozenset({"runs:read", "docs:read"})
+
+
+def test_cli_tokens_expire_by_default(settings: Settings, engine: Engine) -> None:
+    made = qp(settings, "create", "--workspace", "expiry", "--scope", "runs:read")
+    assert made.returncode == 0, made.stderr
+    token_id = made.stdout.split()[2]
+    expected = (datetime.now(UTC) + timedelta(days=90)).date().isoformat()
+    assert expected in made.stdout.splitlines()[0]
+    assert expected in listed_row(settings, "expiry", token_id)
+
+    forever = qp(settings, "create", "--workspace", "expiry", "--scope", "all", "--expires", "never")
+    assert forever.returncode == 0, forever.stderr
+    forever_id = forever.stdout.split()[2]
+    assert "never expires" in forever.stdout
+    (row,) = [t for t in list_tokens(engine, workspace="expiry") if t.id == forever_id]
+    assert row.expires_at is None and tuple(row.scopes) == ALL_SCOPES

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pty
-import select
 import signal
 import socket
 import subprocess
@@ -17,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli.terminal import run_in_terminal
 from tests.support import eventually, make_remote
 
 QP = str(Path(sys.executable).with_name("qp"))
@@ -32,39 +31,6 @@ def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.3)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def run_in_terminal(argv: list[str], env: dict[str, str], answer: bytes, timeout: float = 60) -> str:
-    """Run a command on a pseudo-terminal, answer its first prompt, and return everything it wrote."""
-    primary, secondary = pty.openpty()
-    proc = subprocess.Popen(argv, env=env, stdin=secondary, stdout=secondary, stderr=secondary)
-    os.close(secondary)
-    output = b""
-    answered = False
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([primary], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(primary, 4096)
-                except OSError:  # the command closed the terminal: it has exited
-                    break
-                if not chunk:
-                    break
-                output += chunk
-                if not answered and b": " in output:
-                    os.write(primary, answer)
-                    answered = True
-            elif proc.poll() is not None:
-                break
-        proc.wait(timeout=10)
-    finally:
-        os.close(primary)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output.decode(errors="replace")
-    return output.decode(errors="replace").replace("\r\n", "\n")
 
 
 @pytest.mark.slow
@@ -104,6 +70,10 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         saved = tmp_path / "state" / "token"
         assert saved.read_text().strip() == token
         assert saved.stat().st_mode & 0o077 == 0
+        # The key that encrypts webhook secrets was generated into the state directory, owner-only, and named.
+        key_file = tmp_path / "state" / "secret.key"
+        assert key_file.stat().st_mode & 0o077 == 0
+        assert any(line.startswith("Secret key") and str(key_file) in line for line in lines), "".join(lines)
 
         base = f"http://127.0.0.1:{api_port}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:

@@ -14,14 +14,17 @@ from temporalio.testing import ActivityEnvironment
 from activities.webhook_models import DeliverAttemptInput, delivery_workflow_id
 from activities.webhooks import WebhookActivities, fan_out
 from quantapilot.db import session_scope
+from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.store import WebhookDelivery, create_endpoint, list_attempts
 from tests.webhook_e2e.support import Receiver
 
 
-async def _setup(engine: Engine, url: str) -> str:
+async def _setup(engine: Engine, url: str, settings: Settings) -> str:
     with session_scope(engine) as session:
-        endpoint, _secret = create_endpoint(session=session, workspace="default", url=url)
+        endpoint, _secret = create_endpoint(
+            session=session, workspace="default", url=url, keyring=load_keyring(settings)
+        )
         fan_out(
             session,
             workspace="default",
@@ -54,7 +57,7 @@ async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engin
         return web.Response(status=503, headers={"Retry-After": "99999"})
 
     async with Receiver(behaviour=busy) as receiver:
-        delivery_id = await _setup(engine, receiver.url())
+        delivery_id = await _setup(engine, receiver.url(), settings)
         activities = WebhookActivities(settings, engine)
         env = ActivityEnvironment()
         try:
@@ -82,7 +85,7 @@ async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engin
 
 async def test_webhooks_attempt_by_superseded_workflow_sends_nothing(settings: Settings, engine: Engine) -> None:
     async with Receiver() as receiver:
-        delivery_id = await _setup(engine, receiver.url())
+        delivery_id = await _setup(engine, receiver.url(), settings)
         stale = _input(delivery_id, attempt=1, index=1).model_copy(update={"workflow_id": "webhook-delivery/old"})
         activities = WebhookActivities(settings, engine)
         try:

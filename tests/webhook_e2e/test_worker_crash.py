@@ -35,6 +35,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "QP_TASK_QUEUE": settings.task_queue,
         "QP_STATE_DIR": str(settings.state_dir),
         "QP_DATABASE_URL": settings.database_url,
+        # The API's key: the worker decrypts the signing secrets the API stored.
+        "QP_SECRET_KEY": settings.secret_key or "",
         "QP_ALLOWED_REPO_PATTERNS": json.dumps(settings.allowed_repo_patterns),
         "QP_WEBHOOK_ALLOW_PRIVATE": "true",
         "QP_WEBHOOK_RETRY_SCALE": str(settings.webhook_retry_scale),

@@ -11,6 +11,7 @@ from sqlalchemy.exc import StatementError
 from sqlmodel import Session
 
 from quantapilot.db import session_scope
+from quantapilot.secretbox import KeyRing
 from quantapilot.webhooks import store
 from quantapilot.webhooks.schedule import DISABLE_AFTER
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult
@@ -24,11 +25,14 @@ from quantapilot.webhooks.urlsafety import UnsafeUrlError
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 URL = "https://hooks.example.com/qp"
+KEYS = KeyRing([bytes(range(32))])
 
 
 def _create(engine: Engine, workspace: str = "ws1", **kwargs) -> tuple[str, str]:
     with session_scope(engine) as session:
-        endpoint, secret = store.create_endpoint(session=session, workspace=workspace, url=URL, now=T0, **kwargs)
+        endpoint, secret = store.create_endpoint(
+            session=session, workspace=workspace, url=URL, keyring=KEYS, now=T0, **kwargs
+        )
         return endpoint.id, secret
 
 
@@ -66,19 +70,21 @@ def test_store_create_returns_secret_once_and_stores_filters(db_engine: Engine) 
         assert endpoint.created_at.tzinfo is not None
         # The secret is not an attribute of the endpoint, so API serialisation of it cannot leak it.
         assert secret not in endpoint.model_dump_json()
-        assert store.active_secrets(endpoint_id, session=session, now=T0) == [secret]
+        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [secret]
 
 
 def test_store_create_refuses_bad_url_and_unknown_type(db_engine: Engine) -> None:
     with Session(db_engine) as session:
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(session=session, workspace="ws1", url="ftp://x.example/")
+            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="ftp://x.example/")
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(session=session, workspace="ws1", url="http://169.254.169.254/")
+            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="http://169.254.169.254/")
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(session=session, workspace="ws1", url="http://127.0.0.1/", allow_private=False)
+            store.create_endpoint(
+                session=session, workspace="ws1", keyring=KEYS, url="http://127.0.0.1/", allow_private=False
+            )
         with pytest.raises(ValueError, match="unknown event type"):
-            store.create_endpoint(session=session, workspace="ws1", url=URL, event_types=["nope"])
+            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url=URL, event_types=["nope"])
         assert store.list_endpoints(session=session, workspace="ws1") == []
 
 
@@ -94,7 +100,7 @@ def test_store_workspace_scoping_behaves_as_not_found(db_engine: Engine) -> None
         with pytest.raises(WebhookNotFoundError):
             store.delete_endpoint(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            store.rotate_secret(endpoint_id, session=session, workspace="ws2", overlap=timedelta(hours=1))
+            store.rotate_secret(endpoint_id, session=session, workspace="ws2", overlap=timedelta(hours=1), keyring=KEYS)
         with pytest.raises(WebhookNotFoundError):
             store.list_deliveries(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
@@ -134,12 +140,12 @@ def test_store_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
     rotated_at = T0 + timedelta(days=1)
     with session_scope(db_engine) as session:
         new = store.rotate_secret(
-            endpoint_id, session=session, workspace="ws1", overlap=timedelta(hours=24), now=rotated_at
+            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=24), now=rotated_at
         )
     assert new != old
     with Session(db_engine) as session:
-        during = store.active_secrets(endpoint_id, session=session, now=rotated_at + timedelta(hours=23))
-        after = store.active_secrets(endpoint_id, session=session, now=rotated_at + timedelta(hours=24))
+        during = store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=23))
+        after = store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=24))
     assert during == [new, old]
     assert after == [new]
     # A second rotation deletes the expired secret and never extends the previous one's life.
@@ -149,22 +155,27 @@ def test_store_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
             session=session,
             workspace="ws1",
             overlap=timedelta(hours=1),
+            keyring=KEYS,
             now=rotated_at + timedelta(hours=30),
         )
     with Session(db_engine) as session:
         at = rotated_at + timedelta(hours=30, minutes=30)
-        assert store.active_secrets(endpoint_id, session=session, now=at) == [newest, new]
-        assert store.active_secrets(endpoint_id, session=session, now=at + timedelta(hours=1)) == [newest]
+        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
+        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)) == [newest]
         with pytest.raises(ValueError, match="negative"):
-            store.rotate_secret(endpoint_id, session=session, workspace="ws1", overlap=timedelta(hours=-1))
+            store.rotate_secret(
+                endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=-1)
+            )
 
 
 def test_store_rotate_with_zero_overlap_revokes_old(db_engine: Engine) -> None:
     endpoint_id, old = _create(db_engine)
     with session_scope(db_engine) as session:
-        new = store.rotate_secret(endpoint_id, session=session, workspace="ws1", overlap=timedelta(0), now=T0)
+        new = store.rotate_secret(
+            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=T0
+        )
     with Session(db_engine) as session:
-        assert store.active_secrets(endpoint_id, session=session, now=T0) == [new]
+        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
     assert old != new
 
 
@@ -378,13 +389,13 @@ def test_store_delete_endpoint_removes_children(db_engine: Engine) -> None:
                 session=session, endpoint=endpoint, event_id="e1", event_type="run.started"
             )
             store.record_attempt(delivery.id, session=session, attempt=1, result=ok)
-        store.rotate_secret(endpoint_id, session=session, workspace="ws1", overlap=timedelta(hours=1))
+        store.rotate_secret(endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=1))
     with session_scope(db_engine) as session:
         store.delete_endpoint(endpoint_id, session=session, workspace="ws1")
     with Session(db_engine) as session:
         assert [e.id for e in store.list_endpoints(session=session, workspace="ws1")] == [keep_id]
-        assert store.active_secrets(endpoint_id, session=session) == []
-        assert store.active_secrets(keep_id, session=session) == [keep_secret]
+        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS) == []
+        assert store.active_secrets(keep_id, session=session, keyring=KEYS) == [keep_secret]
         [kept] = store.list_deliveries(keep_id, session=session, workspace="ws1")
         assert len(store.list_attempts(kept.id, session=session, workspace="ws1")) == 1
 
@@ -393,5 +404,5 @@ def test_store_refuses_naive_datetimes(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with Session(db_engine) as session, pytest.raises(StatementError, match="naive datetime"):
         store.rotate_secret(
-            endpoint_id, session=session, workspace="ws1", overlap=timedelta(0), now=datetime(2024, 1, 1)
+            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=datetime(2024, 1, 1)
         )
