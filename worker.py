@@ -19,6 +19,7 @@ from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
+from quantapilot.webhooks.urlsafety import Resolver
 from workflows.registry import WORKFLOWS
 
 log = logging.getLogger("quantapilot.worker")
@@ -42,18 +43,21 @@ class ServiceWorker(Worker):
             self._engine.dispose()
 
 
-def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> ServiceWorker:
+def build_worker(
+    client: Client, settings: Settings, *, task_queue: str | None = None, resolver: Resolver | None = None
+) -> ServiceWorker:
     """Build (not start) a worker with every workflow and activity.
 
     Args:
         client: Connected Temporal client (pydantic data converter).
         settings: Service settings.
         task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
+        resolver: Resolver of repository hosts (tests point names at loopback); ``getaddrinfo`` when None.
     """
     engine = make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
-    activities, resources = build_activities(settings, engine)
+    activities, resources = build_activities(settings, engine, resolver=resolver)
     return ServiceWorker(
         client,
         task_queue=task_queue or settings.task_queue,
