@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import re
 import shlex
 import subprocess
@@ -31,6 +32,8 @@ from typing import Final, Literal
 
 from quantapilot.forges import gitops
 from quantapilot.webhooks.urlsafety import Resolver, UnsafeUrlError, check_host, classify_address, literal_address
+
+log = logging.getLogger("quantapilot.forges.remotes")
 
 Transport = Literal["https", "http", "ssh", "git", "local"]
 
@@ -252,6 +255,8 @@ async def pin_remote(url: str, *, allow_private: bool, resolver: Resolver | None
         if literal:
             return gitops.RemotePin(config=(no_redirects,))
         if git_version() < MIN_GIT_FOR_HTTP_PIN:
+            # Our git, not the remote: the operator must upgrade it (it would ignore the pin and resolve itself).
+            log.error("git %d.%d cannot pin https remotes (needs >= 2.37): refusing them", *git_version())
             raise RemoteRefused("git_too_old_to_pin")
         resolve = f"{remote.host}:{remote.port}:{','.join(_bracketed(a) for a in addresses)}"
         return gitops.RemotePin(config=(no_redirects, f"http.curloptResolve={resolve}"))
