@@ -24,6 +24,7 @@ from quantapilot.secretbox import SecretKeyError, load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
+from quantapilot.webhooks.urlsafety import Resolver
 from workflows.registry import WORKFLOWS
 from workflows.repo_run import workflow_id as repo_workflow_id
 
@@ -95,20 +96,23 @@ class ServiceWorker(Worker):
             self._engine.dispose()
 
 
-def build_worker(client: Client, settings: Settings, *, task_queue: str | None = None) -> ServiceWorker:
+def build_worker(
+    client: Client, settings: Settings, *, task_queue: str | None = None, resolver: Resolver | None = None
+) -> ServiceWorker:
     """Build (not start) a worker with every workflow and activity.
 
     Args:
         client: Connected Temporal client (pydantic data converter).
         settings: Service settings.
         task_queue: Override of ``settings.task_queue`` (tests use a fresh queue each).
+        resolver: Resolver of repository hosts (tests point names at loopback); ``getaddrinfo`` when None.
     """
     keyring = load_keyring(settings)
     engine = make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     encrypt_plaintext_secrets(engine, keyring)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
-    activities, resources = build_activities(settings, engine)
+    activities, resources = build_activities(settings, engine, resolver=resolver)
     return ServiceWorker(
         client,
         task_queue=task_queue or settings.task_queue,

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
+from quantapilot.webhooks.urlsafety import Resolver
 
 
 class Closeable(Protocol):
@@ -17,12 +18,15 @@ class Closeable(Protocol):
         """Release the connections."""
 
 
-def build_activities(settings: Settings, engine: Engine) -> tuple[list[Callable[..., Any]], list[Closeable]]:
+def build_activities(
+    settings: Settings, engine: Engine, *, resolver: Resolver | None = None
+) -> tuple[list[Callable[..., Any]], list[Closeable]]:
     """Create the activity objects.
 
     Args:
         settings: Service settings.
         engine: Database engine.
+        resolver: Resolver of repository hosts (tests); ``getaddrinfo`` when None.
 
     Returns:
         The bound activity methods to register, and the objects to close at shutdown.
@@ -32,7 +36,7 @@ def build_activities(settings: Settings, engine: Engine) -> tuple[list[Callable[
     from activities.repo import RepoActivities
     from activities.webhooks import WebhookActivities
 
-    repo = RepoActivities(settings, engine)
+    repo = RepoActivities(settings, engine, resolver=resolver)
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
     activities: list[Callable[..., Any]] = [

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -59,7 +60,7 @@ from quantapilot.docgen.generator import OutputConflictError, generate_docs, wri
 from quantapilot.docgen.lint import lint_pages
 from quantapilot.docs_store import PageInput, upsert_pages
 from quantapilot.errors import ErrorCode
-from quantapilot.forges import gitops, make_forge
+from quantapilot.forges import diskcap, gitops, make_forge, remotes
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
 from quantapilot.repofiles import (
@@ -71,10 +72,16 @@ from quantapilot.repofiles import (
     write_file,
 )
 from quantapilot.settings import Settings
+from quantapilot.webhooks.urlsafety import Resolver
+
+T = TypeVar("T")
 
 log = logging.getLogger("quantapilot.worktrees")
 
 OUTPUT_TAIL_CHARS = 4000
+# What a caller learns about a repository host that is refused or does not answer: nothing about what answered.
+HOST_REFUSED = "repository host not allowed"
+UNREACHABLE = "repository unreachable or not found"
 # Only these variables reach a milestone command: no service secrets (tokens, database URLs) leak into it.
 COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
 
@@ -141,11 +148,14 @@ class RepoActivities:
     Args:
         settings: Service settings (work directory, allowed repositories, git identity, forges).
         engine: Database engine (documentation pages, pull request records).
+        resolver: Resolves repository hosts before they are checked (tests point names at loopback);
+            ``getaddrinfo`` when None.
     """
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, resolver: Resolver | None = None) -> None:
         self._settings = settings
         self._engine = engine
+        self._resolver = resolver
         self._locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -163,28 +173,88 @@ class RepoActivities:
     def _identity(self, when: datetime) -> dict[str, str]:
         return gitops.identity_env(self._settings.git_author_name, self._settings.git_author_email) | _date_env(when)
 
+    @contextlib.asynccontextmanager
+    async def _network(self, ref: RepoRef, *, last_attempt_fails: bool = False) -> AsyncIterator[None]:
+        """Check the repository's host and run the body's git commands pinned to the checked addresses.
+
+        The host is resolved once here; a refused one fails the run (``REPO_URL_NOT_ALLOWED``), one that does
+        not resolve is retried (``TRANSIENT_NETWORK``), for good on the last attempt when ``last_attempt_fails``.
+        Either way the message says nothing about what the name resolved to.
+        """
+        try:
+            pin = await remotes.pin_remote(
+                ref.repo_url, allow_private=self._settings.repo_allow_private, resolver=self._resolver
+            )
+        except remotes.RemoteRefused as exc:
+            if exc.reason == "transport_not_allowed":
+                message = "repository URL refused: transport not allowed"
+                raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, message) from None
+            activity.logger.warning(HOST_REFUSED)
+            raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, HOST_REFUSED) from None
+        except remotes.RemoteUnreachable:
+            raise self._unreachable(last_attempt_fails=last_attempt_fails) from None
+        with gitops.pinned(pin):
+            yield
+
+    @staticmethod
+    def _unreachable(*, last_attempt_fails: bool) -> ApplicationError:
+        info = activity.info()
+        last = info.retry_policy is not None and 0 < info.retry_policy.maximum_attempts <= info.attempt
+        # Unreachable may be a passing network fault: retry, but fail for good on the last attempt.
+        if last and last_attempt_fails:
+            return permanent(ErrorCode.REPO_CLONE_FAILED, UNREACHABLE)
+        return ApplicationError(UNREACHABLE, type=ErrorCode.TRANSIENT_NETWORK)
+
     async def _ensure_worktree(self, ref: RepoRef) -> Path:
         """Return the run's worktree, cloning it again when this worker does not have it."""
         path = self.worktree_path(ref)
         if (path / ".git").is_dir():
             return path
+        if gitops.current_pin() is None:
+            async with self._network(ref):
+                return await self._clone(ref, path)
+        return await self._clone(ref, path)
+
+    async def _clone(self, ref: RepoRef, path: Path) -> Path:
         partial = path.with_name("repo.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
+        clone = gitops.clone(
+            ref.repo_url,
+            partial,
+            branch=ref.branch,
+            depth=self._settings.clone_depth or None,
+            timeout_s=self._settings.clone_timeout_s,
+        )
         try:
-            await gitops.clone(
-                ref.repo_url,
-                partial,
-                branch=ref.branch,
-                depth=self._settings.clone_depth or None,
-                timeout_s=self._settings.clone_timeout_s,
-            )
+            await diskcap.within(partial, self._settings.clone_max_bytes, clone)
+        except diskcap.TooLargeError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise self._too_large() from None
         except gitops.GitError as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            raise ApplicationError(f"clone failed: {exc}", type=ErrorCode.REPO_CLONE_FAILED) from None
+            # Neither git's stderr nor the address it reached: only how it ended.
+            activity.logger.warning("git clone %s", "timed out" if exc.timed_out else f"exited with {exc.returncode}")
+            raise ApplicationError(UNREACHABLE, type=ErrorCode.REPO_CLONE_FAILED) from None
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         # Rename last so a crash mid-clone never leaves a half-cloned worktree that looks complete.
         partial.rename(path)
         return path
+
+    def _too_large(self) -> ApplicationError:
+        limit = self._settings.clone_max_bytes
+        return permanent(ErrorCode.REPO_TOO_LARGE, f"repository is larger than the limit of {limit} bytes")
+
+    async def _capped(self, path: Path, work: Awaitable[T]) -> T:
+        """Await a fetch (or a forge call that fetches) while the worktree stays within ``QP_CLONE_MAX_BYTES``."""
+        try:
+            return await diskcap.within(path, self._settings.clone_max_bytes, work)
+        except diskcap.TooLargeError:
+            # The worktree is over the cap now: the next attempt clones it again, which the cap refuses too.
+            shutil.rmtree(path, ignore_errors=True)
+            raise self._too_large() from None
 
     async def _commit_and_push(
         self, path: Path, *, run_id: str, branch: str, message: str, when: datetime, pathspec: str = "."
@@ -241,31 +311,27 @@ class RepoActivities:
         problem = repo_url_problem(ref.repo_url, self._settings.allowed_repo_patterns)
         if problem:
             raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, f"repository URL refused: {problem}")
-        info = activity.info()
-        probe = await gitops.git(
-            "ls-remote",
-            "--exit-code",
-            "--heads",
-            "--",
-            ref.repo_url,
-            f"refs/heads/{ref.branch}",
-            cwd=self._settings.run_workdir if self._settings.run_workdir.is_dir() else Path.cwd(),
-            timeout_s=60,
-            check=False,
-        )
-        if probe.returncode == 2:
-            # git documents exit status 2 for "no matching refs": the repository answered, the branch is missing.
-            raise permanent(ErrorCode.BRANCH_NOT_FOUND, f"branch {ref.branch} not found in the repository")
-        if probe.returncode != 0:
-            message = "repository unreachable or not found"
-            last = info.retry_policy is not None and 0 < info.retry_policy.maximum_attempts <= info.attempt
-            # Unreachable may be a passing network fault: retry, but fail for good on the last attempt.
-            if last:
-                raise permanent(ErrorCode.REPO_CLONE_FAILED, message)
-            raise ApplicationError(message, type=ErrorCode.TRANSIENT_NETWORK)
-        async with self._lock(ref.run_id), heartbeating("clone"):
-            path = await self._ensure_worktree(ref)
-            sha = await gitops.current_sha(path)
+        async with self._network(ref, last_attempt_fails=True):
+            probe = await gitops.git(
+                "ls-remote",
+                "--exit-code",
+                "--heads",
+                "--",
+                ref.repo_url,
+                f"refs/heads/{ref.branch}",
+                cwd=self._settings.run_workdir if self._settings.run_workdir.is_dir() else Path.cwd(),
+                timeout_s=60,
+                check=False,
+            )
+            if probe.returncode == 2:
+                # git documents exit status 2 for "no matching refs": the repository answered, the branch is missing.
+                raise permanent(ErrorCode.BRANCH_NOT_FOUND, f"branch {ref.branch} not found in the repository")
+            if probe.returncode != 0:
+                activity.logger.warning("git ls-remote exited with %s", probe.returncode)
+                raise self._unreachable(last_attempt_fails=True)
+            async with self._lock(ref.run_id), heartbeating("clone"):
+                path = await self._ensure_worktree(ref)
+                sha = await gitops.current_sha(path)
         activity.logger.info("cloned %s at %s", ref.branch, sha[:12], extra={"commit_sha": sha})
         return CloneResult(commit_sha=sha, default_branch=ref.branch)
 
@@ -304,7 +370,7 @@ class RepoActivities:
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
         assert inp.repo.commit_sha is not None
-        async with self._lock(inp.repo.run_id), heartbeating("generate_docs"):
+        async with self._lock(inp.repo.run_id), heartbeating("generate_docs"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
             await gitops.git("clean", "-fdq", cwd=path)
@@ -362,7 +428,7 @@ class RepoActivities:
     @activity.defn(name=OPEN_PULL_REQUEST)
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
-        async with self._lock(inp.repo.run_id), heartbeating("open_pull_request"):
+        async with self._lock(inp.repo.run_id), heartbeating("open_pull_request"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             try:
                 pr = await self._forge(inp.forge).open_pull_request(
@@ -381,14 +447,18 @@ class RepoActivities:
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
-        async with self._lock(inp.repo.run_id), heartbeating("merge"):
+        async with self._lock(inp.repo.run_id), heartbeating("merge"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             try:
-                pr = await self._forge(inp.forge).merge(
-                    repo_url=inp.repo.repo_url,
-                    worktree=path,
-                    number=inp.number,
-                    strategy=inp.strategy,  # type: ignore[arg-type]
+                # The merge fetches base and head into the worktree: the cap holds for that fetch too.
+                pr = await self._capped(
+                    path,
+                    self._forge(inp.forge).merge(
+                        repo_url=inp.repo.repo_url,
+                        worktree=path,
+                        number=inp.number,
+                        strategy=inp.strategy,  # type: ignore[arg-type]
+                    ),
                 )
             except MergeConflictError as exc:
                 raise permanent(ErrorCode.MERGE_CONFLICT, str(exc)) from None
@@ -403,9 +473,9 @@ class RepoActivities:
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
         """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
-        async with self._lock(inp.repo.run_id), heartbeating("milestone"):
+        async with self._lock(inp.repo.run_id), heartbeating("milestone"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
-            await gitops.fetch(path, branches=(inp.repo.branch,))
+            await self._capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
             await gitops.git("checkout", "--quiet", "--force", "-B", inp.branch, f"origin/{inp.repo.branch}", cwd=path)
             await gitops.git("clean", "-fdq", cwd=path)
             outcomes: list[StepOutcome] = []

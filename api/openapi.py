@@ -630,10 +630,30 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
         ("Retry-After", *_RATE_HEADERS),
     ),
     500: ("InternalError", "Unexpected failure; the traceId finds the log line.", ()),
-    503: ("ServiceUnavailable", "A dependency does not answer; retry later.", ("Retry-After",)),
+    503: (
+        "ServiceUnavailable",
+        "A dependency (database, Temporal, a worker to answer a query or update) does not answer; retry later.",
+        ("Retry-After",),
+    ),
 }
-COMMON_ERRORS = (405, 429, 500)
-AUTH_ERRORS = (401, 403)
+#: Error statuses every operation can answer, by what answers them (the middlewares every request passes).
+EVERY_REQUEST_ERRORS: dict[str, tuple[int, ...]] = {
+    "router: the path does not take this method": (405,),
+    "body deadline and size: any request may carry a body": (408, 413),
+    "error middleware: an unexpected failure": (500,),
+    # Public endpoints and requests without a valid token are limited per client address.
+    "rate limit of the client address": (429,),
+}
+#: Error statuses every authenticated operation can answer besides those.
+AUTHENTICATED_ERRORS: dict[str, tuple[int, ...]] = {
+    "authentication and scopes": (401, 403),
+    "rate limit of the route class": (429,),
+    # The token lookup reads the database, and every authenticated route but the contract's reads the database
+    # or Temporal: unavailable (or no worker answering a query or update in time) is 503 with Retry-After.
+    "a dependency that does not answer": (503,),
+}
+COMMON_ERRORS = tuple(sorted({status for group in EVERY_REQUEST_ERRORS.values() for status in group}))
+AUTH_ERRORS = tuple(sorted({status for group in AUTHENTICATED_ERRORS.values() for status in group}))
 
 
 def _error_response(status: int) -> dict[str, Any]:

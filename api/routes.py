@@ -23,6 +23,7 @@ from api.event_log import event_json, gapless_page, parse_after, read_events, wo
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
+from quantapilot.forges.remotes import host_refused_without_dns
 from quantapilot.models import (
     TERMINAL_STATES,
     BudgetInput,
@@ -106,6 +107,15 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
             details=[{"path": "repo_url", "message": "credentials in the URL are not allowed"}],
         )
     settings = request.app[SETTINGS]
+    if host_refused_without_dns(body["repo_url"], allow_private=settings.repo_allow_private):
+        # Loopback, private and metadata hosts that need no DNS to recognise; the worker checks every host again
+        # when it connects (a name can resolve anywhere, and DNS can change in between).
+        raise ApiError(
+            422,
+            ErrorCode.VALIDATION_ERROR,
+            "request body does not match the schema",
+            details=[{"path": "repo_url", "message": "repository host not allowed"}],
+        )
 
     def make_input(run_id: str, digest: str) -> RepoRunInput:
         return RepoRunInput(

@@ -128,6 +128,9 @@ async def _check_url(url: str, settings: Settings) -> None:
         await asyncio.wait_for(check_url(url, allow_private=settings.webhook_allow_private), timeout=10)
     except UnsafeUrlError as exc:
         raise _invalid(str(exc), field="url", reason=exc.reason) from None
+    except ValueError:
+        # Any other parser or resolver refusal of the host is still the caller's URL, never a 500.
+        raise _invalid("webhook URL host is not valid", field="url", reason="invalid_host") from None
     except (OSError, TimeoutError):
         # A host that does not resolve today is almost always a typo; it is checked again on every delivery.
         raise _invalid("webhook URL host does not resolve", field="url", reason="unresolvable_host") from None

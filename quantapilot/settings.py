@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     # Each worker removes the worktrees of closed runs this often (and at start): runs that ended on another
     # worker, were terminated, or whose cleanup step failed. 0 turns the sweep off.
     worktree_sweep_interval_s: float = Field(default=600.0, ge=0)
+    # Repository hosts whose addresses are loopback, private, link-local or otherwise not public are refused unless
+    # this is on (a self-hosted Gitea on the private network); cloud metadata addresses stay refused even then.
+    # Off in every environment (`qp up` too): it is separate from webhook_allow_private on purpose.
+    repo_allow_private: bool = False
+    # A clone (pack and checkout) or fetch that makes the run's repository larger than this is stopped and removed:
+    # the run fails with REPO_TOO_LARGE.
+    clone_max_bytes: int = Field(default=1024**3, ge=1)
     # Long steps heartbeat; a worker that dies mid-step is noticed after this many seconds.
     step_heartbeat_s: float = Field(default=30.0, gt=0, le=600)
     default_forge: Literal["git", "github", "gitea"] = "git"

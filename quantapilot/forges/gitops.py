@@ -14,13 +14,16 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Userinfo in URLs ("https://user:token@host/...") must never reach a message or a log line.
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _STDERR_TAIL_CHARS = 2000
+#: Subcommands that talk to a remote.
+NETWORK_COMMANDS = frozenset({"clone", "fetch", "push", "pull", "ls-remote"})
 
 _home_dir: Path | None = None
 
@@ -63,7 +66,40 @@ class GitError(Exception):
         self.timed_out = timed_out
         what = "timed out" if timed_out else f"exited with {returncode}"
         command = " ".join(self.git_args[:3])
-        super().__init__(f"git {command} {what}: {self.stderr_tail}".rstrip(": "))
+        # What a remote answered (its "remote:" lines, an HTTP status, the address git reached) is not ours to
+        # repeat: the message of a network command says only that it failed; stderr_tail keeps it for debugging.
+        shown = "" if self.git_args[:1] and self.git_args[0] in NETWORK_COMMANDS else self.stderr_tail
+        super().__init__(f"git {command} {what}: {shown}".rstrip(": "))
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePin:
+    """Extra ``-c`` settings and environment that keep git's connections on checked addresses.
+
+    Computed by :func:`quantapilot.forges.remotes.pin_remote` for one repository; every git command run while it
+    is active (see :func:`pinned`) gets it, so the forges' pushes and fetches need not pass it along.
+    """
+
+    config: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+_PIN: ContextVar[RemotePin | None] = ContextVar("qp_git_remote_pin", default=None)
+
+
+@contextlib.contextmanager
+def pinned(pin: RemotePin) -> Iterator[None]:
+    """Run the git commands of the current task (and the tasks it starts) with ``pin``."""
+    token = _PIN.set(pin)
+    try:
+        yield
+    finally:
+        _PIN.reset(token)
+
+
+def current_pin() -> RemotePin | None:
+    """The pin active in the current task, if any."""
+    return _PIN.get()
 
 
 def _scratch_home() -> Path:
@@ -150,11 +186,13 @@ async def git(
         GitError: On timeout, or on failure when ``check`` is true.
     """
     # "-c credential.helper=" clears any helper a repository config might name, so nothing prompts or leaks.
-    argv = ["git", "-c", "credential.helper=", *args]
+    pin = _PIN.get() or RemotePin()
+    pin_flags = [flag for setting in pin.config for flag in ("-c", setting)]
+    argv = ["git", "-c", "credential.helper=", *pin_flags, *args]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
-        env=scrubbed_env(env),
+        env=scrubbed_env({**pin.env, **(env or {})}),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -32,6 +33,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 ALLOWED_SCHEMES: Final = frozenset({"http", "https"})
 MAX_URL_LENGTH: Final = 2048
+MAX_HOST_LENGTH: Final = 253
 
 # Instance metadata services: AWS/GCP/Azure/OCI (169.254.169.254), AWS ECS task metadata (169.254.170.2),
 # AWS IPv6 (fd00:ec2::254), Alibaba Cloud (100.100.100.200).
@@ -43,6 +45,8 @@ METADATA_ADDRESSES: Final[frozenset[IPAddress]] = frozenset(
         ipaddress.ip_address("100.100.100.200"),
     }
 )
+# A host name as DNS knows it, once IDNA-encoded: letters, digits, hyphens, underscores (SRV-style names), dots.
+_HOST_BYTES: Final = re.compile(rb"[A-Za-z0-9_.-]+")
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 
@@ -109,13 +113,22 @@ def classify_address(ip: IPAddress) -> str | None:
     return None
 
 
-def _check_address(ip: IPAddress, *, allow_private: bool) -> None:
+def check_address(ip: IPAddress, *, allow_private: bool) -> None:
+    """Refuse an address the policy does not admit (the one decision webhooks and repository clones share).
+
+    Args:
+        ip: The address, as resolved or as written.
+        allow_private: Admit loopback, private, link-local and other non-global addresses (never metadata).
+
+    Raises:
+        UnsafeUrlError: With the reason of :func:`classify_address`.
+    """
     reason = classify_address(ip)
     if reason is None:
         return
     if allow_private and reason != "metadata_address":
         return
-    raise UnsafeUrlError(reason, f"webhook URL resolves to a refused address ({reason})")
+    raise UnsafeUrlError(reason, f"URL host resolves to a refused address ({reason})")
 
 
 def _parse(url: str) -> URL:
@@ -127,6 +140,8 @@ def _parse(url: str) -> URL:
     try:
         parsed = URL(url)
         port = parsed.port
+        # yarl decodes the host lazily: a bad punycode label ("xn--zz") raises here, not in URL().
+        _ = parsed.host
     except (ValueError, TypeError) as exc:
         raise UnsafeUrlError("invalid_url", "webhook URL cannot be parsed") from exc
     if parsed.scheme not in ALLOWED_SCHEMES:
@@ -138,14 +153,66 @@ def _parse(url: str) -> URL:
         raise UnsafeUrlError("missing_host", "webhook URL has no host")
     if port is None or not 0 < port < 65536:
         raise UnsafeUrlError("invalid_port", "webhook URL has an invalid port")
+    check_host_syntax(_host_of(parsed))
     return parsed
 
 
-def _literal_ip(host: str) -> IPAddress | None:
+def _host_of(parsed: URL) -> str:
+    # The IDNA (punycode) form of a name, which is what DNS knows; an IPv6 literal with its zone id decoded.
+    raw = parsed.raw_host or ""
+    return (parsed.host or "") if ":" in raw else raw
+
+
+def check_host_syntax(host: str) -> None:
+    """Refuse a host that no resolver can take: the resolver would fail on it with an error that is not a verdict.
+
+    The checks are the ones ``getaddrinfo`` applies before it asks DNS (IDNA encoding: no empty label, none
+    longer than 63 characters, valid punycode; at most 253 characters), letters, digits, ``-``, ``_`` and dots
+    only once encoded (``%``, ``!`` or ``,`` are legal in a URL but name no host, and only invite parser
+    differences), and a zone id only on a link-local IPv6 literal, where it means something.
+
+    Args:
+        host: The host as written in the URL (IPv6 literals without brackets), IDNA-encoded or not.
+
+    Raises:
+        UnsafeUrlError: ``invalid_host``.
+    """
+    if ":" in host:
+        try:
+            ip = ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise UnsafeUrlError("invalid_host", "URL host is not a valid IPv6 address") from exc
+        if ip.scope_id is not None and not ip.is_link_local:
+            raise UnsafeUrlError("invalid_host", "URL host has a zone id on an address that is not link-local")
+        return
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError as exc:
+        raise UnsafeUrlError("invalid_host", "URL host is not a valid host name") from exc
+    if len(encoded.rstrip(b".")) > MAX_HOST_LENGTH or not _HOST_BYTES.fullmatch(encoded):
+        raise UnsafeUrlError("invalid_host", "URL host is not a valid host name")
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host names without any DNS lookup, or None for a name.
+
+    Besides IP literals this admits the numeric IPv4 spellings the system resolver takes as addresses
+    (``127.1``, ``0x7f.0.0.1``, ``2130706433``), so a check without DNS sees through them.
+
+    Args:
+        host: The host as written (IPv6 without brackets).
+    """
     try:
         return ipaddress.ip_address(host)
     except ValueError:
+        pass
+    if not host or ":" in host or not _HOST_BYTES.fullmatch(host.encode("ascii", "replace")):
         return None
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        return None  # not numeric: a name (AI_NUMERICHOST never asks DNS)
+    return ipaddress.ip_address(infos[0][4][0]) if infos else None
 
 
 def check_url_syntax(url: str, *, allow_private: bool | None = None) -> None:
@@ -162,15 +229,14 @@ def check_url_syntax(url: str, *, allow_private: bool | None = None) -> None:
             port, or names a refused IP literal.
     """
     parsed = _parse(url)
-    host = parsed.host or ""
-    ip = _literal_ip(host)
+    ip = literal_address(_host_of(parsed))
     if ip is None:
         return
     if allow_private is None:
         if classify_address(ip) == "metadata_address":
             raise UnsafeUrlError("metadata_address", "webhook URL points at a cloud metadata address")
         return
-    _check_address(ip, allow_private=allow_private)
+    check_address(ip, allow_private=allow_private)
 
 
 async def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -197,23 +263,47 @@ async def check_url(url: str, *, allow_private: bool, resolver: Resolver | None 
         OSError: If resolution fails (``socket.gaierror``); that is transient, not a verdict on the URL.
     """
     parsed = _parse(url)
-    host = parsed.host or ""
-    port = parsed.port or 0
-    literal = _literal_ip(host)
+    return await check_host(_host_of(parsed), parsed.port or 0, allow_private=allow_private, resolver=resolver)
+
+
+async def check_host(host: str, port: int, *, allow_private: bool, resolver: Resolver | None = None) -> list[str]:
+    """Resolve a host once and check every address it has (webhook deliveries and repository clones).
+
+    Args:
+        host: Host as written in the URL (IPv6 without brackets), IDNA-encoded.
+        port: Port the connection will use (passed to the resolver).
+        allow_private: Admit loopback, private, link-local and other non-global addresses (never metadata).
+        resolver: Resolves ``(host, port)`` to address strings; defaults to ``loop.getaddrinfo``.
+
+    Returns:
+        The addresses (deduplicated, resolver order), all of which passed :func:`check_address`. Connect to one
+        of these, not to the name, so a second resolution cannot return something else.
+
+    Raises:
+        UnsafeUrlError: The host is malformed (``invalid_host``: never a 5xx, never a DNS query), resolves to
+            no address, or any address is refused.
+        OSError: Resolution failed (``socket.gaierror``); that is transient, not a verdict on the host.
+    """
+    check_host_syntax(host)
+    literal = literal_address(host)
     if literal is not None:
         raw: Sequence[str] = [str(literal)]
     else:
-        # raw_host is the IDNA (punycode) form, which is what DNS knows.
-        raw = await (resolver or _getaddrinfo)(parsed.raw_host or host, port)
+        try:
+            raw = await (resolver or _getaddrinfo)(host, port)
+        except UnicodeError as exc:
+            # The IDNA codec inside getaddrinfo: a label the syntax check let through but the resolver cannot
+            # encode is still the caller's mistake, not ours.
+            raise UnsafeUrlError("invalid_host", "URL host is not a valid host name") from exc
     addresses: list[str] = []
     for value in raw:
         try:
             ip = ipaddress.ip_address(value)
         except ValueError as exc:
             raise UnsafeUrlError("invalid_address", "resolver returned something that is not an IP") from exc
-        _check_address(ip, allow_private=allow_private)
+        check_address(ip, allow_private=allow_private)
         if str(ip) not in addresses:
             addresses.append(str(ip))
     if not addresses:
-        raise UnsafeUrlError("no_addresses", "webhook URL host resolves to no address")
+        raise UnsafeUrlError("no_addresses", "URL host resolves to no address")
     return addresses

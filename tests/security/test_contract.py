@@ -18,6 +18,7 @@ from quantapilot.db import utcnow
 from quantapilot.errors import ErrorCode
 from quantapilot.settings import Settings
 from quantapilot.tokens import ALL_SCOPES, create_token
+from tests.conftest import ApiFactory
 from tests.security.support import assert_envelope, fill_path
 from tests.support import Api
 
@@ -244,3 +245,34 @@ def test_contract_every_schema_file_is_published_or_not_an_http_body() -> None:
     not_http = {"quantapilot.schema.json", "frontmatter.schema.json"}
     files = {p.name for p in schemas.SCHEMA_DIR.glob("*.schema.json")}
     assert files == set(SCHEMA_FILES) | not_http, "publish the new schema file in api/openapi.py SCHEMA_FILES"
+
+
+async def test_contract_no_worker_to_answer_is_a_documented_503(make_api: ApiFactory, settings: Settings) -> None:
+    # A run whose task queue no worker polls: its status query and cancel wait for a worker that never answers.
+    api = await make_api(settings.model_copy(update={"temporal_rpc_timeout_s": 1.0}))
+    code, run = await api.post("/v1/runs", {"repo_url": "file:///nowhere/x.git", "branch": "main"})
+    assert code == 202, run
+    document = build_openapi(settings)
+    for method, template in (("GET", "/v1/runs/{run_id}"), ("POST", "/v1/runs/{run_id}/cancel")):
+        resp = await api.client.request(method, template.format(run_id=run["run_id"]), headers=api.headers())
+        body = await resp.json()
+        assert resp.status == 503, (method, resp.status, body)
+        assert_envelope(body, "SERVICE_UNAVAILABLE")
+        assert int(resp.headers["Retry-After"]) > 0
+        documented = document["paths"][template][method.lower()]["responses"]
+        assert "503" in documented, (method, template, sorted(documented))
+        shared = document["components"]["responses"][documented["503"]["$ref"].rsplit("/", 1)[-1]]
+        assert "Retry-After" in shared["headers"]
+
+
+def test_contract_every_authenticated_operation_documents_its_dependency_statuses(tmp_path: Path) -> None:
+    document = build_openapi(Settings(state_dir=tmp_path))
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            # Any request may carry a body that arrives late or too large; any may meet an unexpected failure; any
+            # may be over a rate limit (the token's route class, or the client address for public endpoints and
+            # requests without a valid token).
+            assert {"405", "408", "413", "429", "500"} <= set(op["responses"]), (method, path)
+            if op["security"]:
+                # The token lookup alone reads the database: 503 (with Retry-After) when it does not answer.
+                assert {"401", "403", "503"} <= set(op["responses"]), (method, path)

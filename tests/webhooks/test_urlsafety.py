@@ -192,3 +192,36 @@ async def test_urlsafety_refuses_syntax_before_resolving() -> None:
         await check_url("ftp://example.com/", allow_private=True, resolver=resolver)
     assert info.value.reason == "scheme_not_allowed"
     assert resolver.calls == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a..b/",
+        "http://.a/",
+        "http://" + "a" * 64 + ".example/",
+        "http://" + ".".join(["a" * 60] * 5) + "/",
+        "http://xn--zz/",
+        "http://xn--a.example/",
+        "http://%zz/",
+        "http://a!b.example/",
+        "http://[::1%25zz]/",
+        "http://[2001:db8::1%25eth0]/",
+    ],
+)
+async def test_urlsafety_pathological_hosts_are_refused_before_any_lookup(url: str) -> None:
+    resolver = _resolver({})
+    with pytest.raises(UnsafeUrlError) as info:
+        check_url_syntax(url)
+    assert info.value.reason in ("invalid_host", "invalid_url"), info.value.reason
+    with pytest.raises(UnsafeUrlError):
+        await check_url(url, allow_private=True, resolver=resolver)
+    assert resolver.calls == []
+
+
+def test_urlsafety_numeric_spellings_are_literal_addresses_without_dns() -> None:
+    for url in ("http://127.1/", "http://0x7f.0.0.1/", "http://2130706433/", "http://0177.0.0.1/"):
+        with pytest.raises(UnsafeUrlError) as info:
+            check_url_syntax(url, allow_private=False)
+        assert info.value.reason == "loopback_address", url
+    check_url_syntax("http://1e100.example/", allow_private=False)  # a name, not a number
