@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import os
 import shutil
 import signal
@@ -51,11 +52,14 @@ from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
+from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable, build_argv, command_env, ensure_available
+from quantapilot.sandbox import prepare_worktree as prepare_sandbox_worktree
 from quantapilot.settings import Settings
 
 OUTPUT_TAIL_CHARS = 4000
-# Only these variables reach a milestone command: no service secrets (tokens, database URLs) leak into it.
-COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+# After a command is killed (or exited), its output is read for at most this long: a process that escaped the
+# kill (possible only without the sandbox) may hold the pipe open forever.
+OUTPUT_DRAIN_S = 5.0
 
 
 def permanent(code: ErrorCode, message: str) -> ApplicationError:
@@ -127,6 +131,8 @@ class RepoActivities:
         self._engine = engine
         self._locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
+        # Transports the worker's git may use in this worker's activities: what the allowed URLs need.
+        self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
 
     # ----- helpers -----------------------------------------------------------------------------------------
 
@@ -205,6 +211,7 @@ class RepoActivities:
     @activity.defn(name=CLONE_REPOSITORY)
     async def clone_repository(self, ref: RepoRef) -> CloneResult:
         """Check the URL is allowed and the branch exists, then clone the repository into the run's worktree."""
+        gitops.restrict_protocols(self._git_protocols)
         problem = repo_url_problem(ref.repo_url, self._settings.allowed_repo_patterns)
         if problem:
             raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, f"repository URL refused: {problem}")
@@ -239,6 +246,7 @@ class RepoActivities:
     @activity.defn(name=LOAD_RUN_CONFIG)
     async def load_run_config(self, inp: LoadConfigInput) -> QuantapilotConfig:
         """Read and validate quantapilot.yml (documented defaults when the file is absent)."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("read_config"):
             root = (await self._ensure_worktree(inp.repo)).resolve()
             target = (root / inp.path).resolve()
@@ -263,11 +271,15 @@ class RepoActivities:
                 ErrorCode.COMMANDS_NOT_ALLOWED,
                 "quantapilot.yml has milestone commands but this repository is not allowed to run commands",
             )
+        if has_commands:
+            # Fail now rather than after the documentation and the first gates: no command would run anyway.
+            await self._require_sandbox(self._sandbox(inp.repo.repo_url))
         return config
 
     @activity.defn(name=GENERATE_DOCUMENTATION)
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
+        gitops.restrict_protocols(self._git_protocols)
         assert inp.repo.commit_sha is not None
         async with self._lock(inp.repo.run_id), heartbeating("generate_docs"):
             path = await self._ensure_worktree(inp.repo)
@@ -323,6 +335,7 @@ class RepoActivities:
     @activity.defn(name=OPEN_PULL_REQUEST)
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("open_pull_request"):
             path = await self._ensure_worktree(inp.repo)
             try:
@@ -342,6 +355,7 @@ class RepoActivities:
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("merge"):
             path = await self._ensure_worktree(inp.repo)
             try:
@@ -357,6 +371,16 @@ class RepoActivities:
                 raise self._forge_failure(exc) from None
         return _pr_result(pr)
 
+    def _sandbox(self, repo_url: str) -> SandboxPolicy:
+        return SandboxPolicy.from_settings(self._settings, repo_url)
+
+    @staticmethod
+    async def _require_sandbox(policy: SandboxPolicy) -> None:
+        try:
+            await asyncio.to_thread(ensure_available, policy)
+        except SandboxUnavailable as exc:
+            raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
+
     @staticmethod
     def _forge_failure(exc: ForgeError) -> ApplicationError:
         return ApplicationError(str(exc), type=ErrorCode.FORGE_ERROR, non_retryable=not exc.retryable)
@@ -364,6 +388,7 @@ class RepoActivities:
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
         """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("milestone"):
             path = await self._ensure_worktree(inp.repo)
             await gitops.fetch(path, branches=(inp.repo.branch,))
@@ -371,6 +396,9 @@ class RepoActivities:
             await gitops.git("clean", "-fdq", cwd=path)
             outcomes: list[StepOutcome] = []
             failed: str | None = None
+            policy = self._sandbox(inp.repo.repo_url)
+            if any(step.run for step in inp.steps):
+                await self._require_sandbox(policy)
             for step in inp.steps:
                 if not step.run:
                     continue
@@ -380,7 +408,12 @@ class RepoActivities:
                         # A retry starts from the worktree as the step found it, so a command that half-wrote
                         # files (or appends) does not see its own leftovers.
                         await _restore(path, before)
-                    outcome = await run_command(step.name, step.run, cwd=path, timeout_s=step.timeout_s)
+                    try:
+                        outcome = await run_command(
+                            step.name, step.run, cwd=path, timeout_s=step.timeout_s, sandbox=policy
+                        )
+                    except SandboxUnavailable as exc:
+                        raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
                     outcomes.append(outcome.model_copy(update={"attempt": attempt}))
                     if outcome.exit_code == 0:
                         break
@@ -430,26 +463,51 @@ def _pr_result(pr: PullRequest) -> PullRequestResult:
     )
 
 
-async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -> StepOutcome:
+async def run_command(
+    name: str, command: str, *, cwd: Path, timeout_s: float, sandbox: SandboxPolicy | None = None
+) -> StepOutcome:
     """Run one milestone command in the worktree (the caller heartbeats).
 
-    The command gets a scrubbed environment and its own process group, which is killed on timeout or when the
-    activity is cancelled, so no child outlives the step.
+    The command runs in the sandbox of ``sandbox`` (default: the settings' defaults, so bubblewrap), with a
+    scrubbed environment. It must exit within ``timeout_s``; on timeout, on cancellation and after it exited,
+    everything it started is killed (the sandbox's PID namespace, or without the sandbox its process group), so
+    nothing outlives the step.
+
+    Raises:
+        SandboxUnavailable: The sandbox cannot be built on this host.
     """
-    env = {k: os.environ[k] for k in COMMAND_ENV_KEEP if k in os.environ}
-    env["HOME"] = str(cwd)
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+    policy = sandbox or SandboxPolicy.defaults()
+    cwd = await asyncio.to_thread(cwd.resolve)
+    sandboxed = policy.mode == "bwrap"
+    env = command_env(cwd, sandboxed=sandboxed)
+    if sandboxed:
+        await asyncio.to_thread(ensure_available, policy)
+        await asyncio.to_thread(prepare_sandbox_worktree, policy, cwd)
+    info_r, info_w = os.pipe() if sandboxed else (-1, -1)
+    try:
+        if sandboxed:
+            argv = build_argv(policy, command, cwd=cwd, env=env, info_fd=info_w)
+            proc_env = {"PATH": env["PATH"]}
+        else:
+            argv, proc_env = ["/bin/sh", "-c", command], env
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=proc_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(info_w,) if sandboxed else (),
+        )
+    except BaseException:
+        if sandboxed:
+            os.close(info_r)
+        raise
+    finally:
+        if sandboxed:
+            os.close(info_w)
     output = bytearray()
     timed_out = False
 
@@ -460,18 +518,16 @@ async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -
             del output[: max(0, len(output) - OUTPUT_TAIL_CHARS * 4)]
 
     reader = asyncio.ensure_future(_read())
+    sandbox_pid = asyncio.ensure_future(_sandbox_pid(info_r)) if sandboxed else None
     try:
-        await asyncio.wait_for(asyncio.shield(reader), timeout=timeout_s)
+        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
     except TimeoutError:
         timed_out = True
     finally:
-        # On timeout or cancellation the whole process group goes, so no child outlives the step.
-        if not reader.done() or timed_out:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        # Every way out (exit, timeout, cancellation) ends everything the command started.
+        await _stop(proc, sandbox_pid)
         with contextlib.suppress(BaseException):
-            await reader
+            await asyncio.wait_for(reader, timeout=OUTPUT_DRAIN_S)
     tail = output.decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
     return StepOutcome(
         name=name,
@@ -481,3 +537,75 @@ async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -
         duration_s=round(time.monotonic() - started, 3),
         timed_out=timed_out,
     )
+
+
+async def _sandbox_pid(info_fd: int) -> int | None:
+    """PID 1 of the sandbox (as the worker sees it), from the JSON bwrap writes to ``--info-fd`` and closes."""
+    stream = asyncio.StreamReader()
+    pipe = os.fdopen(info_fd, "rb", buffering=0)
+    try:
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        data = await stream.read()
+    finally:
+        transport.close()
+    with contextlib.suppress(ValueError, AttributeError):
+        pid = json.loads(data).get("child-pid")
+        return pid if isinstance(pid, int) and pid > 1 else None
+    return None
+
+
+async def _stop(proc: asyncio.subprocess.Process, sandbox_pid: asyncio.Future[int | None] | None) -> None:
+    """End whatever the command left running, and wait (bounded) until it is gone.
+
+    In the sandbox, killing its PID 1 makes the kernel kill every process of its PID namespace, and bwrap exits
+    only after that PID 1 is gone: once bwrap has exited, nothing of the command runs any more (also when it
+    exited by itself). Without the sandbox the command's process group is killed; a child that left the group
+    escapes (one of the reasons for the sandbox).
+    """
+    init = sandbox_pid.result() if sandbox_pid is not None and sandbox_pid.done() else None
+    if sandbox_pid is not None and not sandbox_pid.done():
+        sandbox_pid.cancel()
+    if proc.returncode is None:
+        if init is not None:
+            _kill_sandbox_init(init, bwrap_pid=proc.pid)
+        else:
+            # Without the sandbox; or bwrap still setting up, whose child then dies with it (--die-with-parent).
+            _kill_group(proc.pid)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=OUTPUT_DRAIN_S)
+        except TimeoutError:
+            _kill_group(proc.pid)
+            await asyncio.shield(proc.wait())
+    elif sandbox_pid is None:
+        # The shell exited: its background children in the group go with it.
+        _kill_group(proc.pid)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_sandbox_init(pid: int, *, bwrap_pid: int) -> None:
+    """SIGKILL the sandbox's PID 1 through a pidfd, after checking it is still bwrap's child (not a reused pid)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
+        if parent == str(bwrap_pid):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            _kill_group(bwrap_pid)
+    except OSError:
+        _kill_group(bwrap_pid)
+    finally:
+        os.close(pidfd)
