@@ -518,14 +518,14 @@ async def run_command(
             del output[: max(0, len(output) - OUTPUT_TAIL_CHARS * 4)]
 
     reader = asyncio.ensure_future(_read())
-    sandbox_pid = asyncio.ensure_future(_sandbox_pid(info_r)) if sandboxed else None
+    sandbox_init = asyncio.ensure_future(_sandbox_init(info_r)) if sandboxed else None
     try:
         await asyncio.wait_for(proc.wait(), timeout=timeout_s)
     except TimeoutError:
         timed_out = True
     finally:
         # Every way out (exit, timeout, cancellation) ends everything the command started.
-        await _stop(proc, sandbox_pid)
+        await _stop(proc, sandbox_init)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(reader, timeout=OUTPUT_DRAIN_S)
     tail = output.decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
@@ -539,8 +539,12 @@ async def run_command(
     )
 
 
-async def _sandbox_pid(info_fd: int) -> int | None:
-    """PID 1 of the sandbox (as the worker sees it), from the JSON bwrap writes to ``--info-fd`` and closes."""
+async def _sandbox_init(info_fd: int) -> int | None:
+    """A pidfd of the sandbox's PID 1, from the JSON bwrap writes to ``--info-fd`` (and then closes).
+
+    The pid is checked to be the init of the sandbox's own PID namespace before it is trusted (not a reused pid
+    of some other process). ``None`` when bwrap wrote nothing, or PID 1 has exited already.
+    """
     stream = asyncio.StreamReader()
     pipe = os.fdopen(info_fd, "rb", buffering=0)
     try:
@@ -554,26 +558,37 @@ async def _sandbox_pid(info_fd: int) -> int | None:
         data = await stream.read()
     finally:
         transport.close()
-    with contextlib.suppress(ValueError, AttributeError):
-        pid = json.loads(data).get("child-pid")
-        return pid if isinstance(pid, int) and pid > 1 else None
-    return None
+    try:
+        info = json.loads(data)
+        pid, namespace = int(info["child-pid"]), int(info["pid-namespace"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        same = os.readlink(f"/proc/{pid}/ns/pid") == f"pid:[{namespace}]"
+    except OSError:
+        same = False  # gone, or a zombie: its namespace is empty already
+    if not same:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
-async def _stop(proc: asyncio.subprocess.Process, sandbox_pid: asyncio.Future[int | None] | None) -> None:
+async def _stop(proc: asyncio.subprocess.Process, sandbox_init: asyncio.Future[int | None] | None) -> None:
     """End whatever the command left running, and wait (bounded) until it is gone.
 
-    In the sandbox, killing its PID 1 makes the kernel kill every process of its PID namespace, and bwrap exits
-    only after that PID 1 is gone: once bwrap has exited, nothing of the command runs any more (also when it
-    exited by itself). Without the sandbox the command's process group is killed; a child that left the group
-    escapes (one of the reasons for the sandbox).
+    In the sandbox, PID 1 is killed through its pidfd and awaited: the kernel kills every process of a PID
+    namespace whose init dies, before that init counts as exited, so when this returns nothing of the command
+    runs any more (also when it exited by itself and left children behind). Without the sandbox the command's
+    process group is killed; a child that left the group escapes (one of the reasons for the sandbox).
     """
-    init = sandbox_pid.result() if sandbox_pid is not None and sandbox_pid.done() else None
-    if sandbox_pid is not None and not sandbox_pid.done():
-        sandbox_pid.cancel()
+    init = sandbox_init.result() if sandbox_init is not None and sandbox_init.done() else None
     if proc.returncode is None:
         if init is not None:
-            _kill_sandbox_init(init, bwrap_pid=proc.pid)
+            _kill_init(init)
         else:
             # Without the sandbox; or bwrap still setting up, whose child then dies with it (--die-with-parent).
             _kill_group(proc.pid)
@@ -582,9 +597,20 @@ async def _stop(proc: asyncio.subprocess.Process, sandbox_pid: asyncio.Future[in
         except TimeoutError:
             _kill_group(proc.pid)
             await asyncio.shield(proc.wait())
-    elif sandbox_pid is None:
-        # The shell exited: its background children in the group go with it.
+    if sandbox_init is None:
+        # The shell is gone: its background children in the group go too.
         _kill_group(proc.pid)
+        return
+    if init is None:
+        # bwrap has exited, so its info pipe is closed: the pidfd (if PID 1 still lives) is there at once.
+        with contextlib.suppress(BaseException):
+            init = await asyncio.wait_for(asyncio.shield(sandbox_init), timeout=OUTPUT_DRAIN_S)
+    if init is not None:
+        try:
+            _kill_init(init)
+            await _exited(init, timeout_s=OUTPUT_DRAIN_S)
+        finally:
+            os.close(init)
 
 
 def _kill_group(pgid: int) -> None:
@@ -592,20 +618,23 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _kill_sandbox_init(pid: int, *, bwrap_pid: int) -> None:
-    """SIGKILL the sandbox's PID 1 through a pidfd, after checking it is still bwrap's child (not a reused pid)."""
+def _kill_init(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+async def _exited(pidfd: int, *, timeout_s: float) -> None:
+    """Wait until the process of ``pidfd`` has exited (a pidfd turns readable then), for at most ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def _readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, _readable)
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return
-    try:
-        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
-        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-        if parent == str(bwrap_pid):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        else:
-            _kill_group(bwrap_pid)
-    except OSError:
-        _kill_group(bwrap_pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, timeout=timeout_s)
     finally:
-        os.close(pidfd)
+        loop.remove_reader(pidfd)
