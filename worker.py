@@ -17,6 +17,7 @@ from activities import Closeable, build_activities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
+from quantapilot.sandbox import startup_report
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
 from workflows.registry import WORKFLOWS
@@ -53,6 +54,8 @@ def build_worker(client: Client, settings: Settings, *, task_queue: str | None =
     engine = make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
+    # Loud when milestone commands run unsandboxed (QP_COMMAND_SANDBOX=none) or cannot run (no usable bwrap).
+    log.log(*startup_report(settings))
     activities, resources = build_activities(settings, engine)
     return ServiceWorker(
         client,

@@ -17,7 +17,7 @@ from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.e2e.test_worker_crash import start_worker
-from tests.support import Api, eventually, git, make_remote, remote_file
+from tests.support import Api, eventually, git, make_remote, remote_file, require_bwrap
 
 README = "# Demo\n\nfirst line\n"
 
@@ -41,6 +41,7 @@ milestones:
 
 @pytest.fixture
 def cmd_settings(settings: Settings) -> Settings:
+    require_bwrap()  # the commands run in the sandbox
     return settings.model_copy(update={"command_repo_patterns": ["file://*"]})
 
 
