@@ -52,8 +52,14 @@ from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
-from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable, build_argv, command_env, ensure_available
-from quantapilot.sandbox import prepare_worktree as prepare_sandbox_worktree
+from quantapilot.sandbox import (
+    SandboxPolicy,
+    SandboxUnavailable,
+    build_argv,
+    command_env,
+    ensure_available,
+    prepare_worktree,
+)
 from quantapilot.settings import Settings
 
 OUTPUT_TAIL_CHARS = 4000
@@ -482,7 +488,7 @@ async def run_command(
     env = command_env(cwd, sandboxed=sandboxed)
     if sandboxed:
         await asyncio.to_thread(ensure_available, policy)
-        await asyncio.to_thread(prepare_sandbox_worktree, policy, cwd)
+        await asyncio.to_thread(prepare_worktree, policy, cwd)
     info_r, info_w = os.pipe() if sandboxed else (-1, -1)
     try:
         if sandboxed:
@@ -585,7 +591,7 @@ async def _stop(proc: asyncio.subprocess.Process, sandbox_init: asyncio.Future[i
     runs any more (also when it exited by itself and left children behind). Without the sandbox the command's
     process group is killed; a child that left the group escapes (one of the reasons for the sandbox).
     """
-    init = sandbox_init.result() if sandbox_init is not None and sandbox_init.done() else None
+    init = _pidfd_of(sandbox_init)
     if proc.returncode is None:
         if init is not None:
             _kill_init(init)
@@ -601,16 +607,25 @@ async def _stop(proc: asyncio.subprocess.Process, sandbox_init: asyncio.Future[i
         # The shell is gone: its background children in the group go too.
         _kill_group(proc.pid)
         return
-    if init is None:
-        # bwrap has exited, so its info pipe is closed: the pidfd (if PID 1 still lives) is there at once.
-        with contextlib.suppress(BaseException):
-            init = await asyncio.wait_for(asyncio.shield(sandbox_init), timeout=OUTPUT_DRAIN_S)
+    if init is None and not sandbox_init.done():
+        # bwrap has exited, so its info pipe is closed: the pidfd (if PID 1 still lives) comes at once.
+        await asyncio.wait([sandbox_init], timeout=OUTPUT_DRAIN_S)
+        sandbox_init.cancel()  # no-op when done; else it never opens a pidfd nobody would close
+        init = _pidfd_of(sandbox_init)
     if init is not None:
         try:
             _kill_init(init)
             await _exited(init, timeout_s=OUTPUT_DRAIN_S)
         finally:
             os.close(init)
+
+
+def _pidfd_of(sandbox_init: asyncio.Future[int | None] | None) -> int | None:
+    if sandbox_init is None or not sandbox_init.done() or sandbox_init.cancelled():
+        return None
+    if sandbox_init.exception() is not None:
+        return None  # no pidfd: killing bwrap's process group is then what reaches the sandbox
+    return sandbox_init.result()
 
 
 def _kill_group(pgid: int) -> None:
