@@ -53,11 +53,12 @@ from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
 from quantapilot.sandbox import (
+    Launch,
     SandboxPolicy,
     SandboxUnavailable,
-    build_argv,
     command_env,
     ensure_available,
+    launch,
     prepare_worktree,
 )
 from quantapilot.settings import Settings
@@ -491,22 +492,23 @@ async def run_command(
         await asyncio.to_thread(prepare_worktree, policy, cwd)
     info_r, info_w = os.pipe() if sandboxed else (-1, -1)
     try:
-        if sandboxed:
-            argv = build_argv(policy, command, cwd=cwd, env=env, info_fd=info_w)
-            proc_env = {"PATH": env["PATH"]}
-        else:
-            argv, proc_env = ["/bin/sh", "-c", command], env
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=proc_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=(info_w,) if sandboxed else (),
-        )
+        with (
+            launch(policy, command, cwd=cwd, env=env, info_fd=info_w)
+            if sandboxed
+            else contextlib.nullcontext(Launch(argv=["/bin/sh", "-c", command], pass_fds=()))
+        ) as start:
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *start.argv,
+                cwd=cwd,
+                # bwrap sets the command's environment itself (--clearenv, --setenv), and starts with PATH only.
+                env={"PATH": env["PATH"]} if sandboxed else env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=start.pass_fds,
+            )
     except BaseException:
         if sandboxed:
             os.close(info_r)

@@ -28,6 +28,7 @@ In both, killing the outer ``bwrap``'s child (PID 1 of the sandbox) takes the wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
@@ -35,8 +36,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -159,26 +159,21 @@ def _tools(policy: SandboxPolicy, *, as_root: bool) -> _Tools:
     return _Tools(bwrap=str(Path(bwrap).resolve()), prlimit=prlimit, setpriv=setpriv)
 
 
-_etc_lock = threading.Lock()
-_etc_dirs: dict[int, Path] = {}
+def _identity_files(uid: int) -> tuple[int, int]:
+    """``passwd`` and ``group`` of the sandbox (root, the sandbox user, nobody) as memory files for bwrap to copy.
 
-
-def _etc_files(uid: int) -> Path:
-    """A directory with the sandbox's passwd and group (root, the sandbox user, nobody), written once per process."""
-    with _etc_lock:
-        cached = _etc_dirs.get(uid)
-        if cached is not None and (cached / "group").is_file():
-            return cached
-        folder = Path(tempfile.mkdtemp(prefix="qp-sandbox-etc-"))
-        folder.chmod(0o755)
-        users = {0: "root", uid: "sandbox", 65534: "nobody"}
-        passwd = "".join(f"{name}:x:{i}:{i}:{name}:/nonexistent:/usr/sbin/nologin\n" for i, name in users.items())
-        group = "".join(f"{'nogroup' if i == 65534 else name}:x:{i}:\n" for i, name in users.items())
-        for name, text in (("passwd", passwd), ("group", group)):
-            (folder / name).write_text(text, encoding="utf-8")
-            (folder / name).chmod(0o644)
-        _etc_dirs[uid] = folder
-        return folder
+    Tools look their user up (``id``, ``ssh``, Python's ``getpass``); the host's own files would name its accounts.
+    """
+    users = {0: "root", uid: "sandbox", 65534: "nobody"}
+    passwd = "".join(f"{name}:x:{i}:{i}:{name}:/nonexistent:/usr/sbin/nologin\n" for i, name in users.items())
+    group = "".join(f"{'nogroup' if i == 65534 else name}:x:{i}:\n" for i, name in users.items())
+    fds: list[int] = []
+    for name, text in (("passwd", passwd), ("group", group)):
+        fd = os.memfd_create(f"qp-sandbox-{name}")
+        fds.append(fd)
+        os.write(fd, text.encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fds[0], fds[1]
 
 
 def command_env(cwd: Path, *, sandboxed: bool) -> dict[str, str]:
@@ -197,7 +192,7 @@ def command_env(cwd: Path, *, sandboxed: bool) -> dict[str, str]:
     return env
 
 
-def _mounts(policy: SandboxPolicy, cwd: Path, *, sandbox_uid: int, extra_files: list[str]) -> list[str]:
+def _mounts(policy: SandboxPolicy, cwd: Path, *, identity: tuple[int, int], extra_files: list[str]) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for top in SYSTEM_DIRS:
         if os.path.islink(top):
@@ -210,8 +205,8 @@ def _mounts(policy: SandboxPolicy, cwd: Path, *, sandbox_uid: int, extra_files: 
             # bwrap would create the parent 0700, out of the unprivileged user's reach.
             args += ["--perms", "0755", "--dir", f"/etc/{entry.rsplit('/', 1)[0]}"]
         args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
-    etc = _etc_files(sandbox_uid)
-    args += ["--ro-bind", str(etc / "passwd"), "/etc/passwd", "--ro-bind", str(etc / "group"), "/etc/group"]
+    for fd, name in zip(identity, ("passwd", "group"), strict=True):
+        args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]
     for path in (*policy.ro_binds, *extra_files):
         args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
@@ -247,7 +242,16 @@ def _limits(policy: SandboxPolicy, prlimit: str) -> list[str]:
     ]
 
 
-def build_argv(
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start one sandboxed command: its argument vector and the descriptors the child must inherit."""
+
+    argv: list[str]
+    pass_fds: tuple[int, ...]
+
+
+@contextlib.contextmanager
+def launch(
     policy: SandboxPolicy,
     command: str,
     *,
@@ -255,8 +259,8 @@ def build_argv(
     env: Mapping[str, str],
     info_fd: int | None = None,
     as_root: bool | None = None,
-) -> list[str]:
-    """The argument vector that runs ``/bin/sh -c <command>`` in the sandbox.
+) -> Iterator[Launch]:
+    """How to run ``/bin/sh -c <command>`` in the sandbox; start the process inside the ``with`` block.
 
     Args:
         policy: The repository's sandbox policy (``mode`` must be ``bwrap``).
@@ -287,20 +291,26 @@ def build_argv(
     for key, value in env.items():
         argv += ["--setenv", key, value]
     extra = [tools.bwrap] if as_root and not tools.bwrap.startswith("/usr/") else []
-    argv += _mounts(policy, cwd, sandbox_uid=sandbox_uid, extra_files=extra)
-    argv += ["--chdir", str(cwd)]
-    if info_fd is not None:
-        argv += ["--info-fd", str(info_fd)]
-    argv.append("--")
-    if as_root:
-        assert tools.setpriv is not None
-        argv += [tools.setpriv, f"--reuid={sandbox_uid}", f"--regid={sandbox_uid}", "--clear-groups", "--"]
-        # The inner bwrap, unprivileged, sees the outer sandbox's mounts (locked: it cannot undo the read-only
-        # binds) and is there for its user namespace: a process count of its own for RLIMIT_NPROC, and no
-        # further user namespaces for the command.
-        argv += [tools.bwrap, "--unshare-user", "--disable-userns", "--die-with-parent"]
-        argv += ["--dev-bind", "/", "/", "--chdir", str(cwd), "--"]
-    return [*argv, *_limits(policy, tools.prlimit), "/bin/sh", "-c", command]
+    identity = _identity_files(sandbox_uid)
+    try:
+        argv += _mounts(policy, cwd, identity=identity, extra_files=extra)
+        argv += ["--chdir", str(cwd)]
+        if info_fd is not None:
+            argv += ["--info-fd", str(info_fd)]
+        argv.append("--")
+        if as_root:
+            assert tools.setpriv is not None
+            argv += [tools.setpriv, f"--reuid={sandbox_uid}", f"--regid={sandbox_uid}", "--clear-groups", "--"]
+            # The inner bwrap, unprivileged, sees the outer sandbox's mounts (locked: it cannot undo the read-only
+            # binds) and is there for its user namespace: a process count of its own for RLIMIT_NPROC, and no
+            # further user namespaces for the command.
+            argv += [tools.bwrap, "--unshare-user", "--disable-userns", "--die-with-parent"]
+            argv += ["--dev-bind", "/", "/", "--chdir", str(cwd), "--"]
+        argv += [*_limits(policy, tools.prlimit), "/bin/sh", "-c", command]
+        yield Launch(argv=argv, pass_fds=(*identity, *(() if info_fd is None else (info_fd,))))
+    finally:
+        for fd in identity:
+            os.close(fd)
 
 
 def prepare_worktree(policy: SandboxPolicy, cwd: Path, *, as_root: bool | None = None) -> None:
@@ -333,7 +343,7 @@ def prepare_worktree(policy: SandboxPolicy, cwd: Path, *, as_root: bool | None =
                 stack.extend(children)
 
 
-_probed: set[tuple[str, bool, int]] = set()
+_probed: set[tuple[str, bool, int, tuple[str, ...]]] = set()
 
 
 def ensure_available(policy: SandboxPolicy) -> None:
@@ -349,23 +359,24 @@ def ensure_available(policy: SandboxPolicy) -> None:
         return
     as_root = privileged()
     tools = _tools(policy, as_root=as_root)
-    key = (tools.bwrap, as_root, policy.uid)
+    key = (tools.bwrap, as_root, policy.uid, policy.ro_binds)
     if key in _probed:
         return
     with tempfile.TemporaryDirectory(prefix="qp-sandbox-probe-") as tmp:
         probe_dir = Path(tmp).resolve()
         probe = dataclasses.replace(policy, network=False)
         prepare_worktree(probe, probe_dir, as_root=as_root)
-        argv = build_argv(probe, "true", cwd=probe_dir, env=command_env(probe_dir, sandboxed=True))
         try:
-            result = subprocess.run(
-                argv,
-                env={"PATH": SANDBOX_PATH},
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=PROBE_TIMEOUT_S,
-                check=False,
-            )
+            with launch(probe, "true", cwd=probe_dir, env=command_env(probe_dir, sandboxed=True)) as start:
+                result = subprocess.run(
+                    start.argv,
+                    env={"PATH": SANDBOX_PATH},
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=PROBE_TIMEOUT_S,
+                    check=False,
+                    pass_fds=start.pass_fds,
+                )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SandboxUnavailable(f"bubblewrap could not be started: {exc}") from None
     if result.returncode != 0:

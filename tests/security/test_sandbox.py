@@ -30,7 +30,7 @@ from temporalio.client import Client
 
 from activities.repo import run_command
 from quantapilot.forges import gitops
-from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable, build_argv, command_env
+from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable, command_env, launch
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.e2e.test_worker_crash import worker_env
@@ -139,6 +139,7 @@ async def test_sandbox_command_cannot_read_or_write_the_state_directory_database
     command = (
         f"cat {host.database} {host.other_worktree}/notes.txt > loot.txt 2>&1;"
         f" ls -1A {host.state} > state.txt; ls -1A {host.state}/work/default > runs.txt;"
+        " cat /etc/passwd > passwd.txt; ls /etc > etc.txt;"
         f" echo planted > {host.state}/planted; echo planted > {host.other_worktree}/planted;"
         " echo done >> loot.txt"
     )
@@ -150,6 +151,11 @@ async def test_sandbox_command_cannot_read_or_write_the_state_directory_database
     # Of the state directory only the way down to its own worktree exists: no database, no other run.
     assert (host.worktree / "state.txt").read_text() == "work\n"
     assert (host.worktree / "runs.txt").read_text() == "rr_this\n"
+    # Of /etc only a short list, and accounts written for the sandbox instead of the host's.
+    assert {"passwd", "group", "resolv.conf"} <= set((host.worktree / "etc.txt").read_text().split())
+    assert not {"shadow", "ssh", "sudoers", "crontab"} & set((host.worktree / "etc.txt").read_text().split())
+    passwd = (host.worktree / "passwd.txt").read_text()
+    assert "nobody:x:65534" in passwd and len(passwd.splitlines()) <= 3, passwd
     assert not (host.state / "planted").exists()
     assert not (host.other_worktree / "planted").exists()
 
@@ -341,19 +347,20 @@ async def test_sandbox_unprivileged_worker_path_builds_the_same_sandbox(loopback
         )
         sandbox = policy(max_processes=16)
         env = command_env(worktree, sandboxed=True)
-        argv = build_argv(sandbox, f"bash -c '{command}'", cwd=worktree, env=env, as_root=False)
-        assert "--disable-userns" in argv and "setpriv" not in " ".join(argv)
-        result = await asyncio.to_thread(
-            subprocess.run,
-            argv,
-            user=65534,
-            group=65534,
-            extra_groups=[],
-            env={"PATH": env["PATH"]},
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        with launch(sandbox, f"bash -c '{command}'", cwd=worktree, env=env, as_root=False) as start:
+            assert "--disable-userns" in start.argv and "setpriv" not in " ".join(start.argv)
+            result = await asyncio.to_thread(
+                subprocess.run,
+                start.argv,
+                user=65534,
+                group=65534,
+                extra_groups=[],
+                env={"PATH": env["PATH"]},
+                capture_output=True,
+                timeout=60,
+                check=False,
+                pass_fds=start.pass_fds,
+            )
         assert (worktree / "uid").read_text() == "65534\n", result
         assert (worktree / "notes").read_text() == "git-read-only\noffline\n", result
         assert int((worktree / "started").read_text()) < 16, result
