@@ -20,6 +20,7 @@ from activities.repo import RepoActivities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.observability import RunContextInterceptor, setup_logging
+from quantapilot.sandbox import startup_report
 from quantapilot.secretbox import SecretKeyError, load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
@@ -112,6 +113,8 @@ def build_worker(
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
     encrypt_plaintext_secrets(engine, keyring)
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
+    # Loud when milestone commands run unsandboxed (QP_COMMAND_SANDBOX=none) or cannot run (no usable bwrap).
+    log.log(*startup_report(settings))
     activities, resources = build_activities(settings, engine, resolver=resolver)
     return ServiceWorker(
         client,

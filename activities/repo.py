@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -71,6 +72,15 @@ from quantapilot.repofiles import (
     open_repo_files,
     write_file,
 )
+from quantapilot.sandbox import (
+    Launch,
+    SandboxPolicy,
+    SandboxUnavailable,
+    command_env,
+    ensure_available,
+    launch,
+    prepare_worktree,
+)
 from quantapilot.settings import Settings
 from quantapilot.webhooks.urlsafety import Resolver
 
@@ -82,8 +92,9 @@ OUTPUT_TAIL_CHARS = 4000
 # What a caller learns about a repository host that is refused or does not answer: nothing about what answered.
 HOST_REFUSED = "repository host not allowed"
 UNREACHABLE = "repository unreachable or not found"
-# Only these variables reach a milestone command: no service secrets (tokens, database URLs) leak into it.
-COMMAND_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+# After a command is killed (or exited), its output is read for at most this long: a process that escaped the
+# kill (possible only without the sandbox) may hold the pipe open forever.
+OUTPUT_DRAIN_S = 5.0
 
 
 def permanent(code: ErrorCode, message: str) -> ApplicationError:
@@ -158,6 +169,8 @@ class RepoActivities:
         self._resolver = resolver
         self._locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
+        # Transports the worker's git may use in this worker's activities: what the allowed URLs need.
+        self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
 
     # ----- helpers -----------------------------------------------------------------------------------------
 
@@ -308,6 +321,7 @@ class RepoActivities:
     @activity.defn(name=CLONE_REPOSITORY)
     async def clone_repository(self, ref: RepoRef) -> CloneResult:
         """Check the URL is allowed and the branch exists, then clone the repository into the run's worktree."""
+        gitops.restrict_protocols(self._git_protocols)
         problem = repo_url_problem(ref.repo_url, self._settings.allowed_repo_patterns)
         if problem:
             raise permanent(ErrorCode.REPO_URL_NOT_ALLOWED, f"repository URL refused: {problem}")
@@ -338,6 +352,7 @@ class RepoActivities:
     @activity.defn(name=LOAD_RUN_CONFIG)
     async def load_run_config(self, inp: LoadConfigInput) -> QuantapilotConfig:
         """Read and validate quantapilot.yml (documented defaults when the file is absent)."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("read_config"):
             root = await self._ensure_worktree(inp.repo)
             text = await asyncio.to_thread(_read_config_text, root, inp.repo.commit_sha, inp.path)
@@ -364,11 +379,15 @@ class RepoActivities:
                 ErrorCode.COMMANDS_NOT_ALLOWED,
                 "quantapilot.yml has milestone commands but this repository is not allowed to run commands",
             )
+        if has_commands:
+            # Fail now rather than after the documentation and the first gates: no command would run anyway.
+            await self._require_sandbox(self._sandbox(inp.repo.repo_url))
         return config
 
     @activity.defn(name=GENERATE_DOCUMENTATION)
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
+        gitops.restrict_protocols(self._git_protocols)
         assert inp.repo.commit_sha is not None
         async with self._lock(inp.repo.run_id), heartbeating("generate_docs"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
@@ -428,6 +447,7 @@ class RepoActivities:
     @activity.defn(name=OPEN_PULL_REQUEST)
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("open_pull_request"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             try:
@@ -447,6 +467,7 @@ class RepoActivities:
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("merge"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             try:
@@ -466,6 +487,16 @@ class RepoActivities:
                 raise self._forge_failure(exc) from None
         return _pr_result(pr)
 
+    def _sandbox(self, repo_url: str) -> SandboxPolicy:
+        return SandboxPolicy.from_settings(self._settings, repo_url)
+
+    @staticmethod
+    async def _require_sandbox(policy: SandboxPolicy) -> None:
+        try:
+            await asyncio.to_thread(ensure_available, policy)
+        except SandboxUnavailable as exc:
+            raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
+
     @staticmethod
     def _forge_failure(exc: ForgeError) -> ApplicationError:
         return ApplicationError(str(exc), type=ErrorCode.FORGE_ERROR, non_retryable=not exc.retryable)
@@ -473,6 +504,7 @@ class RepoActivities:
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
         """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
+        gitops.restrict_protocols(self._git_protocols)
         async with self._lock(inp.repo.run_id), heartbeating("milestone"), self._network(inp.repo):
             path = await self._ensure_worktree(inp.repo)
             await self._capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
@@ -480,6 +512,9 @@ class RepoActivities:
             await gitops.git("clean", "-fdq", cwd=path)
             outcomes: list[StepOutcome] = []
             failed: str | None = None
+            policy = self._sandbox(inp.repo.repo_url)
+            if any(step.run for step in inp.steps):
+                await self._require_sandbox(policy)
             for step in inp.steps:
                 if not step.run:
                     continue
@@ -489,7 +524,12 @@ class RepoActivities:
                         # A retry starts from the worktree as the step found it, so a command that half-wrote
                         # files (or appends) does not see its own leftovers.
                         await _restore(path, before)
-                    outcome = await run_command(step.name, step.run, cwd=path, timeout_s=step.timeout_s)
+                    try:
+                        outcome = await run_command(
+                            step.name, step.run, cwd=path, timeout_s=step.timeout_s, sandbox=policy
+                        )
+                    except SandboxUnavailable as exc:
+                        raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
                     outcomes.append(outcome.model_copy(update={"attempt": attempt}))
                     if outcome.exit_code == 0:
                         break
@@ -642,26 +682,52 @@ def _pr_result(pr: PullRequest) -> PullRequestResult:
     )
 
 
-async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -> StepOutcome:
+async def run_command(
+    name: str, command: str, *, cwd: Path, timeout_s: float, sandbox: SandboxPolicy | None = None
+) -> StepOutcome:
     """Run one milestone command in the worktree (the caller heartbeats).
 
-    The command gets a scrubbed environment and its own process group, which is killed on timeout or when the
-    activity is cancelled, so no child outlives the step.
+    The command runs in the sandbox of ``sandbox`` (default: the settings' defaults, so bubblewrap), with a
+    scrubbed environment. It must exit within ``timeout_s``; on timeout, on cancellation and after it exited,
+    everything it started is killed (the sandbox's PID namespace, or without the sandbox its process group), so
+    nothing outlives the step.
+
+    Raises:
+        SandboxUnavailable: The sandbox cannot be built on this host.
     """
-    env = {k: os.environ[k] for k in COMMAND_ENV_KEEP if k in os.environ}
-    env["HOME"] = str(cwd)
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+    policy = sandbox or SandboxPolicy.defaults()
+    cwd = await asyncio.to_thread(cwd.resolve)
+    sandboxed = policy.mode == "bwrap"
+    env = command_env(cwd, sandboxed=sandboxed)
+    if sandboxed:
+        await asyncio.to_thread(ensure_available, policy)
+        await asyncio.to_thread(prepare_worktree, policy, cwd)
+    info_r, info_w = os.pipe() if sandboxed else (-1, -1)
+    try:
+        with (
+            launch(policy, command, cwd=cwd, env=env, info_fd=info_w)
+            if sandboxed
+            else contextlib.nullcontext(Launch(argv=["/bin/sh", "-c", command], pass_fds=()))
+        ) as start:
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *start.argv,
+                cwd=cwd,
+                # bwrap sets the command's environment itself (--clearenv, --setenv), and starts with PATH only.
+                env={"PATH": env["PATH"]} if sandboxed else env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=start.pass_fds,
+            )
+    except BaseException:
+        if sandboxed:
+            os.close(info_r)
+        raise
+    finally:
+        if sandboxed:
+            os.close(info_w)
     output = bytearray()
     timed_out = False
 
@@ -672,18 +738,16 @@ async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -
             del output[: max(0, len(output) - OUTPUT_TAIL_CHARS * 4)]
 
     reader = asyncio.ensure_future(_read())
+    sandbox_init = asyncio.ensure_future(_sandbox_init(info_r)) if sandboxed else None
     try:
-        await asyncio.wait_for(asyncio.shield(reader), timeout=timeout_s)
+        await asyncio.wait_for(proc.wait(), timeout=timeout_s)
     except TimeoutError:
         timed_out = True
     finally:
-        # On timeout or cancellation the whole process group goes, so no child outlives the step.
-        if not reader.done() or timed_out:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        # Every way out (exit, timeout, cancellation) ends everything the command started.
+        await _stop(proc, sandbox_init)
         with contextlib.suppress(BaseException):
-            await reader
+            await asyncio.wait_for(reader, timeout=OUTPUT_DRAIN_S)
     tail = output.decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
     return StepOutcome(
         name=name,
@@ -693,3 +757,113 @@ async def run_command(name: str, command: str, *, cwd: Path, timeout_s: float) -
         duration_s=round(time.monotonic() - started, 3),
         timed_out=timed_out,
     )
+
+
+async def _sandbox_init(info_fd: int) -> int | None:
+    """A pidfd of the sandbox's PID 1, from the JSON bwrap writes to ``--info-fd`` (and then closes).
+
+    The pid is checked to be the init of the sandbox's own PID namespace before it is trusted (not a reused pid
+    of some other process). ``None`` when bwrap wrote nothing, or PID 1 has exited already.
+    """
+    stream = asyncio.StreamReader()
+    pipe = os.fdopen(info_fd, "rb", buffering=0)
+    try:
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    try:
+        data = await stream.read()
+    finally:
+        transport.close()
+    try:
+        info = json.loads(data)
+        pid, namespace = int(info["child-pid"]), int(info["pid-namespace"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        same = os.readlink(f"/proc/{pid}/ns/pid") == f"pid:[{namespace}]"
+    except OSError:
+        same = False  # gone, or a zombie: its namespace is empty already
+    if not same:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+async def _stop(proc: asyncio.subprocess.Process, sandbox_init: asyncio.Future[int | None] | None) -> None:
+    """End whatever the command left running, and wait (bounded) until it is gone.
+
+    In the sandbox, PID 1 is killed through its pidfd and awaited: the kernel kills every process of a PID
+    namespace whose init dies, before that init counts as exited, so when this returns nothing of the command
+    runs any more (also when it exited by itself and left children behind). Without the sandbox the command's
+    process group is killed; a child that left the group escapes (one of the reasons for the sandbox).
+    """
+    init = _pidfd_of(sandbox_init)
+    if proc.returncode is None:
+        if init is not None:
+            _kill_init(init)
+        else:
+            # Without the sandbox; or bwrap still setting up, whose child then dies with it (--die-with-parent).
+            _kill_group(proc.pid)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=OUTPUT_DRAIN_S)
+        except TimeoutError:
+            _kill_group(proc.pid)
+            await asyncio.shield(proc.wait())
+    if sandbox_init is None:
+        # The shell is gone: its background children in the group go too.
+        _kill_group(proc.pid)
+        return
+    if init is None and not sandbox_init.done():
+        # bwrap has exited, so its info pipe is closed: the pidfd (if PID 1 still lives) comes at once.
+        await asyncio.wait([sandbox_init], timeout=OUTPUT_DRAIN_S)
+        sandbox_init.cancel()  # no-op when done; else it never opens a pidfd nobody would close
+        init = _pidfd_of(sandbox_init)
+    if init is not None:
+        try:
+            _kill_init(init)
+            await _exited(init, timeout_s=OUTPUT_DRAIN_S)
+        finally:
+            os.close(init)
+
+
+def _pidfd_of(sandbox_init: asyncio.Future[int | None] | None) -> int | None:
+    if sandbox_init is None or not sandbox_init.done() or sandbox_init.cancelled():
+        return None
+    if sandbox_init.exception() is not None:
+        return None  # no pidfd: killing bwrap's process group is then what reaches the sandbox
+    return sandbox_init.result()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_init(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+async def _exited(pidfd: int, *, timeout_s: float) -> None:
+    """Wait until the process of ``pidfd`` has exited (a pidfd turns readable then), for at most ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def _readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, _readable)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, timeout=timeout_s)
+    finally:
+        loop.remove_reader(pidfd)

@@ -91,6 +91,25 @@ class Settings(BaseSettings):
     allowed_repo_patterns: list[str] = ["https://*", "ssh://*", "git@*:*"]
     # Repositories whose quantapilot.yml commands may be executed (fnmatch patterns); empty: none.
     command_repo_patterns: list[str] = []
+    # Milestone commands run in a bubblewrap sandbox (quantapilot/sandbox.py, docs/SECURITY.md). "none" runs them
+    # as plain child processes of the worker: an explicit opt-out the worker logs loudly at start.
+    command_sandbox: Literal["bwrap", "none"] = "bwrap"
+    # The bubblewrap executable: a name looked up on PATH, or a path.
+    command_sandbox_bwrap: str = "bwrap"
+    # Repositories whose commands get the host's network (fnmatch patterns; docs/SECURITY.md says what that
+    # shares); empty: no command has a network.
+    command_network_repo_patterns: list[str] = []
+    # When the worker runs as root, commands run as this uid and gid (the kernel exempts uid 0 from the process
+    # limit, and repository code should not run as root); pick one no other service uses.
+    command_sandbox_uid: int = Field(default=65534, ge=1, lt=2**32 - 1)
+    # Limits of each command: processes of the sandbox, bytes per written file, writable memory per process,
+    # and the size of each of the private /tmp and /dev/shm (tmpfs, held in memory).
+    command_max_processes: int = Field(default=256, ge=8)
+    command_max_file_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
+    command_max_memory_bytes: int = Field(default=4 * 1024**3, ge=32 * 1024**2)
+    command_tmp_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
+    # Extra host paths the sandbox sees read-only (a toolchain under /opt, /etc/java-17-openjdk, ...).
+    command_sandbox_ro_binds: list[Path] = []
     # Repository runs continue as new after this many milestones per execution (unset: when Temporal suggests).
     continue_as_new_every_milestones: int | None = Field(default=None, ge=1)
     # Whether the token that triggered a run may decide its gates when quantapilot.yml does not say.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond the Python virtualenv: Debian's Chromium, for the Temporal Web UI
-# test (tests/ui). Called by `make install`; it does nothing when everything is already there, and it only
+# System packages beyond the Python virtualenv: Debian's Chromium, for the Temporal Web UI test (tests/ui), and
+# bubblewrap, the sandbox milestone commands run in (quantapilot/sandbox.py; the worker needs it in production
+# too, see docs/DEPLOY.md). Called by `make test`; it does nothing when everything is already there, and it only
 # installs when it can (Debian's apt as root), so a developer without root still gets a working install: the UI
-# test then skips locally (it fails in CI, where CI is set).
+# and sandbox tests then skip locally (they fail in CI, where CI is set).
 set -euo pipefail
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+# prlimit and setpriv (the sandbox's limits and user switch) come with util-linux, present on nearly every system.
+command -v prlimit >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 T = TypeVar("T")
@@ -26,6 +29,15 @@ GIT_ENV = {
     "HOME": "/nonexistent",
     "PATH": "/usr/local/bin:/usr/bin:/bin",
 }
+
+
+def require_bwrap() -> None:
+    """Skip when bubblewrap (the milestone-command sandbox) is absent, except in CI, where it is a failure."""
+    if shutil.which("bwrap"):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("bwrap is not installed: `make test` runs scripts/install-system-deps.sh, which installs it")
+    pytest.skip("bwrap is not installed (scripts/install-system-deps.sh installs bubblewrap)")
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -29,6 +29,7 @@ PERMANENT_ERRORS = [
     ErrorCode.DOCS_LINT_FAILED,
     ErrorCode.MERGE_CONFLICT,
     ErrorCode.COMMANDS_NOT_ALLOWED,
+    ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE,
     ErrorCode.STEP_FAILED,
     ErrorCode.FATAL,
 ]

@@ -1,7 +1,9 @@
 """Small async helpers around the real ``git`` command line.
 
 Every call runs ``git`` with an argument list (never a shell), in a scrubbed environment: no system or user
-configuration, no terminal or credential prompts, and an identity only when the caller passes one. A call that
+configuration, no terminal or credential prompts, and an identity only when the caller passes one. Whatever a
+repository's ``.git/config`` says, no hook, fsmonitor, submodule or signing program runs, and only the transports
+the allowed repository URLs need are open (:data:`HARDENING_CONFIG`, :func:`restrict_protocols`). A call that
 runs too long, or whose task is cancelled, has its whole process group killed so no ``git`` (or ``ssh``/remote
 helper) child survives it.
 """
@@ -14,7 +16,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,27 @@ _STDERR_TAIL_CHARS = 2000
 NETWORK_COMMANDS = frozenset({"clone", "fetch", "push", "pull", "ls-remote"})
 
 _home_dir: Path | None = None
+
+# The worker's git never runs code a repository (or a command that ran in its worktree) put in place, whatever its
+# .git/config says: every hook path becomes "/dev/null/<hook>", which cannot exist (an empty directory nothing can
+# ever be written to); no fsmonitor command; no recursion into submodules (their URLs come from the repository's
+# .gitmodules); no signing program; no credential helper (a repository config naming one would prompt or leak).
+# Filter, diff and merge drivers cannot be switched off this way (their names are arbitrary): they live in
+# .git/config, which git never copies from a remote and the command sandbox mounts read-only.
+HARDENING_CONFIG: tuple[str, ...] = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "submodule.recurse=false",
+    "fetch.recurseSubmodules=false",
+    "push.recurseSubmodules=no",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "credential.helper=",
+)
+# Transports git may use (GIT_ALLOW_PROTOCOL) unless the caller narrowed them with restrict_protocols: all but
+# ext:: and fd::, which run arbitrary commands.
+STANDARD_PROTOCOLS: tuple[str, ...] = ("file", "git", "http", "https", "ssh")
+_protocols: ContextVar[tuple[str, ...]] = ContextVar("quantapilot_git_protocols", default=STANDARD_PROTOCOLS)
 
 
 def redact(text: str) -> str:
@@ -128,6 +151,45 @@ def identity_env(name: str, email: str) -> dict[str, str]:
     }
 
 
+def protocols_for(patterns: Iterable[str]) -> tuple[str, ...]:
+    """The git transports repository URLs matching ``patterns`` can need.
+
+    Args:
+        patterns: fnmatch patterns of allowed repository URLs (``QP_ALLOWED_REPO_PATTERNS``).
+
+    Returns:
+        Protocol names for ``GIT_ALLOW_PROTOCOL``: ``https`` for ``https://*``, ``ssh`` for ``ssh://*`` and
+        ``git@host:path``, ``file`` for ``file://`` and local paths; every standard one when a pattern's scheme
+        is a wildcard.
+    """
+    needed: set[str] = set()
+    for pattern in patterns:
+        scheme, sep, _ = pattern.partition("://")
+        if sep:
+            scheme = scheme.lower()
+            if any(ch in scheme for ch in "*?["):
+                return STANDARD_PROTOCOLS
+            name = "ssh" if scheme in ("git+ssh", "ssh+git") else scheme
+            if name in STANDARD_PROTOCOLS:
+                needed.add(name)
+        elif pattern.startswith(("/", ".", "~")):
+            needed.add("file")
+        elif ":" in pattern.split("/", 1)[0] and not pattern.startswith(("*", "?", "[")):
+            needed.add("ssh")  # scp-like user@host:path
+        else:
+            return STANDARD_PROTOCOLS
+    return tuple(sorted(needed))
+
+
+def restrict_protocols(protocols: Iterable[str]) -> None:
+    """Limit the transports of every git call made later in the current task (and the tasks it starts).
+
+    Args:
+        protocols: Allowed protocol names (see :func:`protocols_for`); ``ext`` and ``fd`` are never allowed.
+    """
+    _protocols.set(tuple(p for p in protocols if p in STANDARD_PROTOCOLS))
+
+
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Build the environment every git command runs with.
 
@@ -152,6 +214,8 @@ def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
         "GIT_EDITOR": "true",
         "GIT_MERGE_AUTOEDIT": "no",
+        # Overrides any protocol.* a repository config may set; an empty list allows no transport at all.
+        "GIT_ALLOW_PROTOCOL": ":".join(_protocols.get()) or "none",
     }
     if extra:
         env.update(extra)
@@ -185,10 +249,11 @@ async def git(
     Raises:
         GitError: On timeout, or on failure when ``check`` is true.
     """
-    # "-c credential.helper=" clears any helper a repository config might name, so nothing prompts or leaks.
+    # The hardening settings come first (HARDENING_CONFIG clears any credential helper too); the remote pin's
+    # settings keep this activity's connections on the checked addresses.
     pin = _PIN.get() or RemotePin()
     pin_flags = [flag for setting in pin.config for flag in ("-c", setting)]
-    argv = ["git", "-c", "credential.helper=", *pin_flags, *args]
+    argv = ["git", *(arg for setting in HARDENING_CONFIG for arg in ("-c", setting)), *pin_flags, *args]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,

@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 
 from activities.repo import run_command
+from tests.support import require_bwrap
+
+
+@pytest.fixture(autouse=True)
+def _bwrap() -> None:
+    # The commands run in the default sandbox (bubblewrap).
+    require_bwrap()
 
 
 def running(pattern: str) -> str:

@@ -17,7 +17,7 @@ from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.e2e.test_worker_crash import start_worker
-from tests.support import Api, eventually, git, make_remote, remote_file
+from tests.support import Api, eventually, git, make_remote, remote_file, require_bwrap
 
 README = "# Demo\n\nfirst line\n"
 
@@ -41,6 +41,7 @@ milestones:
 
 @pytest.fixture
 def cmd_settings(settings: Settings) -> Settings:
+    require_bwrap()  # the commands run in the sandbox
     return settings.model_copy(update={"command_repo_patterns": ["file://*"]})
 
 
@@ -176,28 +177,33 @@ async def test_milestones_failing_or_slow_command_fails_run(
 
 
 @pytest.mark.usefixtures("cmd_worker")
-async def test_milestones_failing_command_is_retried_from_the_worktree_it_found(cmd_api: Api, tmp_path: Path) -> None:
+async def test_milestones_failing_command_is_retried_from_the_worktree_it_found(
+    cmd_api: Api, cmd_settings: Settings, tmp_path: Path
+) -> None:
     api = cmd_api
-    # The command appends to a tracked file, then fails on its first run only (the counter lives outside the
-    # worktree). Its retry must start from the worktree as the step found it: one appended line, not two.
-    counter = tmp_path / "runs-of-the-command"
-    command = f"echo added >> CHANGELOG.md; n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; test $n -ge 1"
+    # The command appends to a tracked file, then fails on its first run only (the counter is an ignored file:
+    # the sandbox lets the command write only in the worktree, and restoring it between attempts keeps ignored
+    # files). Its retry must start from the worktree as the step found it: one appended line, not two.
+    command = "echo added >> CHANGELOG.md; n=$(cat runs-of-the-command 2>/dev/null || echo 0); echo $((n+1)) > runs-of-the-command; test $n -ge 1"
     yml = (
         "version: 1\nmilestones:\n  - id: M-001\n    title: T\n    steps:\n"
         f'      - {{name: impl, run: "{command}", retries: 2}}\n'
     )
-    url = make_remote(tmp_path, {"README.md": README, "CHANGELOG.md": "v0\n", "quantapilot.yml": yml})
+    files = {"README.md": README, "CHANGELOG.md": "v0\n", ".gitignore": "runs-of-the-command\n", "quantapilot.yml": yml}
+    url = make_remote(tmp_path, files)
     _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
     run_id = body["run_id"]
+    counter = cmd_settings.run_workdir / "default" / run_id / "repo" / "runs-of-the-command"
     for gate in ("anchor", "M-001", "first_merge"):
         status = await api.wait_gate(run_id, gate)
         if gate == "M-001":
             steps = status["milestones"][0]["steps"]
             assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)], steps
+            # Read while the run waits at the gate: a run that ends removes its worktree.
+            assert counter.read_text().strip() == "2"
         code, decided = await api.decide(run_id, gate, True)
         assert code == 200, decided
     final = await api.wait_state(run_id, "completed")
-    assert counter.read_text().strip() == "2"
     assert remote_file(url, "main", "CHANGELOG.md") == "v0\nadded\n"
     assert final["milestones"][0]["status"] == "completed"
 
@@ -390,20 +396,20 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
     from worker import build_worker
 
     api = cmd_api
-    # The first run of the command takes a minute; the budget runs out while it runs. A retry is quick.
-    marker = tmp_path / "first-attempt-started"
-    command = (
-        f"if [ -f {marker} ]; then echo quick > out.txt; else touch {marker}; sleep 61.25; echo slow > out.txt; fi"
-    )
+    # The first run of the command takes a minute; the budget runs out while it runs. A retry is quick. (The
+    # marker is an ignored file: the sandbox lets the command write only in the worktree, and the retry's fresh
+    # checkout keeps ignored files.)
+    command = "if [ -f first-attempt-started ]; then echo quick > out.txt; else touch first-attempt-started; sleep 61.25; echo slow > out.txt; fi"
     yml = (
         "version: 1\nrun: {time_budget_s: 3600}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
         f'  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {{name: impl, run: "{command}"}}\n'
     )
-    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    url = make_remote(tmp_path, {"README.md": README, ".gitignore": "first-attempt-started\n", "quantapilot.yml": yml})
     # Heartbeats every 2 s: the cancellation reaches the command within a second or so.
     async with build_worker(client, cmd_settings.model_copy(update={"step_heartbeat_s": 2.0})):
         _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
         run_id = body["run_id"]
+        marker = cmd_settings.run_workdir / "default" / run_id / "repo" / "first-attempt-started"
         waiting = await api.wait_gate(run_id, "anchor")
         # The budget must end while the minute-long command runs: after the approval, the docs merge and the
         # milestone's checkout, which take about as long as the clone and documentation took to reach the gate.

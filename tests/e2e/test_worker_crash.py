@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
-from tests.support import eventually, make_remote, remote_file
+from tests.support import eventually, make_remote, remote_file, require_bwrap
 
 QUANTAPILOT_YML = """\
 version: 1
@@ -54,6 +54,7 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 async def test_worker_killed_mid_step_and_at_gate_run_completes_once(
     make_api: ApiFactory, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
+    require_bwrap()  # the milestone's command runs in the sandbox
     settings = settings.model_copy(update={"command_repo_patterns": ["file://*"], "step_heartbeat_s": 2.0})
     api = await make_api(settings)
     url = make_remote(tmp_path, {"README.md": "# crash test\n", "quantapilot.yml": QUANTAPILOT_YML})
