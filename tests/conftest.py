@@ -34,6 +34,9 @@ from worker import build_worker
 
 __all__ = ["db_engine", "postgres_url"]
 
+# Browser fixtures (`browser`, `context`, `page`) and their failure screenshots, for any test that asks for them.
+pytest_plugins = ["tests.browser"]
+
 #: The secret key (encrypting webhook secrets at rest) of every test's settings; subprocesses get it too.
 TEST_SECRET_KEY = generate_key()
 
