@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond the Python virtualenv: Debian's Chromium, for the Temporal Web UI
-# test (tests/ui). Called by `make install`; it does nothing when everything is already there, and it only
-# installs when it can (Debian's apt as root), so a developer without root still gets a working install: the UI
-# test then skips locally (it fails in CI, where CI is set).
+# System packages the test suite needs beyond the Python virtualenv: Debian's Chromium, which the browser tests
+# (tests/browser.py, Playwright with executable_path) drive instead of a browser Playwright would download.
+# Called by `make test`; it does nothing when everything is already there, and it only installs when it can
+# (Debian's apt as root), so a developer without root still gets a working install: the browser tests then skip
+# locally (they fail in CI, where CI is set).
 set -euo pipefail
 
 missing=()
