@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sysconfig
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "temporal-dev.yaml"
 
 SearchAttributeType = Literal["Text", "Keyword", "Int", "Double", "Bool", "Datetime", "KeywordList"]
+
+# How long a test or the history recorder waits for a dev server it starts (WorkflowEnvironment.start_local):
+# the SDK's default of a few seconds is too short on a loaded 2-core machine.
+DEV_SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 
 
 class DevServerConfig(BaseModel):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# System packages beyond the Python virtualenv: Debian's Chromium, for the Temporal Web UI test (tests/ui), and
-# bubblewrap, the sandbox milestone commands run in (quantapilot/sandbox.py; the worker needs it in production
-# too, see docs/DEPLOY.md). Called by `make test`; it does nothing when everything is already there, and it only
-# installs when it can (Debian's apt as root), so a developer without root still gets a working install: the UI
-# and sandbox tests then skip locally (they fail in CI, where CI is set).
+# System packages beyond the Python virtualenv: Debian's Chromium, which the browser tests (tests/browser.py,
+# Playwright with executable_path) drive instead of a browser Playwright would download, and bubblewrap, the
+# sandbox milestone commands run in (quantapilot/sandbox.py; the worker needs it in production too, see
+# docs/DEPLOY.md). Called by `make test`; it does nothing when everything is already there, and it only installs
+# when it can (Debian's apt as root), so a developer without root still gets a working install: the browser and
+# sandbox tests then skip locally (they fail in CI, where CI is set).
 set -euo pipefail
 
 missing=()

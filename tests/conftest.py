@@ -20,7 +20,7 @@ from api.app import create_app
 from quantapilot.db import create_all, make_engine
 from quantapilot.secretbox import generate_key
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
 from tests.dbfixtures import (
     db_engine,
@@ -34,6 +34,9 @@ from worker import build_worker
 
 __all__ = ["db_engine", "postgres_url"]
 
+# Browser fixtures (`browser`, `context`, `page`) and their failure screenshots, for any test that asks for them.
+pytest_plugins = ["tests.browser"]
+
 #: The secret key (encrypting webhook secrets at rest) of every test's settings; subprocesses get it too.
 TEST_SECRET_KEY = generate_key()
 
@@ -43,6 +46,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server for the whole session, with our search attributes registered."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli_path()),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
         data_converter=pydantic_data_converter,
         dev_server_extra_args=load_dev_config().extra_flags(),
     )

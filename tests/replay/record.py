@@ -43,7 +43,7 @@ from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.settings import Settings
 from quantapilot.telemetry import insert_events, parse_telemetry_payload
-from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
 from tests.brokers import AMQP_URL, broker_reachable
 from tests.lifecycle_e2e.helpers import (
@@ -437,6 +437,7 @@ async def main(names: list[str]) -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli_path()),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
         data_converter=pydantic_data_converter,
         dev_server_extra_args=load_dev_config().extra_flags(),
     )

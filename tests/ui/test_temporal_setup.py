@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from tests.support import eventually
 from tests.ui.upsert_workflow import UpsertAllWorkflow
 
@@ -29,7 +29,9 @@ QP = str(Path(sys.executable).with_name("qp"))
 async def bare_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server started without our search attributes, like a fresh cluster."""
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()), data_converter=pydantic_data_converter
+        dev_server_existing_path=str(temporal_cli_path()),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
+        data_converter=pydantic_data_converter,
     )
     try:
         yield env

@@ -1,9 +1,9 @@
-"""The Temporal Web UI as the operators' console: a run filtered by its correlation id shows up in Chromium."""
+"""The Temporal Web UI as the operators' console: a run filtered by its correlation id shows up in Chromium
+(driven by Playwright, tests/browser.py)."""
 
 from __future__ import annotations
 
 import socket
-import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from playwright.async_api import Page
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
+from tests.browser import chromium_path, frames_text, open_url, page_text
 from tests.support import Api, eventually, make_remote
-from tests.ui.browser import chromium_path, open_page
 from worker import build_worker
 
 
@@ -38,6 +39,7 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
     ui_port = free_port()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli_path()),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
         data_converter=pydantic_data_converter,
         dev_server_extra_args=load_dev_config().extra_flags(),
         ui=True,
@@ -53,6 +55,7 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
 async def test_web_ui_lists_run_filtered_by_correlation_id(
     ui_env: tuple[WorkflowEnvironment, int],
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    page: Page,
     tmp_path: Path,
 ) -> None:
     env, ui_port = ui_env
@@ -81,36 +84,29 @@ async def test_web_ui_lists_run_filtered_by_correlation_id(
         _, other = await api.post("/run", {"repo_url": url, "branch": "main", "correlation_id": "someone-else"})
 
         query = f'QpCorrelationId="{correlation_id}"'
-        page_url = f"http://127.0.0.1:{ui_port}/namespaces/default/workflows?query={urllib.parse.quote(query)}"
-        async with open_page(tmp_path / "chromium-profile") as page:
-            await page.send("Page.enable")
-            await page.send("Page.navigate", {"url": page_url})
-            # The UI is a single-page app that fetches the list after load: poll its text until the run shows.
-            text = await eventually(
-                page.text, lambda t: run_id in t, timeout=60, interval=0.25, what="run listed in the Web UI"
-            )
-            shot = await page.screenshot(tmp_path / f"web-ui-{int(time.time())}.png")
-            # The run's own page tells its story: the static summary and the current details (gate, command).
-            described = await env.client.get_workflow_handle(f"repo-run/default/{run_id}").describe()
-            wid = urllib.parse.quote(described.id, safe="")
-            await page.send(
-                "Page.navigate",
-                {
-                    "url": f"http://127.0.0.1:{ui_port}/namespaces/default/workflows/{wid}/{described.run_id}/user-metadata"
-                },
-            )
-            try:
-                story = await eventually(
-                    page.frames_text,
-                    lambda t: "Waiting at gate" in t,
-                    timeout=60,
-                    interval=0.25,
-                    what="current details on the run's page",
-                )
-            finally:
-                # Kept for whoever investigates a failure: what the browser showed, as a picture and as text.
-                await page.screenshot(tmp_path / "web-ui-run.png")
-                (tmp_path / "web-ui-run.txt").write_text(await page.frames_text(), encoding="utf-8")
+        await open_url(
+            page, f"http://127.0.0.1:{ui_port}/namespaces/default/workflows?query={urllib.parse.quote(query)}"
+        )
+        # The UI is a single-page app that fetches the list after load: poll its text until the run shows.
+        text = await eventually(
+            lambda: page_text(page), lambda t: run_id in t, timeout=60, interval=0.25, what="run listed in the Web UI"
+        )
+        shot = tmp_path / "web-ui-list.png"
+        await page.screenshot(path=shot)
+        # The run's own page tells its story: the static summary and the current details (gate, command).
+        # A failure leaves the page's picture and HTML in tmp_path (tests/browser.py).
+        described = await env.client.get_workflow_handle(f"repo-run/default/{run_id}").describe()
+        wid = urllib.parse.quote(described.id, safe="")
+        await open_url(
+            page, f"http://127.0.0.1:{ui_port}/namespaces/default/workflows/{wid}/{described.run_id}/user-metadata"
+        )
+        story = await eventually(
+            lambda: frames_text(page),
+            lambda t: "Waiting at gate" in t,
+            timeout=60,
+            interval=0.25,
+            what="current details on the run's page",
+        )
 
     assert f"repo-run/default/{run_id}" in text
     assert other["run_id"] not in text
