@@ -25,7 +25,10 @@ lint: install
 	$(BIN)/mypy
 
 # The whole suite on SQLite, then the tests that use a service database again on PostgreSQL (tests/conftest.py).
+# Each pass runs in TEST_WORKERS processes (pytest-xdist), each with its own dev server: tests own their data
+# (task queues, databases, remotes), and most of their time is waiting, so three fit on two cores.
+TEST_WORKERS ?= 3
 test: lint
 	bash scripts/install-system-deps.sh
-	$(BIN)/pytest
-	QP_TEST_DATABASE=postgres $(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
+	QP_TEST_DATABASE=postgres $(BIN)/pytest -n $(TEST_WORKERS)
