@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from activities.repo import run_command
-from tests.support import require_bwrap
+from tests.support import eventually, require_bwrap
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +21,12 @@ def _bwrap() -> None:
 
 def running(pattern: str) -> str:
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout
+
+
+def sleepers(count: int) -> list[str]:
+    """``sleep`` commands with durations of this test's own, so looking for them finds no other test's process."""
+    base = uuid.uuid4().int % 10**6
+    return [f"sleep {60 + i}.{base:06d}" for i in range(count)]
 
 
 async def test_commands_get_a_scrubbed_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,19 +46,20 @@ async def test_commands_get_a_scrubbed_environment(tmp_path: Path, monkeypatch: 
 
 async def test_commands_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     # A child left in the background would outlive its shell without the process-group kill.
-    outcome = await run_command("slow", "sleep 61.75 & sleep 30", cwd=tmp_path, timeout_s=1)
+    background, foreground = sleepers(2)
+    outcome = await run_command("slow", f"{background} & {foreground}", cwd=tmp_path, timeout_s=1)
     assert outcome.timed_out and outcome.exit_code is None
-    await asyncio.sleep(0.2)
-    assert running("sleep 61.75") == ""
-    assert running("sleep 30$") == ""
+    # run_command returns once the sandbox is gone: nothing of the step is left.
+    assert running(background) == ""
+    assert running(foreground) == ""
 
 
 async def test_commands_cancellation_kills_the_whole_process_group(tmp_path: Path) -> None:
-    task = asyncio.ensure_future(run_command("slow", "sleep 62.25 & sleep 31", cwd=tmp_path, timeout_s=120))
-    await asyncio.sleep(0.5)
-    assert running("sleep 62.25") != ""
+    background, foreground = sleepers(2)
+    task = asyncio.ensure_future(run_command("slow", f"{background} & {foreground}", cwd=tmp_path, timeout_s=120))
+    await eventually(lambda: asyncio.sleep(0, running(background)), lambda out: out != "", what="the command running")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
-    assert running("sleep 62.25") == ""
+    assert running(background) == ""
+    assert running(foreground) == ""

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import os
 import subprocess
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -399,14 +400,18 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
     # The first run of the command takes a minute; the budget runs out while it runs. A retry is quick. (The
     # marker is an ignored file: the sandbox lets the command write only in the worktree, and the retry's fresh
     # checkout keeps ignored files.)
-    command = "if [ -f first-attempt-started ]; then echo quick > out.txt; else touch first-attempt-started; sleep 61.25; echo slow > out.txt; fi"
+    # The sleeper's duration is this test's own, so looking for it finds no other test's process.
+    sleeper = f"sleep 61.{uuid.uuid4().int % 10**6:06d}"
+    command = f"if [ -f first-attempt-started ]; then echo quick > out.txt; else touch first-attempt-started; {sleeper}; echo slow > out.txt; fi"
     yml = (
         "version: 1\nrun: {time_budget_s: 3600}\npolicies: {gates: ['-first_merge']}\nmilestones:\n"
         f'  - id: M-001\n    title: Slow\n    gate: false\n    steps:\n      - {{name: impl, run: "{command}"}}\n'
     )
     url = make_remote(tmp_path, {"README.md": README, ".gitignore": "first-attempt-started\n", "quantapilot.yml": yml})
-    # Heartbeats every 2 s: the cancellation reaches the command within a second or so.
-    async with build_worker(client, cmd_settings.model_copy(update={"step_heartbeat_s": 2.0})):
+    # A 5 s heartbeat timeout: the cancellation reaches the command within a few seconds (the SDK heartbeats at
+    # 0.8 of it), and a loaded machine does not time the attempt out (a timed-out attempt is retried while the
+    # cancellation completes at once, so the run would pause before the first attempt's command is killed).
+    async with build_worker(client, cmd_settings.model_copy(update={"step_heartbeat_s": 5.0})):
         _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
         run_id = body["run_id"]
         marker = cmd_settings.run_workdir / "default" / run_id / "repo" / "first-attempt-started"
@@ -423,7 +428,7 @@ async def test_milestones_time_budget_spent_mid_command_stops_it_and_pauses(
         assert paused["paused_reason"] == "time_limit" and paused["current_step"] == "milestone:M-001", paused
         assert marker.exists()  # it was stopped mid-command, not before it
         # The command's process group is gone: no sleeper is left behind.
-        leftover = subprocess.run(["pgrep", "-f", "sleep 61.25"], capture_output=True, text=True, check=False)
+        leftover = subprocess.run(["pgrep", "-f", sleeper], capture_output=True, text=True, check=False)
         assert leftover.stdout == "", leftover.stdout
         code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"time_budget_s": 3600})
         assert code == 200, raised
