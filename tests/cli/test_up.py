@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,34 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def drain(proc: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """Read the process's output into a list on a thread until it closes its end."""
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stream = proc.stdout
+
+    def read() -> None:
+        # Closed under it by the test's cleanup when a grandchild still holds the pipe open: the end of output.
+        with contextlib.suppress(ValueError, OSError):
+            for line in stream:
+                lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+async def wait_for_line(lines: list[str], reader: threading.Thread, prefix: str, *, timeout: float) -> str | None:
+    """The first output line starting with prefix, or None when the output ends or timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = next((line for line in list(lines) if line.startswith(prefix)), None)
+        if found is not None or not reader.is_alive():
+            return found
+        await asyncio.sleep(0.1)
+    return None
+
+
 @pytest.mark.slow
 async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     api_port, temporal_port, ui_port = free_port(), free_port(), free_port()
@@ -51,18 +81,13 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # The worker, the API and the dev server write to the same pipe: it is drained for the whole test, or a full
+    # pipe would block them (and `qp up` printing "stopping...") once the test stops reading.
+    lines, reader = drain(proc)
     try:
-        token = None
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        assert proc.stdout is not None
-        while token is None and time.monotonic() < deadline:
-            line = await asyncio.to_thread(proc.stdout.readline)
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("API token"):
-                token = line.split(":", 1)[1].strip()
+        token = await wait_for_line(lines, reader, "API token", timeout=90)
+        if token is not None:
+            token = token.split(":", 1)[1].strip()
         assert token and token.startswith("qp_"), "".join(lines)
         assert any(f"http://127.0.0.1:{api_port}" in line for line in lines)
         assert any(line.startswith("Temporal Web UI") and f"http://localhost:{ui_port}" in line for line in lines)
@@ -173,11 +198,18 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
             )
     finally:
         proc.send_signal(signal.SIGINT)
-        code = await asyncio.to_thread(proc.wait, 40)
-        rest = proc.stdout.read() if proc.stdout else ""
-        if proc.stdout:
-            proc.stdout.close()
-    assert code == 0, rest
+        try:
+            code = await asyncio.to_thread(proc.wait, 40)
+        except subprocess.TimeoutExpired:
+            # Killed so that a stop that hangs fails this test alone, not the next one with a leaked process.
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            await asyncio.to_thread(reader.join, 10)
+            if proc.stdout:
+                proc.stdout.close()
+    assert code == 0, "".join(lines)
     await eventually(
         lambda: asyncio.to_thread(lambda: (port_open(api_port), port_open(temporal_port))),
         lambda ports: ports == (False, False),
