@@ -57,14 +57,14 @@ from quantapilot.config import (
     with_self_approval_floor,
 )
 from quantapilot.db import session_scope
-from quantapilot.docgen.generator import OutputConflictError, generate_docs, write_pages
-from quantapilot.docgen.lint import lint_pages
-from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.docs.generate import OutputConflictError, generate_docs, write_pages
+from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.store import PageInput, upsert_pages
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import diskcap, gitops, make_forge, remotes
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
-from quantapilot.repofiles import (
+from quantapilot.repos.files import (
     FileRefusedError,
     RepoReadError,
     UnsafePathError,

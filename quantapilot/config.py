@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from quantapilot.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
+from quantapilot.repos.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -57,7 +57,7 @@ __all__ = [
 SCHEMA_PATH: Final = Path(__file__).resolve().parent.parent / "schemas" / "quantapilot.schema.json"
 
 #: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack. The alias,
-#: node and depth limits are those of every YAML a repository supplies (quantapilot/safe_yaml.py).
+#: node and depth limits are those of every YAML a repository supplies (quantapilot/repos/safe_yaml.py).
 MAX_CONFIG_BYTES: Final = MAX_YAML_BYTES
 
 DEFAULT_STEP_TIMEOUT_S: Final = 600.0
@@ -256,7 +256,7 @@ class ConfigError(Exception):
 
 
 def _parse_yaml(text: str, *, source: str) -> Any:
-    """Parse one YAML document within the shared limits (:mod:`quantapilot.safe_yaml`), as :class:`ConfigError`."""
+    """Parse one YAML document within the shared limits (:mod:`quantapilot.repos.safe_yaml`) as :class:`ConfigError`."""
     if len(text.encode("utf-8", errors="surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source)
     try:

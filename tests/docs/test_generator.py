@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from quantapilot.docgen import (
+from quantapilot.docs.generate import (
     GENERATOR_MARKER,
     GeneratedPage,
     OutputConflictError,
     generate_docs,
-    lint_pages,
-    split_front_matter,
     write_pages,
 )
-from tests.docgen.repos import DEMO_FILES, git, make_repo
+from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.render import split_front_matter
+from tests.docs.repos import DEMO_FILES, git, make_repo
 
 UPDATED = "2026-01-15"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quantapilot.repofiles import (
+from quantapilot.repos.files import (
     EntryKind,
     FileRefusedError,
     UnsafePathError,
@@ -17,7 +17,7 @@ from quantapilot.repofiles import (
     walk_worktree_files,
     write_file,
 )
-from tests.docgen.repos import git, make_repo
+from tests.docs.repos import git, make_repo
 
 
 @pytest.fixture

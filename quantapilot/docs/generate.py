@@ -10,10 +10,10 @@
 * ``api/index`` and one ``api/<module>`` page per Python module: module docstring, classes with their bases,
   methods and functions with full signatures and docstrings, read with :mod:`ast`.
 
-The repository's files are read as data through :mod:`quantapilot.repofiles` (from the git objects of the
+The repository's files are read as data through :mod:`quantapilot.repos.files` (from the git objects of the
 documented commit, never through the work tree), and written back the same way: no link is ever followed.
 The same input always gives byte-identical pages: traversal is sorted and the only date is the ``updated``
-argument. Text taken from the repository goes through :func:`~quantapilot.docgen.lint.scrub_personal_data`.
+argument. Text taken from the repository goes through :func:`~quantapilot.docs.lint.scrub_personal_data`.
 Every page carries ``generator: quantapilot-docgen`` in its front matter; :func:`write_pages` overwrites or
 removes only files carrying that marker.
 """
@@ -38,14 +38,14 @@ from urllib.parse import quote
 import yaml
 from pydantic import BaseModel, Field
 
-from quantapilot.docgen.lint import scrub_personal_data
-from quantapilot.docgen.render import (
+from quantapilot.docs.lint import scrub_personal_data
+from quantapilot.docs.render import (
     FrontMatterError,
     FrontMatterRefusedError,
     find_front_matter,
     split_front_matter,
 )
-from quantapilot.repofiles import (
+from quantapilot.repos.files import (
     MAX_FILE_BYTES,
     EntryKind,
     FileRefusedError,
@@ -887,7 +887,7 @@ def generate_docs(
 
     Nothing from the repository is imported or executed: Python modules are read with :mod:`ast`, metadata
     files are parsed as data. The files are read from the git objects of ``commit`` (never through the work
-    tree, see :mod:`quantapilot.repofiles`): a tracked symbolic link is listed in the file tree but never
+    tree, see :mod:`quantapilot.repos.files`): a tracked symbolic link is listed in the file tree but never
     followed, a file over ``max_file_bytes`` is not read, and a Markdown document whose front matter is over
     the YAML limits is left out. The index page lists those files with the reason, and the files that failed to
     parse.
@@ -1044,7 +1044,7 @@ def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder
     Only files carrying the generator's front-matter marker are ever overwritten or deleted; if a page would
     replace a file written by people, a symbolic link, or go through a linked folder or out of the repository,
     nothing is written. Every path is opened one folder at a time without following links
-    (:mod:`quantapilot.repofiles`), so a tracked ``docs -> /etc`` is refused, never written through. Files
+    (:mod:`quantapilot.repos.files`), so a tracked ``docs -> /etc`` is refused, never written through. Files
     whose content is unchanged are not rewritten.
 
     Args:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from quantapilot.docgen import generate_docs, lint_pages, write_pages
-from quantapilot.docgen.generator import MAX_TREE_LINES
-from tests.docgen.repos import git
+from quantapilot.docs.generate import MAX_TREE_LINES, generate_docs, write_pages
+from quantapilot.docs.lint import lint_pages
+from tests.docs.repos import git
 
 MODULE = '''\
 """Module {i} of package {p}."""
