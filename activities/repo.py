@@ -57,9 +57,10 @@ from quantapilot.config import (
     with_self_approval_floor,
 )
 from quantapilot.db import session_scope
-from quantapilot.docs.generate import OutputConflictError, generate_docs, write_pages
+from quantapilot.docs.generate import generate_docs
 from quantapilot.docs.lint import lint_pages
 from quantapilot.docs.store import PageInput, upsert_pages
+from quantapilot.docs.write import OutputConflictError, write_pages
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import diskcap, gitops, make_forge, remotes
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest

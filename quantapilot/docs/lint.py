@@ -43,7 +43,7 @@ from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped
 from quantapilot.docs.render import FrontMatterError, split_front_matter
 
 if TYPE_CHECKING:
-    from quantapilot.docs.generate import GeneratedPage
+    from quantapilot.docs.model import GeneratedPage
 
 REDACTED = "[redacted]"
 SCHEMA_NAME = "frontmatter.schema.json"

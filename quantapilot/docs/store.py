@@ -24,7 +24,7 @@ from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.docs.generate import GeneratedPage, RelatedLink
+from quantapilot.docs.model import GeneratedPage, RelatedLink
 from quantapilot.docs.render import render_html
 
 PageStatus = Literal["draft", "published", "archived"]

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from quantapilot.docs.generate import (
-    GENERATOR_MARKER,
-    GeneratedPage,
-    OutputConflictError,
-    generate_docs,
-    write_pages,
-)
+from quantapilot.docs.generate import generate_docs
 from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.model import GENERATOR_MARKER, GeneratedPage
 from quantapilot.docs.render import split_front_matter
+from quantapilot.docs.write import OutputConflictError, write_pages
 from tests.docs.repos import DEMO_FILES, git, make_repo
 
 UPDATED = "2026-01-15"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from quantapilot.docs.generate import GeneratedPage
 from quantapilot.docs.lint import (
     LintIssue,
     find_personal_data,
@@ -13,6 +12,7 @@ from quantapilot.docs.lint import (
     lint_pages,
     scrub_personal_data,
 )
+from quantapilot.docs.model import GeneratedPage
 
 GOOD_FRONT = """---
 id: '90_api'

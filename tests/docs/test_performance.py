@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from quantapilot.docs.generate import MAX_TREE_LINES, generate_docs, write_pages
+from quantapilot.docs.generate import generate_docs
 from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.pages import MAX_TREE_LINES
+from quantapilot.docs.write import write_pages
 from tests.docs.repos import git
 
 MODULE = '''\

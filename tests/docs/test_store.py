@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from quantapilot.db import session_scope
-from quantapilot.docs.generate import RelatedLink, generate_docs
+from quantapilot.docs.generate import generate_docs
+from quantapilot.docs.model import RelatedLink
 from quantapilot.docs.store import (
     DocPageRecord,
     PageInput,

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 from yarl import URL
 
 from quantapilot.db import session_scope
-from quantapilot.docs.generate import RelatedLink
+from quantapilot.docs.model import RelatedLink
 from quantapilot.docs.store import PageInput, upsert_pages
 from tests.lifecycle_e2e.conftest import LcApiFactory
 from tests.support import Api
