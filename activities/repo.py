@@ -65,14 +65,8 @@ from quantapilot.errors import ErrorCode
 from quantapilot.forges import diskcap, gitops, make_forge, remotes
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
-from quantapilot.repos.files import (
-    FileRefusedError,
-    RepoReadError,
-    UnsafePathError,
-    normalise_path,
-    open_repo_files,
-    write_file,
-)
+from quantapilot.repos.files import FileRefusedError, RepoReadError, open_repo_files
+from quantapilot.repos.worktree import UnsafePathError, normalise_path, write_file
 from quantapilot.sandbox import (
     Launch,
     SandboxPolicy,

@@ -11,11 +11,11 @@
   methods and functions with full signatures and docstrings, read with :mod:`ast`.
 
 The repository's files are read as data through :mod:`quantapilot.repos.files` (from the git objects of the
-documented commit, never through the work tree), and written back the same way: no link is ever followed.
-The same input always gives byte-identical pages: traversal is sorted and the only date is the ``updated``
-argument. Text taken from the repository goes through :func:`~quantapilot.docs.lint.scrub_personal_data`.
-Every page carries ``generator: quantapilot-docgen`` in its front matter;
-:func:`~quantapilot.docs.write.write_pages` overwrites or removes only files carrying that marker.
+documented commit, never through the work tree), and written back through :mod:`quantapilot.repos.worktree`:
+no link is ever followed. The same input always gives byte-identical pages: traversal is sorted and the only
+date is the ``updated`` argument. Text taken from the repository goes through
+:func:`~quantapilot.docs.lint.scrub_personal_data`. Every page carries ``generator: quantapilot-docgen`` in its
+front matter; :func:`~quantapilot.docs.write.write_pages` overwrites or removes only files carrying that marker.
 
 This module composes the others: :mod:`~quantapilot.docs.scan` reads the repository,
 :mod:`~quantapilot.docs.pyapi` the Python API, :mod:`~quantapilot.docs.pages` builds the pages (with

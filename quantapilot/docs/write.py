@@ -2,7 +2,7 @@
 
 Only files carrying the generator's marker (:data:`~quantapilot.docs.model.GENERATOR_MARKER`) are ever
 overwritten or removed; every path is opened one folder at a time with ``O_NOFOLLOW``
-(:mod:`quantapilot.repos.files`).
+(:mod:`quantapilot.repos.worktree`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from quantapilot.docs.model import GeneratedPage, is_generated_text
 from quantapilot.docs.scan import MARKDOWN_SUFFIXES, normalise_output_folder
-from quantapilot.repos.files import (
+from quantapilot.repos.worktree import (
     UnsafePathError,
     normalise_path,
     read_worktree_head,
@@ -72,7 +72,7 @@ def write_pages(repo_dir: Path, pages: Sequence[GeneratedPage], *, output_folder
     Only files carrying the generator's front-matter marker are ever overwritten or deleted; if a page would
     replace a file written by people, a symbolic link, or go through a linked folder or out of the repository,
     nothing is written. Every path is opened one folder at a time without following links
-    (:mod:`quantapilot.repos.files`), so a tracked ``docs -> /etc`` is refused, never written through. Files
+    (:mod:`quantapilot.repos.worktree`), so a tracked ``docs -> /etc`` is refused, never written through. Files
     whose content is unchanged are not rewritten.
 
     Args:
