@@ -11,7 +11,7 @@ from quantapilot.repos.files import EntryKind, FileRefusedError, open_repo_files
 from tests.docs.repos import git, make_repo
 
 
-def test_repofiles_reads_the_commit_and_sees_links_and_submodules(tmp_path: Path, outside: Path) -> None:
+def test_files_reads_the_commit_and_sees_links_and_submodules(tmp_path: Path, outside: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"a/b.txt": "committed\n", "big.bin": "x" * 5000})
     os.symlink(outside / "secret.txt", repo / "leak.txt")
     os.symlink(outside, repo / "linked")
@@ -46,7 +46,7 @@ def test_repofiles_reads_the_commit_and_sees_links_and_submodules(tmp_path: Path
     }
 
 
-def test_repofiles_reads_only_the_paths_asked_for(tmp_path: Path, outside: Path) -> None:
+def test_files_reads_only_the_paths_asked_for(tmp_path: Path, outside: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"quantapilot.yml": "version: 1\n", "other.txt": "x\n"})
     os.symlink(outside, repo / "conf")
     git(repo, "add", "-A")
@@ -57,7 +57,7 @@ def test_repofiles_reads_only_the_paths_asked_for(tmp_path: Path, outside: Path)
         assert files.read_text("quantapilot.yml") == "version: 1\n"
 
 
-def test_repofiles_plain_directory_never_follows_links(tmp_path: Path, outside: Path) -> None:
+def test_files_plain_directory_never_follows_links(tmp_path: Path, outside: Path) -> None:
     root = tmp_path / "plain"
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "mod.py").write_text("x = 1\n")

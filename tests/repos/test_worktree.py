@@ -16,7 +16,7 @@ from quantapilot.repos.worktree import (
 )
 
 
-def test_repofiles_writes_never_go_through_a_link(tmp_path: Path, outside: Path) -> None:
+def test_worktree_writes_never_go_through_a_link(tmp_path: Path, outside: Path) -> None:
     root = tmp_path / "tree"
     root.mkdir()
     os.symlink(outside, root / "linked")
@@ -46,7 +46,7 @@ def test_repofiles_writes_never_go_through_a_link(tmp_path: Path, outside: Path)
         read_worktree_head(root, "linked/secret.txt", 100)
 
 
-def test_repofiles_walk_and_remove_leave_link_targets_alone(tmp_path: Path, outside: Path) -> None:
+def test_worktree_walk_and_remove_leave_link_targets_alone(tmp_path: Path, outside: Path) -> None:
     root = tmp_path / "tree"
     write_file(root.parent, "tree/docs/a/page.md", b"page")
     os.symlink(outside, root / "docs" / "a" / "elsewhere")
