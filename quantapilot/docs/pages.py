@@ -43,7 +43,7 @@ MAX_SLUG_PART = 200
 _SLUG_BAD_RE = re.compile(r"[^a-z0-9.-]+")
 
 
-def slug_part(name: str) -> str:
+def _slug_part(name: str) -> str:
     """A module name as a slug segment: lowercase ``[a-z0-9.-]``, at most ``MAX_SLUG_PART`` characters."""
     part = _SLUG_BAD_RE.sub("-", name.lower())
     part = re.sub(r"\.{2,}", ".", part).strip("-.") or "module"
@@ -58,7 +58,7 @@ def assign_module_slugs(modules: Sequence[PyModule]) -> None:
     """
     used: set[str] = {"api/index"}
     for module in modules:
-        base = "api/" + slug_part(module.name)
+        base = "api/" + _slug_part(module.name)
         slug, n = base, 2
         while slug in used:
             slug, n = f"{base}-{n}", n + 1
@@ -77,7 +77,7 @@ class PageContext:
     owners: list[str]
 
 
-def page_path(ctx: PageContext, slug: str) -> str:
+def _page_path(ctx: PageContext, slug: str) -> str:
     """The repository path of a page: ``<output folder>/<slug>.md``."""
     return f"{ctx.out}/{slug}.md"
 
@@ -109,12 +109,12 @@ def _page(
     related: list[RelatedLink],
     tags: list[str],
 ) -> GeneratedPage:
-    path = page_path(ctx, slug)
+    path = _page_path(ctx, slug)
     title = one_line(scrub_personal_data(title))
     description = one_line(scrub_personal_data(description))
     if related:
         body = [*body, "## Related pages", ""]
-        body += [f"- {md_link(r.title, path, page_path(ctx, r.slug))} ({r.type.replace('_', ' ')})" for r in related]
+        body += [f"- {md_link(r.title, path, _page_path(ctx, r.slug))} ({r.type.replace('_', ' ')})" for r in related]
         body.append("")
     text = scrub_personal_data("\n".join(body).rstrip() + "\n")
     markdown = _front_matter(ctx, slug, title, description, tags) + "\n" + text
@@ -156,7 +156,7 @@ def module_page(
 ) -> GeneratedPage:
     """The ``api/<module>`` page: docstring, contents, classes and functions with signatures."""
     slug = module.slug
-    path = page_path(ctx, slug)
+    path = _page_path(ctx, slug)
     summary = first_paragraph(module.doc)
     body = [f"# Module {code_span(module.name)}", "", f"Source: {md_link(module.path, path, module.path)}", ""]
     body += _doc_block(module.doc) if module.doc else ["*This module has no docstring.*", ""]
@@ -203,21 +203,21 @@ def module_page(
 def api_index_page(ctx: PageContext, modules: Sequence[PyModule], failed: Sequence[tuple[str, str]]) -> GeneratedPage:
     """The ``api/index`` page: every module with its summary, and a pointer to the files not parsed."""
     slug = "api/index"
-    path = page_path(ctx, slug)
+    path = _page_path(ctx, slug)
     body = ["# API reference", ""]
     if modules:
         body += [f"{len(modules)} Python modules, read from their source.", ""]
         body += ["| Module | Summary |", "| --- | --- |"]
         for m in modules:
             summary = escape(one_line(first_paragraph(m.doc), 160)) if m.doc else ""
-            body.append(f"| {md_link(m.name, path, page_path(ctx, m.slug))} | {summary} |")
+            body.append(f"| {md_link(m.name, path, _page_path(ctx, m.slug))} | {summary} |")
         body.append("")
     else:
         body += ["No Python modules were found.", ""]
     if failed:
         body += [
             f"{len(failed)} Python file(s) could not be parsed; "
-            f"they are listed on the {md_link('overview', path, page_path(ctx, 'index'))}.",
+            f"they are listed on the {md_link('overview', path, _page_path(ctx, 'index'))}.",
             "",
         ]
     related = [RelatedLink(slug="index", title="Overview", type="prerequisite")]
@@ -305,7 +305,7 @@ def index_page(
 ) -> GeneratedPage:
     """The ``index`` page: metadata, languages, links to the other pages, the README, the files not parsed or read."""
     slug = "index"
-    path = page_path(ctx, slug)
+    path = _page_path(ctx, slug)
     readme_text = ""
     if readme is not None:
         _raw, readme_text = find_front_matter(readme[1])
@@ -332,9 +332,9 @@ def index_page(
     body += [
         "## Pages",
         "",
-        f"- {md_link('File tree', path, page_path(ctx, 'file-tree'))}: the {len(files)} tracked files",
-        f"- {md_link('API reference', path, page_path(ctx, 'api/index'))}: {len(modules)} Python modules",
-        f"- {md_link('Guides', path, page_path(ctx, 'guides'))}: {len(guides)} Markdown documents",
+        f"- {md_link('File tree', path, _page_path(ctx, 'file-tree'))}: the {len(files)} tracked files",
+        f"- {md_link('API reference', path, _page_path(ctx, 'api/index'))}: {len(modules)} Python modules",
+        f"- {md_link('Guides', path, _page_path(ctx, 'guides'))}: {len(guides)} Markdown documents",
         "",
     ]
     if readme is not None:
@@ -380,7 +380,7 @@ def index_page(
 def guides_page(ctx: PageContext, guides: Sequence[Guide]) -> GeneratedPage:
     """The ``guides`` page: every Markdown document written by people, linked with its summary."""
     slug = "guides"
-    path = page_path(ctx, slug)
+    path = _page_path(ctx, slug)
     body = ["# Guides", ""]
     if guides:
         body += ["The Markdown documents kept in the repository, written by its people.", ""]

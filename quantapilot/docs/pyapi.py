@@ -92,7 +92,7 @@ def _exported_names(tree: ast.Module) -> set[str] | None:
     return None
 
 
-def parse_module(module: PyModule, source: bytes) -> None:
+def _parse_module(module: PyModule, source: bytes) -> None:
     """Fill ``module`` with the docstring and public API of ``source``.
 
     Raises:
@@ -117,7 +117,7 @@ def parse_module(module: PyModule, source: bytes) -> None:
             module.functions.append(_function(node))
 
 
-def module_names(paths: Sequence[str]) -> dict[str, str]:
+def _module_names(paths: Sequence[str]) -> dict[str, str]:
     """Dotted module names for Python files; ``src/`` layouts drop the ``src`` prefix unless names clash."""
 
     def dotted(path: str, *, strip_src: bool) -> str:
@@ -156,7 +156,7 @@ def read_modules(reader: Reader, files: Sequence[str]) -> tuple[list[PyModule], 
     # A stub beside its module documents the same thing; prefer the .py.
     py_set = set(py_files)
     py_files = [f for f in py_files if not (f.endswith(".pyi") and f[:-1] in py_set)]
-    names = module_names(py_files)
+    names = _module_names(py_files)
     modules: list[PyModule] = []
     failed: list[tuple[str, str]] = []
     for rel in py_files:
@@ -165,7 +165,7 @@ def read_modules(reader: Reader, files: Sequence[str]) -> tuple[list[PyModule], 
         if source is None:
             continue
         try:
-            parse_module(module, source)
+            _parse_module(module, source)
         except SyntaxError as exc:
             failed.append((rel, f"syntax error at line {exc.lineno}: {exc.msg}"))
             continue

@@ -90,14 +90,14 @@ LANGUAGES: dict[str, str] = {
 LANGUAGE_FILENAMES = {"Dockerfile": "Dockerfile", "Makefile": "Makefile"}
 
 
-def is_skipped(rel: str) -> bool:
+def _is_skipped(rel: str) -> bool:
     """Whether a path lies in a folder never documented (``SKIP_DIRS``)."""
     return any(part in SKIP_DIRS for part in rel.split("/")[:-1])
 
 
 def listed_files(repo: RepoFiles) -> list[str]:
     """Tracked regular files and symbolic links (listed, never read); submodules have no files here."""
-    return [p for p in repo.paths(EntryKind.FILE, EntryKind.SYMLINK) if not is_skipped(p)]
+    return [p for p in repo.paths(EntryKind.FILE, EntryKind.SYMLINK) if not _is_skipped(p)]
 
 
 class Reader:
@@ -197,7 +197,7 @@ class Guide:
     summary: str
 
 
-def read_guide(rel: str, text: str) -> Guide:
+def _read_guide(rel: str, text: str) -> Guide:
     """Title and summary of a Markdown document (its front matter parsed once, within the YAML limits).
 
     Raises:
@@ -268,7 +268,7 @@ def read_guides(reader: Reader, paths: Sequence[str]) -> list[Guide]:
         if text is None or is_generated_text(text[:8192]):
             continue
         try:
-            guides.append(read_guide(rel, text))
+            guides.append(_read_guide(rel, text))
         except FrontMatterRefusedError as exc:
             reader.left_out[rel] = str(exc)
     guides.sort(key=lambda g: g.path)
