@@ -33,8 +33,8 @@ from activities.lifecycle_models import (
     page_version,
 )
 from quantapilot.db import session_scope
-from quantapilot.docgen.generator import RelatedLink
-from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.docs.model import RelatedLink
+from quantapilot.docs.store import PageInput, upsert_pages
 from quantapilot.errors import ErrorCode
 from quantapilot.lifecycle.agents import AgentError, StageAgent, load_agents, run_agent
 from quantapilot.lifecycle.models import STAGES, OpportunityOutput, RealizationOutput, StageInput

@@ -47,31 +47,19 @@ from activities.models import (
     PullRequestResult,
     RepoRef,
 )
-from quantapilot.config import (
-    MAX_CONFIG_BYTES,
-    ConfigError,
-    QuantapilotConfig,
-    docs_branch_problem,
-    in_run_namespace,
-    load_config,
-    with_self_approval_floor,
-)
 from quantapilot.db import session_scope
-from quantapilot.docgen.generator import OutputConflictError, generate_docs, write_pages
-from quantapilot.docgen.lint import lint_pages
-from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.docs.generate import generate_docs
+from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.store import PageInput, upsert_pages
+from quantapilot.docs.write import OutputConflictError, write_pages
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import diskcap, gitops, make_forge, remotes
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.models import StepOutcome
-from quantapilot.repofiles import (
-    FileRefusedError,
-    RepoReadError,
-    UnsafePathError,
-    normalise_path,
-    open_repo_files,
-    write_file,
-)
+from quantapilot.repos.config import MAX_CONFIG_BYTES, ConfigError, QuantapilotConfig, load_config
+from quantapilot.repos.files import FileRefusedError, RepoReadError, open_repo_files
+from quantapilot.repos.policy import docs_branch_problem, in_run_namespace, with_self_approval_floor
+from quantapilot.repos.worktree import UnsafePathError, normalise_path, write_file
 from quantapilot.sandbox import (
     Launch,
     SandboxPolicy,

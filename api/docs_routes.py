@@ -15,8 +15,8 @@ from sqlmodel import Session
 
 from api.auth import principal_of
 from api.keys import ENGINE
-from quantapilot.docgen.render import FrontMatterError, split_front_matter
-from quantapilot.docs_store import (
+from quantapilot.docs.render import FrontMatterError, split_front_matter
+from quantapilot.docs.store import (
     MAX_VERSION_LENGTH,
     DocPageRecord,
     PageSummary,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantapilot.config import QuantapilotConfig
+from quantapilot.repos.config import QuantapilotConfig
 
 
 class RunKind(StrEnum):

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     # what a merge needs later). 0 clones the whole history.
     clone_depth: int = Field(default=1, ge=0)
     # Largest file of a repository read as data (quantapilot.yml aside: README, guides, package metadata, Python
-    # sources); a larger one is listed on the index page but never read (quantapilot/repofiles.py).
+    # sources); a larger one is listed on the index page but never read (quantapilot/repos/files.py).
     repo_max_file_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Each worker removes the worktrees of closed runs this often (and at start): runs that ended on another
     # worker, were terminated, or whose cleanup step failed. 0 turns the sweep off.

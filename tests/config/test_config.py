@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from quantapilot.config import (
+from quantapilot.repos.config import (
     MAX_CONFIG_BYTES,
     SCHEMA_PATH,
     ConfigError,
@@ -19,11 +19,13 @@ from quantapilot.config import (
     GateConfig,
     QuantapilotConfig,
     StepConfig,
+    load_config,
+)
+from quantapilot.repos.policy import (
     command_policy,
     docs_branch_problem,
     effective_gates,
     gate_settings,
-    load_config,
     step_policy,
     with_self_approval_floor,
 )

@@ -7,8 +7,8 @@ from sqlalchemy.engine import Engine
 from yarl import URL
 
 from quantapilot.db import session_scope
-from quantapilot.docgen.generator import RelatedLink
-from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.docs.model import RelatedLink
+from quantapilot.docs.store import PageInput, upsert_pages
 from tests.lifecycle_e2e.conftest import LcApiFactory
 from tests.support import Api
 

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped,unused-ignore]
 
-from quantapilot.docgen.render import FrontMatterError, split_front_matter
+from quantapilot.docs.render import FrontMatterError, split_front_matter
 
 if TYPE_CHECKING:
-    from quantapilot.docgen.generator import GeneratedPage
+    from quantapilot.docs.model import GeneratedPage
 
 REDACTED = "[redacted]"
 SCHEMA_NAME = "frontmatter.schema.json"
@@ -340,7 +340,7 @@ def lint_pages(pages: Iterable[GeneratedPage]) -> list[LintIssue]:
     """Lint generated pages (see :func:`lint_markdown`).
 
     Args:
-        pages: Pages from :func:`quantapilot.docgen.generator.generate_docs`.
+        pages: Pages from :func:`quantapilot.docs.generate.generate_docs`.
 
     Returns:
         Every issue of every page, in page order; empty when all pages pass.

@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from quantapilot.docgen import generate_docs, lint_pages, write_pages
-from quantapilot.docgen.generator import MAX_TREE_LINES
-from tests.docgen.repos import git
+from quantapilot.docs.generate import generate_docs
+from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.pages import MAX_TREE_LINES
+from quantapilot.docs.write import write_pages
+from tests.docs.repos import git
 
 MODULE = '''\
 """Module {i} of package {p}."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantapilot.docgen import render_html, split_front_matter
-from quantapilot.docgen.render import FrontMatterError, FrontMatterRefusedError
+from quantapilot.docs.render import FrontMatterError, FrontMatterRefusedError, render_html, split_front_matter
 
 
 def test_render_strips_front_matter_and_renders_tables() -> None:
@@ -78,7 +77,7 @@ def test_split_front_matter_returns_plain_values() -> None:
     ],
 )
 def test_split_front_matter_refuses_yaml_over_the_limits(front: str, why: str) -> None:
-    # The same limits as quantapilot.yml (quantapilot/safe_yaml.py); nothing is built from the document.
+    # The same limits as quantapilot.yml (quantapilot/repos/safe_yaml.py); nothing is built from the document.
     with pytest.raises(FrontMatterRefusedError, match=why):
         split_front_matter(f"---\n{front}\n---\n# Body\n")
 

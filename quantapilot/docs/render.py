@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import yaml
 from markdown_it import MarkdownIt
 
-from quantapilot.safe_yaml import YamlLimitError, load_yaml
+from quantapilot.repos.safe_yaml import YamlLimitError, load_yaml
 
 # A front matter block opens with "---" on the very first line and closes with "---" or "..." on its own line.
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)(?:^|\r?\n)(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
@@ -29,7 +29,7 @@ class FrontMatterError(ValueError):
 
 
 class FrontMatterRefusedError(FrontMatterError):
-    """The front matter block is over a limit of :mod:`quantapilot.safe_yaml` (an alias bomb, say)."""
+    """The front matter block is over a limit of :mod:`quantapilot.repos.safe_yaml` (an alias bomb, say)."""
 
 
 def find_front_matter(text: str) -> tuple[str | None, str]:
@@ -63,7 +63,7 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
 
     Dates and timestamps in the YAML are returned as ISO 8601 strings so the result is JSON-ready. The block is
     parsed within the limits every YAML of a repository gets (size, aliases, expanded nodes, depth;
-    :mod:`quantapilot.safe_yaml`), so a bomb costs time linear in its text.
+    :mod:`quantapilot.repos.safe_yaml`), so a bomb costs time linear in its text.
 
     Args:
         text: A Markdown document, optionally starting with a ``---`` delimited YAML block.

@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from quantapilot.docgen import (
-    GENERATOR_MARKER,
-    GeneratedPage,
-    OutputConflictError,
-    generate_docs,
-    lint_pages,
-    split_front_matter,
-    write_pages,
-)
-from tests.docgen.repos import DEMO_FILES, git, make_repo
+from quantapilot.docs.generate import generate_docs
+from quantapilot.docs.lint import lint_pages
+from quantapilot.docs.model import GENERATOR_MARKER, GeneratedPage
+from quantapilot.docs.render import split_front_matter
+from quantapilot.docs.write import OutputConflictError, write_pages
+from tests.docs.repos import DEMO_FILES, git, make_repo
 
 UPDATED = "2026-01-15"
 

@@ -11,8 +11,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from quantapilot.db import session_scope
-from quantapilot.docgen import RelatedLink, generate_docs
-from quantapilot.docs_store import (
+from quantapilot.docs.generate import generate_docs
+from quantapilot.docs.model import RelatedLink
+from quantapilot.docs.store import (
     DocPageRecord,
     PageInput,
     get_page,
@@ -22,7 +23,7 @@ from quantapilot.docs_store import (
     upsert_pages,
     validate_slug,
 )
-from tests.docgen.repos import DEMO_FILES, make_repo
+from tests.docs.repos import DEMO_FILES, make_repo
 
 WS = "ws-docs"
 

@@ -1,4 +1,4 @@
-"""Real git repositories on disk for the docgen tests."""
+"""Real git repositories on disk for the documentation tests."""
 
 from __future__ import annotations
 

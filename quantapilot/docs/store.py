@@ -24,8 +24,8 @@ from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel, col, select
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.docgen.generator import GeneratedPage, RelatedLink
-from quantapilot.docgen.render import render_html
+from quantapilot.docs.model import GeneratedPage, RelatedLink
+from quantapilot.docs.render import render_html
 
 PageStatus = Literal["draft", "published", "archived"]
 
@@ -127,7 +127,7 @@ class PageInput(BaseModel):
         """Build the store input for a generated page.
 
         Args:
-            page: A page from :func:`quantapilot.docgen.generator.generate_docs`.
+            page: A page from :func:`quantapilot.docs.generate.generate_docs`.
             slug_prefix: Prefix for the page's slug and its related links, usually the project
                 (``"myproj"`` turns ``api/pkg.mod`` into ``myproj/api/pkg.mod``).
             status: Publication status.

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from quantapilot.docgen import GeneratedPage, LintIssue, lint_markdown, lint_pages, scrub_personal_data
-from quantapilot.docgen.lint import find_personal_data, frontmatter_validator
+from quantapilot.docs.lint import (
+    LintIssue,
+    find_personal_data,
+    frontmatter_validator,
+    lint_markdown,
+    lint_pages,
+    scrub_personal_data,
+)
+from quantapilot.docs.model import GeneratedPage
 
 GOOD_FRONT = """---
 id: '90_api'

@@ -1,4 +1,4 @@
-"""Files of a repository are data, never a path out: the one place that reads and writes them.
+"""Files of a repository are data, never a path out: the one place that reads them.
 
 A hostile repository can track symbolic links (``README.md -> /proc/self/environ``, ``notes.md ->
 ../../quantapilot.db``, ``docs -> /etc``) and submodules. Everything the service reads from a repository (its
@@ -11,27 +11,24 @@ A hostile repository can track symbolic links (``README.md -> /proc/self/environ
 * In a plain directory (no ``.git``) only regular files are listed and read, each opened without following a
   link at any level of its path.
 
-Everything the service writes into a work tree (generated pages, milestone records) goes through
-:func:`write_file` and :func:`remove_file`, which walk the path one folder at a time with ``O_NOFOLLOW`` and
-refuse a link anywhere on it (:class:`UnsafePathError`), so a tracked ``.quantapilot/milestones -> /tmp/x`` or
-``docs -> .git`` is never written through.
+Writes into a work tree (and reads of it outside the git objects) go through :mod:`quantapilot.repos.worktree`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
 
 from quantapilot.forges.gitops import scrubbed_env
+from quantapilot.repos.worktree import UnsafePathError, read_worktree_head
 from quantapilot.settings import Settings
 
 __all__ = [
@@ -41,21 +38,12 @@ __all__ = [
     "RepoEntry",
     "RepoFiles",
     "RepoReadError",
-    "UnsafePathError",
-    "normalise_path",
     "open_repo_files",
-    "read_worktree_head",
-    "remove_file",
-    "walk_worktree_files",
-    "write_file",
 ]
 
 #: Default cap of one file read from a repository: the default of ``QP_REPO_MAX_FILE_BYTES``.
 MAX_FILE_BYTES: Final[int] = Settings.model_fields["repo_max_file_bytes"].default
 _GIT_TIMEOUT_S: Final = 120.0
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: opening a FIFO planted in a work tree must fail or return at once, never wait for a writer.
-_FILE_FLAGS: Final = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class EntryKind(StrEnum):
@@ -99,43 +87,6 @@ class FileRefusedError(Exception):
 
 class RepoReadError(Exception):
     """git could not list or read the commit (a missing object, a corrupt repository, a timeout)."""
-
-
-class UnsafePathError(Exception):
-    """A write or read in the work tree that would leave it or go through a link.
-
-    Attributes:
-        path: The offending path (or the part of it that is a link).
-        reason: What is wrong with it.
-    """
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-def normalise_path(rel: str) -> str:
-    """A repository path in its canonical form, refusing any that could leave the repository.
-
-    Args:
-        rel: A relative POSIX path such as ``docs/guide.md``.
-
-    Returns:
-        The path without empty or ``.`` segments.
-
-    Raises:
-        UnsafePathError: Absolute, empty, with a ``..`` segment, a backslash or NUL, or inside ``.git``.
-    """
-    pure = PurePosixPath(rel)
-    parts = [p for p in pure.parts if p not in ("", ".")]
-    if pure.is_absolute() or not parts or "\\" in rel or "\0" in rel:
-        raise UnsafePathError(rel, "not a relative path inside the repository")
-    if any(p == ".." for p in parts):
-        raise UnsafePathError(rel, "path leaves the repository")
-    if any(p.lower() == ".git" for p in parts):
-        raise UnsafePathError(rel, "path is inside .git")
-    return "/".join(parts)
 
 
 # --- reading: one snapshot of the repository ------------------------------------------------------------
@@ -410,204 +361,3 @@ def open_repo_files(
             entries = [e for e in entries if e.path in wanted]
         return _GitFiles(repo_dir, entries, max_file_bytes=max_file_bytes)
     return _DirectoryFiles(repo_dir, _walk_directory(repo_dir, skip_dirs | {".git"}), max_file_bytes=max_file_bytes)
-
-
-# --- the work tree: reads and writes that never follow a link ---------------------------------------------
-
-
-@contextlib.contextmanager
-def _folder(root: Path, parts: Sequence[str], *, create: bool) -> Iterator[int | None]:
-    """A descriptor of ``root/parts...``, opened one level at a time without following links.
-
-    Yields ``None`` when a folder is missing and ``create`` is off.
-    """
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for i, name in enumerate(parts):
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    yield None
-                    return
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                child = _open_dir_or_refuse(name, fd, parts[: i + 1])
-            except OSError as exc:
-                raise _refusal(exc, parts[: i + 1], fd) from None
-            os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _open_dir_or_refuse(name: str, fd: int, parts: Sequence[str]) -> int:
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=fd)
-    except OSError as exc:
-        raise _refusal(exc, parts, fd) from None
-
-
-def _refusal(exc: OSError, parts: Sequence[str], parent_fd: int) -> UnsafePathError:
-    where = "/".join(parts)
-    # O_NOFOLLOW on a link fails with ELOOP, or with ENOTDIR when O_DIRECTORY is set too: look at the entry.
-    try:
-        is_link = stat.S_ISLNK(os.stat(parts[-1], dir_fd=parent_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        is_link = False
-    if is_link or exc.errno == errno.ELOOP:
-        return UnsafePathError(where, "is a symbolic link; refusing to go through it")
-    if exc.errno == errno.ENOTDIR:
-        return UnsafePathError(where, "is not a folder")
-    return UnsafePathError(where, f"cannot be opened ({errno.errorcode.get(exc.errno or 0, 'error')})")
-
-
-def _split(rel: str) -> tuple[list[str], str]:
-    parts = normalise_path(rel).split("/")
-    return parts[:-1], parts[-1]
-
-
-def read_worktree_head(root: Path, rel: str, limit: int) -> bytes | None:
-    """Up to ``limit`` bytes of a regular file in a work tree, opened without following any link.
-
-    Args:
-        root: The work tree.
-        rel: Path inside it.
-        limit: Bytes to read at most.
-
-    Returns:
-        The bytes, or ``None`` when there is no such file.
-
-    Raises:
-        UnsafePathError: The path, or a folder on it, is a symbolic link, it is not a regular file, or it
-            leaves the work tree.
-    """
-    folders, name = _split(rel)
-    with _folder(root, folders, create=False) as fd:
-        if fd is None:
-            return None
-        try:
-            handle = os.open(name, os.O_RDONLY | _FILE_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _refusal(exc, [*folders, name], fd) from None
-        try:
-            if not stat.S_ISREG(os.fstat(handle).st_mode):
-                raise UnsafePathError(rel, "is not a regular file")
-            chunks: list[bytes] = []
-            left = limit
-            while left > 0 and (chunk := os.read(handle, min(left, 1 << 20))):
-                chunks.append(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(handle)
-
-
-def write_file(root: Path, rel: str, data: bytes) -> bool:
-    """Write a file in a work tree, creating its folders, never through a link.
-
-    Args:
-        root: The work tree.
-        rel: Path inside it.
-        data: The new content.
-
-    Returns:
-        Whether the file changed (an identical file is left untouched).
-
-    Raises:
-        UnsafePathError: The file or a folder on its path is a symbolic link, a folder on it is a file, the
-            file is not a regular file, or the path leaves the work tree; nothing was written.
-    """
-    folders, name = _split(rel)
-    with _folder(root, folders, create=True) as fd:
-        assert fd is not None
-        try:
-            handle = os.open(name, os.O_RDWR | os.O_CREAT | _FILE_FLAGS, 0o644, dir_fd=fd)
-        except OSError as exc:
-            raise _refusal(exc, [*folders, name], fd) from None
-        try:
-            info = os.fstat(handle)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafePathError(rel, "is not a regular file")
-            if info.st_size == len(data) and _read_all(handle) == data:
-                return False
-            os.ftruncate(handle, 0)
-            os.lseek(handle, 0, os.SEEK_SET)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(handle, view) :]
-            return True
-        finally:
-            os.close(handle)
-
-
-def _read_all(handle: int) -> bytes:
-    os.lseek(handle, 0, os.SEEK_SET)
-    chunks: list[bytes] = []
-    while chunk := os.read(handle, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def remove_file(root: Path, rel: str, *, prune_up_to: str | None = None) -> None:
-    """Remove a file from a work tree (a link is removed itself, never its target).
-
-    Args:
-        root: The work tree.
-        rel: Path inside it.
-        prune_up_to: A folder (a prefix of ``rel``) below which folders left empty are removed too.
-
-    Raises:
-        UnsafePathError: A folder on the path is a symbolic link or the path leaves the work tree.
-    """
-    folders, name = _split(rel)
-    with _folder(root, folders, create=False) as fd:
-        if fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=fd)
-    if prune_up_to is None:
-        return
-    stop = len(normalise_path(prune_up_to).split("/"))
-    while len(folders) > stop:
-        with _folder(root, folders[:-1], create=False) as parent:
-            if parent is None:
-                return
-            try:
-                os.rmdir(folders[-1], dir_fd=parent)
-            except OSError:
-                return  # not empty (or already gone): stop pruning
-        folders = folders[:-1]
-
-
-def walk_worktree_files(root: Path, folder: str) -> list[str]:
-    """Regular files below a folder of a work tree, without following links, sorted.
-
-    Args:
-        root: The work tree.
-        folder: Path of the folder inside it.
-
-    Returns:
-        Paths relative to ``root``; empty when the folder does not exist.
-
-    Raises:
-        UnsafePathError: The folder, or one on the way to it, is a symbolic link.
-    """
-    base = normalise_path(folder)
-    found: list[str] = []
-    with _folder(root, base.split("/"), create=False) as fd:
-        if fd is None:
-            return []
-        for dirpath, _dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
-            prefix = base if dirpath == "." else f"{base}/{dirpath.removeprefix('./')}"
-            for name in filenames:
-                try:
-                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    found.append(f"{prefix}/{name}")
-    return sorted(found)
