@@ -16,7 +16,12 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.lifecycle_models import (
+from quantapilot.db import session_scope
+from quantapilot.docgen.generator import RelatedLink
+from quantapilot.docs_store import PageInput, upsert_pages
+from quantapilot.errors import ErrorCode
+from quantapilot.lifecycle.agents import AgentError, StageAgent, load_agents, run_agent
+from quantapilot.lifecycle.contracts import (
     DOCS_PROJECT,
     PUBLISH_STAGE_PAGE,
     RUN_STAGE_AGENT,
@@ -32,15 +37,10 @@ from activities.lifecycle_models import (
     page_slug,
     page_version,
 )
-from quantapilot.db import session_scope
-from quantapilot.docgen.generator import RelatedLink
-from quantapilot.docs_store import PageInput, upsert_pages
-from quantapilot.errors import ErrorCode
-from quantapilot.lifecycle.agents import AgentError, StageAgent, load_agents, run_agent
 from quantapilot.lifecycle.models import STAGES, OpportunityOutput, RealizationOutput, StageInput
 from quantapilot.lifecycle.realization import report_period
 from quantapilot.lifecycle.render import TITLES
-from quantapilot.lifecycle_store import (
+from quantapilot.lifecycle.store import (
     LifecycleResultRecord,
     get_result,
     latest_approved_target,
@@ -48,8 +48,8 @@ from quantapilot.lifecycle_store import (
     save_result,
     set_status,
 )
+from quantapilot.lifecycle.telemetry import kpi_aggregates
 from quantapilot.settings import Settings
-from quantapilot.telemetry import kpi_aggregates
 
 
 def _not_found(key: str) -> ApplicationError:

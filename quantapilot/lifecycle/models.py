@@ -35,6 +35,8 @@ OverallStatus = Literal["achieved", "on_track", "at_risk"]
 Confidence = Literal["high", "low"]
 ProposalType = Literal["upsell", "cross_sell", "optimization", "expansion"]
 NodeKind = Literal["capability", "outcome", "kpi", "financial_metric"]
+# Status of a stored stage result (quantapilot.lifecycle.store); the business_case gate moves targets on.
+ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
 
 KPI_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -522,7 +524,7 @@ StageOutput = Annotated[
 
 
 class KpiAggregate(_Model):
-    """Telemetry of one KPI over a period, as :func:`quantapilot.telemetry.kpi_aggregates` computes it."""
+    """Telemetry of one KPI over a period, as :func:`quantapilot.lifecycle.telemetry.kpi_aggregates` computes it."""
 
     kpi: str
     mean: Finite

@@ -14,7 +14,7 @@ from quantapilot.lifecycle.models import (
     parse_run_request,
     validate_json,
 )
-from quantapilot.telemetry import parse_telemetry_payload
+from quantapilot.lifecycle.telemetry import parse_telemetry_payload
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
 RUN = "lifecycle_run.schema.json"

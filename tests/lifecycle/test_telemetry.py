@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.lifecycle.models import SchemaValidationError
-from quantapilot.telemetry import (
+from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
