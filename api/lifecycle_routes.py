@@ -39,12 +39,7 @@ from quantapilot.lifecycle.contracts import (
     account_stream_id,
     account_workflow_id,
 )
-from quantapilot.lifecycle.models import (
-    SchemaValidationError,
-    StageGateSettings,
-    canonical_account_id,
-    parse_run_request,
-)
+from quantapilot.lifecycle.models import StageGateSettings, canonical_account_id
 from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
@@ -52,6 +47,7 @@ from quantapilot.lifecycle.telemetry import (
     parse_telemetry_payload,
     store_batch,
 )
+from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
 from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.temporal import (
