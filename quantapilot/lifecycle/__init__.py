@@ -8,6 +8,7 @@ the built-ins, ``load_agents``).
 
 Not for workflows: :mod:`~quantapilot.lifecycle.validation` (JSON Schema checks of request bodies),
 :mod:`~quantapilot.lifecycle.store` (the ``lifecycle_results`` table), :mod:`~quantapilot.lifecycle.telemetry`
-(the telemetry tables, ingestion, aggregates). This file imports none of them, so importing the package is
-free of I/O.
+(the telemetry tables, ingestion, aggregates), and :mod:`~quantapilot.lifecycle.service` and
+:mod:`~quantapilot.lifecycle.pages` (the steps the activities of :mod:`activities.lifecycle` run). This file
+imports none of them, so importing the package is free of I/O.
 """
