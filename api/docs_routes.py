@@ -1,7 +1,7 @@
 """HTTP routes of the docs pages: one page by slug and version, and listings by project.
 
 Pages of other workspaces do not exist for the caller (404, as unknown slugs). Slugs are paths checked by
-:func:`quantapilot.docs_store.validate_slug`, so ``..`` and empty segments never reach the store (422).
+:func:`quantapilot.docs.store.validate_slug`, so ``..`` and empty segments never reach the store (422).
 """
 
 from __future__ import annotations

@@ -22,15 +22,6 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
-from activities.lifecycle_models import (
-    ACCOUNT_WORKFLOW,
-    TELEMETRY_SIGNAL,
-    AccountRealizationInput,
-    LifecycleRunInput,
-    TelemetryIngested,
-    account_stream_id,
-    account_workflow_id,
-)
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import RUN_ID, TRACE_ID
@@ -39,21 +30,26 @@ from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import parse_idempotency_key, request_hash, run_handle, start_run
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
-from quantapilot.lifecycle.models import (
-    SchemaValidationError,
-    StageGateSettings,
-    canonical_account_id,
-    parse_run_request,
+from quantapilot.lifecycle.contracts import (
+    ACCOUNT_WORKFLOW,
+    TELEMETRY_SIGNAL,
+    AccountRealizationInput,
+    LifecycleRunInput,
+    TelemetryIngested,
+    account_stream_id,
+    account_workflow_id,
 )
-from quantapilot.models import RunKind, RunStatus
-from quantapilot.observability import TELEMETRY_ACCEPTED
-from quantapilot.telemetry import (
+from quantapilot.lifecycle.models import StageGateSettings, canonical_account_id
+from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryIn,
     parse_telemetry_payload,
     store_batch,
 )
+from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
+from quantapilot.models import RunKind, RunStatus
+from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.temporal import (
     SA_ACCOUNT_ID,
     SA_CORRELATION_ID,

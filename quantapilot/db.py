@@ -1,6 +1,6 @@
 """Database engine and the core tables (API tokens, run events).
 
-Other tables live beside the feature that owns them (``quantapilot.docs.store``, ``quantapilot.telemetry``,
+Other tables live beside the feature that owns them (``quantapilot.docs.store``, ``quantapilot.lifecycle.telemetry``,
 ``quantapilot.webhooks.store``); :func:`create_all` imports them so one call creates the whole schema.
 """
 
@@ -21,10 +21,10 @@ from sqlmodel import Field, Session, SQLModel, create_engine
 # Modules that define tables; imported by create_all so their tables join the metadata.
 TABLE_MODULES: tuple[str, ...] = (
     "quantapilot.docs.store",
-    "quantapilot.telemetry",
+    "quantapilot.lifecycle.telemetry",
     "quantapilot.webhooks.store",
     "quantapilot.forges.store",
-    "quantapilot.lifecycle_store",
+    "quantapilot.lifecycle.store",
 )
 
 

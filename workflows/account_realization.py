@@ -19,7 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.common import EventEmitter, retry_policy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.lifecycle_models import (
+    from quantapilot.lifecycle.contracts import (
         ACCOUNT_WORKFLOW,
         PUBLISH_STAGE_PAGE,
         RUN_STAGE_AGENT,

@@ -17,7 +17,8 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
-    from activities.lifecycle_models import (
+    from quantapilot.errors import ErrorCode
+    from quantapilot.lifecycle.contracts import (
         BUSINESS_CASE_GATE,
         PUBLISH_STAGE_PAGE,
         RUN_STAGE_AGENT,
@@ -27,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         PageStatus,
         PublishedPage,
         PublishStageInput,
-        ResultStatus,
         SetStatusInput,
         StageAgentInput,
         StageAgentOutcome,
@@ -36,8 +36,7 @@ with workflow.unsafe.imports_passed_through():
         kpi_statuses,
         summarize,
     )
-    from quantapilot.errors import ErrorCode
-    from quantapilot.lifecycle.models import RealizationOutput
+    from quantapilot.lifecycle.models import RealizationOutput, ResultStatus
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import RunKind, RunStatus
 

@@ -1,29 +1,21 @@
-"""Pydantic models of lifecycle runs: requests, each stage's result, agent input and output, schema checks.
+"""Pydantic models of lifecycle runs: requests, each stage's result, agent input and output.
 
 The models use snake_case attributes and camelCase aliases (``accountId``), so the HTTP layer dumps them with
 ``model_dump(by_alias=True)`` as the seed spells its JSON, while Python code and Temporal payloads may use
-either.
-
-JSON Schema validation of request bodies lives here too (:func:`validate_json`), with a format checker that
-really checks ``date-time`` (RFC 3339, implemented here because ``rfc3339-validator`` is not installed) and
-``uuid``.
+either. Request bodies are checked against their JSON Schema first (:mod:`quantapilot.lifecycle.validation`);
+the models add the rules a schema cannot express.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta, timezone
-from functools import cache
-from pathlib import Path
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-import jsonschema
-import jsonschema_rs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from quantapilot.lifecycle.rfc3339 import parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
 
@@ -35,9 +27,10 @@ OverallStatus = Literal["achieved", "on_track", "at_risk"]
 Confidence = Literal["high", "low"]
 ProposalType = Literal["upsell", "cross_sell", "optimization", "expansion"]
 NodeKind = Literal["capability", "outcome", "kpi", "financial_metric"]
+# Status of a stored stage result (quantapilot.lifecycle.store); the business_case gate moves targets on.
+ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
 
 KPI_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 Score01 = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -63,168 +56,6 @@ def canonical_account_id(value: str) -> str:
         ValueError: When ``value`` is not a UUID.
     """
     return str(uuid.UUID(value))
-
-
-# ----------------------------------------------------------------------------------------------------
-# RFC 3339 and the JSON Schema format checker
-
-_RFC3339 = re.compile(
-    r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt](?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})(?P<f>\.\d+)?"
-    r"(?:(?P<z>[Zz])|(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))$"
-)
-
-
-def parse_rfc3339(value: str) -> datetime:
-    """Parse an RFC 3339 ``date-time`` into an aware datetime.
-
-    Stricter than :meth:`datetime.fromisoformat`: the offset is required, the separator is ``T`` (or ``t``),
-    and every field is range-checked. Leap seconds (``:60``) are refused because a Python datetime, and so the
-    database, cannot hold them; fractional digits beyond microseconds are truncated.
-
-    Args:
-        value: The text, e.g. ``2025-11-17T12:00:00Z``.
-
-    Returns:
-        The datetime with its offset.
-
-    Raises:
-        ValueError: When ``value`` is not an RFC 3339 date-time.
-    """
-    m = _RFC3339.match(value)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 date-time: {value[:64]!r}")
-    if m["z"]:
-        tz: timezone = UTC
-    else:
-        oh, om = int(m["oh"]), int(m["om"])
-        if oh > 23 or om > 59:
-            raise ValueError("offset out of range")
-        sign = 1 if m["sign"] == "+" else -1
-        tz = timezone(sign * timedelta(hours=oh, minutes=om))
-    micro = int((m["f"] or ".0")[1:7].ljust(6, "0"))
-    # datetime() range-checks month, day (leap years included), hour, minute and second.
-    return datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz)
-
-
-def _is_rfc3339(instance: object) -> bool:
-    if not isinstance(instance, str):
-        return True  # formats only constrain strings; the type keyword handles the rest
-    parse_rfc3339(instance)  # raises ValueError, which the checker reports as a format error
-    return True
-
-
-def _is_uuid(instance: object) -> bool:
-    if not isinstance(instance, str):
-        return True
-    # The hyphenated 8-4-4-4-12 form only: UUID() alone would also take braces, URNs and bare hex.
-    return bool(re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", instance))
-
-
-def format_checker() -> jsonschema.FormatChecker:
-    """Return a format checker whose ``date-time`` and ``uuid`` checks always run.
-
-    jsonschema only checks ``date-time`` when ``rfc3339-validator`` is installed and silently passes
-    otherwise; this checker replaces both formats with our own functions so validation never depends on
-    optional packages.
-    """
-    checker = jsonschema.FormatChecker()
-    checker.checks("date-time", raises=ValueError)(_is_rfc3339)
-    checker.checks("uuid")(_is_uuid)
-    return checker
-
-
-class SchemaValidationError(ValueError):
-    """A request body that does not match its JSON Schema (or the model behind it).
-
-    Attributes:
-        errors: One ``{"path": "/inputs/persona", "message": "..."}`` per problem, sorted by path.
-    """
-
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{e['path'] or '/'}: {e['message']}" for e in errors[:5]))
-        self.errors = errors
-
-
-@cache
-def _validator(name: str) -> jsonschema.protocols.Validator:
-    schema = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    validator: jsonschema.protocols.Validator = cls(schema, format_checker=format_checker())
-    return validator
-
-
-def _is_rfc3339_format(instance: object) -> bool:
-    try:
-        return _is_rfc3339(instance)
-    except ValueError:
-        return False
-
-
-@cache
-def _fast_validator(name: str) -> Any:
-    """The same schema compiled by jsonschema-rs, with our own ``date-time`` and ``uuid`` checks.
-
-    Profiling the telemetry path showed the pure-Python validator spending ~140 ms on a batch of 1000 events;
-    this one answers valid/invalid in a few. It only says yes or no: the error list still comes from
-    :func:`_validator`, so what callers read does not change.
-    """
-    return jsonschema_rs.validator_for(
-        load_schema(name),
-        validate_formats=True,
-        formats={"date-time": _is_rfc3339_format, "uuid": _is_uuid},
-    )
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """Return the parsed JSON Schema ``schemas/<name>`` (e.g. ``lifecycle_run.schema.json``)."""
-    schema = _validator(name).schema
-    if not isinstance(schema, Mapping):
-        raise TypeError(f"schema {name} is not an object")
-    return dict(schema)
-
-
-def _pointer(path: Any) -> str:
-    return "".join(f"/{p}" for p in path)
-
-
-def validate_json(name: str, payload: Any) -> None:
-    """Validate ``payload`` against ``schemas/<name>``.
-
-    Raises:
-        SchemaValidationError: With every problem found, not only the first.
-    """
-    if _fast_validator(name).is_valid(payload):
-        return
-    # Invalid (or a case where the two validators disagree): the reference validator decides and explains.
-    errors = sorted(_validator(name).iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise SchemaValidationError(
-            [{"path": _pointer(e.absolute_path), "message": e.message[:300]} for e in errors[:50]]
-        )
-
-
-def pydantic_errors(exc: ValidationError) -> SchemaValidationError:
-    """Turn a pydantic ``ValidationError`` into a :class:`SchemaValidationError` (no input values echoed)."""
-    return SchemaValidationError(
-        [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors(include_input=False)[:50]]
-    )
-
-
-def loads_strict(text: str | bytes) -> Any:
-    """Parse JSON refusing ``NaN``/``Infinity``, which Python's ``json`` accepts but JSON does not.
-
-    Numbers too large for a double (``1e400``) still parse to infinity; the schemas' ``maximum`` refuses them.
-
-    Raises:
-        SchemaValidationError: For the non-standard constants.
-        ValueError: For text that is not JSON (``json.JSONDecodeError``).
-    """
-
-    def _reject(constant: str) -> Any:
-        raise SchemaValidationError([{"path": "", "message": f"{constant} is not valid JSON"}])
-
-    return json.loads(text, parse_constant=_reject)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,20 +155,6 @@ class LifecycleRunRequest(_Model):
     @classmethod
     def _uuid(cls, value: str) -> str:
         return canonical_account_id(value)
-
-
-def parse_run_request(payload: Any) -> LifecycleRunRequest:
-    """Validate a decoded request body against ``lifecycle_run.schema.json`` and parse it.
-
-    Raises:
-        SchemaValidationError: When the body does not match the schema, or (e.g.) a report period ends before
-            it starts.
-    """
-    validate_json("lifecycle_run.schema.json", payload)
-    try:
-        return LifecycleRunRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise pydantic_errors(exc) from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -522,7 +339,7 @@ StageOutput = Annotated[
 
 
 class KpiAggregate(_Model):
-    """Telemetry of one KPI over a period, as :func:`quantapilot.telemetry.kpi_aggregates` computes it."""
+    """Telemetry of one KPI over a period, as :func:`quantapilot.lifecycle.telemetry.kpi_aggregates` computes it."""
 
     kpi: str
     mean: Finite

@@ -21,19 +21,19 @@ from sqlmodel import Session, func, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.lifecycle_models import (
+from api.app import create_app
+from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
+from api.runs import new_run_id, workflow_id_for
+from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.lifecycle.contracts import (
     TELEMETRY_SIGNAL,
     AccountRealizationStatus,
     TelemetryIngested,
     account_workflow_id,
 )
-from api.app import create_app
-from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from api.runs import new_run_id, workflow_id_for
-from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.settings import Settings
-from quantapilot.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
 from tests.drills.helpers import assert_whole_logs

@@ -16,9 +16,9 @@ from quantapilot.lifecycle.agents import (
     TargetAgent,
     load_agents,
     make_result,
-    match_persona,
     run_agent,
 )
+from quantapilot.lifecycle.agents.personas import match_persona
 from quantapilot.lifecycle.models import (
     ExpansionOutput,
     KpiAggregate,

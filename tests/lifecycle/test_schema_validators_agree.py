@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantapilot.lifecycle.models import _fast_validator, _validator
+from quantapilot.lifecycle.validation import _fast_validator, _validator
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
 EVENT: dict[str, Any] = {

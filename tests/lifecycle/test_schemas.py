@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
-from quantapilot.lifecycle.models import (
-    SchemaValidationError,
-    loads_strict,
-    parse_rfc3339,
-    parse_run_request,
-    validate_json,
-)
-from quantapilot.telemetry import parse_telemetry_payload
+from quantapilot.lifecycle.rfc3339 import parse_rfc3339
+from quantapilot.lifecycle.telemetry import parse_telemetry_payload
+from quantapilot.lifecycle.validation import SchemaValidationError, loads_strict, parse_run_request, validate_json
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
 RUN = "lifecycle_run.schema.json"

@@ -14,8 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from quantapilot.db import create_all, make_engine, session_scope
-from quantapilot.lifecycle.models import SchemaValidationError
-from quantapilot.telemetry import (
+from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
@@ -25,6 +24,7 @@ from quantapilot.telemetry import (
     parse_telemetry_payload,
     store_batch,
 )
+from quantapilot.lifecycle.validation import SchemaValidationError
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"
 OTHER = "0b5e8a52-7f0c-4f43-9a53-b3c2f7d0e111"

@@ -8,7 +8,7 @@ from sqlmodel import Session
 from temporalio.client import Client
 
 from api.runs import workflow_id_for
-from quantapilot.lifecycle_store import latest_approved_target, list_results
+from quantapilot.lifecycle.store import latest_approved_target, list_results
 from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from quantapilot.temporal import SA_ACCOUNT_ID, SA_STAGE, SA_WORKSPACE

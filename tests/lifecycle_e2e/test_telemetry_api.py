@@ -12,10 +12,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from activities.lifecycle_models import AccountRealizationStatus, account_workflow_id
 from quantapilot.db import make_engine
+from quantapilot.lifecycle.contracts import AccountRealizationStatus, account_workflow_id
+from quantapilot.lifecycle.telemetry import TelemetryEvent
 from quantapilot.settings import Settings
-from quantapilot.telemetry import TelemetryEvent
 from tests.dbfixtures import drop_postgres_database, new_postgres_database, require_postgres
 from tests.lifecycle_e2e.conftest import LcApiFactory
 from tests.lifecycle_e2e.helpers import KPI, account_events, approved_target, new_account, samples, wait_realization

@@ -31,18 +31,18 @@ from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailu
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.lifecycle_models import (
+from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
+from api.app import create_app
+from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.lifecycle.contracts import (
     TELEMETRY_SIGNAL,
     AccountRealizationStatus,
     TelemetryIngested,
     account_workflow_id,
 )
-from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
-from api.app import create_app
-from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.settings import Settings
-from quantapilot.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
 from tests.brokers import AMQP_URL, broker_reachable

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from activities.lifecycle_models import LifecycleRunInput
 from api.runs import workflow_id_for
+from quantapilot.lifecycle.contracts import LifecycleRunInput
 from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from activities.lifecycle_models import account_stream_id, account_workflow_id
 from api.app import create_app
 from api.runs import new_run_id
 from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.lifecycle.contracts import account_stream_id, account_workflow_id
 from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token

@@ -16,8 +16,8 @@ from temporalio.client import Client
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
+from quantapilot.lifecycle.telemetry import TelemetryEvent
 from quantapilot.settings import Settings
-from quantapilot.telemetry import TelemetryEvent
 from quantapilot.tokens import create_token
 from tests.lifecycle_e2e.helpers import KPI, approved_target, run_stage, wait_realization
 from tests.security.support import assert_envelope

@@ -11,16 +11,15 @@ gate; only approved targets drive realization. Other stages store ``completed`` 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, get_args
 
 from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.lifecycle.models import StageResult, TargetOutput, canonical_account_id
+from quantapilot.lifecycle.models import ResultStatus, StageResult, TargetOutput, canonical_account_id
 
-ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
-RESULT_STATUSES: tuple[str, ...] = ("completed", "pending_approval", "approved", "rejected")
+RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 
 
 class LifecycleResultRecord(SQLModel, table=True):

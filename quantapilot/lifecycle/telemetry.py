@@ -23,14 +23,9 @@ from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.lifecycle.models import (
-    KpiAggregate,
-    SchemaValidationError,
-    canonical_account_id,
-    parse_rfc3339,
-    pydantic_errors,
-    validate_json,
-)
+from quantapilot.lifecycle.models import KPI_PATTERN, KpiAggregate, canonical_account_id
+from quantapilot.lifecycle.rfc3339 import parse_rfc3339
+from quantapilot.lifecycle.validation import SchemaValidationError, pydantic_errors, validate_json
 
 TELEMETRY_SCHEMA = "telemetry.schema.json"
 MAX_BATCH = 1000
@@ -92,7 +87,7 @@ class TelemetryIn(BaseModel):
 
     id: str | None = Field(default=None, pattern=EVENT_ID_PATTERN)
     account_id: str = Field(alias="accountId")
-    kpi: str = Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")
+    kpi: str = Field(pattern=KPI_PATTERN)
     value: float = Field(allow_inf_nan=False)
     timestamp: datetime
     unit: str | None = Field(default=None, max_length=32)

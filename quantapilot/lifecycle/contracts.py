@@ -1,7 +1,8 @@
-"""Lifecycle activity names, workflow inputs and the models crossing between workflows and activities.
+"""Temporal contracts of the lifecycle: activity and workflow names, their inputs and outputs, page naming.
 
 Workflows import this module (never :mod:`activities.lifecycle`), so everything here is plain data and pure
-functions.
+functions. The names and field shapes are recorded in workflow histories (``tests/replay``): renaming one
+breaks the replay of running workflows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from quantapilot.lifecycle.models import (
     OpportunityOutput,
     RealizationOutput,
     ReportPeriod,
+    ResultStatus,
     Stage,
     StageResult,
     TargetOutput,
@@ -35,7 +37,6 @@ DOCS_PROJECT = "accounts"
 # Results and pages of a lifecycle account: docs version "1.0.<seq>" sorts as semver, newest last.
 VERSION_PREFIX = "1.0."
 
-ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
 PageStatus = Literal["draft", "published", "archived"]
 
 
