@@ -615,9 +615,9 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         _stop(procs)
 
 
-from quantapilot.cli_secrets import secrets  # noqa: E402 - command groups of other modules register last
-from quantapilot.cli_temporal import temporal  # noqa: E402
-from quantapilot.cli_webhooks import webhooks  # noqa: E402
+from quantapilot.cli.secrets import secrets  # noqa: E402 - command groups of other modules register last
+from quantapilot.cli.temporal import temporal  # noqa: E402
+from quantapilot.cli.webhooks import webhooks  # noqa: E402
 
 main.add_command(secrets)
 main.add_command(temporal)
