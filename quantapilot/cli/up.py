@@ -36,7 +36,7 @@ def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[byte
 
 
 def _log(line: str) -> None:
-    err_console.print(f"qp up: {line}", highlight=False, soft_wrap=True)
+    err_console.print(f"qp up: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @click.command()
