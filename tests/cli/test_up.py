@@ -299,7 +299,23 @@ async def test_cli_up_restarts_a_killed_worker_and_api_and_stops_leaving_no_proc
             # One line per death, and the stack never stopped for them.
             assert "".join(lines).count("qp up: ") == 2, "".join(lines)
             assert proc.poll() is None
-        assert child_running(proc.pid, "server start-dev") is not None  # the dev server, under the same supervisor
+
+            # The dev server dies too: restarted on its database file, it still has the run and takes a new one.
+            await killed_and_restarted("server start-dev", "temporal")
+            assert (await state_of(run_id))["state"] == "completed"
+            started = subprocess.run(
+                [QP, "run", "--repo", url, "--branch", "main", "--json"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            second = json.loads(started.stdout)["run_id"]
+            await eventually(
+                lambda: state_of(second), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
+            )
+            assert proc.poll() is None
         everything.update(descendants(proc.pid))
     finally:
         # SIGTERM, as a service manager stops it: the same orderly stop as Ctrl-C.
