@@ -109,7 +109,7 @@ class Supervisor:
             env: Environment of every child.
             log: Where the one line per death goes.
             backoff: Restart delays; the defaults of :class:`Backoff` when None.
-            clock: Monotonic seconds (tests pass their own).
+            clock: Monotonic seconds for the restart delays (tests pass their own).
         """
         self._env = dict(env)
         self._log = log
@@ -209,9 +209,10 @@ class Supervisor:
             for proc in running:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
-            deadline = self._clock() + timeout_s
+            # Real time here, whatever the clock of the backoff: a stop must end.
+            deadline = time.monotonic() + timeout_s
             for proc in running:
-                while proc.poll() is None and not self._hurry and self._clock() < deadline:
+                while proc.poll() is None and not self._hurry and time.monotonic() < deadline:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=0.1)
                 if proc.poll() is None:
