@@ -1,4 +1,5 @@
-"""`qp up` starts the whole stack (dev server with Web UI, worker, API); the CLI drives runs; SIGINT stops everything."""
+"""`qp up` starts the whole stack (dev server with Web UI, worker, API); the CLI drives runs; a process that dies is
+restarted; SIGINT or SIGTERM stops everything."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli.procs import Process, child_running, descendants, running
 from tests.cli.terminal import run_in_terminal
 from tests.support import eventually, make_remote
 
@@ -216,3 +218,152 @@ async def test_cli_up_runs_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> No
         timeout=20,
         what="ports closed",
     )
+
+
+def _start_up(
+    tmp_path: Path, task_queue: str
+) -> tuple[subprocess.Popen[str], dict[str, str], int, int, list[str], threading.Thread]:
+    """`qp up` on free ports, its output (stdout and stderr) collected line by line in the background."""
+    api_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "QP_STATE_DIR": str(tmp_path / "state"),
+        "QP_API_PORT": str(api_port),
+        "QP_ALLOWED_REPO_PATTERNS": '["file://*"]',
+        "QP_TASK_QUEUE": task_queue,
+    }
+    env.pop("QP_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [QP, "up", "--headless", "--temporal-port", str(temporal_port), "--ui-port", str(ui_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, env, api_port, temporal_port, lines, reader
+
+
+@pytest.mark.slow
+async def test_cli_up_restarts_a_killed_worker_and_api_and_stops_leaving_no_process(tmp_path: Path) -> None:
+    proc, env, api_port, temporal_port, lines, reader = _start_up(tmp_path, "qp-up-restart-test")
+    base = f"http://127.0.0.1:{api_port}"
+    cli_env = {**env, "QP_API_URL": base}
+    everything: set[Process] = set()
+    try:
+
+        async def output() -> str:
+            return "".join(lines)
+
+        banner = await eventually(output, lambda out: "API token" in out or proc.poll() is not None, timeout=90)
+        assert "API token" in banner, banner
+        token = next(line.split(":", 1)[1].strip() for line in banner.splitlines() if line.startswith("API token"))
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+
+            async def ready() -> int:
+                try:
+                    async with http.get(f"{base}/readyz") as resp:
+                        return resp.status
+                except aiohttp.ClientError:
+                    return 0
+
+            async def state_of(run_id: str) -> dict:
+                async with http.get(f"{base}/v1/runs/{run_id}") as resp:
+                    return await resp.json()
+
+            async def child(marker: str) -> int | None:
+                return child_running(proc.pid, marker)
+
+            async def killed_and_restarted(marker: str, name: str) -> int:
+                """SIGKILL the stack's process, see the supervisor's line and a new process in its place."""
+                pid = await eventually(lambda: child(marker), lambda p: p is not None, what=name)
+                assert pid is not None
+                everything.update(descendants(proc.pid))
+                os.kill(pid, signal.SIGKILL)
+                logged = f"qp up: {name} (pid {pid}) exited with code -9 (SIGKILL); restart in 1 s"
+                await eventually(output, lambda out: logged in out, timeout=30, what=f"{name} death logged")
+                new = await eventually(lambda: child(marker), lambda p: p not in (None, pid), what=f"new {name}")
+                assert new is not None
+                return new
+
+            await eventually(ready, lambda s: s == 200, timeout=30, what="readyz")
+            url = make_remote(tmp_path, {"README.md": "# restart test\n"})
+
+            # The worker dies: the API keeps answering, the new worker takes the next run to its gate.
+            await killed_and_restarted("-m worker", "worker")
+            assert await ready() == 200
+            started = subprocess.run(
+                [QP, "run", "--repo", url, "--branch", "main", "--json"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            run_id = json.loads(started.stdout)["run_id"]
+            await eventually(
+                lambda: state_of(run_id), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
+            )
+
+            # The API dies: a new one serves /readyz and takes the decision; the run completes.
+            await killed_and_restarted("-m api", "api")
+            await eventually(ready, lambda s: s == 200, timeout=60, what="readyz after the API's restart")
+            approved = subprocess.run(
+                [QP, "approve", run_id, "anchor", "--reason", "after restarts"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert approved.returncode == 0, approved.stdout + approved.stderr
+            await eventually(
+                lambda: state_of(run_id), lambda s: s["state"] == "completed", timeout=60, what="completed"
+            )
+            # One line per death, and the stack never stopped for them.
+            assert "".join(lines).count("qp up: ") == 2, "".join(lines)
+            assert proc.poll() is None
+
+            # The dev server dies too: restarted on its database file, it still has the run and takes a new one.
+            await killed_and_restarted("server start-dev", "temporal")
+            assert (await state_of(run_id))["state"] == "completed"
+            started = subprocess.run(
+                [QP, "run", "--repo", url, "--branch", "main", "--json"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            second = json.loads(started.stdout)["run_id"]
+            await eventually(
+                lambda: state_of(second), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
+            )
+            assert proc.poll() is None
+        everything.update(descendants(proc.pid))
+    finally:
+        # SIGTERM, as a service manager stops it: the same orderly stop as Ctrl-C.
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 40)
+        await asyncio.to_thread(reader.join, 10)
+        if proc.stdout:
+            proc.stdout.close()
+    assert code == 0, "".join(lines)
+    assert "stopping..." in "".join(lines)
+    # Nothing it started outlives it: not the dev server, worker or API, nor anything they started.
+    assert len(everything) >= 3
+    left = await eventually(
+        lambda: asyncio.to_thread(lambda: [p for p in everything if running(p)]),
+        lambda procs: procs == [],
+        timeout=10,
+        what="no process left",
+    )
+    assert left == []
+    assert not port_open(api_port) and not port_open(temporal_port)

@@ -1,0 +1,127 @@
+"""How the CLI shows a run: its status as a summary, and the live view of ``--follow``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.table import Table
+
+from quantapilot.cli.client import ApiClient, console
+
+# Exit status of --follow by final state; 2 stays click's usage error.
+FOLLOW_EXIT = {"completed": 0, "failed": 1, "cancelled": 3}
+FINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled"}
+
+
+def print_status(status: dict[str, Any], as_json: bool) -> None:
+    """Print a run's status: JSON, or a line with its state and step, its gates and its milestones."""
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    console.print(
+        f"[bold]{status['run_id']}[/bold]  state=[cyan]{status['state']}[/cyan]  step={status.get('current_step')}"
+    )
+    if status.get("error"):
+        console.print(f"[red]{status['error']['code']}[/red]: {status['error']['message']}")
+    if status.get("gates"):
+        table = Table("gate", "status", "decided by", "reason")
+        for gate in status["gates"]:
+            table.add_row(gate["name"], gate["status"], gate.get("decided_by") or "", gate.get("reason") or "")
+        console.print(table)
+        for gate in status["gates"]:
+            if gate["status"] == "pending":
+                console.print(f"approve with: qp approve {status['run_id']} {gate['name']} --reason '...'")
+    for milestone in status.get("milestones", []):
+        console.print(f"  milestone {milestone['id']} {milestone['status']}: {milestone['title']}")
+
+
+def _describe_event(event: dict[str, Any]) -> str:
+    data = {k: v for k, v in event.get("data", {}).items() if k != "run_id"}
+    detail = " ".join(f"{k}={v}" for k, v in data.items() if v is not None)
+    return f"{event['created_at'][11:19]} #{event['seq']:<3} {event['type']:<24} {detail}".rstrip()
+
+
+def _status_lines(status: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    """What changed between two polls, as lines for a person (steps, milestones, gates, state)."""
+    before = previous or {}
+    lines: list[str] = []
+    if status["state"] != before.get("state"):
+        lines.append(
+            f"state: [cyan]{status['state']}[/cyan]"
+            + (f" ({status['paused_reason']})" if status.get("paused_reason") else "")
+        )
+    if status.get("current_step") and status.get("current_step") != before.get("current_step"):
+        lines.append(f"step: {status['current_step']}")
+    milestones = status.get("milestones") or []
+    old = {m["id"]: m["status"] for m in before.get("milestones") or []}
+    for m in milestones:
+        if old.get(m["id"]) != m["status"]:
+            done = sum(x["status"] == "completed" for x in milestones)
+            lines.append(f"milestone {m['id']} {m['status']}: {m['title']}  [{done}/{len(milestones)} completed]")
+    was_pending = {g["name"] for g in before.get("gates") or [] if g["status"] == "pending"}
+    for gate in status.get("gates") or []:
+        if gate["status"] == "pending" and gate["name"] not in was_pending:
+            lines += [
+                f"[yellow]waiting at gate {gate['name']}[/yellow]: {gate['description']}",
+                f"  approve: qp approve {status['run_id']} {gate['name']} --reason '...'",
+                f"  reject:  qp reject {status['run_id']} {gate['name']} --reason '...'",
+            ]
+        elif gate["name"] in was_pending and gate["status"] != "pending":
+            lines.append(f"gate {gate['name']}: {gate['status']} by {gate.get('decided_by') or '-'}")
+    return lines
+
+
+def follow(client: ApiClient, run_id: str, *, as_json: bool, interval: float, after: int = 0) -> int:
+    """Poll the run's events and status until it ends; print what changes; return the exit status.
+
+    Args:
+        client: Client of the API.
+        run_id: The run to follow.
+        as_json: Print JSON lines tagged event/status/final instead of lines for a person.
+        interval: Seconds between polls.
+        after: Only events after this sequence number.
+
+    Returns:
+        0 completed, 1 failed, 3 cancelled, 130 interrupted (Ctrl-C).
+    """
+    previous: dict[str, Any] | None = None
+    final_seen = False
+    ended_at: float | None = None
+    try:
+        while True:
+            page = client.call("GET", f"/v1/runs/{run_id}/events?after={after}")
+            for event in page["events"]:
+                final_seen = final_seen or event["type"] in FINAL_EVENTS
+                if as_json:
+                    click.echo(json.dumps({"kind": "event", "event": event}))
+                else:
+                    # soft_wrap: a piped live view keeps one line per event instead of wrapping at 80 columns.
+                    console.print(_describe_event(event), highlight=False, soft_wrap=True)
+            after = page["next_after"]
+            status = client.call("GET", f"/v1/runs/{run_id}")
+            if as_json:
+                if previous is None or {k: v for k, v in status.items() if k != "updated_at"} != {
+                    k: v for k, v in previous.items() if k != "updated_at"
+                }:
+                    click.echo(json.dumps({"kind": "status", "status": status}))
+            else:
+                for line in _status_lines(status, previous):
+                    console.print(line, highlight=False, soft_wrap=True)
+            previous = status
+            if status["state"] in FOLLOW_EXIT:
+                # The state turns final a moment before the last event is stored: wait for it, briefly.
+                ended_at = ended_at or time.monotonic()
+                if final_seen or time.monotonic() - ended_at > 10:
+                    break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 130
+    code = FOLLOW_EXIT[status["state"]]
+    if as_json:
+        click.echo(json.dumps({"kind": "final", "state": status["state"], "exit_code": code, "status": status}))
+    else:
+        print_status(status, False)
+    return code
