@@ -240,15 +240,7 @@ def _start_up(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    lines, reader = drain(proc)
     return proc, env, api_port, temporal_port, lines, reader
 
 
