@@ -11,17 +11,11 @@ from temporalio.client import Client
 
 from api import contract_routes, docs_routes, lifecycle_routes, metrics_routes
 from api.auth import TokenCache, auth_middleware
+from api.client_address import parse_networks
+from api.deadlines import body_deadline_middleware, handler_args
 from api.errors import error_middleware
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
-from api.ratelimit import (
-    RateLimiter,
-    anonymous_limit_middleware,
-    body_deadline_middleware,
-    handler_args,
-    parse_networks,
-    rate_limit_middleware,
-    rates_from,
-)
+from api.ratelimit import RateLimiter, anonymous_limit_middleware, rate_limit_middleware, rates_from
 from api.routes import routes, trigger_repo_run
 from api.webhook_routes import routes as webhook_routes
 from quantapilot.db import make_engine

@@ -1,4 +1,4 @@
-"""Abuse limits: token buckets per (token, route class) and per client address, and deadlines for slow clients.
+"""Abuse limits: token buckets per (token, route class) and per client address.
 
 Requests without a valid token are limited per client address (:func:`anonymous_limit_middleware`).
 
@@ -10,30 +10,23 @@ nothing and errs on the strict side when load is uneven (docs/SECURITY.md).
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from aiohttp import web
 
 from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
-from api.errors import TRACE_ID, error_response
+from api.client_address import IPNetwork, client_address
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Buckets kept before idle (full) ones are dropped; a bucket is a few dozen bytes.
 MAX_BUCKETS = 100_000
-#: Longest time an unread request body is drained after an early answer, in seconds.
-LINGER_MAX_S = 2.0
 #: Methods that only read.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -240,55 +233,6 @@ def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..
     return _limit
 
 
-def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
-    """Parse ``QP_TRUSTED_PROXIES`` (addresses or CIDR networks).
-
-    Raises:
-        ValueError: An entry that is neither.
-    """
-    networks: list[IPNetwork] = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"QP_TRUSTED_PROXIES: {value[:64]!r} is not an IP address or network") from None
-    return tuple(networks)
-
-
-def _ip(text: str | None) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address((text or "").strip())
-    except ValueError:
-        return None
-
-
-def client_address(request: web.Request, trusted: tuple[IPNetwork, ...] = ()) -> str:
-    """The client's address, as the key of its buckets.
-
-    It is the TCP peer's address. Only when the peer is a trusted proxy is ``X-Forwarded-For`` read, from the
-    right (the entries proxies appended) to the first address that is not itself a trusted proxy: everything left
-    of it was written by the client and proves nothing. IPv6 clients are keyed by their /64, which one host
-    usually owns whole.
-    """
-    address = _ip(request.remote)
-    if address is None:
-        return request.remote or "unknown"
-    if trusted and any(address in net for net in trusted):
-        hops = [hop for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
-        for hop in reversed(hops):
-            forwarded = _ip(hop)
-            if forwarded is None:
-                break  # a malformed entry: stop at the last proxy we trust
-            address = forwarded
-            if not any(forwarded in net for net in trusted):
-                break
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def anonymous_limit_middleware(
     limiter: RateLimiter, tokens: TokenCache, *, trusted_proxies: tuple[IPNetwork, ...] = ()
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -331,41 +275,3 @@ def anonymous_limit_middleware(
             raise
 
     return _anonymous
-
-
-def body_deadline_middleware(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Build the middleware that reads a request body within ``timeout_s`` seconds, else answers 408.
-
-    aiohttp waits for a body indefinitely; a client that sends its headers and then stalls would hold a handler
-    forever. Reading here caches the body on the request, so handlers' later ``read()`` calls return at once.
-    The body size limit still applies (aiohttp raises 413 while reading).
-    """
-
-    @web.middleware
-    async def _deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.can_read_body:
-            try:
-                await asyncio.wait_for(request.read(), timeout=timeout_s)
-            except TimeoutError:
-                message = f"request body not received within {timeout_s:g}s"
-                response = error_response(408, ErrorCode.REQUEST_TIMEOUT, message, request[TRACE_ID])
-                # The rest of the body may still arrive: the connection cannot carry another request.
-                response.force_close()
-                return response
-        return await handler(request)
-
-    return _deadline
-
-
-def handler_args(settings: Settings) -> dict[str, Any]:
-    """Request-handler options for aiohttp (``web.Application(handler_args=...)``), the same in tests and production.
-
-    ``keepalive_timeout`` starts when a connection opens, so a client that never completes its request head is
-    closed after it, as is an idle keep-alive connection. After an early answer (408, 413) aiohttp keeps reading
-    and discarding the unread body for ``lingering_time`` so the client sees the answer; a stalled client would
-    hold the connection that long, so it is bounded by the body deadline (and 2 s).
-    """
-    return {
-        "keepalive_timeout": settings.http_keepalive_s,
-        "lingering_time": min(LINGER_MAX_S, settings.http_body_timeout_s),
-    }
