@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from limits.aio.storage import memory
+from limits.errors import StorageError
 from sqlalchemy.engine import Engine
 
 import api.ratelimit
@@ -153,3 +156,38 @@ async def test_ratelimit_can_be_disabled(make_api: ApiFactory, settings: Setting
         resp = await api.client.get("/v1/runs/rr_" + "0" * 32, headers=api.headers())
         assert resp.status == 404
         assert "RateLimit-Limit" not in resp.headers
+
+
+async def test_ratelimit_storage_outage_fails_open_warns_once_and_recovers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = RateLimiter(rates_from(Settings(rate_reads_per_s=0.01, rate_reads_burst=1)))
+    strategy = limiter._strategy
+    real_hit = strategy.hit
+    state = {"down": True, "tries": 0}
+
+    async def hit(*args: Any, **kwargs: Any) -> bool:
+        state["tries"] += 1
+        if state["down"]:
+            raise StorageError(ConnectionError("connection refused"))
+        return await real_hit(*args, **kwargs)
+
+    monkeypatch.setattr(strategy, "hit", hit)
+    monotonic = Clock()
+    monkeypatch.setattr(api.ratelimit, "time", SimpleNamespace(time=time.time, monotonic=monotonic))
+    with caplog.at_level(logging.WARNING, logger="quantapilot.api"):
+        decisions = [await limiter.take("tok", RouteClass.READS) for _ in range(5)]
+        assert all(d.allowed and not d.counted and d.headers() == {} for d in decisions)
+        assert state["tries"] == 1  # within the probe interval the storage is not tried again
+        monotonic.now += api.ratelimit.PROBE_INTERVAL_S
+        assert (await limiter.take("tok", RouteClass.READS)).allowed
+        assert state["tries"] == 2  # the next probe, still refused
+        monotonic.now += api.ratelimit.PROBE_INTERVAL_S
+        state["down"] = False
+        assert (await limiter.take("tok", RouteClass.READS)).counted
+        assert not (await limiter.take("tok", RouteClass.READS)).allowed  # limits apply again
+        state["down"] = True
+        await limiter.take("tok", RouteClass.READS)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("storage unreachable" in m for m in messages) == 2  # once per outage, two outages
+    assert sum("reachable again" in m for m in messages) == 1
