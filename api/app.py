@@ -11,17 +11,11 @@ from temporalio.client import Client
 
 from api import contract_routes, docs_routes, lifecycle_routes, metrics_routes
 from api.auth import TokenCache, auth_middleware
+from api.client_address import parse_networks
+from api.deadlines import body_deadline_middleware, handler_args
 from api.errors import error_middleware
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
-from api.ratelimit import (
-    RateLimiter,
-    anonymous_limit_middleware,
-    body_deadline_middleware,
-    handler_args,
-    parse_networks,
-    rate_limit_middleware,
-    rates_from,
-)
+from api.ratelimit import RateLimiter, anonymous_limit_middleware, rate_limit_middleware, rates_from
 from api.routes import routes, trigger_repo_run
 from api.webhook_routes import routes as webhook_routes
 from quantapilot.db import make_engine
@@ -45,7 +39,8 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
 
     Raises:
         SecretKeyError: No usable secret key (in production one must be configured).
-        ValueError: ``QP_TRUSTED_PROXIES`` holds something that is not an address or network.
+        ValueError: ``QP_TRUSTED_PROXIES`` holds something that is not an address or network, or
+            ``QP_RATE_LIMIT_STORAGE_URI`` is not a Redis URL.
     """
     # First: a process without its key must not start (and must not have opened anything yet).
     keyring = load_keyring(settings)
@@ -54,7 +49,9 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     engine = engine or make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     tokens = TokenCache(engine, settings.token_cache_seconds)
     middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
-    limiter = RateLimiter(rates_from(settings))
+    limiter = RateLimiter(
+        rates_from(settings), storage_uri=settings.rate_limit_storage_uri, key_prefix=settings.rate_limit_key_prefix
+    )
     if settings.rate_limit_enabled:
         # Before authentication: requests without a valid token are limited per client address.
         middlewares.append(anonymous_limit_middleware(limiter, tokens, trusted_proxies=trusted_proxies))

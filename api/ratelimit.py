@@ -1,39 +1,48 @@
-"""Abuse limits: token buckets per (token, route class) and per client address, and deadlines for slow clients.
+"""Abuse limits per (token, route class) and per (client address, class), counted by the ``limits`` library.
 
-Requests without a valid token are limited per client address (:func:`anonymous_limit_middleware`).
+Requests without a valid token are limited per client address (:func:`anonymous_limit_middleware`), the others
+per token (:func:`rate_limit_middleware`).
 
-Each API process keeps its own buckets in memory and enforces ``rate / api_processes`` and
-``burst / api_processes`` (rounded up), so N processes behind one load balancer admit about the configured
-rate in total. Sharing buckets through the database would cost a write per request; the per-process split costs
-nothing and errs on the strict side when load is uneven (docs/SECURITY.md).
+Each class's rate and burst become a moving window: ``burst`` requests in any ``burst / rate`` seconds (rounded
+up to whole seconds, the granularity of ``limits``). Of the strategies ``limits`` offers it is the closest to the
+token buckets we had: the same burst, the same sustained rate, and an exact count (a fixed window admits twice the
+burst across a window boundary, a sliding-window counter only estimates). It differs in how capacity comes back:
+all of a request's slot at once when it leaves the window, not a trickle at ``rate``.
+
+The counters live in this process's memory, and each API process then enforces ``rate / api_processes``; or, with
+``QP_RATE_LIMIT_STORAGE_URI`` set, in Redis, shared by every API process, which enforce the whole rate. When Redis
+cannot be reached the limits fail open: requests are admitted, one warning is logged per outage and
+``qp_rate_limit_fail_open_total`` counts them (docs/DEPLOY.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from aiohttp import web
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 
 from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
-from api.errors import TRACE_ID, error_response
+from api.client_address import IPNetwork, client_address
 from quantapilot.errors import ApiError, ErrorCode
+from quantapilot.observability import RATE_LIMIT_FAIL_OPEN
 from quantapilot.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger("quantapilot.api")
 
-#: Buckets kept before idle (full) ones are dropped; a bucket is a few dozen bytes.
-MAX_BUCKETS = 100_000
-#: Longest time an unread request body is drained after an early answer, in seconds.
-LINGER_MAX_S = 2.0
+#: Seconds a Redis connection or command may take before the request is admitted without a limit.
+STORAGE_TIMEOUT_S = 0.5
+#: Seconds between attempts to reach the storage during an outage (requests in between are admitted at once).
+PROBE_INTERVAL_S = 1.0
 #: Methods that only read.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -78,15 +87,28 @@ def route_class(method: str, path: str, *, run_path: str = "/run") -> RouteClass
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """A token bucket's refill rate (per second) and capacity."""
+    """A class's sustained rate (requests per second) and burst (requests at once)."""
 
     per_second: float
     burst: int
 
+    @property
+    def window_s(self) -> int:
+        """The moving window holding ``burst`` requests: ``burst / per_second`` seconds, whole, rounded up.
+
+        Rounding up keeps the sustained rate at or below ``per_second``. The tiny tolerance keeps an exact quotient
+        computed with a rounding error (2.0000000001) from costing a whole second.
+        """
+        return max(1, math.ceil(self.burst / self.per_second - 1e-9))
+
 
 def rates_from(settings: Settings) -> dict[RouteClass, Rate]:
-    """This process's share of the configured rates (each divided by ``api_processes``)."""
-    n = settings.api_processes
+    """The rates this process enforces: the configured ones, each divided by ``api_processes``.
+
+    Counters shared through Redis (``rate_limit_storage_uri``) already see every process's requests, so then
+    nothing is divided.
+    """
+    n = 1 if settings.rate_limit_storage_uri else settings.api_processes
     configured = {
         RouteClass.READS: (settings.rate_reads_per_s, settings.rate_reads_burst),
         RouteClass.TRIGGERS: (settings.rate_triggers_per_s, settings.rate_triggers_burst),
@@ -107,13 +129,17 @@ class Decision:
     remaining: int
     reset_s: int
     retry_after_s: int
+    #: False when the storage could not be reached and the request was admitted uncounted.
+    counted: bool = True
 
     def headers(self) -> dict[str, str]:
-        """``RateLimit-*`` headers (and ``Retry-After`` when refused).
+        """``RateLimit-*`` headers (and ``Retry-After`` when refused); none for an uncounted request.
 
-        ``RateLimit-Reset`` is the whole seconds until the bucket is full again; ``Retry-After`` the whole
-        seconds until the next request is admitted. Both round up, so waiting that long always suffices.
+        ``RateLimit-Reset`` is the whole seconds until the oldest request counted in the window leaves it (one more
+        request fits); ``Retry-After`` the same when refused. Both round up, so waiting that long always suffices.
         """
+        if not self.counted:
+            return {}  # numbers we do not know are better left out than made up
         headers = {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
@@ -124,73 +150,124 @@ class Decision:
         return headers
 
 
-class RateLimiter:
-    """In-memory token buckets keyed by (token id, route class).
+def _storage(uri: str | None, key_prefix: str) -> Storage:
+    """The counters' storage: this process's memory, or the Redis at ``uri``.
 
-    Not thread-safe: it is used from the event loop only, and :meth:`take` never awaits, so each call is atomic.
+    Raises:
+        ValueError: ``uri`` is not a ``redis://``, ``rediss://`` or ``redis+unix://`` URL.
+    """
+    if not uri:
+        return MemoryStorage()
+    if not uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        raise ValueError("QP_RATE_LIMIT_STORAGE_URI: expected a redis://, rediss:// or redis+unix:// URL")
+    # wrap_exceptions: every failure of the client arrives as one StorageError, which fails open below.
+    return RedisStorage(
+        "async+" + uri,
+        key_prefix=key_prefix,
+        wrap_exceptions=True,
+        connect_timeout=STORAGE_TIMEOUT_S,
+        stream_timeout=STORAGE_TIMEOUT_S,
+    )
+
+
+class RateLimiter:
+    """Moving-window limits keyed by (key, route class): a token id, or a client address.
 
     Args:
         rates: Rate per class.
-        clock: Monotonic clock in seconds (a parameter so tests can drive time).
+        storage_uri: A Redis URL whose counters every API process shares; None keeps them in this process.
+        key_prefix: Prefix of the counters' keys in Redis.
+
+    Raises:
+        ValueError: ``storage_uri`` is not a Redis URL.
     """
 
-    def __init__(self, rates: dict[RouteClass, Rate], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rates: dict[RouteClass, Rate], *, storage_uri: str | None = None, key_prefix: str = "qp_rate"
+    ) -> None:
         self._rates = rates
-        self._clock = clock
-        # key -> (tokens available, time of that count)
-        self._buckets: dict[tuple[str, RouteClass], tuple[float, float]] = {}
+        self._items = {
+            cls: RateLimitItemPerSecond(rate.burst, rate.window_s, namespace=cls.value) for cls, rate in rates.items()
+        }
+        self._strategy = MovingWindowRateLimiter(_storage(storage_uri, key_prefix))
+        # During an outage the storage is tried again at most once per PROBE_INTERVAL_S, so a Redis that times
+        # out does not add its timeout to every request.
+        self._outage = False
+        self._next_probe = 0.0
 
     def rate(self, cls: RouteClass) -> Rate:
         """The rate enforced for ``cls``."""
         return self._rates[cls]
 
-    def take(self, key: str, cls: RouteClass) -> Decision:
-        """Spend one token of ``key``'s bucket for ``cls`` if there is one.
+    async def take(self, key: str, cls: RouteClass) -> Decision:
+        """Count one request of ``key`` in its window for ``cls`` if it fits.
 
         Args:
-            key: Whose bucket (the token id).
+            key: Whose window (the token id, or the client address).
             cls: Route class.
 
         Returns:
             Whether the request is admitted, with the numbers for the response headers.
         """
-        rate = self._rates[cls]
-        now = self._clock()
-        tokens, then = self._buckets.get((key, cls), (float(rate.burst), now))
-        tokens = min(float(rate.burst), tokens + (now - then) * rate.per_second)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        if len(self._buckets) >= MAX_BUCKETS and (key, cls) not in self._buckets:
-            self._evict(now)
-        self._buckets[(key, cls)] = (tokens, now)
+        rate, item = self._rates[cls], self._items[cls]
+        if self._skipping():
+            return self._uncounted(rate)
+        try:
+            allowed = await self._strategy.hit(item, key)
+            stats = await self._strategy.get_window_stats(item, key)
+        except StorageError as exc:
+            self._failed(exc)
+            return self._uncounted(rate)
+        self._reached()
+        wait_s = max(0, math.ceil(stats.reset_time - time.time()))
         return Decision(
             allowed=allowed,
             limit=rate.burst,
-            remaining=int(tokens),
-            reset_s=math.ceil((rate.burst - tokens) / rate.per_second),
-            retry_after_s=0 if allowed else max(1, math.ceil((1.0 - tokens) / rate.per_second)),
+            remaining=max(0, stats.remaining),
+            reset_s=wait_s,
+            retry_after_s=0 if allowed else max(1, wait_s),
         )
 
-    def admits(self, key: str, cls: RouteClass) -> bool:
-        """Tell whether :meth:`take` would admit a request now, without spending anything."""
-        rate = self._rates[cls]
-        now = self._clock()
-        tokens, then = self._buckets.get((key, cls), (float(rate.burst), now))
-        return min(float(rate.burst), tokens + (now - then) * rate.per_second) >= 1.0
+    async def admits(self, key: str, cls: RouteClass) -> bool:
+        """Tell whether :meth:`take` would admit a request now, without counting anything."""
+        if self._skipping():
+            return True
+        try:
+            admitted = await self._strategy.test(self._items[cls], key)
+        except StorageError as exc:
+            self._failed(exc)
+            return True
+        self._reached()
+        return admitted
 
-    def _evict(self, now: float) -> None:
-        """Drop buckets that have refilled completely: forgetting them changes nothing."""
-        full = [
-            key
-            for key, (tokens, then) in self._buckets.items()
-            if tokens + (now - then) * self._rates[key[1]].per_second >= self._rates[key[1]].burst
-        ]
-        for key in full:
-            del self._buckets[key]
-        if len(self._buckets) >= MAX_BUCKETS:
-            # Every bucket is busy: a flood of tokens. Start afresh rather than grow without bound.
-            self._buckets.clear()
+    def _uncounted(self, rate: Rate) -> Decision:
+        RATE_LIMIT_FAIL_OPEN.inc()
+        return Decision(allowed=True, limit=rate.burst, remaining=rate.burst, reset_s=0, retry_after_s=0, counted=False)
+
+    def _skipping(self) -> bool:
+        """During an outage: whether to admit without trying the storage (it was tried less than a probe ago)."""
+        if not self._outage:
+            return False
+        now = time.monotonic()
+        if now < self._next_probe:
+            return True
+        self._next_probe = now + PROBE_INTERVAL_S
+        return False
+
+    def _failed(self, exc: StorageError) -> None:
+        if not self._outage:
+            # Once per outage: a warning per request would bury the logs exactly when they matter.
+            log.warning(
+                "rate-limit storage unreachable, admitting requests without limits until it is back: %s",
+                exc.storage_error,
+            )
+        self._outage = True
+        self._next_probe = time.monotonic() + PROBE_INTERVAL_S
+
+    def _reached(self) -> None:
+        if self._outage:
+            log.warning("rate-limit storage reachable again, limits apply")
+            self._outage = False
 
 
 def _canonical(request: web.Request) -> str:
@@ -206,7 +283,7 @@ def _with_headers(exc: Exception, headers: dict[str, str]) -> None:
 
 
 def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Build the middleware that spends a token per authenticated request (placed after authentication).
+    """Build the middleware that counts each authenticated request in its token's window (after authentication).
 
     Requests without a principal (public paths) are not limited here: they serve static, cached content.
     """
@@ -217,7 +294,7 @@ def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..
         if principal is None:
             return await handler(request)
         cls = route_class(request.method, _canonical(request), run_path=run_path)
-        decision = limiter.take(principal.token_id, cls)
+        decision = await limiter.take(principal.token_id, cls)
         headers = decision.headers()
         if not decision.allowed:
             raise ApiError(
@@ -240,62 +317,13 @@ def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..
     return _limit
 
 
-def parse_networks(values: list[str]) -> tuple[IPNetwork, ...]:
-    """Parse ``QP_TRUSTED_PROXIES`` (addresses or CIDR networks).
-
-    Raises:
-        ValueError: An entry that is neither.
-    """
-    networks: list[IPNetwork] = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"QP_TRUSTED_PROXIES: {value[:64]!r} is not an IP address or network") from None
-    return tuple(networks)
-
-
-def _ip(text: str | None) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address((text or "").strip())
-    except ValueError:
-        return None
-
-
-def client_address(request: web.Request, trusted: tuple[IPNetwork, ...] = ()) -> str:
-    """The client's address, as the key of its buckets.
-
-    It is the TCP peer's address. Only when the peer is a trusted proxy is ``X-Forwarded-For`` read, from the
-    right (the entries proxies appended) to the first address that is not itself a trusted proxy: everything left
-    of it was written by the client and proves nothing. IPv6 clients are keyed by their /64, which one host
-    usually owns whole.
-    """
-    address = _ip(request.remote)
-    if address is None:
-        return request.remote or "unknown"
-    if trusted and any(address in net for net in trusted):
-        hops = [hop for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")]
-        for hop in reversed(hops):
-            forwarded = _ip(hop)
-            if forwarded is None:
-                break  # a malformed entry: stop at the last proxy we trust
-            address = forwarded
-            if not any(forwarded in net for net in trusted):
-                break
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
 def anonymous_limit_middleware(
     limiter: RateLimiter, tokens: TokenCache, *, trusted_proxies: tuple[IPNetwork, ...] = ()
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Build the middleware that limits requests without a valid token per client address (placed before auth).
 
-    A public endpoint spends from the address's ``public`` bucket. Elsewhere only a failed authentication (401)
-    spends, from its ``unauthenticated`` bucket; once that is empty, the address's requests answer 429 before any
+    A public endpoint counts in the address's ``public`` window. Elsewhere only a failed authentication (401)
+    counts, in its ``unauthenticated`` window; once that is full, the address's requests answer 429 before any
     token lookup, unless their token was verified recently (so one client's flood costs no database work and does
     not lock out a valid token behind the same address).
     """
@@ -313,59 +341,21 @@ def anonymous_limit_middleware(
     async def _anonymous(request: web.Request, handler: Handler) -> web.StreamResponse:
         address = client_address(request, trusted_proxies)
         if request.path in PUBLIC_PATHS:
-            decision = limiter.take(address, RouteClass.PUBLIC)
+            decision = await limiter.take(address, RouteClass.PUBLIC)
             if not decision.allowed:
                 raise _refuse(RouteClass.PUBLIC, decision)
             return await handler(request)
         cls = RouteClass.UNAUTHENTICATED
-        if not limiter.admits(address, cls):
+        if not await limiter.admits(address, cls):
             token = bearer_token(request)
             if token is None or tokens.verified(token) is None:
-                raise _refuse(cls, limiter.take(address, cls))
+                raise _refuse(cls, await limiter.take(address, cls))
         try:
             return await handler(request)
         except AuthenticationFailed:
-            decision = limiter.take(address, cls)
+            decision = await limiter.take(address, cls)
             if not decision.allowed:
                 raise _refuse(cls, decision) from None
             raise
 
     return _anonymous
-
-
-def body_deadline_middleware(timeout_s: float) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Build the middleware that reads a request body within ``timeout_s`` seconds, else answers 408.
-
-    aiohttp waits for a body indefinitely; a client that sends its headers and then stalls would hold a handler
-    forever. Reading here caches the body on the request, so handlers' later ``read()`` calls return at once.
-    The body size limit still applies (aiohttp raises 413 while reading).
-    """
-
-    @web.middleware
-    async def _deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.can_read_body:
-            try:
-                await asyncio.wait_for(request.read(), timeout=timeout_s)
-            except TimeoutError:
-                message = f"request body not received within {timeout_s:g}s"
-                response = error_response(408, ErrorCode.REQUEST_TIMEOUT, message, request[TRACE_ID])
-                # The rest of the body may still arrive: the connection cannot carry another request.
-                response.force_close()
-                return response
-        return await handler(request)
-
-    return _deadline
-
-
-def handler_args(settings: Settings) -> dict[str, Any]:
-    """Request-handler options for aiohttp (``web.Application(handler_args=...)``), the same in tests and production.
-
-    ``keepalive_timeout`` starts when a connection opens, so a client that never completes its request head is
-    closed after it, as is an idle keep-alive connection. After an early answer (408, 413) aiohttp keeps reading
-    and discarding the unread body for ``lingering_time`` so the client sees the answer; a stalled client would
-    hold the connection that long, so it is bounded by the body deadline (and 2 s).
-    """
-    return {
-        "keepalive_timeout": settings.http_keepalive_s,
-        "lingering_time": min(LINGER_MAX_S, settings.http_body_timeout_s),
-    }

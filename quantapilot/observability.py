@@ -56,6 +56,10 @@ GATE_WAIT = Histogram(
 )
 WEBHOOK_DELIVERIES = Counter("qp_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
 TELEMETRY_ACCEPTED = Counter("qp_telemetry_events_accepted_total", "Telemetry events accepted")
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "qp_rate_limit_fail_open_total",
+    "API requests admitted without a rate-limit check: the limits' Redis was unreachable",
+)
 
 
 # ----- context -----------------------------------------------------------------------------------------------------

@@ -73,8 +73,15 @@ class Settings(BaseSettings):
     # A request body must arrive completely within this many seconds, else 408 and the connection closes.
     http_body_timeout_s: float = Field(default=30.0, gt=0)
 
-    # Rate limits per token and route class (docs/SECURITY.md); each API process enforces rate/api_processes.
+    # Rate limits per token and route class (docs/SECURITY.md); each API process enforces rate/api_processes,
+    # unless the counters are shared through Redis (below).
     rate_limit_enabled: bool = True
+    # Where the rate-limit counters live: unset, in each API process's memory; a Redis URL (redis://host:6379/0,
+    # rediss://... for TLS) shares them between every API process using it, which then enforce the whole rate.
+    # Unreachable Redis: requests are admitted (fail open), with a warning per outage (docs/DEPLOY.md).
+    rate_limit_storage_uri: str | None = Field(default=None, repr=False)
+    # Prefix of the counters' keys in that Redis: one per deployment sharing a Redis server.
+    rate_limit_key_prefix: str = Field(default="qp_rate", min_length=1)
     api_processes: int = Field(default=1, ge=1)
     rate_reads_per_s: float = Field(default=50.0, gt=0)
     rate_reads_burst: int = Field(default=100, ge=1)
