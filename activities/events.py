@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from activities.models import RECORD_EVENT
 from activities.webhooks import (
     PendingDelivery,
     envelope_of_record,
@@ -30,6 +29,7 @@ from activities.webhooks import (
 from quantapilot.db import RunEvent
 from quantapilot.models import EventRecord
 from quantapilot.observability import GATE_WAIT, RUN_EVENTS, RUNS
+from quantapilot.runs.contracts import RECORD_EVENT
 from quantapilot.settings import Settings
 
 

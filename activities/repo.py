@@ -28,25 +28,6 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.models import (
-    CLEANUP_WORKTREE,
-    CLONE_REPOSITORY,
-    GENERATE_DOCUMENTATION,
-    LOAD_RUN_CONFIG,
-    MERGE_PULL_REQUEST,
-    OPEN_PULL_REQUEST,
-    RUN_MILESTONE,
-    CloneResult,
-    DocsInput,
-    DocsResult,
-    LoadConfigInput,
-    MergePullRequestInput,
-    MilestoneInput,
-    MilestoneResult,
-    OpenPullRequestInput,
-    PullRequestResult,
-    RepoRef,
-)
 from quantapilot.config import (
     MAX_CONFIG_BYTES,
     ConfigError,
@@ -71,6 +52,25 @@ from quantapilot.repofiles import (
     normalise_path,
     open_repo_files,
     write_file,
+)
+from quantapilot.runs.contracts import (
+    CLEANUP_WORKTREE,
+    CLONE_REPOSITORY,
+    GENERATE_DOCUMENTATION,
+    LOAD_RUN_CONFIG,
+    MERGE_PULL_REQUEST,
+    OPEN_PULL_REQUEST,
+    RUN_MILESTONE,
+    CloneResult,
+    DocsInput,
+    DocsResult,
+    LoadConfigInput,
+    MergePullRequestInput,
+    MilestoneInput,
+    MilestoneResult,
+    OpenPullRequestInput,
+    PullRequestResult,
+    RepoRef,
 )
 from quantapilot.sandbox import (
     Launch,

@@ -34,6 +34,26 @@ class RunState(StrEnum):
 
 TERMINAL_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
 
+
+class GateStatus(StrEnum):
+    """Where a gate stands: pending until a person decides, or the run gave up waiting."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+
+class MilestoneStatus(StrEnum):
+    """Where a milestone of a repository run stands."""
+
+    PLANNED = "planned"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
 DecisionSource = Literal["api", "cli", "signal"]
 
 
@@ -120,7 +140,7 @@ class GateRecord(_Model):
 
     name: str
     description: str = ""
-    status: Literal["pending", "approved", "rejected", "timed_out"] = "pending"
+    status: GateStatus = GateStatus.PENDING
     requested_at: datetime
     decided_at: datetime | None = None
     decided_by: str | None = None
@@ -132,9 +152,9 @@ class GateRecord(_Model):
     @property
     def approved(self) -> bool | None:
         """True/False once decided, None while pending or timed out."""
-        if self.status == "approved":
+        if self.status == GateStatus.APPROVED:
             return True
-        if self.status == "rejected":
+        if self.status == GateStatus.REJECTED:
             return False
         return None
 
@@ -156,7 +176,7 @@ class MilestoneRecord(_Model):
 
     id: str
     title: str
-    status: Literal["planned", "active", "completed", "cancelled", "failed"] = "planned"
+    status: MilestoneStatus = MilestoneStatus.PLANNED
     gate: str | None = None
     branch: str | None = None
     pr_number: int | None = None

@@ -15,10 +15,10 @@ from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_a
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
     from quantapilot.models import (
-        TERMINAL_STATES,
         BudgetInput,
         GateDecisionInput,
         GateRecord,
+        GateStatus,
         PauseInput,
         ResumeInput,
         RunError,
@@ -94,14 +94,14 @@ class RunWorkflowBase:
             return self._terminal
         if self._paused:
             return RunState.PAUSED
-        if any(g.status == "pending" for g in self._gates.values()):
+        if any(g.status == GateStatus.PENDING for g in self._gates.values()):
             return RunState.WAITING_FOR_GATE
         return RunState.RUNNING
 
     def _touch(self) -> None:
         """Record a state change: timestamps and the search attributes operators filter on."""
         self._updated_at = workflow.now()
-        pending = next((g.name for g in self._gates.values() if g.status == "pending"), "")
+        pending = next((g.name for g in self._gates.values() if g.status == GateStatus.PENDING), "")
         current = (self._state.value, pending)
         if current != self._sa_state:
             self._sa_state = current
@@ -123,7 +123,7 @@ class RunWorkflowBase:
         if self._gates:
             lines += ["", "| gate | status | decided by |", "| --- | --- | --- |"]
             lines += [f"| {g.name} | {g.status} | {g.decided_by or ''} |" for g in self._gates.values()]
-        for gate in (g for g in self._gates.values() if g.status == "pending"):
+        for gate in (g for g in self._gates.values() if g.status == GateStatus.PENDING):
             lines += [
                 "",
                 f"Waiting at gate **{gate.name}**: {gate.description}",
@@ -209,8 +209,8 @@ class RunWorkflowBase:
     async def _finish_failed(self, code: str, message: str) -> None:
         self._error = RunError(code=code, message=message)
         for gate in self._gates.values():
-            if gate.status == "pending":
-                gate.status = "timed_out" if code == ErrorCode.GATE_TIMEOUT else gate.status
+            if gate.status == GateStatus.PENDING and code == ErrorCode.GATE_TIMEOUT:
+                gate.status = GateStatus.TIMED_OUT
         await self._close(
             RunState.FAILED, "run.failed", {"run_id": self._run_id, "error_code": code, "message": message}
         )
@@ -339,18 +339,18 @@ class RunWorkflowBase:
         await self._emit("gate.requested", {"run_id": self._run_id, "gate": name, "description": description})
         try:
             await workflow.wait_condition(
-                lambda: gate.status != "pending",
+                lambda: gate.status != GateStatus.PENDING,
                 timeout=timedelta(seconds=timeout_s) if timeout_s else None,
             )
         except TimeoutError:
-            gate.status = "timed_out"
+            gate.status = GateStatus.TIMED_OUT
             raise RunFailure(ErrorCode.GATE_TIMEOUT, f"gate {name} was not decided within {timeout_s:g}s") from None
         self._touch()
         await self._emit(
             "gate.decided",
             {"run_id": self._run_id, "gate": name, "approved": gate.approved, "reason": gate.reason},
         )
-        if gate.status == "rejected":
+        if gate.status == GateStatus.REJECTED:
             raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
         return gate
 
@@ -366,15 +366,15 @@ class RunWorkflowBase:
                 ``AUTHORIZATION_ERROR`` when the decider may not decide this gate.
         """
         gate = self._gates.get(decision.gate)
-        if gate is None or (self._terminal is not None and gate.status == "pending"):
+        if gate is None or (self._terminal is not None and gate.status == GateStatus.PENDING):
             raise ApplicationError(f"gate {decision.gate} is not pending", type=ErrorCode.CONFLICT)
-        if gate.status in ("approved", "rejected"):
+        if gate.status in (GateStatus.APPROVED, GateStatus.REJECTED):
             if gate.approved == decision.approved:
                 return gate  # the same decision again is a no-op
             raise ApplicationError(
                 f"gate {decision.gate} was already {gate.status}", type=ErrorCode.CONFLICT, non_retryable=True
             )
-        if gate.status != "pending":
+        if gate.status != GateStatus.PENDING:
             raise ApplicationError(f"gate {decision.gate} is {gate.status}", type=ErrorCode.CONFLICT)
         if decider is not None:
             decider(gate, decision)
@@ -422,8 +422,8 @@ class RunWorkflowBase:
 
     def _apply_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
         gate = self._check_decision(decision, decider=decider)
-        if gate.status == "pending":
-            gate.status = "approved" if decision.approved else "rejected"
+        if gate.status == GateStatus.PENDING:
+            gate.status = GateStatus.APPROVED if decision.approved else GateStatus.REJECTED
             gate.decided_at = workflow.now()
             gate.decided_by = decision.decided_by
             gate.source = decision.source
@@ -525,8 +525,3 @@ class RunWorkflowBase:
     @raise_budget.validator
     def _validate_budget(self, request: BudgetInput) -> None:
         self._check_not_terminal()
-
-
-def is_terminal(state: RunState) -> bool:
-    """Tell whether a state is final."""
-    return state in TERMINAL_STATES

@@ -10,9 +10,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import RECORD_EVENT
     from quantapilot.errors import ErrorCode
     from quantapilot.models import EventRecord, RunKind
+    from quantapilot.runs.contracts import RECORD_EVENT
 
 # Recording one event (one insert) may take this long before Temporal retries it elsewhere.
 EVENT_ACTIVITY_TIMEOUT = timedelta(seconds=30)

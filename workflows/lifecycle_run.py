@@ -40,17 +40,13 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.lifecycle.models import RealizationOutput
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import RunKind, RunStatus
+    from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
 
 AGENT_TIMEOUT_S = 300.0
 STORE_TIMEOUT_S = 60.0
 
 
-def workflow_id(workspace: str, run_id: str) -> str:
-    """Workflow id of a lifecycle run, readable in the Temporal Web UI."""
-    return f"lifecycle-run/{workspace}/{run_id}"
-
-
-@workflow.defn(name="LifecycleRun")
+@workflow.defn(name=LIFECYCLE_RUN_WORKFLOW)
 class LifecycleRunWorkflow(RunWorkflowBase):
     """One durable lifecycle stage run (see the module docstring for its steps)."""
 

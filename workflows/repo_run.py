@@ -12,7 +12,29 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
+    from quantapilot.config import (
+        ANCHOR_GATE,
+        FIRST_MERGE_GATE,
+        MilestoneConfig,
+        QuantapilotConfig,
+        StepConfig,
+        command_policy,
+        effective_gates,
+        gate_settings,
+        run_branch_namespace,
+        step_policy,
+    )
+    from quantapilot.errors import ErrorCode
+    from quantapilot.models import (
+        MilestoneRecord,
+        MilestoneStatus,
+        PullRequestRef,
+        RepoRunCarry,
+        RepoRunInput,
+        RunKind,
+        RunStatus,
+    )
+    from quantapilot.runs.contracts import (
         CLEANUP_WORKTREE,
         CLONE_REPOSITORY,
         GENERATE_DOCUMENTATION,
@@ -33,28 +55,8 @@ with workflow.unsafe.imports_passed_through():
         RepoRef,
         project_name,
     )
-    from quantapilot.config import (
-        MilestoneConfig,
-        QuantapilotConfig,
-        StepConfig,
-        command_policy,
-        effective_gates,
-        gate_settings,
-        run_branch_namespace,
-        step_policy,
-    )
-    from quantapilot.errors import ErrorCode
-    from quantapilot.models import (
-        MilestoneRecord,
-        PullRequestRef,
-        RepoRunCarry,
-        RepoRunInput,
-        RunKind,
-        RunStatus,
-    )
+    from quantapilot.runs.ids import REPO_RUN_WORKFLOW
 
-ANCHOR = "anchor"
-FIRST_MERGE = "first_merge"
 CLONE_TIMEOUT_S = 600.0
 CONFIG_TIMEOUT_S = 60.0
 CLEANUP_TIMEOUT_S = 120.0
@@ -62,16 +64,11 @@ CLEANUP_TIMEOUT_S = 120.0
 PATCH_WORKTREE_CLEANUP = "cleanup-worktree-at-end"
 
 
-def workflow_id(workspace: str, run_id: str) -> str:
-    """Workflow id of a repository run, readable in the Temporal Web UI."""
-    return f"repo-run/{workspace}/{run_id}"
-
-
 def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
     return next((s for s in config.steps if s.name == name), None)
 
 
-@workflow.defn(name="RepoRun")
+@workflow.defn(name=REPO_RUN_WORKFLOW)
 class RepoRunWorkflow(RunWorkflowBase):
     """One durable repository run (see the module docstring for its steps)."""
 
@@ -134,7 +131,7 @@ class RepoRunWorkflow(RunWorkflowBase):
     def _details_extra(self) -> list[str]:
         lines = [f"Repository `{self._inp.repo_url}` at `{self._inp.branch}`."]
         if self._milestones:
-            done = sum(m.status == "completed" for m in self._milestones)
+            done = sum(m.status == MilestoneStatus.COMPLETED for m in self._milestones)
             lines += ["", f"Milestones: {done}/{len(self._milestones)} completed."]
             lines += [f"- {m.id} {m.title}: **{m.status}**" for m in self._milestones]
         if self._pull_requests:
@@ -161,11 +158,11 @@ class RepoRunWorkflow(RunWorkflowBase):
                 await self._milestone(index, config.milestones[index], config, gates)
             except RunFailure:
                 # A rejected or timed-out gate, a failed step: the run ends here, and so does this milestone.
-                self._milestones[index].status = "failed"
+                self._milestones[index].status = MilestoneStatus.FAILED
                 self._touch()
                 raise
 
-        known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
+        known = {ANCHOR_GATE, FIRST_MERGE_GATE, *(m.id for m in config.milestones)}
         for optional in (g for g in gates if g not in known):
             await self._decide(optional, gate_settings(config, optional).description or f"Optional gate {optional}")
         self._current_step = None
@@ -213,8 +210,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         gates = effective_gates(config)
 
         docs_pr = await self._documentation(config)
-        if ANCHOR in gates:
-            await self._decide(ANCHOR, "Accept the anchor documentation (its approval merges the docs PR).")
+        if ANCHOR_GATE in gates:
+            await self._decide(ANCHOR_GATE, "Accept the anchor documentation (its approval merges the docs PR).")
         await self._merge(docs_pr, config)
         return config
 
@@ -344,7 +341,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         self, index: int, milestone: MilestoneConfig, config: QuantapilotConfig, gates: list[str]
     ) -> None:
         record = self._milestones[index]
-        record.status = "active"
+        record.status = MilestoneStatus.ACTIVE
         record.started_at = workflow.now()
         record.branch = f"{run_branch_namespace(self._inp.run_id)}{milestone.id.lower()}"
         self._touch()
@@ -375,7 +372,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         )
         record.steps = list(result.steps)
         if result.failed_step is not None:
-            record.status = "failed"
+            record.status = MilestoneStatus.FAILED
             self._touch()
             raise RunFailure(ErrorCode.STEP_FAILED, f"milestone {milestone.id} step {result.failed_step} failed")
         pr = await self._open_pr(
@@ -388,11 +385,13 @@ class RepoRunWorkflow(RunWorkflowBase):
         record.pr_number = pr.number
         if record.gate:
             await self._decide(record.gate, f"Accept the deliverables of milestone {milestone.id}: {milestone.title}")
-        if not self._merged_once and FIRST_MERGE in gates:
-            await self._decide(FIRST_MERGE, "Approve the first merge of milestone changes into the default branch.")
+        if not self._merged_once and FIRST_MERGE_GATE in gates:
+            await self._decide(
+                FIRST_MERGE_GATE, "Approve the first merge of milestone changes into the default branch."
+            )
         await self._merge(pr, config)
         self._merged_once = True
-        record.status = "completed"
+        record.status = MilestoneStatus.COMPLETED
         record.completed_at = workflow.now()
         self._touch()
         await self._emit("milestone.completed", {"run_id": self._inp.run_id, "milestone_id": milestone.id})

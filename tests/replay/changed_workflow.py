@@ -13,10 +13,10 @@ from workflows.repo_run import RepoRunWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import LOAD_RUN_CONFIG, LoadConfigInput
     from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
     from quantapilot.config import QuantapilotConfig
     from quantapilot.models import RepoRunInput, RunStatus
+    from quantapilot.runs.contracts import LOAD_RUN_CONFIG, LoadConfigInput
 
 
 @workflow.defn(name="RepoRun")

@@ -18,9 +18,9 @@ from temporalio.client import Client
 
 from activities.lifecycle_models import account_stream_id, account_workflow_id
 from api.app import create_app
-from api.runs import new_run_id
 from quantapilot.db import RunEvent, create_all, make_engine, session_scope
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import new_run_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
