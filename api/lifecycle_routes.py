@@ -34,11 +34,13 @@ from activities.lifecycle_models import (
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import RUN_ID, TRACE_ID
-from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
+from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import parse_idempotency_key, run_handle
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
+from quantapilot.events.log import gapless_page, read_events
+from quantapilot.events.record import event_json
 from quantapilot.lifecycle.models import (
     SchemaValidationError,
     StageGateSettings,

@@ -1,4 +1,6 @@
-"""Models that cross process boundaries: workflow inputs, handler inputs, run status and events.
+"""Models that cross process boundaries: workflow inputs, handler inputs and run status.
+
+The run event is :class:`quantapilot.events.record.EventRecord`.
 
 They travel through Temporal with the pydantic data converter, so they must stay plain data (no I/O).
 """
@@ -227,22 +229,6 @@ class RunStatus(_Model):
     completed_at: datetime | None = None
     last_event_seq: int = 0
     result: dict[str, Any] | None = None
-
-
-class EventRecord(_Model):
-    """One run event, as recorded and as served by ``GET /v1/runs/{id}/events``."""
-
-    id: str
-    run_id: str
-    workspace: str
-    run_kind: RunKind
-    seq: int
-    type: str
-    correlation_id: str | None = None
-    created_at: datetime
-    data: dict[str, Any]
-    # W3C trace id of the request that started the run; webhook deliveries send it on as ``traceparent``.
-    trace_id: str | None = None
 
 
 RepoRunCarry.model_rebuild()

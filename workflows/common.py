@@ -11,7 +11,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState, T
 
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
-    from quantapilot.models import EventRecord, RunKind
+    from quantapilot.events.record import EventRecord
+    from quantapilot.models import RunKind
     from quantapilot.runs.contracts import RECORD_EVENT
 
 # Recording one event (one insert) may take this long before Temporal retries it elsewhere.

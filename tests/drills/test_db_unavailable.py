@@ -29,7 +29,8 @@ from activities.lifecycle_models import (
 )
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.table import RunEvent
 from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.runs.ids import new_run_id, workflow_id
 from quantapilot.settings import Settings

@@ -18,7 +18,8 @@ from temporalio.client import Client
 
 from activities.lifecycle_models import account_stream_id, account_workflow_id
 from api.app import create_app
-from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.table import RunEvent
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import new_run_id
 from quantapilot.settings import Settings
