@@ -17,12 +17,9 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle import LifecycleActivities
     from activities.lifecycle_models import (
         BUSINESS_CASE_GATE,
-        PUBLISH_STAGE_PAGE,
-        RUN_STAGE_AGENT,
-        SET_STAGE_RESULT_STATUS,
-        STORE_STAGE_RESULT,
         LifecycleRunInput,
         PageStatus,
         PublishedPage,
@@ -30,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
         ResultStatus,
         SetStatusInput,
         StageAgentInput,
-        StageAgentOutcome,
         StoredStageResult,
         StoreStageResultInput,
         kpi_statuses,
@@ -87,7 +83,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         period = report_period(requested=inp.inputs.report_period, as_of=as_of) if inp.stage == "realization" else None
         outcome = await self._step(
             f"agent:{inp.stage}",
-            RUN_STAGE_AGENT,
+            LifecycleActivities.run_stage_agent,
             StageAgentInput(
                 workspace=inp.workspace,
                 account_id=inp.account_id,
@@ -96,7 +92,6 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                 inputs=inp.inputs,
                 period=period,
             ),
-            StageAgentOutcome,
             timeout_s=AGENT_TIMEOUT_S,
             attempts=3,
         )
@@ -106,7 +101,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         gated = inp.stage == "target"
         stored = await self._step(
             "store_result",
-            STORE_STAGE_RESULT,
+            LifecycleActivities.store_stage_result,
             StoreStageResultInput(
                 key=inp.run_id,
                 workspace=inp.workspace,
@@ -114,7 +109,6 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                 status="pending_approval" if gated else "completed",
                 result=result,
             ),
-            StoredStageResult,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )
@@ -168,9 +162,8 @@ class LifecycleRunWorkflow(RunWorkflowBase):
     async def _set_status(self, status: ResultStatus) -> StoredStageResult:
         return await self._step(
             f"result:{status}",
-            SET_STAGE_RESULT_STATUS,
+            LifecycleActivities.set_stage_result_status,
             SetStatusInput(key=self._inp.run_id, status=status),
-            StoredStageResult,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )
@@ -178,11 +171,10 @@ class LifecycleRunWorkflow(RunWorkflowBase):
     async def _publish(self, status: PageStatus, change_summary: str | None) -> PublishedPage:
         return await self._step(
             f"publish:{status}",
-            PUBLISH_STAGE_PAGE,
+            LifecycleActivities.publish_stage_page,
             PublishStageInput(
                 key=self._inp.run_id, workspace=self._inp.workspace, status=status, change_summary=change_summary
             ),
-            PublishedPage,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )

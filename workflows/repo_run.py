@@ -12,6 +12,7 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
+    from activities.repo import RepoActivities
     from quantapilot.config import (
         ANCHOR_GATE,
         FIRST_MERGE_GATE,
@@ -35,20 +36,10 @@ with workflow.unsafe.imports_passed_through():
         RunStatus,
     )
     from quantapilot.runs.contracts import (
-        CLEANUP_WORKTREE,
-        CLONE_REPOSITORY,
-        GENERATE_DOCUMENTATION,
-        LOAD_RUN_CONFIG,
-        MERGE_PULL_REQUEST,
-        OPEN_PULL_REQUEST,
-        RUN_MILESTONE,
-        CloneResult,
         DocsInput,
-        DocsResult,
         LoadConfigInput,
         MergePullRequestInput,
         MilestoneInput,
-        MilestoneResult,
         MilestoneStep,
         OpenPullRequestInput,
         PullRequestResult,
@@ -107,10 +98,9 @@ class RepoRunWorkflow(RunWorkflowBase):
         if not workflow.patched(PATCH_WORKTREE_CLEANUP):
             return  # started before worktrees were removed: replay without the step
         try:
-            await workflow.execute_activity(
-                CLEANUP_WORKTREE,
+            await workflow.execute_activity_method(
+                RepoActivities.cleanup_worktree,
                 self._repo,
-                result_type=bool,
                 start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
                 summary="Remove the run's worktree",
@@ -181,9 +171,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         )
         clone = await self._step(
             "clone",
-            CLONE_REPOSITORY,
+            RepoActivities.clone_repository,
             self._repo,
-            CloneResult,
             timeout_s=CLONE_TIMEOUT_S,
             attempts=3,
             summary=f"Clone {inp.repo_url} at {inp.branch}",
@@ -191,11 +180,10 @@ class RepoRunWorkflow(RunWorkflowBase):
         self._repo = self._repo.model_copy(update={"commit_sha": clone.commit_sha})
         config = await self._step(
             "read_config",
-            LOAD_RUN_CONFIG,
+            RepoActivities.load_run_config,
             LoadConfigInput(
                 repo=self._repo, path=inp.quantapilot_yaml_path, allow_self_approval=inp.allow_self_approval_default
             ),
-            QuantapilotConfig,
             timeout_s=CONFIG_TIMEOUT_S,
             attempts=3,
             summary=f"Read {inp.quantapilot_yaml_path}",
@@ -271,7 +259,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         project = project_name(self._inp.repo_url)
         docs = await self._step(
             "generate_docs",
-            GENERATE_DOCUMENTATION,
+            RepoActivities.generate_documentation,
             DocsInput(
                 repo=self._repo,
                 project=project,
@@ -281,7 +269,6 @@ class RepoRunWorkflow(RunWorkflowBase):
                 lint=config.gates.docs_lint,
                 run_started_at=self._created_at,
             ),
-            DocsResult,
             timeout_s=timeout_s,
             attempts=attempts,
             summary=f"Generate the documentation into {config.docs.output_folder}",
@@ -306,9 +293,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         timeout_s, attempts = step_policy(_named_step(config, "pr"), config)
         pr = await self._step(
             f"open_pr:{purpose}",
-            OPEN_PULL_REQUEST,
+            RepoActivities.open_pull_request,
             OpenPullRequestInput(repo=self._repo, head=head, base=self._inp.branch, title=title, body=body),
-            PullRequestResult,
             timeout_s=timeout_s,
             attempts=attempts,
             summary=f"Open a pull request for {purpose}: {head} into {self._inp.branch}",
@@ -326,9 +312,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         purpose = next((p.purpose for p in self._pull_requests if p.number == pr.number), "merge")
         merged = await self._step(
             f"merge:{purpose}",
-            MERGE_PULL_REQUEST,
+            RepoActivities.merge_pull_request,
             MergePullRequestInput(repo=self._repo, number=pr.number, strategy=config.policies.merge),
-            PullRequestResult,
             timeout_s=timeout_s,
             attempts=attempts,
             # A conflict needs a person: the run pauses and retries the merge when resumed.
@@ -355,7 +340,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
         result = await self._step(
             f"milestone:{milestone.id}",
-            RUN_MILESTONE,
+            RepoActivities.run_milestone,
             MilestoneInput(
                 repo=self._repo,
                 milestone_id=milestone.id,
@@ -365,7 +350,6 @@ class RepoRunWorkflow(RunWorkflowBase):
                 steps=steps,
                 run_started_at=self._created_at,
             ),
-            MilestoneResult,
             timeout_s=sum(s.timeout_s * s.attempts for s in steps) + 120.0,
             attempts=attempts,
             summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
