@@ -23,6 +23,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # The whole suite on SQLite, then the tests that use a service database again on PostgreSQL (tests/conftest.py).
 # Each pass runs in TEST_WORKERS processes (pytest-xdist), each with its own dev server: tests own their data

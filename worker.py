@@ -19,7 +19,9 @@ from activities import Closeable, build_activities
 from activities.repo import RepoActivities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
+from quantapilot.models import RunKind
 from quantapilot.observability import RunContextInterceptor, setup_logging
+from quantapilot.runs.ids import workflow_id
 from quantapilot.sandbox import startup_report
 from quantapilot.secretbox import SecretKeyError, load_keyring
 from quantapilot.settings import Settings
@@ -27,7 +29,6 @@ from quantapilot.temporal import connect, exit_without_teardown
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 from quantapilot.webhooks.urlsafety import Resolver
 from workflows.registry import WORKFLOWS
-from workflows.repo_run import workflow_id as repo_workflow_id
 
 log = logging.getLogger("quantapilot.worker")
 
@@ -79,7 +80,7 @@ class ServiceWorker(Worker):
     async def _run_closed(self, workspace: str, run_id: str) -> bool | None:
         """Whether the repository run has closed (completed, failed, cancelled, terminated, timed out, gone)."""
         try:
-            desc = await self.client.get_workflow_handle(repo_workflow_id(workspace, run_id)).describe(
+            desc = await self.client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, workspace, run_id)).describe(
                 rpc_timeout=timedelta(seconds=10)
             )
         except RPCError as err:

@@ -1,7 +1,7 @@
-"""Recording run events durably (the run's event log served by ``GET /v1/runs/{id}/events``) and fanning them out.
+"""The ``record_event`` activity: store a run event durably and fan it out to webhooks and AMQP.
 
-One transaction stores the event and its webhook deliveries (one per matching endpoint of the run's
-workspace); after the commit the activity starts one delivery workflow per delivery and, with
+One transaction stores the event (:mod:`quantapilot.events.log`) and its webhook deliveries (one per matching
+endpoint of the run's workspace); after the commit the activity starts one delivery workflow per delivery and, with
 ``QP_AMQP_URL`` set, one AMQP publication workflow per event. Starting is all the run waits for: the
 deliveries themselves run in their own workflows, so a run never waits on a consumer. A crash between the
 commit and the starts is healed by the activity's retry: the insert is a no-op the second time and the starts
@@ -11,41 +11,24 @@ are idempotent (workflow ids derived from the delivery and event ids, duplicates
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from temporalio import activity
 
-from activities.models import RECORD_EVENT
 from activities.webhooks import (
     PendingDelivery,
-    envelope_of_record,
     fan_out_run_event,
     pending_deliveries,
     start_amqp_publish,
     start_delivery_workflows,
 )
-from quantapilot.db import RunEvent
-from quantapilot.models import EventRecord
-from quantapilot.observability import GATE_WAIT, RUN_EVENTS, RUNS
+from quantapilot.events.envelope import envelope_of_record
+from quantapilot.events.log import add_event
+from quantapilot.events.metrics import count_event
+from quantapilot.events.record import EventRecord
+from quantapilot.runs.contracts import RECORD_EVENT
 from quantapilot.settings import Settings
-
-
-def _row(event: EventRecord) -> RunEvent:
-    return RunEvent(
-        id=event.id,
-        run_id=event.run_id,
-        workspace=event.workspace,
-        run_kind=event.run_kind.value,
-        seq=event.seq,
-        type=event.type,
-        correlation_id=event.correlation_id,
-        created_at=event.created_at,
-        data=event.data,
-        trace_id=event.trace_id,
-    )
 
 
 def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[bool, list[PendingDelivery]]:
@@ -55,61 +38,13 @@ def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[boo
         Whether this call inserted the event, and the event's deliveries still pending (on a redo too, so
         the caller can start workflows a crashed attempt did not).
     """
-    inserted = False
     with Session(engine, expire_on_commit=False) as session:
-        if session.get(RunEvent, event.id) is None:
-            session.add(_row(event))
-            try:
-                session.flush()
-            except IntegrityError:
-                session.rollback()
-                if session.get(RunEvent, event.id) is None:
-                    # Same (run_id, seq) under another id: the workflow's history disagrees with the log,
-                    # which must never happen silently.
-                    raise
-            else:
-                fan_out_run_event(session, event)
-                session.commit()
-                inserted = True
+        inserted = add_event(session, event)
+        if inserted:
+            fan_out_run_event(session, event)
+            session.commit()
         pending = pending_deliveries(session, event.id)
     return inserted, pending
-
-
-def store_event(engine: Engine, event: EventRecord) -> bool:
-    """Insert an event (and its deliveries) once; a redo with the same id is a no-op.
-
-    Returns:
-        True when this call inserted the row.
-    """
-    inserted, _pending = store_event_with_deliveries(engine, event)
-    return inserted
-
-
-_OUTCOMES = {
-    "run.started": "started",
-    "run.completed": "completed",
-    "run.failed": "failed",
-    "run.cancelled": "cancelled",
-}
-
-
-def count_event(engine: Engine, event: EventRecord) -> None:
-    """Update the run metrics: events by type, runs by outcome, and how long a decided gate waited."""
-    kind = event.run_kind.value
-    RUN_EVENTS.labels(kind, event.type).inc()
-    if event.type in _OUTCOMES:
-        RUNS.labels(kind, _OUTCOMES[event.type]).inc()
-    if event.type == "gate.decided":
-        with Session(engine) as session:
-            requested = session.exec(
-                select(RunEvent.created_at)
-                .where(RunEvent.run_id == event.run_id, RunEvent.type == "gate.requested", RunEvent.seq < event.seq)
-                .order_by(col(RunEvent.seq).desc())
-                .limit(1)
-            ).first()
-        if requested is not None:
-            started = requested if requested.tzinfo else requested.replace(tzinfo=UTC)
-            GATE_WAIT.labels(kind).observe(max(0.0, (event.created_at - started).total_seconds()))
 
 
 class EventActivities:

@@ -44,8 +44,10 @@ from activities.webhook_models import (
     amqp_workflow_id,
     delivery_workflow_id,
 )
-from quantapilot.db import RunEvent, session_scope, utcnow
-from quantapilot.models import EventRecord
+from quantapilot.db import session_scope, utcnow
+from quantapilot.events.envelope import envelope_of_row
+from quantapilot.events.record import EventRecord
+from quantapilot.events.table import RunEvent
 from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
@@ -95,35 +97,6 @@ class PendingDelivery:
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every timestamp we store is UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-def envelope_of_record(event: EventRecord) -> EventEnvelope:
-    """Build the envelope consumers receive for a run event."""
-    return EventEnvelope(
-        id=event.id,
-        type=event.type,
-        created_at=_aware(event.created_at),
-        workspace=event.workspace,
-        run_id=event.run_id,
-        seq=event.seq,
-        correlation_id=event.correlation_id,
-        data=dict(event.data),
-    )
-
-
-def envelope_of_row(row: RunEvent) -> EventEnvelope:
-    """Rebuild the envelope of a stored run event (the same bytes on every attempt)."""
-    return EventEnvelope(
-        id=row.id,
-        type=row.type,
-        created_at=_aware(row.created_at),
-        workspace=row.workspace,
-        run_id=row.run_id,
-        seq=row.seq,
-        correlation_id=row.correlation_id,
-        data=dict(row.data),
-        trace_id=row.trace_id,
-    )
 
 
 def disabled_event_id(endpoint_id: str, delivery_id: str, attempt: int) -> str:

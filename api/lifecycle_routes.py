@@ -19,17 +19,19 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError
 
 from api.auth import principal_of
 from api.body import read_json
 from api.errors import RUN_ID, TRACE_ID
-from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
+from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
-from api.runs import parse_idempotency_key, request_hash, run_handle, start_run
+from api.runs import parse_idempotency_key, run_handle
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
+from quantapilot.events.log import gapless_page, read_events
+from quantapilot.events.record import event_json
 from quantapilot.lifecycle.contracts import (
     ACCOUNT_WORKFLOW,
     TELEMETRY_SIGNAL,
@@ -50,6 +52,7 @@ from quantapilot.lifecycle.telemetry import (
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
 from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
+from quantapilot.runs.starter import request_hash, signal_with_start, start_run
 from quantapilot.temporal import (
     SA_ACCOUNT_ID,
     SA_CORRELATION_ID,
@@ -164,7 +167,6 @@ async def trigger_lifecycle_run(request: web.Request) -> web.Response:
         workspace=principal.workspace,
         idempotency_key=key,
         body=payload,
-        workflow="LifecycleRun",
         make_input=make_input,
         task_queue=settings.task_queue,
         search_attributes=[
@@ -222,7 +224,8 @@ async def signal_account(
         accepted: Events of the account in the batch.
         options: Window and continue-as-new threshold for a workflow this call starts.
     """
-    await client.start_workflow(
+    await signal_with_start(
+        client,
         ACCOUNT_WORKFLOW,
         AccountRealizationInput(
             workspace=workspace,
@@ -233,17 +236,15 @@ async def signal_account(
         ),
         id=account_workflow_id(workspace, account_id),
         task_queue=task_queue,
-        start_signal=TELEMETRY_SIGNAL,
-        start_signal_args=[TelemetryIngested(accepted=accepted)],
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(SA_WORKSPACE, workspace),
-                SearchAttributePair(SA_RUN_KIND, RunKind.LIFECYCLE.value),
-                SearchAttributePair(SA_ACCOUNT_ID, account_id),
-                SearchAttributePair(SA_STAGE, "realization"),
-            ]
-        ),
-        static_summary=f"Realization refreshes of account {account_id}",
+        signal=TELEMETRY_SIGNAL,
+        signal_args=[TelemetryIngested(accepted=accepted)],
+        search_attributes=[
+            SearchAttributePair(SA_WORKSPACE, workspace),
+            SearchAttributePair(SA_RUN_KIND, RunKind.LIFECYCLE.value),
+            SearchAttributePair(SA_ACCOUNT_ID, account_id),
+            SearchAttributePair(SA_STAGE, "realization"),
+        ],
+        summary=f"Realization refreshes of account {account_id}",
     )
 
 

@@ -38,7 +38,6 @@ SCHEMA_FILES: dict[str, str | None] = {
 }
 
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
-_RUN_STATES = ["running", "waiting_for_gate", "paused", "completed", "failed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

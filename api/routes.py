@@ -19,10 +19,12 @@ from temporalio.service import RPCError
 from api.auth import principal_of
 from api.body import read_json, validate
 from api.errors import RUN_ID, TRACE_ID
-from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
+from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
-from api.runs import is_not_found, parse_idempotency_key, run_handle, start_run
+from api.runs import is_not_found, parse_idempotency_key, run_handle
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
+from quantapilot.events.log import gapless_page, read_events
+from quantapilot.events.record import event_json
 from quantapilot.forges.remotes import host_refused_without_dns
 from quantapilot.models import (
     TERMINAL_STATES,
@@ -35,6 +37,7 @@ from quantapilot.models import (
     RunKind,
     RunStatus,
 )
+from quantapilot.runs.starter import start_run
 from quantapilot.temporal import (
     SA_BRANCH,
     SA_CORRELATION_ID,
@@ -140,7 +143,6 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
         workspace=principal.workspace,
         idempotency_key=key,
         body=body,
-        workflow="RepoRun",
         make_input=make_input,
         task_queue=settings.task_queue,
         search_attributes=[

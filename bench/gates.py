@@ -47,7 +47,8 @@ from bench.common import (
     start_worker_process,
     stop_process,
 )
-from workflows.repo_run import workflow_id
+from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -75,7 +76,8 @@ async def main(args: argparse.Namespace) -> None:
                         sent = time.perf_counter()
                         await decide(session, api, run_ids[i], "anchor")
                         accepted.append(time.perf_counter() - sent)
-                        await client.get_workflow_handle(workflow_id("default", run_ids[i])).result()
+                        wid = workflow_id(RunKind.REPOSITORY, "default", run_ids[i])
+                        await client.get_workflow_handle(wid).result()
 
                     ours = await run_concurrently(decide_one, total=args.runs, concurrency=args.concurrency)
                     ours_accepted = Sample(len(accepted), ours.seconds, accepted)

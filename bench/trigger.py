@@ -32,7 +32,6 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 
-from api.runs import MEMO_REQUEST_HASH, request_hash
 from bench.common import (
     ApiServer,
     Sample,
@@ -48,6 +47,8 @@ from bench.common import (
     run_concurrently,
 )
 from quantapilot.models import RepoRunInput, RunKind
+from quantapilot.runs.ids import REPO_RUN_WORKFLOW
+from quantapilot.runs.starter import MEMO_REQUEST_HASH, request_hash
 from quantapilot.settings import Settings
 from quantapilot.temporal import SA_BRANCH, SA_REPO_URL, SA_RUN_KIND, SA_STATE, SA_WORKSPACE
 
@@ -85,7 +86,7 @@ def raw_starter(client: Client, settings: Settings, tag: str):
     async def _start(i: int) -> None:
         run_id = f"rr_{uuid.uuid4().hex}"
         await client.start_workflow(
-            "RepoRun",
+            REPO_RUN_WORKFLOW,
             RepoRunInput(
                 run_id=run_id,
                 workspace="default",

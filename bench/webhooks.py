@@ -27,10 +27,12 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from activities.events import store_event_with_deliveries
-from activities.webhooks import envelope_of_record, start_delivery_workflows
+from activities.webhooks import start_delivery_workflows
 from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
 from quantapilot.db import create_all, make_engine, session_scope
-from quantapilot.models import EventRecord, RunKind
+from quantapilot.events.envelope import envelope_of_record
+from quantapilot.events.record import EventRecord
+from quantapilot.models import RunKind
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks import store, verify_signature

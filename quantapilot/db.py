@@ -1,7 +1,10 @@
-"""Database engine and the core tables (API tokens, run events).
+"""Database engine and the core table (API tokens).
 
 Other tables live beside the feature that owns them (``quantapilot.docs.store``, ``quantapilot.lifecycle.telemetry``,
 ``quantapilot.webhooks.store``); :func:`create_all` imports them so one call creates the whole schema.
+Other tables live beside the feature that owns them (``quantapilot.events.table``, ``quantapilot.docs.store``,
+``quantapilot.lifecycle.telemetry``, ``quantapilot.webhooks.store``, ...); :func:`create_all` imports them so one call
+creates the whole schema.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, event
+from sqlalchemy import JSON, Column, DateTime, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 # Modules that define tables; imported by create_all so their tables join the metadata.
 TABLE_MODULES: tuple[str, ...] = (
+    "quantapilot.docs.store",
+    "quantapilot.lifecycle.telemetry",
+    "quantapilot.events.table",
     "quantapilot.docs.store",
     "quantapilot.lifecycle.telemetry",
     "quantapilot.webhooks.store",
@@ -72,27 +78,6 @@ class ApiToken(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
-
-
-class RunEvent(SQLModel, table=True):
-    """One event of a run, in the run's own order (``seq``)."""
-
-    __tablename__ = "run_events"
-    __table_args__ = (
-        UniqueConstraint("run_id", "seq", name="uq_run_events_run_seq"),
-        Index("ix_run_events_workspace_run", "workspace", "run_id"),
-    )
-
-    id: str = Field(primary_key=True)
-    run_id: str = Field(index=True)
-    workspace: str
-    run_kind: str
-    seq: int
-    type: str
-    correlation_id: str | None = None
-    created_at: datetime
-    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    trace_id: str | None = Field(default=None, max_length=32)
 
 
 def make_engine(url: str, *, statement_timeout_s: float | None = None) -> Engine:

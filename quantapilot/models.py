@@ -1,4 +1,6 @@
-"""Models that cross process boundaries: workflow inputs, handler inputs, run status and events.
+"""Models that cross process boundaries: workflow inputs, handler inputs and run status.
+
+The run event is :class:`quantapilot.events.record.EventRecord`.
 
 They travel through Temporal with the pydantic data converter, so they must stay plain data (no I/O).
 """
@@ -33,6 +35,26 @@ class RunState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+
+
+class GateStatus(StrEnum):
+    """Where a gate stands: pending until a person decides, or the run gave up waiting."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+
+class MilestoneStatus(StrEnum):
+    """Where a milestone of a repository run stands."""
+
+    PLANNED = "planned"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
 
 DecisionSource = Literal["api", "cli", "signal"]
 
@@ -120,7 +142,7 @@ class GateRecord(_Model):
 
     name: str
     description: str = ""
-    status: Literal["pending", "approved", "rejected", "timed_out"] = "pending"
+    status: GateStatus = GateStatus.PENDING
     requested_at: datetime
     decided_at: datetime | None = None
     decided_by: str | None = None
@@ -132,9 +154,9 @@ class GateRecord(_Model):
     @property
     def approved(self) -> bool | None:
         """True/False once decided, None while pending or timed out."""
-        if self.status == "approved":
+        if self.status == GateStatus.APPROVED:
             return True
-        if self.status == "rejected":
+        if self.status == GateStatus.REJECTED:
             return False
         return None
 
@@ -156,7 +178,7 @@ class MilestoneRecord(_Model):
 
     id: str
     title: str
-    status: Literal["planned", "active", "completed", "cancelled", "failed"] = "planned"
+    status: MilestoneStatus = MilestoneStatus.PLANNED
     gate: str | None = None
     branch: str | None = None
     pr_number: int | None = None
@@ -207,22 +229,6 @@ class RunStatus(_Model):
     completed_at: datetime | None = None
     last_event_seq: int = 0
     result: dict[str, Any] | None = None
-
-
-class EventRecord(_Model):
-    """One run event, as recorded and as served by ``GET /v1/runs/{id}/events``."""
-
-    id: str
-    run_id: str
-    workspace: str
-    run_kind: RunKind
-    seq: int
-    type: str
-    correlation_id: str | None = None
-    created_at: datetime
-    data: dict[str, Any]
-    # W3C trace id of the request that started the run; webhook deliveries send it on as ``traceparent``.
-    trace_id: str | None = None
 
 
 RepoRunCarry.model_rebuild()

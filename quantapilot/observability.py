@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,10 +30,11 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from quantapilot.runs.ids import parse_workflow_id
+
 CONTEXT_HEADER = "qp-run-context"
 CONTEXT_KEYS = ("run_id", "workspace", "correlation_id", "traceId", "account_id")
 RUN_CONTEXT: ContextVar[Mapping[str, str]] = ContextVar("qp_run_context", default={})  # noqa: B039 - read-only default
-_WORKFLOW_ID = re.compile(r"^(?P<kind>[a-z-]+)/(?P<workspace>[^/]+)/(?P<run_id>[^/]+)$")
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 # ----- metrics (prometheus_client's default registry; the API serves /metrics, the worker its own port) -----------
@@ -67,8 +67,8 @@ RATE_LIMIT_FAIL_OPEN = Counter(
 
 def context_from_workflow_id(workflow_id: str) -> dict[str, str]:
     """run_id and workspace parsed from ``<kind>/<workspace>/<run_id>`` workflow ids."""
-    match = _WORKFLOW_ID.match(workflow_id)
-    return {"workspace": match["workspace"], "run_id": match["run_id"]} if match else {}
+    parsed = parse_workflow_id(workflow_id)
+    return {"workspace": parsed[0], "run_id": parsed[1]} if parsed else {}
 
 
 def context_from_input(arg: Any) -> dict[str, str]:

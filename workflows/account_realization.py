@@ -19,19 +19,14 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.common import EventEmitter, retry_policy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle import LifecycleActivities
     from quantapilot.lifecycle.contracts import (
         ACCOUNT_WORKFLOW,
-        PUBLISH_STAGE_PAGE,
-        RUN_STAGE_AGENT,
-        STORE_STAGE_RESULT,
         TELEMETRY_SIGNAL,
         AccountRealizationInput,
         AccountRealizationStatus,
-        PublishedPage,
         PublishStageInput,
         StageAgentInput,
-        StageAgentOutcome,
-        StoredStageResult,
         StoreStageResultInput,
         TelemetryIngested,
         account_stream_id,
@@ -137,8 +132,8 @@ class AccountRealizationWorkflow:
         self._last_refresh_at = now
         self._refreshes_total += 1
         try:
-            outcome = await workflow.execute_activity(
-                RUN_STAGE_AGENT,
+            outcome = await workflow.execute_activity_method(
+                LifecycleActivities.run_stage_agent,
                 StageAgentInput(
                     workspace=inp.workspace,
                     account_id=inp.account_id,
@@ -147,7 +142,6 @@ class AccountRealizationWorkflow:
                     period=report_period(requested=None, as_of=now),
                     require_approved_target=True,
                 ),
-                result_type=StageAgentOutcome,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="realization agent",
@@ -158,20 +152,18 @@ class AccountRealizationWorkflow:
                 return
             result = outcome.result
             key = f"{self._stream}/{workflow.uuid4().hex}"
-            stored = await workflow.execute_activity(
-                STORE_STAGE_RESULT,
+            stored = await workflow.execute_activity_method(
+                LifecycleActivities.store_stage_result,
                 StoreStageResultInput(
                     key=key, workspace=inp.workspace, run_id=self._stream, status="completed", result=result
                 ),
-                result_type=StoredStageResult,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="store realization",
             )
-            page = await workflow.execute_activity(
-                PUBLISH_STAGE_PAGE,
+            page = await workflow.execute_activity_method(
+                LifecycleActivities.publish_stage_page,
                 PublishStageInput(key=stored.key, workspace=inp.workspace),
-                result_type=PublishedPage,
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
                 retry_policy=retry_policy(ACTIVITY_ATTEMPTS, initial_s=inp.retry_initial_s),
                 summary="publish realization",

@@ -11,14 +11,15 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_activity_error, retry_policy
+from workflows.gates import DeciderCheck, check_decider, check_decider_before_floor, check_decision
 
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
     from quantapilot.models import (
-        TERMINAL_STATES,
         BudgetInput,
         GateDecisionInput,
         GateRecord,
+        GateStatus,
         PauseInput,
         ResumeInput,
         RunError,
@@ -29,8 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.temporal import SA_PENDING_GATE, SA_STATE
 
 T = TypeVar("T")
-# Decides whether the sender of a decision may decide a pending gate; raises ApplicationError when not.
-DeciderCheck = Callable[[GateRecord, GateDecisionInput], None]
+A = TypeVar("A")
 
 # Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
@@ -94,14 +94,14 @@ class RunWorkflowBase:
             return self._terminal
         if self._paused:
             return RunState.PAUSED
-        if any(g.status == "pending" for g in self._gates.values()):
+        if any(g.status == GateStatus.PENDING for g in self._gates.values()):
             return RunState.WAITING_FOR_GATE
         return RunState.RUNNING
 
     def _touch(self) -> None:
         """Record a state change: timestamps and the search attributes operators filter on."""
         self._updated_at = workflow.now()
-        pending = next((g.name for g in self._gates.values() if g.status == "pending"), "")
+        pending = next((g.name for g in self._gates.values() if g.status == GateStatus.PENDING), "")
         current = (self._state.value, pending)
         if current != self._sa_state:
             self._sa_state = current
@@ -123,7 +123,7 @@ class RunWorkflowBase:
         if self._gates:
             lines += ["", "| gate | status | decided by |", "| --- | --- | --- |"]
             lines += [f"| {g.name} | {g.status} | {g.decided_by or ''} |" for g in self._gates.values()]
-        for gate in (g for g in self._gates.values() if g.status == "pending"):
+        for gate in (g for g in self._gates.values() if g.status == GateStatus.PENDING):
             lines += [
                 "",
                 f"Waiting at gate **{gate.name}**: {gate.description}",
@@ -209,8 +209,8 @@ class RunWorkflowBase:
     async def _finish_failed(self, code: str, message: str) -> None:
         self._error = RunError(code=code, message=message)
         for gate in self._gates.values():
-            if gate.status == "pending":
-                gate.status = "timed_out" if code == ErrorCode.GATE_TIMEOUT else gate.status
+            if gate.status == GateStatus.PENDING and code == ErrorCode.GATE_TIMEOUT:
+                gate.status = GateStatus.TIMED_OUT
         await self._close(
             RunState.FAILED, "run.failed", {"run_id": self._run_id, "error_code": code, "message": message}
         )
@@ -255,9 +255,8 @@ class RunWorkflowBase:
     async def _step(
         self,
         name: str,
-        activity: str,
-        arg: Any,
-        result_type: type[T],
+        activity: Callable[[Any, A], Awaitable[T]],
+        arg: A,
         *,
         timeout_s: float,
         attempts: int,
@@ -287,10 +286,9 @@ class RunWorkflowBase:
             try:
                 if remaining is not None and workflow.patched(PATCH_BUDGET_STOPS_STEP):
                     stopped, result = await self._within_budget(
-                        workflow.start_activity(
+                        workflow.start_activity_method(
                             activity,
                             arg,
-                            result_type=result_type,
                             # The run pauses only once the step has really stopped (its commands killed).
                             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                             **options,
@@ -302,7 +300,7 @@ class RunWorkflowBase:
                         await self._pause("time_limit", "run")
                         continue
                     return cast(T, result)
-                finished: T = await workflow.execute_activity(activity, arg, result_type=result_type, **options)
+                finished: T = await workflow.execute_activity_method(activity, arg, **options)
                 return finished
             except ActivityError as err:
                 outcome = classify_activity_error(name, err)
@@ -339,91 +337,46 @@ class RunWorkflowBase:
         await self._emit("gate.requested", {"run_id": self._run_id, "gate": name, "description": description})
         try:
             await workflow.wait_condition(
-                lambda: gate.status != "pending",
+                lambda: gate.status != GateStatus.PENDING,
                 timeout=timedelta(seconds=timeout_s) if timeout_s else None,
             )
         except TimeoutError:
-            gate.status = "timed_out"
+            gate.status = GateStatus.TIMED_OUT
             raise RunFailure(ErrorCode.GATE_TIMEOUT, f"gate {name} was not decided within {timeout_s:g}s") from None
         self._touch()
         await self._emit(
             "gate.decided",
             {"run_id": self._run_id, "gate": name, "approved": gate.approved, "reason": gate.reason},
         )
-        if gate.status == "rejected":
+        if gate.status == GateStatus.REJECTED:
             raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
         return gate
 
     def _check_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
-        """Validate a decision; return the gate it applies to.
-
-        Args:
-            decision: The decision.
-            decider: Who may decide a pending gate (:meth:`_check_decider`); None: anyone (operators, replays).
-
-        Raises:
-            ApplicationError: ``CONFLICT`` when the gate is not pending or was decided otherwise, or
-                ``AUTHORIZATION_ERROR`` when the decider may not decide this gate.
-        """
+        """Validate a decision (:func:`~workflows.gates.check_decision`); return the gate it applies to."""
         gate = self._gates.get(decision.gate)
-        if gate is None or (self._terminal is not None and gate.status == "pending"):
-            raise ApplicationError(f"gate {decision.gate} is not pending", type=ErrorCode.CONFLICT)
-        if gate.status in ("approved", "rejected"):
-            if gate.approved == decision.approved:
-                return gate  # the same decision again is a no-op
-            raise ApplicationError(
-                f"gate {decision.gate} was already {gate.status}", type=ErrorCode.CONFLICT, non_retryable=True
-            )
-        if gate.status != "pending":
-            raise ApplicationError(f"gate {decision.gate} is {gate.status}", type=ErrorCode.CONFLICT)
-        if decider is not None:
-            decider(gate, decision)
+        check_decision(gate, decision, run_closed=self._terminal is not None, decider=decider)
+        assert gate is not None
         return gate
 
     def _check_decider(self, gate: GateRecord, decision: GateDecisionInput) -> None:
         """Apply the gate's approver list and the self-approval rule to a decision from the API."""
-        self._check_approvers(gate, decision)
-        # The floor: a gate may narrow who decides, never allow what the deployment forbade.
-        may_self_approve = gate.allow_self_approval and self._self_approval_default
-        if not may_self_approve and self._is_trigger(decision):
-            raise ApplicationError(
-                f"the subject that triggered the run may not decide gate {decision.gate}",
-                type=ErrorCode.AUTHORIZATION_ERROR,
-            )
-
-    def _is_trigger(self, decision: GateDecisionInput) -> bool:
-        """Tell whether the decider is who triggered the run: the same subject, whichever of its tokens it uses."""
-        same_token = bool(decision.decided_by_token) and decision.decided_by_token == self._trigger_token
-        return same_token or decision.decided_by == self._triggered_by
+        check_decider(
+            gate,
+            decision,
+            self_approval_default=self._self_approval_default,
+            trigger_token=self._trigger_token,
+            triggered_by=self._triggered_by,
+        )
 
     def _check_decider_before_floor(self, gate: GateRecord, decision: GateDecisionInput) -> None:
         """The rule of runs that decided by signal before :data:`PATCH_SELF_APPROVAL_FLOOR`: token ids only."""
-        self._check_approvers(gate, decision)
-        if (
-            not gate.allow_self_approval
-            and decision.decided_by_token
-            and decision.decided_by_token == self._trigger_token
-        ):
-            raise ApplicationError(
-                f"the token that triggered the run may not decide gate {decision.gate}",
-                type=ErrorCode.AUTHORIZATION_ERROR,
-            )
-
-    def _check_approvers(self, gate: GateRecord, decision: GateDecisionInput) -> None:
-        if gate.approvers:
-            allowed = decision.decided_by in gate.approvers or any(
-                f"scope:{scope}" in gate.approvers for scope in decision.decider_scopes
-            )
-            if not allowed:
-                raise ApplicationError(
-                    f"{decision.decided_by} is not an approver of gate {decision.gate}",
-                    type=ErrorCode.AUTHORIZATION_ERROR,
-                )
+        check_decider_before_floor(gate, decision, trigger_token=self._trigger_token)
 
     def _apply_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
         gate = self._check_decision(decision, decider=decider)
-        if gate.status == "pending":
-            gate.status = "approved" if decision.approved else "rejected"
+        if gate.status == GateStatus.PENDING:
+            gate.status = GateStatus.APPROVED if decision.approved else GateStatus.REJECTED
             gate.decided_at = workflow.now()
             gate.decided_by = decision.decided_by
             gate.source = decision.source
@@ -525,8 +478,3 @@ class RunWorkflowBase:
     @raise_budget.validator
     def _validate_budget(self, request: BudgetInput) -> None:
         self._check_not_terminal()
-
-
-def is_terminal(state: RunState) -> bool:
-    """Tell whether a state is final."""
-    return state in TERMINAL_STATES

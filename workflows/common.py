@@ -10,9 +10,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import RECORD_EVENT
+    from activities.events import EventActivities
     from quantapilot.errors import ErrorCode
-    from quantapilot.models import EventRecord, RunKind
+    from quantapilot.events.record import EventRecord
+    from quantapilot.models import RunKind
 
 # Recording one event (one insert) may take this long before Temporal retries it elsewhere.
 EVENT_ACTIVITY_TIMEOUT = timedelta(seconds=30)
@@ -119,8 +120,8 @@ class EventEmitter:
             data=data,
             trace_id=self.trace_id,
         )
-        await workflow.execute_activity(
-            RECORD_EVENT,
+        await workflow.execute_activity_method(
+            EventActivities.record_event,
             record,
             start_to_close_timeout=EVENT_ACTIVITY_TIMEOUT,
             # An event must not be lost: keep trying while the database is away.

@@ -17,20 +17,16 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
+    from activities.lifecycle import LifecycleActivities
     from quantapilot.errors import ErrorCode
     from quantapilot.lifecycle.contracts import (
         BUSINESS_CASE_GATE,
-        PUBLISH_STAGE_PAGE,
-        RUN_STAGE_AGENT,
-        SET_STAGE_RESULT_STATUS,
-        STORE_STAGE_RESULT,
         LifecycleRunInput,
         PageStatus,
         PublishedPage,
         PublishStageInput,
         SetStatusInput,
         StageAgentInput,
-        StageAgentOutcome,
         StoredStageResult,
         StoreStageResultInput,
         kpi_statuses,
@@ -39,17 +35,13 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.lifecycle.models import RealizationOutput, ResultStatus
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import RunKind, RunStatus
+    from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
 
 AGENT_TIMEOUT_S = 300.0
 STORE_TIMEOUT_S = 60.0
 
 
-def workflow_id(workspace: str, run_id: str) -> str:
-    """Workflow id of a lifecycle run, readable in the Temporal Web UI."""
-    return f"lifecycle-run/{workspace}/{run_id}"
-
-
-@workflow.defn(name="LifecycleRun")
+@workflow.defn(name=LIFECYCLE_RUN_WORKFLOW)
 class LifecycleRunWorkflow(RunWorkflowBase):
     """One durable lifecycle stage run (see the module docstring for its steps)."""
 
@@ -90,7 +82,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         period = report_period(requested=inp.inputs.report_period, as_of=as_of) if inp.stage == "realization" else None
         outcome = await self._step(
             f"agent:{inp.stage}",
-            RUN_STAGE_AGENT,
+            LifecycleActivities.run_stage_agent,
             StageAgentInput(
                 workspace=inp.workspace,
                 account_id=inp.account_id,
@@ -99,7 +91,6 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                 inputs=inp.inputs,
                 period=period,
             ),
-            StageAgentOutcome,
             timeout_s=AGENT_TIMEOUT_S,
             attempts=3,
         )
@@ -109,7 +100,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         gated = inp.stage == "target"
         stored = await self._step(
             "store_result",
-            STORE_STAGE_RESULT,
+            LifecycleActivities.store_stage_result,
             StoreStageResultInput(
                 key=inp.run_id,
                 workspace=inp.workspace,
@@ -117,7 +108,6 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                 status="pending_approval" if gated else "completed",
                 result=result,
             ),
-            StoredStageResult,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )
@@ -171,9 +161,8 @@ class LifecycleRunWorkflow(RunWorkflowBase):
     async def _set_status(self, status: ResultStatus) -> StoredStageResult:
         return await self._step(
             f"result:{status}",
-            SET_STAGE_RESULT_STATUS,
+            LifecycleActivities.set_stage_result_status,
             SetStatusInput(key=self._inp.run_id, status=status),
-            StoredStageResult,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )
@@ -181,11 +170,10 @@ class LifecycleRunWorkflow(RunWorkflowBase):
     async def _publish(self, status: PageStatus, change_summary: str | None) -> PublishedPage:
         return await self._step(
             f"publish:{status}",
-            PUBLISH_STAGE_PAGE,
+            LifecycleActivities.publish_stage_page,
             PublishStageInput(
                 key=self._inp.run_id, workspace=self._inp.workspace, status=status, change_summary=change_summary
             ),
-            PublishedPage,
             timeout_s=STORE_TIMEOUT_S,
             attempts=5,
         )

@@ -12,49 +12,40 @@ from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
-        CLEANUP_WORKTREE,
-        CLONE_REPOSITORY,
-        GENERATE_DOCUMENTATION,
-        LOAD_RUN_CONFIG,
-        MERGE_PULL_REQUEST,
-        OPEN_PULL_REQUEST,
-        RUN_MILESTONE,
-        CloneResult,
-        DocsInput,
-        DocsResult,
-        LoadConfigInput,
-        MergePullRequestInput,
-        MilestoneInput,
-        MilestoneResult,
-        MilestoneStep,
-        OpenPullRequestInput,
-        PullRequestResult,
-        RepoRef,
-        project_name,
-    )
-    from quantapilot.config import (
-        MilestoneConfig,
-        QuantapilotConfig,
-        StepConfig,
-        command_policy,
-        effective_gates,
-        gate_settings,
-        run_branch_namespace,
-        step_policy,
-    )
+    from activities.repo import RepoActivities
     from quantapilot.errors import ErrorCode
     from quantapilot.models import (
         MilestoneRecord,
+        MilestoneStatus,
         PullRequestRef,
         RepoRunCarry,
         RepoRunInput,
         RunKind,
         RunStatus,
     )
+    from quantapilot.repos.config import MilestoneConfig, QuantapilotConfig, StepConfig
+    from quantapilot.repos.policy import (
+        ANCHOR_GATE,
+        FIRST_MERGE_GATE,
+        command_policy,
+        effective_gates,
+        gate_settings,
+        run_branch_namespace,
+        step_policy,
+    )
+    from quantapilot.runs.contracts import (
+        DocsInput,
+        LoadConfigInput,
+        MergePullRequestInput,
+        MilestoneInput,
+        MilestoneStep,
+        OpenPullRequestInput,
+        PullRequestResult,
+        RepoRef,
+        project_name,
+    )
+    from quantapilot.runs.ids import REPO_RUN_WORKFLOW
 
-ANCHOR = "anchor"
-FIRST_MERGE = "first_merge"
 CLONE_TIMEOUT_S = 600.0
 CONFIG_TIMEOUT_S = 60.0
 CLEANUP_TIMEOUT_S = 120.0
@@ -62,16 +53,11 @@ CLEANUP_TIMEOUT_S = 120.0
 PATCH_WORKTREE_CLEANUP = "cleanup-worktree-at-end"
 
 
-def workflow_id(workspace: str, run_id: str) -> str:
-    """Workflow id of a repository run, readable in the Temporal Web UI."""
-    return f"repo-run/{workspace}/{run_id}"
-
-
 def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
     return next((s for s in config.steps if s.name == name), None)
 
 
-@workflow.defn(name="RepoRun")
+@workflow.defn(name=REPO_RUN_WORKFLOW)
 class RepoRunWorkflow(RunWorkflowBase):
     """One durable repository run (see the module docstring for its steps)."""
 
@@ -110,10 +96,9 @@ class RepoRunWorkflow(RunWorkflowBase):
         if not workflow.patched(PATCH_WORKTREE_CLEANUP):
             return  # started before worktrees were removed: replay without the step
         try:
-            await workflow.execute_activity(
-                CLEANUP_WORKTREE,
+            await workflow.execute_activity_method(
+                RepoActivities.cleanup_worktree,
                 self._repo,
-                result_type=bool,
                 start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
                 summary="Remove the run's worktree",
@@ -134,7 +119,7 @@ class RepoRunWorkflow(RunWorkflowBase):
     def _details_extra(self) -> list[str]:
         lines = [f"Repository `{self._inp.repo_url}` at `{self._inp.branch}`."]
         if self._milestones:
-            done = sum(m.status == "completed" for m in self._milestones)
+            done = sum(m.status == MilestoneStatus.COMPLETED for m in self._milestones)
             lines += ["", f"Milestones: {done}/{len(self._milestones)} completed."]
             lines += [f"- {m.id} {m.title}: **{m.status}**" for m in self._milestones]
         if self._pull_requests:
@@ -161,11 +146,11 @@ class RepoRunWorkflow(RunWorkflowBase):
                 await self._milestone(index, config.milestones[index], config, gates)
             except RunFailure:
                 # A rejected or timed-out gate, a failed step: the run ends here, and so does this milestone.
-                self._milestones[index].status = "failed"
+                self._milestones[index].status = MilestoneStatus.FAILED
                 self._touch()
                 raise
 
-        known = {ANCHOR, FIRST_MERGE, *(m.id for m in config.milestones)}
+        known = {ANCHOR_GATE, FIRST_MERGE_GATE, *(m.id for m in config.milestones)}
         for optional in (g for g in gates if g not in known):
             await self._decide(optional, gate_settings(config, optional).description or f"Optional gate {optional}")
         self._current_step = None
@@ -184,9 +169,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         )
         clone = await self._step(
             "clone",
-            CLONE_REPOSITORY,
+            RepoActivities.clone_repository,
             self._repo,
-            CloneResult,
             timeout_s=CLONE_TIMEOUT_S,
             attempts=3,
             summary=f"Clone {inp.repo_url} at {inp.branch}",
@@ -194,11 +178,10 @@ class RepoRunWorkflow(RunWorkflowBase):
         self._repo = self._repo.model_copy(update={"commit_sha": clone.commit_sha})
         config = await self._step(
             "read_config",
-            LOAD_RUN_CONFIG,
+            RepoActivities.load_run_config,
             LoadConfigInput(
                 repo=self._repo, path=inp.quantapilot_yaml_path, allow_self_approval=inp.allow_self_approval_default
             ),
-            QuantapilotConfig,
             timeout_s=CONFIG_TIMEOUT_S,
             attempts=3,
             summary=f"Read {inp.quantapilot_yaml_path}",
@@ -213,8 +196,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         gates = effective_gates(config)
 
         docs_pr = await self._documentation(config)
-        if ANCHOR in gates:
-            await self._decide(ANCHOR, "Accept the anchor documentation (its approval merges the docs PR).")
+        if ANCHOR_GATE in gates:
+            await self._decide(ANCHOR_GATE, "Accept the anchor documentation (its approval merges the docs PR).")
         await self._merge(docs_pr, config)
         return config
 
@@ -274,7 +257,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         project = project_name(self._inp.repo_url)
         docs = await self._step(
             "generate_docs",
-            GENERATE_DOCUMENTATION,
+            RepoActivities.generate_documentation,
             DocsInput(
                 repo=self._repo,
                 project=project,
@@ -284,7 +267,6 @@ class RepoRunWorkflow(RunWorkflowBase):
                 lint=config.gates.docs_lint,
                 run_started_at=self._created_at,
             ),
-            DocsResult,
             timeout_s=timeout_s,
             attempts=attempts,
             summary=f"Generate the documentation into {config.docs.output_folder}",
@@ -309,9 +291,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         timeout_s, attempts = step_policy(_named_step(config, "pr"), config)
         pr = await self._step(
             f"open_pr:{purpose}",
-            OPEN_PULL_REQUEST,
+            RepoActivities.open_pull_request,
             OpenPullRequestInput(repo=self._repo, head=head, base=self._inp.branch, title=title, body=body),
-            PullRequestResult,
             timeout_s=timeout_s,
             attempts=attempts,
             summary=f"Open a pull request for {purpose}: {head} into {self._inp.branch}",
@@ -329,9 +310,8 @@ class RepoRunWorkflow(RunWorkflowBase):
         purpose = next((p.purpose for p in self._pull_requests if p.number == pr.number), "merge")
         merged = await self._step(
             f"merge:{purpose}",
-            MERGE_PULL_REQUEST,
+            RepoActivities.merge_pull_request,
             MergePullRequestInput(repo=self._repo, number=pr.number, strategy=config.policies.merge),
-            PullRequestResult,
             timeout_s=timeout_s,
             attempts=attempts,
             # A conflict needs a person: the run pauses and retries the merge when resumed.
@@ -344,7 +324,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         self, index: int, milestone: MilestoneConfig, config: QuantapilotConfig, gates: list[str]
     ) -> None:
         record = self._milestones[index]
-        record.status = "active"
+        record.status = MilestoneStatus.ACTIVE
         record.started_at = workflow.now()
         record.branch = f"{run_branch_namespace(self._inp.run_id)}{milestone.id.lower()}"
         self._touch()
@@ -358,7 +338,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
         result = await self._step(
             f"milestone:{milestone.id}",
-            RUN_MILESTONE,
+            RepoActivities.run_milestone,
             MilestoneInput(
                 repo=self._repo,
                 milestone_id=milestone.id,
@@ -368,14 +348,13 @@ class RepoRunWorkflow(RunWorkflowBase):
                 steps=steps,
                 run_started_at=self._created_at,
             ),
-            MilestoneResult,
             timeout_s=sum(s.timeout_s * s.attempts for s in steps) + 120.0,
             attempts=attempts,
             summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
         )
         record.steps = list(result.steps)
         if result.failed_step is not None:
-            record.status = "failed"
+            record.status = MilestoneStatus.FAILED
             self._touch()
             raise RunFailure(ErrorCode.STEP_FAILED, f"milestone {milestone.id} step {result.failed_step} failed")
         pr = await self._open_pr(
@@ -388,11 +367,13 @@ class RepoRunWorkflow(RunWorkflowBase):
         record.pr_number = pr.number
         if record.gate:
             await self._decide(record.gate, f"Accept the deliverables of milestone {milestone.id}: {milestone.title}")
-        if not self._merged_once and FIRST_MERGE in gates:
-            await self._decide(FIRST_MERGE, "Approve the first merge of milestone changes into the default branch.")
+        if not self._merged_once and FIRST_MERGE_GATE in gates:
+            await self._decide(
+                FIRST_MERGE_GATE, "Approve the first merge of milestone changes into the default branch."
+            )
         await self._merge(pr, config)
         self._merged_once = True
-        record.status = "completed"
+        record.status = MilestoneStatus.COMPLETED
         record.completed_at = workflow.now()
         self._touch()
         await self._emit("milestone.completed", {"run_id": self._inp.run_id, "milestone_id": milestone.id})

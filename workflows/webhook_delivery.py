@@ -5,7 +5,8 @@ POSTs and records the attempt, and answers whether to stop or how long to wait; 
 ``workflow.sleep``, so a delivery survives worker restarts for the whole three days of its schedule. The
 activity's own retry policy is small: it only covers a worker lost mid-attempt or a database hiccup.
 
-Names and models live in :mod:`activities.webhook_models`; this module imports nothing that does I/O.
+Names and models live in :mod:`activities.webhook_models`; the activities are referenced by method, their module
+passed through the sandbox (nothing of it runs in the workflow).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.webhook_models import (
         AMQP_PUBLISH_WORKFLOW,
-        DELIVER_WEBHOOK,
-        PUBLISH_EVENT_AMQP,
         WEBHOOK_DELIVERY_WORKFLOW,
         AmqpPublishInput,
         DeliverAttemptInput,
-        DeliverAttemptResult,
         DeliveryWorkflowInput,
     )
+    from activities.webhooks import WebhookActivities
     from quantapilot.webhooks.schedule import next_delay
 
 # Time the activity gets beyond the HTTP timeout itself: loading and recording in the database.
@@ -45,8 +44,8 @@ class WebhookDeliveryWorkflow:
         while True:
             index = attempt - inp.first_attempt + 1
             try:
-                result: DeliverAttemptResult = await workflow.execute_activity(
-                    DELIVER_WEBHOOK,
+                result = await workflow.execute_activity_method(
+                    WebhookActivities.deliver_webhook,
                     DeliverAttemptInput(
                         delivery_id=inp.delivery_id,
                         attempt=attempt,
@@ -55,7 +54,6 @@ class WebhookDeliveryWorkflow:
                         retry_scale=inp.retry_scale,
                         timeout_s=inp.timeout_s,
                     ),
-                    result_type=DeliverAttemptResult,
                     start_to_close_timeout=timedelta(seconds=inp.timeout_s + _ACTIVITY_SLACK_S),
                     heartbeat_timeout=timedelta(seconds=inp.heartbeat_s),
                     # Small on purpose: the schedule below is the real retry loop.
@@ -91,8 +89,8 @@ class AmqpPublishWorkflow:
     @workflow.run
     async def run(self, inp: AmqpPublishInput) -> None:
         """Run the publish activity with unlimited retries (an unreachable broker never loses an event)."""
-        await workflow.execute_activity(
-            PUBLISH_EVENT_AMQP,
+        await workflow.execute_activity_method(
+            WebhookActivities.publish_event_amqp,
             inp,
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.repo import run_command
+from quantapilot.runs.commands import run_command
 from tests.support import eventually, require_bwrap
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.repo import repo_url_problem
+from quantapilot.runs.checks import repo_url_problem
 
 PATTERNS = ["https://*", "ssh://*", "git@*:*"]
 

@@ -11,8 +11,8 @@ import pytest
 from temporalio.client import Client
 
 import schemas
-from api.runs import workflow_id_for
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.support import Api, eventually, make_remote
@@ -130,7 +130,7 @@ async def test_api_idempotency_200_concurrent_triggers_start_one_run(
     assert len(run_ids) == 1
     assert sum(1 for _, payload in results if payload["created"]) == 1
     run_id = run_ids.pop()
-    wid = workflow_id_for(RunKind.REPOSITORY, "default", run_id)
+    wid = workflow_id(RunKind.REPOSITORY, "default", run_id)
     # The visibility store is eventually consistent: poll for the one execution.
     await eventually(lambda: count_runs(client, wid), lambda n: n >= 1, what="the run in visibility")
     assert await count_runs(client, wid) == 1

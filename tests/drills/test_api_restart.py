@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api.runs import new_run_id
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import new_run_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.drills.helpers import free_port, kill, spawn, stop, until

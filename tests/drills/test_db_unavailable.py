@@ -23,8 +23,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from api.runs import new_run_id, workflow_id_for
-from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.table import RunEvent
 from quantapilot.lifecycle.contracts import (
     TELEMETRY_SIGNAL,
     AccountRealizationStatus,
@@ -33,6 +33,7 @@ from quantapilot.lifecycle.contracts import (
 )
 from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.models import GateDecisionInput, RunKind
+from quantapilot.runs.ids import new_run_id, workflow_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
@@ -118,7 +119,7 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
         _refuse_connections(name, refuse=False)
 
     # Nothing half-written: no workflow for the refused key, no events in the database.
-    wid = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
+    wid = workflow_id(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
     assert not await _workflow_exists(client, wid)
     with Session(engine) as session:
         assert session.exec(select(func.count()).select_from(RunEvent)).one() == 0
@@ -133,7 +134,7 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
     assert (resp.status, again["run_id"], again["created"]) == (202, first["run_id"], False)
     assert await _workflow_exists(client, wid)
     await client.get_workflow_handle(wid).terminate("drill over")
-    before = workflow_id_for(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
+    before = workflow_id(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "before"))
     await client.get_workflow_handle(before).terminate("drill over")
 
 
@@ -157,7 +158,7 @@ async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
         _refuse_connections(name, refuse=True)
         try:
             # Decided by an operator's signal (no database on that path): the run's next event cannot be written.
-            handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", first["run_id"]))
+            handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", first["run_id"]))
             await handle.signal("decide_gate", GateDecisionInput(gate="anchor", approved=True, reason="ok"))
             code, second = await api.post(
                 "/v1/runs", {"repo_url": remote, "branch": "main"}, headers={"Idempotency-Key": "during-outage"}

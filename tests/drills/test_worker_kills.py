@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from quantapilot.db import RunEvent
+from quantapilot.events.table import RunEvent
 from quantapilot.forges.store import PullRequestRecord
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api.runs import workflow_id_for
 from quantapilot.models import GateDecisionInput, RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import temporal_cli_path
 from quantapilot.tokens import create_token
@@ -78,7 +78,7 @@ async def test_approvers_decision_by_temporal_signal(api: Api, client: Client, t
     _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
     run_id = body["run_id"]
     await api.wait_gate(run_id, "anchor")
-    handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
+    handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
     # What an operator sends from the Web UI or `temporal workflow signal --name decide_gate --input '{...}'`.
     await handle.signal("decide_gate", GateDecisionInput(gate="anchor", approved=True, reason="from the UI"))
     status = await eventually(lambda: api.status(run_id), lambda s: s["state"] == "completed", what="completed")
@@ -87,7 +87,7 @@ async def test_approvers_decision_by_temporal_signal(api: Api, client: Client, t
     # A raw JSON signal (no pydantic on the sender's side) works the same way.
     _, second = await api.post("/run", {"repo_url": url, "branch": "main"})
     await api.wait_gate(second["run_id"], "anchor")
-    raw = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", second["run_id"]))
+    raw = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", second["run_id"]))
     await raw.signal("decide_gate", {"gate": "anchor", "approved": False, "reason": "no"})
     failed = await api.wait_state(second["run_id"], "failed")
     assert failed["error"]["code"] == "GATE_REJECTED"
@@ -125,11 +125,11 @@ async def test_approvers_pause_decide_and_resume_by_temporal_cli_signals(
     _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
     run_id = body["run_id"]
     await api.wait_gate(run_id, "anchor")
-    workflow_id = workflow_id_for(RunKind.REPOSITORY, "default", run_id)
+    wid = workflow_id(RunKind.REPOSITORY, "default", run_id)
     address = client.service_client.config.target_host
 
     def send(name: str, payload: dict) -> Awaitable[None]:
-        return asyncio.to_thread(temporal_signal, address, workflow_id, name, payload)
+        return asyncio.to_thread(temporal_signal, address, wid, name, payload)
 
     await send("pause", {"reason": "hold"})
     paused = await eventually(lambda: api.status(run_id), lambda s: s["state"] == "paused", what="paused")

@@ -324,8 +324,8 @@ milestones:
 async def test_milestones_long_run_continues_as_new_between_milestones(
     make_api: ApiFactory, cmd_settings: Settings, client, tmp_path: Path
 ) -> None:
-    from api.runs import workflow_id_for
     from quantapilot.models import RunKind
+    from quantapilot.runs.ids import workflow_id
     from worker import build_worker
 
     settings = cmd_settings.model_copy(update={"continue_as_new_every_milestones": 1})
@@ -352,7 +352,7 @@ async def test_milestones_long_run_continues_as_new_between_milestones(
         "M-003",
     ]
     assert kinds(events).count("run.started") == 1
-    handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
+    handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
     # One execution per milestone; visibility lists the last ones a moment late, so poll for them.
     await eventually(
         lambda: executions_of(client, handle.id), lambda n: n >= 3, timeout=15, what="three executions listed"

@@ -7,9 +7,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from api.runs import workflow_id_for
 from quantapilot.lifecycle.store import latest_approved_target, list_results
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal import SA_ACCOUNT_ID, SA_STAGE, SA_WORKSPACE
 from quantapilot.tokens import create_token
@@ -187,7 +187,7 @@ async def test_lifecycle_run_is_found_in_visibility_by_account_stage_and_state(
     await run_stage(lc_api, account, "opportunity", OPPORTUNITY_INPUTS)
     run_id = await start(lc_api, account, "target", {"investment": {"annualCost": 50000}})
     await lc_api.wait_gate(run_id, "business_case")
-    wid = workflow_id_for(RunKind.LIFECYCLE, "default", run_id)
+    wid = workflow_id(RunKind.LIFECYCLE, "default", run_id)
     scope = f"TaskQueue = '{settings.task_queue}' AND QpRunKind = 'lifecycle' AND QpAccountId = '{account}'"
 
     async def found(query: str) -> set[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.runs import workflow_id_for
 from quantapilot.models import GateDecisionInput, RunKind
+from quantapilot.runs.ids import workflow_id
 from tests.support import Api, JsonLogLines, captured_json_logs, eventually, make_remote
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -114,7 +114,7 @@ async def test_observability_workflow_log_lines_carry_correlation_and_trace(
     run_id = (await resp.json())["run_id"]
     await api.wait_gate(run_id, "anchor")
     # A signal for a gate that is not pending is ignored, with a warning from the workflow itself.
-    handle = client.get_workflow_handle(workflow_id_for(RunKind.REPOSITORY, "default", run_id))
+    handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
     await handle.signal("decide_gate", GateDecisionInput(gate="no_such_gate", approved=True, reason="x"))
     lines = await eventually(
         lambda: _async([e for e in json_logs.lines if e["message"].startswith("gate decision ignored")]),

@@ -13,10 +13,10 @@ from workflows.repo_run import RepoRunWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import LOAD_RUN_CONFIG, LoadConfigInput
+    from activities.repo import RepoActivities
     from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
     from quantapilot.models import RepoRunInput, RunStatus
-    from quantapilot.repos.config import QuantapilotConfig
+    from quantapilot.runs.contracts import LoadConfigInput
 
 
 @workflow.defn(name="RepoRun")
@@ -28,9 +28,8 @@ class ReorderedRepoRun(RepoRunWorkflow):
         """Read the config first, then the usual pipeline."""
         await self._step(
             "read_config_early",
-            LOAD_RUN_CONFIG,
+            RepoActivities.load_run_config,
             LoadConfigInput(repo=self._repo, path=inp.quantapilot_yaml_path),
-            QuantapilotConfig,
             timeout_s=60,
             attempts=1,
         )
@@ -47,9 +46,8 @@ class PatchedRepoRun(RepoRunWorkflow):
         if workflow.patched("read-config-early"):
             await self._step(
                 "read_config_early",
-                LOAD_RUN_CONFIG,
+                RepoActivities.load_run_config,
                 LoadConfigInput(repo=self._repo, path=inp.quantapilot_yaml_path),
-                QuantapilotConfig,
                 timeout_s=60,
                 attempts=1,
             )

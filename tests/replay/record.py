@@ -42,6 +42,8 @@ from quantapilot.lifecycle.contracts import (
     account_workflow_id,
 )
 from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
+from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
@@ -59,9 +61,7 @@ from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fas
 from worker import build_worker
 from workflows.account_realization import AccountRealizationWorkflow
 from workflows.lifecycle_run import LifecycleRunWorkflow
-from workflows.lifecycle_run import workflow_id as lifecycle_workflow_id
 from workflows.repo_run import RepoRunWorkflow
-from workflows.repo_run import workflow_id as repo_workflow_id
 from workflows.webhook_delivery import AmqpPublishWorkflow, WebhookDeliveryWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -155,7 +155,7 @@ def workflow_type(cls: type) -> str:
 
 
 def repo_run(run_id: str) -> Recorded:
-    return Recorded(repo_workflow_id("default", run_id))
+    return Recorded(workflow_id(RunKind.REPOSITORY, "default", run_id))
 
 
 async def approved(rec: Recording) -> Recorded:
@@ -232,7 +232,7 @@ async def time_budget_stopped_step(rec: Recording) -> Recorded:
 async def lifecycle_target_approved(rec: Recording) -> Recorded:
     """Target stage: draft page, business_case gate approved, targets active, page published; completed."""
     run_id = await approved_target(rec.api, new_account())
-    return Recorded(lifecycle_workflow_id("default", run_id))
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
 async def lifecycle_target_rejected(rec: Recording) -> Recorded:
@@ -242,7 +242,7 @@ async def lifecycle_target_rejected(rec: Recording) -> Recorded:
     await api.wait_gate(run_id, "business_case")
     await api.decide(run_id, "business_case", False, "ROI too optimistic")
     await api.wait_state(run_id, "failed")
-    return Recorded(lifecycle_workflow_id("default", run_id))
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
 async def lifecycle_target_api_signal_held(rec: Recording) -> Recorded:
@@ -251,13 +251,13 @@ async def lifecycle_target_api_signal_held(rec: Recording) -> Recorded:
     api = rec.api
     run_id = await start(api, new_account(), "target", TARGET_INPUTS, gate={"allowSelfApproval": False})
     await api.wait_gate(run_id, "business_case")
-    handle = rec.client.get_workflow_handle(lifecycle_workflow_id("default", run_id))
+    handle = rec.client.get_workflow_handle(workflow_id(RunKind.LIFECYCLE, "default", run_id))
     claimed = {"source": "api", "decided_by": "recorder", "decided_by_token": "tok_another_of_recorder"}
     await handle.signal("decide_gate", {"gate": "business_case", "approved": True, **claimed})
     await handle.signal("decide_gate", {"gate": "business_case", "approved": True, "reason": "operator"})
     final = await api.wait_state(run_id, "completed")
     assert final["gates"][0]["reason"] == "operator", final["gates"]  # the first signal changed nothing
-    return Recorded(lifecycle_workflow_id("default", run_id))
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
 # ----- AccountRealization ----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from activities.models import CLEANUP_WORKTREE, RECORD_EVENT
+from quantapilot.runs.contracts import CLEANUP_WORKTREE, RECORD_EVENT
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api.runs import workflow_id_for
 from quantapilot.lifecycle.contracts import LifecycleRunInput
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.conftest import ApiFactory
@@ -142,7 +142,7 @@ async def test_approvals_a_recorded_input_cannot_lift_the_floor(
                 "allow_self_approval_default": False,
             }
         ),
-        id=workflow_id_for(RunKind.LIFECYCLE, "default", run_id),
+        id=workflow_id(RunKind.LIFECYCLE, "default", run_id),
         task_queue=settings.task_queue,
     )
     await alice.wait_gate(run_id, "business_case")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from api.runs import new_run_id
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import new_run_id
 from tests.support import Api, git, make_remote, remote_branches
 
 

@@ -17,10 +17,11 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.app import create_app
-from api.runs import new_run_id
-from quantapilot.db import RunEvent, create_all, make_engine, session_scope
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.table import RunEvent
 from quantapilot.lifecycle.contracts import account_stream_id, account_workflow_id
 from quantapilot.models import RunKind
+from quantapilot.runs.ids import new_run_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
+from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.drills.helpers import ROOT, settings_env, stop
 from tests.support import Api, eventually, git, remote_branches
 from worker import build_worker
-from workflows.repo_run import workflow_id
 
 # Nine levels of ten aliases: 10**9 leaves once expanded, a few hundred bytes written.
 LAUGHS = "\n".join(
@@ -363,7 +364,7 @@ async def test_repo_files_worker_sweeps_worktrees_of_closed_runs(
         waiting = await trigger(api, hostile_remote(repos, "waiting", {"README.md": "# Open\n"}))
         for run_id in (terminated, waiting):
             await api.wait_gate(run_id, "anchor")
-        await client.get_workflow_handle(workflow_id("default", terminated)).terminate("operator")
+        await client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", terminated)).terminate("operator")
         # A folder no run owns (a clone left by a crash of a run Temporal no longer knows); sorts after the others,
         # so once it is gone a sweep has looked at every folder.
         stray = run_dir(settings, "rr_" + "f" * 32) / "repo"

@@ -28,8 +28,8 @@ import pytest
 from aiohttp import web
 from temporalio.client import Client
 
-from activities.repo import run_command
 from quantapilot.forges import gitops
+from quantapilot.runs.commands import run_command
 from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable, command_env, launch
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
@@ -315,7 +315,7 @@ async def test_sandbox_dies_with_the_worker(host: Host, leftovers: list[str]) ->
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from activities.repo import run_command\n"
+        "from quantapilot.runs.commands import run_command\n"
         f"asyncio.run(run_command('slow', 'echo > started; sleep 96.25', cwd=Path({str(host.worktree)!r}), timeout_s=300))\n"
     )
     worker = subprocess.Popen([sys.executable, "-c", script])

@@ -1,6 +1,7 @@
-"""Activity names and their input/output models.
+"""The repository run's Temporal contracts: activity names and their input/output models.
 
-Workflows import this module (and never the activity implementations) so they stay free of I/O code.
+The names are what Temporal records in every history (tests/replay): they never change. Activities declare
+themselves with them (``activities.repo``, ``activities.events``); workflows call those activities by reference.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class LoadConfigInput(_Model):
 
     repo: RepoRef
     path: str
-    # The run's QP_ALLOW_SELF_APPROVAL: false narrows every gate of the file (quantapilot.config
+    # The run's QP_ALLOW_SELF_APPROVAL: false narrows every gate of the file (quantapilot.repos.policy
     # with_self_approval_floor). None (scheduled by a workflow predating the field): left to the workflow's check.
     allow_self_approval: bool | None = None
 
