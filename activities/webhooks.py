@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,30 +28,25 @@ import aiohttp
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 
-from activities.webhook_models import (
-    AMQP_PUBLISH_WORKFLOW,
-    DELIVER_WEBHOOK,
-    PUBLISH_EVENT_AMQP,
-    WEBHOOK_DELIVERY_WORKFLOW,
-    AmqpPublishInput,
-    DeliverAttemptInput,
-    DeliverAttemptResult,
-    DeliveryWorkflowInput,
-    amqp_workflow_id,
-    delivery_workflow_id,
-)
 from quantapilot.db import RunEvent, session_scope, utcnow
 from quantapilot.models import EventRecord
 from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher
+from quantapilot.webhooks.contracts import (
+    DELIVER_WEBHOOK,
+    PUBLISH_EVENT_AMQP,
+    AmqpPublishInput,
+    DeliverAttemptInput,
+    DeliverAttemptResult,
+    delivery_workflow_id,
+)
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult, EventEnvelope, post_event, prepare_request
+from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
 from quantapilot.webhooks.store import (
     DISABLED_FAILING,
     DISABLED_UNSAFE,
@@ -75,18 +70,7 @@ from quantapilot.webhooks.store import (
 log = logging.getLogger("quantapilot.webhooks")
 
 ENDPOINT_DISABLED = "webhook.endpoint_disabled"
-# Workflow starts in flight at once from one activity: enough to hide the round trips, few enough not to
-# flood the frontend when a busy workspace has many endpoints.
-_START_CONCURRENCY = 16
 _DISABLED_EVENT_NAMESPACE = uuid.UUID("0d7c4b8e-6a55-4f63-9a3e-5b2f1c7d9e10")
-
-
-@dataclass(frozen=True)
-class PendingDelivery:
-    """A delivery waiting for its workflow (the row's id and the workflow that owns it)."""
-
-    delivery_id: str
-    workflow_id: str
 
 
 # ----- envelopes -----------------------------------------------------------------------------------------------
@@ -247,67 +231,6 @@ def pending_deliveries(session: Session, event_id: str) -> list[PendingDelivery]
         .order_by(col(WebhookDelivery.id))
     )
     return [PendingDelivery(row.id, row.workflow_id or delivery_workflow_id(row.id)) for row in rows if row.workflow_id]
-
-
-def delivery_input(settings: Settings, delivery_id: str, *, first_attempt: int = 1) -> DeliveryWorkflowInput:
-    """The delivery workflow's input from the settings of the process that starts it."""
-    return DeliveryWorkflowInput(
-        delivery_id=delivery_id,
-        first_attempt=first_attempt,
-        retry_scale=settings.webhook_retry_scale,
-        timeout_s=settings.webhook_timeout_s,
-        heartbeat_s=settings.step_heartbeat_s,
-    )
-
-
-async def start_delivery_workflows(
-    client: Client, *, task_queue: str, settings: Settings, deliveries: Sequence[PendingDelivery]
-) -> int:
-    """Start one delivery workflow per delivery; a workflow that already exists (or existed) is left alone.
-
-    Returns:
-        How many workflows this call started.
-    """
-    gate = asyncio.Semaphore(_START_CONCURRENCY)
-
-    async def _start(pending: PendingDelivery) -> bool:
-        async with gate:
-            try:
-                await client.start_workflow(
-                    WEBHOOK_DELIVERY_WORKFLOW,
-                    delivery_input(settings, pending.delivery_id),
-                    id=pending.workflow_id,
-                    task_queue=task_queue,
-                    # A closed workflow with this id means the delivery was handled: never run it twice.
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    # The starting worker polls this queue: its first task comes back in the start's answer.
-                    request_eager_start=True,
-                )
-            except WorkflowAlreadyStartedError:
-                return False
-            return True
-
-    started = await asyncio.gather(*(_start(p) for p in deliveries))
-    return sum(started)
-
-
-async def start_amqp_publish(client: Client, *, task_queue: str, envelope: EventEnvelope) -> bool:
-    """Start the AMQP publication of an event (once per event id).
-
-    Returns:
-        True if this call started it.
-    """
-    try:
-        await client.start_workflow(
-            AMQP_PUBLISH_WORKFLOW,
-            AmqpPublishInput(event_id=envelope.id, event_type=envelope.type, envelope=envelope.model_dump(mode="json")),
-            id=amqp_workflow_id(envelope.id),
-            task_queue=task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        )
-    except WorkflowAlreadyStartedError:
-        return False
-    return True
 
 
 # ----- one attempt ---------------------------------------------------------------------------------------------

@@ -19,11 +19,8 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, redelivery_workflow_id
-from activities.webhooks import delivery_input
 from api.auth import principal_of
 from api.body import read_json, validate
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
@@ -32,6 +29,8 @@ from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 from quantapilot.webhooks import store
+from quantapilot.webhooks.contracts import redelivery_workflow_id
+from quantapilot.webhooks.starts import start_redelivery
 from quantapilot.webhooks.store import (
     DeliveryStatus,
     WebhookAttempt,
@@ -264,17 +263,6 @@ def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dic
         return delivery_view(delivery), previous, delivery.workflow_id, delivery.attempts + 1
 
 
-async def _start_redelivery(client: Client, settings: Settings, delivery_id: str, workflow_id: str, first: int) -> None:
-    await client.start_workflow(
-        WEBHOOK_DELIVERY_WORKFLOW,
-        delivery_input(settings, delivery_id, first_attempt=first),
-        id=workflow_id,
-        task_queue=settings.task_queue,
-        # The id is fresh; rejecting duplicates keeps a closed redelivery from ever running twice.
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
-
-
 async def _cancel_quietly(client: Client, workflow_id: str) -> None:
     """Cancel a superseded delivery workflow; it stops on its own anyway, this only ends its wait early."""
     # Already closed or never started: nothing to end.
@@ -419,7 +407,7 @@ async def redeliver(request: web.Request) -> web.Response:
     delivery_id = request.match_info["delivery_id"]
     view, previous, workflow_id, first = await _in_db(request, _redeliver, delivery_id, workspace=principal.workspace)
     client, settings = request.app[TEMPORAL], request.app[SETTINGS]
-    await _start_redelivery(client, settings, delivery_id, workflow_id, first)
+    await start_redelivery(client, settings, delivery_id, workflow_id, first)
     if previous is not None and previous != workflow_id:
         await _cancel_quietly(client, previous)
     return web.json_response(view, status=202)

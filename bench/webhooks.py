@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from activities.events import store_event_with_deliveries
-from activities.webhooks import envelope_of_record, start_delivery_workflows
+from activities.webhooks import envelope_of_record
 from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.models import EventRecord, RunKind
@@ -35,6 +35,7 @@ from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks import store, verify_signature
 from quantapilot.webhooks.sender import prepare_request
+from quantapilot.webhooks.starts import start_delivery_workflows
 from worker import build_worker
 
 

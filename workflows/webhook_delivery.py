@@ -5,7 +5,7 @@ POSTs and records the attempt, and answers whether to stop or how long to wait; 
 ``workflow.sleep``, so a delivery survives worker restarts for the whole three days of its schedule. The
 activity's own retry policy is small: it only covers a worker lost mid-attempt or a database hiccup.
 
-Names and models live in :mod:`activities.webhook_models`; this module imports nothing that does I/O.
+Names and models live in :mod:`quantapilot.webhooks.contracts`; this module imports nothing that does I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.webhook_models import (
+    from quantapilot.webhooks.contracts import (
         AMQP_PUBLISH_WORKFLOW,
         DELIVER_WEBHOOK,
         PUBLISH_EVENT_AMQP,

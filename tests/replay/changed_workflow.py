@@ -14,9 +14,9 @@ from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import LOAD_RUN_CONFIG, LoadConfigInput
-    from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
     from quantapilot.config import QuantapilotConfig
     from quantapilot.models import RepoRunInput, RunStatus
+    from quantapilot.webhooks.contracts import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
 
 
 @workflow.defn(name="RepoRun")

@@ -37,7 +37,6 @@ from activities.lifecycle_models import (
     TelemetryIngested,
     account_workflow_id,
 )
-from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from quantapilot.db import create_all, make_engine, session_scope
@@ -45,6 +44,7 @@ from quantapilot.settings import Settings
 from quantapilot.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
+from quantapilot.webhooks.contracts import amqp_workflow_id, delivery_workflow_id
 from tests.brokers import AMQP_URL, broker_reachable
 from tests.lifecycle_e2e.helpers import (
     TARGET_INPUTS,
