@@ -47,7 +47,7 @@ from quantapilot.webhooks.contracts import (
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult, EventEnvelope, post_event, prepare_request
 from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
-from quantapilot.webhooks.store import (
+from quantapilot.webhooks.tables import (
     DISABLED_FAILING,
     DISABLED_UNSAFE,
     DeliveryStatus,

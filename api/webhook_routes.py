@@ -28,10 +28,10 @@ from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks import store
+from quantapilot.webhooks import tables
 from quantapilot.webhooks.contracts import redelivery_workflow_id
 from quantapilot.webhooks.starts import start_redelivery
-from quantapilot.webhooks.store import (
+from quantapilot.webhooks.tables import (
     DeliveryStatus,
     WebhookAttempt,
     WebhookDelivery,
@@ -164,7 +164,7 @@ def _create(
     engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
 ) -> tuple[dict[str, Any], str]:
     with session_scope(engine) as session:
-        endpoint, secret = store.create_endpoint(
+        endpoint, secret = tables.create_endpoint(
             session=session,
             workspace=workspace,
             url=body["url"],
@@ -178,19 +178,19 @@ def _create(
 
 def _list(engine: Engine, *, workspace: str) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        return [endpoint_view(e) for e in store.list_endpoints(session=session, workspace=workspace)]
+        return [endpoint_view(e) for e in tables.list_endpoints(session=session, workspace=workspace)]
 
 
 def _get(engine: Engine, endpoint_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        return endpoint_view(store.get_endpoint(endpoint_id, session=session, workspace=workspace))
+        return endpoint_view(tables.get_endpoint(endpoint_id, session=session, workspace=workspace))
 
 
 def _update(
     engine: Engine, endpoint_id: str, *, workspace: str, body: dict[str, Any], allow_private: bool
 ) -> dict[str, Any]:
     with session_scope(engine) as session:
-        endpoint = store.update_endpoint(
+        endpoint = tables.update_endpoint(
             endpoint_id,
             session=session,
             workspace=workspace,
@@ -205,17 +205,17 @@ def _update(
 
 def _delete(engine: Engine, endpoint_id: str, *, workspace: str) -> None:
     with session_scope(engine) as session:
-        store.delete_endpoint(endpoint_id, session=session, workspace=workspace)
+        tables.delete_endpoint(endpoint_id, session=session, workspace=workspace)
 
 
 def _rotate(
     engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta, keyring: KeyRing
 ) -> tuple[str, datetime]:
     with session_scope(engine) as session:
-        secret = store.rotate_secret(
+        secret = tables.rotate_secret(
             endpoint_id, session=session, workspace=workspace, overlap=overlap, keyring=keyring
         )
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace=workspace)
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace=workspace)
         return secret, endpoint.updated_at + overlap
 
 
@@ -237,25 +237,25 @@ def _deliveries(
     engine: Engine, endpoint_id: str, *, workspace: str, limit: int, status: DeliveryStatus | None
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        rows = store.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
+        rows = tables.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
         attempts = _attempts_of(session, [r.id for r in rows])
         return [delivery_view(r, attempts[r.id]) for r in rows]
 
 
 def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        row = store.get_delivery(delivery_id, session=session, workspace=workspace)
+        row = tables.get_delivery(delivery_id, session=session, workspace=workspace)
         return delivery_view(row, _attempts_of(session, [row.id])[row.id])
 
 
 def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dict[str, Any], str | None, str, int]:
     with session_scope(engine) as session:
-        delivery = store.get_delivery(delivery_id, session=session, workspace=workspace)
+        delivery = tables.get_delivery(delivery_id, session=session, workspace=workspace)
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
             raise conflict("the endpoint is disabled; enable it before redelivering")
         previous = delivery.workflow_id
-        store.redeliver(delivery_id, session=session, workspace=workspace)
+        tables.redeliver(delivery_id, session=session, workspace=workspace)
         # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
         delivery.workflow_id = redelivery_workflow_id(delivery.id, uuid.uuid4().hex[:12])
         session.add(delivery)

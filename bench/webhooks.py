@@ -33,7 +33,7 @@ from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.models import EventRecord, RunKind
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
-from quantapilot.webhooks import store, verify_signature
+from quantapilot.webhooks import tables, verify_signature
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.starts import start_delivery_workflows
 from worker import build_worker
@@ -102,7 +102,7 @@ def _events(count: int) -> list[EventRecord]:
 
 def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
     with session_scope(engine) as session:
-        _endpoint_row, secret = store.create_endpoint(
+        _endpoint_row, secret = tables.create_endpoint(
             session=session, workspace="default", url=url, keyring=load_keyring(settings)
         )
     return secret

@@ -1,7 +1,7 @@
 """Database engine and the core tables (API tokens, run events).
 
 Other tables live beside the feature that owns them (``quantapilot.docs_store``, ``quantapilot.telemetry``,
-``quantapilot.webhooks.store``); :func:`create_all` imports them so one call creates the whole schema.
+``quantapilot.webhooks.tables``); :func:`create_all` imports them so one call creates the whole schema.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine
 TABLE_MODULES: tuple[str, ...] = (
     "quantapilot.docs_store",
     "quantapilot.telemetry",
-    "quantapilot.webhooks.store",
+    "quantapilot.webhooks.tables",
     "quantapilot.forges.store",
     "quantapilot.lifecycle_store",
 )

@@ -16,7 +16,7 @@ from quantapilot.db import session_scope
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.contracts import DeliverAttemptInput, delivery_workflow_id
-from quantapilot.webhooks.store import WebhookDelivery, create_endpoint, list_attempts
+from quantapilot.webhooks.tables import WebhookDelivery, create_endpoint, list_attempts
 from tests.webhook_e2e.support import Receiver
 
 

@@ -12,10 +12,10 @@ from sqlmodel import Session
 
 from quantapilot.db import session_scope
 from quantapilot.secretbox import KeyRing
-from quantapilot.webhooks import store
+from quantapilot.webhooks import tables
 from quantapilot.webhooks.schedule import DISABLE_AFTER
 from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult
-from quantapilot.webhooks.store import (
+from quantapilot.webhooks.tables import (
     KNOWN_EVENT_TYPES,
     DeliveryStatus,
     WebhookNotFoundError,
@@ -30,7 +30,7 @@ KEYS = KeyRing([bytes(range(32))])
 
 def _create(engine: Engine, workspace: str = "ws1", **kwargs) -> tuple[str, str]:
     with session_scope(engine) as session:
-        endpoint, secret = store.create_endpoint(
+        endpoint, secret = tables.create_endpoint(
             session=session, workspace=workspace, url=URL, keyring=KEYS, now=T0, **kwargs
         )
         return endpoint.id, secret
@@ -60,7 +60,7 @@ def test_store_create_returns_secret_once_and_stores_filters(db_engine: Engine) 
     assert endpoint_id.startswith("we_")
     assert secret.startswith("whsec_")
     with Session(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
         assert endpoint.event_types == ["run.started", "gate.decided"]
         assert endpoint.run_kinds == ["repository"]
         assert endpoint.repositories == ["https://git.example.com/org/repo"]
@@ -70,52 +70,54 @@ def test_store_create_returns_secret_once_and_stores_filters(db_engine: Engine) 
         assert endpoint.created_at.tzinfo is not None
         # The secret is not an attribute of the endpoint, so API serialisation of it cannot leak it.
         assert secret not in endpoint.model_dump_json()
-        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [secret]
+        assert tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [secret]
 
 
 def test_store_create_refuses_bad_url_and_unknown_type(db_engine: Engine) -> None:
     with Session(db_engine) as session:
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="ftp://x.example/")
+            tables.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="ftp://x.example/")
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="http://169.254.169.254/")
+            tables.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url="http://169.254.169.254/")
         with pytest.raises(UnsafeUrlError):
-            store.create_endpoint(
+            tables.create_endpoint(
                 session=session, workspace="ws1", keyring=KEYS, url="http://127.0.0.1/", allow_private=False
             )
         with pytest.raises(ValueError, match="unknown event type"):
-            store.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url=URL, event_types=["nope"])
-        assert store.list_endpoints(session=session, workspace="ws1") == []
+            tables.create_endpoint(session=session, workspace="ws1", keyring=KEYS, url=URL, event_types=["nope"])
+        assert tables.list_endpoints(session=session, workspace="ws1") == []
 
 
 def test_store_workspace_scoping_behaves_as_not_found(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine, "ws1")
     _create(db_engine, "ws2")
     with session_scope(db_engine) as session:
-        assert [e.id for e in store.list_endpoints(session=session, workspace="ws1")] == [endpoint_id]
+        assert [e.id for e in tables.list_endpoints(session=session, workspace="ws1")] == [endpoint_id]
         with pytest.raises(WebhookNotFoundError):
-            store.get_endpoint(endpoint_id, session=session, workspace="ws2")
+            tables.get_endpoint(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            store.update_endpoint(endpoint_id, session=session, workspace="ws2", description="x")
+            tables.update_endpoint(endpoint_id, session=session, workspace="ws2", description="x")
         with pytest.raises(WebhookNotFoundError):
-            store.delete_endpoint(endpoint_id, session=session, workspace="ws2")
+            tables.delete_endpoint(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            store.rotate_secret(endpoint_id, session=session, workspace="ws2", overlap=timedelta(hours=1), keyring=KEYS)
+            tables.rotate_secret(
+                endpoint_id, session=session, workspace="ws2", overlap=timedelta(hours=1), keyring=KEYS
+            )
         with pytest.raises(WebhookNotFoundError):
-            store.list_deliveries(endpoint_id, session=session, workspace="ws2")
+            tables.list_deliveries(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            store.get_endpoint("we_missing", session=session, workspace="ws1")
+            tables.get_endpoint("we_missing", session=session, workspace="ws1")
     with Session(db_engine) as session:
-        assert store.get_endpoint(endpoint_id, session=session, workspace="ws1").description == ""
+        assert tables.get_endpoint(endpoint_id, session=session, workspace="ws1").description == ""
 
 
 def test_store_update_and_reenable(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     later = T0 + timedelta(hours=1)
     with session_scope(db_engine) as session:
-        assert store.disable_endpoint(endpoint_id, session=session, reason="gone")
-        assert not store.disable_endpoint(endpoint_id, session=session, reason="gone")
-        endpoint = store.update_endpoint(
+        assert tables.disable_endpoint(endpoint_id, session=session, reason="gone")
+        assert not tables.disable_endpoint(endpoint_id, session=session, reason="gone")
+        endpoint = tables.update_endpoint(
             endpoint_id,
             session=session,
             workspace="ws1",
@@ -125,32 +127,32 @@ def test_store_update_and_reenable(db_engine: Engine) -> None:
             now=later,
         )
     with Session(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
         assert endpoint.url == "https://other.example.com/hook"
         assert endpoint.event_types == ["run.completed"]
         assert endpoint.enabled
         assert endpoint.disabled_reason is None
         assert endpoint.updated_at == later
         with pytest.raises(UnsafeUrlError):
-            store.update_endpoint(endpoint_id, session=session, workspace="ws1", url="gopher://x/")
+            tables.update_endpoint(endpoint_id, session=session, workspace="ws1", url="gopher://x/")
 
 
 def test_store_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
     endpoint_id, old = _create(db_engine)
     rotated_at = T0 + timedelta(days=1)
     with session_scope(db_engine) as session:
-        new = store.rotate_secret(
+        new = tables.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=24), now=rotated_at
         )
     assert new != old
     with Session(db_engine) as session:
-        during = store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=23))
-        after = store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=24))
+        during = tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=23))
+        after = tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=24))
     assert during == [new, old]
     assert after == [new]
     # A second rotation deletes the expired secret and never extends the previous one's life.
     with session_scope(db_engine) as session:
-        newest = store.rotate_secret(
+        newest = tables.rotate_secret(
             endpoint_id,
             session=session,
             workspace="ws1",
@@ -160,10 +162,12 @@ def test_store_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
         )
     with Session(db_engine) as session:
         at = rotated_at + timedelta(hours=30, minutes=30)
-        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
-        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)) == [newest]
+        assert tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
+        assert tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)) == [
+            newest
+        ]
         with pytest.raises(ValueError, match="negative"):
-            store.rotate_secret(
+            tables.rotate_secret(
                 endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=-1)
             )
 
@@ -171,11 +175,11 @@ def test_store_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
 def test_store_rotate_with_zero_overlap_revokes_old(db_engine: Engine) -> None:
     endpoint_id, old = _create(db_engine)
     with session_scope(db_engine) as session:
-        new = store.rotate_secret(
+        new = tables.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=T0
         )
     with Session(db_engine) as session:
-        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
+        assert tables.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
     assert old != new
 
 
@@ -187,11 +191,11 @@ def test_store_matching_endpoints_filters(db_engine: Engine) -> None:
     disabled_id, _ = _create(db_engine)
     _create(db_engine, "other")
     with session_scope(db_engine) as session:
-        store.update_endpoint(disabled_id, session=session, workspace="ws1", enabled=False)
+        tables.update_endpoint(disabled_id, session=session, workspace="ws1", enabled=False)
 
     def match(event_type: str, run_kind: str | None, repository: str | None) -> set[str]:
         with Session(db_engine) as session:
-            found = store.matching_endpoints(
+            found = tables.matching_endpoints(
                 session=session,
                 workspace="ws1",
                 event_type=event_type,
@@ -210,17 +214,17 @@ def test_store_matching_endpoints_filters(db_engine: Engine) -> None:
     # Events outside any run pass the run-kind and repository filters.
     assert match("webhook.endpoint_disabled", None, None) == {all_id, lifecycle_id, repo_id}
     with Session(db_engine) as session, pytest.raises(ValueError, match="unknown event type"):
-        store.matching_endpoints(session=session, workspace="ws1", event_type="bogus")
+        tables.matching_endpoints(session=session, workspace="ws1", event_type="bogus")
 
 
 def test_store_ensure_delivery_is_idempotent(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with session_scope(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
-        first, created = store.ensure_delivery(
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        first, created = tables.ensure_delivery(
             session=session, endpoint=endpoint, event_id="ev_1", event_type="run_started", run_id="run_1", now=T0
         )
-        again, created_again = store.ensure_delivery(
+        again, created_again = tables.ensure_delivery(
             session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started", run_id="run_1"
         )
     assert created
@@ -231,7 +235,7 @@ def test_store_ensure_delivery_is_idempotent(db_engine: Engine) -> None:
     assert first.event_type == "run.started"
     assert first.workspace == "ws1"
     with Session(db_engine) as session:
-        [only] = store.list_deliveries(endpoint_id, session=session, workspace="ws1")
+        [only] = tables.list_deliveries(endpoint_id, session=session, workspace="ws1")
     assert only.id == first.id
     assert only.created_at == T0
 
@@ -245,9 +249,9 @@ def test_store_ensure_delivery_concurrent_creates_once(db_engine: Engine) -> Non
     def worker() -> None:
         try:
             with session_scope(db_engine) as session:
-                endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+                endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
                 barrier.wait(timeout=10)
-                delivery, created = store.ensure_delivery(
+                delivery, created = tables.ensure_delivery(
                     session=session, endpoint=endpoint, event_id="ev_race", event_type="run.failed"
                 )
                 outcomes.append((delivery.id, created))
@@ -268,8 +272,8 @@ def test_store_ensure_delivery_concurrent_creates_once(db_engine: Engine) -> Non
 def test_store_attempts_and_status_transitions(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with session_scope(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
-        delivery, _ = store.ensure_delivery(
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        delivery, _ = tables.ensure_delivery(
             session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started"
         )
         delivery_id = delivery.id
@@ -277,68 +281,68 @@ def test_store_attempts_and_status_transitions(db_engine: Engine) -> None:
     ok = DeliveryResult(outcome=DeliveryOutcome.DELIVERED, status_code=200, latency_ms=3.0)
     retry_at = T0 + timedelta(seconds=30)
     with session_scope(db_engine) as session:
-        store.record_attempt(delivery_id, session=session, attempt=1, result=fail, now=T0)
-        store.mark_retrying(delivery_id, session=session, next_retry_at=retry_at, now=T0)
+        tables.record_attempt(delivery_id, session=session, attempt=1, result=fail, now=T0)
+        tables.mark_retrying(delivery_id, session=session, next_retry_at=retry_at, now=T0)
     with Session(db_engine) as session:
-        [row] = store.list_deliveries(endpoint_id, session=session, workspace="ws1")
+        [row] = tables.list_deliveries(endpoint_id, session=session, workspace="ws1")
         assert (row.status, row.attempts, row.last_status_code, row.next_retry_at) == ("pending", 1, 500, retry_at)
-        assert store.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since == T0
+        assert tables.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since == T0
     with session_scope(db_engine) as session:
         # The same attempt recorded twice (activity retried after a crash) stays one row.
-        store.record_attempt(delivery_id, session=session, attempt=2, result=fail, now=retry_at)
-        store.record_attempt(delivery_id, session=session, attempt=2, result=ok, now=retry_at)
-        store.mark_delivered(delivery_id, session=session, now=retry_at)
+        tables.record_attempt(delivery_id, session=session, attempt=2, result=fail, now=retry_at)
+        tables.record_attempt(delivery_id, session=session, attempt=2, result=ok, now=retry_at)
+        tables.mark_delivered(delivery_id, session=session, now=retry_at)
     with Session(db_engine) as session:
-        attempts = store.list_attempts(delivery_id, session=session, workspace="ws1")
+        attempts = tables.list_attempts(delivery_id, session=session, workspace="ws1")
         assert [(a.attempt, a.outcome, a.status_code) for a in attempts] == [(1, "retry", 500), (2, "delivered", 200)]
         assert attempts[0].error == "HTTP 500"
         assert attempts[0].latency_ms == 12.5
-        delivery = store.get_delivery(delivery_id, session=session, workspace="ws1")
+        delivery = tables.get_delivery(delivery_id, session=session, workspace="ws1")
         assert delivery.status == DeliveryStatus.DELIVERED
         assert delivery.delivered_at == retry_at
         assert delivery.next_retry_at is None
         assert delivery.last_error is None
-        assert store.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since is None
+        assert tables.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since is None
         with pytest.raises(WebhookNotFoundError):
-            store.list_attempts(delivery_id, session=session, workspace="ws2")
+            tables.list_attempts(delivery_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            store.record_attempt("wd_missing", session=session, attempt=1, result=ok)
+            tables.record_attempt("wd_missing", session=session, attempt=1, result=ok)
 
 
 def test_store_gone_disables_endpoint_once_and_redeliver(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with session_scope(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
-        first, _ = store.ensure_delivery(session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started")
-        second, _ = store.ensure_delivery(session=session, endpoint=endpoint, event_id="ev_2", event_type="run.paused")
-        assert store.mark_gone(first.id, session=session, now=T0) is True
-        assert store.mark_gone(second.id, session=session, now=T0) is False
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        first, _ = tables.ensure_delivery(session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started")
+        second, _ = tables.ensure_delivery(session=session, endpoint=endpoint, event_id="ev_2", event_type="run.paused")
+        assert tables.mark_gone(first.id, session=session, now=T0) is True
+        assert tables.mark_gone(second.id, session=session, now=T0) is False
     with Session(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
         assert not endpoint.enabled
-        assert endpoint.disabled_reason == store.DISABLED_GONE
-        assert store.matching_endpoints(session=session, workspace="ws1", event_type="run.started") == []
-        gone = store.list_deliveries(endpoint_id, session=session, workspace="ws1", status=DeliveryStatus.GONE)
+        assert endpoint.disabled_reason == tables.DISABLED_GONE
+        assert tables.matching_endpoints(session=session, workspace="ws1", event_type="run.started") == []
+        gone = tables.list_deliveries(endpoint_id, session=session, workspace="ws1", status=DeliveryStatus.GONE)
         assert {d.id for d in gone} == {first.id, second.id}
     with session_scope(db_engine) as session:
-        store.mark_failed(first.id, session=session, error="gave up")
-        store.mark_disabled(second.id, session=session)
+        tables.mark_failed(first.id, session=session, error="gave up")
+        tables.mark_disabled(second.id, session=session)
         with pytest.raises(WebhookNotFoundError):
-            store.redeliver(first.id, session=session, workspace="ws2")
-        again = store.redeliver(first.id, session=session, workspace="ws1")
+            tables.redeliver(first.id, session=session, workspace="ws2")
+        again = tables.redeliver(first.id, session=session, workspace="ws1")
     assert again.status == DeliveryStatus.PENDING
     with Session(db_engine) as session:
-        assert store.get_delivery(first.id, session=session, workspace="ws1").status == "pending"
-        assert store.get_delivery(second.id, session=session, workspace="ws1").status == "disabled"
+        assert tables.get_delivery(first.id, session=session, workspace="ws1").status == "pending"
+        assert tables.get_delivery(second.id, session=session, workspace="ws1").status == "disabled"
 
 
 def test_store_record_own_event_keeps_it_unsent_once(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine, event_types=["run.started"])
     payload = {"id": "evt_off", "type": "webhook.endpoint_disabled", "data": {"reason": "gone"}}
     with session_scope(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
-        store.disable_endpoint(endpoint_id, session=session, reason=store.DISABLED_GONE, now=T0)
-        first = store.record_own_event(
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        tables.disable_endpoint(endpoint_id, session=session, reason=tables.DISABLED_GONE, now=T0)
+        first = tables.record_own_event(
             endpoint,
             session=session,
             event_id="evt_off",
@@ -347,12 +351,12 @@ def test_store_record_own_event_keeps_it_unsent_once(db_engine: Engine) -> None:
             now=T0,
         )
         # An activity retried after a crash records nothing twice and does not reopen the row.
-        again = store.record_own_event(
+        again = tables.record_own_event(
             endpoint, session=session, event_id="evt_off", event_type="webhook.endpoint_disabled", payload={}, now=T0
         )
         assert again.id == first.id
     with Session(db_engine) as session:
-        (row,) = store.list_deliveries(endpoint_id, session=session, workspace="ws1")
+        (row,) = tables.list_deliveries(endpoint_id, session=session, workspace="ws1")
         assert (row.event_type, row.status, row.attempts, row.run_id) == (
             "webhook.endpoint_disabled",
             DeliveryStatus.DISABLED,
@@ -365,17 +369,17 @@ def test_store_record_own_event_keeps_it_unsent_once(db_engine: Engine) -> None:
 def test_store_failing_too_long(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with session_scope(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
-        assert not store.failing_too_long(endpoint, now=T0)
-        delivery, _ = store.ensure_delivery(session=session, endpoint=endpoint, event_id="e", event_type="run.failed")
-        store.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0)
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        assert not tables.failing_too_long(endpoint, now=T0)
+        delivery, _ = tables.ensure_delivery(session=session, endpoint=endpoint, event_id="e", event_type="run.failed")
+        tables.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0)
         # A later failure does not move the start of the streak.
-        store.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0 + timedelta(days=1))
+        tables.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0 + timedelta(days=1))
     with Session(db_engine) as session:
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace="ws1")
         assert endpoint.failing_since == T0
-        assert not store.failing_too_long(endpoint, now=T0 + DISABLE_AFTER - timedelta(seconds=1))
-        assert store.failing_too_long(endpoint, now=T0 + DISABLE_AFTER)
+        assert not tables.failing_too_long(endpoint, now=T0 + DISABLE_AFTER - timedelta(seconds=1))
+        assert tables.failing_too_long(endpoint, now=T0 + DISABLE_AFTER)
 
 
 def test_store_delete_endpoint_removes_children(db_engine: Engine) -> None:
@@ -384,25 +388,25 @@ def test_store_delete_endpoint_removes_children(db_engine: Engine) -> None:
     ok = DeliveryResult(outcome=DeliveryOutcome.DELIVERED, status_code=200, latency_ms=1.0)
     with session_scope(db_engine) as session:
         for eid in (endpoint_id, keep_id):
-            endpoint = store.get_endpoint(eid, session=session, workspace="ws1")
-            delivery, _ = store.ensure_delivery(
+            endpoint = tables.get_endpoint(eid, session=session, workspace="ws1")
+            delivery, _ = tables.ensure_delivery(
                 session=session, endpoint=endpoint, event_id="e1", event_type="run.started"
             )
-            store.record_attempt(delivery.id, session=session, attempt=1, result=ok)
-        store.rotate_secret(endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=1))
+            tables.record_attempt(delivery.id, session=session, attempt=1, result=ok)
+        tables.rotate_secret(endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=1))
     with session_scope(db_engine) as session:
-        store.delete_endpoint(endpoint_id, session=session, workspace="ws1")
+        tables.delete_endpoint(endpoint_id, session=session, workspace="ws1")
     with Session(db_engine) as session:
-        assert [e.id for e in store.list_endpoints(session=session, workspace="ws1")] == [keep_id]
-        assert store.active_secrets(endpoint_id, session=session, keyring=KEYS) == []
-        assert store.active_secrets(keep_id, session=session, keyring=KEYS) == [keep_secret]
-        [kept] = store.list_deliveries(keep_id, session=session, workspace="ws1")
-        assert len(store.list_attempts(kept.id, session=session, workspace="ws1")) == 1
+        assert [e.id for e in tables.list_endpoints(session=session, workspace="ws1")] == [keep_id]
+        assert tables.active_secrets(endpoint_id, session=session, keyring=KEYS) == []
+        assert tables.active_secrets(keep_id, session=session, keyring=KEYS) == [keep_secret]
+        [kept] = tables.list_deliveries(keep_id, session=session, workspace="ws1")
+        assert len(tables.list_attempts(kept.id, session=session, workspace="ws1")) == 1
 
 
 def test_store_refuses_naive_datetimes(db_engine: Engine) -> None:
     endpoint_id, _ = _create(db_engine)
     with Session(db_engine) as session, pytest.raises(StatementError, match="naive datetime"):
-        store.rotate_secret(
+        tables.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=datetime(2024, 1, 1)
         )
