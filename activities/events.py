@@ -19,11 +19,12 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 
 from activities.models import RECORD_EVENT
-from activities.webhooks import envelope_of_record, fan_out_run_event, pending_deliveries
 from quantapilot.db import RunEvent
 from quantapilot.models import EventRecord
 from quantapilot.observability import GATE_WAIT, RUN_EVENTS, RUNS
 from quantapilot.settings import Settings
+from quantapilot.webhooks.envelopes import envelope_of_record
+from quantapilot.webhooks.fanout import fan_out_run_event, pending_deliveries
 from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
 
 

@@ -28,7 +28,8 @@ from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks import tables
+from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.contracts import redelivery_workflow_id
 from quantapilot.webhooks.starts import start_redelivery
 from quantapilot.webhooks.tables import (
@@ -164,7 +165,7 @@ def _create(
     engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
 ) -> tuple[dict[str, Any], str]:
     with session_scope(engine) as session:
-        endpoint, secret = tables.create_endpoint(
+        endpoint, secret = endpoints.create_endpoint(
             session=session,
             workspace=workspace,
             url=body["url"],
@@ -178,19 +179,19 @@ def _create(
 
 def _list(engine: Engine, *, workspace: str) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        return [endpoint_view(e) for e in tables.list_endpoints(session=session, workspace=workspace)]
+        return [endpoint_view(e) for e in endpoints.list_endpoints(session=session, workspace=workspace)]
 
 
 def _get(engine: Engine, endpoint_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        return endpoint_view(tables.get_endpoint(endpoint_id, session=session, workspace=workspace))
+        return endpoint_view(endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace))
 
 
 def _update(
     engine: Engine, endpoint_id: str, *, workspace: str, body: dict[str, Any], allow_private: bool
 ) -> dict[str, Any]:
     with session_scope(engine) as session:
-        endpoint = tables.update_endpoint(
+        endpoint = endpoints.update_endpoint(
             endpoint_id,
             session=session,
             workspace=workspace,
@@ -205,17 +206,17 @@ def _update(
 
 def _delete(engine: Engine, endpoint_id: str, *, workspace: str) -> None:
     with session_scope(engine) as session:
-        tables.delete_endpoint(endpoint_id, session=session, workspace=workspace)
+        endpoints.delete_endpoint(endpoint_id, session=session, workspace=workspace)
 
 
 def _rotate(
     engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta, keyring: KeyRing
 ) -> tuple[str, datetime]:
     with session_scope(engine) as session:
-        secret = tables.rotate_secret(
+        secret = delivery_state.rotate_secret(
             endpoint_id, session=session, workspace=workspace, overlap=overlap, keyring=keyring
         )
-        endpoint = tables.get_endpoint(endpoint_id, session=session, workspace=workspace)
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace)
         return secret, endpoint.updated_at + overlap
 
 
@@ -237,30 +238,27 @@ def _deliveries(
     engine: Engine, endpoint_id: str, *, workspace: str, limit: int, status: DeliveryStatus | None
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        rows = tables.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
+        rows = deliveries.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
         attempts = _attempts_of(session, [r.id for r in rows])
         return [delivery_view(r, attempts[r.id]) for r in rows]
 
 
 def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        row = tables.get_delivery(delivery_id, session=session, workspace=workspace)
+        row = deliveries.get_delivery(delivery_id, session=session, workspace=workspace)
         return delivery_view(row, _attempts_of(session, [row.id])[row.id])
 
 
 def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dict[str, Any], str | None, str, int]:
     with session_scope(engine) as session:
-        delivery = tables.get_delivery(delivery_id, session=session, workspace=workspace)
-        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-        if endpoint is None or not endpoint.enabled:
-            raise conflict("the endpoint is disabled; enable it before redelivering")
-        previous = delivery.workflow_id
-        tables.redeliver(delivery_id, session=session, workspace=workspace)
-        # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
-        delivery.workflow_id = redelivery_workflow_id(delivery.id, uuid.uuid4().hex[:12])
-        session.add(delivery)
-        session.flush()
-        return delivery_view(delivery), previous, delivery.workflow_id, delivery.attempts + 1
+        workflow_id = redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12])
+        try:
+            handover = delivery_state.redeliver(
+                delivery_id, session=session, workspace=workspace, workflow_id=workflow_id
+            )
+        except delivery_state.EndpointDisabledError as exc:
+            raise conflict(str(exc)) from None
+        return delivery_view(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
 
 
 async def _cancel_quietly(client: Client, workflow_id: str) -> None:
