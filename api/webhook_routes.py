@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -34,12 +33,10 @@ from quantapilot.webhooks.contracts import redelivery_workflow_id
 from quantapilot.webhooks.starts import start_redelivery
 from quantapilot.webhooks.tables import (
     DeliveryStatus,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
     WebhookNotFoundError,
 )
 from quantapilot.webhooks.urlsafety import UnsafeUrlError, check_url, check_url_syntax
+from quantapilot.webhooks.views import delivery_view, endpoint_view, iso_timestamp
 
 log = logging.getLogger("quantapilot.api.webhooks")
 
@@ -48,70 +45,6 @@ SCOPE = "webhooks:manage"
 MAX_DELIVERIES_PAGE = 200
 
 routes = web.RouteTableDef()
-
-
-# ----- views ---------------------------------------------------------------------------------------------------
-
-
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
-
-
-def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """The public form of an endpoint (never its secrets)."""
-    return {
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "description": endpoint.description,
-        "events": list(endpoint.event_types),
-        "run_kinds": list(endpoint.run_kinds),
-        "repositories": list(endpoint.repositories),
-        "enabled": endpoint.enabled,
-        "disabled_reason": endpoint.disabled_reason,
-        "failing_since": _ts(endpoint.failing_since),
-        "created_at": _ts(endpoint.created_at),
-        "updated_at": _ts(endpoint.updated_at),
-    }
-
-
-def _attempt_view(row: WebhookAttempt) -> dict[str, Any]:
-    return {
-        "attempt": row.attempt,
-        "outcome": row.outcome,
-        "status_code": row.status_code,
-        "latency_ms": row.latency_ms,
-        "error": row.error,
-        "at": _ts(row.at),
-    }
-
-
-def delivery_view(delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] = ()) -> dict[str, Any]:
-    """The public form of a delivery with its attempts (status codes, latencies, errors) and next retry.
-
-    ``data`` is the payload of an event kept with its deliveries because no run's log has it
-    (``webhook.endpoint_disabled``); run events show null there and are read from their run's log by id.
-    """
-    data = delivery.payload.get("data") if delivery.payload is not None else None
-    return {
-        "id": delivery.id,
-        "endpoint_id": delivery.endpoint_id,
-        "event_id": delivery.event_id,
-        "event_type": delivery.event_type,
-        "run_id": delivery.run_id,
-        "status": delivery.status,
-        "attempt_count": delivery.attempts,
-        "last_status_code": delivery.last_status_code,
-        "last_latency_ms": delivery.last_latency_ms,
-        "last_error": delivery.last_error,
-        "next_retry_at": _ts(delivery.next_retry_at),
-        "created_at": _ts(delivery.created_at),
-        "delivered_at": _ts(delivery.delivered_at),
-        "data": data if isinstance(data, dict) else None,
-        "attempts": [_attempt_view(a) for a in attempts],
-    }
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------
@@ -220,33 +153,19 @@ def _rotate(
         return secret, endpoint.updated_at + overlap
 
 
-def _attempts_of(session: Session, ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
-    grouped: dict[str, list[WebhookAttempt]] = {i: [] for i in ids}
-    if not ids:
-        return grouped
-    rows = session.exec(
-        select(WebhookAttempt)
-        .where(col(WebhookAttempt.delivery_id).in_(list(ids)))
-        .order_by(col(WebhookAttempt.delivery_id), col(WebhookAttempt.attempt))
-    )
-    for row in rows:
-        grouped[row.delivery_id].append(row)
-    return grouped
-
-
 def _deliveries(
     engine: Engine, endpoint_id: str, *, workspace: str, limit: int, status: DeliveryStatus | None
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
         rows = deliveries.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
-        attempts = _attempts_of(session, [r.id for r in rows])
+        attempts = deliveries.attempts_by_delivery(session, [r.id for r in rows])
         return [delivery_view(r, attempts[r.id]) for r in rows]
 
 
 def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
         row = deliveries.get_delivery(delivery_id, session=session, workspace=workspace)
-        return delivery_view(row, _attempts_of(session, [row.id])[row.id])
+        return delivery_view(row, deliveries.attempts_by_delivery(session, [row.id])[row.id])
 
 
 def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dict[str, Any], str | None, str, int]:
@@ -351,7 +270,11 @@ async def rotate_secret(request: web.Request) -> web.Response:
         keyring=request.app[KEYRING],
     )
     return web.json_response(
-        {"endpoint_id": request.match_info["endpoint_id"], "secret": secret, "previous_secrets_expire_at": _ts(until)},
+        {
+            "endpoint_id": request.match_info["endpoint_id"],
+            "secret": secret,
+            "previous_secrets_expire_at": iso_timestamp(until),
+        },
         headers={"Cache-Control": "no-store"},
     )
 

@@ -6,6 +6,7 @@ and reads them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -138,6 +139,24 @@ def list_attempts(delivery_id: str, *, session: Session, workspace: str) -> list
         .order_by(col(WebhookAttempt.attempt))
     )
     return list(session.scalars(query))
+
+
+def attempts_by_delivery(session: Session, ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
+    """The attempts of several deliveries in one query, in order, keyed by delivery id (every id present).
+
+    The caller has already checked that the deliveries belong to its workspace.
+    """
+    grouped: dict[str, list[WebhookAttempt]] = {i: [] for i in ids}
+    if not ids:
+        return grouped
+    rows = session.scalars(
+        select(WebhookAttempt)
+        .where(col(WebhookAttempt.delivery_id).in_(list(ids)))
+        .order_by(col(WebhookAttempt.delivery_id), col(WebhookAttempt.attempt))
+    )
+    for row in rows:
+        grouped[row.delivery_id].append(row)
+    return grouped
 
 
 def record_attempt(
