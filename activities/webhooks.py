@@ -30,8 +30,10 @@ from quantapilot.webhooks.contracts import (
     DeliverAttemptResult,
 )
 from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt, prepare_attempt, record_outcome
-from quantapilot.webhooks.sender import DeliveryResult, EventEnvelope, post_event, prepare_request
+from quantapilot.webhooks.envelopes import EventEnvelope
+from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish, start_delivery_workflows
+from quantapilot.webhooks.tables import DeliveryResult
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,8 @@ from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
 from quantapilot.webhooks.endpoints import get_endpoint, normalize_event_type
-from quantapilot.webhooks.sender import DeliveryResult
 from quantapilot.webhooks.tables import (
+    DeliveryResult,
     DeliveryStatus,
     WebhookAttempt,
     WebhookDelivery,

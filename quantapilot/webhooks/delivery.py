@@ -1,7 +1,8 @@
 """The webhook delivery state machine: what each attempt's outcome does to a delivery and to its endpoint.
 
-A delivery row is ``pending`` until one attempt settles it. The sender classifies every attempt
-(:func:`~quantapilot.webhooks.sender.post_event`); :func:`record_outcome` decides what follows:
+A delivery row is ``pending`` until one attempt settles it. The sender reports every attempt
+(:func:`~quantapilot.webhooks.sender.post_event`), classified by :func:`classify_answer`; :func:`record_outcome`
+decides what follows:
 
 - ``delivered`` (a 2xx within the timeout): the delivery is ``delivered`` and the endpoint's failing streak
   ends (``failing_since`` cleared).
@@ -30,7 +31,6 @@ Every function takes the session keyword-only and only flushes: the caller owns 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -43,14 +43,15 @@ from quantapilot.secretbox import KeyRing
 from quantapilot.webhooks.contracts import DeliverAttemptInput, DeliverAttemptResult
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
 from quantapilot.webhooks.endpoints import get_endpoint
-from quantapilot.webhooks.envelopes import aware, envelope_of_row
+from quantapilot.webhooks.envelopes import EventEnvelope, aware, disabled_envelope, envelope_of_row
 from quantapilot.webhooks.fanout import fan_out, pending_deliveries
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
-from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult, EventEnvelope
 from quantapilot.webhooks.signing import new_secret
 from quantapilot.webhooks.signing_secrets import add_secret, reveal_secret
 from quantapilot.webhooks.starts import PendingDelivery
 from quantapilot.webhooks.tables import (
+    DeliveryOutcome,
+    DeliveryResult,
     DeliveryStatus,
     WebhookAttempt,
     WebhookDelivery,
@@ -64,8 +65,6 @@ log = logging.getLogger("quantapilot.webhooks")
 DISABLED_GONE: Final = "gone"
 DISABLED_FAILING: Final = "failing"
 DISABLED_UNSAFE: Final = "unsafe_url"
-ENDPOINT_DISABLED: Final = "webhook.endpoint_disabled"
-_DISABLED_EVENT_NAMESPACE = uuid.UUID("0d7c4b8e-6a55-4f63-9a3e-5b2f1c7d9e10")
 
 
 class EndpointDisabledError(Exception):
@@ -83,6 +82,23 @@ def failing_too_long(endpoint: WebhookEndpoint, *, now: datetime | None = None) 
     if endpoint.failing_since is None:
         return False
     return (now or utcnow()) - endpoint.failing_since >= DISABLE_AFTER
+
+
+def classify_answer(status_code: int | None) -> DeliveryOutcome:
+    """How an attempt ended, from the receiver's HTTP status (None: no answer came).
+
+    A 2xx within the timeout is delivered; 410 Gone is the receiver asking for no more (the endpoint gets
+    disabled); everything else (other 4xx, 5xx, redirects, which are never followed, and no answer at all:
+    timeouts, refused connections, DNS failures) is retried on the schedule. A URL refused by the safety
+    check never reaches the network (``rejected_unsafe``, decided by the sender).
+    """
+    if status_code is None:
+        return DeliveryOutcome.RETRY
+    if 200 <= status_code < 300:
+        return DeliveryOutcome.DELIVERED
+    if status_code == 410:
+        return DeliveryOutcome.GONE
+    return DeliveryOutcome.RETRY
 
 
 def retry_delay(schedule_index: int, *, retry_scale: float, retry_after_s: float | None) -> float | None:
@@ -269,37 +285,6 @@ def disable_endpoint(endpoint_id: str, *, session: Session, reason: str, now: da
     session.add(endpoint)
     session.flush()
     return True
-
-
-# --- the webhook.endpoint_disabled event -------------------------------------------------------------------
-
-
-def disabled_event_id(endpoint_id: str, delivery_id: str, attempt: int) -> str:
-    """Id of the ``webhook.endpoint_disabled`` event caused by one attempt (stable across activity retries)."""
-    name = f"{endpoint_id}/{delivery_id}/{attempt}"
-    return f"evt_{uuid.uuid5(_DISABLED_EVENT_NAMESPACE, name).hex}"
-
-
-def disabled_envelope(endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: int) -> EventEnvelope:
-    """The ``webhook.endpoint_disabled`` event for an endpoint disabled by a delivery's attempt.
-
-    Built only from stored fields, so an activity retry rebuilds the same event. The URL is left out: it
-    is the tenant's and may carry a token in its query.
-    """
-    return EventEnvelope(
-        id=disabled_event_id(endpoint.id, delivery.id, attempt),
-        type=ENDPOINT_DISABLED,
-        created_at=aware(endpoint.updated_at),
-        workspace=endpoint.workspace,
-        data={
-            "endpoint_id": endpoint.id,
-            "reason": endpoint.disabled_reason,
-            "delivery_id": delivery.id,
-            "event_id": delivery.event_id,
-            "last_status_code": delivery.last_status_code,
-            "last_error": delivery.last_error,
-        },
-    )
 
 
 # --- one attempt -------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from quantapilot.webhooks.contracts import (
     DeliveryWorkflowInput,
     amqp_workflow_id,
 )
-from quantapilot.webhooks.sender import EventEnvelope
+from quantapilot.webhooks.envelopes import EventEnvelope
 
 # Workflow starts in flight at once from one activity: enough to hide the round trips, few enough not to
 # flood the frontend when a busy workspace has many endpoints.

@@ -20,6 +20,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as ModelField
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -51,6 +53,30 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     GONE = "gone"
     DISABLED = "disabled"
+
+
+class DeliveryOutcome(StrEnum):
+    """How one delivery attempt ended (``webhook_attempts.outcome``).
+
+    See :func:`quantapilot.webhooks.delivery.classify_answer`.
+    """
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    GONE = "gone"
+    REJECTED_UNSAFE = "rejected_unsafe"
+
+
+class DeliveryResult(BaseModel):
+    """The result of one delivery attempt; safe to store and show (no secrets, no URL, no addresses)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: DeliveryOutcome
+    status_code: int | None = None
+    latency_ms: float = ModelField(ge=0)
+    retry_after_s: float | None = None
+    error: str | None = None
 
 
 def _ts(*, nullable: bool, index: bool = False) -> Any:

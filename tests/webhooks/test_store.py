@@ -16,8 +16,7 @@ from quantapilot.webhooks import deliveries, endpoints
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.endpoints import KNOWN_EVENT_TYPES, normalize_event_type
 from quantapilot.webhooks.schedule import DISABLE_AFTER
-from quantapilot.webhooks.sender import DeliveryOutcome, DeliveryResult
-from quantapilot.webhooks.tables import DeliveryStatus, WebhookNotFoundError
+from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult, DeliveryStatus, WebhookNotFoundError
 from quantapilot.webhooks.urlsafety import UnsafeUrlError
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
