@@ -16,19 +16,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from activities.webhooks import (
-    PendingDelivery,
-    fan_out_run_event,
-    pending_deliveries,
-    start_amqp_publish,
-    start_delivery_workflows,
-)
 from quantapilot.events.envelope import envelope_of_record
 from quantapilot.events.log import add_event
 from quantapilot.events.metrics import count_event
 from quantapilot.events.record import EventRecord
 from quantapilot.runs.contracts import RECORD_EVENT
 from quantapilot.settings import Settings
+from quantapilot.webhooks.fanout import fan_out_run_event, pending_deliveries
+from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
 
 
 def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[bool, list[PendingDelivery]]:

@@ -11,19 +11,15 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
-from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, redelivery_workflow_id
-from activities.webhooks import delivery_input
 from api.auth import principal_of
 from api.body import read_json, validate
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
@@ -31,15 +27,16 @@ from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks import store
-from quantapilot.webhooks.store import (
+from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import delivery as delivery_state
+from quantapilot.webhooks.contracts import redelivery_workflow_id
+from quantapilot.webhooks.starts import start_redelivery
+from quantapilot.webhooks.tables import (
     DeliveryStatus,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
     WebhookNotFoundError,
 )
 from quantapilot.webhooks.urlsafety import UnsafeUrlError, check_url, check_url_syntax
+from quantapilot.webhooks.views import delivery_view, endpoint_view, iso_timestamp
 
 log = logging.getLogger("quantapilot.api.webhooks")
 
@@ -48,70 +45,6 @@ SCOPE = "webhooks:manage"
 MAX_DELIVERIES_PAGE = 200
 
 routes = web.RouteTableDef()
-
-
-# ----- views ---------------------------------------------------------------------------------------------------
-
-
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
-
-
-def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """The public form of an endpoint (never its secrets)."""
-    return {
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "description": endpoint.description,
-        "events": list(endpoint.event_types),
-        "run_kinds": list(endpoint.run_kinds),
-        "repositories": list(endpoint.repositories),
-        "enabled": endpoint.enabled,
-        "disabled_reason": endpoint.disabled_reason,
-        "failing_since": _ts(endpoint.failing_since),
-        "created_at": _ts(endpoint.created_at),
-        "updated_at": _ts(endpoint.updated_at),
-    }
-
-
-def _attempt_view(row: WebhookAttempt) -> dict[str, Any]:
-    return {
-        "attempt": row.attempt,
-        "outcome": row.outcome,
-        "status_code": row.status_code,
-        "latency_ms": row.latency_ms,
-        "error": row.error,
-        "at": _ts(row.at),
-    }
-
-
-def delivery_view(delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] = ()) -> dict[str, Any]:
-    """The public form of a delivery with its attempts (status codes, latencies, errors) and next retry.
-
-    ``data`` is the payload of an event kept with its deliveries because no run's log has it
-    (``webhook.endpoint_disabled``); run events show null there and are read from their run's log by id.
-    """
-    data = delivery.payload.get("data") if delivery.payload is not None else None
-    return {
-        "id": delivery.id,
-        "endpoint_id": delivery.endpoint_id,
-        "event_id": delivery.event_id,
-        "event_type": delivery.event_type,
-        "run_id": delivery.run_id,
-        "status": delivery.status,
-        "attempt_count": delivery.attempts,
-        "last_status_code": delivery.last_status_code,
-        "last_latency_ms": delivery.last_latency_ms,
-        "last_error": delivery.last_error,
-        "next_retry_at": _ts(delivery.next_retry_at),
-        "created_at": _ts(delivery.created_at),
-        "delivered_at": _ts(delivery.delivered_at),
-        "data": data if isinstance(data, dict) else None,
-        "attempts": [_attempt_view(a) for a in attempts],
-    }
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------
@@ -165,7 +98,7 @@ def _create(
     engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
 ) -> tuple[dict[str, Any], str]:
     with session_scope(engine) as session:
-        endpoint, secret = store.create_endpoint(
+        endpoint, secret = endpoints.create_endpoint(
             session=session,
             workspace=workspace,
             url=body["url"],
@@ -179,19 +112,19 @@ def _create(
 
 def _list(engine: Engine, *, workspace: str) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        return [endpoint_view(e) for e in store.list_endpoints(session=session, workspace=workspace)]
+        return [endpoint_view(e) for e in endpoints.list_endpoints(session=session, workspace=workspace)]
 
 
 def _get(engine: Engine, endpoint_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        return endpoint_view(store.get_endpoint(endpoint_id, session=session, workspace=workspace))
+        return endpoint_view(endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace))
 
 
 def _update(
     engine: Engine, endpoint_id: str, *, workspace: str, body: dict[str, Any], allow_private: bool
 ) -> dict[str, Any]:
     with session_scope(engine) as session:
-        endpoint = store.update_endpoint(
+        endpoint = endpoints.update_endpoint(
             endpoint_id,
             session=session,
             workspace=workspace,
@@ -206,73 +139,45 @@ def _update(
 
 def _delete(engine: Engine, endpoint_id: str, *, workspace: str) -> None:
     with session_scope(engine) as session:
-        store.delete_endpoint(endpoint_id, session=session, workspace=workspace)
+        endpoints.delete_endpoint(endpoint_id, session=session, workspace=workspace)
 
 
 def _rotate(
     engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta, keyring: KeyRing
 ) -> tuple[str, datetime]:
     with session_scope(engine) as session:
-        secret = store.rotate_secret(
+        secret = delivery_state.rotate_secret(
             endpoint_id, session=session, workspace=workspace, overlap=overlap, keyring=keyring
         )
-        endpoint = store.get_endpoint(endpoint_id, session=session, workspace=workspace)
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace)
         return secret, endpoint.updated_at + overlap
-
-
-def _attempts_of(session: Session, ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
-    grouped: dict[str, list[WebhookAttempt]] = {i: [] for i in ids}
-    if not ids:
-        return grouped
-    rows = session.exec(
-        select(WebhookAttempt)
-        .where(col(WebhookAttempt.delivery_id).in_(list(ids)))
-        .order_by(col(WebhookAttempt.delivery_id), col(WebhookAttempt.attempt))
-    )
-    for row in rows:
-        grouped[row.delivery_id].append(row)
-    return grouped
 
 
 def _deliveries(
     engine: Engine, endpoint_id: str, *, workspace: str, limit: int, status: DeliveryStatus | None
 ) -> list[dict[str, Any]]:
     with Session(engine) as session:
-        rows = store.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
-        attempts = _attempts_of(session, [r.id for r in rows])
+        rows = deliveries.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
+        attempts = deliveries.attempts_by_delivery(session, [r.id for r in rows])
         return [delivery_view(r, attempts[r.id]) for r in rows]
 
 
 def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> dict[str, Any]:
     with Session(engine) as session:
-        row = store.get_delivery(delivery_id, session=session, workspace=workspace)
-        return delivery_view(row, _attempts_of(session, [row.id])[row.id])
+        row = deliveries.get_delivery(delivery_id, session=session, workspace=workspace)
+        return delivery_view(row, deliveries.attempts_by_delivery(session, [row.id])[row.id])
 
 
 def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dict[str, Any], str | None, str, int]:
     with session_scope(engine) as session:
-        delivery = store.get_delivery(delivery_id, session=session, workspace=workspace)
-        endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-        if endpoint is None or not endpoint.enabled:
-            raise conflict("the endpoint is disabled; enable it before redelivering")
-        previous = delivery.workflow_id
-        store.redeliver(delivery_id, session=session, workspace=workspace)
-        # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
-        delivery.workflow_id = redelivery_workflow_id(delivery.id, uuid.uuid4().hex[:12])
-        session.add(delivery)
-        session.flush()
-        return delivery_view(delivery), previous, delivery.workflow_id, delivery.attempts + 1
-
-
-async def _start_redelivery(client: Client, settings: Settings, delivery_id: str, workflow_id: str, first: int) -> None:
-    await client.start_workflow(
-        WEBHOOK_DELIVERY_WORKFLOW,
-        delivery_input(settings, delivery_id, first_attempt=first),
-        id=workflow_id,
-        task_queue=settings.task_queue,
-        # The id is fresh; rejecting duplicates keeps a closed redelivery from ever running twice.
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
+        workflow_id = redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12])
+        try:
+            handover = delivery_state.redeliver(
+                delivery_id, session=session, workspace=workspace, workflow_id=workflow_id
+            )
+        except delivery_state.EndpointDisabledError as exc:
+            raise conflict(str(exc)) from None
+        return delivery_view(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
 
 
 async def _cancel_quietly(client: Client, workflow_id: str) -> None:
@@ -365,7 +270,11 @@ async def rotate_secret(request: web.Request) -> web.Response:
         keyring=request.app[KEYRING],
     )
     return web.json_response(
-        {"endpoint_id": request.match_info["endpoint_id"], "secret": secret, "previous_secrets_expire_at": _ts(until)},
+        {
+            "endpoint_id": request.match_info["endpoint_id"],
+            "secret": secret,
+            "previous_secrets_expire_at": iso_timestamp(until),
+        },
         headers={"Cache-Control": "no-store"},
     )
 
@@ -419,7 +328,7 @@ async def redeliver(request: web.Request) -> web.Response:
     delivery_id = request.match_info["delivery_id"]
     view, previous, workflow_id, first = await _in_db(request, _redeliver, delivery_id, workspace=principal.workspace)
     client, settings = request.app[TEMPORAL], request.app[SETTINGS]
-    await _start_redelivery(client, settings, delivery_id, workflow_id, first)
+    await start_redelivery(client, settings, delivery_id, workflow_id, first)
     if previous is not None and previous != workflow_id:
         await _cancel_quietly(client, previous)
     return web.json_response(view, status=202)

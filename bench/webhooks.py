@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from activities.events import store_event_with_deliveries
-from activities.webhooks import start_delivery_workflows
 from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.events.envelope import envelope_of_record
@@ -35,8 +34,10 @@ from quantapilot.events.record import EventRecord
 from quantapilot.models import RunKind
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
-from quantapilot.webhooks import store, verify_signature
+from quantapilot.webhooks import verify_signature
+from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.sender import prepare_request
+from quantapilot.webhooks.starts import start_delivery_workflows
 from worker import build_worker
 
 
@@ -103,7 +104,7 @@ def _events(count: int) -> list[EventRecord]:
 
 def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
     with session_scope(engine) as session:
-        _endpoint_row, secret = store.create_endpoint(
+        _endpoint_row, secret = create_endpoint(
             session=session, workspace="default", url=url, keyring=load_keyring(settings)
         )
     return secret

@@ -1,10 +1,8 @@
 """Database engine and the core table (API tokens).
 
-Other tables live beside the feature that owns them (``quantapilot.docs.store``, ``quantapilot.lifecycle.telemetry``,
-``quantapilot.webhooks.store``); :func:`create_all` imports them so one call creates the whole schema.
 Other tables live beside the feature that owns them (``quantapilot.events.table``, ``quantapilot.docs.store``,
-``quantapilot.lifecycle.telemetry``, ``quantapilot.webhooks.store``, ...); :func:`create_all` imports them so one call
-creates the whole schema.
+``quantapilot.lifecycle.telemetry``, ``quantapilot.webhooks.tables``, ...); :func:`create_all` imports them so one
+call creates the whole schema.
 """
 
 from __future__ import annotations
@@ -23,12 +21,10 @@ from sqlmodel import Field, Session, SQLModel, create_engine
 
 # Modules that define tables; imported by create_all so their tables join the metadata.
 TABLE_MODULES: tuple[str, ...] = (
-    "quantapilot.docs.store",
-    "quantapilot.lifecycle.telemetry",
     "quantapilot.events.table",
     "quantapilot.docs.store",
     "quantapilot.lifecycle.telemetry",
-    "quantapilot.webhooks.store",
+    "quantapilot.webhooks.tables",
     "quantapilot.forges.store",
     "quantapilot.lifecycle.store",
 )

@@ -5,8 +5,8 @@ POSTs and records the attempt, and answers whether to stop or how long to wait; 
 ``workflow.sleep``, so a delivery survives worker restarts for the whole three days of its schedule. The
 activity's own retry policy is small: it only covers a worker lost mid-attempt or a database hiccup.
 
-Names and models live in :mod:`activities.webhook_models`; the activities are referenced by method, their module
-passed through the sandbox (nothing of it runs in the workflow).
+Names and models live in :mod:`quantapilot.webhooks.contracts`; the activities are referenced by method, their
+module passed through the sandbox (nothing of it runs in the workflow).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.webhook_models import (
+    from activities.webhooks import WebhookActivities
+    from quantapilot.webhooks.contracts import (
         AMQP_PUBLISH_WORKFLOW,
         WEBHOOK_DELIVERY_WORKFLOW,
         AmqpPublishInput,
         DeliverAttemptInput,
         DeliveryWorkflowInput,
     )
-    from activities.webhooks import WebhookActivities
     from quantapilot.webhooks.schedule import next_delay
 
 # Time the activity gets beyond the HTTP timeout itself: loading and recording in the database.

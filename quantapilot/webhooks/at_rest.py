@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from quantapilot.db import session_scope
 from quantapilot.secretbox import KeyRing
-from quantapilot.webhooks.store import ReencryptReport, reencrypt_secrets, secrets_by_key
+from quantapilot.webhooks.signing_secrets import ReencryptReport, reencrypt_secrets, secrets_by_key
 
 log = logging.getLogger("quantapilot.secrets")
 

@@ -1,8 +1,8 @@
 """One webhook HTTP delivery: envelope, signed headers, SSRF re-check, POST, outcome.
 
-:func:`post_event` never raises for network trouble; it classifies the answer into a
-:class:`DeliveryResult` that the delivery activity records and schedules from
-(see :mod:`quantapilot.webhooks.schedule`).
+:func:`post_event` never raises for network trouble; it reports the answer as a
+:class:`~quantapilot.webhooks.tables.DeliveryResult`, classified by
+:func:`quantapilot.webhooks.delivery.classify_answer`, which the delivery state machine records and acts on.
 
 DNS rebinding: the URL is resolved and checked on every attempt, and the request is then sent to the
 checked IP address itself (the URL's host is kept in the ``Host`` header and, for https, as the TLS server
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import secrets as secrets_module
@@ -24,15 +23,15 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from importlib import metadata
-from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
+from quantapilot.events.envelope import EventEnvelope
+from quantapilot.webhooks.delivery import classify_answer
 from quantapilot.webhooks.signing import SIGNATURE_HEADER, sign
+from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.urlsafety import Resolver, UnsafeUrlError, check_url
 
 EVENT_ID_HEADER = "X-VC-Event-Id"
@@ -54,54 +53,7 @@ def _version() -> str:
 USER_AGENT = f"quantapilot-webhooks/{_version()}"
 
 
-class DeliveryOutcome(StrEnum):
-    """How one delivery attempt ended."""
-
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    GONE = "gone"
-    REJECTED_UNSAFE = "rejected_unsafe"
-
-
-class DeliveryResult(BaseModel):
-    """The result of one delivery attempt; safe to store and show (no secrets, no URL, no addresses)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    outcome: DeliveryOutcome
-    status_code: int | None = None
-    latency_ms: float = Field(ge=0)
-    retry_after_s: float | None = None
-    error: str | None = None
-
-
 _TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-class EventEnvelope(BaseModel):
-    """The JSON body of a webhook request (and of an AMQP message).
-
-    ``seq`` is the event's position within its run: deliveries are concurrent and retried, so consumers that
-    need order sort by ``(run_id, seq)``, never by arrival.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    type: str
-    created_at: datetime
-    workspace: str
-    run_id: str | None = None
-    seq: int | None = None
-    correlation_id: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-    # Sent as the ``traceparent`` header, not in the body (the body is the documented envelope).
-    trace_id: str | None = Field(default=None, exclude=True)
-
-    def to_body(self) -> bytes:
-        """Serialise to the exact bytes that are signed and sent (compact JSON, UTF-8)."""
-        payload = self.model_dump(mode="json")
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def build_headers(*, event_id: str, event_type: str, attempt: int, signature: str) -> dict[str, str]:
@@ -221,9 +173,10 @@ async def post_event(
         resolver: Resolver for the safety check (tests); defaults to ``getaddrinfo``.
 
     Returns:
-        ``delivered`` for 2xx, ``gone`` for 410, ``rejected_unsafe`` when the URL is refused now, ``retry``
-        for anything else (other statuses including redirects, which are not followed; timeouts; connection
-        errors), with ``Retry-After`` parsed when the receiver sent it.
+        ``rejected_unsafe`` when the URL is refused now, otherwise the outcome
+        :func:`~quantapilot.webhooks.delivery.classify_answer` gives the status (None when no answer came:
+        timeouts, connection errors; redirects are not followed), with ``Retry-After`` parsed when the receiver
+        sent it.
     """
     started = time.perf_counter()
     try:
@@ -237,7 +190,7 @@ async def post_event(
     except OSError:
         # A name that does not resolve today may resolve tomorrow (DNS outage, endpoint being moved): retry.
         return DeliveryResult(
-            outcome=DeliveryOutcome.RETRY, latency_ms=_elapsed_ms(started), error="dns resolution failed"
+            outcome=classify_answer(None), latency_ms=_elapsed_ms(started), error="dns resolution failed"
         )
 
     parsed = URL(url)
@@ -276,23 +229,22 @@ async def post_event(
     except TimeoutError:
         if status is None:
             return DeliveryResult(
-                outcome=DeliveryOutcome.RETRY,
+                outcome=classify_answer(None),
                 latency_ms=_elapsed_ms(started),
                 error=f"timeout: no answer within {timeout_s:g} s",
             )
     except aiohttp.ClientError as exc:
         if status is None:
-            return DeliveryResult(outcome=DeliveryOutcome.RETRY, latency_ms=_elapsed_ms(started), error=_describe(exc))
+            return DeliveryResult(outcome=classify_answer(None), latency_ms=_elapsed_ms(started), error=_describe(exc))
 
     assert status is not None  # every path that leaves it None returned above
-    if 200 <= status < 300:
-        return DeliveryResult(outcome=DeliveryOutcome.DELIVERED, status_code=status, latency_ms=latency_ms)
-    if status == 410:
-        return DeliveryResult(
-            outcome=DeliveryOutcome.GONE, status_code=status, latency_ms=latency_ms, error="HTTP 410 Gone"
-        )
+    outcome = classify_answer(status)
+    if outcome is DeliveryOutcome.DELIVERED:
+        return DeliveryResult(outcome=outcome, status_code=status, latency_ms=latency_ms)
+    if outcome is DeliveryOutcome.GONE:
+        return DeliveryResult(outcome=outcome, status_code=status, latency_ms=latency_ms, error="HTTP 410 Gone")
     return DeliveryResult(
-        outcome=DeliveryOutcome.RETRY,
+        outcome=outcome,
         status_code=status,
         latency_ms=latency_ms,
         retry_after_s=retry_after,

@@ -14,9 +14,9 @@ from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.repo import RepoActivities
-    from activities.webhook_models import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
     from quantapilot.models import RepoRunInput, RunStatus
     from quantapilot.runs.contracts import LoadConfigInput
+    from quantapilot.webhooks.contracts import WEBHOOK_DELIVERY_WORKFLOW, DeliveryWorkflowInput
 
 
 @workflow.defn(name="RepoRun")

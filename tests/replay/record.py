@@ -31,7 +31,6 @@ from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailu
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.webhook_models import amqp_workflow_id, delivery_workflow_id
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from quantapilot.db import create_all, make_engine, session_scope
@@ -47,6 +46,7 @@ from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
+from quantapilot.webhooks.contracts import amqp_workflow_id, delivery_workflow_id
 from tests.brokers import AMQP_URL, broker_reachable
 from tests.lifecycle_e2e.helpers import (
     TARGET_INPUTS,

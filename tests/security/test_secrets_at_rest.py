@@ -30,8 +30,9 @@ from quantapilot.secretbox import (
     parse_key,
 )
 from quantapilot.settings import Settings
-from quantapilot.webhooks import sign, store, verify_signature
-from quantapilot.webhooks.store import WebhookSecret
+from quantapilot.webhooks import sign, verify_signature
+from quantapilot.webhooks.signing_secrets import reveal_secret
+from quantapilot.webhooks.tables import WebhookSecret
 from tests.conftest import ApiFactory
 from tests.drills.helpers import settings_env
 from tests.support import Api, eventually
@@ -116,12 +117,12 @@ async def test_secrets_database_dump_cannot_sign_a_webhook(
     with Session(engine) as session:
         stored = session.exec(select(WebhookSecret).where(WebhookSecret.endpoint_id == endpoint["id"])).one()
         with pytest.raises(SecretDecryptError):
-            store.reveal_secret(stored, keyring=KeyRing([parse_key(generate_key(), source="test")]))
-        assert store.reveal_secret(stored, keyring=load_keyring(hook_settings)) == secret
+            reveal_secret(stored, keyring=KeyRing([parse_key(generate_key(), source="test")]))
+        assert reveal_secret(stored, keyring=load_keyring(hook_settings)) == secret
         # The ciphertext copied onto another endpoint's row does not open there (associated data).
         moved = stored.model_copy(update={"endpoint_id": other["id"]})
         with pytest.raises(SecretDecryptError):
-            store.reveal_secret(moved, keyring=load_keyring(hook_settings))
+            reveal_secret(moved, keyring=load_keyring(hook_settings))
 
 
 async def test_secrets_key_rotation_reencrypts_and_overlap_keeps_verifying(
@@ -181,7 +182,7 @@ async def test_secrets_key_rotation_reencrypts_and_overlap_keeps_verifying(
         stored = session.get(WebhookSecret, _first_row_id(engine, endpoint["id"]))
         assert stored is not None
         with pytest.raises(SecretDecryptError, match="not configured"):
-            store.reveal_secret(stored, keyring=load_keyring(before))
+            reveal_secret(stored, keyring=load_keyring(before))
 
 
 def _first_row_id(engine: Engine, endpoint_id: str) -> int:
@@ -211,7 +212,7 @@ async def test_secrets_plaintext_rows_from_before_are_encrypted_at_start(
     assert KeyRing.key_id_of(stored) == load_keyring(hook_settings).primary_id
     with session_scope(engine) as session:
         row = session.get(WebhookSecret, _first_row_id(engine, endpoint["id"]))
-        assert row is not None and store.reveal_secret(row, keyring=load_keyring(hook_settings)) == endpoint["secret"]
+        assert row is not None and reveal_secret(row, keyring=load_keyring(hook_settings)) == endpoint["secret"]
 
 
 @pytest.mark.parametrize("module", ["api", "worker"])

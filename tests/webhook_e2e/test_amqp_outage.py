@@ -16,7 +16,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from yarl import URL
 
-from activities.webhook_models import amqp_workflow_id
+from quantapilot.webhooks.contracts import amqp_workflow_id
 from tests.brokers import AMQP_URL, TcpProxy, bound_queue, require_broker
 from tests.support import eventually, make_remote
 from tests.webhook_e2e.conftest import StackFactory

@@ -15,7 +15,7 @@ from sqlmodel import Session, col
 from quantapilot.db import utcnow
 from quantapilot.tokens import ALL_SCOPES, create_token
 from quantapilot.webhooks.signing import parse_signature_header
-from quantapilot.webhooks.store import WebhookSecret
+from quantapilot.webhooks.tables import WebhookSecret
 from tests.conftest import ApiFactory
 from tests.support import Api, JsonLogLines, captured_json_logs
 from tests.webhook_e2e.conftest import StackFactory

@@ -11,12 +11,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 from temporalio.testing import ActivityEnvironment
 
-from activities.webhook_models import DeliverAttemptInput, delivery_workflow_id
-from activities.webhooks import WebhookActivities, fan_out
+from activities.webhooks import WebhookActivities
 from quantapilot.db import session_scope
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
-from quantapilot.webhooks.store import WebhookDelivery, create_endpoint, list_attempts
+from quantapilot.webhooks.contracts import DeliverAttemptInput, delivery_workflow_id
+from quantapilot.webhooks.deliveries import list_attempts
+from quantapilot.webhooks.endpoints import create_endpoint
+from quantapilot.webhooks.fanout import fan_out
+from quantapilot.webhooks.tables import WebhookDelivery
 from tests.webhook_e2e.support import Receiver
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
-from quantapilot.webhooks.sender import EventEnvelope, prepare_request
+from quantapilot.events.envelope import EventEnvelope
+from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.signing import new_secret
 from tests.support import eventually
 from tests.webhook_e2e.support import free_port

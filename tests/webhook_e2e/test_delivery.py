@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from quantapilot.db import utcnow
 from quantapilot.webhooks.sender import ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, USER_AGENT
-from quantapilot.webhooks.store import WebhookEndpoint
+from quantapilot.webhooks.tables import WebhookEndpoint
 from tests.support import make_remote
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import (

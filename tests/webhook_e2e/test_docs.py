@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.schedule import RETRY_SCHEDULE_DOC
-from quantapilot.webhooks.sender import EventEnvelope, prepare_request
+from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.signing import new_secret, sign
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "WEBHOOKS.md"

@@ -10,7 +10,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from quantapilot.webhooks.store import WebhookDelivery
+from quantapilot.webhooks.tables import WebhookDelivery
 from tests.conftest import ApiFactory
 from tests.lifecycle_e2e.helpers import TARGET_INPUTS, new_account, start
 from tests.support import Api, eventually

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.listen import create_listener_app, format_event
-from quantapilot.webhooks.sender import EventEnvelope, prepare_request
+from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.signing import SIGNATURE_HEADER, sign
 
 SECRET = "whsec_listener"

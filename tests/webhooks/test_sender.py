@@ -18,16 +18,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.sender import (
     USER_AGENT,
-    DeliveryOutcome,
-    EventEnvelope,
     build_headers,
     parse_retry_after,
     post_event,
     prepare_request,
 )
 from quantapilot.webhooks.signing import sign, verify_signature
+from quantapilot.webhooks.tables import DeliveryOutcome
 
 SECRET = "whsec_test_secret"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

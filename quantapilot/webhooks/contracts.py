@@ -1,6 +1,7 @@
 """Names and input/output models of the event-sink workflows and activities (webhook deliveries, AMQP).
 
-Workflows import this module (and never :mod:`activities.webhooks`) so they stay free of I/O code.
+Workflows import this module (and no module of :mod:`quantapilot.webhooks` that does I/O) so they stay free of
+I/O code. :func:`quantapilot.webhooks.starts.delivery_input` builds the delivery workflow's input from settings.
 """
 
 from __future__ import annotations

@@ -1,0 +1,247 @@
+"""Delivery rows and the delivery log: one delivery per event and endpoint, created once; reading deliveries.
+
+How a delivery moves between its statuses is :mod:`quantapilot.webhooks.delivery`; this module creates rows
+and reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from quantapilot.db import utcnow
+from quantapilot.webhooks.endpoints import get_endpoint, normalize_event_type
+from quantapilot.webhooks.tables import (
+    DeliveryResult,
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookNotFoundError,
+    new_id,
+)
+
+
+def ensure_delivery(
+    *,
+    session: Session,
+    endpoint: WebhookEndpoint,
+    event_id: str,
+    event_type: str,
+    run_id: str | None = None,
+    now: datetime | None = None,
+) -> tuple[WebhookDelivery, bool]:
+    """Create the delivery of an event to an endpoint unless it exists (safe under concurrency and retries).
+
+    Args:
+        session: Database session.
+        endpoint: The endpoint.
+        event_id: The event id.
+        event_type: The event type (dotted or alias).
+        run_id: The event's run, if any.
+        now: Creation time (tests).
+
+    Returns:
+        The delivery and whether this call created it.
+    """
+    dotted = normalize_event_type(event_type)
+    values = {
+        "id": new_id("wd_"),
+        "endpoint_id": endpoint.id,
+        "workspace": endpoint.workspace,
+        "event_id": event_id,
+        "event_type": dotted,
+        "run_id": run_id,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "created_at": now or utcnow(),
+    }
+    # INSERT ... ON CONFLICT DO NOTHING: a second worker racing on the same event neither fails nor duplicates,
+    # and the transaction stays usable (no IntegrityError to recover from).
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert_fn(WebhookDelivery)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+        .returning(col(WebhookDelivery.id))
+    )
+    # RETURNING yields a row only when this statement inserted (rowcount is not reliable across drivers).
+    created = session.execute(statement).scalar_one_or_none() is not None
+    delivery = session.scalars(
+        select(WebhookDelivery)
+        .where(col(WebhookDelivery.endpoint_id) == endpoint.id)
+        .where(col(WebhookDelivery.event_id) == event_id)
+        .execution_options(populate_existing=True)
+    ).one()
+    return delivery, created
+
+
+def delivery_by_id(delivery_id: str, *, session: Session) -> WebhookDelivery:
+    """Return a delivery by id alone (the worker's side; API callers use :func:`get_delivery`).
+
+    Raises:
+        WebhookNotFoundError: If it does not exist.
+    """
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise WebhookNotFoundError("webhook delivery")
+    return delivery
+
+
+def get_delivery(delivery_id: str, *, session: Session, workspace: str) -> WebhookDelivery:
+    """Return a delivery of the workspace.
+
+    Raises:
+        WebhookNotFoundError: If it does not exist or belongs to another workspace.
+    """
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.workspace != workspace:
+        raise WebhookNotFoundError("webhook delivery")
+    return delivery
+
+
+def list_deliveries(
+    endpoint_id: str, *, session: Session, workspace: str, limit: int = 100, status: DeliveryStatus | None = None
+) -> list[WebhookDelivery]:
+    """List an endpoint's deliveries, newest first.
+
+    Raises:
+        WebhookNotFoundError: If the endpoint does not exist or belongs to another workspace.
+    """
+    get_endpoint(endpoint_id, session=session, workspace=workspace)
+    query = (
+        select(WebhookDelivery)
+        .where(col(WebhookDelivery.endpoint_id) == endpoint_id)
+        .order_by(col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc())
+        .limit(max(1, min(limit, 1000)))
+    )
+    if status is not None:
+        query = query.where(col(WebhookDelivery.status) == status.value)
+    return list(session.scalars(query))
+
+
+def list_attempts(delivery_id: str, *, session: Session, workspace: str) -> list[WebhookAttempt]:
+    """List a delivery's attempts in order.
+
+    Raises:
+        WebhookNotFoundError: If the delivery does not exist or belongs to another workspace.
+    """
+    get_delivery(delivery_id, session=session, workspace=workspace)
+    query = (
+        select(WebhookAttempt)
+        .where(col(WebhookAttempt.delivery_id) == delivery_id)
+        .order_by(col(WebhookAttempt.attempt))
+    )
+    return list(session.scalars(query))
+
+
+def attempts_by_delivery(session: Session, ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
+    """The attempts of several deliveries in one query, in order, keyed by delivery id (every id present).
+
+    The caller has already checked that the deliveries belong to its workspace.
+    """
+    grouped: dict[str, list[WebhookAttempt]] = {i: [] for i in ids}
+    if not ids:
+        return grouped
+    rows = session.scalars(
+        select(WebhookAttempt)
+        .where(col(WebhookAttempt.delivery_id).in_(list(ids)))
+        .order_by(col(WebhookAttempt.delivery_id), col(WebhookAttempt.attempt))
+    )
+    for row in rows:
+        grouped[row.delivery_id].append(row)
+    return grouped
+
+
+def record_attempt(
+    delivery_id: str,
+    *,
+    session: Session,
+    attempt: int,
+    result: DeliveryResult,
+    now: datetime | None = None,
+) -> WebhookAttempt:
+    """Record one attempt and copy its result onto the delivery.
+
+    Recording the same attempt number again (an activity retried after a worker crash) overwrites that row
+    instead of adding one. The delivery's status is not changed here: :mod:`quantapilot.webhooks.delivery` moves it.
+
+    Args:
+        delivery_id: The delivery.
+        session: Database session.
+        attempt: Attempt number, from 1.
+        result: What :func:`~quantapilot.webhooks.sender.post_event` returned.
+        now: Time of the attempt (tests).
+
+    Returns:
+        The attempt row.
+
+    Raises:
+        WebhookNotFoundError: If the delivery does not exist.
+    """
+    delivery = delivery_by_id(delivery_id, session=session)
+    at = now or utcnow()
+    row = session.scalars(
+        select(WebhookAttempt)
+        .where(col(WebhookAttempt.delivery_id) == delivery_id)
+        .where(col(WebhookAttempt.attempt) == attempt)
+    ).one_or_none()
+    if row is None:
+        row = WebhookAttempt(delivery_id=delivery_id, attempt=attempt, outcome=result.outcome.value)
+    row.outcome = result.outcome.value
+    row.status_code = result.status_code
+    row.latency_ms = result.latency_ms
+    row.error = result.error
+    row.at = at
+    session.add(row)
+    delivery.attempts = max(delivery.attempts, attempt)
+    delivery.last_status_code = result.status_code
+    delivery.last_latency_ms = result.latency_ms
+    delivery.last_error = result.error
+    session.add(delivery)
+    session.flush()
+    return row
+
+
+def record_own_event(
+    endpoint: WebhookEndpoint,
+    *,
+    session: Session,
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    now: datetime | None = None,
+) -> WebhookDelivery:
+    """Keep an event about an endpoint in that endpoint's own delivery log, without sending it.
+
+    Used for ``webhook.endpoint_disabled``: the endpoint it is about is disabled, so the event cannot reach it,
+    and the workspace may have no other endpoint subscribed to it. The row (status ``disabled``, no attempts,
+    the envelope in ``payload``) is the durable record operators find with the endpoint's deliveries; a
+    redelivery after re-enabling sends it like any other. Recording the same event again changes nothing.
+
+    Args:
+        endpoint: The endpoint the event is about.
+        session: Database session (the transaction that disabled the endpoint).
+        event_id: The event id.
+        event_type: The event type (dotted or alias).
+        payload: The event's envelope, as delivered to subscribers.
+        now: Time of the event (tests).
+
+    Returns:
+        The delivery row.
+    """
+    delivery, created = ensure_delivery(
+        session=session, endpoint=endpoint, event_id=event_id, event_type=event_type, now=now
+    )
+    if created:
+        delivery.status = DeliveryStatus.DISABLED.value
+        delivery.payload = payload
+        session.add(delivery)
+        session.flush()
+    return delivery

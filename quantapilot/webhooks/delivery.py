@@ -1,0 +1,490 @@
+"""The webhook delivery state machine: what each attempt's outcome does to a delivery and to its endpoint.
+
+A delivery row is ``pending`` until one attempt settles it. The sender reports every attempt
+(:func:`~quantapilot.webhooks.sender.post_event`), classified by :func:`classify_answer`; :func:`record_outcome`
+decides what follows:
+
+- ``delivered`` (a 2xx within the timeout): the delivery is ``delivered`` and the endpoint's failing streak
+  ends (``failing_since`` cleared).
+- ``gone`` (410): the delivery is ``gone`` and the endpoint is disabled at once (reason ``gone``).
+- ``rejected_unsafe`` (the URL now resolves to a refused address: DNS rebinding, a re-pointed record): the
+  delivery ``failed`` and the endpoint is disabled (``unsafe_url``).
+- ``retry`` (any other status, 4xx and 5xx alike, redirects, timeouts, connection and DNS errors): the endpoint's
+  failing streak starts if it has not; an endpoint failing for :data:`~quantapilot.webhooks.schedule.DISABLE_AFTER`
+  (:func:`failing_too_long`) is disabled (``failing``) and the delivery ``failed``; otherwise the delivery stays
+  ``pending`` and waits on the retry schedule (:func:`retry_delay`), until :data:`~quantapilot.webhooks.schedule.
+  MAX_ATTEMPTS` attempts give it up (``failed``).
+
+Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
+or signing secret is missing (``failed``), that another workflow owns (``superseded``: a redelivery handed the
+row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
+(:func:`active_secrets`): a rotation (:func:`rotate_secret`) lets the previous secrets sign alongside the new one
+for the overlap. :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
+
+An attempt that disables its endpoint records the ``webhook.endpoint_disabled`` event in the same transaction:
+as an unsent row of the disabled endpoint's own delivery log (the durable record, there even when nobody
+subscribes) and as deliveries to the subscribers, whose workflows the caller starts after the commit.
+
+Every function takes the session keyword-only and only flushes: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from quantapilot.db import utcnow
+from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
+from quantapilot.events.table import RunEvent
+from quantapilot.secretbox import KeyRing
+from quantapilot.webhooks.contracts import DeliverAttemptInput, DeliverAttemptResult
+from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
+from quantapilot.webhooks.endpoints import get_endpoint
+from quantapilot.webhooks.envelopes import disabled_envelope
+from quantapilot.webhooks.fanout import fan_out, pending_deliveries
+from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
+from quantapilot.webhooks.signing import new_secret
+from quantapilot.webhooks.signing_secrets import add_secret, reveal_secret
+from quantapilot.webhooks.starts import PendingDelivery
+from quantapilot.webhooks.tables import (
+    DeliveryOutcome,
+    DeliveryResult,
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookNotFoundError,
+    WebhookSecret,
+)
+
+log = logging.getLogger("quantapilot.webhooks")
+
+DISABLED_GONE: Final = "gone"
+DISABLED_FAILING: Final = "failing"
+DISABLED_UNSAFE: Final = "unsafe_url"
+
+
+class EndpointDisabledError(Exception):
+    """A redelivery asked for while the delivery's endpoint is disabled (enable it first)."""
+
+
+# --- the rules ---------------------------------------------------------------------------------------------
+
+
+def failing_too_long(endpoint: WebhookEndpoint, *, now: datetime | None = None) -> bool:
+    """Tell whether an endpoint has been failing for :data:`~quantapilot.webhooks.schedule.DISABLE_AFTER`.
+
+    Not scaled with the retry delays: the threshold is about the receiver's outage, not our schedule.
+    """
+    if endpoint.failing_since is None:
+        return False
+    return (now or utcnow()) - endpoint.failing_since >= DISABLE_AFTER
+
+
+def classify_answer(status_code: int | None) -> DeliveryOutcome:
+    """How an attempt ended, from the receiver's HTTP status (None: no answer came).
+
+    A 2xx within the timeout is delivered; 410 Gone is the receiver asking for no more (the endpoint gets
+    disabled); everything else (other 4xx, 5xx, redirects, which are never followed, and no answer at all:
+    timeouts, refused connections, DNS failures) is retried on the schedule. A URL refused by the safety
+    check never reaches the network (``rejected_unsafe``, decided by the sender).
+    """
+    if status_code is None:
+        return DeliveryOutcome.RETRY
+    if 200 <= status_code < 300:
+        return DeliveryOutcome.DELIVERED
+    if status_code == 410:
+        return DeliveryOutcome.GONE
+    return DeliveryOutcome.RETRY
+
+
+def retry_delay(schedule_index: int, *, retry_scale: float, retry_after_s: float | None) -> float | None:
+    """Seconds to wait before the next attempt of a workflow, or None once the schedule is exhausted.
+
+    Args:
+        schedule_index: Position in the retry schedule of the attempt that just failed (from 1).
+        retry_scale: Multiplies the backoff (1.0 in production; tests use a tiny value).
+        retry_after_s: The receiver's ``Retry-After``, if it sent one.
+    """
+    delay = next_delay(schedule_index)
+    if delay is None:
+        return None
+    delay *= retry_scale
+    if retry_after_s is not None and retry_after_s > 0:
+        # The receiver's wish is honoured as asked (not scaled), within the schedule's cap.
+        delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
+    return delay
+
+
+# --- signing secrets: rotation overlap -----------------------------------------------------------------------
+
+
+def rotate_secret(
+    endpoint_id: str,
+    *,
+    session: Session,
+    workspace: str,
+    overlap: timedelta,
+    keyring: KeyRing,
+    now: datetime | None = None,
+) -> str:
+    """Give an endpoint a new secret; current secrets keep signing for ``overlap``.
+
+    Secrets that already expired are deleted. Rotating twice within the overlap shortens nothing: an older
+    secret never outlives ``now + overlap``.
+
+    Args:
+        endpoint_id: The endpoint.
+        session: Database session.
+        workspace: The caller's workspace.
+        overlap: How long the previous secrets stay valid (``timedelta(0)`` revokes them at once).
+        keyring: Encrypts the new secret for storage.
+        now: Current time (tests).
+
+    Returns:
+        The new plaintext secret, to show once.
+
+    Raises:
+        WebhookNotFoundError: If the endpoint does not exist or belongs to another workspace.
+        ValueError: If ``overlap`` is negative.
+    """
+    if overlap < timedelta(0):
+        raise ValueError("overlap must not be negative")
+    endpoint = get_endpoint(endpoint_id, session=session, workspace=workspace)
+    at = now or utcnow()
+    until = at + overlap
+    rows = session.scalars(select(WebhookSecret).where(col(WebhookSecret.endpoint_id) == endpoint.id))
+    for row in rows:
+        if row.expires_at is not None and row.expires_at <= at:
+            session.delete(row)
+        elif row.expires_at is None or row.expires_at > until:
+            row.expires_at = until
+            session.add(row)
+    secret = new_secret()
+    add_secret(session, endpoint.id, secret, keyring=keyring, at=at)
+    endpoint.updated_at = at
+    session.add(endpoint)
+    session.flush()
+    return secret
+
+
+def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now: datetime | None = None) -> list[str]:
+    """Return the secrets that sign deliveries now, newest first (one ``v1=`` each).
+
+    Args:
+        endpoint_id: The endpoint.
+        session: Database session.
+        keyring: Decrypts the stored secrets.
+        now: Current time (tests).
+
+    Returns:
+        The plaintext secrets; for signing only, never for display.
+
+    Raises:
+        SecretDecryptError: A secret that no configured key opens (the key is missing from this process, or the
+            row was tampered with); the delivery attempt fails and is retried on its schedule.
+    """
+    at = now or utcnow()
+    rows = session.scalars(
+        select(WebhookSecret)
+        .where(col(WebhookSecret.endpoint_id) == endpoint_id)
+        .order_by(col(WebhookSecret.created_at).desc(), col(WebhookSecret.id).desc())
+    )
+    return [reveal_secret(row, keyring=keyring) for row in rows if row.expires_at is None or row.expires_at > at]
+
+
+# --- transitions -------------------------------------------------------------------------------------------
+
+
+def _endpoint_of(delivery: WebhookDelivery, *, session: Session) -> WebhookEndpoint:
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None:  # pragma: no cover - the foreign key prevents it
+        raise WebhookNotFoundError("webhook endpoint")
+    return endpoint
+
+
+def mark_delivered(delivery_id: str, *, session: Session, now: datetime | None = None) -> WebhookDelivery:
+    """Mark a delivery delivered; a success also ends the endpoint's failing streak."""
+    delivery = delivery_by_id(delivery_id, session=session)
+    at = now or utcnow()
+    delivery.status = DeliveryStatus.DELIVERED.value
+    delivery.delivered_at = at
+    delivery.next_retry_at = None
+    endpoint = _endpoint_of(delivery, session=session)
+    endpoint.failing_since = None
+    session.add_all([delivery, endpoint])
+    session.flush()
+    return delivery
+
+
+def mark_retrying(
+    delivery_id: str, *, session: Session, next_retry_at: datetime, now: datetime | None = None
+) -> WebhookDelivery:
+    """Keep a delivery pending until ``next_retry_at`` and start the endpoint's failing streak if needed."""
+    delivery = delivery_by_id(delivery_id, session=session)
+    delivery.status = DeliveryStatus.PENDING.value
+    delivery.next_retry_at = next_retry_at
+    endpoint = _endpoint_of(delivery, session=session)
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now or utcnow()
+    session.add_all([delivery, endpoint])
+    session.flush()
+    return delivery
+
+
+def mark_failed(delivery_id: str, *, session: Session, error: str | None = None) -> WebhookDelivery:
+    """Give a delivery up (retries exhausted, or the URL is refused)."""
+    delivery = delivery_by_id(delivery_id, session=session)
+    delivery.status = DeliveryStatus.FAILED.value
+    delivery.next_retry_at = None
+    if error is not None:
+        delivery.last_error = error
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def mark_gone(delivery_id: str, *, session: Session, now: datetime | None = None) -> bool:
+    """Mark a delivery gone (the receiver answered 410) and disable its endpoint.
+
+    Returns:
+        True if this call disabled the endpoint (record ``webhook.endpoint_disabled`` once, then).
+    """
+    delivery = delivery_by_id(delivery_id, session=session)
+    delivery.status = DeliveryStatus.GONE.value
+    delivery.next_retry_at = None
+    session.add(delivery)
+    return disable_endpoint(delivery.endpoint_id, session=session, reason=DISABLED_GONE, now=now)
+
+
+def mark_disabled(delivery_id: str, *, session: Session) -> WebhookDelivery:
+    """Stop a delivery because its endpoint is disabled (it can still be redelivered later)."""
+    delivery = delivery_by_id(delivery_id, session=session)
+    delivery.status = DeliveryStatus.DISABLED.value
+    delivery.next_retry_at = None
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def disable_endpoint(endpoint_id: str, *, session: Session, reason: str, now: datetime | None = None) -> bool:
+    """Disable an endpoint (worker side: 410, failing too long, unsafe URL).
+
+    Returns:
+        True if it was enabled before (so the caller records ``webhook.endpoint_disabled`` exactly once).
+    """
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or not endpoint.enabled:
+        return False
+    endpoint.enabled = False
+    endpoint.disabled_reason = reason
+    endpoint.updated_at = now or utcnow()
+    session.add(endpoint)
+    session.flush()
+    return True
+
+
+# --- one attempt -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedAttempt:
+    """What an attempt sends: to where, signed with which secrets, which event."""
+
+    url: str
+    secrets: list[str]
+    envelope: EventEnvelope
+
+
+@dataclass(frozen=True)
+class AttemptVerdict:
+    """What an attempt decided, and what the caller starts after the commit.
+
+    Attributes:
+        result: The answer to the delivery workflow.
+        disabled: The ``webhook.endpoint_disabled`` event this attempt recorded, to announce (AMQP).
+        pending: That event's deliveries, whose workflows the caller starts.
+    """
+
+    result: DeliverAttemptResult
+    disabled: EventEnvelope | None = None
+    pending: tuple[PendingDelivery, ...] = ()
+
+
+def _done(outcome: str, *, disabled: EventEnvelope | None = None, session: Session | None = None) -> AttemptVerdict:
+    pending: tuple[PendingDelivery, ...] = ()
+    if disabled is not None and session is not None:
+        pending = tuple(pending_deliveries(session, disabled.id))
+    return AttemptVerdict(DeliverAttemptResult(done=True, outcome=outcome), disabled, pending)
+
+
+def _owned(session: Session, inp: DeliverAttemptInput) -> WebhookDelivery | AttemptVerdict:
+    delivery = session.get(WebhookDelivery, inp.delivery_id)
+    if delivery is None:
+        return _done("missing")  # the endpoint was deleted with its deliveries
+    if delivery.workflow_id is not None and delivery.workflow_id != inp.workflow_id:
+        return _done("superseded")
+    return delivery
+
+
+def _event_envelope(session: Session, delivery: WebhookDelivery) -> EventEnvelope | None:
+    if delivery.payload is not None:
+        return EventEnvelope.model_validate(delivery.payload)
+    row = session.get(RunEvent, delivery.event_id)
+    return envelope_of_row(row) if row is not None else None
+
+
+def prepare_attempt(
+    session: Session, inp: DeliverAttemptInput, *, keyring: KeyRing
+) -> PreparedAttempt | AttemptVerdict:
+    """Load what an attempt sends, or settle the delivery without sending.
+
+    Raises:
+        SecretDecryptError: A secret no configured key opens: the attempt fails and is retried on the
+            schedule, so deliveries resume once the operator configures the key.
+    """
+    owned = _owned(session, inp)
+    if isinstance(owned, AttemptVerdict):
+        return owned
+    delivery = owned
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None:  # pragma: no cover - the foreign key prevents it
+        return _done("missing")
+    if delivery.status != DeliveryStatus.PENDING.value:
+        return _settled(session, endpoint, delivery, inp.attempt)
+    if not endpoint.enabled:
+        mark_disabled(delivery.id, session=session)
+        return _done(DeliveryStatus.DISABLED.value)
+    secrets = active_secrets(endpoint.id, session=session, keyring=keyring)
+    envelope = _event_envelope(session, delivery)
+    if not secrets or envelope is None:
+        mark_failed(delivery.id, session=session, error="event or signing secret missing")
+        return _done(DeliveryStatus.FAILED.value)
+    return PreparedAttempt(url=endpoint.url, secrets=secrets, envelope=envelope)
+
+
+def _settled(session: Session, endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: int) -> AttemptVerdict:
+    """A delivery already finished: by this very attempt before a crash, or by another workflow."""
+    if not endpoint.enabled and delivery.attempts == attempt:
+        row = session.scalars(
+            select(WebhookAttempt).where(
+                col(WebhookAttempt.delivery_id) == delivery.id, col(WebhookAttempt.attempt) == attempt
+            )
+        ).first()
+        # This attempt disabled the endpoint (same instant) and may have died before announcing it.
+        if row is not None and aware(row.at) == aware(endpoint.updated_at):
+            return _done(delivery.status, disabled=disabled_envelope(endpoint, delivery, attempt), session=session)
+    return _done(delivery.status)
+
+
+def record_outcome(session: Session, inp: DeliverAttemptInput, result: DeliveryResult) -> AttemptVerdict:
+    """Record an attempt's result and move the delivery (and its endpoint) to what follows from it."""
+    owned = _owned(session, inp)
+    if isinstance(owned, AttemptVerdict):
+        return owned
+    delivery = owned
+    if delivery.status != DeliveryStatus.PENDING.value:
+        return _done(delivery.status)
+    at = utcnow()
+    record_attempt(delivery.id, session=session, attempt=inp.attempt, result=result, now=at)
+    endpoint = _endpoint_of(delivery, session=session)
+    outcome = result.outcome
+    if outcome is DeliveryOutcome.DELIVERED:
+        mark_delivered(delivery.id, session=session, now=at)
+        return _done(DeliveryStatus.DELIVERED.value)
+    if outcome is DeliveryOutcome.GONE:
+        disabled = mark_gone(delivery.id, session=session, now=at)
+        return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.GONE, disabled)
+    reason = DISABLED_UNSAFE if outcome is DeliveryOutcome.REJECTED_UNSAFE else None
+    if reason is None and failing_too_long(endpoint, now=at):
+        reason = DISABLED_FAILING
+    if reason is not None:
+        mark_failed(delivery.id, session=session, error=result.error)
+        disabled = disable_endpoint(endpoint.id, session=session, reason=reason, now=at)
+        return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.FAILED, disabled)
+    delay = retry_delay(inp.schedule_index, retry_scale=inp.retry_scale, retry_after_s=result.retry_after_s)
+    if delay is None:
+        mark_failed(delivery.id, session=session, error=f"gave up after {inp.attempt} attempts: {result.error}")
+        return _done(DeliveryStatus.FAILED.value)
+    mark_retrying(delivery.id, session=session, next_retry_at=at + timedelta(seconds=delay), now=at)
+    return AttemptVerdict(DeliverAttemptResult(done=False, outcome="retry", delay_s=delay))
+
+
+def _after_disable(
+    session: Session,
+    endpoint: WebhookEndpoint,
+    delivery: WebhookDelivery,
+    attempt: int,
+    status: DeliveryStatus,
+    disabled: bool,
+) -> AttemptVerdict:
+    if not disabled:
+        return _done(status.value)
+    envelope = disabled_envelope(endpoint, delivery, attempt)
+    payload = envelope.model_dump(mode="json")
+    log.warning("webhook endpoint %s disabled: %s", endpoint.id, endpoint.disabled_reason)
+    # The durable record, in this transaction: the event in the disabled endpoint's own delivery log (never
+    # sent there), so operators find it even when no other endpoint subscribes to it.
+    record_own_event(
+        endpoint,
+        session=session,
+        event_id=envelope.id,
+        event_type=envelope.type,
+        payload=payload,
+        now=endpoint.updated_at,
+    )
+    fan_out(session, workspace=endpoint.workspace, event_type=envelope.type, event_id=envelope.id, payload=payload)
+    return _done(status.value, disabled=envelope, session=session)
+
+
+# --- redelivery --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """A delivery handed to a fresh workflow: start ``workflow_id`` after the commit, cancel the previous one.
+
+    Attributes:
+        delivery: The delivery row, pending again.
+        previous_workflow_id: The workflow that owned it before (it stops without sending if it wakes up).
+        workflow_id: The new owner.
+        first_attempt: Attempt number the new workflow counts from (attempts keep counting, so the log shows
+            the history).
+    """
+
+    delivery: WebhookDelivery
+    previous_workflow_id: str | None
+    workflow_id: str
+    first_attempt: int
+
+
+def redeliver(delivery_id: str, *, session: Session, workspace: str, workflow_id: str) -> Redelivery:
+    """Put a delivery back to pending, owned by a new workflow, so it is sent again (same event id).
+
+    Args:
+        delivery_id: The delivery.
+        session: Database session.
+        workspace: The caller's workspace.
+        workflow_id: The fresh workflow's id (:func:`~quantapilot.webhooks.contracts.redelivery_workflow_id`).
+
+    Raises:
+        WebhookNotFoundError: If it does not exist or belongs to another workspace.
+        EndpointDisabledError: If its endpoint is disabled.
+    """
+    delivery = get_delivery(delivery_id, session=session, workspace=workspace)
+    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
+    if endpoint is None or not endpoint.enabled:
+        raise EndpointDisabledError("the endpoint is disabled; enable it before redelivering")
+    previous = delivery.workflow_id
+    delivery.status = DeliveryStatus.PENDING.value
+    delivery.next_retry_at = None
+    # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
+    delivery.workflow_id = workflow_id
+    session.add(delivery)
+    session.flush()
+    return Redelivery(delivery, previous, workflow_id, delivery.attempts + 1)

@@ -1,0 +1,115 @@
+"""Fan-out of events into webhook deliveries: one delivery per matching enabled endpoint, created once.
+
+Fan-out runs inside the transaction that stores an event, so an event and its deliveries exist together or not
+at all; starting the delivery workflows happens after the commit (:mod:`quantapilot.webhooks.starts`) and is
+idempotent, so a caller retried after a crash between the two simply starts what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from quantapilot.events.record import EventRecord
+from quantapilot.events.table import RunEvent
+from quantapilot.webhooks.contracts import delivery_workflow_id
+from quantapilot.webhooks.deliveries import ensure_delivery
+from quantapilot.webhooks.endpoints import matching_endpoints
+from quantapilot.webhooks.starts import PendingDelivery
+from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery
+
+log = logging.getLogger("quantapilot.webhooks")
+
+
+def _run_repository(session: Session, event: EventRecord) -> str | None:
+    value = event.data.get("repo_url")
+    if isinstance(value, str):
+        return value
+    started = session.exec(
+        select(RunEvent).where(RunEvent.run_id == event.run_id, RunEvent.type == "run.started").limit(1)
+    ).first()
+    if started is not None and isinstance(started.data.get("repo_url"), str):
+        return str(started.data["repo_url"])
+    return None
+
+
+def fan_out(
+    session: Session,
+    *,
+    workspace: str,
+    event_type: str,
+    event_id: str,
+    run_id: str | None = None,
+    run_kind: str | None = None,
+    repository: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    """Create the deliveries of one event for the matching enabled endpoints of its workspace (flush only).
+
+    Args:
+        session: The session of the transaction that stores the event.
+        workspace: The event's workspace; only its endpoints receive the event.
+        event_type: Dotted type.
+        event_id: Event id (a delivery is unique per endpoint and event).
+        run_id: The event's run, if any.
+        run_kind: The run's kind, for run-kind filters.
+        repository: The run's repository, for repository filters.
+        payload: The envelope to store with each delivery for events that are not in ``run_events``.
+
+    Returns:
+        How many deliveries this call created.
+    """
+    try:
+        endpoints = matching_endpoints(
+            session=session, workspace=workspace, event_type=event_type, run_kind=run_kind, repository=repository
+        )
+    except ValueError:
+        # A type outside the published list cannot be subscribed to; the run's log still has it.
+        log.warning("event type %s is not deliverable by webhook", event_type[:64])
+        return 0
+    created = 0
+    for endpoint in endpoints:
+        delivery, new = ensure_delivery(
+            session=session, endpoint=endpoint, event_id=event_id, event_type=event_type, run_id=run_id
+        )
+        if delivery.workflow_id is None:
+            delivery.workflow_id = delivery_workflow_id(delivery.id)
+            delivery.payload = payload
+            session.add(delivery)
+        created += int(new)
+    session.flush()
+    return created
+
+
+def fan_out_run_event(session: Session, event: EventRecord) -> int:
+    """Create the deliveries of a run event; the repository is looked up only when a filter needs it."""
+    kind = event.run_kind.value
+    # Repository filters are rare: matching by type alone (no run kind: the kind and repository filters pass)
+    # tells whether any endpoint wants the event at all and whether the run's repository must be looked up.
+    candidates = matching_endpoints(session=session, workspace=event.workspace, event_type=event.type)
+    if not candidates:
+        return 0
+    needs_repository = kind == "repository" and any(e.repositories for e in candidates)
+    repository = _run_repository(session, event) if needs_repository else None
+    return fan_out(
+        session,
+        workspace=event.workspace,
+        event_type=event.type,
+        event_id=event.id,
+        run_id=event.run_id,
+        run_kind=kind,
+        repository=repository,
+    )
+
+
+def pending_deliveries(session: Session, event_id: str) -> list[PendingDelivery]:
+    """Deliveries of an event still waiting to be made (their workflows may or may not exist yet)."""
+    rows = session.exec(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.event_id == event_id)
+        .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
+        .order_by(col(WebhookDelivery.id))
+    )
+    return [PendingDelivery(row.id, row.workflow_id or delivery_workflow_id(row.id)) for row in rows if row.workflow_id]

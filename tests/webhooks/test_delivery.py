@@ -1,0 +1,206 @@
+"""The delivery state machine: its pure rules (classifying answers, the retry delay) and its transitions on real
+SQLite and PostgreSQL (rotation overlap, attempts, disabling, failing too long, redelivery)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from quantapilot.db import session_scope
+from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import delivery as delivery_state
+from quantapilot.webhooks.delivery import classify_answer, retry_delay
+from quantapilot.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS, RETRY_AFTER_CAP_S, nominal_delay
+from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult, DeliveryStatus, WebhookNotFoundError
+from tests.webhooks.support import KEYS, T0, create_endpoint_row
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, DeliveryOutcome.DELIVERED),
+        (204, DeliveryOutcome.DELIVERED),
+        (299, DeliveryOutcome.DELIVERED),
+        (410, DeliveryOutcome.GONE),
+        (301, DeliveryOutcome.RETRY),
+        (400, DeliveryOutcome.RETRY),
+        (404, DeliveryOutcome.RETRY),
+        (429, DeliveryOutcome.RETRY),
+        (500, DeliveryOutcome.RETRY),
+        (503, DeliveryOutcome.RETRY),
+        (None, DeliveryOutcome.RETRY),
+    ],
+)
+def test_delivery_classify_answer(status: int | None, outcome: DeliveryOutcome) -> None:
+    assert classify_answer(status) is outcome
+
+
+def test_delivery_retry_delay_scaled_within_jitter() -> None:
+    for index in (1, 5, MAX_ATTEMPTS - 1):
+        delay = retry_delay(index, retry_scale=0.5, retry_after_s=None)
+        assert delay is not None
+        nominal = nominal_delay(index)
+        assert 0.5 * nominal / 2 <= delay <= 0.5 * nominal
+
+
+def test_delivery_retry_delay_honours_retry_after_unscaled_and_capped() -> None:
+    # Retry-After is the receiver's wish: not scaled with the schedule, at least as long as asked.
+    delay = retry_delay(1, retry_scale=0.001, retry_after_s=120)
+    assert delay == 120
+    assert retry_delay(1, retry_scale=1.0, retry_after_s=10 * RETRY_AFTER_CAP_S) == RETRY_AFTER_CAP_S
+    # A zero or negative wish changes nothing.
+    small = retry_delay(1, retry_scale=0.001, retry_after_s=0)
+    assert small is not None and small <= 0.001 * nominal_delay(1)
+
+
+def test_delivery_retry_delay_gives_up_at_the_end_of_the_schedule() -> None:
+    assert retry_delay(MAX_ATTEMPTS, retry_scale=1.0, retry_after_s=None) is None
+    assert retry_delay(MAX_ATTEMPTS, retry_scale=1.0, retry_after_s=60) is None
+
+
+def test_delivery_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None:
+    endpoint_id, old = create_endpoint_row(db_engine)
+    rotated_at = T0 + timedelta(days=1)
+    with session_scope(db_engine) as session:
+        new = delivery_state.rotate_secret(
+            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=24), now=rotated_at
+        )
+    assert new != old
+    with Session(db_engine) as session:
+        during = delivery_state.active_secrets(
+            endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=23)
+        )
+        after = delivery_state.active_secrets(
+            endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=24)
+        )
+    assert during == [new, old]
+    assert after == [new]
+    # A second rotation deletes the expired secret and never extends the previous one's life.
+    with session_scope(db_engine) as session:
+        newest = delivery_state.rotate_secret(
+            endpoint_id,
+            session=session,
+            workspace="ws1",
+            overlap=timedelta(hours=1),
+            keyring=KEYS,
+            now=rotated_at + timedelta(hours=30),
+        )
+    with Session(db_engine) as session:
+        at = rotated_at + timedelta(hours=30, minutes=30)
+        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
+        assert delivery_state.active_secrets(
+            endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)
+        ) == [newest]
+        with pytest.raises(ValueError, match="negative"):
+            delivery_state.rotate_secret(
+                endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=-1)
+            )
+
+
+def test_delivery_rotate_with_zero_overlap_revokes_old(db_engine: Engine) -> None:
+    endpoint_id, old = create_endpoint_row(db_engine)
+    with session_scope(db_engine) as session:
+        new = delivery_state.rotate_secret(
+            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=T0
+        )
+    with Session(db_engine) as session:
+        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
+    assert old != new
+
+
+def test_delivery_attempts_and_status_transitions(db_engine: Engine) -> None:
+    endpoint_id, _ = create_endpoint_row(db_engine)
+    with session_scope(db_engine) as session:
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        delivery, _ = deliveries.ensure_delivery(
+            session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started"
+        )
+        delivery_id = delivery.id
+    fail = DeliveryResult(outcome=DeliveryOutcome.RETRY, status_code=500, latency_ms=12.5, error="HTTP 500")
+    ok = DeliveryResult(outcome=DeliveryOutcome.DELIVERED, status_code=200, latency_ms=3.0)
+    retry_at = T0 + timedelta(seconds=30)
+    with session_scope(db_engine) as session:
+        deliveries.record_attempt(delivery_id, session=session, attempt=1, result=fail, now=T0)
+        delivery_state.mark_retrying(delivery_id, session=session, next_retry_at=retry_at, now=T0)
+    with Session(db_engine) as session:
+        [row] = deliveries.list_deliveries(endpoint_id, session=session, workspace="ws1")
+        assert (row.status, row.attempts, row.last_status_code, row.next_retry_at) == ("pending", 1, 500, retry_at)
+        assert endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since == T0
+    with session_scope(db_engine) as session:
+        # The same attempt recorded twice (activity retried after a crash) stays one row.
+        deliveries.record_attempt(delivery_id, session=session, attempt=2, result=fail, now=retry_at)
+        deliveries.record_attempt(delivery_id, session=session, attempt=2, result=ok, now=retry_at)
+        delivery_state.mark_delivered(delivery_id, session=session, now=retry_at)
+    with Session(db_engine) as session:
+        attempts = deliveries.list_attempts(delivery_id, session=session, workspace="ws1")
+        assert [(a.attempt, a.outcome, a.status_code) for a in attempts] == [(1, "retry", 500), (2, "delivered", 200)]
+        assert attempts[0].error == "HTTP 500"
+        assert attempts[0].latency_ms == 12.5
+        delivery = deliveries.get_delivery(delivery_id, session=session, workspace="ws1")
+        assert delivery.status == DeliveryStatus.DELIVERED
+        assert delivery.delivered_at == retry_at
+        assert delivery.next_retry_at is None
+        assert delivery.last_error is None
+        assert endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1").failing_since is None
+        with pytest.raises(WebhookNotFoundError):
+            deliveries.list_attempts(delivery_id, session=session, workspace="ws2")
+        with pytest.raises(WebhookNotFoundError):
+            deliveries.record_attempt("wd_missing", session=session, attempt=1, result=ok)
+
+
+def test_delivery_gone_disables_endpoint_once_and_redeliver(db_engine: Engine) -> None:
+    endpoint_id, _ = create_endpoint_row(db_engine)
+    with session_scope(db_engine) as session:
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        first, _ = deliveries.ensure_delivery(
+            session=session, endpoint=endpoint, event_id="ev_1", event_type="run.started"
+        )
+        second, _ = deliveries.ensure_delivery(
+            session=session, endpoint=endpoint, event_id="ev_2", event_type="run.paused"
+        )
+        assert delivery_state.mark_gone(first.id, session=session, now=T0) is True
+        assert delivery_state.mark_gone(second.id, session=session, now=T0) is False
+    with Session(db_engine) as session:
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        assert not endpoint.enabled
+        assert endpoint.disabled_reason == delivery_state.DISABLED_GONE
+        assert endpoints.matching_endpoints(session=session, workspace="ws1", event_type="run.started") == []
+        gone = deliveries.list_deliveries(endpoint_id, session=session, workspace="ws1", status=DeliveryStatus.GONE)
+        assert {d.id for d in gone} == {first.id, second.id}
+    with session_scope(db_engine) as session:
+        delivery_state.mark_failed(first.id, session=session, error="gave up")
+        delivery_state.mark_disabled(second.id, session=session)
+        with pytest.raises(WebhookNotFoundError):
+            delivery_state.redeliver(first.id, session=session, workspace="ws2", workflow_id="wf-2")
+        with pytest.raises(delivery_state.EndpointDisabledError):
+            delivery_state.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
+        endpoints.update_endpoint(endpoint_id, session=session, workspace="ws1", enabled=True)
+        again = delivery_state.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
+    assert again.delivery.status == DeliveryStatus.PENDING
+    assert again.delivery.workflow_id == again.workflow_id == "wf-2"
+    assert again.previous_workflow_id is None
+    assert again.first_attempt == 1
+    with Session(db_engine) as session:
+        assert deliveries.get_delivery(first.id, session=session, workspace="ws1").status == "pending"
+        assert deliveries.get_delivery(second.id, session=session, workspace="ws1").status == "disabled"
+
+
+def test_delivery_failing_too_long(db_engine: Engine) -> None:
+    endpoint_id, _ = create_endpoint_row(db_engine)
+    with session_scope(db_engine) as session:
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        assert not delivery_state.failing_too_long(endpoint, now=T0)
+        delivery, _ = deliveries.ensure_delivery(
+            session=session, endpoint=endpoint, event_id="e", event_type="run.failed"
+        )
+        delivery_state.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0)
+        # A later failure does not move the start of the streak.
+        delivery_state.mark_retrying(delivery.id, session=session, next_retry_at=T0, now=T0 + timedelta(days=1))
+    with Session(db_engine) as session:
+        endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace="ws1")
+        assert endpoint.failing_since == T0
+        assert not delivery_state.failing_too_long(endpoint, now=T0 + DISABLE_AFTER - timedelta(seconds=1))
+        assert delivery_state.failing_too_long(endpoint, now=T0 + DISABLE_AFTER)
