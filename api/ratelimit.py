@@ -21,8 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
+from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
+from api.endpoints import ENDPOINTS
 from api.errors import TRACE_ID, error_response
+from api.keys import PRINCIPAL
+from api.registry import rate_class_by_method
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 
@@ -34,8 +37,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_BUCKETS = 100_000
 #: Longest time an unread request body is drained after an early answer, in seconds.
 LINGER_MAX_S = 2.0
-#: Methods that only read.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RouteClass(StrEnum):
@@ -51,29 +52,16 @@ class RouteClass(StrEnum):
     PUBLIC = "public"
 
 
-#: Routes whose class is not implied by their method. Every other safe method is a read, any other write control.
-EXPLICIT_CLASSES: dict[tuple[str, str], RouteClass] = {
-    ("POST", "/v1/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/lifecycle/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/telemetry/events"): RouteClass.TELEMETRY,
-}
-
-
 def route_class(method: str, path: str, *, run_path: str = "/run") -> RouteClass:
-    """The rate-limit class of a route.
+    """The rate-limit class of a route: the one its endpoint declares (``api/endpoints.py``).
 
     Args:
         method: HTTP method.
         path: The route's canonical path (``/v1/runs/{run_id}``), or the raw path of an unmatched request.
         run_path: The configured seed trigger path (an alias of ``POST /v1/runs``).
     """
-    method = method.upper()
-    if method == "POST" and path == run_path:
-        return RouteClass.TRIGGERS
-    explicit = EXPLICIT_CLASSES.get((method, path))
-    if explicit is not None:
-        return explicit
-    return RouteClass.READS if method in SAFE_METHODS else RouteClass.CONTROL
+    endpoint = ENDPOINTS.find(method, path, run_path=run_path)
+    return RouteClass(endpoint.rate_class if endpoint is not None else rate_class_by_method(method))
 
 
 @dataclass(frozen=True, slots=True)
