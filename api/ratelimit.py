@@ -25,7 +25,7 @@ from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_toke
 from api.endpoints import ENDPOINTS
 from api.errors import TRACE_ID, error_response
 from api.keys import PRINCIPAL
-from api.registry import rate_class_by_method
+from api.registry import Registry, rate_class_by_method
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 
@@ -52,15 +52,16 @@ class RouteClass(StrEnum):
     PUBLIC = "public"
 
 
-def route_class(method: str, path: str, *, run_path: str = "/run") -> RouteClass:
+def route_class(method: str, path: str, *, run_path: str = "/run", endpoints: Registry = ENDPOINTS) -> RouteClass:
     """The rate-limit class of a route: the one its endpoint declares (``api/endpoints.py``).
 
     Args:
         method: HTTP method.
         path: The route's canonical path (``/v1/runs/{run_id}``), or the raw path of an unmatched request.
         run_path: The configured seed trigger path (an alias of ``POST /v1/runs``).
+        endpoints: The registry that declares the route.
     """
-    endpoint = ENDPOINTS.find(method, path, run_path=run_path)
+    endpoint = endpoints.find(method, path, run_path=run_path)
     return RouteClass(endpoint.rate_class if endpoint is not None else rate_class_by_method(method))
 
 
