@@ -31,11 +31,11 @@ from activities.lifecycle_models import (
     account_stream_id,
     account_workflow_id,
 )
-from api.errors import RUN_ID, TRACE_ID
 from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
 from api.runs import request_hash, run_handle, start_run
+from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.lifecycle.models import (

@@ -23,9 +23,10 @@ from aiohttp import web
 
 from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
 from api.endpoints import ENDPOINTS
-from api.errors import TRACE_ID, error_response
+from api.errors import error_response
 from api.keys import PRINCIPAL
 from api.registry import Registry, rate_class_by_method
+from api.tracing import TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 

@@ -16,11 +16,11 @@ from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from api.errors import RUN_ID, TRACE_ID
 from api.event_log import event_json, gapless_page, parse_after, read_events, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
 from api.runs import is_not_found, run_handle, start_run
+from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.forges.remotes import host_refused_without_dns
 from quantapilot.models import (
