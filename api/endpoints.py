@@ -7,7 +7,15 @@ The order is the order of the OpenAPI document's paths.
 
 from __future__ import annotations
 
-from api import contract_routes, docs_routes, lifecycle_routes, metrics_routes, routes, webhook_routes
+from api import (
+    contract_routes,
+    docs_routes,
+    health_routes,
+    lifecycle_routes,
+    metrics_routes,
+    run_routes,
+    webhook_routes,
+)
 from api.event_log import EVENTS_PAGE, MAX_SEQ
 from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
 from api.webhook_routes import MAX_DELIVERIES_PAGE
@@ -44,7 +52,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs",
-        routes.trigger_repo_run,
+        run_routes.trigger_repo_run,
         "runs:trigger",
         "triggerRun",
         "Trigger a repository run",
@@ -61,7 +69,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         RUN_PATH,
-        routes.trigger_repo_run,
+        run_routes.trigger_repo_run,
         "runs:trigger",
         "triggerRunSeedAlias",
         "Trigger a repository run (deprecated alias of POST /v1/runs)",
@@ -73,7 +81,7 @@ _RUNS: tuple[Endpoint, ...] = (
         rate="triggers",
         errors=BODY_ERRORS,
         description=(
-            f"The seed's path, kept as an alias of POST /v1/runs. {routes.run_alias_notice()} Responses carry "
+            f"The seed's path, kept as an alias of POST /v1/runs. {run_routes.run_alias_notice()} Responses carry "
             "Deprecation, Sunset and Link headers and a deprecationNotice field."
         ),
         deprecated=True,
@@ -82,7 +90,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET",
         "/v1/runs/{run_id}",
-        routes.get_run,
+        run_routes.get_run,
         "runs:read",
         "getRun",
         "A run's state, current step, gates, milestones and timestamps",
@@ -95,7 +103,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET",
         "/v1/runs/{run_id}/events",
-        routes.run_events,
+        run_routes.run_events,
         "runs:read",
         "listRunEvents",
         "A run's ordered event log",
@@ -108,7 +116,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs/{run_id}/gates/{gate}/decision",
-        routes.decide_gate,
+        run_routes.decide_gate,
         "gates:decide",
         "decideGate",
         "Approve or reject a pending gate",
@@ -128,7 +136,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs/{run_id}/pause",
-        routes.pause_run,
+        run_routes.pause_run,
         "runs:control",
         "pauseRun",
         "Pause a run (no new step starts)",
@@ -142,7 +150,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs/{run_id}/resume",
-        routes.resume_run,
+        run_routes.resume_run,
         "runs:control",
         "resumeRun",
         "Resume a paused run",
@@ -156,7 +164,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs/{run_id}/budget",
-        routes.raise_budget,
+        run_routes.raise_budget,
         "runs:control",
         "raiseRunBudget",
         "Raise a run's time budget or step attempts",
@@ -170,7 +178,7 @@ _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/v1/runs/{run_id}/cancel",
-        routes.cancel_run,
+        run_routes.cancel_run,
         "runs:control",
         "cancelRun",
         "Request a run's cancellation",
@@ -427,11 +435,11 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
 )
 
 _SERVICE: tuple[Endpoint, ...] = (
-    Endpoint("GET", "/healthz", routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, "Health"),
+    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, "Health"),
     Endpoint(
         "GET",
         "/readyz",
-        routes.readyz,
+        health_routes.readyz,
         PUBLIC,
         "readyz",
         "Readiness: Temporal and the database answer",

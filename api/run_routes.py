@@ -1,4 +1,4 @@
-"""Handlers of the run API (declared in ``api/endpoints.py``) and of the health checks."""
+"""Handlers of the run API (declared in ``api/endpoints.py``): trigger, status, events, gates and controls."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from sqlalchemy import text
-from sqlmodel import Session, select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ApplicationError
@@ -270,30 +268,3 @@ async def run_events(request: web.Request, call: Call) -> web.Response:
         raise not_found("run")
     events = [event_json(r) for r in rows]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
-
-
-async def healthz(request: web.Request, call: Call) -> web.Response:
-    """Liveness: the process answers."""
-    return _json({"status": "ok"})
-
-
-def _db_ping(request: web.Request) -> None:
-    with Session(request.app[ENGINE]) as session:
-        session.exec(select(text("1")))
-
-
-async def readyz(request: web.Request, call: Call) -> web.Response:
-    """Readiness: Temporal and the database answer."""
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(request.app[TEMPORAL].service_client.check_health(), timeout=5)
-        checks["temporal"] = "ok"
-    except Exception as exc:  # any failure means not ready; the reason is reported, not raised
-        checks["temporal"] = f"unavailable: {type(exc).__name__}"
-    try:
-        await asyncio.wait_for(asyncio.to_thread(_db_ping, request), timeout=5)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return _json({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
