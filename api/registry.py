@@ -217,8 +217,8 @@ class Registry:
         endpoints: Each route once.
 
     Raises:
-        ValueError: A (method, path) or an operation id declared twice, or a public path with a variable
-            (public paths are matched literally, before routing).
+        ValueError: A (method, path) or an operation id declared twice, a public path with a variable (public
+            paths are matched literally, before routing), or a path public for one method and scoped for another.
     """
 
     def __init__(self, endpoints: Iterable[Endpoint]) -> None:
@@ -235,6 +235,10 @@ class Registry:
                 raise ValueError(f"public endpoint {endpoint.path} has a path variable")
             seen.add(key)
             ids.add(endpoint.operation_id)
+        shared = {e.canonical for e in self._endpoints if not e.public} & self.public_paths()
+        if shared:
+            # The auth middleware lets every request to a public path through without a token.
+            raise ValueError(f"paths both public and scoped: {sorted(shared)}")
 
     def __iter__(self) -> Iterator[Endpoint]:
         return iter(self._endpoints)
