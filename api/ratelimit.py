@@ -30,8 +30,11 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
+from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
 from api.client_address import IPNetwork, client_address
+from api.endpoints import ENDPOINTS
+from api.keys import PRINCIPAL
+from api.registry import Registry, rate_class_by_method
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.observability import RATE_LIMIT_FAIL_OPEN
 from quantapilot.settings import Settings
@@ -43,8 +46,6 @@ log = logging.getLogger("quantapilot.api")
 STORAGE_TIMEOUT_S = 0.5
 #: Seconds between attempts to reach the storage during an outage (requests in between are admitted at once).
 PROBE_INTERVAL_S = 1.0
-#: Methods that only read.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RouteClass(StrEnum):
@@ -60,29 +61,17 @@ class RouteClass(StrEnum):
     PUBLIC = "public"
 
 
-#: Routes whose class is not implied by their method. Every other safe method is a read, any other write control.
-EXPLICIT_CLASSES: dict[tuple[str, str], RouteClass] = {
-    ("POST", "/v1/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/lifecycle/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/telemetry/events"): RouteClass.TELEMETRY,
-}
-
-
-def route_class(method: str, path: str, *, run_path: str = "/run") -> RouteClass:
-    """The rate-limit class of a route.
+def route_class(method: str, path: str, *, run_path: str = "/run", endpoints: Registry = ENDPOINTS) -> RouteClass:
+    """The rate-limit class of a route: the one its endpoint declares (``api/endpoints.py``).
 
     Args:
         method: HTTP method.
         path: The route's canonical path (``/v1/runs/{run_id}``), or the raw path of an unmatched request.
         run_path: The configured seed trigger path (an alias of ``POST /v1/runs``).
+        endpoints: The registry that declares the route.
     """
-    method = method.upper()
-    if method == "POST" and path == run_path:
-        return RouteClass.TRIGGERS
-    explicit = EXPLICIT_CLASSES.get((method, path))
-    if explicit is not None:
-        return explicit
-    return RouteClass.READS if method in SAFE_METHODS else RouteClass.CONTROL
+    endpoint = endpoints.find(method, path, run_path=run_path)
+    return RouteClass(endpoint.rate_class if endpoint is not None else rate_class_by_method(method))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +91,22 @@ class Rate:
         return max(1, math.ceil(self.burst / self.per_second - 1e-9))
 
 
+def limit_split(settings: Settings) -> int:
+    """How many processes split each configured limit.
+
+    Counters in each API process's memory count that process's share; counters shared through Redis
+    (``rate_limit_storage_uri``) see every process's requests, so nothing is split.
+    """
+    return 1 if settings.rate_limit_storage_uri else settings.api_processes
+
+
 def rates_from(settings: Settings) -> dict[RouteClass, Rate]:
     """The rates this process enforces: the configured ones, each divided by ``api_processes``.
 
     Counters shared through Redis (``rate_limit_storage_uri``) already see every process's requests, so then
     nothing is divided.
     """
-    n = 1 if settings.rate_limit_storage_uri else settings.api_processes
+    n = limit_split(settings)
     configured = {
         RouteClass.READS: (settings.rate_reads_per_s, settings.rate_reads_burst),
         RouteClass.TRIGGERS: (settings.rate_triggers_per_s, settings.rate_triggers_burst),
@@ -282,7 +280,9 @@ def _with_headers(exc: Exception, headers: dict[str, str]) -> None:
             exc.headers.setdefault(name, value)
 
 
-def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def rate_limit_middleware(
+    limiter: RateLimiter, *, run_path: str, endpoints: Registry = ENDPOINTS
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Build the middleware that counts each authenticated request in its token's window (after authentication).
 
     Requests without a principal (public paths) are not limited here: they serve static, cached content.
@@ -293,7 +293,7 @@ def rate_limit_middleware(limiter: RateLimiter, *, run_path: str) -> Callable[..
         principal = request.get(PRINCIPAL)
         if principal is None:
             return await handler(request)
-        cls = route_class(request.method, _canonical(request), run_path=run_path)
+        cls = route_class(request.method, _canonical(request), run_path=run_path, endpoints=endpoints)
         decision = await limiter.take(principal.token_id, cls)
         headers = decision.headers()
         if not decision.allowed:
