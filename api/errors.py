@@ -39,6 +39,19 @@ _TEMPORAL_UNAVAILABLE = frozenset(
     }
 )
 
+
+def temporal_unavailable(exc: RPCError) -> bool:
+    """Whether a Temporal error means "not now" (server or worker away), which the caller may retry.
+
+    Besides the transport statuses, a query whose task queue has had no poller for a while is answered by the
+    server itself, before the caller's deadline, with FAILED_PRECONDITION "no poller seen for task queue
+    recently, worker may be down": the same condition as a query that times out waiting for a worker.
+    """
+    if exc.status in _TEMPORAL_UNAVAILABLE:
+        return True
+    return exc.status == RPCStatusCode.FAILED_PRECONDITION and "no poller seen" in exc.message.lower()
+
+
 _HTTP_CODES: dict[int, ErrorCode] = {
     400: ErrorCode.VALIDATION_ERROR,
     401: ErrorCode.AUTHENTICATION_ERROR,
@@ -122,7 +135,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # Temporal unreachable or slow to answer (server down, no worker to answer a query or an update).
-        if isinstance(exc, RPCError) and exc.status not in _TEMPORAL_UNAVAILABLE:
+        if isinstance(exc, RPCError) and not temporal_unavailable(exc):
             status = 500
             log.exception("temporal error", extra={"path": request.path})
             return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
