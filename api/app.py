@@ -9,15 +9,17 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from api import contract_routes, docs_routes, lifecycle_routes, metrics_routes
+from api import contract_routes, metrics_routes
+from api.api_page import render_api_page
 from api.auth import TokenCache, auth_middleware
 from api.client_address import parse_networks
 from api.deadlines import body_deadline_middleware, handler_args
+from api.endpoints import ENDPOINTS
 from api.errors import error_middleware
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
+from api.openapi import build_openapi
 from api.ratelimit import RateLimiter, anonymous_limit_middleware, rate_limit_middleware, rates_from
-from api.routes import routes, trigger_repo_run
-from api.webhook_routes import routes as webhook_routes
+from api.registry import Registry
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.secretbox import load_keyring
@@ -26,13 +28,20 @@ from quantapilot.temporal import connect
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 
 
-def create_app(settings: Settings, *, client: Client | None = None, engine: Engine | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    engine: Engine | None = None,
+    endpoints: Registry = ENDPOINTS,
+) -> web.Application:
     """Build the API application.
 
     Args:
         settings: Service settings.
         client: A connected Temporal client to use; one is connected at start-up when None.
         engine: A database engine to use; one is created from ``settings.database_url`` when None.
+        endpoints: The endpoints to serve and document (``api/endpoints.py``).
 
     Returns:
         The application (resources open in its cleanup context).
@@ -55,7 +64,7 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
     if settings.rate_limit_enabled:
         # Before authentication: requests without a valid token are limited per client address.
         middlewares.append(anonymous_limit_middleware(limiter, tokens, trusted_proxies=trusted_proxies))
-    middlewares.append(auth_middleware(tokens))
+    middlewares.append(auth_middleware(tokens, endpoints.public_paths()))
     if settings.rate_limit_enabled:
         # After authentication: buckets are per token.
         middlewares.append(rate_limit_middleware(limiter, run_path=settings.run_path))
@@ -78,14 +87,15 @@ def create_app(settings: Settings, *, client: Client | None = None, engine: Engi
         if owns_engine:
             engine.dispose()
 
+    async def _publish_contract(app: web.Application) -> None:
+        # At start-up, once the settings and routes are final: served from memory afterwards.
+        document = build_openapi(settings, endpoints)
+        contract_routes.publish(app, document, render_api_page(document))
+
     app.cleanup_ctx.append(_resources)
-    app.router.add_post(settings.run_path, trigger_repo_run)
-    if settings.run_path != "/v1/runs":
-        app.router.add_post("/v1/runs", trigger_repo_run)
-    app.router.add_routes(routes)
-    app.router.add_routes(lifecycle_routes.routes)
-    app.router.add_routes(docs_routes.routes)
-    app.router.add_routes(webhook_routes)
-    metrics_routes.setup(app, settings)
-    contract_routes.setup(app)
+    app.on_startup.append(_publish_contract)
+    endpoints.add_routes(app, settings)
+    metrics = endpoints.find("GET", metrics_routes.METRICS_PATH, run_path=settings.run_path)
+    if metrics is not None:
+        metrics_routes.setup(app, settings, metrics)
     return app

@@ -9,12 +9,13 @@ from aiohttp import web
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
 
+from api.endpoints import ENDPOINTS
+from api.keys import PRINCIPAL
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.tokens import Principal, hash_token, lookup_token
 
-PRINCIPAL = web.RequestKey("principal", Principal)
-# The API contract is public too: it holds no secret and clients read it before they have a token.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/docs/api"})
+#: Paths that need no token: the endpoints declared public (health, metrics, the contract).
+PUBLIC_PATHS = ENDPOINTS.public_paths()
 #: Entries of each of the two caches (verified tokens, refused tokens); least recently used go first.
 MAX_CACHE = 10_000
 
@@ -82,14 +83,21 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
-def auth_middleware(cache: TokenCache) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Build the middleware that requires a valid bearer token on every non-public path."""
+def auth_middleware(
+    cache: TokenCache, public_paths: frozenset[str] = PUBLIC_PATHS
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Build the middleware that requires a valid bearer token on every non-public path.
+
+    Args:
+        cache: Verified and refused tokens.
+        public_paths: Paths served without a token (an application's registry's public paths).
+    """
 
     @web.middleware
     async def _auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS:
+        if request.path in public_paths:
             return await handler(request)
         token = bearer_token(request)
         if token is None:
@@ -101,11 +109,3 @@ def auth_middleware(cache: TokenCache) -> Callable[..., Awaitable[web.StreamResp
         return await handler(request)
 
     return _auth
-
-
-def principal_of(request: web.Request, scope: str | None = None) -> Principal:
-    """The authenticated caller; with ``scope``, 403 unless the token carries it."""
-    principal = request[PRINCIPAL]
-    if scope is not None and not principal.has(scope):
-        raise ApiError(403, ErrorCode.AUTHORIZATION_ERROR, f"token lacks the scope {scope}", details={"scope": scope})
-    return principal

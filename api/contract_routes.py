@@ -1,18 +1,19 @@
-"""Routes that publish the API contract: ``GET /v1/openapi.json`` and the ``GET /v1/docs/api`` page.
+"""Handlers that publish the API contract: ``GET /v1/openapi.json`` and the ``GET /v1/docs/api`` page.
 
-Both are public (listed in ``api.auth.PUBLIC_PATHS``): the contract holds no secret, and clients need it before
-they have a token. Both are built once, at start-up, and served from memory.
+Both are public (declared so in ``api/endpoints.py``): the contract holds no secret, and clients need it before
+they have a token. Both are built once, at start-up (:func:`publish`, from ``api/app.py``), and served from memory.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from api.keys import SETTINGS
-from api.openapi import build_openapi, render_api_page
+from api.registry import Call
 
 OPENAPI_PATH = "/v1/openapi.json"
 API_PAGE_PATH = "/v1/docs/api"
@@ -30,26 +31,13 @@ class Contract:
 
 CONTRACT = web.AppKey("contract", Contract)
 
-routes = web.RouteTableDef()
+
+def publish(app: web.Application, document: Mapping[str, Any], page: str) -> None:
+    """Keep the application's OpenAPI document and its HTML page, serialized, for the two handlers."""
+    app[CONTRACT] = Contract(document=json.dumps(document, indent=1).encode("utf-8"), page=page.encode("utf-8"))
 
 
-async def _prepare(app: web.Application) -> None:
-    """Build the contract at start-up, when the settings and routes are final."""
-    document = build_openapi(app[SETTINGS])
-    app[CONTRACT] = Contract(
-        document=json.dumps(document, indent=1).encode("utf-8"),
-        page=render_api_page(document).encode("utf-8"),
-    )
-
-
-def setup(app: web.Application) -> None:
-    """Register the contract routes and the start-up hook that builds the contract."""
-    app.router.add_routes(routes)
-    app.on_startup.append(_prepare)
-
-
-@routes.get(OPENAPI_PATH)
-async def openapi_document(request: web.Request) -> web.Response:
+async def openapi_document(request: web.Request, call: Call) -> web.Response:
     """The OpenAPI 3.1 document of every endpoint."""
     return web.Response(
         body=request.app[CONTRACT].document,
@@ -58,8 +46,7 @@ async def openapi_document(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(API_PAGE_PATH)
-async def api_page(request: web.Request) -> web.Response:
+async def api_page(request: web.Request, call: Call) -> web.Response:
     """The same document as a self-contained HTML page (no script, no external resource)."""
     return web.Response(
         body=request.app[CONTRACT].page,

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from api.errors import TRACE_ID, error_response
+from api.errors import error_response
+from api.tracing import TRACE_ID
 from quantapilot.errors import ErrorCode
 from quantapilot.settings import Settings
 

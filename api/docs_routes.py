@@ -1,4 +1,4 @@
-"""HTTP routes of the docs pages: one page by slug and version, and listings by project.
+"""Handlers of the docs pages: one page by slug and version, and listings by project.
 
 Pages of other workspaces do not exist for the caller (404, as unknown slugs). Slugs are paths checked by
 :func:`quantapilot.docs.store.validate_slug`, so ``..`` and empty segments never reach the store (422).
@@ -13,8 +13,8 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.auth import principal_of
 from api.keys import ENGINE
+from api.registry import Call
 from quantapilot.docs.render import FrontMatterError, split_front_matter
 from quantapilot.docs.store import (
     MAX_VERSION_LENGTH,
@@ -29,8 +29,6 @@ from quantapilot.errors import ApiError, ErrorCode, not_found
 
 MAX_PROJECT_LENGTH = 200
 DEPRECATED_STATUSES = frozenset({"archived", "deprecated"})
-
-routes = web.RouteTableDef()
 
 
 def _iso(value: Any) -> str:
@@ -87,10 +85,9 @@ def _load_page(engine: Engine, workspace: str, slug: str, version: str | None) -
         return page_json(record, list_versions(session=session, workspace=workspace, slug=slug))
 
 
-@routes.get("/v1/docs/pages/{slug:.+}")
-async def get_docs_page(request: web.Request) -> web.Response:
+async def get_docs_page(request: web.Request, call: Call) -> web.Response:
     """One page: the latest version, or ``?version=``; metadata, Markdown and HTML, typed related links."""
-    principal = principal_of(request, "docs:read")
+    principal = call.principal
     slug = request.match_info["slug"]
     try:
         validate_slug(slug)
@@ -125,10 +122,9 @@ def _list(engine: Engine, workspace: str, project: str | None) -> list[PageSumma
         return list_pages(session=session, workspace=workspace, project=project)
 
 
-@routes.get("/v1/docs/pages")
-async def list_docs_pages(request: web.Request) -> web.Response:
+async def list_docs_pages(request: web.Request, call: Call) -> web.Response:
     """Pages of the caller's workspace (``?project=`` for one project), each with its versions and latest."""
-    principal = principal_of(request, "docs:read")
+    principal = call.principal
     project = request.query.get("project")
     if project is not None and not 0 < len(project) <= MAX_PROJECT_LENGTH:
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"project must be 1-{MAX_PROJECT_LENGTH} characters")

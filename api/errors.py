@@ -1,12 +1,14 @@
-"""The error envelope, trace ids and the middleware that turns every failure into that envelope."""
+"""The error envelope and the middleware that turns every failure into it, traces and logs each request.
+
+The trace id (``api/tracing.py``), the request's log line (``api/access_log.py``) and its metrics
+(``api/request_metrics.py``) are this middleware's too: it is the outermost, so they see the status it answers.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,19 +19,16 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.access_log import log_request
+from api.request_metrics import observe
+from api.tracing import TRACE_ID, log_context, trace_id_for
 from quantapilot.errors import ApiError, ErrorCode
-from quantapilot.observability import API_LATENCY, API_REQUESTS, RUN_CONTEXT
+from quantapilot.observability import RUN_CONTEXT
 
 log = logging.getLogger("quantapilot.api")
 
-TRACE_ID = web.RequestKey("trace_id", str)
-#: The run a request created or addressed, for its log line (set by the trigger routes once the id is known).
-RUN_ID = web.RequestKey("run_id", str)
-# Only well-formed run ids from a path go into log lines: the path is the caller's text.
-_RUN_ID = re.compile(r"^[a-z]{2}_[0-9a-f]{32}$")
 #: Seconds a client is asked to wait after a 503 for an unavailable database.
 DB_RETRY_AFTER_S = 5
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 _TEMPORAL_UNAVAILABLE = frozenset(
     {
@@ -53,15 +52,6 @@ _HTTP_CODES: dict[int, ErrorCode] = {
     429: ErrorCode.RATE_LIMIT_EXCEEDED,
     503: ErrorCode.SERVICE_UNAVAILABLE,
 }
-
-
-def trace_id_for(request: web.Request) -> str:
-    """The request's trace id: from a valid W3C ``traceparent`` header, else a fresh one."""
-    header = request.headers.get("traceparent", "")
-    match = _TRACEPARENT.match(header.strip().lower())
-    if match and match.group(1) != "0" * 32:
-        return match.group(1)
-    return uuid.uuid4().hex
 
 
 def envelope(code: str, message: str, trace_id: str, details: Any = None) -> dict[str, Any]:
@@ -98,11 +88,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     trace_id = trace_id_for(request)
     request[TRACE_ID] = trace_id
     # Every log line written while handling the request carries its traceId, and the run_id of a run's route.
-    context: dict[str, str] = {"traceId": trace_id}
-    path_run_id = request.match_info.get("run_id", "")
-    if _RUN_ID.match(path_run_id):
-        context["run_id"] = path_run_id
-    context_token = RUN_CONTEXT.set(context)
+    context_token = RUN_CONTEXT.set(log_context(request, trace_id))
     started = time.perf_counter()
     status = 500
     try:
@@ -155,19 +141,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
     finally:
         elapsed = time.perf_counter() - started
-        resource = request.match_info.route.resource
-        # The route template, not the path: bounded label cardinality.
-        route = resource.canonical if resource is not None else "unmatched"
-        API_REQUESTS.labels(route, request.method, str(status)).inc()
-        API_LATENCY.labels(route, request.method).observe(elapsed)
-        # Path only, never the query string or headers: they may carry tokens.
-        log.info(
-            "%s %s %s %.1fms",
-            request.method,
-            # Escaped: a percent-encoded CR/LF in the path must not forge a second line in text logs.
-            request.path.encode("unicode_escape").decode("ascii"),
-            status,
-            elapsed * 1000,
-            extra={"status": status, "route": route, **({"run_id": request[RUN_ID]} if RUN_ID in request else {})},
-        )
+        observe(request, status, elapsed)
+        log_request(request, status, elapsed)
         RUN_CONTEXT.reset(context_token)

@@ -1,8 +1,8 @@
-"""HTTP routes of the value lifecycle: lifecycle runs, telemetry ingestion and the account event stream.
+"""Handlers of the value lifecycle: lifecycle runs, telemetry ingestion and the account event stream.
 
-Bodies are read with :func:`api.body.read_json` (content type, size, depth) and validated by the lifecycle
-schemas' own checker, whose ``date-time`` and ``uuid`` formats really run; problems answer 422 with one detail
-per error. Responses use the seed's camelCase.
+Bodies are read by the endpoint registry (content type, size, depth) and validated by :func:`parse_lifecycle_run`
+and :func:`parse_telemetry` here, with the lifecycle schemas' own checker, whose ``date-time`` and ``uuid`` formats
+really run; problems answer 422 with one detail per error. Responses use the seed's camelCase.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
@@ -22,12 +22,11 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair
 from temporalio.service import RPCError
 
-from api.auth import principal_of
-from api.body import read_json
-from api.errors import RUN_ID, TRACE_ID
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
-from api.runs import parse_idempotency_key, run_handle
+from api.registry import Call
+from api.runs import run_handle
+from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
@@ -62,6 +61,9 @@ from quantapilot.temporal import (
     SA_WORKSPACE,
 )
 
+if TYPE_CHECKING:
+    from quantapilot.lifecycle.models import LifecycleRunRequest
+
 log = logging.getLogger("quantapilot.api.lifecycle")
 
 DB_RETRY_AFTER_S = "5"
@@ -85,8 +87,6 @@ class RealizationOptions:
 # Set on the application (before it starts) to override :class:`RealizationOptions` defaults, e.g. in tests.
 REALIZATION_OPTIONS = web.AppKey("realization_options", RealizationOptions)
 
-routes = web.RouteTableDef()
-
 
 def _invalid(exc: SchemaValidationError) -> ApiError:
     return ApiError(422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=exc.errors)
@@ -106,13 +106,30 @@ def _non_finite_path(value: Any, path: str = "") -> str | None:
     return None
 
 
-async def _read_body(request: web.Request) -> Any:
-    """Read JSON and refuse NaN/Infinity (and numbers too large for a double) with a 422."""
-    payload = await read_json(request)
+def _refuse_non_finite(payload: Any) -> None:
+    """Refuse NaN/Infinity (and numbers too large for a double) with a 422."""
     where = _non_finite_path(payload)
     if where is not None:
         raise _invalid(SchemaValidationError([{"path": where, "message": "numbers must be finite JSON numbers"}]))
-    return payload
+
+
+async def parse_lifecycle_run(payload: Any) -> LifecycleRunRequest:
+    """Validate a ``POST /v1/lifecycle/runs`` body against ``lifecycle_run.schema.json`` and parse it (422)."""
+    _refuse_non_finite(payload)
+    try:
+        return parse_run_request(payload)
+    except SchemaValidationError as exc:
+        raise _invalid(exc) from None
+
+
+async def parse_telemetry(payload: Any) -> list[TelemetryIn]:
+    """Validate a ``POST /v1/telemetry/events`` body against ``telemetry.schema.json`` and parse it (422)."""
+    _refuse_non_finite(payload)
+    try:
+        # Schema validation of a full batch takes a noticeable fraction of a second: keep the loop free.
+        return await asyncio.to_thread(parse_telemetry_payload, payload)
+    except SchemaValidationError as exc:
+        raise _invalid(exc) from None
 
 
 def _urls(request: web.Request, run_id: str) -> dict[str, str]:
@@ -123,16 +140,10 @@ def _urls(request: web.Request, run_id: str) -> dict[str, str]:
 # ----- lifecycle runs ------------------------------------------------------------------------------------
 
 
-@routes.post("/v1/lifecycle/runs")
-async def trigger_lifecycle_run(request: web.Request) -> web.Response:
+async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Response:
     """Start one lifecycle stage for one account; ``Idempotency-Key`` returns the same run for the same body."""
-    principal = principal_of(request, "lifecycle:trigger")
-    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    payload = await _read_body(request)
-    try:
-        req = parse_run_request(payload)
-    except SchemaValidationError as exc:
-        raise _invalid(exc) from None
+    principal, key, payload = call.principal, call.idempotency_key, call.body
+    req: LifecycleRunRequest = call.parsed
     settings = request.app[SETTINGS]
 
     gate = req.gate or StageGateSettings()
@@ -248,8 +259,7 @@ async def signal_account(
     )
 
 
-@routes.post("/v1/telemetry/events")
-async def ingest_telemetry(request: web.Request) -> web.Response:
+async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
     """Store one event or ``{"events": [...]}`` (at most 1000), then ask each touched account for a refresh.
 
     A retry stores nothing twice: events whose ``id`` is already stored, and a whole batch whose
@@ -258,14 +268,8 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
     retry answers as the first delivery did; refreshes are asked for again (they coalesce), which also heals a
     first delivery that stored its events but could not schedule them.
     """
-    principal = principal_of(request, "telemetry:write")
-    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    payload = await _read_body(request)
-    try:
-        # Schema validation of a full batch takes a noticeable fraction of a second: keep the loop free.
-        events = await asyncio.to_thread(parse_telemetry_payload, payload)
-    except SchemaValidationError as exc:
-        raise _invalid(exc) from None
+    principal, key, payload = call.principal, call.idempotency_key, call.body
+    events: list[TelemetryIn] = call.parsed
     digest = request_hash(payload) if key is not None else ""
     try:
         stored = await asyncio.to_thread(_store, request.app[ENGINE], principal.workspace, events, key, digest)
@@ -321,10 +325,9 @@ async def ingest_telemetry(request: web.Request) -> web.Response:
 # ----- account event stream ------------------------------------------------------------------------------
 
 
-@routes.get("/v1/accounts/{account_id}/events")
-async def account_events(request: web.Request) -> web.Response:
+async def account_events(request: web.Request, call: Call) -> web.Response:
     """The account's realization stream (``realization.updated`` from telemetry refreshes) after ``after``."""
-    principal = principal_of(request, "runs:read")
+    principal = call.principal
     try:
         account = canonical_account_id(request.match_info["account_id"])
     except ValueError:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.errors import error_middleware
+from api.keys import SETTINGS
+from api.registry import Call, Endpoint, aiohttp_handler
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.settings import Settings
 
@@ -28,24 +30,20 @@ METRICS_PATH = "/metrics"
 log = logging.getLogger("quantapilot.api")
 
 
-def _metrics_handler(token: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
-    expected = token.encode("utf-8") if token else None
-
-    async def metrics(request: web.Request) -> web.Response:
-        """Prometheus metrics of this API process (requests by route and status, latencies)."""
-        if expected is not None:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            # Constant time: the comparison must not tell a guesser how much of the token was right.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-                raise ApiError(
-                    401,
-                    ErrorCode.AUTHENTICATION_ERROR,
-                    "metrics need the metrics token",
-                    headers={"WWW-Authenticate": 'Bearer realm="quantapilot-metrics"'},
-                )
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    return metrics
+async def metrics(request: web.Request, call: Call) -> web.Response:
+    """Prometheus metrics of this API process (requests by route and status, latencies)."""
+    token = request.app[SETTINGS].metrics_token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Constant time: the comparison must not tell a guesser how much of the token was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+            raise ApiError(
+                401,
+                ErrorCode.AUTHENTICATION_ERROR,
+                "metrics need the metrics token",
+                headers={"WWW-Authenticate": 'Bearer realm="quantapilot-metrics"'},
+            )
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def served_on_api_port(settings: Settings) -> bool:
@@ -55,11 +53,12 @@ def served_on_api_port(settings: Settings) -> bool:
     return settings.metrics_token is not None or settings.environment != "production"
 
 
-def setup(app: web.Application, settings: Settings) -> None:
-    """Serve ``/metrics`` where the settings say: a route of ``app``, a listener of its own, or nowhere."""
-    handler = _metrics_handler(settings.metrics_token)
+def setup(app: web.Application, settings: Settings, endpoint: Endpoint) -> None:
+    """Serve the metrics ``endpoint`` on a listener of its own when the settings say so.
+
+    On the API port the registry mounts it (``served_on_api_port`` is the endpoint's ``mounted``).
+    """
     if served_on_api_port(settings):
-        app.router.add_get(METRICS_PATH, handler)
         return
     if settings.metrics_port is None:
         log.info("/metrics is off in production without QP_METRICS_TOKEN or QP_METRICS_PORT")
@@ -68,11 +67,12 @@ def setup(app: web.Application, settings: Settings) -> None:
 
     async def _listener(app: web.Application) -> AsyncIterator[None]:
         metrics_app = web.Application(middlewares=[error_middleware])
-        metrics_app.router.add_get(METRICS_PATH, handler)
+        metrics_app[SETTINGS] = settings
+        metrics_app.router.add_get(endpoint.path, aiohttp_handler(endpoint))
         runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
-        log.info("metrics on http://%s:%d%s", host, port, METRICS_PATH)
+        log.info("metrics on http://%s:%d%s", host, port, endpoint.path)
         yield
         await runner.cleanup()
 

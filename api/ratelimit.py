@@ -30,8 +30,11 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-from api.auth import PRINCIPAL, PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
+from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_token
 from api.client_address import IPNetwork, client_address
+from api.endpoints import ENDPOINTS
+from api.keys import PRINCIPAL
+from api.registry import Registry, rate_class_by_method
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.observability import RATE_LIMIT_FAIL_OPEN
 from quantapilot.settings import Settings
@@ -43,8 +46,6 @@ log = logging.getLogger("quantapilot.api")
 STORAGE_TIMEOUT_S = 0.5
 #: Seconds between attempts to reach the storage during an outage (requests in between are admitted at once).
 PROBE_INTERVAL_S = 1.0
-#: Methods that only read.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RouteClass(StrEnum):
@@ -60,29 +61,17 @@ class RouteClass(StrEnum):
     PUBLIC = "public"
 
 
-#: Routes whose class is not implied by their method. Every other safe method is a read, any other write control.
-EXPLICIT_CLASSES: dict[tuple[str, str], RouteClass] = {
-    ("POST", "/v1/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/lifecycle/runs"): RouteClass.TRIGGERS,
-    ("POST", "/v1/telemetry/events"): RouteClass.TELEMETRY,
-}
-
-
-def route_class(method: str, path: str, *, run_path: str = "/run") -> RouteClass:
-    """The rate-limit class of a route.
+def route_class(method: str, path: str, *, run_path: str = "/run", endpoints: Registry = ENDPOINTS) -> RouteClass:
+    """The rate-limit class of a route: the one its endpoint declares (``api/endpoints.py``).
 
     Args:
         method: HTTP method.
         path: The route's canonical path (``/v1/runs/{run_id}``), or the raw path of an unmatched request.
         run_path: The configured seed trigger path (an alias of ``POST /v1/runs``).
+        endpoints: The registry that declares the route.
     """
-    method = method.upper()
-    if method == "POST" and path == run_path:
-        return RouteClass.TRIGGERS
-    explicit = EXPLICIT_CLASSES.get((method, path))
-    if explicit is not None:
-        return explicit
-    return RouteClass.READS if method in SAFE_METHODS else RouteClass.CONTROL
+    endpoint = endpoints.find(method, path, run_path=run_path)
+    return RouteClass(endpoint.rate_class if endpoint is not None else rate_class_by_method(method))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
-"""HTTP routes of webhook subscriptions: endpoints, secret rotation, the delivery log and redelivery.
+"""Handlers of webhook subscriptions: endpoints, secret rotation, the delivery log and redelivery.
 
-Every route needs the ``webhooks:manage`` scope and sees only the caller's workspace: an endpoint or delivery
-of another workspace answers 404 exactly like a missing one. A signing secret is returned once, by the
-request that created it (endpoint creation or rotation), and by no read afterwards.
+Every route needs the ``webhooks:manage`` scope (declared in ``api/endpoints.py``) and sees only the caller's
+workspace: an endpoint or delivery of another workspace answers 404 exactly like a missing one. A signing secret is
+returned once, by the request that created it (endpoint creation or rotation), and by no read afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from sqlmodel import Session
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from api.auth import principal_of
-from api.body import read_json, validate
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
+from api.registry import Call
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
@@ -40,11 +39,7 @@ from quantapilot.webhooks.views import delivery_view, endpoint_view, iso_timesta
 
 log = logging.getLogger("quantapilot.api.webhooks")
 
-SCHEMA = "webhooks.schema.json"
-SCOPE = "webhooks:manage"
 MAX_DELIVERIES_PAGE = 200
-
-routes = web.RouteTableDef()
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------
@@ -190,11 +185,9 @@ async def _cancel_quietly(client: Client, workflow_id: str) -> None:
 # ----- handlers ------------------------------------------------------------------------------------------------
 
 
-@routes.post("/v1/webhooks/endpoints")
-async def create_endpoint(request: web.Request) -> web.Response:
+async def create_endpoint(request: web.Request, call: Call) -> web.Response:
     """Subscribe a URL; the answer carries the signing secret, shown this once."""
-    principal = principal_of(request, SCOPE)
-    body = validate(await read_json(request), SCHEMA, "CreateEndpointRequest")
+    principal, body = call.principal, call.body
     settings = request.app[SETTINGS]
     await _check_url(body["url"], settings)
     view, secret = await _in_db(
@@ -209,27 +202,23 @@ async def create_endpoint(request: web.Request) -> web.Response:
     return web.json_response({**view, "secret": secret}, status=201, headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/v1/webhooks/endpoints")
-async def list_endpoints(request: web.Request) -> web.Response:
+async def list_endpoints(request: web.Request, call: Call) -> web.Response:
     """The workspace's endpoints, oldest first."""
-    principal = principal_of(request, SCOPE)
+    principal = call.principal
     endpoints = await _in_db(request, _list, workspace=principal.workspace)
     return web.json_response({"endpoints": endpoints})
 
 
-@routes.get("/v1/webhooks/endpoints/{endpoint_id}")
-async def get_endpoint(request: web.Request) -> web.Response:
+async def get_endpoint(request: web.Request, call: Call) -> web.Response:
     """One endpoint (without its secret)."""
-    principal = principal_of(request, SCOPE)
+    principal = call.principal
     view = await _in_db(request, _get, request.match_info["endpoint_id"], workspace=principal.workspace)
     return web.json_response(view)
 
 
-@routes.patch("/v1/webhooks/endpoints/{endpoint_id}")
-async def update_endpoint(request: web.Request) -> web.Response:
+async def update_endpoint(request: web.Request, call: Call) -> web.Response:
     """Change an endpoint's URL, filters, description, or enable/disable it."""
-    principal = principal_of(request, SCOPE)
-    body = validate(await read_json(request), SCHEMA, "UpdateEndpointRequest")
+    principal, body = call.principal, call.body
     settings = request.app[SETTINGS]
     endpoint_id = request.match_info["endpoint_id"]
     # Existence first, so a probe of another workspace's id learns nothing from the URL check.
@@ -247,20 +236,17 @@ async def update_endpoint(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-@routes.delete("/v1/webhooks/endpoints/{endpoint_id}")
-async def delete_endpoint(request: web.Request) -> web.Response:
+async def delete_endpoint(request: web.Request, call: Call) -> web.Response:
     """Delete an endpoint with its secrets and delivery log; pending deliveries stop."""
-    principal = principal_of(request, SCOPE)
+    principal = call.principal
     await _in_db(request, _delete, request.match_info["endpoint_id"], workspace=principal.workspace)
     return web.Response(status=204)
 
 
-@routes.post("/v1/webhooks/endpoints/{endpoint_id}/rotate-secret")
-async def rotate_secret(request: web.Request) -> web.Response:
+async def rotate_secret(request: web.Request, call: Call) -> web.Response:
     """Issue a new secret; the previous ones keep signing for the overlap (default from the settings)."""
-    principal = principal_of(request, SCOPE)
-    body = validate(await read_json(request, required=False), SCHEMA, "RotateSecretRequest")
-    hours = float(body.get("overlap_hours", request.app[SETTINGS].webhook_secret_overlap_hours))
+    principal = call.principal
+    hours = float(call.body.get("overlap_hours", request.app[SETTINGS].webhook_secret_overlap_hours))
     secret, until = await _in_db(
         request,
         _rotate,
@@ -297,10 +283,9 @@ def _status_filter(request: web.Request) -> DeliveryStatus | None:
         raise ApiError(400, ErrorCode.VALIDATION_ERROR, f"status must be one of {allowed}") from None
 
 
-@routes.get("/v1/webhooks/endpoints/{endpoint_id}/deliveries")
-async def list_deliveries(request: web.Request) -> web.Response:
+async def list_deliveries(request: web.Request, call: Call) -> web.Response:
     """The endpoint's deliveries, newest first, with attempts, status codes, latencies and next retry."""
-    principal = principal_of(request, SCOPE)
+    principal = call.principal
     deliveries = await _in_db(
         request,
         _deliveries,
@@ -312,19 +297,16 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return web.json_response({"deliveries": deliveries})
 
 
-@routes.get("/v1/webhooks/deliveries/{delivery_id}")
-async def get_delivery(request: web.Request) -> web.Response:
+async def get_delivery(request: web.Request, call: Call) -> web.Response:
     """One delivery with its attempts."""
-    principal = principal_of(request, SCOPE)
+    principal = call.principal
     view = await _in_db(request, _delivery, request.match_info["delivery_id"], workspace=principal.workspace)
     return web.json_response(view)
 
 
-@routes.post("/v1/webhooks/deliveries/{delivery_id}/redeliver")
-async def redeliver(request: web.Request) -> web.Response:
+async def redeliver(request: web.Request, call: Call) -> web.Response:
     """Send a delivery again (same event id) through a fresh workflow; attempts keep counting."""
-    principal = principal_of(request, SCOPE)
-    validate(await read_json(request, required=False), SCHEMA, "EmptyRequest")
+    principal = call.principal
     delivery_id = request.match_info["delivery_id"]
     view, previous, workflow_id, first = await _in_db(request, _redeliver, delivery_id, workspace=principal.workspace)
     client, settings = request.app[TEMPORAL], request.app[SETTINGS]

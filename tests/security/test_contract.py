@@ -1,19 +1,34 @@
-"""The published contract: OpenAPI document vs the router, the schema files, the error codes, scopes, the page."""
+"""The published contract: the endpoint registry vs the router, the handlers, the document, the schema files, the
+error codes, scopes, rate classes and the page."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from jsonschema import Draft202012Validator
 from sqlalchemy.engine import Engine
 
 import schemas
+from api import (
+    contract_routes,
+    docs_routes,
+    health_routes,
+    lifecycle_routes,
+    metrics_routes,
+    run_routes,
+    webhook_routes,
+)
 from api.app import create_app
-from api.openapi import COMPONENT_PREFIX, SCHEMA_FILES, build_openapi, documented_routes
+from api.auth import PUBLIC_PATHS
+from api.endpoints import ENDPOINTS
+from api.openapi import COMPONENT_PREFIX, SCHEMA_FILES, build_openapi, component_name, documented_routes
+from api.ratelimit import RouteClass, route_class
+from api.registry import RateClass
 from quantapilot.db import utcnow
 from quantapilot.errors import ErrorCode
 from quantapilot.settings import Settings
@@ -36,10 +51,10 @@ def router_routes(settings: Settings) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("run_path", ["/run", "/v1/runs", "/trigger"])
 def test_contract_documents_exactly_the_routes_of_the_router(tmp_path: Path, run_path: str) -> None:
     settings = Settings(state_dir=tmp_path, run_path=run_path)
-    routes = router_routes(settings)
+    mounted = router_routes(settings)
     documented = documented_routes(build_openapi(settings))
-    assert routes - documented == set(), "routes missing from api/openapi.py operations()"
-    assert documented - routes == set(), "documented operations without a route"
+    assert mounted - documented == set(), "routes not declared in api/endpoints.py"
+    assert documented - mounted == set(), "documented operations without a route"
     assert ("POST", run_path) in documented
 
 
@@ -97,23 +112,95 @@ def test_contract_components_are_the_schema_files_definitions(tmp_path: Path) ->
         Draft202012Validator.check_schema(schema), name
 
 
-def test_contract_request_bodies_are_the_ones_the_handlers_validate(tmp_path: Path) -> None:
+ROUTE_MODULES = (
+    run_routes,
+    health_routes,
+    lifecycle_routes,
+    docs_routes,
+    webhook_routes,
+    contract_routes,
+    metrics_routes,
+)
+
+
+def test_contract_request_bodies_are_the_ones_the_registry_validates(tmp_path: Path) -> None:
     document = build_openapi(Settings(state_dir=tmp_path, run_path="/run"))
     bodies = {
-        (method.upper(), path): op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        (method.upper(), path): op["requestBody"]
         for path, item in document["paths"].items()
         for method, op in item.items()
         if "requestBody" in op
     }
-    assert bodies[("POST", "/v1/runs")] == COMPONENT_PREFIX + "RunRequest"
-    assert bodies[("POST", "/run")] == COMPONENT_PREFIX + "RunRequest"
-    assert bodies[("POST", "/v1/runs/{run_id}/gates/{gate}/decision")] == COMPONENT_PREFIX + "GateDecisionRequest"
-    assert bodies[("POST", "/v1/lifecycle/runs")] == COMPONENT_PREFIX + "LifecycleRunRequest"
-    assert bodies[("POST", "/v1/telemetry/events")] == COMPONENT_PREFIX + "TelemetryRequest"
-    assert bodies[("POST", "/v1/webhooks/endpoints")] == COMPONENT_PREFIX + "Webhooks.CreateEndpointRequest"
-    assert (
-        bodies[("PATCH", "/v1/webhooks/endpoints/{endpoint_id}")] == COMPONENT_PREFIX + "Webhooks.UpdateEndpointRequest"
-    )
+    declared = {}
+    for endpoint in ENDPOINTS.resolved("/run"):
+        if endpoint.body is None:
+            continue
+        name = component_name(endpoint.body)
+        assert name in document["components"]["schemas"], (endpoint.operation_id, name)
+        declared[(endpoint.method, endpoint.canonical)] = {
+            "required": endpoint.body.required,
+            "content": {"application/json": {"schema": {"$ref": COMPONENT_PREFIX + name}}},
+        }
+    assert bodies == declared
+    # The triggers and the webhook writes at least: a registry that lost its bodies would pass the comparison.
+    assert len(declared) >= 12
+
+
+def test_contract_handlers_leave_scope_key_and_body_to_the_registry() -> None:
+    handlers = {endpoint.handler for endpoint in ENDPOINTS}
+    for module in ROUTE_MODULES:
+        for name, function in inspect.getmembers(module, inspect.iscoroutinefunction):
+            if function.__module__ != module.__name__:
+                continue
+            if list(inspect.signature(function).parameters) == ["request", "call"]:
+                assert function in handlers, f"{module.__name__}.{name} is a handler no endpoint declares"
+    for handler in handlers:
+        source = inspect.getsource(handler)
+        for by_hand in ("read_json(", "validate(", "principal_of(", "PRINCIPAL", "parse_idempotency_key("):
+            assert by_hand not in source, (handler.__qualname__, by_hand)
+
+
+async def test_contract_every_declared_body_is_validated_before_the_handler(api: Api) -> None:
+    checked = 0
+    for endpoint in ENDPOINTS.resolved("/run"):
+        if endpoint.body is None:
+            continue
+        # An array matches no request schema (every body is an object): the wrapper answers before any lookup.
+        resp = await api.client.request(endpoint.method, fill_path(endpoint.canonical), json=[], headers=api.headers())
+        payload = await resp.json()
+        assert resp.status == 422, (endpoint.operation_id, payload)
+        assert_envelope(payload, "VALIDATION_ERROR")
+        checked += 1
+    assert checked >= 12
+
+
+async def test_contract_public_paths_are_the_public_endpoints(make_api: ApiFactory, settings: Settings) -> None:
+    assert {e.path for e in ENDPOINTS if e.scope is None} == PUBLIC_PATHS
+    assert {"/healthz", "/readyz", "/v1/openapi.json"} <= PUBLIC_PATHS
+    # A request per endpoint from one address, none with a token: more than its unauthenticated bucket holds.
+    api = await make_api(settings.model_copy(update={"rate_limit_enabled": False}))
+    for endpoint in ENDPOINTS.resolved("/run"):
+        resp = await api.client.request(endpoint.method, fill_path(endpoint.canonical), json={})
+        if endpoint.scope is None:
+            assert resp.status != 401, endpoint.operation_id
+        else:
+            assert resp.status == 401, endpoint.operation_id
+            assert_envelope(await resp.json(), "AUTHENTICATION_ERROR")
+
+
+@pytest.mark.parametrize("run_path", ["/run", "/trigger"])
+def test_contract_rate_classes_are_the_registrys(tmp_path: Path, run_path: str) -> None:
+    assert set(get_args(RateClass)) <= {c.value for c in RouteClass}
+    document = build_openapi(Settings(state_dir=tmp_path, run_path=run_path))
+    for endpoint in ENDPOINTS.resolved(run_path):
+        cls = route_class(endpoint.method, endpoint.canonical, run_path=run_path)
+        assert cls == RouteClass(endpoint.rate_class), endpoint.operation_id
+        op = document["paths"][endpoint.canonical][endpoint.method.lower()]
+        assert op["x-rate-limit-class"] == (cls.value if endpoint.scope else None), endpoint.operation_id
+    assert route_class("POST", run_path, run_path=run_path) == RouteClass.TRIGGERS
+    # A path no endpoint declares is classed by its method.
+    assert route_class("GET", "/v1/nothing", run_path=run_path) == RouteClass.READS
+    assert route_class("POST", "/v1/nothing", run_path=run_path) == RouteClass.CONTROL
 
 
 def test_contract_error_codes_agree_with_the_enum() -> None:

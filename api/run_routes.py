@@ -1,4 +1,4 @@
-"""HTTP routes of the run API."""
+"""Handlers of the run API (declared in ``api/endpoints.py``): trigger, status, events, gates and controls."""
 
 from __future__ import annotations
 
@@ -9,19 +9,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from sqlalchemy import text
-from sqlmodel import Session, select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from api.auth import principal_of
-from api.body import read_json, validate
-from api.errors import RUN_ID, TRACE_ID
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
-from api.runs import is_not_found, parse_idempotency_key, run_handle
+from api.registry import Call
+from api.runs import is_not_found, run_handle
+from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events
 from quantapilot.events.record import event_json
@@ -48,7 +45,6 @@ from quantapilot.temporal import (
 )
 from quantapilot.tokens import Principal
 
-API_SCHEMA = "api.schema.json"
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
 RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
@@ -80,9 +76,6 @@ def run_alias_headers() -> dict[str, str]:
     }
 
 
-routes = web.RouteTableDef()
-
-
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(data, status=status, headers=headers)
 
@@ -96,11 +89,9 @@ def _urls(request: web.Request, run_id: str) -> dict[str, str]:
     return {"status_url": f"{base}/v1/runs/{run_id}", "events_url": f"{base}/v1/runs/{run_id}/events"}
 
 
-async def trigger_repo_run(request: web.Request) -> web.Response:
+async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
     """``POST /run`` (seed path, configurable) and ``POST /v1/runs``: start a repository run."""
-    principal = principal_of(request, "runs:trigger")
-    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    body = validate(await read_json(request), API_SCHEMA, "RunRequest")
+    principal, key, body = call.principal, call.idempotency_key, call.body
     if url_has_credentials(body["repo_url"]):
         # Refused before anything stores the URL: events, webhooks and search attributes would carry the secret.
         raise ApiError(
@@ -159,8 +150,7 @@ async def trigger_repo_run(request: web.Request) -> web.Response:
     urls = _urls(request, started.run_id)
     payload: dict[str, Any] = {"run_id": started.run_id, **urls, "created": started.created}
     headers = {"Location": urls["status_url"]}
-    resource = request.match_info.route.resource
-    if resource is not None and resource.canonical != "/v1/runs":
+    if call.endpoint.deprecated:
         payload["deprecationNotice"] = run_alias_notice()
         headers |= run_alias_headers()
     return _json(payload, status=202, headers=headers)
@@ -178,10 +168,9 @@ async def _query_status(request: web.Request, principal: Principal, run_id: str)
     return status
 
 
-@routes.get("/v1/runs/{run_id}")
-async def get_run(request: web.Request) -> web.Response:
+async def get_run(request: web.Request, call: Call) -> web.Response:
     """The run's state, current step, gates, milestones and timestamps."""
-    principal = principal_of(request, "runs:read")
+    principal = call.principal
     run_id = request.match_info["run_id"]
     status = await _query_status(request, principal, run_id)
     return _json({**status.model_dump(mode="json"), **_urls(request, run_id)})
@@ -212,11 +201,9 @@ async def _update(request: web.Request, principal: Principal, run_id: str, name:
         raise conflict("run is no longer running") from None
 
 
-@routes.post("/v1/runs/{run_id}/gates/{gate}/decision")
-async def decide_gate(request: web.Request) -> web.Response:
+async def decide_gate(request: web.Request, call: Call) -> web.Response:
     """Approve or reject a pending gate; the same decision twice is idempotent."""
-    principal = principal_of(request, "gates:decide")
-    body = validate(await read_json(request), API_SCHEMA, "GateDecisionRequest")
+    principal, body = call.principal, call.body
     decision = GateDecisionInput(
         gate=request.match_info["gate"][:100],
         approved=body["approved"],
@@ -232,41 +219,33 @@ async def decide_gate(request: web.Request) -> web.Response:
     return _json(record.model_dump(mode="json"))
 
 
-@routes.post("/v1/runs/{run_id}/pause")
-async def pause_run(request: web.Request) -> web.Response:
+async def pause_run(request: web.Request, call: Call) -> web.Response:
     """Pause a run: no new step starts until it is resumed."""
-    principal = principal_of(request, "runs:control")
-    body = validate(await read_json(request, required=False), API_SCHEMA, "PauseRequest")
-    arg = PauseInput(reason=body.get("reason", "manual"), requested_by=principal.subject)
+    principal = call.principal
+    arg = PauseInput(reason=call.body.get("reason", "manual"), requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "pause_run", arg, RunStatus)
     return _json(status.model_dump(mode="json"))
 
 
-@routes.post("/v1/runs/{run_id}/resume")
-async def resume_run(request: web.Request) -> web.Response:
+async def resume_run(request: web.Request, call: Call) -> web.Response:
     """Resume a paused run."""
-    principal = principal_of(request, "runs:control")
-    validate(await read_json(request, required=False), API_SCHEMA, "EmptyRequest")
+    principal = call.principal
     arg = ResumeInput(requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "resume_run", arg, RunStatus)
     return _json(status.model_dump(mode="json"))
 
 
-@routes.post("/v1/runs/{run_id}/budget")
-async def raise_budget(request: web.Request) -> web.Response:
+async def raise_budget(request: web.Request, call: Call) -> web.Response:
     """Raise a run's time budget or step attempts (then resume it)."""
-    principal = principal_of(request, "runs:control")
-    body = validate(await read_json(request), API_SCHEMA, "BudgetRequest")
-    arg = BudgetInput(**body)
+    principal = call.principal
+    arg = BudgetInput(**call.body)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "raise_budget", arg, RunStatus)
     return _json(status.model_dump(mode="json"))
 
 
-@routes.post("/v1/runs/{run_id}/cancel")
-async def cancel_run(request: web.Request) -> web.Response:
+async def cancel_run(request: web.Request, call: Call) -> web.Response:
     """Request cancellation; the run records ``run.cancelled`` and stops."""
-    principal = principal_of(request, "runs:control")
-    validate(await read_json(request, required=False), API_SCHEMA, "EmptyRequest")
+    principal = call.principal
     run_id = request.match_info["run_id"]
     status = await _query_status(request, principal, run_id)
     if status.state in TERMINAL_STATES:
@@ -276,10 +255,9 @@ async def cancel_run(request: web.Request) -> web.Response:
     return _json({"run_id": run_id, "state": "cancelling", **_urls(request, run_id)}, status=202)
 
 
-@routes.get("/v1/runs/{run_id}/events")
-async def run_events(request: web.Request) -> web.Response:
+async def run_events(request: web.Request, call: Call) -> web.Response:
     """The run's ordered event log after sequence number ``after`` (default 0), at most 500 at a time."""
-    principal = principal_of(request, "runs:read")
+    principal = call.principal
     run_id = request.match_info["run_id"]
     after = parse_after(request)
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
@@ -292,32 +270,3 @@ async def run_events(request: web.Request) -> web.Response:
         raise not_found("run")
     events = [event_json(r) for r in rows]
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return _json({"status": "ok"})
-
-
-def _db_ping(request: web.Request) -> None:
-    with Session(request.app[ENGINE]) as session:
-        session.exec(select(text("1")))
-
-
-@routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Temporal and the database answer."""
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(request.app[TEMPORAL].service_client.check_health(), timeout=5)
-        checks["temporal"] = "ok"
-    except Exception as exc:  # any failure means not ready; the reason is reported, not raised
-        checks["temporal"] = f"unavailable: {type(exc).__name__}"
-    try:
-        await asyncio.wait_for(asyncio.to_thread(_db_ping, request), timeout=5)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    return _json({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)

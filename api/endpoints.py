@@ -1,0 +1,497 @@
+"""Every endpoint of the API, each declared once: the router, the contract, the scopes and the rate classes follow.
+
+Adding an endpoint is one :class:`~api.registry.Endpoint` here (and its handler): ``api/app.py`` mounts it,
+``api/openapi.py`` documents it, ``api/auth.py`` knows whether it is public, ``api/ratelimit.py`` its rate class.
+The order is the order of the OpenAPI document's paths.
+"""
+
+from __future__ import annotations
+
+from api import (
+    contract_routes,
+    docs_routes,
+    health_routes,
+    lifecycle_routes,
+    metrics_routes,
+    run_routes,
+    webhook_routes,
+)
+from api.event_log import MAX_SEQ
+from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
+from api.webhook_routes import MAX_DELIVERIES_PAGE
+from quantapilot.events.log import EVENTS_PAGE
+
+API_SCHEMA = "api.schema.json"
+WEBHOOKS_SCHEMA = "webhooks.schema.json"
+WEBHOOKS = "webhooks:manage"
+#: Statuses of reading a body: malformed, late, too large, not JSON, not matching its schema.
+BODY_ERRORS = (400, 408, 413, 415, 422)
+
+RUN_ID = Param(
+    "run_id",
+    "path",
+    {"type": "string", "maxLength": 64},
+    "Run id (``rr_`` repository or ``lc_`` lifecycle, then 32 hex digits); anything else is 404.",
+    required=True,
+)
+GATE = Param("gate", "path", {"type": "string", "minLength": 1, "maxLength": 100}, "Gate name.", required=True)
+AFTER = Param(
+    "after",
+    "query",
+    {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
+    f"Return events with a sequence number greater than this (default 0); pages hold at most {EVENTS_PAGE}.",
+)
+ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
+DELIVERY_ID = Param("delivery_id", "path", {"type": "string", "maxLength": 64}, "Delivery id.", required=True)
+
+RUN_TRIGGER_DESCRIPTION = (
+    "Starts a durable repository run: clone, read quantapilot.yml, generate and lint docs, then the gated "
+    "milestones. With an Idempotency-Key, the same key and body always answer with the same run."
+)
+
+_RUNS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/runs",
+        run_routes.trigger_repo_run,
+        "runs:trigger",
+        "triggerRun",
+        "Trigger a repository run",
+        "runs",
+        202,
+        "RunAccepted",
+        body=Body(API_SCHEMA, "RunRequest"),
+        idempotency_key=True,
+        rate="triggers",
+        errors=BODY_ERRORS,
+        description=RUN_TRIGGER_DESCRIPTION,
+        success_headers=("Location",),
+    ),
+    Endpoint(
+        "POST",
+        RUN_PATH,
+        run_routes.trigger_repo_run,
+        "runs:trigger",
+        "triggerRunSeedAlias",
+        "Trigger a repository run (deprecated alias of POST /v1/runs)",
+        "runs",
+        202,
+        "RunAcceptedDeprecated",
+        body=Body(API_SCHEMA, "RunRequest"),
+        idempotency_key=True,
+        rate="triggers",
+        errors=BODY_ERRORS,
+        description=(
+            f"The seed's path, kept as an alias of POST /v1/runs. {run_routes.run_alias_notice()} Responses carry "
+            "Deprecation, Sunset and Link headers and a deprecationNotice field."
+        ),
+        deprecated=True,
+        success_headers=("Location",),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/runs/{run_id}",
+        run_routes.get_run,
+        "runs:read",
+        "getRun",
+        "A run's state, current step, gates, milestones and timestamps",
+        "runs",
+        200,
+        "RunStatus",
+        params=(RUN_ID,),
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/runs/{run_id}/events",
+        run_routes.run_events,
+        "runs:read",
+        "listRunEvents",
+        "A run's ordered event log",
+        "runs",
+        200,
+        "EventList",
+        params=(RUN_ID, AFTER),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/gates/{gate}/decision",
+        run_routes.decide_gate,
+        "gates:decide",
+        "decideGate",
+        "Approve or reject a pending gate",
+        "runs",
+        200,
+        "GateRecord",
+        body=Body(API_SCHEMA, "GateDecisionRequest"),
+        params=(RUN_ID, GATE),
+        errors=(*BODY_ERRORS, 404, 409),
+        description=(
+            "The decision is recorded with who decided (the token's subject), when, from where and why. A gate "
+            "may name its approvers; the token that triggered the run may not approve its own gates unless the "
+            "gate allows self-approval (403). The same decision twice is idempotent; a gate that is not pending "
+            "is 409."
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/pause",
+        run_routes.pause_run,
+        "runs:control",
+        "pauseRun",
+        "Pause a run (no new step starts)",
+        "runs",
+        200,
+        "RunStatus",
+        body=Body(API_SCHEMA, "PauseRequest", required=False),
+        params=(RUN_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/resume",
+        run_routes.resume_run,
+        "runs:control",
+        "resumeRun",
+        "Resume a paused run",
+        "runs",
+        200,
+        "RunStatus",
+        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        params=(RUN_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/budget",
+        run_routes.raise_budget,
+        "runs:control",
+        "raiseRunBudget",
+        "Raise a run's time budget or step attempts",
+        "runs",
+        200,
+        "RunStatus",
+        body=Body(API_SCHEMA, "BudgetRequest"),
+        params=(RUN_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/cancel",
+        run_routes.cancel_run,
+        "runs:control",
+        "cancelRun",
+        "Request a run's cancellation",
+        "runs",
+        202,
+        "CancelAccepted",
+        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        params=(RUN_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    ),
+)
+
+_LIFECYCLE: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/lifecycle/runs",
+        lifecycle_routes.trigger_lifecycle_run,
+        "lifecycle:trigger",
+        "triggerLifecycleRun",
+        "Run one value-lifecycle stage for one account",
+        "lifecycle",
+        202,
+        "LifecycleRunAccepted",
+        body=Body("lifecycle_run.schema.json", parse=lifecycle_routes.parse_lifecycle_run),
+        idempotency_key=True,
+        rate="triggers",
+        errors=BODY_ERRORS,
+        description="Status, events, gates and controls of the run are the /v1/runs/{run_id} endpoints.",
+        success_headers=("Location",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/telemetry/events",
+        lifecycle_routes.ingest_telemetry,
+        "telemetry:write",
+        "ingestTelemetry",
+        "Store one telemetry event or a batch of up to 1000",
+        "lifecycle",
+        202,
+        "TelemetryAccepted",
+        body=Body("telemetry.schema.json", parse=lifecycle_routes.parse_telemetry),
+        idempotency_key=True,
+        rate="telemetry",
+        errors=(*BODY_ERRORS, 503),
+        description=(
+            "Each touched account's realization is refreshed (bursts coalesce per account). A retry stores "
+            "nothing twice: events with an id already stored, and a batch whose Idempotency-Key was stored with "
+            "the same body, count as duplicates; the same key with another body is 422 IDEMPOTENCY_KEY_REUSED."
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/accounts/{account_id}/events",
+        lifecycle_routes.account_events,
+        "runs:read",
+        "listAccountEvents",
+        "An account's realization event stream",
+        "lifecycle",
+        200,
+        "AccountEventList",
+        params=(
+            Param("account_id", "path", {"type": "string", "maxLength": 64}, "Account UUID.", required=True),
+            AFTER,
+        ),
+        errors=(400, 404),
+    ),
+)
+
+_DOCS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET",
+        "/v1/docs/pages",
+        docs_routes.list_docs_pages,
+        "docs:read",
+        "listDocsPages",
+        "Docs pages of the caller's workspace with their versions",
+        "docs",
+        200,
+        "DocsPageList",
+        params=(
+            Param(
+                "project",
+                "query",
+                {"type": "string", "minLength": 1, "maxLength": docs_routes.MAX_PROJECT_LENGTH},
+                "Only this project.",
+            ),
+        ),
+        errors=(422,),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/docs/pages/{slug:.+}",
+        docs_routes.get_docs_page,
+        "docs:read",
+        "getDocsPage",
+        "One docs page: metadata, Markdown and HTML, related links",
+        "docs",
+        200,
+        "DocsPage",
+        params=(
+            Param(
+                "slug",
+                "path",
+                {"type": "string", "minLength": 1, "maxLength": 300},
+                "Page slug, a path such as accounts/<accountId>/realization; '..' and empty segments are 422.",
+                required=True,
+            ),
+            Param(
+                "version",
+                "query",
+                {"type": "string", "minLength": 1, "maxLength": 64},
+                "A version label; default: the latest.",
+            ),
+        ),
+        errors=(404, 422),
+    ),
+)
+
+_WEBHOOKS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/webhooks/endpoints",
+        webhook_routes.create_endpoint,
+        WEBHOOKS,
+        "createWebhookEndpoint",
+        "Subscribe a receiver URL; the answer carries its signing secret, shown once",
+        "webhooks",
+        201,
+        "WebhookEndpointCreated",
+        body=Body(WEBHOOKS_SCHEMA, "CreateEndpointRequest"),
+        errors=BODY_ERRORS,
+        description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/webhooks/endpoints",
+        webhook_routes.list_endpoints,
+        WEBHOOKS,
+        "listWebhookEndpoints",
+        "The workspace's webhook endpoints",
+        "webhooks",
+        200,
+        "WebhookEndpointList",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        webhook_routes.get_endpoint,
+        WEBHOOKS,
+        "getWebhookEndpoint",
+        "One webhook endpoint (never its secret)",
+        "webhooks",
+        200,
+        "WebhookEndpoint",
+        params=(ENDPOINT_ID,),
+        errors=(404,),
+    ),
+    Endpoint(
+        "PATCH",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        webhook_routes.update_endpoint,
+        WEBHOOKS,
+        "updateWebhookEndpoint",
+        "Change an endpoint's URL, filters or description, or enable/disable it",
+        "webhooks",
+        200,
+        "WebhookEndpoint",
+        body=Body(WEBHOOKS_SCHEMA, "UpdateEndpointRequest"),
+        params=(ENDPOINT_ID,),
+        errors=(*BODY_ERRORS, 404),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/webhooks/endpoints/{endpoint_id}",
+        webhook_routes.delete_endpoint,
+        WEBHOOKS,
+        "deleteWebhookEndpoint",
+        "Delete an endpoint with its secrets and delivery log",
+        "webhooks",
+        204,
+        None,
+        params=(ENDPOINT_ID,),
+        errors=(404,),
+        media="",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret",
+        webhook_routes.rotate_secret,
+        WEBHOOKS,
+        "rotateWebhookSecret",
+        "Issue a new signing secret; the previous ones keep signing for the overlap",
+        "webhooks",
+        200,
+        "WebhookSecretRotated",
+        body=Body(WEBHOOKS_SCHEMA, "RotateSecretRequest", required=False),
+        params=(ENDPOINT_ID,),
+        errors=(*BODY_ERRORS, 404),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/webhooks/endpoints/{endpoint_id}/deliveries",
+        webhook_routes.list_deliveries,
+        WEBHOOKS,
+        "listWebhookDeliveries",
+        "An endpoint's deliveries, newest first, with their attempts",
+        "webhooks",
+        200,
+        "WebhookDeliveryList",
+        params=(
+            ENDPOINT_ID,
+            Param(
+                "limit",
+                "query",
+                {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES_PAGE, "default": 50},
+                "Page size.",
+            ),
+            Param(
+                "status",
+                "query",
+                {"enum": ["pending", "delivered", "failed", "gone", "disabled"]},
+                "Only deliveries in this status.",
+            ),
+        ),
+        errors=(400, 404),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/webhooks/deliveries/{delivery_id}",
+        webhook_routes.get_delivery,
+        WEBHOOKS,
+        "getWebhookDelivery",
+        "One delivery with its attempts",
+        "webhooks",
+        200,
+        "WebhookDelivery",
+        params=(DELIVERY_ID,),
+        errors=(404,),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/webhooks/deliveries/{delivery_id}/redeliver",
+        webhook_routes.redeliver,
+        WEBHOOKS,
+        "redeliverWebhook",
+        "Send a delivery again (same event id) through a fresh workflow",
+        "webhooks",
+        202,
+        "WebhookDelivery",
+        body=Body(WEBHOOKS_SCHEMA, "EmptyRequest", required=False),
+        params=(DELIVERY_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    ),
+)
+
+_SERVICE: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, "Health"),
+    Endpoint(
+        "GET",
+        "/readyz",
+        health_routes.readyz,
+        PUBLIC,
+        "readyz",
+        "Readiness: Temporal and the database answer",
+        "service",
+        200,
+        "Readiness",
+        extra_success={503: "Readiness"},
+    ),
+    Endpoint(
+        "GET",
+        metrics_routes.METRICS_PATH,
+        metrics_routes.metrics,
+        PUBLIC,
+        "metrics",
+        "Prometheus metrics of this API process",
+        "service",
+        200,
+        None,
+        errors=(401, 404),
+        media="text/plain",
+        description=(
+            "Requests by route and status, latencies. Open in development; with QP_METRICS_TOKEN it needs "
+            "`Authorization: Bearer <metrics token>` (401 otherwise); with QP_METRICS_PORT it is served on that "
+            "port instead (404 here), and in production without either it is not served (404)."
+        ),
+        mounted=metrics_routes.served_on_api_port,
+    ),
+    Endpoint(
+        "GET",
+        contract_routes.OPENAPI_PATH,
+        contract_routes.openapi_document,
+        PUBLIC,
+        "openapi",
+        "This document",
+        "service",
+        200,
+        "OpenApiDocument",
+    ),
+    Endpoint(
+        "GET",
+        contract_routes.API_PAGE_PATH,
+        contract_routes.api_page,
+        PUBLIC,
+        "apiPage",
+        "This document as a web page",
+        "service",
+        200,
+        None,
+        media="text/html",
+    ),
+)
+
+#: The application's endpoints.
+ENDPOINTS = Registry((*_RUNS, *_LIFECYCLE, *_DOCS, *_WEBHOOKS, *_SERVICE))

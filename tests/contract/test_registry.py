@@ -1,0 +1,45 @@
+"""The registry refuses declarations the router, the contract or the auth table could not all honour."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from api.endpoints import ENDPOINTS
+from api.registry import PUBLIC, RUN_PATH, Call, Endpoint, Method, Registry
+
+
+async def handler(request: web.Request, call: Call) -> web.Response:
+    return web.json_response({})
+
+
+def endpoint(method: Method, path: str, scope: str | None, operation_id: str) -> Endpoint:
+    return Endpoint(method, path, handler, scope, operation_id, "s", "service", 200, None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ((endpoint("GET", "/x", "runs:read", "a"), endpoint("GET", "/x", "runs:read", "b")), "declared twice"),
+        ((endpoint("GET", "/x", "runs:read", "a"), endpoint("GET", "/y", "runs:read", "a")), "declared twice"),
+        ((endpoint("GET", "/x/{id:.+}", "runs:read", "a"), endpoint("GET", "/x/{id}", "runs:read", "b")), "twice"),
+        ((endpoint("GET", "/p/{id}", PUBLIC, "a"),), "path variable"),
+        ((endpoint("GET", "/p", PUBLIC, "a"), endpoint("POST", "/p", "runs:read", "b")), "both public and scoped"),
+    ],
+)
+def test_registry_refuses_inconsistent_declarations(extra: tuple[Endpoint, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Registry(extra)
+
+
+def test_registry_seed_alias_follows_the_run_path() -> None:
+    ids = [e.operation_id for e in ENDPOINTS.resolved("/trigger")]
+    assert "triggerRunSeedAlias" in ids
+    alias = ENDPOINTS.find("POST", "/trigger", run_path="/trigger")
+    assert alias is not None and alias.deprecated and alias.path == "/trigger"
+    # Configured onto its target, the alias is the target itself.
+    assert "triggerRunSeedAlias" not in [e.operation_id for e in ENDPOINTS.resolved("/v1/runs")]
+    assert not any(e.path == RUN_PATH for e in ENDPOINTS.resolved("/run"))
+    # Onto another endpoint's path it is a configuration error, not a silently shadowed route.
+    with pytest.raises(ValueError, match="ingestTelemetry"):
+        ENDPOINTS.resolved("/v1/telemetry/events")
