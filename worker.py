@@ -13,7 +13,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities import Closeable, build_activities
 from activities.repo import RepoActivities
@@ -26,6 +26,7 @@ from quantapilot.sandbox import startup_report
 from quantapilot.secretbox import SecretKeyError, load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
+from quantapilot.tracing import has_temporal_tracing, setup_tracing, temporal_interceptor
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 from quantapilot.webhooks.urlsafety import Resolver
 from workflows.registry import WORKFLOWS
@@ -98,6 +99,22 @@ class ServiceWorker(Worker):
             self._engine.dispose()
 
 
+def worker_interceptors(client: Client | None = None) -> list[Interceptor]:
+    """The worker's interceptors: the run context for log lines and, unless the client brings it, tracing.
+
+    A worker runs its client's interceptors first (``quantapilot.temporal.connect`` gives every client Temporal's
+    tracing interceptor); a client made elsewhere (tests, the replayer) gets it here, so workflows and activities
+    are traced the same either way.
+
+    Args:
+        client: The worker's client; None for a replayer, which has none.
+    """
+    own = (
+        [] if client is not None and has_temporal_tracing(client.config()["interceptors"]) else [temporal_interceptor()]
+    )
+    return [*own, RunContextInterceptor()]
+
+
 def build_worker(
     client: Client, settings: Settings, *, task_queue: str | None = None, resolver: Resolver | None = None
 ) -> ServiceWorker:
@@ -126,7 +143,7 @@ def build_worker(
         engine=engine,
         repo=next((r for r in resources if isinstance(r, RepoActivities)), None),
         sweep_every_s=settings.worktree_sweep_interval_s,
-        interceptors=[RunContextInterceptor()],
+        interceptors=worker_interceptors(client),
         max_cached_workflows=settings.worker_max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
@@ -153,6 +170,7 @@ def main() -> None:
     """Entry point of ``python worker.py`` and ``qp worker``."""
     settings = Settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
+    setup_tracing("quantapilot-worker", settings)
     try:
         asyncio.run(run_worker(settings))
     except SecretKeyError as exc:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
@@ -20,6 +21,7 @@ from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
 from api.openapi import build_openapi
 from api.ratelimit import RateLimiter, anonymous_limit_middleware, rate_limit_middleware, rates_from
 from api.registry import Registry
+from api.tracing import tracing_middleware
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
 from quantapilot.secretbox import load_keyring
@@ -34,6 +36,7 @@ def create_app(
     client: Client | None = None,
     engine: Engine | None = None,
     endpoints: Registry = ENDPOINTS,
+    tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
     """Build the API application.
 
@@ -42,6 +45,8 @@ def create_app(
         client: A connected Temporal client to use; one is connected at start-up when None.
         engine: A database engine to use; one is created from ``settings.database_url`` when None.
         endpoints: The endpoints to serve and document (``api/endpoints.py``).
+        tracer_provider: Where the request spans (and those of the client connected here) go; the process's
+            global provider when None (``quantapilot/tracing.py``; no-op while tracing is off).
 
     Returns:
         The application (resources open in its cleanup context).
@@ -57,7 +62,12 @@ def create_app(
     owns_engine = engine is None
     engine = engine or make_engine(settings.database_url, statement_timeout_s=settings.db_statement_timeout_s)
     tokens = TokenCache(engine, settings.token_cache_seconds)
-    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [error_middleware]
+    # The request's span first: the error middleware inside it reads its trace id and answers every error, so the
+    # span ends with the status the client gets.
+    middlewares: list[Callable[..., Awaitable[web.StreamResponse]]] = [
+        tracing_middleware(tracer_provider),
+        error_middleware,
+    ]
     limiter = RateLimiter(
         rates_from(settings), storage_uri=settings.rate_limit_storage_uri, key_prefix=settings.rate_limit_key_prefix
     )
@@ -82,7 +92,7 @@ def create_app(
     async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(ensure_schema, engine, auto_migrate=settings.db_auto_migrate)
         await asyncio.to_thread(encrypt_plaintext_secrets, engine, keyring)
-        app[TEMPORAL] = client or await connect(settings)
+        app[TEMPORAL] = client or await connect(settings, tracer_provider=tracer_provider)
         yield
         if owns_engine:
             engine.dispose()

@@ -11,12 +11,14 @@ from quantapilot.observability import setup_logging
 from quantapilot.secretbox import SecretKeyError
 from quantapilot.settings import Settings
 from quantapilot.temporal import exit_without_teardown
+from quantapilot.tracing import setup_tracing
 
 
 def main() -> None:
     """Serve the API until SIGINT/SIGTERM (aiohttp shuts down gracefully on both)."""
     settings = Settings()
     setup_logging(fmt=settings.log_format, level=settings.log_level)
+    setup_tracing("quantapilot-api", settings)
     try:
         app = create_app(settings)
     except SecretKeyError as exc:

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from temporalio import workflow
 from temporalio.converter import default as default_converter
@@ -163,6 +164,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(RUN_CONTEXT.get())
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            # Tracing on: the line names its span, and its trace where the run context did not (the same id).
+            entry.setdefault("traceId", trace.format_trace_id(span.trace_id))
+            entry["spanId"] = trace.format_span_id(span.span_id)
         for key, value in record.__dict__.items():
             if key in _STANDARD_ATTRS or key.startswith("_"):
                 continue

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Prometheus endpoints of the worker process: our metrics, and the Temporal SDK's (off when unset).
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     temporal_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # OpenTelemetry traces over OTLP/HTTP (quantapilot/tracing.py): off unless this is true or the standard
+    # OTEL_TRACES_EXPORTER=otlp / OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables ask for it; where spans go and
+    # how is the exporter's own OTEL_EXPORTER_OTLP_* configuration.
+    tracing: bool = False
 
     # Temporal
     temporal_address: str = "localhost:7233"

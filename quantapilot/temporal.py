@@ -7,6 +7,7 @@ import os
 import sys
 from typing import NoReturn
 
+from opentelemetry.trace import TracerProvider
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -14,6 +15,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
 from quantapilot.settings import Settings
+from quantapilot.tracing import shutdown_tracing, temporal_interceptor
 
 # Custom search attributes (registered from temporal-dev.yaml by `qp up` and by `qp temporal setup`).
 SA_WORKSPACE = SearchAttributeKey.for_keyword("QpWorkspace")
@@ -32,11 +34,13 @@ def exit_without_teardown(code: int) -> NoReturn:
 
     The SDK's runtime threads can still call into Python while the interpreter finalizes, which aborts the
     process ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300; seen in CI after
-    a successful ``qp temporal setup``). Output and log handlers are flushed first, so nothing printed is lost.
+    a successful ``qp temporal setup``). Buffered spans, output and log handlers are flushed first, so nothing
+    exported or printed is lost (``os._exit`` runs no ``atexit`` hook, the tracer provider's included).
 
     Args:
         code: The process exit status.
     """
+    shutdown_tracing()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -67,13 +71,20 @@ def tls_config(settings: Settings) -> bool | TLSConfig:
     return bool(settings.temporal_api_key)
 
 
-async def connect(settings: Settings, *, sdk_metrics: bool = False) -> Client:
-    """Connect to Temporal with the pydantic data converter and the configured TLS or API key.
+async def connect(
+    settings: Settings, *, sdk_metrics: bool = False, tracer_provider: TracerProvider | None = None
+) -> Client:
+    """Connect to Temporal with the pydantic data converter, the configured TLS or API key, and tracing.
+
+    The client carries Temporal's OpenTelemetry interceptor (quantapilot/tracing.py): a workflow it starts runs in
+    the caller's trace, and a worker built on it traces workflows and activities. With tracing off its spans are
+    the no-op API's, which record nothing.
 
     Args:
         settings: Service settings.
         sdk_metrics: Serve the SDK's own Prometheus metrics on ``QP_TEMPORAL_METRICS_PORT`` (the worker does;
             the API and the CLI on the same host must not try to bind the same port).
+        tracer_provider: Where the spans go; the process's global provider when None.
 
     Returns:
         A connected client (one per process; it is safe to share across tasks).
@@ -94,4 +105,5 @@ async def connect(settings: Settings, *, sdk_metrics: bool = False) -> Client:
         tls=tls,
         api_key=settings.temporal_api_key,
         runtime=runtime,
+        interceptors=[temporal_interceptor(tracer_provider)],
     )

@@ -29,6 +29,7 @@ import aiohttp
 from yarl import URL
 
 from quantapilot.events.envelope import EventEnvelope
+from quantapilot.tracing import current_span_id
 from quantapilot.webhooks.delivery import classify_answer
 from quantapilot.webhooks.signing import SIGNATURE_HEADER, sign
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
@@ -97,8 +98,10 @@ def prepare_request(
     signature = sign(secrets, body, timestamp=int(time.time()) if timestamp is None else timestamp)
     headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature)
     if envelope.trace_id and _TRACE_ID_RE.match(envelope.trace_id):
-        # A fresh span id per attempt, in the run's trace (W3C Trace Context, sampled).
-        headers["traceparent"] = f"00-{envelope.trace_id}-{secrets_module.token_hex(8)}-01"
+        # In the run's trace (W3C Trace Context, sampled): the parent is the delivering activity's span when
+        # tracing is on and it is in that trace, else a fresh span id per attempt.
+        parent = current_span_id(envelope.trace_id) or secrets_module.token_hex(8)
+        headers["traceparent"] = f"00-{envelope.trace_id}-{parent}-01"
     return body, headers
 
 

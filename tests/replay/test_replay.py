@@ -27,6 +27,7 @@ from tests.replay.changed_workflow import (
     ReorderedRepoRun,
 )
 from tests.replay.record import SCENARIOS, workflow_type
+from worker import worker_interceptors
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -137,7 +138,8 @@ async def test_replay_recorded_history_is_deterministic(name: str) -> None:
     assert set(shape.must_contain) <= set(kinds)
     if shape.activities is not None:
         assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == shape.activities
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    # With the worker's interceptors: tracing and the run context must not change what a workflow does either.
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter, interceptors=worker_interceptors())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{name} no longer replays: {result.replay_failure}"
 
@@ -162,7 +164,8 @@ def test_replay_repo_run_recordings_remove_the_worktree_before_the_final_event(n
 async def test_replay_history_of_an_earlier_release_still_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(f"replay/previous/{path.stem}", path.read_text(encoding="utf-8"))
     assert event_types(history)[-1] in CLOSED
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    # With the worker's interceptors: tracing and the run context must not change what a workflow does either.
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter, interceptors=worker_interceptors())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
 

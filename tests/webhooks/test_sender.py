@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -17,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.sender import (
@@ -355,3 +358,42 @@ async def test_sender_https_pinned_address_keeps_sni_and_cert_check(serve, tls_f
     assert bad.error is not None
     assert "tls" in bad.error
     assert len(receiver.requests) == 1
+
+
+def test_sender_traceparent_parents_on_the_current_span_of_the_events_trace() -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    envelope = EventEnvelope(
+        id="ev_43",
+        type="run.started",
+        created_at=datetime(2024, 5, 1, tzinfo=UTC),
+        workspace="ws1",
+        run_id="run_1",
+        seq=1,
+        data={},
+        trace_id=trace_id,
+    )
+    _, headers = prepare_request(envelope, secrets=[SECRET], attempt=1)
+    # No span (tracing off): a fresh span id per attempt, in the event's trace.
+    version, sent_trace, parent, flags = headers["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "01") and re.fullmatch(r"[0-9a-f]{16}", parent)
+    assert prepare_request(envelope, secrets=[SECRET], attempt=2)[1]["traceparent"].split("-")[2] != parent
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("test")
+    in_trace = otel_trace.set_span_in_context(
+        otel_trace.NonRecordingSpan(
+            otel_trace.SpanContext(
+                int(trace_id, 16), 0x00F067AA0BA902B7, is_remote=True, trace_flags=otel_trace.TraceFlags(1)
+            )
+        )
+    )
+    with tracer.start_as_current_span("RunActivity:deliver", context=in_trace) as span:
+        _, headers = prepare_request(envelope, secrets=[SECRET], attempt=1)
+        assert (
+            headers["traceparent"] == f"00-{trace_id}-{otel_trace.format_span_id(span.get_span_context().span_id)}-01"
+        )
+    # A span of another trace is not the event's: the parent is a fresh id again.
+    with tracer.start_as_current_span("elsewhere") as other:
+        _, headers = prepare_request(envelope, secrets=[SECRET], attempt=1)
+        assert headers["traceparent"].split("-")[1] == trace_id
+        assert headers["traceparent"].split("-")[2] != otel_trace.format_span_id(other.get_span_context().span_id)
