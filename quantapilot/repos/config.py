@@ -21,6 +21,8 @@ import yaml
 from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import TypeAliasType
 
 from quantapilot.repos.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
 
@@ -35,12 +37,14 @@ __all__ = [
     "GateSwitches",
     "LimitsConfig",
     "MilestoneConfig",
+    "MilestoneStep",
     "ModelConfig",
     "ModelsConfig",
     "PoliciesConfig",
     "QuantapilotConfig",
     "RunConfig",
     "StepConfig",
+    "StepSettings",
     "load_config",
 ]
 
@@ -54,26 +58,40 @@ MAX_CONFIG_BYTES: Final = MAX_YAML_BYTES
 _MAX_MESSAGE_CHARS = 300
 _MILESTONE_ID = re.compile(r"M-[0-9]{3,}")
 
-StepName = Literal["plan", "impl", "test", "doc", "pr"]
+# The models are the source of ``schemas/quantapilot.schema.json`` (``make schemas``, :mod:`schemas.generate`):
+# every description, bound and pattern of the published file is stated here once. A model with a ``title`` is
+# published as a ``$defs`` entry of that name, one without is written inline where it is used, a ``TypeAliasType``
+# is a ``$defs`` entry named like it in lowerCamelCase. ``Field(default=x)`` publishes the default;
+# ``default_factory`` and ``None`` do not (None is spelled by leaving the key out).
+
+StepName = TypeAliasType("StepName", Literal["plan", "impl", "test", "doc", "pr"])
 MergeStrategy = Literal["squash", "merge", "rebase"]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-Retries = Annotated[int, Field(ge=0, le=100)]
+PositiveSeconds = TypeAliasType("PositiveSeconds", Annotated[float, Field(gt=0)])
+Retries = TypeAliasType("Retries", Annotated[int, Field(ge=0, le=100)])
 MilestoneId = Annotated[str, Field(pattern=r"^M-[0-9]{3,}$")]
-
-
-# --- models ---
+# A gate name: a milestone id or a lowercase name (optional gates, 'anchor', 'first_merge').
+GateName = Annotated[str, Field(pattern=r"^(?:[a-z][a-z0-9_-]*|M-[0-9]{3,})$")]
+_RELATIVE_FOLDER = (
+    r"^(?![.][.]?(?:/|$))(?![.][Gg][Ii][Tt](?:/|$))(?!.*/[.][.]?(?:/|$))(?!.*/[.][Gg][Ii][Tt](?:/|$))"
+    r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$"
+)
+_BRANCH_NAME = r"^(?!.*[.][.])(?!.*//)(?!.*@[{])(?!.*[.]lock(?:/|$))(?!.*/[.])(?!.*[./]$)[A-Za-z0-9_][A-Za-z0-9._/-]*$"
 
 
 class _Frozen(BaseModel):
     """Base of every config model: immutable and strict about unknown keys, like the schema."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # python-re: the path and branch patterns use look-aheads, which the default (Rust) engine refuses; it is
+    # also the engine the schema validator uses, so both read a pattern the same way.
+    model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
 
 
 class ModelConfig(_Frozen):
     """The language model of one agent role."""
 
-    model: str = Field(min_length=1)
+    model_config = ConfigDict(title="model")
+
+    model: str = Field(min_length=1, max_length=200, description="Model name.")
     temperature: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
 
@@ -89,25 +107,49 @@ class ModelsConfig(_Frozen):
 class BudgetsConfig(_Frozen):
     """Spending budget of one run."""
 
-    tokens: int = Field(ge=1)
-    usd: float | None = Field(default=None, ge=0)
+    tokens: int = Field(ge=1, description="Model tokens one run may spend.")
+    usd: float | None = Field(default=None, ge=0, description="Money one run may spend, in US dollars.")
 
 
 class StepConfig(_Frozen):
-    """A step: top-level entries set per-name defaults, milestone entries also carry the command to run."""
+    """A step: top-level entries set per-name defaults, milestone entries also carry the command to run.
+
+    The file spells the two kinds as :class:`StepSettings` and :class:`MilestoneStep`; code that handles
+    either takes a ``StepConfig``.
+    """
 
     name: StepName
-    run: str | None = Field(default=None, min_length=1)
+    run: str | None = Field(default=None, min_length=1, max_length=8192)
     timeout_s: PositiveSeconds | None = None
     retries: Retries | None = None
     tokens_budget: int | None = Field(default=None, ge=1)
 
 
+class StepSettings(StepConfig):
+    """A top-level ``steps`` entry: defaults for the milestone steps of its name; it runs no command."""
+
+    model_config = ConfigDict(title="stepSettings")
+
+    run: SkipJsonSchema[None] = None
+    timeout_s: PositiveSeconds | None = Field(default=None, description="Activity timeout in seconds.")
+    retries: Retries | None = Field(
+        default=None, description="Retries after a failed attempt (attempts = retries + 1)."
+    )
+
+
+class MilestoneStep(StepConfig):
+    """A step of a milestone: the command to run and its own limits."""
+
+    model_config = ConfigDict(title="milestoneStep")
+
+    run: str = Field(min_length=1, max_length=8192, description="Shell command run in the repository's worktree.")
+
+
 class GateSwitches(_Frozen):
     """The seed's ``gates`` object: switches of the built-in checks."""
 
-    docs_lint: bool = True
-    tests_required: bool = False
+    docs_lint: bool = Field(default=True, description="Lint the generated documentation; a failing lint ends the run.")
+    tests_required: bool = Field(default=False, description="Require a milestone to have a passing test step.")
 
 
 class LimitsConfig(_Frozen):
@@ -115,47 +157,109 @@ class LimitsConfig(_Frozen):
 
     tokens_per_run: int | None = Field(default=None, ge=1)
     tokens_per_day: int | None = Field(default=None, ge=1)
-    timeout_seconds: PositiveSeconds | None = None
-    max_retries: Retries | None = None
+    timeout_seconds: PositiveSeconds | None = Field(default=None, description="Default step timeout in seconds.")
+    max_retries: Retries | None = Field(default=None, description="Default step retries (attempts = retries + 1).")
 
 
 class PoliciesConfig(_Frozen):
     """Run policies: merge strategy and gate additions/removals."""
 
-    merge: MergeStrategy = "merge"
-    gates: list[str] = Field(default_factory=list)
-    data_retention_days: int | None = Field(default=None, ge=1)
-    model_change_requires_gate: bool = False
+    merge: MergeStrategy = Field(default="merge", description="How pull requests are merged.")
+    # default=[] (pydantic copies it per instance) rather than a factory: the schema publishes this default.
+    gates: list[Annotated[str, Field(pattern=r"^-?(?:[a-z][a-z0-9_-]*|M-[0-9]{3,})$")]] = Field(
+        default=[],
+        max_length=100,
+        description=(
+            "Gates added by name (a milestone id turns on that milestone's gate, other names are optional gates "
+            "before completion) or removed with a leading '-' (e.g. '-first_merge')."
+        ),
+    )
+    data_retention_days: int | None = Field(
+        default=None, ge=1, description="Days run data is kept (accepted for compatibility; not enforced)."
+    )
+    model_change_requires_gate: bool = Field(
+        default=False,
+        description=(
+            "A change of models needs a gate decision (accepted for compatibility; not enforced, no models run)."
+        ),
+    )
 
 
 class MilestoneConfig(_Frozen):
     """One milestone; ``gate`` None means the positional default (on for the first milestone only)."""
 
+    model_config = ConfigDict(title="milestone")
+
     id: MilestoneId
-    title: str = Field(min_length=1)
-    criteria: list[str] = Field(default_factory=list)
-    due_date: str | None = None
-    steps: list[StepConfig] = Field(default_factory=list)
-    gate: bool | None = None
+    title: str = Field(min_length=1, max_length=300)
+    criteria: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(default_factory=list, max_length=100)
+    due_date: str | None = Field(
+        default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", json_schema_extra={"format": "date"}
+    )
+    steps: list[MilestoneStep] = Field(default_factory=list, max_length=50)
+    gate: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the milestone waits at a gate named by its id. Default: true for the first milestone, "
+            "false for later ones."
+        ),
+    )
 
 
 class GateConfig(_Frozen):
     """Settings of one named gate; the defaults apply to gates without an entry in ``gate_definitions``."""
 
-    description: str | None = None
-    timeout_s: PositiveSeconds | None = None
-    approvers: list[str] = Field(default_factory=list)
+    model_config = ConfigDict(title="gate")
+
+    description: str | None = Field(default=None, max_length=2000)
+    timeout_s: PositiveSeconds | None = Field(
+        default=None,
+        description="Seconds to wait for a decision before the run fails with GATE_TIMEOUT; absent: wait forever.",
+    )
+    approvers: list[Annotated[str, Field(pattern=r"^\S+$", max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Who may decide: token subjects or 'scope:<scope>'. Empty: anyone allowed to decide gates.",
+    )
     # None: the deployment's default (QP_ALLOW_SELF_APPROVAL, off unless the operator turns it on).
-    allow_self_approval: bool | None = None
+    allow_self_approval: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the subject that triggered the run (with any of its tokens) may decide this gate; when "
+            "absent, the deployment's default (QP_ALLOW_SELF_APPROVAL, false unless set). It can only narrow: "
+            "with QP_ALLOW_SELF_APPROVAL=false, true counts as false."
+        ),
+    )
 
 
 class DocsConfig(_Frozen):
     """Where generated documentation is written."""
 
-    output_folder: str = "docs"
+    output_folder: str = Field(
+        default="docs",
+        max_length=255,
+        pattern=_RELATIVE_FOLDER,
+        description=(
+            "Folder of the generated pages, relative to the repository root; no '..', '.' or '.git' segments, "
+            "no leading '/'."
+        ),
+    )
     # None: quantapilot/<run_id>/docs, one branch per run so concurrent runs of a repository never collide.
-    branch: str | None = None
-    owners: list[str] = Field(default_factory=list)
+    branch: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=_BRANCH_NAME,
+        description=(
+            "Branch the documentation is committed to; default quantapilot/<run_id>/docs, one per run, so "
+            "concurrent runs of one repository never push over each other. A run force-pushes only inside its "
+            "own quantapilot/<run_id>/; any other branch is only created, never rewritten: one that already "
+            "exists fails the run with CONFIG_INVALID, and so does a branch in another run's namespace "
+            "(quantapilot/<other>/...)."
+        ),
+    )
+    owners: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50, description="Owners written into the pages' front matter."
+    )
 
     @field_validator("output_folder")
     @classmethod
@@ -172,25 +276,76 @@ class DocsConfig(_Frozen):
 class RunConfig(_Frozen):
     """Time limits of the whole run."""
 
-    time_budget_s: PositiveSeconds | None = None
-    commands_timeout_s: PositiveSeconds = 600.0
+    time_budget_s: PositiveSeconds | None = Field(
+        default=None,
+        description="Wall-clock budget of the run; when spent, the run pauses (time_limit). None: no budget.",
+    )
+    commands_timeout_s: PositiveSeconds = Field(default=600.0, description="Timeout of one milestone command.")
+
+
+def _published_document(schema: dict[str, Any]) -> None:
+    # What the published file says about itself, ahead of the generated keys.
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:quantapilot:schema:quantapilot.yml:1"
+    schema["description"] = (
+        "Per-repository settings of a QuantaPilot run: the QuantaPilot project's own fields (stack, models, "
+        "budgets, steps, gates, limits, policies) plus milestones, named gate settings, documentation and "
+        "run time settings. A repository without the file runs with the documented defaults."
+    )
+    # The model defaults version to 1 (no file means the defaults); a file that exists must say which format.
+    schema["required"] = ["version"]
+    schema["properties"]["version"].pop("default", None)
 
 
 class QuantapilotConfig(_Frozen):
     """A validated ``quantapilot.yml``; ``QuantapilotConfig()`` is the default when the file is absent."""
 
-    version: int = 1
-    stack: dict[str, Any] = Field(default_factory=dict)
-    models: ModelsConfig | None = None
-    budgets: BudgetsConfig | None = None
-    steps: list[StepConfig] = Field(default_factory=list)
-    gates: GateSwitches = Field(default_factory=GateSwitches)
-    limits: LimitsConfig | None = None
-    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
-    milestones: list[MilestoneConfig] = Field(default_factory=list)
-    gate_definitions: dict[str, GateConfig] = Field(default_factory=dict)
-    docs: DocsConfig = Field(default_factory=DocsConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    model_config = ConfigDict(title="quantapilot.yml", json_schema_extra=_published_document)
+
+    # int, not Literal[1]: the file is held to 1 by the schema; the model stays as lenient as it always was.
+    version: int = Field(default=1, description="Format version. Only 1 exists.", json_schema_extra={"const": 1})
+    stack: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Free-form description of the project's technology stack (accepted for compatibility with the "
+            "QuantaPilot project's file; validated, not used by this pipeline)."
+        ),
+    )
+    models: ModelsConfig | None = Field(
+        default=None,
+        description=(
+            "Language model per agent role (accepted for compatibility; this pipeline runs no models, so it is "
+            "validated, not used)."
+        ),
+    )
+    budgets: BudgetsConfig | None = Field(
+        default=None,
+        description=(
+            "Spending budget of one run in model tokens and money (accepted for compatibility; not enforced, no "
+            "models run). The run time budget is run.time_budget_s."
+        ),
+    )
+    steps: list[StepSettings] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Per-step settings by step name; milestone steps of the same name fall back to these.",
+    )
+    gates: GateSwitches = Field(default_factory=GateSwitches, description="Switches of the built-in checks.")
+    limits: LimitsConfig | None = Field(default=None, description="Limits that apply when a step does not set its own.")
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig, description="Run policies.")
+    milestones: list[MilestoneConfig] = Field(
+        default_factory=list,
+        max_length=200,
+        description=(
+            "Milestones run in order; one starts only after the previous one is accepted. Ids must be unique."
+        ),
+    )
+    gate_definitions: dict[GateName, GateConfig] = Field(
+        default_factory=dict,
+        description="Settings of named gates: 'anchor', 'first_merge', a milestone id or an optional gate name.",
+    )
+    docs: DocsConfig = Field(default_factory=DocsConfig, description="Where the generated documentation goes.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Time limits of the whole run.")
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantapilotConfig:
