@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from quantapilot.lifecycle.telemetry import TelemetryBody
 from quantapilot.repos.config import QuantapilotConfig
 from schemas import SCHEMA_DIR
 
@@ -64,6 +65,9 @@ _KEY_ORDER = (
     "items",
     "anyOf",
     "default",
+    "if",
+    "then",
+    "else",
     "$defs",
 )
 
@@ -75,14 +79,14 @@ class _ContractJsonSchema(GenerateJsonSchema):
         """Properties carry no generated titles (``"title": "Timeout S"`` says nothing)."""
         return False
 
-    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
-        """``X | None``: None is spelled by leaving the key out, so the schema is ``X``."""
-        return self.generate_inner(schema["schema"])
-
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
-        """A None default is the key's absence, not a published default."""
+        """A field ``X | None = None``: None is spelled by leaving the key out, so the schema is ``X``.
+
+        Only there: a None inside a type (a scalar that may be null) stays ``{"type": "null"}``.
+        """
         if "default" in schema and schema["default"] is None:
-            return self.generate_inner(schema["schema"])
+            inner = schema["schema"]
+            return self.generate_inner(inner["schema"] if inner["type"] == "nullable" else inner)
         return super().default_schema(schema)
 
     def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
@@ -94,6 +98,10 @@ class _ContractJsonSchema(GenerateJsonSchema):
         values = self.generate_inner(schema["values_schema"]) if "values_schema" in schema else {}
         if values:
             json_schema["additionalProperties"] = values
+        if schema.get("min_length") is not None:
+            json_schema["minProperties"] = schema["min_length"]
+        if schema.get("max_length") is not None:
+            json_schema["maxProperties"] = schema["max_length"]
         return json_schema
 
     def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
@@ -168,8 +176,8 @@ def _order_defs(defs: dict[str, Any]) -> dict[str, Any]:
 def _normalize(node: Any) -> Any:
     if isinstance(node, list):
         return [_normalize(item) for item in node]
-    if isinstance(node, float) and node.is_integer():
-        return int(node)  # JSON has one number type: 600.0 is written 600
+    if isinstance(node, float) and node.is_integer() and abs(node) < 2**53:
+        return int(node)  # JSON has one number type: 600.0 is written 600 (exact below 2**53)
     if not isinstance(node, dict):
         return node
     items = dict(node)
@@ -197,7 +205,10 @@ class Generated:
 
 
 #: Every schema file made from models; the others are still written by hand.
-GENERATED: tuple[Generated, ...] = (Generated("quantapilot.schema.json", lambda: model_schema(QuantapilotConfig)),)
+GENERATED: tuple[Generated, ...] = (
+    Generated("quantapilot.schema.json", lambda: model_schema(QuantapilotConfig)),
+    Generated("telemetry.schema.json", lambda: model_schema(TelemetryBody)),
+)
 
 
 def render(document: Mapping[str, Any]) -> str:
