@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from quantapilot.lifecycle.models import LifecycleRunRequest
 from quantapilot.lifecycle.telemetry import TelemetryBody
 from quantapilot.repos.config import QuantapilotConfig
 from schemas import SCHEMA_DIR
@@ -176,8 +177,6 @@ def _order_defs(defs: dict[str, Any]) -> dict[str, Any]:
 def _normalize(node: Any) -> Any:
     if isinstance(node, list):
         return [_normalize(item) for item in node]
-    if isinstance(node, float) and node.is_integer() and abs(node) < 2**53:
-        return int(node)  # JSON has one number type: 600.0 is written 600 (exact below 2**53)
     if not isinstance(node, dict):
         return node
     items = dict(node)
@@ -191,6 +190,10 @@ def _normalize(node: Any) -> Any:
         if key in ("properties", "$defs") and isinstance(value, dict):
             # Names, not keywords: keep their order and normalize each entry.
             out[key] = {name: _normalize(entry) for name, entry in value.items()}
+        elif key == "default" and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            # A float field's default: JSON has one number type, 600.0 is written 600. Bounds keep their
+            # spelling, which error messages quote ("greater than the maximum of 1e+15").
+            out[key] = int(value)
         else:
             out[key] = _normalize(value)
     return out
@@ -208,6 +211,7 @@ class Generated:
 GENERATED: tuple[Generated, ...] = (
     Generated("quantapilot.schema.json", lambda: model_schema(QuantapilotConfig)),
     Generated("telemetry.schema.json", lambda: model_schema(TelemetryBody)),
+    Generated("lifecycle_run.schema.json", lambda: model_schema(LifecycleRunRequest)),
 )
 
 
