@@ -106,7 +106,7 @@ class _ContractJsonSchema(GenerateJsonSchema):
         return json_schema
 
     def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
-        """A model without a docstring-free description publishes none (docstrings are not the contract)."""
+        """A model's docstring is not published as its description: docstrings are for Python readers."""
         json_schema = super().model_schema(schema)
         doc = schema["cls"].__doc__
         if doc and json_schema.get("description") == inspect.cleandoc(doc):
