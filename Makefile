@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install up test lint
+.PHONY: install up test lint schemas
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(VENV)/.installed
 
 up: install
 	$(BIN)/qp up
+
+# Regenerates the schema files made from pydantic models (schemas/generate.py); tests/contract fails on a stale one.
+schemas: install
+	$(BIN)/python -m schemas.generate
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from typing_extensions import TypeAliasType
 
 from quantapilot.lifecycle.rfc3339 import parse_rfc3339
 
@@ -32,7 +33,8 @@ ResultStatus = Literal["completed", "pending_approval", "approved", "rejected"]
 
 KPI_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
 
-Score01 = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+# Integer bounds: the published schema (and the messages quoting it) spell them 0 and 1.
+Score01 = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 KpiName = Annotated[str, Field(pattern=KPI_PATTERN)]
 
@@ -62,32 +64,46 @@ def canonical_account_id(value: str) -> str:
 # Requests
 
 
+# The request models are the source of ``schemas/lifecycle_run.schema.json`` (``make schemas``; the conventions
+# are in schemas/generate.py): every description and bound of the published file is stated here once.
+Kpi = TypeAliasType("Kpi", Annotated[str, Field(pattern=KPI_PATTERN, description="KPI name as telemetry spells it.")])
+Number = TypeAliasType("Number", Annotated[float, Field(ge=-1e15, le=1e15, allow_inf_nan=False)])
+Amount = TypeAliasType("Amount", Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)])
+Unit = TypeAliasType("Unit", Annotated[str, Field(min_length=1, max_length=32)])
+# A bound on the text the schema checks before parsing; a datetime or date has no length.
+_TIMESTAMP_TEXT: dict[str, Any] = {"maxLength": 64}
+
+
 class Benchmark(_Model):
     """An industry or customer benchmark for one KPI, used as the KPI's baseline."""
 
-    kpi: KpiName
-    value: Finite
-    unit: str | None = None
-    source: str | None = None
+    model_config = ConfigDict(title="benchmark")
+
+    kpi: Kpi
+    value: Number
+    unit: Unit | None = None
+    source: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class KpiOverride(_Model):
     """Target-stage override of one KPI (or a new KPI when it has both baseline and target)."""
 
-    kpi: KpiName
-    baseline: Finite | None = None
-    target: Finite | None = None
-    unit: str | None = None
+    model_config = ConfigDict(title="kpiOverride")
+
+    kpi: Kpi
+    baseline: Number | None = None
+    target: Number | None = None
+    unit: Unit | None = None
     direction: Direction | None = None
-    deadline: date | None = None
+    deadline: date | None = Field(default=None, json_schema_extra={"maxLength": 10})
     confidence: Score01 | None = None
 
 
 class ReportPeriod(_Model):
     """A half-open time range ``[from, to)``; JSON spells the ends ``from`` and ``to``."""
 
-    start: datetime = Field(alias="from")
-    end: datetime = Field(alias="to")
+    start: datetime = Field(alias="from", json_schema_extra=_TIMESTAMP_TEXT)
+    end: datetime = Field(alias="to", json_schema_extra=_TIMESTAMP_TEXT)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -111,38 +127,104 @@ class ReportPeriod(_Model):
 class Investment(_Model):
     """What the customer spends on the solution; the target stage's ROI model divides by it."""
 
-    annual_cost: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    one_time_cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    annual_cost: Amount
+    # A factory, so the published schema states no default (absent means no one-time cost).
+    one_time_cost: Amount = Field(default_factory=lambda: 0.0)
 
 
 class LifecycleInputs(_Model):
     """The ``inputs`` object of a lifecycle run request."""
 
-    discovery_notes: str | None = None
-    persona: str | None = None
-    benchmarks: list[Benchmark] = Field(default_factory=list)
-    kpis: list[KpiOverride] = Field(default_factory=list)
-    report_period: ReportPeriod | None = None
-    investment: Investment | None = None
+    discovery_notes: str | None = Field(
+        default=None, max_length=20000, description="Free-text discovery notes (opportunity stage)."
+    )
+    persona: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Role of the main contact, e.g. CFO, CTO, COO, VP Sales.",
+    )
+    benchmarks: list[Benchmark] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Benchmarks that become the value model's KPIs (baseline = value).",
+    )
+    kpis: list[KpiOverride] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Target-stage overrides per KPI; a KPI not in the value model needs baseline and target.",
+    )
+    report_period: ReportPeriod | None = Field(
+        default=None, description="Realization report period [from, to). Absent: the 30 days before the run."
+    )
+    investment: Investment | None = Field(
+        default=None,
+        description=(
+            "Customer's cost of the solution, for the ROI model. Absent: the target agent's documented defaults."
+        ),
+    )
 
 
 class StageGateSettings(_Model):
     """Who may decide the target stage's ``business_case`` gate, and for how long it waits."""
 
-    approvers: list[str] = Field(default_factory=list)
+    approvers: list[Annotated[str, Field(pattern=r"^\S+$", min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description=(
+            "Who may decide: token subjects or 'scope:<scope>'. Empty or absent: anyone allowed to decide gates."
+        ),
+    )
     # None: the deployment's default (QP_ALLOW_SELF_APPROVAL).
-    allow_self_approval: bool | None = None
-    timeout_s: float | None = None
+    allow_self_approval: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the subject that triggered the run (with any of its tokens) may decide the gate; absent: the "
+            "deployment's default (QP_ALLOW_SELF_APPROVAL). It can only narrow: with QP_ALLOW_SELF_APPROVAL=false, "
+            "true is recorded as false."
+        ),
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=31536000,
+        description="Seconds to wait for a decision; then the run fails with GATE_TIMEOUT. Absent: no timeout.",
+    )
+
+
+def _published_document(schema: dict[str, Any]) -> None:
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:quantapilot:schema:lifecycle_run"
+    schema["description"] = "Body of POST /v1/lifecycle/runs: run one value-lifecycle stage for one account."
 
 
 class LifecycleRunRequest(_Model):
     """Body of ``POST /v1/lifecycle/runs``."""
 
-    stage: Stage
-    account_id: str
-    inputs: LifecycleInputs = Field(default_factory=LifecycleInputs)
-    correlation_id: str | None = None
-    gate: StageGateSettings | None = None
+    model_config = ConfigDict(title="Lifecycle run request", json_schema_extra=_published_document)
+
+    stage: Stage = Field(description="Lifecycle stage to run.")
+    account_id: str = Field(
+        min_length=36,
+        max_length=36,
+        description="Customer account, a hyphenated UUID.",
+        json_schema_extra={"format": "uuid"},
+    )
+    inputs: LifecycleInputs = Field(
+        default_factory=LifecycleInputs,
+        description="Stage inputs; every field is optional and the agents document what they use. Absent: {}.",
+    )
+    correlation_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:/-]+$",
+        description="Caller's id carried into events; no personal data.",
+    )
+    gate: StageGateSettings | None = Field(
+        default=None,
+        description="Settings of the target stage's business_case gate (only the target stage has a gate).",
+    )
 
     @model_validator(mode="after")
     def _gate_only_for_target(self) -> LifecycleRunRequest:

@@ -14,13 +14,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, UniqueConstraint, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
+from typing_extensions import TypeAliasType
 
 from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.lifecycle.models import KPI_PATTERN, KpiAggregate, canonical_account_id
@@ -77,22 +88,71 @@ class IdempotencyKeyReused(Exception):
     """The ``Idempotency-Key`` of a telemetry batch was used before with another body."""
 
 
+# The body models are the source of ``schemas/telemetry.schema.json`` (``make schemas``; the conventions are in
+# schemas/generate.py): every description and bound of the published file is stated here once.
+_FINITE = 1.7976931348623157e308  # the largest double: 1e400 parses to infinity and fails the bounds
+
+
+def _number_as_sent(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # Check the bounds, but keep the sender's number: an int stays an int in the stored metadata.
+    checked = handler(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else checked
+
+
+MetaKey = Annotated[str, Field(max_length=64)]
+Scalar = TypeAliasType(
+    "Scalar",
+    Annotated[str, Field(max_length=1024)]
+    | Annotated[float, Field(ge=-_FINITE, le=_FINITE), WrapValidator(_number_as_sent)]
+    | bool
+    | None,
+)
+MetaValue = TypeAliasType(
+    "MetaValue",
+    Scalar | Annotated[list[Scalar], Field(max_length=32)] | Annotated[dict[MetaKey, Scalar], Field(max_length=32)],
+)
+
+
 class TelemetryIn(BaseModel):
     """One telemetry event as the API receives it (camelCase ``accountId``), after schema validation.
 
     ``source`` defaults to ``metadata.source`` when that is a string, as the seed's example carries it there.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(title="event", frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
-    id: str | None = Field(default=None, pattern=EVENT_ID_PATTERN)
-    account_id: str = Field(alias="accountId")
+    id: str | None = Field(
+        default=None,
+        pattern=EVENT_ID_PATTERN,
+        description=(
+            "The sender's own id of the event (1-128 printable ASCII characters), unique per workspace: an event "
+            "whose id is already stored (a retry) is not stored again and counts in the answer's duplicates. Two "
+            "events of one batch may not share an id."
+        ),
+    )
+    account_id: str = Field(alias="accountId", min_length=36, max_length=36, json_schema_extra={"format": "uuid"})
     kpi: str = Field(pattern=KPI_PATTERN)
-    value: float = Field(allow_inf_nan=False)
-    timestamp: datetime
-    unit: str | None = Field(default=None, max_length=32)
-    source: str | None = Field(default=None, max_length=128)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    value: float = Field(
+        allow_inf_nan=False,
+        ge=-_FINITE,
+        le=_FINITE,
+        description="A finite double: 1e400 parses to infinity and fails the bounds.",
+    )
+    # maxLength: a bound on the text the schema checks before parsing; a datetime has no length.
+    timestamp: datetime = Field(
+        description="RFC 3339 date-time with an offset, e.g. 2025-11-17T12:00:00Z.", json_schema_extra={"maxLength": 64}
+    )
+    unit: str | None = Field(default=None, min_length=1, max_length=32)
+    source: str | None = Field(default=None, min_length=1, max_length=128)
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description=(
+            "Small free-form context: at most 32 keys of at most 64 characters; values are scalars, or "
+            "arrays/objects (at most 32 entries) of scalars, so nesting stops two levels below metadata. Strings "
+            "at most 1024 characters. No personal data."
+        ),
+    )
 
     @field_validator("account_id")
     @classmethod
@@ -118,6 +178,35 @@ class TelemetryIn(BaseModel):
         if self.source is None and isinstance(meta_source, str) and meta_source:
             object.__setattr__(self, "source", meta_source[:128])
         return self
+
+
+class TelemetryBatchIn(BaseModel):
+    """A batch of telemetry events (``{"events": [...]}``)."""
+
+    model_config = ConfigDict(title="batch", frozen=True, extra="forbid")
+
+    events: list[TelemetryIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def _dispatch_on_events(schema: dict[str, Any]) -> None:
+    # An object with "events" is a batch, anything else one event: if/then/else names the one that failed
+    # instead of reporting both alternatives of an anyOf.
+    batch, event = schema.pop("anyOf")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:quantapilot:schema:telemetry"
+    schema["description"] = (
+        'Body of POST /v1/telemetry/events: one event, or {"events": [...]} with 1 to 1000 events. Retries store '
+        "nothing twice: give each event an id, or send the request with an Idempotency-Key."
+    )
+    schema["if"] = {"type": "object", "required": ["events"]}
+    schema["then"] = batch
+    schema["else"] = event
+
+
+class TelemetryBody(RootModel[TelemetryBatchIn | TelemetryIn]):
+    """The body of ``POST /v1/telemetry/events``: the published document, not used to parse (see below)."""
+
+    model_config = ConfigDict(title="Telemetry events", json_schema_extra=_dispatch_on_events)
 
 
 def parse_telemetry_payload(payload: Any) -> list[TelemetryIn]:

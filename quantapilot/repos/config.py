@@ -1,79 +1,79 @@
-"""The ``quantapilot.yml`` format: its models, safe YAML loading, JSON Schema validation and defaults.
+"""The ``quantapilot.yml`` format: its models, the source of ``schemas/quantapilot.schema.json``.
 
-The file is published as ``schemas/quantapilot.schema.json`` (JSON Schema 2020-12). :func:`load_config`
-parses a repository's file defensively (size, alias and depth limits), validates it against the schema,
-reports every problem with a readable path (``milestones[1].steps[0].timeout_s``) and returns a frozen
-:class:`QuantapilotConfig`. A repository without the file gets the documented defaults
-(``load_config(None)``). What a run derives from it (gates, timeouts, attempts, branch namespaces) is
+The models carry every description, bound and pattern of the published file (``make schemas`` writes it, see
+:mod:`schemas.generate`) plus the rules JSON Schema cannot express (:func:`semantic_issues`). Reading a
+repository's file (safe YAML, schema validation, readable errors) is :mod:`quantapilot.repos.config_loader`;
+what a run derives from the configuration (gates, timeouts, attempts, branch namespaces) is
 :mod:`quantapilot.repos.policy`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Final, Literal
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
 
-import yaml
-from jsonschema import Draft202012Validator, ValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic import ValidationError as PydanticValidationError
-
-from quantapilot.repos.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
+from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import TypeAliasType
 
 __all__ = [
-    "MAX_CONFIG_BYTES",
-    "SCHEMA_PATH",
     "BudgetsConfig",
-    "ConfigError",
-    "ConfigIssue",
     "DocsConfig",
     "GateConfig",
     "GateSwitches",
     "LimitsConfig",
     "MilestoneConfig",
+    "MilestoneStep",
     "ModelConfig",
     "ModelsConfig",
+    "PathPart",
     "PoliciesConfig",
     "QuantapilotConfig",
     "RunConfig",
     "StepConfig",
-    "load_config",
+    "StepSettings",
+    "render_path",
+    "semantic_issues",
 ]
 
-# The schema sits next to the package in the source tree (``schemas/`` is not a regular package).
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "schemas" / "quantapilot.schema.json"
-
-#: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack. The alias,
-#: node and depth limits are those of every YAML a repository supplies (quantapilot/repos/safe_yaml.py).
-MAX_CONFIG_BYTES: Final = MAX_YAML_BYTES
-
-_MAX_MESSAGE_CHARS = 300
 _MILESTONE_ID = re.compile(r"M-[0-9]{3,}")
 
-StepName = Literal["plan", "impl", "test", "doc", "pr"]
+# The models are the source of ``schemas/quantapilot.schema.json`` (``make schemas``, :mod:`schemas.generate`):
+# every description, bound and pattern of the published file is stated here once. A model with a ``title`` is
+# published as a ``$defs`` entry of that name, one without is written inline where it is used, a ``TypeAliasType``
+# is a ``$defs`` entry named like it in lowerCamelCase. ``Field(default=x)`` publishes the default;
+# ``default_factory`` and ``None`` do not (None is spelled by leaving the key out).
+
+StepName = TypeAliasType("StepName", Literal["plan", "impl", "test", "doc", "pr"])
 MergeStrategy = Literal["squash", "merge", "rebase"]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-Retries = Annotated[int, Field(ge=0, le=100)]
+PositiveSeconds = TypeAliasType("PositiveSeconds", Annotated[float, Field(gt=0)])
+Retries = TypeAliasType("Retries", Annotated[int, Field(ge=0, le=100)])
 MilestoneId = Annotated[str, Field(pattern=r"^M-[0-9]{3,}$")]
-
-
-# --- models ---
+# A gate name: a milestone id or a lowercase name (optional gates, 'anchor', 'first_merge').
+GateName = Annotated[str, Field(pattern=r"^(?:[a-z][a-z0-9_-]*|M-[0-9]{3,})$")]
+_RELATIVE_FOLDER = (
+    r"^(?![.][.]?(?:/|$))(?![.][Gg][Ii][Tt](?:/|$))(?!.*/[.][.]?(?:/|$))(?!.*/[.][Gg][Ii][Tt](?:/|$))"
+    r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$"
+)
+_BRANCH_NAME = r"^(?!.*[.][.])(?!.*//)(?!.*@[{])(?!.*[.]lock(?:/|$))(?!.*/[.])(?!.*[./]$)[A-Za-z0-9_][A-Za-z0-9._/-]*$"
 
 
 class _Frozen(BaseModel):
     """Base of every config model: immutable and strict about unknown keys, like the schema."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # python-re: the path and branch patterns use look-aheads, which the default (Rust) engine refuses; it is
+    # also the engine the schema validator uses, so both read a pattern the same way.
+    model_config = ConfigDict(frozen=True, extra="forbid", regex_engine="python-re")
 
 
 class ModelConfig(_Frozen):
     """The language model of one agent role."""
 
-    model: str = Field(min_length=1)
+    model_config = ConfigDict(title="model")
+
+    model: str = Field(min_length=1, max_length=200, description="Model name.")
     temperature: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
 
@@ -89,25 +89,49 @@ class ModelsConfig(_Frozen):
 class BudgetsConfig(_Frozen):
     """Spending budget of one run."""
 
-    tokens: int = Field(ge=1)
-    usd: float | None = Field(default=None, ge=0)
+    tokens: int = Field(ge=1, description="Model tokens one run may spend.")
+    usd: float | None = Field(default=None, ge=0, description="Money one run may spend, in US dollars.")
 
 
 class StepConfig(_Frozen):
-    """A step: top-level entries set per-name defaults, milestone entries also carry the command to run."""
+    """A step: top-level entries set per-name defaults, milestone entries also carry the command to run.
+
+    The file spells the two kinds as :class:`StepSettings` and :class:`MilestoneStep`; code that handles
+    either takes a ``StepConfig``.
+    """
 
     name: StepName
-    run: str | None = Field(default=None, min_length=1)
+    run: str | None = Field(default=None, min_length=1, max_length=8192)
     timeout_s: PositiveSeconds | None = None
     retries: Retries | None = None
     tokens_budget: int | None = Field(default=None, ge=1)
 
 
+class StepSettings(StepConfig):
+    """A top-level ``steps`` entry: defaults for the milestone steps of its name; it runs no command."""
+
+    model_config = ConfigDict(title="stepSettings")
+
+    run: SkipJsonSchema[None] = None
+    timeout_s: PositiveSeconds | None = Field(default=None, description="Activity timeout in seconds.")
+    retries: Retries | None = Field(
+        default=None, description="Retries after a failed attempt (attempts = retries + 1)."
+    )
+
+
+class MilestoneStep(StepConfig):
+    """A step of a milestone: the command to run and its own limits."""
+
+    model_config = ConfigDict(title="milestoneStep")
+
+    run: str = Field(min_length=1, max_length=8192, description="Shell command run in the repository's worktree.")
+
+
 class GateSwitches(_Frozen):
     """The seed's ``gates`` object: switches of the built-in checks."""
 
-    docs_lint: bool = True
-    tests_required: bool = False
+    docs_lint: bool = Field(default=True, description="Lint the generated documentation; a failing lint ends the run.")
+    tests_required: bool = Field(default=False, description="Require a milestone to have a passing test step.")
 
 
 class LimitsConfig(_Frozen):
@@ -115,47 +139,109 @@ class LimitsConfig(_Frozen):
 
     tokens_per_run: int | None = Field(default=None, ge=1)
     tokens_per_day: int | None = Field(default=None, ge=1)
-    timeout_seconds: PositiveSeconds | None = None
-    max_retries: Retries | None = None
+    timeout_seconds: PositiveSeconds | None = Field(default=None, description="Default step timeout in seconds.")
+    max_retries: Retries | None = Field(default=None, description="Default step retries (attempts = retries + 1).")
 
 
 class PoliciesConfig(_Frozen):
     """Run policies: merge strategy and gate additions/removals."""
 
-    merge: MergeStrategy = "merge"
-    gates: list[str] = Field(default_factory=list)
-    data_retention_days: int | None = Field(default=None, ge=1)
-    model_change_requires_gate: bool = False
+    merge: MergeStrategy = Field(default="merge", description="How pull requests are merged.")
+    # default=[] (pydantic copies it per instance) rather than a factory: the schema publishes this default.
+    gates: list[Annotated[str, Field(pattern=r"^-?(?:[a-z][a-z0-9_-]*|M-[0-9]{3,})$")]] = Field(
+        default=[],
+        max_length=100,
+        description=(
+            "Gates added by name (a milestone id turns on that milestone's gate, other names are optional gates "
+            "before completion) or removed with a leading '-' (e.g. '-first_merge')."
+        ),
+    )
+    data_retention_days: int | None = Field(
+        default=None, ge=1, description="Days run data is kept (accepted for compatibility; not enforced)."
+    )
+    model_change_requires_gate: bool = Field(
+        default=False,
+        description=(
+            "A change of models needs a gate decision (accepted for compatibility; not enforced, no models run)."
+        ),
+    )
 
 
 class MilestoneConfig(_Frozen):
     """One milestone; ``gate`` None means the positional default (on for the first milestone only)."""
 
+    model_config = ConfigDict(title="milestone")
+
     id: MilestoneId
-    title: str = Field(min_length=1)
-    criteria: list[str] = Field(default_factory=list)
-    due_date: str | None = None
-    steps: list[StepConfig] = Field(default_factory=list)
-    gate: bool | None = None
+    title: str = Field(min_length=1, max_length=300)
+    criteria: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(default_factory=list, max_length=100)
+    due_date: str | None = Field(
+        default=None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", json_schema_extra={"format": "date"}
+    )
+    steps: list[MilestoneStep] = Field(default_factory=list, max_length=50)
+    gate: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the milestone waits at a gate named by its id. Default: true for the first milestone, "
+            "false for later ones."
+        ),
+    )
 
 
 class GateConfig(_Frozen):
     """Settings of one named gate; the defaults apply to gates without an entry in ``gate_definitions``."""
 
-    description: str | None = None
-    timeout_s: PositiveSeconds | None = None
-    approvers: list[str] = Field(default_factory=list)
+    model_config = ConfigDict(title="gate")
+
+    description: str | None = Field(default=None, max_length=2000)
+    timeout_s: PositiveSeconds | None = Field(
+        default=None,
+        description="Seconds to wait for a decision before the run fails with GATE_TIMEOUT; absent: wait forever.",
+    )
+    approvers: list[Annotated[str, Field(pattern=r"^\S+$", max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Who may decide: token subjects or 'scope:<scope>'. Empty: anyone allowed to decide gates.",
+    )
     # None: the deployment's default (QP_ALLOW_SELF_APPROVAL, off unless the operator turns it on).
-    allow_self_approval: bool | None = None
+    allow_self_approval: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the subject that triggered the run (with any of its tokens) may decide this gate; when "
+            "absent, the deployment's default (QP_ALLOW_SELF_APPROVAL, false unless set). It can only narrow: "
+            "with QP_ALLOW_SELF_APPROVAL=false, true counts as false."
+        ),
+    )
 
 
 class DocsConfig(_Frozen):
     """Where generated documentation is written."""
 
-    output_folder: str = "docs"
+    output_folder: str = Field(
+        default="docs",
+        max_length=255,
+        pattern=_RELATIVE_FOLDER,
+        description=(
+            "Folder of the generated pages, relative to the repository root; no '..', '.' or '.git' segments, "
+            "no leading '/'."
+        ),
+    )
     # None: quantapilot/<run_id>/docs, one branch per run so concurrent runs of a repository never collide.
-    branch: str | None = None
-    owners: list[str] = Field(default_factory=list)
+    branch: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=_BRANCH_NAME,
+        description=(
+            "Branch the documentation is committed to; default quantapilot/<run_id>/docs, one per run, so "
+            "concurrent runs of one repository never push over each other. A run force-pushes only inside its "
+            "own quantapilot/<run_id>/; any other branch is only created, never rewritten: one that already "
+            "exists fails the run with CONFIG_INVALID, and so does a branch in another run's namespace "
+            "(quantapilot/<other>/...)."
+        ),
+    )
+    owners: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50, description="Owners written into the pages' front matter."
+    )
 
     @field_validator("output_folder")
     @classmethod
@@ -172,113 +258,94 @@ class DocsConfig(_Frozen):
 class RunConfig(_Frozen):
     """Time limits of the whole run."""
 
-    time_budget_s: PositiveSeconds | None = None
-    commands_timeout_s: PositiveSeconds = 600.0
+    time_budget_s: PositiveSeconds | None = Field(
+        default=None,
+        description="Wall-clock budget of the run; when spent, the run pauses (time_limit). None: no budget.",
+    )
+    commands_timeout_s: PositiveSeconds = Field(default=600.0, description="Timeout of one milestone command.")
+
+
+def _published_document(schema: dict[str, Any]) -> None:
+    # What the published file says about itself, ahead of the generated keys.
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:quantapilot:schema:quantapilot.yml:1"
+    schema["description"] = (
+        "Per-repository settings of a QuantaPilot run: the QuantaPilot project's own fields (stack, models, "
+        "budgets, steps, gates, limits, policies) plus milestones, named gate settings, documentation and "
+        "run time settings. A repository without the file runs with the documented defaults."
+    )
+    # The model defaults version to 1 (no file means the defaults); a file that exists must say which format.
+    schema["required"] = ["version"]
+    schema["properties"]["version"].pop("default", None)
 
 
 class QuantapilotConfig(_Frozen):
     """A validated ``quantapilot.yml``; ``QuantapilotConfig()`` is the default when the file is absent."""
 
-    version: int = 1
-    stack: dict[str, Any] = Field(default_factory=dict)
-    models: ModelsConfig | None = None
-    budgets: BudgetsConfig | None = None
-    steps: list[StepConfig] = Field(default_factory=list)
-    gates: GateSwitches = Field(default_factory=GateSwitches)
-    limits: LimitsConfig | None = None
-    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
-    milestones: list[MilestoneConfig] = Field(default_factory=list)
-    gate_definitions: dict[str, GateConfig] = Field(default_factory=dict)
-    docs: DocsConfig = Field(default_factory=DocsConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    model_config = ConfigDict(title="quantapilot.yml", json_schema_extra=_published_document)
+
+    # int, not Literal[1]: the file is held to 1 by the schema; the model stays as lenient as it always was.
+    version: int = Field(default=1, description="Format version. Only 1 exists.", json_schema_extra={"const": 1})
+    stack: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Free-form description of the project's technology stack (accepted for compatibility with the "
+            "QuantaPilot project's file; validated, not used by this pipeline)."
+        ),
+    )
+    models: ModelsConfig | None = Field(
+        default=None,
+        description=(
+            "Language model per agent role (accepted for compatibility; this pipeline runs no models, so it is "
+            "validated, not used)."
+        ),
+    )
+    budgets: BudgetsConfig | None = Field(
+        default=None,
+        description=(
+            "Spending budget of one run in model tokens and money (accepted for compatibility; not enforced, no "
+            "models run). The run time budget is run.time_budget_s."
+        ),
+    )
+    steps: list[StepSettings] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Per-step settings by step name; milestone steps of the same name fall back to these.",
+    )
+    gates: GateSwitches = Field(default_factory=GateSwitches, description="Switches of the built-in checks.")
+    limits: LimitsConfig | None = Field(default=None, description="Limits that apply when a step does not set its own.")
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig, description="Run policies.")
+    milestones: list[MilestoneConfig] = Field(
+        default_factory=list,
+        max_length=200,
+        description=(
+            "Milestones run in order; one starts only after the previous one is accepted. Ids must be unique."
+        ),
+    )
+    gate_definitions: dict[GateName, GateConfig] = Field(
+        default_factory=dict,
+        description="Settings of named gates: 'anchor', 'first_merge', a milestone id or an optional gate name.",
+    )
+    docs: DocsConfig = Field(default_factory=DocsConfig, description="Where the generated documentation goes.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Time limits of the whole run.")
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantapilotConfig:
-        issues = _semantic_issues(self.model_dump(mode="python"))
+        issues = semantic_issues(self.model_dump(mode="python"))
         if issues:
-            raise ValueError("; ".join(f"{_render_path(path)}: {message}" for path, message in issues))
+            raise ValueError("; ".join(f"{render_path(path)}: {message}" for path, message in issues))
         return self
 
 
-# --- errors ---
+# --- rules the schema cannot express ---
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One problem in a ``quantapilot.yml``.
-
-    Attributes:
-        path: Where, like ``milestones[1].steps[0].timeout_s``; ``<root>`` for the document itself.
-        message: What is wrong; short, never the whole offending value.
-    """
-
-    path: str
-    message: str
-
-
-class ConfigError(Exception):
-    """A ``quantapilot.yml`` that cannot be used; ends a run with ``CONFIG_INVALID``.
-
-    Args:
-        errors: Every problem found, sorted by path.
-        source: Name of the file, for the message.
-    """
-
-    def __init__(self, errors: Sequence[ConfigIssue], *, source: str = "quantapilot.yml") -> None:
-        self.errors: list[ConfigIssue] = list(errors)
-        self.source = source
-        shown = "; ".join(f"{issue.path}: {issue.message}" for issue in self.errors[:10])
-        more = f" (and {len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
-        count = len(self.errors)
-        super().__init__(f"{source} is invalid ({count} error{'s' if count != 1 else ''}): {shown}{more}")
-
-    def details(self) -> list[dict[str, str]]:
-        """The problems as JSON-ready objects, for ``run.failed`` events and error envelopes."""
-        return [{"path": issue.path, "message": issue.message} for issue in self.errors]
-
-
-# --- YAML ---
-
-
-def _parse_yaml(text: str, *, source: str) -> Any:
-    """Parse one YAML document within the shared limits (:mod:`quantapilot.repos.safe_yaml`) as :class:`ConfigError`."""
-    if len(text.encode("utf-8", errors="surrogatepass")) > MAX_CONFIG_BYTES:
-        raise ConfigError([ConfigIssue("<root>", f"file larger than {MAX_CONFIG_BYTES} bytes")], source=source)
-    try:
-        return load_yaml(text, unique_keys=True)
-    except YamlLimitError as exc:
-        raise ConfigError([ConfigIssue("<root>", f"refused YAML: {exc}")], source=source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("<root>", _yaml_message(exc))], source=source) from None
-
-
-def _yaml_message(exc: yaml.YAMLError) -> str:
-    # str(exc) quotes the offending source line; keep only the problem and its position.
-    if isinstance(exc, yaml.MarkedYAMLError):
-        problem = exc.problem or exc.context or "invalid YAML"
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        return f"invalid YAML: {problem}{where}"[:_MAX_MESSAGE_CHARS]
-    return f"invalid YAML: {type(exc).__name__}"
-
-
-# --- validation ---
-
-
-def _load_schema() -> dict[str, Any]:
-    with SCHEMA_PATH.open(encoding="utf-8") as handle:
-        schema: dict[str, Any] = json.load(handle)
-    return schema
-
-
-SCHEMA: Final[dict[str, Any]] = _load_schema()
-# Built once: compiling the schema (refs, format checker) per run would be wasted work on every config load.
-_VALIDATOR: Final = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
-
+#: One step of a path into the document: a key or a list index.
 PathPart = str | int
 
 
-def _render_path(parts: Iterable[PathPart]) -> str:
+def render_path(parts: Iterable[PathPart]) -> str:
+    """A path as people read it: ``milestones[1].steps[0].timeout_s``; ``<root>`` for the document."""
     rendered = ""
     for part in parts:
         if isinstance(part, int):
@@ -288,55 +355,7 @@ def _render_path(parts: Iterable[PathPart]) -> str:
     return rendered or "<root>"
 
 
-def _sort_key(path: Sequence[PathPart]) -> tuple[tuple[int, int, str], ...]:
-    # Numeric indexes sort numerically, so milestones[2] comes before milestones[10].
-    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in path)
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
-
-
-def _schema_issues(data: Any) -> list[tuple[list[PathPart], str]]:
-    """Every schema violation, one per leaf error, with unknown keys reported at the key itself."""
-    found: list[tuple[list[PathPart], str]] = []
-    for error in _VALIDATOR.iter_errors(data):
-        found.extend(_describe(error))
-    return found
-
-
-def _describe(error: ValidationError) -> list[tuple[list[PathPart], str]]:
-    path: list[PathPart] = list(error.absolute_path)
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-        unknown = [key for key in error.instance if key not in known]
-        if unknown:
-            return [([*path, str(key)], "unknown key") for key in unknown]
-    if "propertyNames" in error.relative_schema_path:
-        # A propertyNames error is reported on the object; name the offending key instead.
-        return [([*path, str(error.instance)], "invalid name: use lowercase letters, digits, '_', '-' or M-<nnn>")]
-    if error.validator == "format" and error.validator_value == "date":
-        return [(path, "must be a date like 2025-01-31")]
-    if error.validator == "pattern":
-        hint = _PATTERN_HINTS.get(str(path[-1]) if path else "", "does not have the expected format")
-        return [(path, f"{_short_value(error.instance)} {hint}")]
-    return [(path, _short(error.message))]
-
-
-# The raw regular expressions say little to a person editing the file.
-_PATTERN_HINTS: Final = {
-    "output_folder": "must be a relative path without '..', '.' or '.git' segments and no leading '/'",
-    "branch": "is not a valid branch name",
-    "id": "must look like M-001",
-}
-
-
-def _short_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
+def semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
     """Rules JSON Schema cannot express: unique ids and names, references to milestones that exist."""
     if not isinstance(data, dict):
         return []
@@ -380,39 +399,3 @@ def _semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
 
 def _is_milestone_id(name: object) -> bool:
     return isinstance(name, str) and _MILESTONE_ID.fullmatch(name) is not None
-
-
-def load_config(text: str | None, *, source: str = "quantapilot.yml") -> QuantapilotConfig:
-    """Parse and validate a ``quantapilot.yml``.
-
-    Args:
-        text: The file's content, or None when the repository has no such file.
-        source: File name used in error messages.
-
-    Returns:
-        The validated configuration; for ``None`` the documented defaults (``QuantapilotConfig()``).
-
-    Raises:
-        ConfigError: The file is too large, not safe or valid YAML, not a mapping, or breaks the schema or
-            the rules the schema cannot express (unique milestone ids...). ``errors`` lists every problem,
-            sorted by path.
-    """
-    if text is None:
-        return QuantapilotConfig()
-    data = _parse_yaml(text, source=source)
-    if not isinstance(data, dict):
-        kind = "an empty document" if data is None else f"a {type(data).__name__}"
-        raise ConfigError([ConfigIssue("<root>", f"expected a mapping with 'version: 1', found {kind}")], source=source)
-    raw = _schema_issues(data) + _semantic_issues(data)
-    if raw:
-        raw.sort(key=lambda item: (_sort_key(item[0]), item[1]))
-        raise ConfigError([ConfigIssue(_render_path(path), message) for path, message in raw], source=source)
-    try:
-        return QuantapilotConfig.model_validate(data)
-    except PydanticValidationError as exc:
-        # The schema should have caught everything; this keeps a drift between the two a config error.
-        issues = [
-            ConfigIssue(_render_path(part for part in err["loc"] if isinstance(part, str | int)), _short(err["msg"]))
-            for err in exc.errors()
-        ]
-        raise ConfigError(issues, source=source) from None

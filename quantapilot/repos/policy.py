@@ -1,9 +1,9 @@
 """Run policy: what a run derives from its ``quantapilot.yml``.
 
 The gates it stops at and their settings, step and command timeouts and attempts, the self-approval floor and
-the branch namespace the run owns. The file's models and loading are :mod:`quantapilot.repos.config`;
-everything here is a pure function of a validated :class:`~quantapilot.repos.config.QuantapilotConfig`, safe
-to call from workflow code.
+the branch namespace the run owns. The file's models are :mod:`quantapilot.repos.config`, its loading
+:mod:`quantapilot.repos.config_loader`; everything here is a pure function of a validated
+:class:`~quantapilot.repos.config.QuantapilotConfig`, safe to call from workflow code.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from quantapilot.errors import ErrorCode
-from quantapilot.repos.config import MAX_CONFIG_BYTES, ConfigError, QuantapilotConfig, load_config
+from quantapilot.repos.config import QuantapilotConfig
+from quantapilot.repos.config_loader import MAX_CONFIG_BYTES, ConfigError, load_config
 from quantapilot.repos.files import FileRefusedError, RepoReadError, open_repo_files
 from quantapilot.repos.policy import docs_branch_problem, with_self_approval_floor
 from quantapilot.repos.worktree import UnsafePathError, normalise_path

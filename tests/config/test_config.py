@@ -10,17 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from quantapilot.repos.config import (
-    MAX_CONFIG_BYTES,
-    SCHEMA_PATH,
-    ConfigError,
-    ConfigIssue,
-    DocsConfig,
-    GateConfig,
-    QuantapilotConfig,
-    StepConfig,
-    load_config,
-)
+from quantapilot.repos.config import DocsConfig, GateConfig, QuantapilotConfig, StepConfig
+from quantapilot.repos.config_loader import MAX_CONFIG_BYTES, SCHEMA_PATH, ConfigError, ConfigIssue, load_config
 from quantapilot.repos.policy import (
     command_policy,
     docs_branch_problem,
