@@ -30,7 +30,7 @@ from yarl import URL
 
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.delivery import classify_answer
-from quantapilot.webhooks.signing import SIGNATURE_HEADER, sign
+from quantapilot.webhooks.signing import signature_headers
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.urlsafety import Resolver, UnsafeUrlError, check_url
 
@@ -56,20 +56,20 @@ USER_AGENT = f"quantapilot-webhooks/{_version()}"
 _TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
-def build_headers(*, event_id: str, event_type: str, attempt: int, signature: str) -> dict[str, str]:
+def build_headers(*, event_id: str, event_type: str, attempt: int, signatures: Mapping[str, str]) -> dict[str, str]:
     """Build the request headers of a webhook delivery.
 
     Args:
         event_id: The event id (consumers drop duplicates by it).
         event_type: The dotted event type.
         attempt: Attempt number, from 1.
-        signature: The ``X-VC-Signature`` value from :func:`quantapilot.webhooks.signing.sign`.
+        signatures: The signature headers from :func:`quantapilot.webhooks.signing.signature_headers`.
 
     Returns:
         The headers.
     """
     return {
-        SIGNATURE_HEADER: signature,
+        **signatures,
         EVENT_ID_HEADER: event_id,
         EVENT_TYPE_HEADER: event_type,
         ATTEMPT_HEADER: str(attempt),
@@ -94,8 +94,9 @@ def prepare_request(
         ``(body, headers)``.
     """
     body = envelope.to_body()
-    signature = sign(secrets, body, timestamp=int(time.time()) if timestamp is None else timestamp)
-    headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature)
+    signed_at = int(time.time()) if timestamp is None else timestamp
+    signatures = signature_headers(secrets, body, msg_id=envelope.id, timestamp=signed_at)
+    headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signatures=signatures)
     if envelope.trace_id and _TRACE_ID_RE.match(envelope.trace_id):
         # A fresh span id per attempt, in the run's trace (W3C Trace Context, sampled).
         headers["traceparent"] = f"00-{envelope.trace_id}-{secrets_module.token_hex(8)}-01"

@@ -14,7 +14,7 @@ from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
 from quantapilot.tokens import ALL_SCOPES, create_token
-from quantapilot.webhooks.signing import parse_signature_header
+from quantapilot.webhooks.signing import parse_signature_header, standard_secret
 from quantapilot.webhooks.tables import WebhookSecret
 from tests.conftest import ApiFactory
 from tests.support import Api, JsonLogLines, captured_json_logs
@@ -164,6 +164,10 @@ async def test_webhooks_rotation_signs_with_both_then_only_new(
     assert parsed is not None and len(parsed[1]) == 2
     # Consumers holding either secret accept it during the overlap.
     assert during.verified(old) and during.verified(new)
+    assert during.verified_stripe(old) and during.verified_stripe(new)
+    # Standard Webhooks: one space-separated v1 entry per secret; the reference library accepts either secret.
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert during.verified_standard(standard_secret(old)) and during.verified_standard(standard_secret(new))
 
     # The overlap ends (24 hours later, here by moving the old secret's expiry into the past).
     with Session(engine) as session:
@@ -179,6 +183,8 @@ async def test_webhooks_rotation_signs_with_both_then_only_new(
     parsed = parse_signature_header(after.headers["X-VC-Signature"])
     assert parsed is not None and len(parsed[1]) == 1
     assert after.verified(new) and not after.verified(old)
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    assert after.verified_standard(standard_secret(new)) and not after.verified_standard(standard_secret(old))
 
 
 async def test_webhooks_redelivery_sends_same_event_again(make_stack: StackFactory, receiver: Receiver) -> None:
@@ -198,6 +204,9 @@ async def test_webhooks_redelivery_sends_same_event_again(make_stack: StackFacto
     assert first.event == second.event  # the same event, byte for byte apart from the signature time
     assert (first.headers["X-VC-Delivery-Attempt"], second.headers["X-VC-Delivery-Attempt"]) == ("1", "2")
     assert second.verified(endpoint["secret"])
+    # webhook-id is the event id on every send, so Standard Webhooks consumers drop the duplicate.
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == first.event["id"]
+    assert second.verified_standard(standard_secret(endpoint["secret"]))
     code, one = await api.get(f"/v1/webhooks/deliveries/{row['id']}")
     assert code == 200 and [a["attempt"] for a in one["attempts"]] == [1, 2]
     code, body = await api.post("/v1/webhooks/deliveries/wd_unknown/redeliver")

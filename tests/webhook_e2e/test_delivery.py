@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from quantapilot.db import utcnow
 from quantapilot.webhooks.sender import ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, USER_AGENT
+from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.tables import WebhookEndpoint
 from tests.support import make_remote
 from tests.webhook_e2e.conftest import StackFactory
@@ -49,6 +50,13 @@ async def test_webhooks_signed_envelope_matches_event_log(make_stack: StackFacto
         request = got[event["id"]]
         assert request.verified(endpoint["secret"])
         assert not request.verified("whsec_someone-else")
+        # The reference verifiers accept the very same request: Stripe's for X-VC-Signature, Standard
+        # Webhooks' own for webhook-signature, whose webhook-id is the event id.
+        assert request.verified_stripe(endpoint["secret"]) and not request.verified_stripe("whsec_someone-else")
+        assert request.verified_standard(standard_secret(endpoint["secret"]))
+        assert not request.verified_standard(standard_secret("whsec_someone-else"))
+        assert request.headers["webhook-id"] == event["id"]
+        assert request.headers["webhook-timestamp"] == request.headers["X-VC-Signature"].split(",")[0][2:]
         assert request.headers[EVENT_ID_HEADER] == event["id"]
         assert request.headers[EVENT_TYPE_HEADER] == event["type"]
         assert request.headers[ATTEMPT_HEADER] == "1"
@@ -149,6 +157,9 @@ async def test_webhooks_500_then_200_honours_retry_after(make_stack: StackFactor
     # The schedule alone would wait ~20 ms; the receiver asked for a second.
     assert second.at - first.at >= 1.0
     assert first.verified(endpoint["secret"]) and second.verified(endpoint["secret"])
+    # A retry keeps its webhook-id (consumers dedupe by it) and is signed afresh.
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == first.event["id"]
+    assert second.verified_standard(standard_secret(endpoint["secret"]))
 
 
 async def test_webhooks_gone_disables_endpoint_and_announces_it(make_stack: StackFactory, receiver: Receiver) -> None:

@@ -26,7 +26,7 @@ from quantapilot.webhooks.sender import (
     post_event,
     prepare_request,
 )
-from quantapilot.webhooks.signing import sign, verify_signature
+from quantapilot.webhooks.signing import signature_headers, verify_signature
 from quantapilot.webhooks.tables import DeliveryOutcome
 
 SECRET = "whsec_test_secret"
@@ -83,8 +83,8 @@ def _status(code: int, headers: dict[str, str] | None = None) -> Handler:
 
 
 def _signed(body: bytes = b'{"id":"ev_1"}', attempt: int = 1) -> dict[str, str]:
-    signature = sign([SECRET], body, timestamp=int(datetime.now(UTC).timestamp()))
-    return build_headers(event_id="ev_1", event_type="run.started", attempt=attempt, signature=signature)
+    signatures = signature_headers([SECRET], body, msg_id="ev_1", timestamp=int(datetime.now(UTC).timestamp()))
+    return build_headers(event_id="ev_1", event_type="run.started", attempt=attempt, signatures=signatures)
 
 
 def _free_port() -> int:
