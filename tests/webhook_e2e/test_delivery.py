@@ -53,7 +53,7 @@ async def test_webhooks_signed_envelope_matches_event_log(make_stack: StackFacto
         # The reference verifiers accept the very same request: Stripe's for X-VC-Signature, Standard
         # Webhooks' own for webhook-signature, whose webhook-id is the event id.
         assert request.verified_stripe(endpoint["secret"]) and not request.verified_stripe("whsec_someone-else")
-        assert request.verified_standard(standard_secret(endpoint["secret"]))
+        assert request.verified_standard(endpoint["standard_webhooks_secret"])
         assert not request.verified_standard(standard_secret("whsec_someone-else"))
         assert request.headers["webhook-id"] == event["id"]
         assert request.headers["webhook-timestamp"] == request.headers["X-VC-Signature"].split(",")[0][2:]
