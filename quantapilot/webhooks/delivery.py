@@ -7,6 +7,9 @@ decides what follows:
 - ``delivered`` (a 2xx within the timeout): the delivery is ``delivered`` and the endpoint's failing streak
   ends (``failing_since`` cleared).
 - ``gone`` (410): the delivery is ``gone`` and the endpoint is disabled at once (reason ``gone``).
+- ``aborted`` (a non-2xx answer carrying ``webhook-delivery: abort``, :data:`ABORT_HEADER`): the receiver
+  asks us to stop retrying this message; the delivery ``failed`` at once, the reason in its ``last_error``, and
+  the endpoint is left as it is (it answered on purpose, so it is not counted as failing).
 - ``rejected_unsafe`` (the URL now resolves to a refused address: DNS rebinding, a re-pointed record): the
   delivery ``failed`` and the endpoint is disabled (``unsafe_url``).
 - ``retry`` (any other status, 4xx and 5xx alike, redirects, timeouts, connection and DNS errors): the endpoint's
@@ -68,6 +71,12 @@ DISABLED_GONE: Final = "gone"
 DISABLED_FAILING: Final = "failing"
 DISABLED_UNSAFE: Final = "unsafe_url"
 
+# Svix's convention: a receiver answers ``webhook-delivery: abort`` (with any non-2xx status) to stop the
+# retries of one message, e.g. one it can never process, without disabling the endpoint.
+ABORT_HEADER: Final = "webhook-delivery"
+ABORT_VALUE: Final = "abort"
+ABORTED_ERROR: Final = "the receiver asked to stop retrying (webhook-delivery: abort)"
+
 
 class EndpointDisabledError(Exception):
     """A redelivery asked for while the delivery's endpoint is disabled (enable it first)."""
@@ -86,13 +95,18 @@ def failing_too_long(endpoint: WebhookEndpoint, *, now: datetime | None = None) 
     return (now or utcnow()) - endpoint.failing_since >= DISABLE_AFTER
 
 
-def classify_answer(status_code: int | None) -> DeliveryOutcome:
+def classify_answer(status_code: int | None, *, delivery_header: str | None = None) -> DeliveryOutcome:
     """How an attempt ended, from the receiver's HTTP status (None: no answer came).
 
     A 2xx within the timeout is delivered; 410 Gone is the receiver asking for no more (the endpoint gets
-    disabled); everything else (other 4xx, 5xx, redirects, which are never followed, and no answer at all:
-    timeouts, refused connections, DNS failures) is retried on the schedule. A URL refused by the safety
-    check never reaches the network (``rejected_unsafe``, decided by the sender).
+    disabled); any other answer with ``webhook-delivery: abort`` (:data:`ABORT_HEADER`, value compared without
+    case) is aborted (no retry of this delivery); everything else (other 4xx, 5xx, redirects, which are never
+    followed, and no answer at all: timeouts, refused connections, DNS failures) is retried on the schedule. A
+    URL refused by the safety check never reaches the network (``rejected_unsafe``, decided by the sender).
+
+    Args:
+        status_code: The answer's status, None when no answer came.
+        delivery_header: The answer's ``webhook-delivery`` header, if any.
     """
     if status_code is None:
         return DeliveryOutcome.RETRY
@@ -100,6 +114,8 @@ def classify_answer(status_code: int | None) -> DeliveryOutcome:
         return DeliveryOutcome.DELIVERED
     if status_code == 410:
         return DeliveryOutcome.GONE
+    if delivery_header is not None and delivery_header.strip().lower() == ABORT_VALUE:
+        return DeliveryOutcome.ABORTED
     return DeliveryOutcome.RETRY
 
 
@@ -400,6 +416,9 @@ def record_outcome(session: Session, inp: DeliverAttemptInput, result: DeliveryR
     if outcome is DeliveryOutcome.GONE:
         disabled = mark_gone(delivery.id, session=session, now=at)
         return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.GONE, disabled)
+    if outcome is DeliveryOutcome.ABORTED:
+        mark_failed(delivery.id, session=session, error=result.error)
+        return _done(DeliveryStatus.FAILED.value)
     reason = DISABLED_UNSAFE if outcome is DeliveryOutcome.REJECTED_UNSAFE else None
     if reason is None and failing_too_long(endpoint, now=at):
         reason = DISABLED_FAILING

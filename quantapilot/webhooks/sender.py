@@ -29,7 +29,7 @@ import aiohttp
 from yarl import URL
 
 from quantapilot.events.envelope import EventEnvelope
-from quantapilot.webhooks.delivery import classify_answer
+from quantapilot.webhooks.delivery import ABORT_HEADER, ABORTED_ERROR, classify_answer
 from quantapilot.webhooks.signing import signature_headers
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.urlsafety import Resolver, UnsafeUrlError, check_url
@@ -201,6 +201,7 @@ async def post_event(
     server_hostname = parsed.raw_host if parsed.scheme == "https" else None
     status: int | None = None
     retry_after: float | None = None
+    delivery_header: str | None = None
     latency_ms = 0.0
     started = time.perf_counter()
     try:
@@ -219,6 +220,7 @@ async def post_event(
                         status = response.status
                         latency_ms = _elapsed_ms(started)
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        delivery_header = response.headers.get(ABORT_HEADER)
                         # The status is what counts; a broken body only costs the keep-alive.
                         with contextlib.suppress(aiohttp.ClientError):
                             await response.content.read(_MAX_RESPONSE_BYTES)
@@ -239,7 +241,11 @@ async def post_event(
             return DeliveryResult(outcome=classify_answer(None), latency_ms=_elapsed_ms(started), error=_describe(exc))
 
     assert status is not None  # every path that leaves it None returned above
-    outcome = classify_answer(status)
+    outcome = classify_answer(status, delivery_header=delivery_header)
+    if outcome is DeliveryOutcome.ABORTED:
+        return DeliveryResult(
+            outcome=outcome, status_code=status, latency_ms=latency_ms, error=f"HTTP {status}: {ABORTED_ERROR}"
+        )
     if outcome is DeliveryOutcome.DELIVERED:
         return DeliveryResult(outcome=outcome, status_code=status, latency_ms=latency_ms)
     if outcome is DeliveryOutcome.GONE:

@@ -65,6 +65,7 @@ class DeliveryOutcome(StrEnum):
     RETRY = "retry"
     GONE = "gone"
     REJECTED_UNSAFE = "rejected_unsafe"
+    ABORTED = "aborted"
 
 
 class DeliveryResult(BaseModel):

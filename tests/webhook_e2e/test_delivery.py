@@ -313,3 +313,29 @@ async def test_webhooks_carry_the_triggers_trace_context(make_stack: StackFactor
         assert len(span_id) == 16
     # The trace id rides in the header only: the signed body stays the documented envelope.
     assert all("trace_id" not in r.event for r in receiver.delivered())
+
+
+async def test_webhooks_abort_header_stops_retrying_that_delivery(make_stack: StackFactory, receiver: Receiver) -> None:
+    async def refuse(request: web.Request, count: int) -> web.StreamResponse:
+        if request.headers["X-VC-Event-Type"] == "run.started":
+            return web.json_response({"error": "cannot process"}, status=422, headers={"webhook-delivery": "abort"})
+        return web.json_response({"ok": True})
+
+    receiver.behaviour = refuse
+    stack = await make_stack()
+    endpoint = await create_endpoint(stack.api, receiver.url())
+    await fast_run(stack.api)
+    rows = await wait_deliveries(
+        stack.api, endpoint["id"], lambda rs: len(rs) == 2 and all(r["status"] != "pending" for r in rs)
+    )
+    by_type = {r["event_type"]: r for r in rows}
+    aborted = by_type["run.started"]
+    assert aborted["status"] == "failed" and aborted["attempt_count"] == 1 and aborted["next_retry_at"] is None
+    assert [(a["outcome"], a["status_code"]) for a in aborted["attempts"]] == [("aborted", 422)]
+    assert aborted["last_error"] == "HTTP 422: the receiver asked to stop retrying (webhook-delivery: abort)"
+    assert by_type["run.failed"]["status"] == "delivered"
+    # Asked once, never again; and the endpoint is not counted as failing for answering on purpose.
+    await asyncio.sleep(0.5)
+    assert [r.event["type"] for r in receiver.received].count("run.started") == 1
+    code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
+    assert code == 200 and ep["enabled"] is True and ep["failing_since"] is None

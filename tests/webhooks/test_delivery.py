@@ -38,6 +38,24 @@ def test_delivery_classify_answer(status: int | None, outcome: DeliveryOutcome) 
     assert classify_answer(status) is outcome
 
 
+@pytest.mark.parametrize(
+    ("status", "header", "outcome"),
+    [
+        (400, "abort", DeliveryOutcome.ABORTED),
+        (500, " Abort ", DeliveryOutcome.ABORTED),
+        (429, "ABORT", DeliveryOutcome.ABORTED),
+        (500, "retry", DeliveryOutcome.RETRY),
+        (500, "", DeliveryOutcome.RETRY),
+        # A success is a success and 410 still disables the endpoint, whatever the header says.
+        (200, "abort", DeliveryOutcome.DELIVERED),
+        (410, "abort", DeliveryOutcome.GONE),
+        (None, "abort", DeliveryOutcome.RETRY),
+    ],
+)
+def test_delivery_classify_answer_abort_header(status: int | None, header: str, outcome: DeliveryOutcome) -> None:
+    assert classify_answer(status, delivery_header=header) is outcome
+
+
 def test_delivery_retry_delay_scaled_within_jitter() -> None:
     for index in (1, 5, MAX_ATTEMPTS - 1):
         delay = retry_delay(index, retry_scale=0.5, retry_after_s=None)

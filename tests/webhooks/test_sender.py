@@ -186,6 +186,14 @@ async def test_sender_410_is_gone(serve, session) -> None:
     assert result.status_code == 410
 
 
+async def test_sender_abort_header_stops_retrying(serve, session) -> None:
+    receiver = await serve(_status(422, {"webhook-delivery": "abort"}))
+    result = await post_event(session, receiver.url, b"{}", _signed(b"{}"), allow_private=True)
+    assert result.outcome is DeliveryOutcome.ABORTED
+    assert result.status_code == 422
+    assert result.error == "HTTP 422: the receiver asked to stop retrying (webhook-delivery: abort)"
+
+
 async def test_sender_retry_after_seconds_and_date(serve, session) -> None:
     receiver = await serve(_status(429, {"Retry-After": "120"}))
     result = await post_event(session, receiver.url, b"{}", _signed(b"{}"), allow_private=True)
