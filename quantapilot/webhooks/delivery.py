@@ -18,6 +18,11 @@ decides what follows:
   ``pending`` and waits on the retry schedule (:func:`retry_delay`), until :data:`~quantapilot.webhooks.schedule.
   MAX_ATTEMPTS` attempts give it up (``failed``).
 
+A ``retry`` answered ``429`` or ``503`` with ``Retry-After`` also throttles the endpoint
+(:func:`throttle_endpoint`): until that time no delivery of the endpoint is attempted; each one's next
+attempt answers ``throttled`` (nothing sent, nothing recorded, :data:`~quantapilot.webhooks.contracts.THROTTLED`)
+and its workflow waits out the rest and makes the same attempt then.
+
 Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
 or signing secret is missing (``failed``), that another workflow owns (``superseded``: a redelivery handed the
 row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
@@ -45,7 +50,7 @@ from quantapilot.db import utcnow
 from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing
-from quantapilot.webhooks.contracts import DeliverAttemptInput, DeliverAttemptResult
+from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
 from quantapilot.webhooks.endpoints import get_endpoint
 from quantapilot.webhooks.envelopes import disabled_envelope
@@ -76,6 +81,9 @@ DISABLED_UNSAFE: Final = "unsafe_url"
 ABORT_HEADER: Final = "webhook-delivery"
 ABORT_VALUE: Final = "abort"
 ABORTED_ERROR: Final = "the receiver asked to stop retrying (webhook-delivery: abort)"
+
+# The statuses whose Retry-After speaks for the whole endpoint (rate limited, overloaded), not one message.
+THROTTLE_STATUSES: Final = frozenset({429, 503})
 
 
 class EndpointDisabledError(Exception):
@@ -135,6 +143,32 @@ def retry_delay(schedule_index: int, *, retry_scale: float, retry_after_s: float
         # The receiver's wish is honoured as asked (not scaled), within the schedule's cap.
         delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
     return delay
+
+
+def throttle_endpoint(endpoint: WebhookEndpoint, result: DeliveryResult, *, now: datetime) -> bool:
+    """Hold all of an endpoint's deliveries after a ``429``/``503`` with ``Retry-After`` (flush is the caller's).
+
+    The wait is the receiver's, unscaled and capped like :func:`retry_delay`'s; a later, shorter answer never
+    shortens a throttle already set.
+
+    Returns:
+        True when the answer throttles the endpoint.
+    """
+    wait = result.retry_after_s
+    if result.status_code not in THROTTLE_STATUSES or wait is None or wait <= 0:
+        return False
+    until = now + timedelta(seconds=min(wait, RETRY_AFTER_CAP_S))
+    if endpoint.throttled_until is None or aware(endpoint.throttled_until) < until:
+        endpoint.throttled_until = until
+    return True
+
+
+def throttle_wait(endpoint: WebhookEndpoint, *, now: datetime) -> float | None:
+    """Seconds the endpoint's deliveries still wait (:func:`throttle_endpoint`), or None when not throttled."""
+    if endpoint.throttled_until is None:
+        return None
+    left = (aware(endpoint.throttled_until) - now).total_seconds()
+    return left if left > 0 else None
 
 
 # --- signing secrets: rotation overlap -----------------------------------------------------------------------
@@ -376,6 +410,14 @@ def prepare_attempt(
     if not endpoint.enabled:
         mark_disabled(delivery.id, session=session)
         return _done(DeliveryStatus.DISABLED.value)
+    at = utcnow()
+    wait = throttle_wait(endpoint, now=at)
+    if wait is not None:
+        # Not an attempt: nothing is sent or recorded; the log shows when it is due.
+        delivery.next_retry_at = at + timedelta(seconds=wait)
+        session.add(delivery)
+        session.flush()
+        return AttemptVerdict(DeliverAttemptResult(done=False, outcome=THROTTLED, delay_s=wait))
     secrets = active_secrets(endpoint.id, session=session, keyring=keyring)
     envelope = _event_envelope(session, delivery)
     if not secrets or envelope is None:
@@ -426,6 +468,8 @@ def record_outcome(session: Session, inp: DeliverAttemptInput, result: DeliveryR
         mark_failed(delivery.id, session=session, error=result.error)
         disabled = disable_endpoint(endpoint.id, session=session, reason=reason, now=at)
         return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.FAILED, disabled)
+    if throttle_endpoint(endpoint, result, now=at):
+        session.add(endpoint)
     delay = retry_delay(inp.schedule_index, retry_scale=inp.retry_scale, retry_after_s=result.retry_after_s)
     if delay is None:
         mark_failed(delivery.id, session=session, error=f"gave up after {inp.attempt} attempts: {result.error}")

@@ -339,3 +339,29 @@ async def test_webhooks_abort_header_stops_retrying_that_delivery(make_stack: St
     assert [r.event["type"] for r in receiver.received].count("run.started") == 1
     code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
     assert code == 200 and ep["enabled"] is True and ep["failing_since"] is None
+
+
+async def test_webhooks_429_retry_after_throttles_the_whole_endpoint(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    async def rate_limited(request: web.Request, count: int) -> web.StreamResponse:
+        if count == 1:
+            return web.json_response({"slow": "down"}, status=429, headers={"Retry-After": "3"})
+        return web.json_response({"ok": True})
+
+    receiver.behaviour = rate_limited
+    stack = await make_stack()
+    endpoint = await create_endpoint(stack.api, receiver.url(), events=["run.started"])
+    await fast_run(stack.api, "one")
+    await wait_deliveries(stack.api, endpoint["id"], lambda rs: len(rs) == 1 and rs[0]["attempt_count"] == 1)
+    code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
+    assert code == 200 and ep["throttled_until"] is not None
+    # Another delivery to the same endpoint, made while it is throttled, waits too (the schedule alone would
+    # send it at once) and keeps its attempt numbers: the wait was no attempt.
+    await fast_run(stack.api, "two")
+    rows = await wait_deliveries(stack.api, endpoint["id"], all_status("delivered", 2))
+    first, *rest = receiver.received
+    assert first.status == 429 and len(rest) == 2
+    assert all(r.at - first.at >= 3.0 for r in rest), [r.at - first.at for r in rest]
+    by_attempts = sorted((a["attempt"], a["outcome"], a["status_code"]) for r in rows for a in r["attempts"])
+    assert by_attempts == [(1, "delivered", 200), (1, "retry", 429), (2, "delivered", 200)]

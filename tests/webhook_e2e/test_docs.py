@@ -82,10 +82,14 @@ async def test_webhooks_doc_standard_webhooks_example_verifies(
     assert resp.status == 200
     resp = await client.post("/hooks/standard", data=body + b" ", headers=headers)
     assert resp.status == 401
-    # The plain secret is not the Standard Webhooks form: a receiver configured with it accepts nothing.
+    # The plain secret is not the Standard Webhooks form: a receiver configured with it accepts nothing (or the
+    # library already refuses to decode it: binascii.Error is a ValueError).
     plain = _python_blocks()[2].replace('Webhook("whsec_...")', f"Webhook({secret!r})")
     namespace = {}
-    exec(plain, namespace)  # noqa: S102 - the documented example itself is under test
+    try:
+        exec(plain, namespace)  # noqa: S102 - the documented example itself is under test
+    except ValueError:
+        return
     wrong = await aiohttp_client(namespace["app"])
     resp = await wrong.post("/hooks/standard", data=body, headers=headers)
     assert resp.status == 401
