@@ -29,6 +29,7 @@ from quantapilot.settings import Settings
 from quantapilot.webhooks import deliveries, endpoints
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.contracts import redelivery_workflow_id
+from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.starts import start_redelivery
 from quantapilot.webhooks.tables import (
     DeliveryStatus,
@@ -182,6 +183,12 @@ async def _cancel_quietly(client: Client, workflow_id: str) -> None:
         await client.get_workflow_handle(workflow_id).cancel()
 
 
+def _secret_forms(secret: str) -> dict[str, str]:
+    # Both forms of the one secret, in every answer that shows it: as it is (X-VC-Signature, qp webhooks listen)
+    # and as Standard Webhooks libraries take it (their key is the bytes it base64-decodes to).
+    return {"secret": secret, "standard_webhooks_secret": standard_secret(secret)}
+
+
 # ----- handlers ------------------------------------------------------------------------------------------------
 
 
@@ -199,7 +206,7 @@ async def create_endpoint(request: web.Request, call: Call) -> web.Response:
         keyring=request.app[KEYRING],
     )
     log.info("webhook endpoint %s created in workspace %s", view["id"], principal.workspace)
-    return web.json_response({**view, "secret": secret}, status=201, headers={"Cache-Control": "no-store"})
+    return web.json_response({**view, **_secret_forms(secret)}, status=201, headers={"Cache-Control": "no-store"})
 
 
 async def list_endpoints(request: web.Request, call: Call) -> web.Response:
@@ -258,7 +265,7 @@ async def rotate_secret(request: web.Request, call: Call) -> web.Response:
     return web.json_response(
         {
             "endpoint_id": request.match_info["endpoint_id"],
-            "secret": secret,
+            **_secret_forms(secret),
             "previous_secrets_expire_at": iso_timestamp(until),
         },
         headers={"Cache-Control": "no-store"},

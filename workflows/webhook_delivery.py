@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.webhooks import WebhookActivities
     from quantapilot.webhooks.contracts import (
         AMQP_PUBLISH_WORKFLOW,
+        THROTTLED,
         WEBHOOK_DELIVERY_WORKFLOW,
         AmqpPublishInput,
         DeliverAttemptInput,
@@ -79,7 +80,10 @@ class WebhookDeliveryWorkflow:
             if result.done:
                 return result.outcome
             await workflow.sleep(result.delay_s or 0.0)
-            attempt += 1
+            # A throttled endpoint made no attempt: the same one is made after the wait (histories recorded
+            # before throttling never return this outcome, so they replay unchanged).
+            if result.outcome != THROTTLED:
+                attempt += 1
 
 
 @workflow.defn(name=AMQP_PUBLISH_WORKFLOW)

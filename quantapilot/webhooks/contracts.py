@@ -6,7 +6,7 @@ I/O code. :func:`quantapilot.webhooks.starts.delivery_input` builds the delivery
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,11 @@ WEBHOOK_DELIVERY_WORKFLOW = "WebhookDelivery"
 AMQP_PUBLISH_WORKFLOW = "AmqpPublish"
 DELIVER_WEBHOOK = "deliver_webhook"
 PUBLISH_EVENT_AMQP = "publish_event_amqp"
+
+
+# The attempt was not made because the endpoint asked every delivery to wait (429/503 with Retry-After): the
+# workflow sleeps ``delay_s`` and retries with the same attempt number and schedule position.
+THROTTLED: Final = "throttled"
 
 
 def delivery_workflow_id(delivery_id: str) -> str:
@@ -71,7 +76,8 @@ class DeliverAttemptResult(_Model):
 
     Attributes:
         done: True when the delivery needs no further attempt (delivered, gone, given up, superseded...).
-        outcome: ``delivered``, ``gone``, ``failed``, ``disabled``, ``superseded``, ``missing`` or ``retry``.
+        outcome: ``delivered``, ``gone``, ``failed``, ``disabled``, ``superseded``, ``missing``, ``retry``, or
+            :data:`THROTTLED` (nothing was sent: the endpoint is throttled; wait and make the same attempt).
         delay_s: Seconds to wait before the next attempt when not done.
     """
 

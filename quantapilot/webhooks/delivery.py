@@ -7,6 +7,9 @@ decides what follows:
 - ``delivered`` (a 2xx within the timeout): the delivery is ``delivered`` and the endpoint's failing streak
   ends (``failing_since`` cleared).
 - ``gone`` (410): the delivery is ``gone`` and the endpoint is disabled at once (reason ``gone``).
+- ``aborted`` (a non-2xx answer carrying ``webhook-delivery: abort``, :data:`ABORT_HEADER`): the receiver
+  asks us to stop retrying this message; the delivery ``failed`` at once, the reason in its ``last_error``, and
+  the endpoint is left as it is (it answered on purpose, so it is not counted as failing).
 - ``rejected_unsafe`` (the URL now resolves to a refused address: DNS rebinding, a re-pointed record): the
   delivery ``failed`` and the endpoint is disabled (``unsafe_url``).
 - ``retry`` (any other status, 4xx and 5xx alike, redirects, timeouts, connection and DNS errors): the endpoint's
@@ -14,6 +17,11 @@ decides what follows:
   (:func:`failing_too_long`) is disabled (``failing``) and the delivery ``failed``; otherwise the delivery stays
   ``pending`` and waits on the retry schedule (:func:`retry_delay`), until :data:`~quantapilot.webhooks.schedule.
   MAX_ATTEMPTS` attempts give it up (``failed``).
+
+A ``retry`` answered ``429`` or ``503`` with ``Retry-After`` also throttles the endpoint
+(:func:`throttle_endpoint`): until that time no delivery of the endpoint is attempted; each one's next
+attempt answers ``throttled`` (nothing sent, nothing recorded, :data:`~quantapilot.webhooks.contracts.THROTTLED`)
+and its workflow waits out the rest and makes the same attempt then.
 
 Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
 or signing secret is missing (``failed``), that another workflow owns (``superseded``: a redelivery handed the
@@ -42,7 +50,7 @@ from quantapilot.db import utcnow
 from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing
-from quantapilot.webhooks.contracts import DeliverAttemptInput, DeliverAttemptResult
+from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
 from quantapilot.webhooks.endpoints import get_endpoint
 from quantapilot.webhooks.envelopes import disabled_envelope
@@ -68,6 +76,15 @@ DISABLED_GONE: Final = "gone"
 DISABLED_FAILING: Final = "failing"
 DISABLED_UNSAFE: Final = "unsafe_url"
 
+# Svix's convention: a receiver answers ``webhook-delivery: abort`` (with any non-2xx status) to stop the
+# retries of one message, e.g. one it can never process, without disabling the endpoint.
+ABORT_HEADER: Final = "webhook-delivery"
+ABORT_VALUE: Final = "abort"
+ABORTED_ERROR: Final = "the receiver asked to stop retrying (webhook-delivery: abort)"
+
+# The statuses whose Retry-After speaks for the whole endpoint (rate limited, overloaded), not one message.
+THROTTLE_STATUSES: Final = frozenset({429, 503})
+
 
 class EndpointDisabledError(Exception):
     """A redelivery asked for while the delivery's endpoint is disabled (enable it first)."""
@@ -86,13 +103,18 @@ def failing_too_long(endpoint: WebhookEndpoint, *, now: datetime | None = None) 
     return (now or utcnow()) - endpoint.failing_since >= DISABLE_AFTER
 
 
-def classify_answer(status_code: int | None) -> DeliveryOutcome:
+def classify_answer(status_code: int | None, *, delivery_header: str | None = None) -> DeliveryOutcome:
     """How an attempt ended, from the receiver's HTTP status (None: no answer came).
 
     A 2xx within the timeout is delivered; 410 Gone is the receiver asking for no more (the endpoint gets
-    disabled); everything else (other 4xx, 5xx, redirects, which are never followed, and no answer at all:
-    timeouts, refused connections, DNS failures) is retried on the schedule. A URL refused by the safety
-    check never reaches the network (``rejected_unsafe``, decided by the sender).
+    disabled); any other answer with ``webhook-delivery: abort`` (:data:`ABORT_HEADER`, value compared without
+    case) is aborted (no retry of this delivery); everything else (other 4xx, 5xx, redirects, which are never
+    followed, and no answer at all: timeouts, refused connections, DNS failures) is retried on the schedule. A
+    URL refused by the safety check never reaches the network (``rejected_unsafe``, decided by the sender).
+
+    Args:
+        status_code: The answer's status, None when no answer came.
+        delivery_header: The answer's ``webhook-delivery`` header, if any.
     """
     if status_code is None:
         return DeliveryOutcome.RETRY
@@ -100,6 +122,8 @@ def classify_answer(status_code: int | None) -> DeliveryOutcome:
         return DeliveryOutcome.DELIVERED
     if status_code == 410:
         return DeliveryOutcome.GONE
+    if delivery_header is not None and delivery_header.strip().lower() == ABORT_VALUE:
+        return DeliveryOutcome.ABORTED
     return DeliveryOutcome.RETRY
 
 
@@ -119,6 +143,32 @@ def retry_delay(schedule_index: int, *, retry_scale: float, retry_after_s: float
         # The receiver's wish is honoured as asked (not scaled), within the schedule's cap.
         delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
     return delay
+
+
+def throttle_endpoint(endpoint: WebhookEndpoint, result: DeliveryResult, *, now: datetime) -> bool:
+    """Hold all of an endpoint's deliveries after a ``429``/``503`` with ``Retry-After`` (flush is the caller's).
+
+    The wait is the receiver's, unscaled and capped like :func:`retry_delay`'s; a later, shorter answer never
+    shortens a throttle already set.
+
+    Returns:
+        True when the answer throttles the endpoint.
+    """
+    wait = result.retry_after_s
+    if result.status_code not in THROTTLE_STATUSES or wait is None or wait <= 0:
+        return False
+    until = now + timedelta(seconds=min(wait, RETRY_AFTER_CAP_S))
+    if endpoint.throttled_until is None or aware(endpoint.throttled_until) < until:
+        endpoint.throttled_until = until
+    return True
+
+
+def throttle_wait(endpoint: WebhookEndpoint, *, now: datetime) -> float | None:
+    """Seconds the endpoint's deliveries still wait (:func:`throttle_endpoint`), or None when not throttled."""
+    if endpoint.throttled_until is None:
+        return None
+    left = (aware(endpoint.throttled_until) - now).total_seconds()
+    return left if left > 0 else None
 
 
 # --- signing secrets: rotation overlap -----------------------------------------------------------------------
@@ -360,6 +410,14 @@ def prepare_attempt(
     if not endpoint.enabled:
         mark_disabled(delivery.id, session=session)
         return _done(DeliveryStatus.DISABLED.value)
+    at = utcnow()
+    wait = throttle_wait(endpoint, now=at)
+    if wait is not None:
+        # Not an attempt: nothing is sent or recorded; the log shows when it is due.
+        delivery.next_retry_at = at + timedelta(seconds=wait)
+        session.add(delivery)
+        session.flush()
+        return AttemptVerdict(DeliverAttemptResult(done=False, outcome=THROTTLED, delay_s=wait))
     secrets = active_secrets(endpoint.id, session=session, keyring=keyring)
     envelope = _event_envelope(session, delivery)
     if not secrets or envelope is None:
@@ -400,6 +458,9 @@ def record_outcome(session: Session, inp: DeliverAttemptInput, result: DeliveryR
     if outcome is DeliveryOutcome.GONE:
         disabled = mark_gone(delivery.id, session=session, now=at)
         return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.GONE, disabled)
+    if outcome is DeliveryOutcome.ABORTED:
+        mark_failed(delivery.id, session=session, error=result.error)
+        return _done(DeliveryStatus.FAILED.value)
     reason = DISABLED_UNSAFE if outcome is DeliveryOutcome.REJECTED_UNSAFE else None
     if reason is None and failing_too_long(endpoint, now=at):
         reason = DISABLED_FAILING
@@ -407,6 +468,8 @@ def record_outcome(session: Session, inp: DeliverAttemptInput, result: DeliveryR
         mark_failed(delivery.id, session=session, error=result.error)
         disabled = disable_endpoint(endpoint.id, session=session, reason=reason, now=at)
         return _after_disable(session, endpoint, delivery, inp.attempt, DeliveryStatus.FAILED, disabled)
+    if throttle_endpoint(endpoint, result, now=at):
+        session.add(endpoint)
     delay = retry_delay(inp.schedule_index, retry_scale=inp.retry_scale, retry_after_s=result.retry_after_s)
     if delay is None:
         mark_failed(delivery.id, session=session, error=f"gave up after {inp.attempt} attempts: {result.error}")

@@ -30,8 +30,8 @@ from yarl import URL
 
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.tracing import current_span_id
-from quantapilot.webhooks.delivery import classify_answer
-from quantapilot.webhooks.signing import SIGNATURE_HEADER, sign
+from quantapilot.webhooks.delivery import ABORT_HEADER, ABORTED_ERROR, classify_answer
+from quantapilot.webhooks.signing import signature_headers
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 from quantapilot.webhooks.urlsafety import Resolver, UnsafeUrlError, check_url
 
@@ -57,20 +57,20 @@ USER_AGENT = f"quantapilot-webhooks/{_version()}"
 _TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
-def build_headers(*, event_id: str, event_type: str, attempt: int, signature: str) -> dict[str, str]:
+def build_headers(*, event_id: str, event_type: str, attempt: int, signatures: Mapping[str, str]) -> dict[str, str]:
     """Build the request headers of a webhook delivery.
 
     Args:
         event_id: The event id (consumers drop duplicates by it).
         event_type: The dotted event type.
         attempt: Attempt number, from 1.
-        signature: The ``X-VC-Signature`` value from :func:`quantapilot.webhooks.signing.sign`.
+        signatures: The signature headers from :func:`quantapilot.webhooks.signing.signature_headers`.
 
     Returns:
         The headers.
     """
     return {
-        SIGNATURE_HEADER: signature,
+        **signatures,
         EVENT_ID_HEADER: event_id,
         EVENT_TYPE_HEADER: event_type,
         ATTEMPT_HEADER: str(attempt),
@@ -95,8 +95,9 @@ def prepare_request(
         ``(body, headers)``.
     """
     body = envelope.to_body()
-    signature = sign(secrets, body, timestamp=int(time.time()) if timestamp is None else timestamp)
-    headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signature=signature)
+    signed_at = int(time.time()) if timestamp is None else timestamp
+    signatures = signature_headers(secrets, body, msg_id=envelope.id, timestamp=signed_at)
+    headers = build_headers(event_id=envelope.id, event_type=envelope.type, attempt=attempt, signatures=signatures)
     if envelope.trace_id and _TRACE_ID_RE.match(envelope.trace_id):
         # In the run's trace (W3C Trace Context, sampled): the parent is the delivering activity's span when
         # tracing is on and it is in that trace, else a fresh span id per attempt.
@@ -203,6 +204,7 @@ async def post_event(
     server_hostname = parsed.raw_host if parsed.scheme == "https" else None
     status: int | None = None
     retry_after: float | None = None
+    delivery_header: str | None = None
     latency_ms = 0.0
     started = time.perf_counter()
     try:
@@ -221,6 +223,7 @@ async def post_event(
                         status = response.status
                         latency_ms = _elapsed_ms(started)
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        delivery_header = response.headers.get(ABORT_HEADER)
                         # The status is what counts; a broken body only costs the keep-alive.
                         with contextlib.suppress(aiohttp.ClientError):
                             await response.content.read(_MAX_RESPONSE_BYTES)
@@ -241,7 +244,11 @@ async def post_event(
             return DeliveryResult(outcome=classify_answer(None), latency_ms=_elapsed_ms(started), error=_describe(exc))
 
     assert status is not None  # every path that leaves it None returned above
-    outcome = classify_answer(status)
+    outcome = classify_answer(status, delivery_header=delivery_header)
+    if outcome is DeliveryOutcome.ABORTED:
+        return DeliveryResult(
+            outcome=outcome, status_code=status, latency_ms=latency_ms, error=f"HTTP {status}: {ABORTED_ERROR}"
+        )
     if outcome is DeliveryOutcome.DELIVERED:
         return DeliveryResult(outcome=outcome, status_code=status, latency_ms=latency_ms)
     if outcome is DeliveryOutcome.GONE:

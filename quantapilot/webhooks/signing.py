@@ -1,15 +1,23 @@
-"""Webhook request signatures: ``X-VC-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]``.
+"""Webhook request signatures: ``X-VC-Signature`` and the Standard Webhooks headers, built in one place.
 
-The signed payload is ``f"{t}."`` followed by the raw request body, authenticated with HMAC-SHA256 under
-the endpoint's secret. During a secret rotation every still-valid secret contributes one ``v1=`` entry, so a
-consumer holding either the old or the new secret accepts the request.
+Every delivery carries two signatures of the same body at the same Unix timestamp (:func:`signature_headers`):
 
-Consumers verify with :func:`verify_signature`; it is deliberately dependency-free so it can be copied into a
-receiver verbatim.
+- ``X-VC-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]``: HMAC-SHA256 of ``f"{t}."`` followed by the raw body,
+  keyed with the endpoint's secret string (its UTF-8 bytes); the format Stripe's verifier reads. Consumers
+  verify with :func:`verify_signature`, deliberately dependency-free so it can be copied into a receiver.
+- Standard Webhooks (https://www.standardwebhooks.com): ``webhook-id`` (the event id, stable across retries,
+  so consumers drop duplicates by it), ``webhook-timestamp`` (the same ``t``) and ``webhook-signature:
+  v1,<base64 HMAC-SHA256 of f"{id}.{t}." + body>[ v1,<...>...]``. Its key is the same secret bytes; a
+  Standard Webhooks library takes them as ``"whsec_" + base64(key)``, which :func:`standard_secret` gives
+  (the mapping lives only in :func:`standard_key`).
+
+During a secret rotation every still-valid secret contributes one ``v1`` entry to each header, so a consumer
+holding either the old or the new secret accepts the request.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets as _secrets
@@ -17,6 +25,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 SIGNATURE_HEADER = "X-VC-Signature"
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a public prefix, not a secret
 SIGNATURE_SCHEME = "v1"
 DEFAULT_TOLERANCE_S = 300.0
@@ -58,6 +69,77 @@ def sign(secrets: Sequence[str], body: bytes, *, timestamp: int) -> str:
     parts = [f"t={int(timestamp)}"]
     parts.extend(f"{SIGNATURE_SCHEME}={_digest(secret, int(timestamp), body)}" for secret in secrets)
     return ",".join(parts)
+
+
+def standard_key(secret: str) -> bytes:
+    """The Standard Webhooks HMAC key of an endpoint secret: the secret string's UTF-8 bytes.
+
+    The one definition of the mapping. It is the key ``X-VC-Signature`` uses too, so one stored secret serves
+    both schemes. The secret as shown (``whsec_`` followed by URL-safe base64) is NOT the Standard Webhooks
+    form: a Standard Webhooks library would base64-decode it into other bytes; hand it :func:`standard_secret`.
+    """
+    return secret.encode()
+
+
+def standard_secret(secret: str) -> str:
+    """The form of an endpoint secret that Standard Webhooks libraries take: ``"whsec_" + base64(key)``.
+
+    Args:
+        secret: The endpoint secret (as returned when created or rotated).
+
+    Returns:
+        ``"whsec_"`` followed by the standard (padded) base64 of :func:`standard_key`; decoding it yields exactly
+        the key deliveries are signed with.
+    """
+    return SECRET_PREFIX + base64.b64encode(standard_key(secret)).decode("ascii")
+
+
+def sign_standard(secrets: Sequence[str], body: bytes, *, msg_id: str, timestamp: int) -> str:
+    """Build the Standard Webhooks ``webhook-signature`` value for ``body``.
+
+    Args:
+        secrets: The endpoint's valid secrets, newest first; one ``v1,`` entry is written per secret.
+        body: The exact request body bytes that will be sent.
+        msg_id: The ``webhook-id`` value (the event id).
+        timestamp: The ``webhook-timestamp`` value, Unix seconds.
+
+    Returns:
+        ``v1,<base64>[ v1,<base64>...]`` (space separated, as the specification says).
+
+    Raises:
+        ValueError: If ``secrets`` is empty.
+    """
+    if not secrets:
+        raise ValueError("at least one secret is required to sign")
+    signed = f"{msg_id}.{int(timestamp)}.".encode() + body
+    entries = (
+        base64.b64encode(hmac.new(standard_key(secret), signed, hashlib.sha256).digest()).decode("ascii")
+        for secret in secrets
+    )
+    return " ".join(f"{SIGNATURE_SCHEME},{entry}" for entry in entries)
+
+
+def signature_headers(secrets: Sequence[str], body: bytes, *, msg_id: str, timestamp: int) -> dict[str, str]:
+    """All the signature headers of one delivery attempt: ``X-VC-Signature`` and the Standard Webhooks three.
+
+    Args:
+        secrets: The endpoint's valid secrets, newest first (each signs in both schemes).
+        body: The exact request body bytes that will be sent.
+        msg_id: The event id (``webhook-id``; the same on every attempt).
+        timestamp: Signing time as Unix seconds, shared by both schemes.
+
+    Returns:
+        The four headers.
+
+    Raises:
+        ValueError: If ``secrets`` is empty.
+    """
+    return {
+        SIGNATURE_HEADER: sign(secrets, body, timestamp=timestamp),
+        STANDARD_ID_HEADER: msg_id,
+        STANDARD_TIMESTAMP_HEADER: str(int(timestamp)),
+        STANDARD_SIGNATURE_HEADER: sign_standard(secrets, body, msg_id=msg_id, timestamp=timestamp),
+    }
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -65,6 +65,7 @@ class DeliveryOutcome(StrEnum):
     RETRY = "retry"
     GONE = "gone"
     REJECTED_UNSAFE = "rejected_unsafe"
+    ABORTED = "aborted"
 
 
 class DeliveryResult(BaseModel):
@@ -93,7 +94,9 @@ class WebhookEndpoint(SQLModel, table=True):
 
     Empty filter lists mean "all". ``failing_since`` is when deliveries started failing without a success in
     between; after :data:`~quantapilot.webhooks.schedule.DISABLE_AFTER` the endpoint is disabled
-    (:func:`quantapilot.webhooks.delivery.failing_too_long`).
+    (:func:`quantapilot.webhooks.delivery.failing_too_long`). ``throttled_until`` is set by a ``429``/``503``
+    answer with ``Retry-After``: until then none of the endpoint's deliveries is attempted
+    (:func:`quantapilot.webhooks.delivery.throttle_endpoint`).
     """
 
     __tablename__ = "webhook_endpoints"
@@ -110,6 +113,7 @@ class WebhookEndpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     failing_since: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    throttled_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class WebhookSecret(SQLModel, table=True):

@@ -33,6 +33,7 @@ def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
         "failing_since": iso_timestamp(endpoint.failing_since),
+        "throttled_until": iso_timestamp(endpoint.throttled_until),
         "created_at": iso_timestamp(endpoint.created_at),
         "updated_at": iso_timestamp(endpoint.updated_at),
     }

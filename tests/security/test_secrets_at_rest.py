@@ -31,6 +31,7 @@ from quantapilot.secretbox import (
 )
 from quantapilot.settings import Settings
 from quantapilot.webhooks import sign, verify_signature
+from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.signing_secrets import reveal_secret
 from quantapilot.webhooks.tables import WebhookSecret
 from tests.conftest import ApiFactory
@@ -100,6 +101,8 @@ async def test_secrets_database_dump_cannot_sign_a_webhook(
     everything = json.dumps(rows)
     assert secret not in everything
     assert secret.removeprefix("whsec_") not in everything
+    # Nor its Standard Webhooks form (derived in the answer, never stored).
+    assert endpoint["standard_webhooks_secret"].removeprefix("whsec_") not in everything
     assert hook_settings.secret_key is not None
     key = parse_key(hook_settings.secret_key, source="test")
     assert hook_settings.secret_key not in everything and key.hex() not in everything
@@ -108,6 +111,8 @@ async def test_secrets_database_dump_cannot_sign_a_webhook(
 
     # A receiver that only knows the dumped value rejects the real delivery ...
     assert not verify_signature(dumped, delivery.headers, delivery.body)
+    assert delivery.verified_standard(endpoint["standard_webhooks_secret"])
+    assert not delivery.verified_standard(standard_secret(dumped))
     # ... and a webhook the thief signs with it fails at the real receiver.
     forged = json.dumps({**delivery.event, "type": "run.completed"}).encode()
     header = sign([dumped], forged, timestamp=int(time.time()))

@@ -11,10 +11,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import standardwebhooks
+import stripe
 from aiohttp import web
 
 from quantapilot.settings import Settings
 from quantapilot.webhooks import verify_signature
+from quantapilot.webhooks.signing import SIGNATURE_HEADER
 from tests.support import Api, eventually
 
 # A repository URL the test worker refuses at once (only file:// is allowed): the run records run.started and
@@ -41,6 +44,22 @@ class Received:
     def verified(self, secret: str) -> bool:
         """Whether ``secret`` verifies the request's signature."""
         return verify_signature(secret, self.headers, self.body)
+
+    def verified_standard(self, whsec: str) -> bool:
+        """Whether the Standard Webhooks reference implementation accepts the request under ``whsec``."""
+        try:
+            standardwebhooks.Webhook(whsec).verify(self.body, self.headers)
+        except standardwebhooks.WebhookVerificationError:
+            return False
+        return True
+
+    def verified_stripe(self, secret: str) -> bool:
+        """Whether Stripe's verifier accepts the request's ``X-VC-Signature`` under ``secret``."""
+        try:
+            stripe.WebhookSignature.verify_header(self.body, self.headers.get(SIGNATURE_HEADER), secret, tolerance=300)
+        except stripe.SignatureVerificationError:
+            return False
+        return True
 
 
 Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]

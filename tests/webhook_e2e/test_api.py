@@ -14,8 +14,9 @@ from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
 from quantapilot.tokens import ALL_SCOPES, create_token
-from quantapilot.webhooks.signing import parse_signature_header
+from quantapilot.webhooks.signing import parse_signature_header, standard_secret
 from quantapilot.webhooks.tables import WebhookSecret
+from schemas import validator
 from tests.conftest import ApiFactory
 from tests.support import Api, JsonLogLines, captured_json_logs
 from tests.webhook_e2e.conftest import StackFactory
@@ -44,6 +45,10 @@ async def test_webhooks_api_crud_never_shows_secret_again(make_stack: StackFacto
     )
     secret = created["secret"]
     assert secret.startswith("whsec_")
+    # The Standard Webhooks form of the same secret, shown with it (and like it, this once).
+    standard = created["standard_webhooks_secret"]
+    assert standard == standard_secret(secret) and standard != secret
+    assert list(validator("api.schema.json", "WebhookEndpointCreated").iter_errors(created)) == []
     assert created["events"] == ["run.started", "gate.decided", "run.failed"]
     assert created["repositories"] == ["https://git.example.test/team/repo"]
     assert created["enabled"] is True and created["disabled_reason"] is None
@@ -53,6 +58,7 @@ async def test_webhooks_api_crud_never_shows_secret_again(make_stack: StackFacto
     code, one = await api.get(f"/v1/webhooks/endpoints/{created['id']}")
     assert code == 200 and "secret" not in one
     assert secret not in str(listed) and secret not in str(one)
+    assert "standard_webhooks_secret" not in one and standard not in str(listed) and standard not in str(one)
 
     resp = await api.client.patch(
         f"/v1/webhooks/endpoints/{created['id']}",
@@ -62,11 +68,13 @@ async def test_webhooks_api_crud_never_shows_secret_again(make_stack: StackFacto
     body = await resp.json()
     assert resp.status == 200, body
     assert body["events"] == [] and body["enabled"] is False and body["disabled_reason"] == "disabled by user"
-    assert secret not in str(body)
+    assert secret not in str(body) and standard not in str(body)
 
     code, rotated = await api.post(f"/v1/webhooks/endpoints/{created['id']}/rotate-secret")
     assert code == 200 and rotated["secret"].startswith("whsec_") and rotated["secret"] != secret
     assert rotated["previous_secrets_expire_at"].endswith("Z")
+    assert rotated["standard_webhooks_secret"] == standard_secret(rotated["secret"])
+    assert list(validator("api.schema.json", "WebhookSecretRotated").iter_errors(rotated)) == []
 
     resp = await api.client.delete(f"/v1/webhooks/endpoints/{created['id']}", headers=api.headers())
     assert resp.status == 204
@@ -152,10 +160,10 @@ async def test_webhooks_rotation_signs_with_both_then_only_new(
     stack = await make_stack()
     api = stack.api
     endpoint = await create_endpoint(api, receiver.url(), events=["run.started"])
-    old = endpoint["secret"]
+    old, old_standard = endpoint["secret"], endpoint["standard_webhooks_secret"]
     code, rotated = await api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/rotate-secret")
     assert code == 200
-    new = rotated["secret"]
+    new, new_standard = rotated["secret"], rotated["standard_webhooks_secret"]
 
     await fast_run(api, "one")
     await wait_deliveries(api, endpoint["id"], all_status("delivered", 1))
@@ -164,6 +172,10 @@ async def test_webhooks_rotation_signs_with_both_then_only_new(
     assert parsed is not None and len(parsed[1]) == 2
     # Consumers holding either secret accept it during the overlap.
     assert during.verified(old) and during.verified(new)
+    assert during.verified_stripe(old) and during.verified_stripe(new)
+    # Standard Webhooks: one space-separated v1 entry per secret; the reference library accepts either secret.
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert during.verified_standard(old_standard) and during.verified_standard(new_standard)
 
     # The overlap ends (24 hours later, here by moving the old secret's expiry into the past).
     with Session(engine) as session:
@@ -179,6 +191,8 @@ async def test_webhooks_rotation_signs_with_both_then_only_new(
     parsed = parse_signature_header(after.headers["X-VC-Signature"])
     assert parsed is not None and len(parsed[1]) == 1
     assert after.verified(new) and not after.verified(old)
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    assert after.verified_standard(new_standard) and not after.verified_standard(old_standard)
 
 
 async def test_webhooks_redelivery_sends_same_event_again(make_stack: StackFactory, receiver: Receiver) -> None:
@@ -198,6 +212,9 @@ async def test_webhooks_redelivery_sends_same_event_again(make_stack: StackFacto
     assert first.event == second.event  # the same event, byte for byte apart from the signature time
     assert (first.headers["X-VC-Delivery-Attempt"], second.headers["X-VC-Delivery-Attempt"]) == ("1", "2")
     assert second.verified(endpoint["secret"])
+    # webhook-id is the event id on every send, so Standard Webhooks consumers drop the duplicate.
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == first.event["id"]
+    assert second.verified_standard(standard_secret(endpoint["secret"]))
     code, one = await api.get(f"/v1/webhooks/deliveries/{row['id']}")
     assert code == 200 and [a["attempt"] for a in one["attempts"]] == [1, 2]
     code, body = await api.post("/v1/webhooks/deliveries/wd_unknown/redeliver")

@@ -6,20 +6,22 @@ precision; the workflow's loop is covered by the other tests, the last attempt's
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 from temporalio.testing import ActivityEnvironment
 
 from activities.webhooks import WebhookActivities
-from quantapilot.db import session_scope
+from quantapilot.db import session_scope, utcnow
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
-from quantapilot.webhooks.contracts import DeliverAttemptInput, delivery_workflow_id
+from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, delivery_workflow_id
 from quantapilot.webhooks.deliveries import list_attempts
 from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.fanout import fan_out
-from quantapilot.webhooks.tables import WebhookDelivery
+from quantapilot.webhooks.tables import WebhookDelivery, WebhookEndpoint
 from tests.webhook_e2e.support import Receiver
 
 
@@ -55,6 +57,14 @@ def _input(delivery_id: str, *, attempt: int, index: int) -> DeliverAttemptInput
     )
 
 
+def _throttle_passes(engine: Engine) -> None:
+    # The Retry-After wait is over (here by moving the endpoint's throttle into the past).
+    with session_scope(engine) as session:
+        for endpoint in session.scalars(select(WebhookEndpoint)):
+            endpoint.throttled_until = utcnow() - timedelta(seconds=1)
+            session.add(endpoint)
+
+
 async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engine: Engine) -> None:
     async def busy(request: web.Request, count: int) -> web.StreamResponse:
         return web.Response(status=503, headers={"Retry-After": "99999"})
@@ -67,8 +77,14 @@ async def test_webhooks_attempt_schedule_then_gives_up(settings: Settings, engin
             first = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=1, index=1))
             # Retry-After is honoured up to the six-hour cap.
             assert not first.done and first.delay_s == 6 * 3600.0
+            # A 503 with Retry-After also throttles the endpoint: an attempt made before then sends nothing.
+            early = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=2, index=2))
+            assert (early.done, early.outcome, len(receiver.received)) == (False, THROTTLED, 1)
+            assert early.delay_s is not None and 6 * 3600.0 - 60 < early.delay_s <= 6 * 3600.0
+            _throttle_passes(engine)
             middle = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=24, index=24))
             assert not middle.done and middle.delay_s == 6 * 3600.0
+            _throttle_passes(engine)
             last = await env.run(activities.deliver_webhook, _input(delivery_id, attempt=25, index=25))
             assert last.done and last.outcome == "failed"
             # Once settled, a repeated attempt (an activity retry) sends nothing.

@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from quantapilot.db import utcnow
 from quantapilot.webhooks.sender import ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, USER_AGENT
+from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.tables import WebhookEndpoint
 from tests.support import make_remote
 from tests.webhook_e2e.conftest import StackFactory
@@ -49,6 +50,13 @@ async def test_webhooks_signed_envelope_matches_event_log(make_stack: StackFacto
         request = got[event["id"]]
         assert request.verified(endpoint["secret"])
         assert not request.verified("whsec_someone-else")
+        # The reference verifiers accept the very same request: Stripe's for X-VC-Signature, Standard
+        # Webhooks' own for webhook-signature, whose webhook-id is the event id.
+        assert request.verified_stripe(endpoint["secret"]) and not request.verified_stripe("whsec_someone-else")
+        assert request.verified_standard(endpoint["standard_webhooks_secret"])
+        assert not request.verified_standard(standard_secret("whsec_someone-else"))
+        assert request.headers["webhook-id"] == event["id"]
+        assert request.headers["webhook-timestamp"] == request.headers["X-VC-Signature"].split(",")[0][2:]
         assert request.headers[EVENT_ID_HEADER] == event["id"]
         assert request.headers[EVENT_TYPE_HEADER] == event["type"]
         assert request.headers[ATTEMPT_HEADER] == "1"
@@ -149,6 +157,9 @@ async def test_webhooks_500_then_200_honours_retry_after(make_stack: StackFactor
     # The schedule alone would wait ~20 ms; the receiver asked for a second.
     assert second.at - first.at >= 1.0
     assert first.verified(endpoint["secret"]) and second.verified(endpoint["secret"])
+    # A retry keeps its webhook-id (consumers dedupe by it) and is signed afresh.
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == first.event["id"]
+    assert second.verified_standard(standard_secret(endpoint["secret"]))
 
 
 async def test_webhooks_gone_disables_endpoint_and_announces_it(make_stack: StackFactory, receiver: Receiver) -> None:
@@ -302,3 +313,55 @@ async def test_webhooks_carry_the_triggers_trace_context(make_stack: StackFactor
         assert len(span_id) == 16
     # The trace id rides in the header only: the signed body stays the documented envelope.
     assert all("trace_id" not in r.event for r in receiver.delivered())
+
+
+async def test_webhooks_abort_header_stops_retrying_that_delivery(make_stack: StackFactory, receiver: Receiver) -> None:
+    async def refuse(request: web.Request, count: int) -> web.StreamResponse:
+        if request.headers["X-VC-Event-Type"] == "run.started":
+            return web.json_response({"error": "cannot process"}, status=422, headers={"webhook-delivery": "abort"})
+        return web.json_response({"ok": True})
+
+    receiver.behaviour = refuse
+    stack = await make_stack()
+    endpoint = await create_endpoint(stack.api, receiver.url())
+    await fast_run(stack.api)
+    rows = await wait_deliveries(
+        stack.api, endpoint["id"], lambda rs: len(rs) == 2 and all(r["status"] != "pending" for r in rs)
+    )
+    by_type = {r["event_type"]: r for r in rows}
+    aborted = by_type["run.started"]
+    assert aborted["status"] == "failed" and aborted["attempt_count"] == 1 and aborted["next_retry_at"] is None
+    assert [(a["outcome"], a["status_code"]) for a in aborted["attempts"]] == [("aborted", 422)]
+    assert aborted["last_error"] == "HTTP 422: the receiver asked to stop retrying (webhook-delivery: abort)"
+    assert by_type["run.failed"]["status"] == "delivered"
+    # Asked once, never again; and the endpoint is not counted as failing for answering on purpose.
+    await asyncio.sleep(0.5)
+    assert [r.event["type"] for r in receiver.received].count("run.started") == 1
+    code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
+    assert code == 200 and ep["enabled"] is True and ep["failing_since"] is None
+
+
+async def test_webhooks_429_retry_after_throttles_the_whole_endpoint(
+    make_stack: StackFactory, receiver: Receiver
+) -> None:
+    async def rate_limited(request: web.Request, count: int) -> web.StreamResponse:
+        if count == 1:
+            return web.json_response({"slow": "down"}, status=429, headers={"Retry-After": "3"})
+        return web.json_response({"ok": True})
+
+    receiver.behaviour = rate_limited
+    stack = await make_stack()
+    endpoint = await create_endpoint(stack.api, receiver.url(), events=["run.started"])
+    await fast_run(stack.api, "one")
+    await wait_deliveries(stack.api, endpoint["id"], lambda rs: len(rs) == 1 and rs[0]["attempt_count"] == 1)
+    code, ep = await stack.api.get(f"/v1/webhooks/endpoints/{endpoint['id']}")
+    assert code == 200 and ep["throttled_until"] is not None
+    # Another delivery to the same endpoint, made while it is throttled, waits too (the schedule alone would
+    # send it at once) and keeps its attempt numbers: the wait was no attempt.
+    await fast_run(stack.api, "two")
+    rows = await wait_deliveries(stack.api, endpoint["id"], all_status("delivered", 2))
+    first, *rest = receiver.received
+    assert first.status == 429 and len(rest) == 2
+    assert all(r.at - first.at >= 3.0 for r in rest), [r.at - first.at for r in rest]
+    by_attempts = sorted((a["attempt"], a["outcome"], a["status_code"]) for r in rows for a in r["attempts"])
+    assert by_attempts == [(1, "delivered", 200), (1, "retry", 429), (2, "delivered", 200)]

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.schedule import RETRY_SCHEDULE_DOC
 from quantapilot.webhooks.sender import prepare_request
-from quantapilot.webhooks.signing import new_secret, sign
+from quantapilot.webhooks.signing import new_secret, sign, standard_secret
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "WEBHOOKS.md"
 
@@ -62,4 +62,34 @@ async def test_webhooks_doc_receiver_example_verifies_and_dedupes(
     assert namespace["seen"] == {"evt_doc"}
     bad_body, bad_headers = prepare_request(envelope, secrets=[new_secret()], attempt=1)
     resp = await client.post("/hooks/quantapilot", data=bad_body, headers=bad_headers)
+    assert resp.status == 401
+
+
+async def test_webhooks_doc_standard_webhooks_example_verifies(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    secret = new_secret()
+    source = _python_blocks()[2].replace('Webhook("whsec_...")', f"Webhook({standard_secret(secret)!r})")
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)  # noqa: S102 - the documented example itself is under test
+    client = await aiohttp_client(namespace["app"])
+    envelope = EventEnvelope(
+        id="evt_std", type="run.started", created_at=datetime.now(UTC), workspace="default", run_id="rr_1", seq=1
+    )
+    # During a rotation: signed by another secret and the receiver's.
+    body, headers = prepare_request(envelope, secrets=[new_secret(), secret], attempt=1)
+    resp = await client.post("/hooks/standard", data=body, headers=headers)
+    assert resp.status == 200
+    resp = await client.post("/hooks/standard", data=body + b" ", headers=headers)
+    assert resp.status == 401
+    # The plain secret is not the Standard Webhooks form: a receiver configured with it accepts nothing (or the
+    # library already refuses to decode it: binascii.Error is a ValueError).
+    plain = _python_blocks()[2].replace('Webhook("whsec_...")', f"Webhook({secret!r})")
+    namespace = {}
+    try:
+        exec(plain, namespace)  # noqa: S102 - the documented example itself is under test
+    except ValueError:
+        return
+    wrong = await aiohttp_client(namespace["app"])
+    resp = await wrong.post("/hooks/standard", data=body, headers=headers)
     assert resp.status == 401

@@ -14,7 +14,13 @@ from quantapilot.webhooks import deliveries, endpoints
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.delivery import classify_answer, retry_delay
 from quantapilot.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS, RETRY_AFTER_CAP_S, nominal_delay
-from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult, DeliveryStatus, WebhookNotFoundError
+from quantapilot.webhooks.tables import (
+    DeliveryOutcome,
+    DeliveryResult,
+    DeliveryStatus,
+    WebhookEndpoint,
+    WebhookNotFoundError,
+)
 from tests.webhooks.support import KEYS, T0, create_endpoint_row
 
 
@@ -36,6 +42,24 @@ from tests.webhooks.support import KEYS, T0, create_endpoint_row
 )
 def test_delivery_classify_answer(status: int | None, outcome: DeliveryOutcome) -> None:
     assert classify_answer(status) is outcome
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "outcome"),
+    [
+        (400, "abort", DeliveryOutcome.ABORTED),
+        (500, " Abort ", DeliveryOutcome.ABORTED),
+        (429, "ABORT", DeliveryOutcome.ABORTED),
+        (500, "retry", DeliveryOutcome.RETRY),
+        (500, "", DeliveryOutcome.RETRY),
+        # A success is a success and 410 still disables the endpoint, whatever the header says.
+        (200, "abort", DeliveryOutcome.DELIVERED),
+        (410, "abort", DeliveryOutcome.GONE),
+        (None, "abort", DeliveryOutcome.RETRY),
+    ],
+)
+def test_delivery_classify_answer_abort_header(status: int | None, header: str, outcome: DeliveryOutcome) -> None:
+    assert classify_answer(status, delivery_header=header) is outcome
 
 
 def test_delivery_retry_delay_scaled_within_jitter() -> None:
@@ -204,3 +228,26 @@ def test_delivery_failing_too_long(db_engine: Engine) -> None:
         assert endpoint.failing_since == T0
         assert not delivery_state.failing_too_long(endpoint, now=T0 + DISABLE_AFTER - timedelta(seconds=1))
         assert delivery_state.failing_too_long(endpoint, now=T0 + DISABLE_AFTER)
+
+
+def _answer(status: int, retry_after: float | None) -> DeliveryResult:
+    return DeliveryResult(
+        outcome=DeliveryOutcome.RETRY, status_code=status, latency_ms=1.0, retry_after_s=retry_after, error="HTTP"
+    )
+
+
+def test_delivery_429_and_503_with_retry_after_throttle_the_endpoint() -> None:
+    endpoint = WebhookEndpoint(id="we_1", workspace="ws1", url="https://example.com/hook")
+    assert delivery_state.throttle_wait(endpoint, now=T0) is None
+    # A 500's Retry-After, or a 429 without one, speaks for that delivery only.
+    assert not delivery_state.throttle_endpoint(endpoint, _answer(500, 60), now=T0)
+    assert not delivery_state.throttle_endpoint(endpoint, _answer(429, None), now=T0)
+    assert endpoint.throttled_until is None
+    assert delivery_state.throttle_endpoint(endpoint, _answer(429, 60), now=T0)
+    assert delivery_state.throttle_wait(endpoint, now=T0 + timedelta(seconds=15)) == 45
+    # A shorter answer later never shortens it; a longer one extends it, within the cap.
+    assert delivery_state.throttle_endpoint(endpoint, _answer(503, 1), now=T0 + timedelta(seconds=1))
+    assert endpoint.throttled_until == T0 + timedelta(seconds=60)
+    assert delivery_state.throttle_endpoint(endpoint, _answer(503, 10 * RETRY_AFTER_CAP_S), now=T0)
+    assert endpoint.throttled_until == T0 + timedelta(seconds=RETRY_AFTER_CAP_S)
+    assert delivery_state.throttle_wait(endpoint, now=T0 + timedelta(seconds=RETRY_AFTER_CAP_S)) is None

@@ -29,7 +29,7 @@ from quantapilot.webhooks.sender import (
     post_event,
     prepare_request,
 )
-from quantapilot.webhooks.signing import sign, verify_signature
+from quantapilot.webhooks.signing import signature_headers, verify_signature
 from quantapilot.webhooks.tables import DeliveryOutcome
 
 SECRET = "whsec_test_secret"
@@ -86,8 +86,8 @@ def _status(code: int, headers: dict[str, str] | None = None) -> Handler:
 
 
 def _signed(body: bytes = b'{"id":"ev_1"}', attempt: int = 1) -> dict[str, str]:
-    signature = sign([SECRET], body, timestamp=int(datetime.now(UTC).timestamp()))
-    return build_headers(event_id="ev_1", event_type="run.started", attempt=attempt, signature=signature)
+    signatures = signature_headers([SECRET], body, msg_id="ev_1", timestamp=int(datetime.now(UTC).timestamp()))
+    return build_headers(event_id="ev_1", event_type="run.started", attempt=attempt, signatures=signatures)
 
 
 def _free_port() -> int:
@@ -187,6 +187,14 @@ async def test_sender_410_is_gone(serve, session) -> None:
     result = await post_event(session, receiver.url, b"{}", _signed(b"{}"), allow_private=True)
     assert result.outcome is DeliveryOutcome.GONE
     assert result.status_code == 410
+
+
+async def test_sender_abort_header_stops_retrying(serve, session) -> None:
+    receiver = await serve(_status(422, {"webhook-delivery": "abort"}))
+    result = await post_event(session, receiver.url, b"{}", _signed(b"{}"), allow_private=True)
+    assert result.outcome is DeliveryOutcome.ABORTED
+    assert result.status_code == 422
+    assert result.error == "HTTP 422: the receiver asked to stop retrying (webhook-delivery: abort)"
 
 
 async def test_sender_retry_after_seconds_and_date(serve, session) -> None:
