@@ -26,7 +26,7 @@ from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import deliveries, endpoints, rotation
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.contracts import redelivery_workflow_id
 from quantapilot.webhooks.signing import standard_secret
@@ -142,7 +142,7 @@ def _rotate(
     engine: Engine, endpoint_id: str, *, workspace: str, overlap: timedelta, keyring: KeyRing
 ) -> tuple[str, datetime]:
     with session_scope(engine) as session:
-        secret = delivery_state.rotate_secret(
+        secret = rotation.rotate_secret(
             endpoint_id, session=session, workspace=workspace, overlap=overlap, keyring=keyring
         )
         endpoint = endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace)

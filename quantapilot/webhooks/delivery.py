@@ -26,8 +26,8 @@ and its workflow waits out the rest and makes the same attempt then.
 Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
 or signing secret is missing (``failed``), that another workflow owns (``superseded``: a redelivery handed the
 row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
-(:func:`active_secrets`): a rotation (:func:`rotate_secret`) lets the previous secrets sign alongside the new one
-for the overlap. :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
+(:func:`quantapilot.webhooks.rotation.active_secrets`; a rotation lets the previous secrets sign alongside the
+new one for the overlap). :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
 
 An attempt that disables its endpoint records the ``webhook.endpoint_disabled`` event in the same transaction:
 as an unsent row of the disabled endpoint's own delivery log (the durable record, there even when nobody
@@ -52,12 +52,10 @@ from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing
 from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
-from quantapilot.webhooks.endpoints import get_endpoint
 from quantapilot.webhooks.envelopes import disabled_envelope
 from quantapilot.webhooks.fanout import fan_out, pending_deliveries
+from quantapilot.webhooks.rotation import active_secrets
 from quantapilot.webhooks.schedule import DISABLE_AFTER, RETRY_AFTER_CAP_S, next_delay
-from quantapilot.webhooks.signing import new_secret
-from quantapilot.webhooks.signing_secrets import add_secret, reveal_secret
 from quantapilot.webhooks.starts import PendingDelivery
 from quantapilot.webhooks.tables import (
     DeliveryOutcome,
@@ -67,7 +65,6 @@ from quantapilot.webhooks.tables import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookNotFoundError,
-    WebhookSecret,
 )
 
 log = logging.getLogger("quantapilot.webhooks")
@@ -169,83 +166,6 @@ def throttle_wait(endpoint: WebhookEndpoint, *, now: datetime) -> float | None:
         return None
     left = (aware(endpoint.throttled_until) - now).total_seconds()
     return left if left > 0 else None
-
-
-# --- signing secrets: rotation overlap -----------------------------------------------------------------------
-
-
-def rotate_secret(
-    endpoint_id: str,
-    *,
-    session: Session,
-    workspace: str,
-    overlap: timedelta,
-    keyring: KeyRing,
-    now: datetime | None = None,
-) -> str:
-    """Give an endpoint a new secret; current secrets keep signing for ``overlap``.
-
-    Secrets that already expired are deleted. Rotating twice within the overlap shortens nothing: an older
-    secret never outlives ``now + overlap``.
-
-    Args:
-        endpoint_id: The endpoint.
-        session: Database session.
-        workspace: The caller's workspace.
-        overlap: How long the previous secrets stay valid (``timedelta(0)`` revokes them at once).
-        keyring: Encrypts the new secret for storage.
-        now: Current time (tests).
-
-    Returns:
-        The new plaintext secret, to show once.
-
-    Raises:
-        WebhookNotFoundError: If the endpoint does not exist or belongs to another workspace.
-        ValueError: If ``overlap`` is negative.
-    """
-    if overlap < timedelta(0):
-        raise ValueError("overlap must not be negative")
-    endpoint = get_endpoint(endpoint_id, session=session, workspace=workspace)
-    at = now or utcnow()
-    until = at + overlap
-    rows = session.scalars(select(WebhookSecret).where(col(WebhookSecret.endpoint_id) == endpoint.id))
-    for row in rows:
-        if row.expires_at is not None and row.expires_at <= at:
-            session.delete(row)
-        elif row.expires_at is None or row.expires_at > until:
-            row.expires_at = until
-            session.add(row)
-    secret = new_secret()
-    add_secret(session, endpoint.id, secret, keyring=keyring, at=at)
-    endpoint.updated_at = at
-    session.add(endpoint)
-    session.flush()
-    return secret
-
-
-def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now: datetime | None = None) -> list[str]:
-    """Return the secrets that sign deliveries now, newest first (one ``v1=`` each).
-
-    Args:
-        endpoint_id: The endpoint.
-        session: Database session.
-        keyring: Decrypts the stored secrets.
-        now: Current time (tests).
-
-    Returns:
-        The plaintext secrets; for signing only, never for display.
-
-    Raises:
-        SecretDecryptError: A secret that no configured key opens (the key is missing from this process, or the
-            row was tampered with); the delivery attempt fails and is retried on its schedule.
-    """
-    at = now or utcnow()
-    rows = session.scalars(
-        select(WebhookSecret)
-        .where(col(WebhookSecret.endpoint_id) == endpoint_id)
-        .order_by(col(WebhookSecret.created_at).desc(), col(WebhookSecret.id).desc())
-    )
-    return [reveal_secret(row, keyring=keyring) for row in rows if row.expires_at is None or row.expires_at > at]
 
 
 # --- transitions -------------------------------------------------------------------------------------------

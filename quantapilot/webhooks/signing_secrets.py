@@ -1,7 +1,7 @@
 """Signing secrets at rest: stored encrypted with the service's secret key, re-encrypted on key rotation.
 
-Which secrets sign a delivery (rotation overlap) is the delivery state machine's rule
-(:func:`quantapilot.webhooks.delivery.active_secrets`); this module only stores and opens them.
+Which secrets sign a delivery (rotation overlap) is decided in :mod:`quantapilot.webhooks.rotation`
+(:func:`quantapilot.webhooks.rotation.active_secrets`); this module only stores and opens them.
 """
 
 from __future__ import annotations

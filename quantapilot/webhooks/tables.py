@@ -125,7 +125,7 @@ class WebhookSecret(SQLModel, table=True):
     :func:`~quantapilot.webhooks.at_rest.encrypt_plaintext_secrets` runs (every API and worker start, and
     ``qp secrets rotate-key``). The secret is returned once, when created (endpoint creation or rotation), and
     never exposed by any read path afterwards. ``expires_at`` is set when a newer secret replaces it; until then
-    both sign (rotation overlap, :func:`quantapilot.webhooks.delivery.active_secrets`).
+    both sign (rotation overlap, :func:`quantapilot.webhooks.rotation.active_secrets`).
     """
 
     __tablename__ = "webhook_secrets"

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from quantapilot.db import session_scope
-from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import deliveries, endpoints, rotation
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.delivery import classify_answer, retry_delay
 from quantapilot.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS, RETRY_AFTER_CAP_S, nominal_delay
@@ -89,22 +89,22 @@ def test_delivery_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None
     endpoint_id, old = create_endpoint_row(db_engine)
     rotated_at = T0 + timedelta(days=1)
     with session_scope(db_engine) as session:
-        new = delivery_state.rotate_secret(
+        new = rotation.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=24), now=rotated_at
         )
     assert new != old
     with Session(db_engine) as session:
-        during = delivery_state.active_secrets(
+        during = rotation.active_secrets(
             endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=23)
         )
-        after = delivery_state.active_secrets(
+        after = rotation.active_secrets(
             endpoint_id, session=session, keyring=KEYS, now=rotated_at + timedelta(hours=24)
         )
     assert during == [new, old]
     assert after == [new]
     # A second rotation deletes the expired secret and never extends the previous one's life.
     with session_scope(db_engine) as session:
-        newest = delivery_state.rotate_secret(
+        newest = rotation.rotate_secret(
             endpoint_id,
             session=session,
             workspace="ws1",
@@ -114,12 +114,12 @@ def test_delivery_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None
         )
     with Session(db_engine) as session:
         at = rotated_at + timedelta(hours=30, minutes=30)
-        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
-        assert delivery_state.active_secrets(
-            endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)
-        ) == [newest]
+        assert rotation.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at) == [newest, new]
+        assert rotation.active_secrets(endpoint_id, session=session, keyring=KEYS, now=at + timedelta(hours=1)) == [
+            newest
+        ]
         with pytest.raises(ValueError, match="negative"):
-            delivery_state.rotate_secret(
+            rotation.rotate_secret(
                 endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=-1)
             )
 
@@ -127,11 +127,11 @@ def test_delivery_rotate_secret_overlap_then_only_new(db_engine: Engine) -> None
 def test_delivery_rotate_with_zero_overlap_revokes_old(db_engine: Engine) -> None:
     endpoint_id, old = create_endpoint_row(db_engine)
     with session_scope(db_engine) as session:
-        new = delivery_state.rotate_secret(
+        new = rotation.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=T0
         )
     with Session(db_engine) as session:
-        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
+        assert rotation.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [new]
     assert old != new
 
 

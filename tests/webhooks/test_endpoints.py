@@ -10,7 +10,7 @@ from sqlalchemy.exc import StatementError
 from sqlmodel import Session
 
 from quantapilot.db import session_scope
-from quantapilot.webhooks import deliveries, endpoints
+from quantapilot.webhooks import deliveries, endpoints, rotation
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.endpoints import KNOWN_EVENT_TYPES, normalize_event_type
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult, WebhookNotFoundError
@@ -52,7 +52,7 @@ def test_endpoints_create_returns_secret_once_and_stores_filters(db_engine: Engi
         assert endpoint.created_at.tzinfo is not None
         # The secret is not an attribute of the endpoint, so API serialisation of it cannot leak it.
         assert secret not in endpoint.model_dump_json()
-        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [secret]
+        assert rotation.active_secrets(endpoint_id, session=session, keyring=KEYS, now=T0) == [secret]
 
 
 def test_endpoints_create_refuses_bad_url_and_unknown_type(db_engine: Engine) -> None:
@@ -82,7 +82,7 @@ def test_endpoints_workspace_scoping_behaves_as_not_found(db_engine: Engine) -> 
         with pytest.raises(WebhookNotFoundError):
             endpoints.delete_endpoint(endpoint_id, session=session, workspace="ws2")
         with pytest.raises(WebhookNotFoundError):
-            delivery_state.rotate_secret(
+            rotation.rotate_secret(
                 endpoint_id, session=session, workspace="ws2", overlap=timedelta(hours=1), keyring=KEYS
             )
         with pytest.raises(WebhookNotFoundError):
@@ -164,15 +164,13 @@ def test_endpoints_delete_endpoint_removes_children(db_engine: Engine) -> None:
                 session=session, endpoint=endpoint, event_id="e1", event_type="run.started"
             )
             deliveries.record_attempt(delivery.id, session=session, attempt=1, result=ok)
-        delivery_state.rotate_secret(
-            endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=1)
-        )
+        rotation.rotate_secret(endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(hours=1))
     with session_scope(db_engine) as session:
         endpoints.delete_endpoint(endpoint_id, session=session, workspace="ws1")
     with Session(db_engine) as session:
         assert [e.id for e in endpoints.list_endpoints(session=session, workspace="ws1")] == [keep_id]
-        assert delivery_state.active_secrets(endpoint_id, session=session, keyring=KEYS) == []
-        assert delivery_state.active_secrets(keep_id, session=session, keyring=KEYS) == [keep_secret]
+        assert rotation.active_secrets(endpoint_id, session=session, keyring=KEYS) == []
+        assert rotation.active_secrets(keep_id, session=session, keyring=KEYS) == [keep_secret]
         [kept] = deliveries.list_deliveries(keep_id, session=session, workspace="ws1")
         assert len(deliveries.list_attempts(kept.id, session=session, workspace="ws1")) == 1
 
@@ -180,6 +178,6 @@ def test_endpoints_delete_endpoint_removes_children(db_engine: Engine) -> None:
 def test_endpoints_refuses_naive_datetimes(db_engine: Engine) -> None:
     endpoint_id, _ = create_endpoint_row(db_engine)
     with Session(db_engine) as session, pytest.raises(StatementError, match="naive datetime"):
-        delivery_state.rotate_secret(
+        rotation.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=datetime(2024, 1, 1)
         )
