@@ -124,7 +124,8 @@ async def test_milestones_merge_conflict_pauses_until_a_person_resolves(cmd_api:
     await api.decide(run_id, "first_merge", True)
     paused = await api.wait_state(run_id, "paused")
     assert paused["paused_reason"] == "merge_conflict"
-    assert "run.paused" in kinds(await api.events(run_id))
+    # The state turns paused a moment before its event is stored (the event is the next activity's work).
+    await eventually(lambda: api.events(run_id), lambda evs: "run.paused" in kinds(evs), timeout=30, what="run.paused")
 
     # The person resolves the conflict on the milestone branch and resumes.
     git("fetch", "--quiet", "origin", cwd=human)
