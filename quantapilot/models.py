@@ -56,7 +56,9 @@ class MilestoneStatus(StrEnum):
     FAILED = "failed"
 
 
-DecisionSource = Literal["api", "cli", "signal"]
+# How a decision reached the run: the HTTP API, the CLI, a Temporal signal, a signed review link, or the signed-in
+# review page (/ui/).
+DecisionSource = Literal["api", "cli", "signal", "link", "ui"]
 
 
 class _Model(BaseModel):
@@ -137,6 +139,16 @@ class BudgetInput(_Model):
     extra_attempts: int | None = Field(default=None, ge=1, le=100)
 
 
+class ApprovalRecord(_Model):
+    """One person's decision on a gate that needs several approvals (N-of-M)."""
+
+    subject: str
+    approved: bool
+    at: datetime
+    reason: str | None = None
+    via: DecisionSource = "signal"
+
+
 class GateRecord(_Model):
     """A gate as the run sees it."""
 
@@ -150,6 +162,9 @@ class GateRecord(_Model):
     reason: str | None = None
     approvers: list[str] = []
     allow_self_approval: bool = False
+    # N-of-M: the gate passes once this many distinct subjects approved; each decision is kept in ``approvals``.
+    required_approvals: int = 1
+    approvals: list[ApprovalRecord] = []
 
     @property
     def approved(self) -> bool | None:
