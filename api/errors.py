@@ -95,6 +95,13 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _unavailable(message: str, trace_id: str) -> web.Response:
+    """503 ``SERVICE_UNAVAILABLE`` with ``Retry-After``: a dependency is away and the request may succeed later."""
+    return error_response(
+        503, ErrorCode.SERVICE_UNAVAILABLE, message, trace_id, headers={"Retry-After": str(DB_RETRY_AFTER_S)}
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give each request a trace id, log one line for it, and answer every error with the envelope."""
@@ -126,13 +133,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # from a token lookup that never ran).
         status = 503
         log.warning("database unavailable: %s", type(exc.orig if isinstance(exc, OperationalError) else exc).__name__)
-        return error_response(
-            503,
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "the database is unavailable; retry later",
-            trace_id,
-            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
-        )
+        return _unavailable("the database is unavailable; retry later", trace_id)
     except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # Temporal unreachable or slow to answer (server down, no worker to answer a query or an update).
         if isinstance(exc, RPCError) and not temporal_unavailable(exc):
@@ -141,13 +142,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(500, ErrorCode.SERVER_ERROR, "internal error", trace_id)
         status = 503
         log.warning("temporal unavailable: %s", type(exc).__name__)
-        return error_response(
-            503,
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "the workflow service did not answer in time; retry later",
-            trace_id,
-            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
-        )
+        return _unavailable("the workflow service did not answer in time; retry later", trace_id)
     except Exception:
         status = 500
         log.exception("unhandled error", extra={"traceId": trace_id, "path": request.path})

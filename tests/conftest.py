@@ -13,14 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
 from quantapilot.secretbox import generate_key
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import dev_server
 from quantapilot.tokens import create_token
 from tests.dbfixtures import (
     db_engine,
@@ -44,16 +43,8 @@ TEST_SECRET_KEY = generate_key()
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server for the whole session, with our search attributes registered."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=load_dev_config().extra_flags(),
-    )
-    try:
+    async with dev_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture

@@ -11,10 +11,15 @@ None of them ever prints a key or a secret, except ``generate-key`` its new key.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from quantapilot.secretbox import KeyRing, SecretDecryptError, SecretKeyError, generate_key, load_keyring
 from quantapilot.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 def _keyring(settings: Settings) -> KeyRing:
@@ -22,6 +27,18 @@ def _keyring(settings: Settings) -> KeyRing:
         return load_keyring(settings)
     except SecretKeyError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _keyring_and_database() -> tuple[KeyRing, Engine]:
+    """The configured key ring and the service database, migrated (imported late: ``qp --help`` stays fast)."""
+    from quantapilot.db import make_engine
+    from quantapilot.migrate import ensure_schema
+
+    settings = Settings()
+    keyring = _keyring(settings)
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
+    return keyring, engine
 
 
 @click.group()
@@ -38,14 +55,9 @@ def generate_key_command() -> None:
 @secrets.command("status")
 def status() -> None:
     """Show the configured key ids and how many stored secrets each one holds."""
-    from quantapilot.db import make_engine
-    from quantapilot.migrate import ensure_schema
     from quantapilot.webhooks.at_rest import key_usage
 
-    settings = Settings()
-    keyring = _keyring(settings)
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
+    keyring, engine = _keyring_and_database()
     usage = key_usage(engine)
     for kid in keyring.key_ids:
         role = "primary" if kid == keyring.primary_id else "previous"
@@ -58,14 +70,9 @@ def status() -> None:
 @secrets.command("rotate-key")
 def rotate_key_command() -> None:
     """Re-encrypt every stored webhook secret under the primary key (configure the old key as a previous key)."""
-    from quantapilot.db import make_engine
-    from quantapilot.migrate import ensure_schema
     from quantapilot.webhooks.at_rest import rotate_key
 
-    settings = Settings()
-    keyring = _keyring(settings)
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
+    keyring, engine = _keyring_and_database()
     try:
         report = rotate_key(engine, keyring)
     except SecretDecryptError as exc:

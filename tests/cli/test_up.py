@@ -289,21 +289,26 @@ async def test_cli_up_restarts_a_killed_worker_and_api_and_stops_leaving_no_proc
             await eventually(ready, lambda s: s == 200, timeout=30, what="readyz")
             url = make_remote(tmp_path, {"README.md": "# restart test\n"})
 
+            async def run_to_gate() -> str:
+                """Start a run with `qp run` and wait until it waits at its gate."""
+                started = subprocess.run(
+                    [QP, "run", "--repo", url, "--branch", "main", "--json"],
+                    env=cli_env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    stdin=subprocess.DEVNULL,
+                )
+                run_id: str = json.loads(started.stdout)["run_id"]
+                await eventually(
+                    lambda: state_of(run_id), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
+                )
+                return run_id
+
             # The worker dies: the API keeps answering, the new worker takes the next run to its gate.
             await killed_and_restarted("-m worker", "worker")
             assert await ready() == 200
-            started = subprocess.run(
-                [QP, "run", "--repo", url, "--branch", "main", "--json"],
-                env=cli_env,
-                capture_output=True,
-                text=True,
-                check=True,
-                stdin=subprocess.DEVNULL,
-            )
-            run_id = json.loads(started.stdout)["run_id"]
-            await eventually(
-                lambda: state_of(run_id), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
-            )
+            run_id = await run_to_gate()
 
             # The API dies: a new one serves /readyz and takes the decision; the run completes.
             await killed_and_restarted("-m api", "api")
@@ -326,18 +331,7 @@ async def test_cli_up_restarts_a_killed_worker_and_api_and_stops_leaving_no_proc
             # The dev server dies too: restarted on its database file, it still has the run and takes a new one.
             await killed_and_restarted("server start-dev", "temporal")
             assert (await state_of(run_id))["state"] == "completed"
-            started = subprocess.run(
-                [QP, "run", "--repo", url, "--branch", "main", "--json"],
-                env=cli_env,
-                capture_output=True,
-                text=True,
-                check=True,
-                stdin=subprocess.DEVNULL,
-            )
-            second = json.loads(started.stdout)["run_id"]
-            await eventually(
-                lambda: state_of(second), lambda s: s["state"] == "waiting_for_gate", timeout=60, what="gate"
-            )
+            await run_to_gate()
             assert proc.poll() is None
         everything.update(descendants(proc.pid))
     finally:

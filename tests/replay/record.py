@@ -28,8 +28,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import Engine
 from temporalio import workflow
 from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
@@ -44,7 +42,7 @@ from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_paylo
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import dev_server
 from quantapilot.tokens import create_token
 from quantapilot.webhooks.contracts import amqp_workflow_id, delivery_workflow_id
 from tests.brokers import AMQP_URL, broker_reachable
@@ -435,18 +433,10 @@ async def main(names: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {sorted(SCENARIOS)}")
     HISTORIES.mkdir(parents=True, exist_ok=True)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=load_dev_config().extra_flags(),
-    )
-    try:
+    async with dev_server() as env:
         with tempfile.TemporaryDirectory(prefix="qp-record-") as tmp:
             for path in await record(env.client, Path(tmp), names or list(SCENARIOS)):
                 print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
-    finally:
-        await env.shutdown()
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import dev_server, load_dev_config
 from tests.support import eventually
 from tests.ui.upsert_workflow import UpsertAllWorkflow
 
@@ -28,15 +27,8 @@ QP = str(Path(sys.executable).with_name("qp"))
 @pytest.fixture(scope="module")
 async def bare_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server started without our search attributes, like a fresh cluster."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
-        data_converter=pydantic_data_converter,
-    )
-    try:
+    async with dev_server(configured=False) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 def qp_setup(address: str, *extra: str) -> subprocess.CompletedProcess[str]:

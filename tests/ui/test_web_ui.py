@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Page
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
 from quantapilot.settings import Settings
-from quantapilot.temporal_dev import DEV_SERVER_STARTUP_TIMEOUT, load_dev_config, temporal_cli_path
+from quantapilot.temporal_dev import dev_server
 from quantapilot.tokens import create_token
 from tests.browser import chromium_path, frames_text, open_url, page_text
 from tests.support import Api, eventually, make_remote
@@ -37,18 +36,8 @@ async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, int]]:
     """A dev server with its Web UI and our search attributes."""
     chromium_path()  # skip (or fail in CI) before starting anything
     ui_port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli_path()),
-        dev_server_startup_timeout=DEV_SERVER_STARTUP_TIMEOUT,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=load_dev_config().extra_flags(),
-        ui=True,
-        ui_port=ui_port,
-    )
-    try:
+    async with dev_server(ui_port=ui_port) as env:
         yield env, ui_port
-    finally:
-        await env.shutdown()
 
 
 @pytest.mark.slow
