@@ -1,18 +1,17 @@
 """Handlers of the value lifecycle: lifecycle runs, telemetry ingestion and the account event stream.
 
-Bodies are read by the endpoint registry (content type, size, depth) and validated by :func:`parse_lifecycle_run`
-and :func:`parse_telemetry` here, with the lifecycle schemas' own checker, whose ``date-time`` and ``uuid`` formats
-really run; problems answer 422 with one detail per error. Responses use the seed's camelCase.
+Bodies are read by the endpoint registry (content type, size, depth, NUL) and parsed by their pydantic models
+straight from the request's bytes (:mod:`quantapilot.lifecycle.validation`), the one validator of these shapes:
+problems answer 422 with one detail (path, message) per error. Responses use the seed's camelCase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
@@ -40,14 +39,9 @@ from quantapilot.lifecycle.contracts import (
     account_stream_id,
     account_workflow_id,
 )
-from quantapilot.lifecycle.models import StageGateSettings, canonical_account_id
-from quantapilot.lifecycle.telemetry import (
-    IdempotencyKeyReused,
-    StoredBatch,
-    TelemetryIn,
-    parse_telemetry_payload,
-    store_batch,
-)
+from quantapilot.lifecycle.models import LifecycleRunRequest, StageGateSettings, canonical_account_id
+from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, TelemetryIn, store_batch
+from quantapilot.lifecycle.telemetry import parse_telemetry as parse_telemetry_bytes
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
 from quantapilot.models import RunKind, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
@@ -60,9 +54,6 @@ from quantapilot.temporal import (
     SA_STATE,
     SA_WORKSPACE,
 )
-
-if TYPE_CHECKING:
-    from quantapilot.lifecycle.models import LifecycleRunRequest
 
 log = logging.getLogger("quantapilot.api.lifecycle")
 
@@ -92,44 +83,44 @@ def _invalid(exc: SchemaValidationError) -> ApiError:
     return ApiError(422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=exc.errors)
 
 
-def _non_finite_path(value: Any, path: str = "") -> str | None:
-    """JSON pointer of the first NaN or infinity in ``value`` (Python's json reads them; JSON has none)."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return where
-        if isinstance(item, dict):
-            stack.extend((v, f"{where}/{k}") for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, f"{where}/{i}") for i, v in enumerate(item))
-    return None
+async def object_body(payload: Any) -> None:
+    """The registry's body hook of the lifecycle endpoints: a JSON object, parsed by the handler (422 otherwise).
+
+    The registry has read and decoded the body (size, depth, NUL); the handler parses the request's bytes
+    with the body's model (:func:`lifecycle_run_request`, :func:`ingest_telemetry`). This hook only answers a
+    body that is no object, and keeps the registry's generic schema validation off these bodies.
+    """
+    if not isinstance(payload, dict):
+        raise _invalid(SchemaValidationError([{"path": "", "message": "Input should be an object"}]))
 
 
-def _refuse_non_finite(payload: Any) -> None:
-    """Refuse NaN/Infinity (and numbers too large for a double) with a 422."""
-    where = _non_finite_path(payload)
-    if where is not None:
-        raise _invalid(SchemaValidationError([{"path": where, "message": "numbers must be finite JSON numbers"}]))
+# The registry's names for the hook (api/endpoints.py): both bodies are parsed in their handlers.
+parse_lifecycle_run = object_body
+parse_telemetry = object_body
 
 
-async def parse_lifecycle_run(payload: Any) -> LifecycleRunRequest:
-    """Validate a ``POST /v1/lifecycle/runs`` body against ``lifecycle_run.schema.json`` and parse it (422)."""
-    _refuse_non_finite(payload)
+async def lifecycle_run_request(request: web.Request) -> LifecycleRunRequest:
+    """Parse the ``POST /v1/lifecycle/runs`` body from the request's bytes (422 with the problems)."""
     try:
-        return parse_run_request(payload)
+        return parse_run_request(await request.read())  # aiohttp kept the bytes the registry read
     except SchemaValidationError as exc:
         raise _invalid(exc) from None
 
 
-async def parse_telemetry(payload: Any) -> list[TelemetryIn]:
-    """Validate a ``POST /v1/telemetry/events`` body against ``telemetry.schema.json`` and parse it (422)."""
-    _refuse_non_finite(payload)
+def _parse_and_store(
+    engine: Engine, workspace: str, raw: bytes, key: str | None, body: dict[str, Any]
+) -> tuple[list[TelemetryIn], StoredBatch]:
+    # One thread hop for both: parsing a full batch and inserting it each take milliseconds of CPU.
     try:
-        # Schema validation of a full batch takes a noticeable fraction of a second: keep the loop free.
-        return await asyncio.to_thread(parse_telemetry_payload, payload)
+        events = parse_telemetry_bytes(raw)
     except SchemaValidationError as exc:
         raise _invalid(exc) from None
+    digest = request_hash(body) if key is not None else ""
+    with session_scope(engine) as session:
+        stored = store_batch(
+            session=session, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
+        )
+    return events, stored
 
 
 def _urls(request: web.Request, run_id: str) -> dict[str, str]:
@@ -143,7 +134,7 @@ def _urls(request: web.Request, run_id: str) -> dict[str, str]:
 async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Response:
     """Start one lifecycle stage for one account; ``Idempotency-Key`` returns the same run for the same body."""
     principal, key, payload = call.principal, call.idempotency_key, call.body
-    req: LifecycleRunRequest = call.parsed
+    req = await lifecycle_run_request(request)
     settings = request.app[SETTINGS]
 
     gate = req.gate or StageGateSettings()
@@ -209,13 +200,6 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
 # ----- telemetry -----------------------------------------------------------------------------------------
 
 
-def _store(engine: Engine, workspace: str, events: list[TelemetryIn], key: str | None, digest: str) -> StoredBatch:
-    with session_scope(engine) as session:
-        return store_batch(
-            session=session, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
-        )
-
-
 async def signal_account(
     client: Client,
     *,
@@ -268,11 +252,12 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
     retry answers as the first delivery did; refreshes are asked for again (they coalesce), which also heals a
     first delivery that stored its events but could not schedule them.
     """
-    principal, key, payload = call.principal, call.idempotency_key, call.body
-    events: list[TelemetryIn] = call.parsed
-    digest = request_hash(payload) if key is not None else ""
+    principal, key = call.principal, call.idempotency_key
+    raw = await request.read()  # aiohttp kept the bytes the registry read
     try:
-        stored = await asyncio.to_thread(_store, request.app[ENGINE], principal.workspace, events, key, digest)
+        events, stored = await asyncio.to_thread(
+            _parse_and_store, request.app[ENGINE], principal.workspace, raw, key, call.body
+        )
         TELEMETRY_ACCEPTED.inc(stored.stored)
     except IdempotencyKeyReused:
         raise ApiError(

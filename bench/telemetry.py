@@ -4,7 +4,8 @@ Run with ``python -m bench.telemetry [--batches N] [--accounts N] [--concurrency
 Temporal dev server (the pinned CLI, nothing is downloaded), a worker (so the account realization workflows the
 API signals really run) and the aiohttp API on 127.0.0.1, then posts batches of 1000 events over HTTP. The
 baseline inserts the same rows, 1000 per ``executemany`` and commit, into a fresh SQLite file with the same
-columns and index. The ratio (API / raw) is printed last.
+columns, index and unique ``(workspace, event_id)`` constraint as ``telemetry_events``. Events/s of both and, last,
+the ratio (API / raw) are printed.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def bench_raw(batches: list[list[dict[str, Any]]]) -> tuple[float, int]:
             conn.execute(
                 "CREATE TABLE telemetry_events (id INTEGER PRIMARY KEY, workspace TEXT NOT NULL, "
                 "account_id TEXT NOT NULL, kpi TEXT NOT NULL, value REAL NOT NULL, unit TEXT, source TEXT, "
-                "metadata TEXT NOT NULL, timestamp TEXT NOT NULL, ingested_at TEXT NOT NULL)"
+                "metadata TEXT NOT NULL, timestamp TEXT NOT NULL, ingested_at TEXT NOT NULL, event_id TEXT, "
+                "UNIQUE (workspace, event_id))"
             )
             conn.execute("CREATE INDEX ix_raw ON telemetry_events (workspace, account_id, kpi, timestamp)")
             rows_total = 0

@@ -87,6 +87,9 @@ class _ContractJsonSchema(GenerateJsonSchema):
         """
         if "default" in schema and schema["default"] is None:
             inner = schema["schema"]
+            while inner["type"] == "function-before":
+                # A check before the type (refusing an explicit null) publishes the type it wraps.
+                inner = inner["schema"]
             return self.generate_inner(inner["schema"] if inner["type"] == "nullable" else inner)
         return super().default_schema(schema)
 

@@ -2,21 +2,23 @@
 
 The models use snake_case attributes and camelCase aliases (``accountId``), so the HTTP layer dumps them with
 ``model_dump(by_alias=True)`` as the seed spells its JSON, while Python code and Temporal payloads may use
-either. Request bodies are checked against their JSON Schema first (:mod:`quantapilot.lifecycle.validation`);
-the models add the rules a schema cannot express.
+either. The request models are the one validator of their bodies (:mod:`quantapilot.lifecycle.validation` parses
+them from the request's bytes) and the source of the published schemas generated from them.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
-from quantapilot.lifecycle.rfc3339 import parse_rfc3339
+from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
 
@@ -60,8 +62,47 @@ def canonical_account_id(value: str) -> str:
     return str(uuid.UUID(value))
 
 
+_FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def account_uuid(value: str) -> str:
+    """Return an account id of a request body, lowercased: the published ``format: uuid``, exactly.
+
+    Only the hyphenated 8-4-4-4-12 form (``uuid.UUID`` alone would also take braces, URNs and stray hyphens);
+    for it, lowercase is the canonical form.
+
+    Raises:
+        ValueError: When ``value`` is not such a UUID.
+    """
+    if _UUID_TEXT.fullmatch(value) is None:
+        raise ValueError("not a UUID in the 8-4-4-4-12 form")
+    return value.lower()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Requests
+
+#: Validation context of a request body (:mod:`quantapilot.lifecycle.validation`): an optional field
+#: (``X | None = None``) may be left out but not sent as null, as the published schemas say. Without it (a model
+#: read back from a Temporal payload, which writes absent fields as null) null stays allowed.
+REQUEST_BODY: dict[str, bool] = {"request_body": True}
+
+
+def refuse_null(value: Any, info: ValidationInfo) -> Any:
+    """A ``mode="before"`` field check: null in a request body is refused (see :data:`REQUEST_BODY`)."""
+    if value is None and info.context is not None and info.context.get("request_body"):
+        raise PydanticCustomError("null_not_allowed", "leave the field out instead of sending null")
+    return value
+
+
+class _Request(_Model):
+    """Base of the request body models: no field takes null from a request body."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _absent_not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_null(value, info)
 
 
 # The request models are the source of ``schemas/lifecycle_run.schema.json`` (``make schemas``; the conventions
@@ -71,10 +112,10 @@ Number = TypeAliasType("Number", Annotated[float, Field(ge=-1e15, le=1e15, allow
 Amount = TypeAliasType("Amount", Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)])
 Unit = TypeAliasType("Unit", Annotated[str, Field(min_length=1, max_length=32)])
 # A bound on the text the schema checks before parsing; a datetime or date has no length.
-_TIMESTAMP_TEXT: dict[str, Any] = {"maxLength": 64}
+_TIMESTAMP_TEXT: dict[str, Any] = {"maxLength": MAX_TEXT}
 
 
-class Benchmark(_Model):
+class Benchmark(_Request):
     """An industry or customer benchmark for one KPI, used as the KPI's baseline."""
 
     model_config = ConfigDict(title="benchmark")
@@ -85,7 +126,7 @@ class Benchmark(_Model):
     source: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-class KpiOverride(_Model):
+class KpiOverride(_Request):
     """Target-stage override of one KPI (or a new KPI when it has both baseline and target)."""
 
     model_config = ConfigDict(title="kpiOverride")
@@ -98,8 +139,19 @@ class KpiOverride(_Model):
     deadline: date | None = Field(default=None, json_schema_extra={"maxLength": 10})
     confidence: Score01 | None = None
 
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _full_date(cls, value: Any) -> Any:
+        # The published format "date" (RFC 3339 full-date), read here: the null check before it hands the
+        # type a Python string, which strict parsing would refuse.
+        if isinstance(value, str):
+            if _FULL_DATE.fullmatch(value) is None:
+                raise ValueError("not an RFC 3339 full-date (YYYY-MM-DD)")
+            return date.fromisoformat(value)
+        return value
 
-class ReportPeriod(_Model):
+
+class ReportPeriod(_Request):
     """A half-open time range ``[from, to)``; JSON spells the ends ``from`` and ``to``."""
 
     start: datetime = Field(alias="from", json_schema_extra=_TIMESTAMP_TEXT)
@@ -108,7 +160,7 @@ class ReportPeriod(_Model):
     @field_validator("start", "end", mode="before")
     @classmethod
     def _rfc3339(cls, value: Any) -> Any:
-        return parse_rfc3339(value) if isinstance(value, str) else value
+        return parse_rfc3339(value, max_length=MAX_TEXT) if isinstance(value, str) else value
 
     @field_validator("start", "end")
     @classmethod
@@ -124,7 +176,7 @@ class ReportPeriod(_Model):
         return self
 
 
-class Investment(_Model):
+class Investment(_Request):
     """What the customer spends on the solution; the target stage's ROI model divides by it."""
 
     annual_cost: Amount
@@ -132,7 +184,7 @@ class Investment(_Model):
     one_time_cost: Amount = Field(default_factory=lambda: 0.0)
 
 
-class LifecycleInputs(_Model):
+class LifecycleInputs(_Request):
     """The ``inputs`` object of a lifecycle run request."""
 
     discovery_notes: str | None = Field(
@@ -165,7 +217,7 @@ class LifecycleInputs(_Model):
     )
 
 
-class StageGateSettings(_Model):
+class StageGateSettings(_Request):
     """Who may decide the target stage's ``business_case`` gate, and for how long it waits."""
 
     approvers: list[Annotated[str, Field(pattern=r"^\S+$", min_length=1, max_length=200)]] = Field(
@@ -198,7 +250,7 @@ def _published_document(schema: dict[str, Any]) -> None:
     schema["description"] = "Body of POST /v1/lifecycle/runs: run one value-lifecycle stage for one account."
 
 
-class LifecycleRunRequest(_Model):
+class LifecycleRunRequest(_Request):
     """Body of ``POST /v1/lifecycle/runs``."""
 
     model_config = ConfigDict(title="Lifecycle run request", json_schema_extra=_published_document)
@@ -236,7 +288,7 @@ class LifecycleRunRequest(_Model):
     @field_validator("account_id")
     @classmethod
     def _uuid(cls, value: str) -> str:
-        return canonical_account_id(value)
+        return account_uuid(value)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""RFC 3339 ``date-time`` parsing, shared by the JSON Schema format check and the pydantic models.
+"""RFC 3339 ``date-time`` parsing for the lifecycle models (the published ``format: date-time``, exactly).
 
-One parser decides for both, so a timestamp the schema accepts is one the models can read, and the other way
-round; it is implemented here because ``rfc3339-validator`` is not installed (jsonschema would then skip the
-format silently).
+pydantic's own datetime parsing reads a wider ISO 8601 (a space for ``T``, no offset, unix seconds); the
+request models parse their timestamps here instead, so what they accept is what the published schemas say.
 """
 
 from __future__ import annotations
@@ -16,7 +15,11 @@ _RFC3339 = re.compile(
 )
 
 
-def parse_rfc3339(value: str) -> datetime:
+#: The ``maxLength`` the published schemas give a timestamp's text.
+MAX_TEXT = 64
+
+
+def parse_rfc3339(value: str, *, max_length: int | None = None) -> datetime:
     """Parse an RFC 3339 ``date-time`` into an aware datetime.
 
     Stricter than :meth:`datetime.fromisoformat`: the offset is required, the separator is ``T`` (or ``t``),
@@ -25,6 +28,7 @@ def parse_rfc3339(value: str) -> datetime:
 
     Args:
         value: The text, e.g. ``2025-11-17T12:00:00Z``.
+        max_length: Refuse longer text (the schemas' ``maxLength``); None: any length.
 
     Returns:
         The datetime with its offset.
@@ -32,6 +36,8 @@ def parse_rfc3339(value: str) -> datetime:
     Raises:
         ValueError: When ``value`` is not an RFC 3339 date-time.
     """
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"a date-time of at most {max_length} characters")
     m = _RFC3339.match(value)
     if m is None:
         raise ValueError(f"not an RFC 3339 date-time: {value[:64]!r}")

@@ -1,70 +1,37 @@
-"""JSON Schema validation of lifecycle request bodies (``schemas/lifecycle_run.schema.json``, ``telemetry``).
+"""Parsing lifecycle request bodies with their pydantic models, straight from the request's bytes.
 
-A body is checked in up to three passes, each for a reason of its own:
+The models are the one validator: ``schemas/lifecycle_run.schema.json`` and ``telemetry.schema.json`` are
+generated from them (``make schemas``), and a body is parsed once, by ``model_validate_json`` in strict mode and
+by alias only, so a string is never read as a number, ``account_id`` is not taken for ``accountId``, and what
+the models accept is what the published files describe (``tests/lifecycle/test_models_match_schemas.py``).
 
-1. jsonschema-rs (:func:`_fast_validator`) answers valid or invalid. It is the hot path: ~4 ms instead of
-   ~140 ms for a telemetry batch of 1000 events (bench/README.md).
-2. Only for an invalid body, jsonschema (:func:`_validator`) lists the problems. Its messages are the ones the
-   API has always published in ``error.details[].message``; jsonschema-rs words them differently (double
-   quotes, "is shorter than 36 characters", "or 2 other candidates"), so it cannot explain errors without
-   changing what clients read.
-3. The pydantic models parse the valid body into typed objects and check what a schema cannot say ("to" after
-   "from", ``gate`` only for the target stage); :func:`pydantic_errors` gives their errors the same shape.
-
-Both schema validators read the same file (:func:`schemas.load`) and share the ``date-time``
-(:func:`~quantapilot.lifecycle.rfc3339.parse_rfc3339`) and ``uuid`` checks, and
-``tests/lifecycle/test_schema_validators_agree.py`` shows they agree.
+A refused body becomes a :class:`SchemaValidationError` whose ``errors`` are the API's 422 ``details``: one
+``{"path", "message"}`` per problem, the path a JSON pointer into the body built from pydantic's error location
+(:func:`details_from`). Input values are never echoed.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
-from functools import cache
-from typing import Any
+import math
+from typing import Any, TypeVar
 
-import jsonschema
-import jsonschema_rs
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-import schemas
-from quantapilot.lifecycle.models import LifecycleRunRequest
-from quantapilot.lifecycle.rfc3339 import parse_rfc3339
+from quantapilot.lifecycle.models import REQUEST_BODY, LifecycleRunRequest
 
+MAX_DETAILS = 50
+NON_FINITE = "numbers must be finite JSON numbers"
 
-def _is_rfc3339(instance: object) -> bool:
-    if not isinstance(instance, str):
-        return True  # formats only constrain strings; the type keyword handles the rest
-    parse_rfc3339(instance)  # raises ValueError, which the checker reports as a format error
-    return True
-
-
-def _is_uuid(instance: object) -> bool:
-    if not isinstance(instance, str):
-        return True
-    # The hyphenated 8-4-4-4-12 form only: UUID() alone would also take braces, URNs and bare hex.
-    return bool(re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", instance))
-
-
-def format_checker() -> jsonschema.FormatChecker:
-    """Return a format checker whose ``date-time`` and ``uuid`` checks always run.
-
-    jsonschema only checks ``date-time`` when ``rfc3339-validator`` is installed and silently passes
-    otherwise; this checker replaces both formats with our own functions so validation never depends on
-    optional packages.
-    """
-    checker = jsonschema.FormatChecker()
-    checker.checks("date-time", raises=ValueError)(_is_rfc3339)
-    checker.checks("uuid")(_is_uuid)
-    return checker
+M = TypeVar("M", bound=BaseModel)
 
 
 class SchemaValidationError(ValueError):
-    """A request body that does not match its JSON Schema (or the model behind it).
+    """A request body that does not match its model (and so the published schema generated from it).
 
     Attributes:
-        errors: One ``{"path": "/inputs/persona", "message": "..."}`` per problem, sorted by path.
+        errors: One ``{"path": "/inputs/persona", "message": "..."}`` per problem (at most 50), in the order
+            pydantic reports them.
     """
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
@@ -72,97 +39,100 @@ class SchemaValidationError(ValueError):
         self.errors = errors
 
 
-@cache
-def _validator(name: str) -> jsonschema.protocols.Validator:
-    schema = schemas.load(name)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    validator: jsonschema.protocols.Validator = cls(schema, format_checker=format_checker())
-    return validator
+def _escape(segment: str | int) -> str:
+    # RFC 6901: "~" and "/" inside a key are escaped, so a key holding "/" stays one segment.
+    return str(segment).replace("~", "~0").replace("/", "~1")
 
 
-def _is_rfc3339_format(instance: object) -> bool:
+def _pointer(loc: tuple[str | int, ...], document: Any, *, missing: bool) -> str:
+    """JSON pointer of an error location, following ``loc`` through the decoded ``document``.
+
+    pydantic's locations mix the body's keys and indexes with names of the validators that failed (a union's
+    member, ``[key]`` for a dict key): a segment is kept only when the document has it at that point, so only
+    the body's own path remains, also for a key that happens to look like a validator's name. A missing field
+    is not in the document; its name ends the path.
+    """
+    parts: list[str] = []
+    node = document
+    for index, segment in enumerate(loc):
+        in_object = isinstance(node, dict) and isinstance(segment, str) and segment in node
+        in_array = isinstance(node, list) and isinstance(segment, int) and 0 <= segment < len(node)
+        if in_object or in_array:
+            node = node[segment]
+        elif missing and index == len(loc) - 1 and isinstance(segment, str):
+            pass
+        else:
+            continue
+        parts.append(_escape(segment))
+    return "".join(f"/{p}" for p in parts)
+
+
+def _non_finite_path(document: Any) -> str | None:
+    """JSON pointer of the first NaN or infinity in ``document`` (JSON has neither; ``1e400`` reads as one)."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}/{_escape(k)}") for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def details_from(exc: ValidationError, raw: bytes | str) -> SchemaValidationError:
+    """The 422 details of a body its model refused: paths into the body, pydantic's messages.
+
+    Only a refused body gets here, so decoding it again to follow the locations costs the fast path nothing.
+    A non-finite number (``NaN``, ``Infinity``, ``1e400``) is reported alone, at its path, as it always was.
+
+    Args:
+        exc: What ``model_validate_json`` raised.
+        raw: The body it was given.
+
+    Returns:
+        The error to raise, with problems de-duplicated (a union reports each of its members) and capped.
+    """
     try:
-        return _is_rfc3339(instance)
-    except ValueError:
-        return False
+        document: Any = json.loads(raw)
+    except (ValueError, RecursionError):
+        document = None  # not JSON: pydantic's own location ("") is all there is
+    where = _non_finite_path(document)
+    if where is not None:
+        return SchemaValidationError([{"path": where, "message": NON_FINITE}])
+    seen: set[tuple[str, str]] = set()
+    problems: list[dict[str, str]] = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        missing = error["type"] == "missing"
+        path = _pointer(tuple(error["loc"]), document, missing=missing)
+        # A missing field's message names it, as well as its path does (clients show messages alone).
+        message = f"{error['msg']}: {error['loc'][-1]}" if missing and error["loc"] else error["msg"]
+        key = (path, message[:300])
+        if key not in seen:
+            seen.add(key)
+            problems.append({"path": key[0], "message": key[1]})
+    return SchemaValidationError(problems[:MAX_DETAILS])
 
 
-@cache
-def _fast_validator(name: str) -> Any:
-    """The same schema compiled by jsonschema-rs, with our own ``date-time`` and ``uuid`` checks.
-
-    Profiling the telemetry path showed the pure-Python validator spending ~140 ms on a batch of 1000 events;
-    this one answers valid/invalid in a few. It only says yes or no: the error list still comes from
-    :func:`_validator`, so what callers read does not change.
-    """
-    return jsonschema_rs.validator_for(
-        load_schema(name),
-        validate_formats=True,
-        formats={"date-time": _is_rfc3339_format, "uuid": _is_uuid},
-    )
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """Return the parsed JSON Schema ``schemas/<name>`` (e.g. ``lifecycle_run.schema.json``)."""
-    schema = _validator(name).schema
-    if not isinstance(schema, Mapping):
-        raise TypeError(f"schema {name} is not an object")
-    return dict(schema)
-
-
-def _pointer(path: Any) -> str:
-    return "".join(f"/{p}" for p in path)
-
-
-def validate_json(name: str, payload: Any) -> None:
-    """Validate ``payload`` against ``schemas/<name>``.
+def parse_model(model: type[M], raw: bytes | str) -> M:
+    """Parse ``raw`` JSON into ``model``: strict types, by alias only, no null for an absent field.
 
     Raises:
-        SchemaValidationError: With every problem found, not only the first.
+        SchemaValidationError: When the body does not match the model.
     """
-    if _fast_validator(name).is_valid(payload):
-        return
-    # Invalid (or a case where the two validators disagree): the reference validator decides and explains.
-    errors = sorted(_validator(name).iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise SchemaValidationError(
-            [{"path": _pointer(e.absolute_path), "message": e.message[:300]} for e in errors[:50]]
-        )
-
-
-def pydantic_errors(exc: ValidationError) -> SchemaValidationError:
-    """Turn a pydantic ``ValidationError`` into a :class:`SchemaValidationError` (no input values echoed)."""
-    return SchemaValidationError(
-        [{"path": _pointer(e["loc"]), "message": e["msg"]} for e in exc.errors(include_input=False)[:50]]
-    )
-
-
-def loads_strict(text: str | bytes) -> Any:
-    """Parse JSON refusing ``NaN``/``Infinity``, which Python's ``json`` accepts but JSON does not.
-
-    Numbers too large for a double (``1e400``) still parse to infinity; the schemas' ``maximum`` refuses them.
-
-    Raises:
-        SchemaValidationError: For the non-standard constants.
-        ValueError: For text that is not JSON (``json.JSONDecodeError``).
-    """
-
-    def _reject(constant: str) -> Any:
-        raise SchemaValidationError([{"path": "", "message": f"{constant} is not valid JSON"}])
-
-    return json.loads(text, parse_constant=_reject)
-
-
-def parse_run_request(payload: Any) -> LifecycleRunRequest:
-    """Validate a decoded request body against ``lifecycle_run.schema.json`` and parse it.
-
-    Raises:
-        SchemaValidationError: When the body does not match the schema, or (e.g.) a report period ends before
-            it starts.
-    """
-    validate_json("lifecycle_run.schema.json", payload)
     try:
-        return LifecycleRunRequest.model_validate(payload)
+        return model.model_validate_json(raw, strict=True, by_alias=True, by_name=False, context=REQUEST_BODY)
     except ValidationError as exc:
-        raise pydantic_errors(exc) from None
+        raise details_from(exc, raw) from None
+
+
+def parse_run_request(raw: bytes | str) -> LifecycleRunRequest:
+    """Parse a ``POST /v1/lifecycle/runs`` body.
+
+    The rules of ``lifecycle_run.schema.json``, and those a schema cannot say (e.g. "to" after "from").
+
+    Raises:
+        SchemaValidationError: When the body does not match.
+    """
+    return parse_model(LifecycleRunRequest, raw)

@@ -202,3 +202,58 @@ async def test_account_events_cursor_and_unknown_account(lc_api: Api) -> None:
         assert code == expected, (after, body)
     code, body = await lc_api.get("/v1/accounts/not-a-uuid/events")
     assert code == 404 and body["error"]["code"] == "NOT_FOUND"
+
+
+def stored_events(engine: Engine, account: str) -> int:
+    with Session(engine) as s:
+        query = select(func.count()).select_from(TelemetryEvent).where(TelemetryEvent.account_id == account)  # type: ignore[arg-type]
+        return int(s.execute(query).scalar_one())
+
+
+async def test_telemetry_one_bad_event_of_1000_is_named_and_nothing_is_stored(lc_api: Api, engine: Engine) -> None:
+    account = new_account()
+    body = samples(account, [float(i) for i in range(1000)])
+    body["events"][537]["timestamp"] = "2025-11-17T12:00:00"  # no offset
+    body["events"][537]["kpi"] = "Bad KPI"
+    body["events"][999]["metadata"] = {"deep": {"er": {"x": 1}}}  # three levels
+    code, resp = await lc_api.post("/v1/telemetry/events", body)
+    assert code == 422, resp
+    assert resp["error"]["code"] == "VALIDATION_ERROR" and "traceId" in resp["error"]
+    paths = [d["path"] for d in resp["error"]["details"]]
+    assert paths[:2] == ["/events/537/kpi", "/events/537/timestamp"], paths
+    # The union of metadata values reports each alternative once at the path that failed, nothing else.
+    assert set(paths[2:]) == {"/events/999/metadata/deep", "/events/999/metadata/deep/er"}, paths
+    assert all(d["message"] for d in resp["error"]["details"])
+    assert stored_events(engine, account) == 0
+    # The same batch, fixed, is stored whole.
+    body["events"][537].update(timestamp="2025-11-17T12:00:00Z", kpi=KPI)
+    body["events"][999]["metadata"] = {"deep": {"er": 1}}
+    code, resp = await lc_api.post("/v1/telemetry/events", body)
+    assert code == 202 and (resp["accepted"], resp["duplicates"]) == (1000, 0), resp
+    assert stored_events(engine, account) == 1000
+
+
+async def test_telemetry_resent_batch_of_1000_is_stored_once(lc_api: Api, engine: Engine) -> None:
+    account = new_account()
+    body = samples(account, [float(i) for i in range(1000)])
+    for i, e in enumerate(body["events"]):
+        e["id"] = f"{account}-{i}"
+    code, first = await lc_api.post("/v1/telemetry/events", body)
+    assert code == 202 and (first["accepted"], first["duplicates"]) == (1000, 0), first
+    code, again = await lc_api.post("/v1/telemetry/events", body)
+    assert code == 202 and (again["accepted"], again["duplicates"]) == (1000, 1000), again
+    assert again["accounts"] == first["accounts"] == [{"accountId": account, "accepted": 1000}]
+    # Half of it again with 500 new events: only the new ones are stored, in the same one statement.
+    half = samples(account, [float(i) for i in range(1000)])
+    for i, e in enumerate(half["events"]):
+        e["id"] = f"{account}-{i + 500}"
+    code, partly = await lc_api.post("/v1/telemetry/events", half)
+    assert code == 202 and (partly["accepted"], partly["duplicates"]) == (1000, 500), partly
+    assert stored_events(engine, account) == 1500
+    # One id twice inside a batch is the sender's bug, not a retry: refused, nothing stored.
+    half["events"][700]["id"] = half["events"][3]["id"]
+    code, resp = await lc_api.post("/v1/telemetry/events", half)
+    assert code == 422 and resp["error"]["details"] == [
+        {"path": "/events/700/id", "message": "duplicate id (first at /events/3/id)"}
+    ], resp
+    assert stored_events(engine, account) == 1500
