@@ -22,7 +22,7 @@ from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs import documentation, milestone
-from quantapilot.runs.checks import read_config_text, repo_url_problem, run_config
+from quantapilot.runs.checks import read_config_text, repo_url_problem, run_config, with_docs_folder
 from quantapilot.runs.contracts import (
     CLEANUP_WORKTREE,
     CLONE_REPOSITORY,
@@ -199,14 +199,17 @@ class RepoActivities:
             async with self._worktrees.lock(inp.repo.run_id), heartbeating("read_config"):
                 root = await self._worktrees.ensure(inp.repo)
                 text = await asyncio.to_thread(read_config_text, root, inp.repo.commit_sha, inp.path)
-            config, has_commands = run_config(
-                text,
-                source=inp.path,
-                run_id=inp.repo.run_id,
-                repo_url=inp.repo.repo_url,
-                allow_self_approval=inp.allow_self_approval,
-                command_repo_patterns=self._settings.command_repo_patterns,
-            )
+                config, has_commands = run_config(
+                    text,
+                    source=inp.path,
+                    run_id=inp.repo.run_id,
+                    repo_url=inp.repo.repo_url,
+                    allow_self_approval=inp.allow_self_approval,
+                    command_repo_patterns=self._settings.command_repo_patterns,
+                )
+                # Settled here, while the file's own words are known: a repository's docs/ of its own is left
+                # alone unless quantapilot.yml names the folder.
+                config = await asyncio.to_thread(with_docs_folder, config, root, inp.repo.commit_sha)
             if has_commands:
                 # Fail now rather than after the documentation and the first gates: no command would run anyway.
                 await self._require_sandbox(self._sandbox(inp.repo.repo_url))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -15,12 +16,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from api.event_log import parse_after, workflow_open
-from api.keys import ENGINE, SETTINGS, TEMPORAL
+from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.registry import Call
 from api.runs import is_not_found, run_handle
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
-from quantapilot.events.log import gapless_page, read_events
+from quantapilot.events.log import gapless_page, read_events, stream_times
 from quantapilot.events.record import event_json
 from quantapilot.forges.remotes import host_refused_without_dns
 from quantapilot.models import (
@@ -34,6 +35,8 @@ from quantapilot.models import (
     RunKind,
     RunStatus,
 )
+from quantapilot.runs.listing import list_runs as list_workspace_runs
+from quantapilot.runs.listing import parse_query
 from quantapilot.runs.starter import start_run
 from quantapilot.temporal import (
     SA_BRANCH,
@@ -154,6 +157,26 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
         payload["deprecationNotice"] = run_alias_notice()
         headers |= run_alias_headers()
     return _json(payload, status=202, headers=headers)
+
+
+async def list_runs(request: web.Request, call: Call) -> web.Response:
+    """The caller's workspace's runs, filtered and paged (quantapilot/runs/listing.py)."""
+    workspace = call.principal.workspace
+    query = parse_query(list(request.query.items()))
+    engine = request.app[ENGINE]
+
+    async def event_times(ws: str, run_ids: Sequence[str]) -> dict[str, tuple[datetime, datetime]]:
+        return await asyncio.to_thread(stream_times, engine, workspace=ws, stream_ids=run_ids)
+
+    page = await list_workspace_runs(
+        request.app[TEMPORAL],
+        request.app[KEYRING],
+        event_times,
+        workspace=workspace,
+        query=query,
+        rpc_timeout=_rpc_timeout(request),
+    )
+    return _json(page.model_dump(mode="json", exclude_none=True))
 
 
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:

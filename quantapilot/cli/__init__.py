@@ -1,15 +1,16 @@
 """The ``qp`` command line: start the stack, run the processes, and drive runs through the HTTP API.
 
 One module per command group: ``up`` (the supervised local stack), ``services`` (``worker``, ``api``), ``runs``
-(``run``, ``status``, ``events``, ``pause``, ``resume``, ``cancel``), ``gates`` (``approve``, ``reject``),
-``tokens``, ``db``, ``secrets``, ``temporal``, ``webhooks``; ``client`` and ``view`` are what they share.
+(``run``, ``status``, ``events``, ``pause``, ``resume``, ``cancel``), ``listing`` (``runs``), ``gates``
+(``approve``, ``reject``), ``tokens``, ``db``, ``secrets``, ``temporal``, ``webhooks``; ``client`` and ``view``
+are what they share.
 """
 
 from __future__ import annotations
 
 import click
 
-from quantapilot.cli import gates, runs, services
+from quantapilot.cli import gates, listing, runs, services
 from quantapilot.cli.db import db
 from quantapilot.cli.secrets import secrets
 from quantapilot.cli.temporal import temporal
@@ -27,7 +28,18 @@ def main(ctx: click.Context, api_url: str | None, token: str | None) -> None:
     ctx.ensure_object(dict).update(api_url=api_url, token=token)
 
 
-for command in (*services.COMMANDS, *runs.COMMANDS, *gates.COMMANDS, tokens, db, up, secrets, temporal, webhooks):
+for command in (
+    *services.COMMANDS,
+    *runs.COMMANDS,
+    *listing.COMMANDS,
+    *gates.COMMANDS,
+    tokens,
+    db,
+    up,
+    secrets,
+    temporal,
+    webhooks,
+):
     main.add_command(command)
 
 __all__ = ["main"]

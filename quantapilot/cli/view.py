@@ -36,6 +36,33 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
                 console.print(f"approve with: qp approve {status['run_id']} {gate['name']} --reason '...'")
     for milestone in status.get("milestones", []):
         console.print(f"  milestone {milestone['id']} {milestone['status']}: {milestone['title']}")
+        for step in milestone.get("steps") or []:
+            if step_failed(step):
+                print_failed_step(step)
+
+
+#: Lines of a failed step's output tail shown by ``qp status`` (the API keeps the whole tail; --json prints it).
+TAIL_LINES = 20
+
+
+def step_failed(step: dict[str, Any]) -> bool:
+    """Whether a milestone step failed: it timed out or exited with a status other than 0."""
+    return bool(step.get("timed_out")) or step.get("exit_code") not in (0, None)
+
+
+def print_failed_step(step: dict[str, Any]) -> None:
+    """Print a failed step: its name, exit code (or timeout), attempt, and the last lines of its output."""
+    how = "timed out" if step.get("timed_out") else f"exit code {step.get('exit_code')}"
+    attempt = f", attempt {step['attempt']}" if step.get("attempt", 1) > 1 else ""
+    console.print(f"    step [bold]{step['name']}[/bold] failed: [red]{how}[/red]{attempt}", highlight=False)
+    if step.get("command"):
+        console.print(f"      $ {step['command']}", markup=False, highlight=False)
+    tail = (step.get("output_tail") or "").rstrip("\n").splitlines()[-TAIL_LINES:]
+    if tail:
+        console.print(f"      output (last {len(tail)} lines):", highlight=False)
+    for line in tail:
+        # Repository output: printed as text, never as rich markup, and on one line each.
+        console.print(f"      | {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _describe_event(event: dict[str, Any]) -> str:

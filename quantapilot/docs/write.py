@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from quantapilot.docs.model import GeneratedPage, is_generated_text
 from quantapilot.docs.scan import MARKDOWN_SUFFIXES, normalise_output_folder
+from quantapilot.repos.files import EntryKind, FileRefusedError, RepoFiles
 from quantapilot.repos.worktree import (
     UnsafePathError,
     normalise_path,
@@ -22,6 +23,49 @@ from quantapilot.repos.worktree import (
     walk_worktree_files,
     write_file,
 )
+
+#: Where generated pages go by default, and where when the repository's ``docs/`` is its own (Sphinx sources...).
+DEFAULT_OUTPUT_FOLDER = "docs"
+OWN_DOCS_OUTPUT_FOLDER = "docs/quantapilot"
+_MARKER_HEAD_BYTES = 8192
+
+
+def holds_others_files(repo: RepoFiles, folder: str) -> bool:
+    """Whether a tracked folder holds anything the generator did not write.
+
+    Read from the commit's objects (:mod:`quantapilot.repos.files`), so a link is seen as one and never followed:
+    the folder being a link, a submodule or a file, a link or submodule inside it, a file too large to read, or
+    any file without the generator's marker all count as someone else's.
+
+    Args:
+        repo: The repository's files at the run's commit.
+        folder: A folder relative to the root (``docs``).
+    """
+    if repo.link_on_path(folder) is not None or folder in repo.entries:
+        return True
+    prefix = folder.rstrip("/") + "/"
+    for path, entry in repo.entries.items():
+        if not path.startswith(prefix):
+            continue
+        if entry.kind is not EntryKind.FILE:
+            return True
+        try:
+            head = repo.read_bytes(path)[:_MARKER_HEAD_BYTES]
+        except FileRefusedError:
+            return True
+        if not is_generated_text(head.decode("utf-8", errors="replace")):
+            return True
+    return False
+
+
+def default_output_folder(repo: RepoFiles) -> str:
+    """The output folder when quantapilot.yml names none: ``docs``, unless the repository keeps its own there.
+
+    A ``docs/`` with files of the repository's own (Sphinx ``.rst`` sources, images, a link) gets the generated
+    Markdown in ``docs/quantapilot/`` instead, so the two never mix; a ``docs/`` holding only our pages (an
+    earlier run's, merged) stays ours.
+    """
+    return OWN_DOCS_OUTPUT_FOLDER if holds_others_files(repo, DEFAULT_OUTPUT_FOLDER) else DEFAULT_OUTPUT_FOLDER
 
 
 class OutputConflictError(Exception):

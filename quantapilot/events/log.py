@@ -10,13 +10,14 @@ a hole left by a cancelled recording.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
+from quantapilot.events.envelope import aware
 from quantapilot.events.record import EventRecord, row_of
 from quantapilot.events.table import RunEvent
 
@@ -70,6 +71,26 @@ def read_events(engine: Engine, *, workspace: str, stream_id: str, after: int) -
             .limit(EVENTS_PAGE)
         )
         return list(session.exec(query))
+
+
+def stream_times(engine: Engine, *, workspace: str, stream_ids: Sequence[str]) -> dict[str, tuple[datetime, datetime]]:
+    """When each stream's first and latest event were created (streams without events are left out).
+
+    Args:
+        engine: The service database.
+        workspace: The streams' workspace.
+        stream_ids: Run ids (one page of a run listing).
+    """
+    if not stream_ids:
+        return {}
+    created = col(RunEvent.created_at)
+    with Session(engine) as session:
+        rows = session.exec(
+            select(RunEvent.run_id, func.min(created), func.max(created))
+            .where(RunEvent.workspace == workspace, col(RunEvent.run_id).in_(list(stream_ids)))
+            .group_by(col(RunEvent.run_id))
+        ).all()
+    return {run_id: (aware(first), aware(last)) for run_id, first, last in rows}
 
 
 def up_to_first_gap(rows: list[RunEvent], after: int) -> tuple[list[RunEvent], bool]:

@@ -223,7 +223,9 @@ class DocsConfig(_Frozen):
         pattern=_RELATIVE_FOLDER,
         description=(
             "Folder of the generated pages, relative to the repository root; no '..', '.' or '.git' segments, "
-            "no leading '/'."
+            "no leading '/'. Not given: docs, or docs/quantapilot when the repository's docs/ holds files of its "
+            "own (e.g. Sphinx .rst sources, any file without the generator's marker, a link); given: used as "
+            "written."
         ),
     )
     # None: quantapilot/<run_id>/docs, one branch per run so concurrent runs of a repository never collide.

@@ -6,6 +6,7 @@ import fnmatch
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from quantapilot.docs.write import default_output_folder
 from quantapilot.errors import ErrorCode
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.repos.config_loader import MAX_CONFIG_BYTES, ConfigError, load_config
@@ -102,3 +103,31 @@ def run_config(
             "quantapilot.yml has milestone commands but this repository is not allowed to run commands",
         )
     return config, has_commands
+
+
+def with_docs_folder(config: QuantapilotConfig, root: Path, commit: str | None) -> QuantapilotConfig:
+    """The configuration with its documentation folder settled against the repository.
+
+    An ``output_folder`` given in quantapilot.yml stands as written; without one the folder is ``docs``, or
+    ``docs/quantapilot`` when the repository's ``docs/`` holds files of its own
+    (:func:`quantapilot.docs.write.default_output_folder`). Call it on the configuration as loaded: whether the
+    file named the folder is known only before the configuration is serialized.
+
+    Args:
+        config: The configuration from :func:`run_config`.
+        root: The run's work tree.
+        commit: The run's commit (its objects are read, never the work tree).
+
+    Raises:
+        StepError: ``TOOL_FAILURE`` (retryable) when git cannot list the commit.
+    """
+    if "output_folder" in config.docs.model_fields_set:
+        return config
+    try:
+        with open_repo_files(root, commit=commit) as repo:
+            folder = default_output_folder(repo)
+    except RepoReadError as exc:
+        raise StepError(ErrorCode.TOOL_FAILURE, str(exc), retryable=True) from None
+    if folder == config.docs.output_folder:
+        return config
+    return config.model_copy(update={"docs": config.docs.model_copy(update={"output_folder": folder})})

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from quantapilot.models import StepOutcome
+from quantapilot.models import RunKind, RunState, StepOutcome
 
 # Activity names: readable in the Temporal Web UI, stable across refactors.
 RECORD_EVENT = "record_event"
@@ -146,3 +146,36 @@ class MilestoneResult(_Model):
     changed: bool
     steps: list[StepOutcome]
     failed_step: str | None = None
+
+
+class RunListItem(BaseModel):
+    """One run of ``GET /v1/runs``: what visibility knows of it, with its first and latest event's times."""
+
+    model_config = ConfigDict(extra="forbid", title="RunListItem")
+
+    run_id: str = Field(description="Run id (rr_ repository, lc_ lifecycle).")
+    kind: RunKind
+    state: RunState = Field(
+        description="The run's state; a run Temporal ended without it (terminated, timed out) is failed."
+    )
+    repo_url: str | None = Field(default=None, description="Repository of a repository run.")
+    branch: str | None = Field(default=None, description="Branch of a repository run.")
+    account_id: str | None = Field(default=None, description="Account of a lifecycle run.")
+    stage: str | None = Field(default=None, description="Lifecycle stage of a lifecycle run.")
+    correlation_id: str | None = Field(default=None, description="The caller's id given at the trigger.")
+    gate: str | None = Field(default=None, description="The gate the run waits at (also while paused there).")
+    created_at: datetime = Field(description="When the run started (its first event).")
+    updated_at: datetime = Field(description="Its latest event, or when Temporal closed it.")
+
+
+class RunList(BaseModel):
+    """The answer of ``GET /v1/runs``: a page of the workspace's runs and the token of the next one."""
+
+    model_config = ConfigDict(extra="forbid", title="RunList")
+
+    runs: list[RunListItem] = Field(
+        description="Open runs first, newest first; then finished runs, the latest finished first."
+    )
+    next_page_token: str | None = Field(
+        default=None, description="Pass as page_token for the next page; absent on the last page."
+    )
