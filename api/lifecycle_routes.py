@@ -158,6 +158,7 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
             gate_timeout_s=gate.timeout_s,
             gate_approvers=list(gate.approvers),
             gate_allow_self_approval=allow_self_approval,
+            gate_required_approvals=gate.required_approvals,
             triggered_by_token=principal.token_id,
             allow_self_approval_default=settings.allow_self_approval,
         )

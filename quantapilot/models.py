@@ -149,6 +149,11 @@ class ApprovalRecord(_Model):
     via: DecisionSource = "signal"
 
 
+def approval_progress_text(approvals: int, required: int) -> str:
+    """How far a gate that needs several approvals is, as people read it: ``"1 of 2 approvals"``."""
+    return f"{approvals} of {required} approval{'' if required == 1 else 's'}"
+
+
 class GateRecord(_Model):
     """A gate as the run sees it."""
 
@@ -165,6 +170,9 @@ class GateRecord(_Model):
     # N-of-M: the gate passes once this many distinct subjects approved; each decision is kept in ``approvals``.
     required_approvals: int = 1
     approvals: list[ApprovalRecord] = []
+    # "1 of 2 approvals" while a gate that needs several approvals waits (None otherwise), so the status API, `qp
+    # status` and the Web UI say the same thing.
+    approval_progress: str | None = None
 
     @property
     def approved(self) -> bool | None:

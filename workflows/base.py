@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -11,7 +12,15 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_activity_error, retry_policy
-from workflows.gates import DeciderCheck, check_decider, check_decider_before_floor, check_decision
+from workflows.gates import (
+    DeciderCheck,
+    approval_event,
+    check_decider,
+    check_decider_before_floor,
+    check_decision,
+    partial_approvals,
+    record_decision,
+)
 
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
@@ -26,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         RunKind,
         RunState,
         RunStatus,
+        approval_progress_text,
     )
     from quantapilot.temporal import SA_PENDING_GATE, SA_STATE
 
@@ -37,6 +47,8 @@ PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
 PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
 # Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
 PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
+# Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.
+PATCH_GATE_N_OF_M = "gate-n-of-m"
 
 
 class RunWorkflowBase:
@@ -73,6 +85,8 @@ class RunWorkflowBase:
             run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id, trace_id=trace_id
         )
         self._gates: dict[str, GateRecord] = {}
+        # Gates requested under PATCH_GATE_N_OF_M: their decisions follow workflows.gates.record_decision.
+        self._n_of_m_gates: set[str] = set()
         self._paused = False
         self._paused_reason: str | None = None
         self._terminal: RunState | None = None
@@ -124,9 +138,11 @@ class RunWorkflowBase:
             lines += ["", "| gate | status | decided by |", "| --- | --- | --- |"]
             lines += [f"| {g.name} | {g.status} | {g.decided_by or ''} |" for g in self._gates.values()]
         for gate in (g for g in self._gates.values() if g.status == GateStatus.PENDING):
+            # N-of-M: "1 of 2 approvals" so far.
+            progress = f" ({gate.approval_progress})" if gate.approval_progress else ""
             lines += [
                 "",
-                f"Waiting at gate **{gate.name}**: {gate.description}",
+                f"Waiting at gate **{gate.name}**{progress}: {gate.description}",
                 f"Approve with `qp approve {self._run_id} {gate.name}` or the `decide_gate` signal.",
             ]
         return "\n".join(lines)
@@ -321,27 +337,38 @@ class RunWorkflowBase:
         timeout_s: float | None = None,
         approvers: list[str] | None = None,
         allow_self_approval: bool | None = None,
+        required_approvals: int = 1,
     ) -> GateRecord:
-        """Wait at a gate until a person decides; rejection or timeout ends the run."""
+        """Wait at a gate until a person decides (or, N-of-M, enough people); rejection or timeout ends the run."""
         await self._checkpoint()
+        # Runs that reached this gate before N-of-M replay the one-decision gate (no approvals kept).
+        n_of_m = workflow.patched(PATCH_GATE_N_OF_M)
+        required = required_approvals if n_of_m else 1
         gate = GateRecord(
             name=name,
             description=description,
             requested_at=workflow.now(),
             approvers=approvers or [],
             allow_self_approval=self._self_approval_default if allow_self_approval is None else allow_self_approval,
+            required_approvals=required,
+            approval_progress=approval_progress_text(0, required) if required > 1 else None,
         )
         self._gates[name] = gate
+        if n_of_m:
+            self._n_of_m_gates.add(name)
         self._current_step = f"gate:{name}"
         self._touch()
         await self._emit("gate.requested", {"run_id": self._run_id, "gate": name, "description": description})
         try:
-            await workflow.wait_condition(
-                lambda: gate.status != GateStatus.PENDING,
-                timeout=timedelta(seconds=timeout_s) if timeout_s else None,
-            )
+            if n_of_m:
+                gate = await self._await_approvals(name, timeout_s)
+            else:
+                await workflow.wait_condition(
+                    lambda: gate.status != GateStatus.PENDING,
+                    timeout=timedelta(seconds=timeout_s) if timeout_s else None,
+                )
         except TimeoutError:
-            gate.status = GateStatus.TIMED_OUT
+            self._gates[name].status = GateStatus.TIMED_OUT
             raise RunFailure(ErrorCode.GATE_TIMEOUT, f"gate {name} was not decided within {timeout_s:g}s") from None
         self._touch()
         await self._emit(
@@ -351,6 +378,35 @@ class RunWorkflowBase:
         if gate.status == GateStatus.REJECTED:
             raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
         return gate
+
+    async def _await_approvals(self, name: str, timeout_s: float | None) -> GateRecord:
+        """Wait until the gate is decided, reporting each approval that does not decide it yet.
+
+        Decisions replace the gate's record (:func:`~workflows.gates.record_decision`), so the gate is read from
+        ``self._gates`` each time. A gate that one decision decides waits exactly as before: one wait, one timer.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed (counted from the request, not from the last approval).
+        """
+        deadline = workflow.now() + timedelta(seconds=timeout_s) if timeout_s else None
+        reported = 0
+        while True:
+            # Emitting awaits an activity and approvals may arrive meanwhile: report until none is left.
+            while reported < len(partial_approvals(self._gates[name])):
+                await self._emit("gate.approval_recorded", approval_event(self._run_id, self._gates[name], reported))
+                reported += 1
+            gate = self._gates[name]
+            if gate.status != GateStatus.PENDING:
+                return gate
+            remaining = (deadline - workflow.now()) if deadline is not None else None
+            if remaining is not None and remaining <= timedelta(0):
+                raise TimeoutError
+            await workflow.wait_condition(functools.partial(self._gate_moved, name, reported), timeout=remaining)
+
+    def _gate_moved(self, name: str, reported: int) -> bool:
+        """Whether the gate was decided or has approvals not yet reported."""
+        gate = self._gates[name]
+        return gate.status != GateStatus.PENDING or len(partial_approvals(gate)) > reported
 
     def _check_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
         """Validate a decision (:func:`~workflows.gates.check_decision`); return the gate it applies to."""
@@ -375,6 +431,14 @@ class RunWorkflowBase:
 
     def _apply_decision(self, decision: GateDecisionInput, *, decider: DeciderCheck | None) -> GateRecord:
         gate = self._check_decision(decision, decider=decider)
+        if decision.gate in self._n_of_m_gates:
+            if gate.status == GateStatus.PENDING:
+                updated = record_decision(gate, decision, at=workflow.now())
+                if updated != gate:
+                    self._gates[decision.gate] = updated
+                    self._touch()
+                return updated.model_copy()
+            return gate.model_copy()
         if gate.status == GateStatus.PENDING:
             gate.status = GateStatus.APPROVED if decision.approved else GateStatus.REJECTED
             gate.decided_at = workflow.now()

@@ -7,13 +7,14 @@ inside workflows (deterministic, no I/O), and a refused decision raises ``Applic
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
-    from quantapilot.models import GateDecisionInput, GateRecord, GateStatus
+    from quantapilot.models import ApprovalRecord, GateDecisionInput, GateRecord, GateStatus, approval_progress_text
 
 # Decides whether the sender of a decision may decide a pending gate; raises ApplicationError when not.
 DeciderCheck = Callable[[GateRecord, GateDecisionInput], None]
@@ -97,3 +98,79 @@ def check_decider_before_floor(gate: GateRecord, decision: GateDecisionInput, *,
             f"the token that triggered the run may not decide gate {decision.gate}",
             type=ErrorCode.AUTHORIZATION_ERROR,
         )
+
+
+# ----- N-of-M approvals ----------------------------------------------------------------------------------------
+
+
+def approving_subjects(gate: GateRecord) -> list[str]:
+    """The distinct subjects that approved the gate, in the order of their first approval."""
+    seen: list[str] = []
+    for record in gate.approvals:
+        if record.approved and record.subject not in seen:
+            seen.append(record.subject)
+    return seen
+
+
+def record_decision(gate: GateRecord, decision: GateDecisionInput, *, at: datetime) -> GateRecord:
+    """The gate after one more decision (the N-of-M rules); the decision has passed :func:`check_decision`.
+
+    Each decision is kept in ``approvals`` (subject, time, reason, how it arrived). The gate passes once
+    ``required_approvals`` distinct subjects approved; one rejection rejects it (GitLab's rule), also from a subject
+    that approved before; the same subject approving again counts once and changes nothing. With
+    ``required_approvals`` 1 the first decision decides, as it always did.
+
+    Args:
+        gate: The gate as it stands (pending, or decided: then nothing changes).
+        decision: The accepted decision.
+        at: When the run took the decision (``workflow.now()``).
+
+    Returns:
+        A new record; ``gate`` itself is left as it was.
+    """
+    if gate.status != GateStatus.PENDING:
+        return gate.model_copy()
+    if decision.approved and decision.decided_by in approving_subjects(gate):
+        return gate.model_copy()  # the same subject twice counts once
+    record = ApprovalRecord(
+        subject=decision.decided_by, approved=decision.approved, at=at, reason=decision.reason, via=decision.source
+    )
+    updated = gate.model_copy(update={"approvals": [*gate.approvals, record]})
+    approvals = len(approving_subjects(updated))
+    if not decision.approved:
+        status = GateStatus.REJECTED
+    elif approvals >= gate.required_approvals:
+        status = GateStatus.APPROVED
+    else:
+        updated.approval_progress = approval_progress_text(approvals, gate.required_approvals)
+        return updated
+    updated.status = status
+    updated.decided_at = at
+    updated.decided_by = decision.decided_by
+    updated.source = decision.source
+    updated.reason = decision.reason
+    updated.approval_progress = None
+    return updated
+
+
+def partial_approvals(gate: GateRecord) -> list[ApprovalRecord]:
+    """The approvals that did not decide the gate, each reported once as ``gate.approval_recorded``.
+
+    A subject appears at most once among them (:func:`record_decision` keeps no repeated approval), so the
+    i-th of them is the (i+1)-th distinct approval. The decision that decided the gate is the last record; it is
+    reported by ``gate.decided``.
+    """
+    records = gate.approvals if gate.status == GateStatus.PENDING else gate.approvals[:-1]
+    return [record for record in records if record.approved]
+
+
+def approval_event(run_id: str, gate: GateRecord, index: int) -> dict[str, object]:
+    """The data of ``gate.approval_recorded`` for the ``index``-th partial approval (:func:`partial_approvals`)."""
+    record = partial_approvals(gate)[index]
+    return {
+        "run_id": run_id,
+        "gate": gate.name,
+        "subject": record.subject,
+        "approvals": index + 1,
+        "required": gate.required_approvals,
+    }

@@ -123,6 +123,7 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                     timeout_s=inp.gate_timeout_s,
                     approvers=list(inp.gate_approvers),
                     allow_self_approval=inp.gate_allow_self_approval,
+                    required_approvals=inp.gate_required_approvals,
                 )
             except RunFailure:
                 # The targets never become active; the page stays readable as an archived proposal.

@@ -250,6 +250,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             timeout_s=settings.timeout_s,
             approvers=list(settings.approvers),
             allow_self_approval=settings.allow_self_approval,
+            required_approvals=settings.required_approvals,
         )
 
     async def _documentation(self, config: QuantapilotConfig) -> PullRequestResult:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import click
 
 from quantapilot.cli.client import api_client, console
+from quantapilot.cli.view import gate_state
 
 
 def _decide(ctx: click.Context, run_id: str, gate: str, approved: bool, reason: str | None) -> None:
     record = api_client(ctx).call(
         "POST", f"/v1/runs/{run_id}/gates/{gate}/decision", {"approved": approved, "reason": reason}
     )
+    if record.get("approval_progress"):
+        # An approval of a gate that needs several: recorded, the gate still waits for the others.
+        console.print(f"gate {record['name']}: {gate_state(record)}")
+        return
     console.print(f"gate {record['name']}: {record['status']} by {record.get('decided_by')}")
 
 

@@ -16,6 +16,12 @@ FOLLOW_EXIT = {"completed": 0, "failed": 1, "cancelled": 3}
 FINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled"}
 
 
+def gate_state(gate: dict[str, Any]) -> str:
+    """A gate's status, with how far it is while it needs several approvals: ``pending (1 of 2 approvals)``."""
+    progress = gate.get("approval_progress")
+    return f"{gate['status']} ({progress})" if progress else str(gate["status"])
+
+
 def print_status(status: dict[str, Any], as_json: bool) -> None:
     """Print a run's status: JSON, or a line with its state and step, its gates and its milestones."""
     if as_json:
@@ -29,7 +35,7 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
     if status.get("gates"):
         table = Table("gate", "status", "decided by", "reason")
         for gate in status["gates"]:
-            table.add_row(gate["name"], gate["status"], gate.get("decided_by") or "", gate.get("reason") or "")
+            table.add_row(gate["name"], gate_state(gate), gate.get("decided_by") or "", gate.get("reason") or "")
         console.print(table)
         for gate in status["gates"]:
             if gate["status"] == "pending":

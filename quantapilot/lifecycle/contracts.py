@@ -80,6 +80,8 @@ class LifecycleRunInput(_Model):
     # The business_case gate's deciders (token subjects or "scope:<scope>"; empty: anyone who may decide gates).
     gate_approvers: list[str] = Field(default_factory=list)
     gate_allow_self_approval: bool | None = None
+    # N-of-M: distinct approvals the business_case gate needs (runs started before it carry 1).
+    gate_required_approvals: int = 1
     # Id of the token that triggered the run, for the self-approval rule. Runs started before it existed carry
     # "" and keep their old behaviour (no self-approval check), as the default below does.
     triggered_by_token: str = ""

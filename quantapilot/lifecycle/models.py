@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
+from quantapilot.approvals import MAX_REQUIRED_APPROVALS, required_approvals_issue
 from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
@@ -242,6 +243,24 @@ class StageGateSettings(_Request):
         le=31536000,
         description="Seconds to wait for a decision; then the run fails with GATE_TIMEOUT. Absent: no timeout.",
     )
+    required_approvals: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REQUIRED_APPROVALS,
+        description=(
+            "Distinct approvals the gate needs (N-of-M, at most 20): it passes once that many subjects approved, one "
+            "rejection rejects it, the same subject twice counts once. When approvers names subjects only (no "
+            "'scope:' entry), at most their number."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _reachable(self) -> StageGateSettings:
+        # A gate its approvers can never pass would hold the run until its timeout, or for ever.
+        issue = required_approvals_issue(self.required_approvals, list(self.approvers))
+        if issue is not None:
+            raise ValueError(issue)
+        return self
 
 
 def _published_document(schema: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
+from quantapilot.approvals import MAX_REQUIRED_APPROVALS, required_approvals_issue
+
 __all__ = [
     "BudgetsConfig",
     "DocsConfig",
@@ -212,6 +214,16 @@ class GateConfig(_Frozen):
             "with QP_ALLOW_SELF_APPROVAL=false, true counts as false."
         ),
     )
+    required_approvals: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REQUIRED_APPROVALS,
+        description=(
+            "Distinct approvals the gate needs (N-of-M, at most 20): it passes once that many subjects approved, one "
+            "rejection rejects it, the same subject twice counts once. When approvers names subjects only (no "
+            "'scope:' entry), at most their number."
+        ),
+    )
 
 
 class DocsConfig(_Frozen):
@@ -358,7 +370,7 @@ def render_path(parts: Iterable[PathPart]) -> str:
 
 
 def semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
-    """Rules JSON Schema cannot express: unique ids and names, references to milestones that exist."""
+    """Rules JSON Schema cannot express: unique ids and names, milestones that exist, reachable approval counts."""
     if not isinstance(data, dict):
         return []
     found: list[tuple[list[PathPart], str]] = []
@@ -387,9 +399,10 @@ def semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
                 step_names.add(step["name"])
     definitions = data.get("gate_definitions")
     if isinstance(definitions, dict):
-        for name in definitions:
+        for name, definition in definitions.items():
             if _is_milestone_id(name) and name not in milestone_ids:
                 found.append((["gate_definitions", name], "no milestone has this id"))
+            found += _approvals_issues(name, definition)
     policies = data.get("policies")
     if isinstance(policies, dict) and isinstance(policies.get("gates"), list):
         for index, entry in enumerate(policies["gates"]):
@@ -397,6 +410,18 @@ def semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
             if name is not None and _is_milestone_id(name) and name not in milestone_ids:
                 found.append((["policies", "gates", index], "no milestone has this id"))
     return found
+
+
+def _approvals_issues(name: object, definition: object) -> list[tuple[list[PathPart], str]]:
+    """A gate that requires more approvals than its named approvers could ever give."""
+    if not isinstance(name, str) or not isinstance(definition, dict):
+        return []
+    required, approvers = definition.get("required_approvals", 1), definition.get("approvers") or []
+    # Wrong types are the schema's to report.
+    if type(required) is not int or not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        return []
+    issue = required_approvals_issue(required, approvers)
+    return [] if issue is None else [(["gate_definitions", name, "required_approvals"], issue)]
 
 
 def _is_milestone_id(name: object) -> bool:

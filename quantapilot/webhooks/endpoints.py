@@ -28,6 +28,7 @@ KNOWN_EVENT_TYPES: Final[tuple[str, ...]] = (
     "run.started",
     "documentation.generated",
     "gate.requested",
+    "gate.approval_recorded",
     "gate.decided",
     "milestone.completed",
     "run.paused",

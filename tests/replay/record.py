@@ -80,6 +80,12 @@ milestones:
     steps:
       - {name: impl, run: "echo 'v2' >> CHANGELOG.md", timeout_s: 30}
 """
+# The anchor gate needs two of three named approvers (N-of-M).
+TWO_OF_THREE = """\
+version: 1
+gate_definitions:
+  anchor: {required_approvals: 2, approvers: [alice, bob, carol]}
+"""
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
 
@@ -127,6 +133,11 @@ class Recording:
             app[REALIZATION_OPTIONS] = realization
         http = await self.exits.enter_async_context(TestClient(TestServer(app)))
         return Api(client=http, token=self.token)
+
+    def as_subject(self, subject: str) -> Api:
+        """The recorder's API with an all-scopes token of another subject (an approver of N-of-M gates)."""
+        token, _ = create_token(self.engine, workspace="default", subject=subject)
+        return Api(client=self.api.client, token=token)
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,28 @@ async def time_budget_stopped_step(rec: Recording) -> Recorded:
     return repo_run(run_id)
 
 
+async def two_of_three(rec: Recording) -> Recorded:
+    """Anchor needs 2 of 3 approvers: alice approves (gate.approval_recorded), alice again (counted once), bob
+    approves; gate.decided once, completed."""
+    api = rec.api
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": TWO_OF_THREE})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    alice, bob = rec.as_subject("alice"), rec.as_subject("bob")
+    await alice.decide(run_id, "anchor", True, "docs read")
+    await eventually(
+        lambda: api.events(run_id),
+        lambda es: any(e["type"] == "gate.approval_recorded" for e in es),
+        what="the first approval's event",
+    )
+    await alice.decide(run_id, "anchor", True, "still fine")
+    code, record = await bob.decide(run_id, "anchor", True, "agreed")
+    assert code == 200 and record["status"] == "approved", record
+    await api.wait_state(run_id, "completed")
+    return repo_run(run_id)
+
+
 # ----- LifecycleRun ----------------------------------------------------------------------------------------------
 
 
@@ -255,6 +288,27 @@ async def lifecycle_target_api_signal_held(rec: Recording) -> Recorded:
     await handle.signal("decide_gate", {"gate": "business_case", "approved": True, "reason": "operator"})
     final = await api.wait_state(run_id, "completed")
     assert final["gates"][0]["reason"] == "operator", final["gates"]  # the first signal changed nothing
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
+
+
+async def lifecycle_target_two_of_three_rejected(rec: Recording) -> Recorded:
+    """business_case needs 2 of 3: one operator's decide_gate signal approves (gate.approval_recorded), another's
+    rejects; the gate is rejected, failed."""
+    api = rec.api
+    gate = {"approvers": ["carol", "dave", "erin"], "requiredApprovals": 2}
+    run_id = await start(api, new_account(), "target", TARGET_INPUTS, gate=gate)
+    await api.wait_gate(run_id, "business_case")
+    handle = rec.client.get_workflow_handle(workflow_id(RunKind.LIFECYCLE, "default", run_id))
+    await handle.signal("decide_gate", {"gate": "business_case", "approved": True, "decided_by": "op-one"})
+    await eventually(
+        lambda: api.events(run_id),
+        lambda es: any(e["type"] == "gate.approval_recorded" for e in es),
+        what="the first approval's event",
+    )
+    no = {"gate": "business_case", "approved": False, "decided_by": "op-two", "reason": "ROI too optimistic"}
+    await handle.signal("decide_gate", no)
+    final = await api.wait_state(run_id, "failed")
+    assert final["error"]["code"] == "GATE_REJECTED", final
     return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
@@ -374,9 +428,11 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_paused_resumed": Scenario(RepoRunWorkflow, paused_resumed),
     "repo_run_two_milestones": Scenario(RepoRunWorkflow, two_milestones),
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
+    "repo_run_two_of_three": Scenario(RepoRunWorkflow, two_of_three),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),
+    "lifecycle_target_two_of_three_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_two_of_three_rejected),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
     "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),

@@ -28,6 +28,7 @@ from tests.replay.changed_workflow import (
 )
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
+from workflows.base import PATCH_GATE_N_OF_M
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -77,6 +78,11 @@ SHAPES: dict[str, Shape] = {
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
     ),
     "repo_run_two_milestones": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    # N-of-M: the patch marker, three decision updates (alice, alice again, bob) on the anchor gate.
+    "repo_run_two_of_three": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
     # The budget's timer fired during the milestone command, whose activity was cancelled (the patch's path).
     "repo_run_time_budget_stopped_step": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
@@ -93,6 +99,10 @@ SHAPES: dict[str, Shape] = {
     "lifecycle_target_api_signal_held": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, E.EVENT_TYPE_MARKER_RECORDED],
+    ),
+    # N-of-M by signals: the patch marker, an approving and a rejecting decide_gate signal.
+    "lifecycle_target_two_of_three_rejected": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, E.EVENT_TYPE_MARKER_RECORDED]
     ),
     # Telemetry signals, the coalescing window's timer, two refreshes of four activities, then continue-as-new.
     "account_realization_refreshed": Shape(
@@ -192,3 +202,41 @@ async def test_replay_accepts_the_same_change_behind_a_patch(patched: type) -> N
 
     results = await replayer.replay_workflows(histories(), raise_on_replay_failure=False)
     assert results.replay_failures == {}
+
+
+def patch_ids(history: WorkflowHistory) -> set[str]:
+    """The workflow.patched ids whose markers the history recorded."""
+    ids = set()
+    for e in history.events:
+        details = e.marker_recorded_event_attributes.details
+        if e.event_type == E.EVENT_TYPE_MARKER_RECORDED and "patch-data" in details:
+            # The SDK core's patch marker: {"id": ..., "deprecated": ...} as JSON.
+            (payload,) = details["patch-data"].payloads
+            ids.add(json.loads(payload.data)["id"])
+    return ids
+
+
+def recorded_event_types(history: WorkflowHistory) -> list[str]:
+    """The run event types the history's record_event activities were given, in order."""
+    kinds = []
+    for e in history.events:
+        attrs = e.activity_task_scheduled_event_attributes
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and attrs.activity_type.name == RECORD_EVENT:
+            kinds.append(json.loads(attrs.input.payloads[0].data)["type"])
+    return kinds
+
+
+@pytest.mark.parametrize("name", ["repo_run_two_of_three", "lifecycle_target_two_of_three_rejected"])
+def test_replay_n_of_m_recordings_take_the_patched_path(name: str) -> None:
+    history = load(name)
+    assert PATCH_GATE_N_OF_M in patch_ids(history)
+    kinds = recorded_event_types(history)
+    # One partial approval reported, then the gate decided once.
+    assert kinds.count("gate.approval_recorded") == 1, kinds
+    assert kinds.count("gate.decided") == 1
+    assert kinds.index("gate.approval_recorded") < kinds.index("gate.decided")
+
+
+def test_replay_recordings_before_n_of_m_have_no_such_marker() -> None:
+    # The histories recorded before the patch keep covering the one-decision path.
+    assert PATCH_GATE_N_OF_M not in patch_ids(load("repo_run_approved"))
