@@ -6,7 +6,7 @@ outputs, ``StageInput``/``StageResult``), :mod:`~quantapilot.lifecycle.contracts
 :mod:`~quantapilot.lifecycle.render` (Markdown reports) and :mod:`~quantapilot.lifecycle.agents` (``StageAgent``,
 the built-ins, ``load_agents``).
 
-Not for workflows: :mod:`~quantapilot.lifecycle.validation` (JSON Schema checks of request bodies),
+Not for workflows: :mod:`~quantapilot.lifecycle.validation` (request bodies parsed by their models),
 :mod:`~quantapilot.lifecycle.store` (the ``lifecycle_results`` table), :mod:`~quantapilot.lifecycle.telemetry`
 (the telemetry tables, ingestion, aggregates), and :mod:`~quantapilot.lifecycle.service` and
 :mod:`~quantapilot.lifecycle.pages` (the steps the activities of :mod:`activities.lifecycle` run). This file
