@@ -20,8 +20,6 @@ from api.event_log import MAX_SEQ
 from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
 from api.webhook_routes import MAX_DELIVERIES_PAGE
 from quantapilot.events.log import EVENTS_PAGE
-from quantapilot.models import RunKind, RunState
-from quantapilot.runs import listing
 
 API_SCHEMA = "api.schema.json"
 WEBHOOKS_SCHEMA = "webhooks.schema.json"
@@ -45,41 +43,6 @@ AFTER = Param(
 )
 ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
 DELIVERY_ID = Param("delivery_id", "path", {"type": "string", "maxLength": 64}, "Delivery id.", required=True)
-
-RUN_LIST_PARAMS = (
-    Param("state", "query", {"enum": [s.value for s in RunState]}, "Only runs in this state."),
-    Param("kind", "query", {"enum": [k.value for k in RunKind]}, "Only runs of this kind."),
-    Param(
-        "gate",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_GATE, "pattern": listing.FILTER_PATTERN},
-        "Only runs waiting at this gate (paused there included).",
-    ),
-    Param(
-        "repo_url",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_REPO_URL, "pattern": listing.FILTER_PATTERN},
-        "Only repository runs of this repository URL (exactly as triggered).",
-    ),
-    Param(
-        "correlation_id",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": listing.CORRELATION_ID_PATTERN},
-        "Only runs triggered with this correlation id.",
-    ),
-    Param(
-        "page_token",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_PAGE_TOKEN, "pattern": listing.PAGE_TOKEN_PATTERN},
-        "The next_page_token of the previous page (with the same filters).",
-    ),
-    Param(
-        "page_size",
-        "query",
-        {"type": "integer", "minimum": 1, "maximum": listing.MAX_PAGE_SIZE, "default": listing.DEFAULT_PAGE_SIZE},
-        "Runs per page.",
-    ),
-)
 
 RUN_TRIGGER_DESCRIPTION = (
     "Starts a durable repository run: clone, read quantapilot.yml, generate and lint docs, then the gated "
@@ -114,7 +77,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "runs",
         200,
         "RunList",
-        params=RUN_LIST_PARAMS,
+        params=run_routes.RUN_LIST_PARAMS,
         errors=(400,),
         description=(
             "From Temporal visibility: only the caller's workspace (from the token). Open runs come first, newest "

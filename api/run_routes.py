@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
-from api.registry import Call
+from api.registry import Call, Param
 from api.runs import is_not_found, run_handle
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
@@ -33,8 +33,10 @@ from quantapilot.models import (
     RepoRunInput,
     ResumeInput,
     RunKind,
+    RunState,
     RunStatus,
 )
+from quantapilot.runs import listing
 from quantapilot.runs.listing import list_runs as list_workspace_runs
 from quantapilot.runs.listing import parse_query
 from quantapilot.runs.starter import start_run
@@ -51,6 +53,43 @@ from quantapilot.tokens import Principal
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
 RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
+
+
+#: The query parameters of GET /v1/runs, as documented (quantapilot/runs/listing.py validates them).
+RUN_LIST_PARAMS = (
+    Param("state", "query", {"enum": [s.value for s in RunState]}, "Only runs in this state."),
+    Param("kind", "query", {"enum": [k.value for k in RunKind]}, "Only runs of this kind."),
+    Param(
+        "gate",
+        "query",
+        {"type": "string", "minLength": 1, "maxLength": listing.MAX_GATE, "pattern": listing.FILTER_PATTERN},
+        "Only runs waiting at this gate (paused there included).",
+    ),
+    Param(
+        "repo_url",
+        "query",
+        {"type": "string", "minLength": 1, "maxLength": listing.MAX_REPO_URL, "pattern": listing.FILTER_PATTERN},
+        "Only repository runs of this repository URL (exactly as triggered).",
+    ),
+    Param(
+        "correlation_id",
+        "query",
+        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": listing.CORRELATION_ID_PATTERN},
+        "Only runs triggered with this correlation id.",
+    ),
+    Param(
+        "page_token",
+        "query",
+        {"type": "string", "minLength": 1, "maxLength": listing.MAX_PAGE_TOKEN, "pattern": listing.PAGE_TOKEN_PATTERN},
+        "The next_page_token of the previous page (with the same filters).",
+    ),
+    Param(
+        "page_size",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": listing.MAX_PAGE_SIZE, "default": listing.DEFAULT_PAGE_SIZE},
+        "Runs per page.",
+    ),
+)
 
 
 def url_has_credentials(url: str) -> bool:
