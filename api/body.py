@@ -1,14 +1,16 @@
-"""Reading request bodies: content type, size, UTF-8, JSON depth, and schema validation."""
+"""Reading request bodies: content type, size, UTF-8, JSON depth and NUL, then parsing with the body's model."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
-import schemas
 from quantapilot.errors import ApiError, ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 32
 
@@ -68,17 +70,27 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
     return data
 
 
-def validate(data: Any, schema_file: str, definition: str | None = None) -> dict[str, Any]:
-    """Validate against a published schema; 422 listing every error (path and message) when invalid."""
-    errors = sorted(
-        schemas.validator(schema_file, definition).iter_errors(data), key=lambda e: [str(p) for p in e.path]
-    )
-    if errors:
-        details = [
-            {"path": ".".join(str(p) for p in err.absolute_path) or "<root>", "message": err.message[:300]}
-            for err in errors[:20]
-        ]
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=details)
-    if not isinstance(data, dict):
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body must be a JSON object")
-    return data
+def parse(model: type[M], raw: bytes) -> M:
+    """Parse a request body straight from its bytes with its model; 422 listing every error (path and message).
+
+    Args:
+        model: The body's model.
+        raw: The body as received (already through :func:`read_json`'s checks), or empty for ``{}``.
+
+    Raises:
+        ApiError: 422 ``VALIDATION_ERROR`` whose ``details`` are pydantic's errors: ``path`` the dotted location
+            (``<root>`` for the body itself), ``message`` the error's text (never the input value).
+    """
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}")
+    except ValidationError as exc:
+        details = sorted(
+            (
+                {"path": ".".join(str(p) for p in err["loc"]) or "<root>", "message": err["msg"][:300]}
+                for err in exc.errors(include_url=False, include_input=False, include_context=False)
+            ),
+            key=lambda d: d["path"],
+        )
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=details[:20]
+        ) from None

@@ -19,10 +19,38 @@ from api import (
 from api.event_log import MAX_SEQ
 from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
 from api.webhook_routes import MAX_DELIVERIES_PAGE
+from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
+from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.events.log import EVENTS_PAGE
+from quantapilot.lifecycle.models import LifecycleRunRequest
+from quantapilot.lifecycle.telemetry import TelemetryBody
+from quantapilot.models import GateRecord
+from quantapilot.runs.http import (
+    AccountEventList,
+    BudgetRequest,
+    CancelAccepted,
+    EventList,
+    GateDecisionRequest,
+    LifecycleRunAccepted,
+    PauseRequest,
+    RunAccepted,
+    RunAcceptedDeprecated,
+    RunRequest,
+    RunStatusView,
+    TelemetryAccepted,
+)
+from quantapilot.webhooks.views import (
+    CreateEndpointRequest,
+    DeliveryView,
+    RotateSecretRequest,
+    UpdateEndpointRequest,
+    WebhookDeliveryList,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointView,
+    WebhookSecretRotated,
+)
 
-API_SCHEMA = "api.schema.json"
-WEBHOOKS_SCHEMA = "webhooks.schema.json"
 WEBHOOKS = "webhooks:manage"
 #: Statuses of reading a body: malformed, late, too large, not JSON, not matching its schema.
 BODY_ERRORS = (400, 408, 413, 415, 422)
@@ -59,8 +87,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Trigger a repository run",
         "runs",
         202,
-        "RunAccepted",
-        body=Body(API_SCHEMA, "RunRequest"),
+        RunAccepted,
+        body=Body(RunRequest),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -76,8 +104,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Trigger a repository run (deprecated alias of POST /v1/runs)",
         "runs",
         202,
-        "RunAcceptedDeprecated",
-        body=Body(API_SCHEMA, "RunRequest"),
+        RunAcceptedDeprecated,
+        body=Body(RunRequest),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -97,7 +125,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "A run's state, current step, gates, milestones and timestamps",
         "runs",
         200,
-        "RunStatus",
+        RunStatusView,
         params=(RUN_ID,),
         errors=(404,),
     ),
@@ -110,7 +138,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "A run's ordered event log",
         "runs",
         200,
-        "EventList",
+        EventList,
         params=(RUN_ID, AFTER),
         errors=(400, 404),
     ),
@@ -123,8 +151,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Approve or reject a pending gate",
         "runs",
         200,
-        "GateRecord",
-        body=Body(API_SCHEMA, "GateDecisionRequest"),
+        GateRecord,
+        body=Body(GateDecisionRequest),
         params=(RUN_ID, GATE),
         errors=(*BODY_ERRORS, 404, 409),
         description=(
@@ -143,8 +171,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Pause a run (no new step starts)",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "PauseRequest", required=False),
+        RunStatusView,
+        body=Body(PauseRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -157,8 +185,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Resume a paused run",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        RunStatusView,
+        body=Body(EmptyRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -171,8 +199,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Raise a run's time budget or step attempts",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "BudgetRequest"),
+        RunStatusView,
+        body=Body(BudgetRequest),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -185,8 +213,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Request a run's cancellation",
         "runs",
         202,
-        "CancelAccepted",
-        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        CancelAccepted,
+        body=Body(EmptyRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -202,8 +230,8 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "Run one value-lifecycle stage for one account",
         "lifecycle",
         202,
-        "LifecycleRunAccepted",
-        body=Body("lifecycle_run.schema.json", parse=lifecycle_routes.parse_lifecycle_run),
+        LifecycleRunAccepted,
+        body=Body(LifecycleRunRequest, parse=lifecycle_routes.parse_lifecycle_run),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -219,8 +247,8 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "Store one telemetry event or a batch of up to 1000",
         "lifecycle",
         202,
-        "TelemetryAccepted",
-        body=Body("telemetry.schema.json", parse=lifecycle_routes.parse_telemetry),
+        TelemetryAccepted,
+        body=Body(TelemetryBody, parse=lifecycle_routes.parse_telemetry),
         idempotency_key=True,
         rate="telemetry",
         errors=(*BODY_ERRORS, 503),
@@ -239,7 +267,7 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "An account's realization event stream",
         "lifecycle",
         200,
-        "AccountEventList",
+        AccountEventList,
         params=(
             Param("account_id", "path", {"type": "string", "maxLength": 64}, "Account UUID.", required=True),
             AFTER,
@@ -258,7 +286,7 @@ _DOCS: tuple[Endpoint, ...] = (
         "Docs pages of the caller's workspace with their versions",
         "docs",
         200,
-        "DocsPageList",
+        DocsPageList,
         params=(
             Param(
                 "project",
@@ -278,7 +306,7 @@ _DOCS: tuple[Endpoint, ...] = (
         "One docs page: metadata, Markdown and HTML, related links",
         "docs",
         200,
-        "DocsPage",
+        DocsPage,
         params=(
             Param(
                 "slug",
@@ -308,8 +336,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Subscribe a receiver URL; the answer carries its signing secret, shown once",
         "webhooks",
         201,
-        "WebhookEndpointCreated",
-        body=Body(WEBHOOKS_SCHEMA, "CreateEndpointRequest"),
+        WebhookEndpointCreated,
+        body=Body(CreateEndpointRequest),
         errors=BODY_ERRORS,
         description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
     ),
@@ -322,7 +350,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "The workspace's webhook endpoints",
         "webhooks",
         200,
-        "WebhookEndpointList",
+        WebhookEndpointList,
     ),
     Endpoint(
         "GET",
@@ -333,7 +361,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "One webhook endpoint (never its secret)",
         "webhooks",
         200,
-        "WebhookEndpoint",
+        WebhookEndpointView,
         params=(ENDPOINT_ID,),
         errors=(404,),
     ),
@@ -346,8 +374,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Change an endpoint's URL, filters or description, or enable/disable it",
         "webhooks",
         200,
-        "WebhookEndpoint",
-        body=Body(WEBHOOKS_SCHEMA, "UpdateEndpointRequest"),
+        WebhookEndpointView,
+        body=Body(UpdateEndpointRequest),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -374,8 +402,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Issue a new signing secret; the previous ones keep signing for the overlap",
         "webhooks",
         200,
-        "WebhookSecretRotated",
-        body=Body(WEBHOOKS_SCHEMA, "RotateSecretRequest", required=False),
+        WebhookSecretRotated,
+        body=Body(RotateSecretRequest, required=False),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -388,7 +416,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "An endpoint's deliveries, newest first, with their attempts",
         "webhooks",
         200,
-        "WebhookDeliveryList",
+        WebhookDeliveryList,
         params=(
             ENDPOINT_ID,
             Param(
@@ -415,7 +443,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "One delivery with its attempts",
         "webhooks",
         200,
-        "WebhookDelivery",
+        DeliveryView,
         params=(DELIVERY_ID,),
         errors=(404,),
     ),
@@ -428,15 +456,15 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Send a delivery again (same event id) through a fresh workflow",
         "webhooks",
         202,
-        "WebhookDelivery",
-        body=Body(WEBHOOKS_SCHEMA, "EmptyRequest", required=False),
+        DeliveryView,
+        body=Body(EmptyRequest, required=False),
         params=(DELIVERY_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
 )
 
 _SERVICE: tuple[Endpoint, ...] = (
-    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, "Health"),
+    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, Health),
     Endpoint(
         "GET",
         "/readyz",
@@ -446,8 +474,8 @@ _SERVICE: tuple[Endpoint, ...] = (
         "Readiness: Temporal and the database answer",
         "service",
         200,
-        "Readiness",
-        extra_success={503: "Readiness"},
+        Readiness,
+        extra_success={503: Readiness},
     ),
     Endpoint(
         "GET",
@@ -477,7 +505,7 @@ _SERVICE: tuple[Endpoint, ...] = (
         "This document",
         "service",
         200,
-        "OpenApiDocument",
+        OpenApiDocument,
     ),
     Endpoint(
         "GET",
