@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from quantapilot.errors import ApiError, ErrorCode
 
@@ -70,6 +71,21 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
     return data
 
 
+# A missing or unknown field is a fault of the object that lacks or has it: its path is the object's (as the
+# published schema's required and additionalProperties say), and the message names the field.
+_OF_THE_OBJECT = {
+    "missing": "{!r} is a required property",
+    "extra_forbidden": "Additional properties are not allowed ({!r} was unexpected)",
+}
+
+
+def _detail(err: ErrorDetails) -> dict[str, str]:
+    loc, message = err["loc"], err["msg"]
+    if err["type"] in _OF_THE_OBJECT and loc:
+        loc, message = loc[:-1], _OF_THE_OBJECT[err["type"]].format(loc[-1])
+    return {"path": ".".join(str(p) for p in loc) or "<root>", "message": message[:300]}
+
+
 def parse(model: type[M], raw: bytes) -> M:
     """Parse a request body straight from its bytes with its model; 422 listing every error (path and message).
 
@@ -79,18 +95,14 @@ def parse(model: type[M], raw: bytes) -> M:
 
     Raises:
         ApiError: 422 ``VALIDATION_ERROR`` whose ``details`` are pydantic's errors: ``path`` the dotted location
-            (``<root>`` for the body itself), ``message`` the error's text (never the input value).
+            (``<root>`` for the body itself; the object's for a missing or unknown field), ``message`` the error's
+            text (never the input value).
     """
     try:
         return model.model_validate_json(raw if raw.strip() else b"{}")
     except ValidationError as exc:
-        details = sorted(
-            (
-                {"path": ".".join(str(p) for p in err["loc"]) or "<root>", "message": err["msg"][:300]}
-                for err in exc.errors(include_url=False, include_input=False, include_context=False)
-            ),
-            key=lambda d: d["path"],
-        )
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        details = sorted((_detail(err) for err in errors), key=lambda d: d["path"])
         raise ApiError(
             422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=details[:20]
         ) from None
