@@ -126,8 +126,8 @@ def test_a_hostile_value_in_any_field_is_refused_by_the_model_when_the_schema_re
                 refused += 1
                 assert not _model_accepts(model, body), (name, value)
     # Not the body as a whole either.
-    for body in ([valid], "x", 1, None):
-        assert not _model_accepts(model, body) and not _schema_accepts(file, model, body)
+    for whole in ([valid], "x", 1, None):
+        assert not _model_accepts(model, whole) and not _schema_accepts(file, model, whole)
     assert refused > len(model.model_fields) * 5  # the table does reach every field
 
 
