@@ -1,14 +1,17 @@
-"""Reading request bodies: content type, size, UTF-8, JSON depth, and schema validation."""
+"""Reading request bodies: content type, size, UTF-8, JSON depth and NUL, then parsing with the body's model."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
-import schemas
 from quantapilot.errors import ApiError, ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 32
 
@@ -68,17 +71,38 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
     return data
 
 
-def validate(data: Any, schema_file: str, definition: str | None = None) -> dict[str, Any]:
-    """Validate against a published schema; 422 listing every error (path and message) when invalid."""
-    errors = sorted(
-        schemas.validator(schema_file, definition).iter_errors(data), key=lambda e: [str(p) for p in e.path]
-    )
-    if errors:
-        details = [
-            {"path": ".".join(str(p) for p in err.absolute_path) or "<root>", "message": err.message[:300]}
-            for err in errors[:20]
-        ]
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=details)
-    if not isinstance(data, dict):
-        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body must be a JSON object")
-    return data
+# A missing or unknown field is a fault of the object that lacks or has it: its path is the object's (as the
+# published schema's required and additionalProperties say), and the message names the field.
+_OF_THE_OBJECT = {
+    "missing": "{!r} is a required property",
+    "extra_forbidden": "Additional properties are not allowed ({!r} was unexpected)",
+}
+
+
+def _detail(err: ErrorDetails) -> dict[str, str]:
+    loc, message = err["loc"], err["msg"]
+    if err["type"] in _OF_THE_OBJECT and loc:
+        loc, message = loc[:-1], _OF_THE_OBJECT[err["type"]].format(loc[-1])
+    return {"path": ".".join(str(p) for p in loc) or "<root>", "message": message[:300]}
+
+
+def parse(model: type[M], raw: bytes) -> M:
+    """Parse a request body straight from its bytes with its model; 422 listing every error (path and message).
+
+    Args:
+        model: The body's model.
+        raw: The body as received (already through :func:`read_json`'s checks), or empty for ``{}``.
+
+    Raises:
+        ApiError: 422 ``VALIDATION_ERROR`` whose ``details`` are pydantic's errors: ``path`` the dotted location
+            (``<root>`` for the body itself; the object's for a missing or unknown field), ``message`` the error's
+            text (never the input value).
+    """
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}")
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        details = sorted((_detail(err) for err in errors), key=lambda d: d["path"])
+        raise ApiError(
+            422, ErrorCode.VALIDATION_ERROR, "request body does not match the schema", details=details[:20]
+        ) from None

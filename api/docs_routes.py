@@ -25,14 +25,11 @@ from quantapilot.docs.store import (
     list_versions,
     validate_slug,
 )
+from quantapilot.docs.views import DocsPage, DocsPageList, PageContent, PageLink, PageListing
 from quantapilot.errors import ApiError, ErrorCode, not_found
 
 MAX_PROJECT_LENGTH = 200
 DEPRECATED_STATUSES = frozenset({"archived", "deprecated"})
-
-
-def _iso(value: Any) -> str:
-    return str(value.isoformat().replace("+00:00", "Z"))
 
 
 def deprecation_notice(record: DocPageRecord) -> str | None:
@@ -54,27 +51,27 @@ def deprecation_notice(record: DocPageRecord) -> str | None:
 
 def page_json(record: DocPageRecord, versions: list[str]) -> dict[str, Any]:
     """A page as the API returns it (camelCase)."""
-    return {
-        "slug": record.slug,
-        "title": record.title,
-        "description": record.description,
-        "project": record.project,
-        "version": record.version,
-        "versions": versions,
-        "status": record.status,
-        "tags": list(record.tags),
-        "updated": _iso(record.updated_at),
-        "created": _iso(record.created_at),
-        "commitSha": record.commit_sha,
-        "changeSummary": record.change_summary,
-        "deprecationNotice": deprecation_notice(record),
-        "contentType": record.content_type,
-        "content": {"markdown": record.markdown, "html": record.html},
-        "related": [
-            {"slug": str(r.get("slug", "")), "title": str(r.get("title", "")), "type": str(r.get("type", "related"))}
+    return DocsPage(
+        slug=record.slug,
+        title=record.title,
+        description=record.description,
+        project=record.project,
+        version=record.version,
+        versions=versions,
+        status=record.status,
+        tags=list(record.tags),
+        updated=record.updated_at,
+        created=record.created_at,
+        commit_sha=record.commit_sha,
+        change_summary=record.change_summary,
+        deprecation_notice=deprecation_notice(record),
+        content_type=record.content_type,
+        content=PageContent(markdown=record.markdown, html=record.html),
+        related=[
+            PageLink(slug=str(r.get("slug", "")), title=str(r.get("title", "")), type=str(r.get("type", "related")))
             for r in record.related
         ],
-    }
+    ).dump()
 
 
 def _load_page(engine: Engine, workspace: str, slug: str, version: str | None) -> dict[str, Any] | None:
@@ -104,17 +101,17 @@ async def get_docs_page(request: web.Request, call: Call) -> web.Response:
     return web.json_response(page)
 
 
-def _summary_json(summary: PageSummary) -> dict[str, Any]:
-    return {
-        "slug": summary.slug,
-        "project": summary.project,
-        "title": summary.title,
-        "description": summary.description,
-        "status": summary.status,
-        "versions": summary.versions,
-        "latest": summary.latest,
-        "updated": _iso(summary.updated_at),
-    }
+def _summary(summary: PageSummary) -> PageListing:
+    return PageListing(
+        slug=summary.slug,
+        project=summary.project,
+        title=summary.title,
+        description=summary.description,
+        status=summary.status,
+        versions=summary.versions,
+        latest=summary.latest,
+        updated=summary.updated_at,
+    )
 
 
 def _list(engine: Engine, workspace: str, project: str | None) -> list[PageSummary]:
@@ -129,4 +126,4 @@ async def list_docs_pages(request: web.Request, call: Call) -> web.Response:
     if project is not None and not 0 < len(project) <= MAX_PROJECT_LENGTH:
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"project must be 1-{MAX_PROJECT_LENGTH} characters")
     pages = await asyncio.to_thread(_list, request.app[ENGINE], principal.workspace, project)
-    return web.json_response({"project": project, "pages": [_summary_json(p) for p in pages]})
+    return web.json_response(DocsPageList(project=project, pages=[_summary(p) for p in pages]).dump())

@@ -19,10 +19,39 @@ from api import (
 from api.event_log import MAX_SEQ
 from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
 from api.webhook_routes import MAX_DELIVERIES_PAGE
+from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
+from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.events.log import EVENTS_PAGE
+from quantapilot.lifecycle.models import LifecycleRunRequest
+from quantapilot.lifecycle.telemetry import TelemetryBody
+from quantapilot.models import GateRecord
+from quantapilot.runs.contracts import RunList
+from quantapilot.runs.http import (
+    AccountEventList,
+    BudgetRequest,
+    CancelAccepted,
+    EventList,
+    GateDecisionRequest,
+    LifecycleRunAccepted,
+    PauseRequest,
+    RunAccepted,
+    RunAcceptedDeprecated,
+    RunRequest,
+    RunStatusView,
+    TelemetryAccepted,
+)
+from quantapilot.webhooks.views import (
+    CreateEndpointRequest,
+    DeliveryView,
+    RotateSecretRequest,
+    UpdateEndpointRequest,
+    WebhookDeliveryList,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointView,
+    WebhookSecretRotated,
+)
 
-API_SCHEMA = "api.schema.json"
-WEBHOOKS_SCHEMA = "webhooks.schema.json"
 WEBHOOKS = "webhooks:manage"
 #: Statuses of reading a body: malformed, late, too large, not JSON, not matching its schema.
 BODY_ERRORS = (400, 408, 413, 415, 422)
@@ -59,8 +88,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Trigger a repository run",
         "runs",
         202,
-        "RunAccepted",
-        body=Body(API_SCHEMA, "RunRequest"),
+        RunAccepted,
+        body=Body(RunRequest),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -76,7 +105,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "The workspace's runs, open ones first, newest first, with the gate each waits at",
         "runs",
         200,
-        "RunList",
+        RunList,
         params=run_routes.RUN_LIST_PARAMS,
         errors=(400,),
         description=(
@@ -95,8 +124,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Trigger a repository run (deprecated alias of POST /v1/runs)",
         "runs",
         202,
-        "RunAcceptedDeprecated",
-        body=Body(API_SCHEMA, "RunRequest"),
+        RunAcceptedDeprecated,
+        body=Body(RunRequest),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -116,7 +145,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "A run's state, current step, gates, milestones and timestamps",
         "runs",
         200,
-        "RunStatus",
+        RunStatusView,
         params=(RUN_ID,),
         errors=(404,),
     ),
@@ -129,7 +158,7 @@ _RUNS: tuple[Endpoint, ...] = (
         "A run's ordered event log",
         "runs",
         200,
-        "EventList",
+        EventList,
         params=(RUN_ID, AFTER),
         errors=(400, 404),
     ),
@@ -142,8 +171,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Approve or reject a pending gate",
         "runs",
         200,
-        "GateRecord",
-        body=Body(API_SCHEMA, "GateDecisionRequest"),
+        GateRecord,
+        body=Body(GateDecisionRequest),
         params=(RUN_ID, GATE),
         errors=(*BODY_ERRORS, 404, 409),
         description=(
@@ -162,8 +191,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Pause a run (no new step starts)",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "PauseRequest", required=False),
+        RunStatusView,
+        body=Body(PauseRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -176,8 +205,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Resume a paused run",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        RunStatusView,
+        body=Body(EmptyRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -190,8 +219,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Raise a run's time budget or step attempts",
         "runs",
         200,
-        "RunStatus",
-        body=Body(API_SCHEMA, "BudgetRequest"),
+        RunStatusView,
+        body=Body(BudgetRequest),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -204,8 +233,8 @@ _RUNS: tuple[Endpoint, ...] = (
         "Request a run's cancellation",
         "runs",
         202,
-        "CancelAccepted",
-        body=Body(API_SCHEMA, "EmptyRequest", required=False),
+        CancelAccepted,
+        body=Body(EmptyRequest, required=False),
         params=(RUN_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
@@ -221,8 +250,8 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "Run one value-lifecycle stage for one account",
         "lifecycle",
         202,
-        "LifecycleRunAccepted",
-        body=Body("lifecycle_run.schema.json", parse=lifecycle_routes.parse_lifecycle_run),
+        LifecycleRunAccepted,
+        body=Body(LifecycleRunRequest, parse=lifecycle_routes.parse_lifecycle_run),
         idempotency_key=True,
         rate="triggers",
         errors=BODY_ERRORS,
@@ -238,8 +267,8 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "Store one telemetry event or a batch of up to 1000",
         "lifecycle",
         202,
-        "TelemetryAccepted",
-        body=Body("telemetry.schema.json", parse=lifecycle_routes.parse_telemetry),
+        TelemetryAccepted,
+        body=Body(TelemetryBody, parse=lifecycle_routes.parse_telemetry),
         idempotency_key=True,
         rate="telemetry",
         errors=(*BODY_ERRORS, 503),
@@ -258,7 +287,7 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "An account's realization event stream",
         "lifecycle",
         200,
-        "AccountEventList",
+        AccountEventList,
         params=(
             Param("account_id", "path", {"type": "string", "maxLength": 64}, "Account UUID.", required=True),
             AFTER,
@@ -277,7 +306,7 @@ _DOCS: tuple[Endpoint, ...] = (
         "Docs pages of the caller's workspace with their versions",
         "docs",
         200,
-        "DocsPageList",
+        DocsPageList,
         params=(
             Param(
                 "project",
@@ -297,7 +326,7 @@ _DOCS: tuple[Endpoint, ...] = (
         "One docs page: metadata, Markdown and HTML, related links",
         "docs",
         200,
-        "DocsPage",
+        DocsPage,
         params=(
             Param(
                 "slug",
@@ -327,8 +356,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Subscribe a receiver URL; the answer carries its signing secret, shown once",
         "webhooks",
         201,
-        "WebhookEndpointCreated",
-        body=Body(WEBHOOKS_SCHEMA, "CreateEndpointRequest"),
+        WebhookEndpointCreated,
+        body=Body(CreateEndpointRequest),
         errors=BODY_ERRORS,
         description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
     ),
@@ -341,7 +370,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "The workspace's webhook endpoints",
         "webhooks",
         200,
-        "WebhookEndpointList",
+        WebhookEndpointList,
     ),
     Endpoint(
         "GET",
@@ -352,7 +381,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "One webhook endpoint (never its secret)",
         "webhooks",
         200,
-        "WebhookEndpoint",
+        WebhookEndpointView,
         params=(ENDPOINT_ID,),
         errors=(404,),
     ),
@@ -365,8 +394,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Change an endpoint's URL, filters or description, or enable/disable it",
         "webhooks",
         200,
-        "WebhookEndpoint",
-        body=Body(WEBHOOKS_SCHEMA, "UpdateEndpointRequest"),
+        WebhookEndpointView,
+        body=Body(UpdateEndpointRequest),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -393,8 +422,8 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Issue a new signing secret; the previous ones keep signing for the overlap",
         "webhooks",
         200,
-        "WebhookSecretRotated",
-        body=Body(WEBHOOKS_SCHEMA, "RotateSecretRequest", required=False),
+        WebhookSecretRotated,
+        body=Body(RotateSecretRequest, required=False),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -407,7 +436,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "An endpoint's deliveries, newest first, with their attempts",
         "webhooks",
         200,
-        "WebhookDeliveryList",
+        WebhookDeliveryList,
         params=(
             ENDPOINT_ID,
             Param(
@@ -434,7 +463,7 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "One delivery with its attempts",
         "webhooks",
         200,
-        "WebhookDelivery",
+        DeliveryView,
         params=(DELIVERY_ID,),
         errors=(404,),
     ),
@@ -447,15 +476,15 @@ _WEBHOOKS: tuple[Endpoint, ...] = (
         "Send a delivery again (same event id) through a fresh workflow",
         "webhooks",
         202,
-        "WebhookDelivery",
-        body=Body(WEBHOOKS_SCHEMA, "EmptyRequest", required=False),
+        DeliveryView,
+        body=Body(EmptyRequest, required=False),
         params=(DELIVERY_ID,),
         errors=(*BODY_ERRORS, 404, 409),
     ),
 )
 
 _SERVICE: tuple[Endpoint, ...] = (
-    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, "Health"),
+    Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, Health),
     Endpoint(
         "GET",
         "/readyz",
@@ -465,8 +494,8 @@ _SERVICE: tuple[Endpoint, ...] = (
         "Readiness: Temporal and the database answer",
         "service",
         200,
-        "Readiness",
-        extra_success={503: "Readiness"},
+        Readiness,
+        extra_success={503: Readiness},
     ),
     Endpoint(
         "GET",
@@ -496,7 +525,7 @@ _SERVICE: tuple[Endpoint, ...] = (
         "This document",
         "service",
         200,
-        "OpenApiDocument",
+        OpenApiDocument,
     ),
     Endpoint(
         "GET",

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.access_log import log_request
 from api.request_metrics import observe
 from api.tracing import TRACE_ID, log_context, trace_id_for
-from quantapilot.errors import ApiError, ErrorCode
+from quantapilot.errors import ApiError, ErrorCode, error_document
 from quantapilot.observability import RUN_CONTEXT
 
 log = logging.getLogger("quantapilot.api")
@@ -69,15 +69,7 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 
 def envelope(code: str, message: str, trace_id: str, details: Any = None) -> dict[str, Any]:
     """Build the error envelope ``{"error": {code, message, traceId, timestamp, details?}}``."""
-    error: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "traceId": trace_id,
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
-    if details is not None:
-        error["details"] = details
-    return {"error": error}
+    return error_document(code, message, trace_id, datetime.now(UTC), details)
 
 
 def error_response(

@@ -10,11 +10,12 @@ from sqlmodel import Session, select
 
 from api.keys import ENGINE, TEMPORAL
 from api.registry import Call
+from quantapilot.bodies import Health, Readiness
 
 
 async def healthz(request: web.Request, call: Call) -> web.Response:
     """Liveness: the process answers."""
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health(status="ok").dump())
 
 
 def _db_ping(request: web.Request) -> None:
@@ -36,6 +37,5 @@ async def readyz(request: web.Request, call: Call) -> web.Response:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-    )
+    answer = Readiness(status="ready" if ready else "unavailable", checks=checks)
+    return web.json_response(answer.dump(), status=200 if ready else 503)

@@ -1,26 +1,30 @@
-"""The published OpenAPI 3.1 document, generated from the endpoint registry and the JSON Schemas in ``schemas/``.
+"""The published OpenAPI 3.1 document, generated from the endpoint registry and the models of its bodies.
 
 Each operation is an :class:`~api.registry.Endpoint` of ``api/endpoints.py``: its path, scope, parameters, request
-body, responses and rate class are the ones the application mounts and enforces. Request and response bodies are
-the schema files' own definitions, copied under ``components/schemas`` with their internal references rewritten
-(one source of truth; a test compares them).
+body, responses and rate class are the ones the application mounts and enforces. Its request and response bodies
+are models; their schemas are the files ``make schemas`` writes from those models (:mod:`schemas.generate`, a test
+fails on a stale one), copied under ``components/schemas`` with their internal references rewritten, each model
+under the component name of its definition.
 
-Every request and response body is defined in a schema file under ``schemas/``; the schemathesis run in
-``tests/security`` checks the live responses against them.
+The schemathesis run in ``tests/security`` checks the live responses against them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from importlib import metadata
 from typing import Any
+
+from pydantic import BaseModel
 
 import schemas
 from api.endpoints import ENDPOINTS
 from api.ratelimit import RouteClass, limit_split, rates_from
-from api.registry import Body, Endpoint, Param, Registry
+from api.registry import Endpoint, Param, Registry
 from quantapilot.settings import Settings
 from quantapilot.tokens import ALL_SCOPES
+from schemas.generate import GENERATED
 
 OPENAPI_VERSION = "3.1.0"
 COMPONENT_PREFIX = "#/components/schemas/"
@@ -84,15 +88,10 @@ def component_schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, root in SCHEMA_FILES.items():
         for key, schema in file_components(name, root).items():
-            if key in out:
+            # A model used by two files (the envelope's parts) is one component.
+            if key in out and out[key] != schema:
                 raise ValueError(f"component {key} defined twice")
-            out[key] = schema
-    out["RunAcceptedDeprecated"] = {
-        "allOf": [
-            {"$ref": COMPONENT_PREFIX + "RunAccepted"},
-            {"properties": {"deprecationNotice": {"type": "string"}}, "required": ["deprecationNotice"]},
-        ]
-    }
+            out.setdefault(key, schema)
     return out
 
 
@@ -194,18 +193,31 @@ def _parameter(param: Param) -> dict[str, Any]:
     }
 
 
-def component_name(body: Body) -> str:
-    """The component of a request body's schema (see :data:`SCHEMA_FILES`).
+@cache
+def _model_components() -> dict[type[BaseModel], str]:
+    out: dict[type[BaseModel], str] = {}
+    for item in GENERATED:
+        if item.name not in SCHEMA_FILES:
+            continue
+        root = SCHEMA_FILES[item.name]
+        for model in item.models:
+            title = str(model.model_config.get("title") or model.__name__)
+            # The first file that publishes a model names its component (EmptyRequest: api.schema.json's).
+            out.setdefault(model, root if item.root and root else f"{root}.{title}" if root else title)
+    return out
+
+
+def component_name(model: type[BaseModel]) -> str:
+    """The component of a body's model: its definition in the published schema file that lists it.
 
     Raises:
-        KeyError: The schema file is not published.
+        KeyError: No published schema file lists the model (add it to its file in ``schemas/generate.py``).
     """
-    root = SCHEMA_FILES[body.schema_file]
-    if body.definition is None:
-        if root is None:
-            raise KeyError(f"{body.schema_file} publishes only its $defs: name one")
-        return root
-    return f"{root}.{body.definition}" if root else body.definition
+    return _model_components()[model]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": COMPONENT_PREFIX + component_name(model)}
 
 
 def _operation(endpoint: Endpoint) -> dict[str, Any]:
@@ -221,15 +233,15 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         success_headers |= {h: _ref_header(h) for h in ("Deprecation", "Sunset", "Link")}
     success: dict[str, Any] = {"description": endpoint.summary, "headers": success_headers}
     if endpoint.response:
-        success["content"] = {endpoint.media: {"schema": {"$ref": COMPONENT_PREFIX + endpoint.response}}}
+        success["content"] = {endpoint.media: {"schema": _ref(endpoint.response)}}
     elif endpoint.media:
         success["content"] = {endpoint.media: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(endpoint.success): success}
-    for status, component in endpoint.extra_success.items():
+    for status, model in endpoint.extra_success.items():
         responses[str(status)] = {
             "description": f"{endpoint.summary} (not ready)",
             "headers": {"X-Trace-Id": _ref_header("X-Trace-Id")},
-            "content": {"application/json": {"schema": {"$ref": COMPONENT_PREFIX + component}}},
+            "content": {"application/json": {"schema": _ref(model)}},
         }
     statuses = set(endpoint.errors) | set(COMMON_ERRORS) | (set(AUTH_ERRORS) if endpoint.scope else set())
     for status in sorted(statuses - set(endpoint.extra_success)):
@@ -252,7 +264,7 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.body is not None:
         out["requestBody"] = {
             "required": endpoint.body.required,
-            "content": {"application/json": {"schema": {"$ref": COMPONENT_PREFIX + component_name(endpoint.body)}}},
+            "content": {"application/json": {"schema": _ref(endpoint.body.model)}},
         }
     return out
 

@@ -1,12 +1,13 @@
 """The endpoint registry: one declaration per route, from which the router, the checks and the contract follow.
 
 An :class:`Endpoint` holds every fact about a route: method and path, handler, the scope a token needs (or
-:data:`PUBLIC`), the request body's schema, whether ``Idempotency-Key`` is honoured, the rate-limit class, and what
-the OpenAPI document says about it. :meth:`Registry.add_routes` mounts the endpoints on an application behind one
-wrapper that, in this order, checks the scope (403), reads the ``Idempotency-Key`` header (400), and reads and
-validates the body (400/413/415/422); the handler receives the result as a :class:`Call` and does none of that
-by hand. ``api/openapi.py`` builds the document, ``api/auth.py`` its public paths and ``api/ratelimit.py`` its
-route classes from the same declarations (``api/endpoints.py`` holds the application's).
+:data:`PUBLIC`), the models of the request body and of the answer, whether ``Idempotency-Key`` is honoured, the
+rate-limit class, and what the OpenAPI document says about it. :meth:`Registry.add_routes` mounts the endpoints on
+an application behind one wrapper that, in this order, checks the scope (403), reads the ``Idempotency-Key``
+header (400), and reads the body (400/413/415) and parses it with its model (422); the handler receives the result
+as a :class:`Call` and does none of that by hand. ``api/openapi.py`` builds the document, ``api/auth.py`` its
+public paths and ``api/ratelimit.py`` its route classes from the same declarations (``api/endpoints.py`` holds the
+application's).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from api.body import read_json, validate
+from api.body import parse, read_json
 from api.keys import PRINCIPAL
 from api.runs import parse_idempotency_key
 from quantapilot.errors import ApiError, ErrorCode
@@ -56,18 +58,17 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """A request body: the published schema it must match.
+    """A request body: the model it is parsed with (and published as, ``make schemas``).
 
     Attributes:
-        schema_file: Schema file in ``schemas/``.
-        definition: Name under its ``$defs``, or None for the file's root schema.
+        model: The body's model; the wrapper parses the request's bytes with it (:func:`api.body.parse`) and
+            hands the result to the handler as :attr:`Call.parsed`.
         required: Whether the body may be empty (it then reads as ``{}``).
-        parse: Validates and parses the decoded JSON instead of :func:`api.body.validate` (the lifecycle schemas
-            have a checker of their own, whose formats run); its result is :attr:`Call.parsed`.
+        parse: Validates and parses the decoded JSON instead of the model (the lifecycle bodies have a checker
+            of their own, whose formats run); its result is :attr:`Call.parsed`.
     """
 
-    schema_file: str
-    definition: str | None = None
+    model: type[BaseModel]
     required: bool = True
     parse: Callable[[Any], Awaitable[Any]] | None = None
 
@@ -78,8 +79,9 @@ class Call:
 
     Attributes:
         endpoint: The endpoint the request matched.
-        body: The validated JSON object (``{}`` when the endpoint takes no body or it was omitted).
-        parsed: What the body's :attr:`Body.parse` returned (None without one).
+        body: The validated JSON object (``{}`` when the endpoint takes no body or it was omitted), as sent: what
+            an ``Idempotency-Key`` compares.
+        parsed: The body's model instance (or what its :attr:`Body.parse` returned); None without a body.
         idempotency_key: The validated ``Idempotency-Key`` header of an endpoint that honours it.
         caller: The authenticated principal (None for a public endpoint); read it as :attr:`principal`.
     """
@@ -114,7 +116,7 @@ class Endpoint:
         summary: One line.
         tag: Group on the API page.
         success: Success status.
-        response: Component name of the success body (None: see ``media``).
+        response: Model of the success body (None: see ``media``).
         body: The request body, or None for an endpoint that reads none.
         params: Path, query and header parameters.
         idempotency_key: Whether ``Idempotency-Key`` is honoured (validated before the body).
@@ -123,7 +125,7 @@ class Endpoint:
         description: Longer text.
         deprecated: Whether the route is a deprecated alias.
         media: Media type of the success body ("" for none, e.g. 204).
-        extra_success: Other documented statuses with their component names (e.g. readiness 503).
+        extra_success: Other documented statuses with their body models (e.g. readiness 503).
         success_headers: Headers of the success response besides the trace id and rate-limit ones.
         mounted: Whether an application built with the settings serves the route (default: always); the route
             is documented either way.
@@ -137,7 +139,7 @@ class Endpoint:
     summary: str
     tag: str
     success: int
-    response: str | None
+    response: type[BaseModel] | None
     body: Body | None = None
     params: tuple[Param, ...] = ()
     idempotency_key: bool = False
@@ -146,7 +148,7 @@ class Endpoint:
     description: str = ""
     deprecated: bool = False
     media: str = "application/json"
-    extra_success: Mapping[int, str] = field(default_factory=dict)
+    extra_success: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     success_headers: tuple[str, ...] = ()
     mounted: Callable[[Settings], bool] | None = None
 
@@ -173,7 +175,7 @@ def _forbidden(scope: str) -> ApiError:
 
 
 async def prepare(endpoint: Endpoint, request: web.Request) -> Call:
-    """Check the scope, then the ``Idempotency-Key``, then read and validate the body.
+    """Check the scope, then the ``Idempotency-Key``, then read the body and parse it with its model.
 
     Raises:
         ApiError: 403 without the scope, 400 for a malformed key or body, 413/415/422 for the body.
@@ -189,13 +191,10 @@ async def prepare(endpoint: Endpoint, request: web.Request) -> Call:
     if spec is None:
         return Call(endpoint=endpoint, idempotency_key=key, caller=caller)
     data = await read_json(request, required=spec.required)
-    parsed: Any = None
-    if spec.parse is None:
-        data = validate(data, spec.schema_file, spec.definition)
-    else:
-        parsed = await spec.parse(data)
-        if not isinstance(data, dict):
-            raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body must be a JSON object")
+    # The bytes read_json checked (aiohttp keeps them): parsed again by pydantic, straight into the model.
+    parsed = parse(spec.model, await request.read()) if spec.parse is None else await spec.parse(data)
+    if not isinstance(data, dict):
+        raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body must be a JSON object")
     return Call(endpoint=endpoint, body=data, parsed=parsed, idempotency_key=key, caller=caller)
 
 

@@ -22,7 +22,7 @@ from api.runs import is_not_found, run_handle
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events, stream_times
-from quantapilot.events.record import event_json
+from quantapilot.events.record import record_of
 from quantapilot.forges.remotes import host_refused_without_dns
 from quantapilot.models import (
     TERMINAL_STATES,
@@ -37,6 +37,7 @@ from quantapilot.models import (
     RunStatus,
 )
 from quantapilot.runs import listing
+from quantapilot.runs.http import CancelAccepted, EventList, RunAccepted, RunAcceptedDeprecated, RunStatusView
 from quantapilot.runs.listing import list_runs as list_workspace_runs
 from quantapilot.runs.listing import parse_query
 from quantapilot.runs.starter import start_run
@@ -190,12 +191,12 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
     )
     request[RUN_ID] = started.run_id
     urls = _urls(request, started.run_id)
-    payload: dict[str, Any] = {"run_id": started.run_id, **urls, "created": started.created}
+    accepted = RunAccepted(run_id=started.run_id, **urls, created=started.created)
     headers = {"Location": urls["status_url"]}
     if call.endpoint.deprecated:
-        payload["deprecationNotice"] = run_alias_notice()
+        accepted = RunAcceptedDeprecated(**dict(accepted), deprecation_notice=run_alias_notice())
         headers |= run_alias_headers()
-    return _json(payload, status=202, headers=headers)
+    return _json(accepted.dump(), status=202, headers=headers)
 
 
 async def list_runs(request: web.Request, call: Call) -> web.Response:
@@ -215,7 +216,7 @@ async def list_runs(request: web.Request, call: Call) -> web.Response:
         query=query,
         rpc_timeout=_rpc_timeout(request),
     )
-    return _json(page.model_dump(mode="json", exclude_none=True))
+    return _json(page.dump())
 
 
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
@@ -235,7 +236,7 @@ async def get_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     run_id = request.match_info["run_id"]
     status = await _query_status(request, principal, run_id)
-    return _json({**status.model_dump(mode="json"), **_urls(request, run_id)})
+    return _json(RunStatusView(**dict(status), **_urls(request, run_id)).model_dump(mode="json"))
 
 
 async def _update(request: web.Request, principal: Principal, run_id: str, name: str, arg: Any, result: type) -> Any:
@@ -314,7 +315,7 @@ async def cancel_run(request: web.Request, call: Call) -> web.Response:
         raise conflict(f"run is already {status.state.value}")
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     await handle.cancel()
-    return _json({"run_id": run_id, "state": "cancelling", **_urls(request, run_id)}, status=202)
+    return _json(CancelAccepted(run_id=run_id, state="cancelling", **_urls(request, run_id)).dump(), status=202)
 
 
 async def run_events(request: web.Request, call: Call) -> web.Response:
@@ -330,5 +331,5 @@ async def run_events(request: web.Request, call: Call) -> web.Response:
     rows, running = await gapless_page(rows, after, lambda: workflow_open(handle))
     if running is None and not rows:
         raise not_found("run")
-    events = [event_json(r) for r in rows]
-    return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
+    page = EventList(run_id=run_id, events=[record_of(r) for r in rows], next_after=rows[-1].seq if rows else after)
+    return _json(page.dump())

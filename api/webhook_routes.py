@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.registry import Call
+from quantapilot.bodies import ResponseBody
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
@@ -36,7 +37,14 @@ from quantapilot.webhooks.tables import (
     WebhookNotFoundError,
 )
 from quantapilot.webhooks.urlsafety import UnsafeUrlError, check_url, check_url_syntax
-from quantapilot.webhooks.views import delivery_view, endpoint_view, iso_timestamp
+from quantapilot.webhooks.views import (
+    DeliveryView,
+    WebhookDeliveryList,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointView,
+    WebhookSecretRotated,
+)
 
 log = logging.getLogger("quantapilot.api.webhooks")
 
@@ -92,7 +100,7 @@ async def _in_db(request: web.Request, fn: Any, /, *args: Any, **kwargs: Any) ->
 
 def _create(
     engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
-) -> tuple[dict[str, Any], str]:
+) -> tuple[WebhookEndpointView, str]:
     with session_scope(engine) as session:
         endpoint, secret = endpoints.create_endpoint(
             session=session,
@@ -103,22 +111,22 @@ def _create(
             keyring=keyring,
             **_filters(body),
         )
-        return endpoint_view(endpoint), secret
+        return WebhookEndpointView.of(endpoint), secret
 
 
-def _list(engine: Engine, *, workspace: str) -> list[dict[str, Any]]:
+def _list(engine: Engine, *, workspace: str) -> list[WebhookEndpointView]:
     with Session(engine) as session:
-        return [endpoint_view(e) for e in endpoints.list_endpoints(session=session, workspace=workspace)]
+        return [WebhookEndpointView.of(e) for e in endpoints.list_endpoints(session=session, workspace=workspace)]
 
 
-def _get(engine: Engine, endpoint_id: str, *, workspace: str) -> dict[str, Any]:
+def _get(engine: Engine, endpoint_id: str, *, workspace: str) -> WebhookEndpointView:
     with Session(engine) as session:
-        return endpoint_view(endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace))
+        return WebhookEndpointView.of(endpoints.get_endpoint(endpoint_id, session=session, workspace=workspace))
 
 
 def _update(
     engine: Engine, endpoint_id: str, *, workspace: str, body: dict[str, Any], allow_private: bool
-) -> dict[str, Any]:
+) -> WebhookEndpointView:
     with session_scope(engine) as session:
         endpoint = endpoints.update_endpoint(
             endpoint_id,
@@ -130,7 +138,7 @@ def _update(
             allow_private=allow_private,
             **_filters(body),
         )
-        return endpoint_view(endpoint)
+        return WebhookEndpointView.of(endpoint)
 
 
 def _delete(engine: Engine, endpoint_id: str, *, workspace: str) -> None:
@@ -151,20 +159,20 @@ def _rotate(
 
 def _deliveries(
     engine: Engine, endpoint_id: str, *, workspace: str, limit: int, status: DeliveryStatus | None
-) -> list[dict[str, Any]]:
+) -> list[DeliveryView]:
     with Session(engine) as session:
         rows = deliveries.list_deliveries(endpoint_id, session=session, workspace=workspace, limit=limit, status=status)
         attempts = deliveries.attempts_by_delivery(session, [r.id for r in rows])
-        return [delivery_view(r, attempts[r.id]) for r in rows]
+        return [DeliveryView.of(r, attempts[r.id]) for r in rows]
 
 
-def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> dict[str, Any]:
+def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> DeliveryView:
     with Session(engine) as session:
         row = deliveries.get_delivery(delivery_id, session=session, workspace=workspace)
-        return delivery_view(row, deliveries.attempts_by_delivery(session, [row.id])[row.id])
+        return DeliveryView.of(row, deliveries.attempts_by_delivery(session, [row.id])[row.id])
 
 
-def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dict[str, Any], str | None, str, int]:
+def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[DeliveryView, str | None, str, int]:
     with session_scope(engine) as session:
         workflow_id = redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12])
         try:
@@ -173,7 +181,7 @@ def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[dic
             )
         except delivery_state.EndpointDisabledError as exc:
             raise conflict(str(exc)) from None
-        return delivery_view(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
+        return DeliveryView.of(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
 
 
 async def _cancel_quietly(client: Client, workflow_id: str) -> None:
@@ -187,6 +195,10 @@ def _secret_forms(secret: str) -> dict[str, str]:
     # Both forms of the one secret, in every answer that shows it: as it is (X-VC-Signature, qp webhooks listen)
     # and as Standard Webhooks libraries take it (their key is the bytes it base64-decodes to).
     return {"secret": secret, "standard_webhooks_secret": standard_secret(secret)}
+
+
+def _answer(body: ResponseBody, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body.dump(), status=status, headers=headers)
 
 
 # ----- handlers ------------------------------------------------------------------------------------------------
@@ -205,22 +217,23 @@ async def create_endpoint(request: web.Request, call: Call) -> web.Response:
         allow_private=settings.webhook_allow_private,
         keyring=request.app[KEYRING],
     )
-    log.info("webhook endpoint %s created in workspace %s", view["id"], principal.workspace)
-    return web.json_response({**view, **_secret_forms(secret)}, status=201, headers={"Cache-Control": "no-store"})
+    log.info("webhook endpoint %s created in workspace %s", view.id, principal.workspace)
+    created = WebhookEndpointCreated(**dict(view), **_secret_forms(secret))
+    return _answer(created, status=201, headers={"Cache-Control": "no-store"})
 
 
 async def list_endpoints(request: web.Request, call: Call) -> web.Response:
     """The workspace's endpoints, oldest first."""
     principal = call.principal
     endpoints = await _in_db(request, _list, workspace=principal.workspace)
-    return web.json_response({"endpoints": endpoints})
+    return _answer(WebhookEndpointList(endpoints=endpoints))
 
 
 async def get_endpoint(request: web.Request, call: Call) -> web.Response:
     """One endpoint (without its secret)."""
     principal = call.principal
     view = await _in_db(request, _get, request.match_info["endpoint_id"], workspace=principal.workspace)
-    return web.json_response(view)
+    return _answer(view)
 
 
 async def update_endpoint(request: web.Request, call: Call) -> web.Response:
@@ -240,7 +253,7 @@ async def update_endpoint(request: web.Request, call: Call) -> web.Response:
         body=body,
         allow_private=settings.webhook_allow_private,
     )
-    return web.json_response(view)
+    return _answer(view)
 
 
 async def delete_endpoint(request: web.Request, call: Call) -> web.Response:
@@ -262,14 +275,10 @@ async def rotate_secret(request: web.Request, call: Call) -> web.Response:
         overlap=timedelta(hours=hours),
         keyring=request.app[KEYRING],
     )
-    return web.json_response(
-        {
-            "endpoint_id": request.match_info["endpoint_id"],
-            **_secret_forms(secret),
-            "previous_secrets_expire_at": iso_timestamp(until),
-        },
-        headers={"Cache-Control": "no-store"},
+    rotated = WebhookSecretRotated(
+        endpoint_id=request.match_info["endpoint_id"], **_secret_forms(secret), previous_secrets_expire_at=until
     )
+    return _answer(rotated, headers={"Cache-Control": "no-store"})
 
 
 def _limit(request: web.Request) -> int:
@@ -301,14 +310,14 @@ async def list_deliveries(request: web.Request, call: Call) -> web.Response:
         limit=_limit(request),
         status=_status_filter(request),
     )
-    return web.json_response({"deliveries": deliveries})
+    return _answer(WebhookDeliveryList(deliveries=deliveries))
 
 
 async def get_delivery(request: web.Request, call: Call) -> web.Response:
     """One delivery with its attempts."""
     principal = call.principal
     view = await _in_db(request, _delivery, request.match_info["delivery_id"], workspace=principal.workspace)
-    return web.json_response(view)
+    return _answer(view)
 
 
 async def redeliver(request: web.Request, call: Call) -> web.Response:
@@ -320,4 +329,4 @@ async def redeliver(request: web.Request, call: Call) -> web.Response:
     await start_redelivery(client, settings, delivery_id, workflow_id, first)
     if previous is not None and previous != workflow_id:
         await _cancel_quietly(client, previous)
-    return web.json_response(view, status=202)
+    return _answer(view, status=202)

@@ -13,6 +13,12 @@ Conventions the models follow (so every fact is stated once, on the model):
 - ``X | None = None`` means "absent": the schema has ``X`` alone and no default; null is not accepted.
 - ``Field(default=...)`` publishes the default; ``default_factory`` does not.
 - ``type`` is left out next to ``enum``/``const`` (the values say it), and keys are written in one fixed order.
+- A response model (published in ``serialization`` mode) says what the server sends, its dump: every field is
+  required unless it is left out by ``exclude_if``, ``X | None`` may be null (a dump writes None as null), and
+  defaults are not published. Where null is allowed, it is spelled ``type: [X, "null"]`` (or among the enum).
+- A file of several bodies (``api.schema.json``) is :func:`defs_schema`: each listed model is a ``$defs`` entry
+  named by its ``title`` (or class name) and referred to by ``$ref`` wherever it is used; a ``TypeAliasType`` is
+  an entry under its own name.
 """
 
 from __future__ import annotations
@@ -21,18 +27,50 @@ import argparse
 import inspect
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
 
+from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
+from quantapilot.docs.frontmatter import FrontMatter
+from quantapilot.docs.views import DocsPage, DocsPageList
+from quantapilot.errors import ErrorEnvelope, ErrorResponse
+from quantapilot.events.record import EventRecord
 from quantapilot.lifecycle.models import LifecycleRunRequest
 from quantapilot.lifecycle.telemetry import TelemetryBody
+from quantapilot.models import GateRecord
 from quantapilot.repos.config import QuantapilotConfig
+from quantapilot.runs.contracts import RunList
+from quantapilot.runs.http import (
+    AccountEventList,
+    BudgetRequest,
+    CancelAccepted,
+    EventList,
+    GateDecisionRequest,
+    LifecycleRunAccepted,
+    PauseRequest,
+    RunAccepted,
+    RunAcceptedDeprecated,
+    RunRequest,
+    RunStatusView,
+    TelemetryAccepted,
+)
+from quantapilot.webhooks.views import (
+    CreateEndpointRequest,
+    DeliveryView,
+    RotateSecretRequest,
+    UpdateEndpointRequest,
+    WebhookDeliveryList,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointView,
+    WebhookSecretRotated,
+)
 from schemas import SCHEMA_DIR
 
 __all__ = ["GENERATED", "Generated", "main", "render"]
@@ -73,6 +111,9 @@ _KEY_ORDER = (
 )
 
 
+_DEF_MARK = "x-published-as"
+
+
 class _ContractJsonSchema(GenerateJsonSchema):
     """pydantic's generator, adjusted to the conventions of the module docstring."""
 
@@ -85,13 +126,47 @@ class _ContractJsonSchema(GenerateJsonSchema):
 
         Only there: a None inside a type (a scalar that may be null) stays ``{"type": "null"}``.
         """
+        if self.mode == "serialization":
+            # A response always carries the field: its default tells a reader nothing.
+            return self.generate_inner(schema["schema"])
         if "default" in schema and schema["default"] is None:
             inner = schema["schema"]
-            while inner["type"] == "function-before":
-                # A check before the type (refusing an explicit null) publishes the type it wraps.
-                inner = inner["schema"]
-            return self.generate_inner(inner["schema"] if inner["type"] == "nullable" else inner)
+            # Through validators that wrap the field (a request body's null check), to the nullable.
+            core: Any = inner
+            while core["type"] in ("function-before", "function-after", "function-wrap"):
+                core = core["schema"]
+            return self.generate_inner(core["schema"] if core["type"] == "nullable" else inner)
         return super().default_schema(schema)
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        """A response's dump carries every field but those ``exclude_if`` leaves out."""
+        if self.mode == "serialization":
+            return field.get("serialization_exclude_if") is None
+        return super().field_is_required(field, total)
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        """``X | None`` (that may be null) as ``type: [X, "null"]``, or null among an enum's values."""
+        inner = self.generate_inner(schema["schema"])
+        if "anyOf" not in inner and "$ref" not in inner:
+            if isinstance(inner.get("type"), str) and "enum" not in inner and "const" not in inner:
+                return {**inner, "type": [inner["type"], "null"]}
+            if "enum" in inner:
+                return {**{k: v for k, v in inner.items() if k != "type"}, "enum": [*inner["enum"], None]}
+        return super().nullable_schema(schema)
+
+    def generate_inner(self, schema: Any) -> JsonSchemaValue:
+        """An enum's docstring is not published either (pydantic adds it after :meth:`enum_schema`)."""
+        json_schema = super().generate_inner(schema)
+        if schema.get("type") == "enum" and schema["cls"].__doc__:
+            ref = json_schema.get("$ref", "")
+            target = self.definitions.get(ref.rsplit("/", 1)[-1]) if ref else json_schema
+            if target is not None and target.get("description") == inspect.cleandoc(schema["cls"].__doc__):
+                del target["description"]
+        return json_schema
 
     def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
         """Constrained keys as ``propertyNames``, values as ``additionalProperties`` (never patternProperties)."""
@@ -111,10 +186,18 @@ class _ContractJsonSchema(GenerateJsonSchema):
     def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
         """A model's docstring is not published as its description: docstrings are for Python readers."""
         json_schema = super().model_schema(schema)
+        title = schema["cls"].model_config.get("title")
+        if title:
+            # Published as a $defs entry of that name, even when it is the class name (a title pydantic also sets).
+            json_schema[_DEF_MARK] = title
         doc = schema["cls"].__doc__
         if doc and json_schema.get("description") == inspect.cleandoc(doc):
             del json_schema["description"]
         return json_schema
+
+
+def _lower_camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
 
 
 def model_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -127,8 +210,33 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
         The schema document, keys in the published order.
     """
     raw = model.model_json_schema(schema_generator=_ContractJsonSchema)
+    raw.pop(_DEF_MARK, None)  # the root is the document itself
     defs: dict[str, Any] = raw.pop("$defs", {})
-    names = {key: _published_name(key, body) for key, body in defs.items()}
+    names = {key: _published_name(key, body, _lower_camel) for key, body in defs.items()}
+    return _publish(raw, defs, names)
+
+
+def defs_schema(meta: Mapping[str, Any], models: Sequence[tuple[type[BaseModel], JsonSchemaMode]]) -> dict[str, Any]:
+    """A schema file of several bodies: ``meta`` (``$schema``, ``$id``, ``title``, ``description``) and ``$defs``.
+
+    Args:
+        meta: The file's identity and annotations.
+        models: Each body with the mode it is published in: ``validation`` for a request, ``serialization``
+            for a response. Each is a ``$defs`` entry named by its ``title`` (or class name).
+
+    Returns:
+        The schema document, keys in the published order.
+    """
+    refs, raw = models_json_schema(list(models), schema_generator=_ContractJsonSchema)
+    defs: dict[str, Any] = raw.get("$defs", {})
+    names = {key: _published_name(key, body, str) for key, body in defs.items()}
+    listed = [refs[item] for item in models]
+    for (model, _mode), ref in zip(models, listed, strict=True):
+        names[ref["$ref"].removeprefix("#/$defs/")] = str(model.model_config.get("title") or model.__name__)
+    return _publish({**meta, "$listed": listed}, defs, names)
+
+
+def _publish(raw: dict[str, Any], defs: dict[str, Any], names: Mapping[str, str | None]) -> dict[str, Any]:
     published: dict[str, Any] = {}
     visiting: set[str] = set()
 
@@ -152,23 +260,28 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
             return {**{k: resolve(v) for k, v in node.items()}, "$ref": f"#/$defs/{name}"}
         return {k: resolve(v) for k, v in node.items()}
 
+    # The bodies of a defs_schema file are published in the order listed (each after the parts it uses).
+    listed = raw.pop("$listed", [])
     document = resolve(raw)
+    resolve(listed)
     if published:
-        document["$defs"] = _order_defs(published)
+        document["$defs"] = _order_defs(published) if not listed else published
     normalized: dict[str, Any] = _normalize(document)
     return normalized
 
 
-def _published_name(key: str, body: Mapping[str, Any]) -> str | None:
+def _published_name(key: str, body: Mapping[str, Any], alias_name: Callable[[str], str]) -> str | None:
     # pydantic titles a model by its class name (the def key) unless model_config sets a title.
+    if _DEF_MARK in body:
+        return str(body[_DEF_MARK])
     title = body.get("title")
     if title is None:
-        return key[:1].lower() + key[1:]  # a TypeAliasType: StepName is published as stepName
+        return alias_name(key)  # a TypeAliasType: StepName is published as stepName in a root model's file
     return None if title == key else str(title)
 
 
 def _without_title(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "title"}
+    return {k: v for k, v in body.items() if k not in ("title", _DEF_MARK)}
 
 
 def _order_defs(defs: dict[str, Any]) -> dict[str, Any]:
@@ -204,17 +317,119 @@ def _normalize(node: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Generated:
-    """One generated schema file: its name under ``schemas/`` and the function building its document."""
+    """One generated schema file: its name under ``schemas/``, the function building its document, its models.
+
+    Attributes:
+        name: File name under ``schemas/``.
+        build: Builds the document.
+        models: The bodies it publishes: its root model (``root``), or each of its ``$defs`` bodies.
+        root: Whether the file's root schema is ``models[0]``.
+    """
 
     name: str
     build: Callable[[], dict[str, Any]]
+    models: tuple[type[BaseModel], ...] = ()
+    root: bool = False
 
 
-#: Every schema file made from models; the others are still written by hand.
+def _root(name: str, model: type[BaseModel]) -> Generated:
+    return Generated(name, lambda: model_schema(model), (model,), root=True)
+
+
+def _defs(name: str, meta: Mapping[str, Any], bodies: Sequence[tuple[type[BaseModel], JsonSchemaMode]]) -> Generated:
+    return Generated(name, lambda: defs_schema(meta, bodies), tuple(model for model, _ in bodies))
+
+
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+#: The bodies of ``api.schema.json``, in the order the file (and the OpenAPI document) lists them.
+API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (RunRequest, "validation"),
+    (RunAccepted, "serialization"),
+    (GateDecisionRequest, "validation"),
+    (PauseRequest, "validation"),
+    (EmptyRequest, "validation"),
+    (BudgetRequest, "validation"),
+    (GateRecord, "serialization"),
+    (RunStatusView, "serialization"),
+    (EventRecord, "serialization"),
+    (EventList, "serialization"),
+    (ErrorEnvelope, "serialization"),
+    (CancelAccepted, "serialization"),
+    (Health, "serialization"),
+    (Readiness, "serialization"),
+    (LifecycleRunAccepted, "serialization"),
+    (TelemetryAccepted, "serialization"),
+    (AccountEventList, "serialization"),
+    (DocsPage, "serialization"),
+    (DocsPageList, "serialization"),
+    (OpenApiDocument, "serialization"),
+    (WebhookEndpointView, "serialization"),
+    (WebhookEndpointCreated, "serialization"),
+    (WebhookEndpointList, "serialization"),
+    (WebhookSecretRotated, "serialization"),
+    (DeliveryView, "serialization"),
+    (WebhookDeliveryList, "serialization"),
+    (RunAcceptedDeprecated, "serialization"),
+    (RunList, "serialization"),
+)
+#: The bodies of ``webhooks.schema.json`` (all requests).
+WEBHOOK_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (CreateEndpointRequest, "validation"),
+    (UpdateEndpointRequest, "validation"),
+    (RotateSecretRequest, "validation"),
+    (EmptyRequest, "validation"),
+)
+
+#: Every schema file made from models.
 GENERATED: tuple[Generated, ...] = (
-    Generated("quantapilot.schema.json", lambda: model_schema(QuantapilotConfig)),
-    Generated("telemetry.schema.json", lambda: model_schema(TelemetryBody)),
-    Generated("lifecycle_run.schema.json", lambda: model_schema(LifecycleRunRequest)),
+    _root("quantapilot.schema.json", QuantapilotConfig),
+    _root("telemetry.schema.json", TelemetryBody),
+    _root("lifecycle_run.schema.json", LifecycleRunRequest),
+    _defs(
+        "api.schema.json",
+        {
+            "$schema": _DRAFT,
+            "$id": "https://quantapilot.dev/schemas/api.schema.json",
+            "title": "QuantaPilot integration API",
+            "description": (
+                "Request and response bodies of the HTTP API. Each $defs entry is one body; the OpenAPI "
+                "document publishes these definitions as its component schemas."
+            ),
+        },
+        API_BODIES,
+    ),
+    _defs(
+        "webhooks.schema.json",
+        {
+            "$schema": _DRAFT,
+            "$id": "https://quantapilot.dev/schemas/webhooks.schema.json",
+            "title": "QuantaPilot webhook subscriptions",
+            "description": (
+                "Request bodies of the webhook API (/v1/webhooks/...). Each $defs entry is one body. Event "
+                "types are the dotted names (run.started) or the seed's underscore aliases (run_started); "
+                "unknown names are refused with 422."
+            ),
+        },
+        WEBHOOK_BODIES,
+    ),
+    _root("frontmatter.schema.json", FrontMatter),
+    _defs(
+        "error.schema.json",
+        {
+            "$schema": _DRAFT,
+            "$id": "urn:quantapilot:schema:error",
+            "title": "Error envelope",
+            "description": (
+                "Every 4xx and 5xx answer of the API carries this envelope (and the X-Trace-Id header equal to "
+                "traceId). Codes are stable: clients branch on code, never on message. The same codes are the "
+                "`code` of run failures (run.failed events, RunStatus.error) and the types of Temporal "
+                "ApplicationErrors."
+            ),
+            "$ref": "#/$defs/ErrorResponse",
+        },
+        [(ErrorResponse, "serialization")],
+    ),
 )
 
 

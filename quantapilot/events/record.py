@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from quantapilot.events.table import RunEvent
 from quantapilot.models import RunKind
@@ -19,13 +19,15 @@ from quantapilot.models import RunKind
 class EventRecord(BaseModel):
     """One run event, as recorded and as served by ``GET /v1/runs/{id}/events``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The title names its definition in schemas/api.schema.json (``Event``); it changes no payload.
+    model_config = ConfigDict(extra="forbid", title="Event")
 
     id: str
     run_id: str
     workspace: str
     run_kind: RunKind
-    seq: int
+    # Schema only (the payload's validation is unchanged): sequence numbers start at 1.
+    seq: int = Field(json_schema_extra={"minimum": 1})
     type: str
     correlation_id: str | None = None
     created_at: datetime

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quantapilot.bodies import ResponseBody
 from quantapilot.models import RunKind, RunState, StepOutcome
 
 # Activity names: readable in the Temporal Web UI, stable across refactors.
@@ -148,34 +149,43 @@ class MilestoneResult(_Model):
     failed_step: str | None = None
 
 
-class RunListItem(BaseModel):
+def _absent(value: object) -> bool:
+    """An unknown value is left out of the answer, not sent as null."""
+    return value is None
+
+
+class RunListItem(ResponseBody):
     """One run of ``GET /v1/runs``: what visibility knows of it, with its first and latest event's times."""
 
-    model_config = ConfigDict(extra="forbid", title="RunListItem")
+    model_config = ConfigDict(extra="forbid", title="RunListItem", validate_by_name=True)
 
     run_id: str = Field(description="Run id (rr_ repository, lc_ lifecycle).")
     kind: RunKind
     state: RunState = Field(
         description="The run's state; a run Temporal ended without it (terminated, timed out) is failed."
     )
-    repo_url: str | None = Field(default=None, description="Repository of a repository run.")
-    branch: str | None = Field(default=None, description="Branch of a repository run.")
-    account_id: str | None = Field(default=None, description="Account of a lifecycle run.")
-    stage: str | None = Field(default=None, description="Lifecycle stage of a lifecycle run.")
-    correlation_id: str | None = Field(default=None, description="The caller's id given at the trigger.")
-    gate: str | None = Field(default=None, description="The gate the run waits at (also while paused there).")
+    repo_url: str | None = Field(default=None, exclude_if=_absent, description="Repository of a repository run.")
+    branch: str | None = Field(default=None, exclude_if=_absent, description="Branch of a repository run.")
+    account_id: str | None = Field(default=None, exclude_if=_absent, description="Account of a lifecycle run.")
+    stage: str | None = Field(default=None, exclude_if=_absent, description="Lifecycle stage of a lifecycle run.")
+    correlation_id: str | None = Field(
+        default=None, exclude_if=_absent, description="The caller's id given at the trigger."
+    )
+    gate: str | None = Field(
+        default=None, exclude_if=_absent, description="The gate the run waits at (also while paused there)."
+    )
     created_at: datetime = Field(description="When the run started (its first event).")
     updated_at: datetime = Field(description="Its latest event, or when Temporal closed it.")
 
 
-class RunList(BaseModel):
+class RunList(ResponseBody):
     """The answer of ``GET /v1/runs``: a page of the workspace's runs and the token of the next one."""
 
-    model_config = ConfigDict(extra="forbid", title="RunList")
+    model_config = ConfigDict(extra="forbid", title="RunList", validate_by_name=True)
 
     runs: list[RunListItem] = Field(
         description="Open runs first, newest first; then finished runs, the latest finished first."
     )
     next_page_token: str | None = Field(
-        default=None, description="Pass as page_token for the next page; absent on the last page."
+        default=None, exclude_if=_absent, description="Pass as page_token for the next page; absent on the last page."
     )

@@ -1,77 +1,273 @@
-"""The public (JSON) forms of webhook endpoints, deliveries and attempts: one definition, for every reader.
+"""The public (JSON) forms of webhook subscriptions: request bodies, endpoints, deliveries and attempts.
 
-These are the shapes of ``schemas/webhooks.schema.json``: the API answers with them and anything else that
-shows an endpoint or a delivery (a command, a script) uses the same functions, so a field is named once.
+The models are the source of ``schemas/webhooks.schema.json`` (the request bodies) and of the webhook answers in
+``schemas/api.schema.json`` (``make schemas``). The API answers with their dumps, and anything else that shows an
+endpoint or a delivery (a command, a script) uses the same models, so a field is named once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import ConfigDict, Field
+from typing_extensions import TypeAliasType
+
+from quantapilot.bodies import NonEmptyBody, RequestBody, ResponseBody, UniqueItems, UtcInstant, described
 from quantapilot.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
+# ----- requests ------------------------------------------------------------------------------------------
 
-def iso_timestamp(value: datetime | None) -> str | None:
-    """An instant as RFC 3339 in UTC with a ``Z`` (None stays None; naive datetimes are UTC)."""
-    if value is None:
-        return None
-    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
+_NO_CONTROLS = r"^[^\s\x00-\x1f\x7f]+$"
+
+WebhookUrl = TypeAliasType(
+    "WebhookUrl",
+    Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            pattern=r"^[hH][tT][tT][pP][sS]?://[^\s\x00-\x1f\x7f]+$",
+            description=(
+                "Absolute http(s) URL of the receiver. Loopback, private, link-local and metadata addresses are "
+                "refused unless the operator allows private addresses (metadata never)."
+            ),
+        ),
+    ],
+)
+EventTypes = TypeAliasType(
+    "EventTypes",
+    Annotated[
+        UniqueItems[list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.]*$")]]],
+        Field(max_length=100, description="Event types to receive; empty or absent: all."),
+    ],
+)
+RunKinds = TypeAliasType(
+    "RunKinds",
+    Annotated[
+        UniqueItems[list[Literal["repository", "lifecycle"]]],
+        Field(max_length=100, description="Run kinds to receive; empty or absent: all."),
+    ],
+)
+Repositories = TypeAliasType(
+    "Repositories",
+    Annotated[
+        UniqueItems[list[Annotated[str, Field(min_length=1, max_length=2000, pattern=_NO_CONTROLS)]]],
+        Field(
+            max_length=100,
+            description=(
+                "Repository URLs whose runs' events to receive (case, trailing slash and .git do not matter); "
+                "empty or absent: all."
+            ),
+        ),
+    ],
+)
+Description = TypeAliasType(
+    "Description",
+    Annotated[str, Field(max_length=500, description="Free text for people; must not contain personal data.")],
+)
 
 
-def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
+class CreateEndpointRequest(RequestBody):
+    """``POST /v1/webhooks/endpoints``."""
+
+    model_config = described(
+        "CreateEndpointRequest",
+        "POST /v1/webhooks/endpoints: subscribe a receiver URL to the caller's workspace events.",
+    )
+
+    url: WebhookUrl
+    events: EventTypes | None = None
+    description: Description | None = None
+    run_kinds: RunKinds | None = None
+    repositories: Repositories | None = None
+
+
+class UpdateEndpointRequest(NonEmptyBody):
+    """``PATCH /v1/webhooks/endpoints/{id}``."""
+
+    model_config = described(
+        "UpdateEndpointRequest",
+        "PATCH /v1/webhooks/endpoints/{id}: change the given fields; enabled=true re-enables a disabled endpoint.",
+    )
+
+    url: WebhookUrl | None = None
+    events: EventTypes | None = None
+    description: Description | None = None
+    run_kinds: RunKinds | None = None
+    repositories: Repositories | None = None
+    enabled: bool | None = None
+
+
+class RotateSecretRequest(RequestBody):
+    """``POST /v1/webhooks/endpoints/{id}/rotate-secret``."""
+
+    model_config = described(
+        "RotateSecretRequest",
+        "POST /v1/webhooks/endpoints/{id}/rotate-secret (body optional): overlap_hours overrides the operator's "
+        "default overlap during which the previous secret keeps signing.",
+    )
+
+    overlap_hours: float | None = Field(default=None, ge=0, le=168, allow_inf_nan=False)
+
+
+# ----- answers -------------------------------------------------------------------------------------------
+
+_STANDARD_SECRET = r"^whsec_[A-Za-z0-9+/]+={0,2}$"  # noqa: S105 (a pattern, not a secret)
+_STANDARD_FORM = (
+    '"whsec_" + base64 of the secret\'s UTF-8 bytes, the key of webhook-signature. Pass it to a Standard '
+    "Webhooks library."
+)
+
+
+class WebhookEndpointView(ResponseBody):
     """The public form of an endpoint (never its secrets)."""
-    return {
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "description": endpoint.description,
-        "events": list(endpoint.event_types),
-        "run_kinds": list(endpoint.run_kinds),
-        "repositories": list(endpoint.repositories),
-        "enabled": endpoint.enabled,
-        "disabled_reason": endpoint.disabled_reason,
-        "failing_since": iso_timestamp(endpoint.failing_since),
-        "throttled_until": iso_timestamp(endpoint.throttled_until),
-        "created_at": iso_timestamp(endpoint.created_at),
-        "updated_at": iso_timestamp(endpoint.updated_at),
-    }
+
+    model_config = ConfigDict(title="WebhookEndpoint")
+
+    id: str
+    url: str
+    description: str = ""
+    events: list[str]
+    run_kinds: list[str]
+    repositories: list[str]
+    enabled: bool
+    disabled_reason: str | None = None
+    failing_since: UtcInstant | None = None
+    throttled_until: UtcInstant | None = Field(
+        default=None,
+        description="Set by a 429 or 503 answer with Retry-After: no delivery to the endpoint is attempted before it.",
+    )
+    created_at: UtcInstant | None = None
+    updated_at: UtcInstant | None = None
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> WebhookEndpointView:
+        """The public form of a stored endpoint."""
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            description=endpoint.description,
+            events=list(endpoint.event_types),
+            run_kinds=list(endpoint.run_kinds),
+            repositories=list(endpoint.repositories),
+            enabled=endpoint.enabled,
+            disabled_reason=endpoint.disabled_reason,
+            failing_since=endpoint.failing_since,
+            throttled_until=endpoint.throttled_until,
+            created_at=endpoint.created_at,
+            updated_at=endpoint.updated_at,
+        )
 
 
-def attempt_view(row: WebhookAttempt) -> dict[str, Any]:
-    """The public form of one attempt of a delivery."""
-    return {
-        "attempt": row.attempt,
-        "outcome": row.outcome,
-        "status_code": row.status_code,
-        "latency_ms": row.latency_ms,
-        "error": row.error,
-        "at": iso_timestamp(row.at),
-    }
+class WebhookEndpointCreated(WebhookEndpointView):
+    """The answer of endpoint creation: the endpoint and its signing secret, shown this once."""
+
+    model_config = described("WebhookEndpointCreated", "The endpoint and its signing secret, shown this once.")
+
+    secret: str = Field(min_length=16)
+    standard_webhooks_secret: str = Field(
+        pattern=_STANDARD_SECRET, description="The same secret in the Standard Webhooks form: " + _STANDARD_FORM
+    )
 
 
-def delivery_view(delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] = ()) -> dict[str, Any]:
-    """The public form of a delivery with its attempts (status codes, latencies, errors) and next retry.
+class WebhookEndpointList(ResponseBody):
+    """``GET /v1/webhooks/endpoints``."""
 
-    ``data`` is the payload of an event kept with its deliveries because no run's log has it
-    (``webhook.endpoint_disabled``); run events show null there and are read from their run's log by id.
-    """
-    data = delivery.payload.get("data") if delivery.payload is not None else None
-    return {
-        "id": delivery.id,
-        "endpoint_id": delivery.endpoint_id,
-        "event_id": delivery.event_id,
-        "event_type": delivery.event_type,
-        "run_id": delivery.run_id,
-        "status": delivery.status,
-        "attempt_count": delivery.attempts,
-        "last_status_code": delivery.last_status_code,
-        "last_latency_ms": delivery.last_latency_ms,
-        "last_error": delivery.last_error,
-        "next_retry_at": iso_timestamp(delivery.next_retry_at),
-        "created_at": iso_timestamp(delivery.created_at),
-        "delivered_at": iso_timestamp(delivery.delivered_at),
-        "data": data if isinstance(data, dict) else None,
-        "attempts": [attempt_view(a) for a in attempts],
-    }
+    model_config = ConfigDict(title="WebhookEndpointList")
+
+    endpoints: list[WebhookEndpointView]
+
+
+class WebhookSecretRotated(ResponseBody):
+    """The answer of a rotation: the new secret, shown this once."""
+
+    model_config = ConfigDict(title="WebhookSecretRotated")
+
+    endpoint_id: str
+    secret: str = Field(min_length=16)
+    standard_webhooks_secret: str = Field(
+        pattern=_STANDARD_SECRET, description="The new secret in the Standard Webhooks form: " + _STANDARD_FORM
+    )
+    previous_secrets_expire_at: UtcInstant | None
+
+
+class AttemptView(ResponseBody):
+    """One attempt of a delivery."""
+
+    attempt: int
+    outcome: str
+    status_code: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    at: UtcInstant | None = None
+
+    @classmethod
+    def of(cls, row: WebhookAttempt) -> AttemptView:
+        """The public form of a stored attempt."""
+        return cls(
+            attempt=row.attempt,
+            outcome=row.outcome,
+            status_code=row.status_code,
+            latency_ms=row.latency_ms,
+            error=row.error,
+            at=row.at,
+        )
+
+
+class DeliveryView(ResponseBody):
+    """A delivery with its attempts (status codes, latencies, errors) and next retry."""
+
+    model_config = ConfigDict(title="WebhookDelivery")
+
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    run_id: str | None = None
+    status: Literal["pending", "delivered", "failed", "gone", "disabled"]
+    attempt_count: int = Field(ge=0)
+    last_status_code: int | None = None
+    last_latency_ms: float | None = None
+    last_error: str | None = None
+    next_retry_at: UtcInstant | None = None
+    created_at: UtcInstant | None = None
+    delivered_at: UtcInstant | None = None
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The payload of an event kept with its deliveries because no run's log has it "
+            "(webhook.endpoint_disabled); null for run events, which GET /v1/runs/{run_id}/events serves."
+        ),
+    )
+    attempts: list[AttemptView] = []
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery, attempts: Sequence[WebhookAttempt] = ()) -> DeliveryView:
+        """The public form of a stored delivery with its attempts."""
+        data = delivery.payload.get("data") if delivery.payload is not None else None
+        return cls(
+            id=delivery.id,
+            endpoint_id=delivery.endpoint_id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            run_id=delivery.run_id,
+            status=delivery.status,
+            attempt_count=delivery.attempts,
+            last_status_code=delivery.last_status_code,
+            last_latency_ms=delivery.last_latency_ms,
+            last_error=delivery.last_error,
+            next_retry_at=delivery.next_retry_at,
+            created_at=delivery.created_at,
+            delivered_at=delivery.delivered_at,
+            data=data if isinstance(data, dict) else None,
+            attempts=[AttemptView.of(a) for a in attempts],
+        )
+
+
+class WebhookDeliveryList(ResponseBody):
+    """``GET /v1/webhooks/endpoints/{id}/deliveries``."""
+
+    model_config = ConfigDict(title="WebhookDeliveryList")
+
+    deliveries: list[DeliveryView]

@@ -16,6 +16,8 @@ from api.endpoints import ENDPOINTS
 from api.openapi import COMPONENT_PREFIX
 from api.ratelimit import RouteClass, route_class
 from api.registry import PUBLIC, Body, Call, Endpoint, Param, Registry
+from quantapilot.bodies import Health
+from quantapilot.runs.http import PauseRequest, RunStatusView
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
 from tests.security.support import assert_envelope
@@ -41,13 +43,13 @@ POKE = Endpoint(
     "Poke a throwaway thing",
     "runs",
     200,
-    "RunStatus",
-    body=Body("api.schema.json", "PauseRequest", required=False),
+    RunStatusView,
+    body=Body(PauseRequest, required=False),
     params=(Param("thing_id", "path", {"type": "string"}, "The thing.", required=True),),
     idempotency_key=True,
     rate="telemetry",
 )
-HELLO = Endpoint("GET", "/v1/throwaway-hello", hello, PUBLIC, "throwawayHello", "Say hello", "service", 200, "Health")
+HELLO = Endpoint("GET", "/v1/throwaway-hello", hello, PUBLIC, "throwawayHello", "Say hello", "service", 200, Health)
 
 
 async def test_one_registration_mounts_documents_classes_and_authorizes_an_endpoint(

@@ -135,7 +135,7 @@ def test_contract_request_bodies_are_the_ones_the_registry_validates(tmp_path: P
     for endpoint in ENDPOINTS.resolved("/run"):
         if endpoint.body is None:
             continue
-        name = component_name(endpoint.body)
+        name = component_name(endpoint.body.model)
         assert name in document["components"]["schemas"], (endpoint.operation_id, name)
         declared[(endpoint.method, endpoint.canonical)] = {
             "required": endpoint.body.required,
