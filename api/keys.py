@@ -21,5 +21,7 @@ TEMPORAL = web.AppKey("temporal", Client)
 ENGINE = web.AppKey("engine", Engine)
 TOKENS: web.AppKey[TokenCache] = web.AppKey("tokens")
 KEYRING = web.AppKey("keyring", KeyRing)
+#: The review-link key (quantapilot/review/links.py); empty when review links are off (production without one).
+REVIEW_KEY = web.AppKey("review_key", bytes)
 #: The authenticated caller, set by the auth middleware on every request to a non-public path.
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -16,6 +16,7 @@ from temporalio.service import RPCError
 
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
+from api.link_routes import with_review_urls
 from api.registry import Call
 from api.runs import is_not_found, run_handle
 from api.tracing import RUN_ID, TRACE_ID
@@ -268,5 +269,6 @@ async def run_events(request: web.Request, call: Call) -> web.Response:
     rows, running = await gapless_page(rows, after, lambda: workflow_open(handle))
     if running is None and not rows:
         raise not_found("run")
-    events = [event_json(r) for r in rows]
+    # gate.requested events carry their review_url only for callers who could decide the gate themselves.
+    events = with_review_urls(request, principal, [event_json(r) for r in rows])
     return _json({"run_id": run_id, "events": events, "next_after": rows[-1].seq if rows else after})
