@@ -162,7 +162,7 @@ def verify_token(key: bytes, token: str, *, now: datetime | None = None) -> Revi
 
 def link_expiry(issued_at: datetime, settings: Settings, *, timeout_s: float | None = None) -> datetime:
     """When a link issued at ``issued_at`` expires: the gate's timeout when shorter, else ``QP_REVIEW_LINK_TTL``."""
-    ttl = settings.review_link_ttl_s if not timeout_s else min(timeout_s, settings.review_link_ttl_s)
+    ttl = settings.review_link_ttl if not timeout_s else min(timeout_s, settings.review_link_ttl)
     return (issued_at if issued_at.tzinfo else issued_at.replace(tzinfo=UTC)) + timedelta(seconds=ttl)
 
 

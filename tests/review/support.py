@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +22,7 @@ HOSTILE_README = (
     "Intro with <script>alert('readme')</script> and <img src=x onerror=alert('img')>.\n\n"
     "[click me](javascript:alert('link')) and <a href=\"javascript:alert('a')\">raw</a>\n\n"
     "<style>body{display:none}</style>\n\n"
-    "<iframe src=\"https://example.invalid/\"></iframe>\n"
+    '<iframe src="https://example.invalid/"></iframe>\n'
 )
 
 
