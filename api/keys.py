@@ -25,3 +25,5 @@ KEYRING = web.AppKey("keyring", KeyRing)
 REVIEW_KEY = web.AppKey("review_key", bytes)
 #: The authenticated caller, set by the auth middleware on every request to a non-public path.
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: The /ui/ session cookie of a request whose sign-in verified (its pages' sign-out form is bound to it).
+UI_SESSION = web.RequestKey("ui_session_cookie", str)

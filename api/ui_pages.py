@@ -15,7 +15,7 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from api.keys import REVIEW_KEY, SETTINGS, TOKENS
+from api.keys import REVIEW_KEY, SETTINGS, TOKENS, UI_SESSION
 from quantapilot.review.links import LinkError, ReviewLink, verify_token
 from quantapilot.review.session import SESSION_COOKIE, form_token, open_session
 from quantapilot.tokens import Principal
@@ -67,7 +67,7 @@ def review_key(request: web.Request) -> bytes:
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     """An HTML page with the security headers (CSP, no-store, no referrer)."""
-    cookie = request.get("ui_session_cookie")
+    cookie = request.get(UI_SESSION)
     key = review_key(request)
     context.setdefault("signed_in", cookie is not None)
     context.setdefault("logout_csrf", form_token(key, f"session:{cookie}") if cookie and key else "")
@@ -108,7 +108,7 @@ async def signed_in(request: web.Request) -> Principal | None:
         return None
     principal = await request.app[TOKENS].principal(token)
     if principal is not None:
-        request["ui_session_cookie"] = cookie
+        request[UI_SESSION] = cookie
     return principal
 
 
@@ -130,7 +130,7 @@ async def viewer(request: web.Request, token: str | None) -> Viewer | web.Respon
         return Viewer(workspace=link.workspace, link=link, token=token, bound=f"link:{token}")
     if principal is None:
         return to_login(request)
-    cookie = request["ui_session_cookie"]
+    cookie = request[UI_SESSION]
     return Viewer(workspace=principal.workspace, principal=principal, bound=f"session:{cookie}")
 
 

@@ -28,13 +28,15 @@ from quantapilot.review.session import form_token, form_token_ok
 MAX_REASON = 2000
 
 
-async def run_status(request: web.Request, workspace: str, run_id: str) -> RunStatus | None:
+async def run_status(
+    request: web.Request, workspace: str, run_id: str, *, timeout_s: float | None = None
+) -> RunStatus | None:
     """The run's status in ``workspace`` (None: no such run there)."""
     try:
         handle = run_handle(request.app[TEMPORAL], workspace, run_id)
     except ApiError:
         return None  # a malformed run id
-    timeout = timedelta(seconds=request.app[SETTINGS].temporal_rpc_timeout_s)
+    timeout = timedelta(seconds=timeout_s or request.app[SETTINGS].temporal_rpc_timeout_s)
     try:
         status: RunStatus = await handle.query("status", result_type=RunStatus, rpc_timeout=timeout)
     except RPCError as err:

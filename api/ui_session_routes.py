@@ -12,6 +12,8 @@ import secrets
 from typing import Any
 
 from aiohttp import web
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from api.keys import ENGINE, SETTINGS, TEMPORAL, TOKENS
 from api.ui_pages import (
@@ -39,6 +41,8 @@ from quantapilot.tokens import Principal
 #: Runs the inbox looks at (newest first); a busier workspace pages through GET /v1/runs.
 MAX_INBOX_RUNS = 200
 _LOGIN_COOKIE_S = 600
+#: Seconds the inbox waits for each run's status.
+INBOX_QUERY_TIMEOUT_S = 3.0
 
 
 def _cookie(response: web.Response, request: web.Request, name: str, value: str, *, path: str, max_age: int) -> None:
@@ -137,7 +141,16 @@ async def waiting_runs(request: web.Request, principal: Principal) -> list[RunSt
         parsed = parse_workflow_id(execution.id)
         if parsed is not None and parsed[0] == principal.workspace:
             run_ids.append(parsed[1])
-    statuses = await asyncio.gather(*(run_status(request, principal.workspace, r) for r in run_ids))
+    # A run whose worker does not answer soon is left out of this page, not allowed to fail it.
+    timeout_s = min(request.app[SETTINGS].temporal_rpc_timeout_s, INBOX_QUERY_TIMEOUT_S)
+
+    async def status_of(run_id: str) -> RunStatus | None:
+        try:
+            return await run_status(request, principal.workspace, run_id, timeout_s=timeout_s)
+        except (RPCError, WorkflowQueryFailedError):
+            return None
+
+    statuses = await asyncio.gather(*(status_of(r) for r in run_ids))
     return [s for s in statuses if s is not None]
 
 
