@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from quantapilot.db import session_scope
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.observability import WEBHOOK_DELIVERIES
+from quantapilot.review.links import with_review_url
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.amqp import AmqpPublisher
@@ -121,7 +122,9 @@ class WebhookActivities:
             if isinstance(prepared, AttemptVerdict):
                 await self._announce(prepared)
                 return prepared.result
-            body, headers = prepare_request(prepared.envelope, secrets=prepared.secrets, attempt=inp.attempt)
+            # gate.requested gains its review_url here, at delivery: never in a history, a row or a log line.
+            envelope = with_review_url(self._settings, prepared.envelope)
+            body, headers = prepare_request(envelope, secrets=prepared.secrets, attempt=inp.attempt)
             result = await post_event(
                 self._session(),
                 prepared.url,
@@ -142,7 +145,7 @@ class WebhookActivities:
         if publisher is None:
             # Retryable on purpose: a worker started without QP_AMQP_URL must not drop the event.
             raise ApplicationError("the AMQP sink is not configured on this worker", type="AMQP_NOT_CONFIGURED")
-        envelope = EventEnvelope.model_validate(inp.envelope)
+        envelope = with_review_url(self._settings, EventEnvelope.model_validate(inp.envelope))
         headers = {"workspace": envelope.workspace, "run_id": envelope.run_id or "", "seq": str(envelope.seq or "")}
         # One connection per worker, reconnected on demand after a broker failure.
         await publisher.publish(envelope.type, envelope.to_body(), message_id=envelope.id, headers=headers)

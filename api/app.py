@@ -15,15 +15,16 @@ from api.api_page import render_api_page
 from api.auth import TokenCache, auth_middleware
 from api.client_address import parse_networks
 from api.deadlines import body_deadline_middleware, handler_args
-from api.endpoints import ENDPOINTS
+from api.endpoints import ENDPOINTS, PAGES
 from api.errors import error_middleware
-from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL, TOKENS
+from api.keys import ENGINE, KEYRING, REVIEW_KEY, SETTINGS, TEMPORAL, TOKENS
 from api.openapi import build_openapi
 from api.ratelimit import RateLimiter, anonymous_limit_middleware, rate_limit_middleware, rates_from
-from api.registry import Registry
+from api.registry import Page, Registry, add_pages
 from api.tracing import tracing_middleware
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
+from quantapilot.review.links import LinkKeyMissing, load_link_key
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.temporal import connect
@@ -36,6 +37,7 @@ def create_app(
     client: Client | None = None,
     engine: Engine | None = None,
     endpoints: Registry = ENDPOINTS,
+    pages: tuple[Page, ...] = PAGES,
     tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
     """Build the API application.
@@ -45,6 +47,7 @@ def create_app(
         client: A connected Temporal client to use; one is connected at start-up when None.
         engine: A database engine to use; one is created from ``settings.database_url`` when None.
         endpoints: The endpoints to serve and document (``api/endpoints.py``).
+        pages: The HTML pages under /ui/ (``api/endpoints.py``).
         tracer_provider: Where the request spans (and those of the client connected here) go; the process's
             global provider when None (``quantapilot/tracing.py``; no-op while tracing is off).
 
@@ -88,6 +91,10 @@ def create_app(
     app[ENGINE] = engine
     app[TOKENS] = tokens
     app[KEYRING] = keyring
+    try:
+        app[REVIEW_KEY] = load_link_key(settings)
+    except LinkKeyMissing:
+        app[REVIEW_KEY] = b""  # production without QP_REVIEW_LINK_KEY: the pages say they are off
 
     async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(ensure_schema, engine, auto_migrate=settings.db_auto_migrate)
@@ -105,6 +112,7 @@ def create_app(
     app.cleanup_ctx.append(_resources)
     app.on_startup.append(_publish_contract)
     endpoints.add_routes(app, settings)
+    add_pages(app, pages)
     metrics = endpoints.find("GET", metrics_routes.METRICS_PATH, run_path=settings.run_path)
     if metrics is not None:
         metrics_routes.setup(app, settings, metrics)

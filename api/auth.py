@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from api.endpoints import ENDPOINTS
 from api.keys import PRINCIPAL
+from api.registry import is_page_path
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.tokens import Principal, hash_token, lookup_token
 
@@ -86,7 +87,7 @@ def bearer_token(request: web.Request) -> str | None:
 def auth_middleware(
     cache: TokenCache, public_paths: frozenset[str] = PUBLIC_PATHS
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Build the middleware that requires a valid bearer token on every non-public path.
+    """Build the middleware that requires a valid bearer token on every non-public path outside /ui/.
 
     Args:
         cache: Verified and refused tokens.
@@ -97,7 +98,8 @@ def auth_middleware(
     async def _auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path in public_paths:
+        if request.path in public_paths or is_page_path(request.path):
+            # Pages (/ui/) authenticate themselves: a session cookie or a signed review link (api/ui_routes.py).
             return await handler(request)
         token = bearer_token(request)
         if token is None:

@@ -12,12 +12,16 @@ from api import (
     docs_routes,
     health_routes,
     lifecycle_routes,
+    link_routes,
     metrics_routes,
     run_routes,
+    ui_pages,
+    ui_routes,
+    ui_session_routes,
     webhook_routes,
 )
 from api.event_log import MAX_SEQ
-from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Param, Registry
+from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Page, Param, Registry
 from api.webhook_routes import MAX_DELIVERIES_PAGE
 from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
 from quantapilot.docs.views import DocsPage, DocsPageList
@@ -32,8 +36,10 @@ from quantapilot.runs.http import (
     CancelAccepted,
     EventList,
     GateDecisionRequest,
+    GateLinkRequest,
     LifecycleRunAccepted,
     PauseRequest,
+    ReviewLinkAnswer,
     RunAccepted,
     RunAcceptedDeprecated,
     RunRequest,
@@ -180,6 +186,25 @@ _RUNS: tuple[Endpoint, ...] = (
             "may name its approvers; the token that triggered the run may not approve its own gates unless the "
             "gate allows self-approval (403). The same decision twice is idempotent; a gate that is not pending "
             "is 409."
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/runs/{run_id}/gates/{gate}/links",
+        link_routes.mint_link,
+        "gates:decide",
+        "createGateReviewLink",
+        "Mint a signed review link for a pending gate",
+        "runs",
+        201,
+        ReviewLinkAnswer,
+        body=Body(GateLinkRequest, required=False),
+        params=(RUN_ID, GATE),
+        errors=(*BODY_ERRORS, 404, 409, 503),
+        description=(
+            "The link opens the gate's review page (/ui/) without a token and expires after QP_REVIEW_LINK_TTL. "
+            "With approver (one of the gate's approvers, when it names any) the link decides as that subject; "
+            "without, it decides as its holder only when the gate names no approvers. Treat the URL as a secret."
         ),
     ),
     Endpoint(
@@ -543,3 +568,16 @@ _SERVICE: tuple[Endpoint, ...] = (
 
 #: The application's endpoints.
 ENDPOINTS = Registry((*_RUNS, *_LIFECYCLE, *_DOCS, *_WEBHOOKS, *_SERVICE))
+
+#: The server-rendered pages under /ui/ (review pages, sign-in, inbox, docs): HTML, outside the JSON contract.
+PAGES: tuple[Page, ...] = (
+    Page("GET", "/ui/style.css", ui_pages.style, "The pages' stylesheet"),
+    Page("GET", "/ui/", ui_session_routes.inbox, "Inbox: gates waiting for the signed-in person"),
+    Page("GET", "/ui/login", ui_session_routes.login_page, "Sign-in form (an API token)"),
+    Page("POST", "/ui/login", ui_session_routes.login, "Sign in: sets the session cookie"),
+    Page("POST", "/ui/logout", ui_session_routes.logout, "Sign out"),
+    Page("GET", "/ui/runs/{run_id}/gates/{gate}", ui_routes.review_page, "A gate's review page (link or sign-in)"),
+    Page("POST", "/ui/runs/{run_id}/gates/{gate}/decision", ui_routes.decide, "Approve or reject from the page"),
+    Page("GET", "/ui/docs", ui_session_routes.docs_index, "Docs pages with their versions"),
+    Page("GET", "/ui/docs/{slug:.+}", ui_session_routes.docs_page, "One docs page rendered"),
+)

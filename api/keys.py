@@ -21,5 +21,9 @@ TEMPORAL = web.AppKey("temporal", Client)
 ENGINE = web.AppKey("engine", Engine)
 TOKENS: web.AppKey[TokenCache] = web.AppKey("tokens")
 KEYRING = web.AppKey("keyring", KeyRing)
+#: The review-link key (quantapilot/review/links.py); empty when review links are off (production without one).
+REVIEW_KEY = web.AppKey("review_key", bytes)
 #: The authenticated caller, set by the auth middleware on every request to a non-public path.
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: The /ui/ session cookie of a request whose sign-in verified (its pages' sign-out form is bound to it).
+UI_SESSION = web.RequestKey("ui_session_cookie", str)

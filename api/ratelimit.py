@@ -34,7 +34,7 @@ from api.auth import PUBLIC_PATHS, AuthenticationFailed, TokenCache, bearer_toke
 from api.client_address import IPNetwork, client_address
 from api.endpoints import ENDPOINTS
 from api.keys import PRINCIPAL
-from api.registry import Registry, rate_class_by_method
+from api.registry import Registry, is_page_path, rate_class_by_method
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.observability import RATE_LIMIT_FAIL_OPEN
 from quantapilot.settings import Settings
@@ -340,7 +340,8 @@ def anonymous_limit_middleware(
     @web.middleware
     async def _anonymous(request: web.Request, handler: Handler) -> web.StreamResponse:
         address = client_address(request, trusted_proxies)
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or is_page_path(request.path):
+            # The pages (/ui/) take no bearer token: each request counts in the address's public window.
             decision = await limiter.take(address, RouteClass.PUBLIC)
             if not decision.allowed:
                 raise _refuse(RouteClass.PUBLIC, decision)

@@ -290,3 +290,46 @@ class Registry:
                 app.router.add_get(endpoint.path, handler)  # with HEAD, as aiohttp's route tables add it
             else:
                 app.router.add_route(endpoint.method, endpoint.path, handler)
+
+
+#: Where the server-rendered pages live (``Page``); the bearer-token middleware lets these paths through.
+UI_PREFIX = "/ui"
+
+
+def is_page_path(path: str) -> bool:
+    """Tell whether a request path is under :data:`UI_PREFIX` (a page, which authenticates itself)."""
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A server-rendered HTML page or form target under :data:`UI_PREFIX` (the review pages).
+
+    Pages are not part of the JSON contract (no OpenAPI entry, no error envelope): each authenticates itself with
+    the /ui/ session cookie or a signed review link, answers HTML, and reads form bodies itself. They are declared
+    beside the endpoints (``api/endpoints.py``) and mounted by the same application factory.
+
+    Attributes:
+        method: ``GET`` or ``POST``.
+        path: Route path under :data:`UI_PREFIX`, aiohttp syntax.
+        handler: ``(request) -> response``.
+        summary: One line (docs/SECURITY.md lists the pages).
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+
+    def __post_init__(self) -> None:
+        if not is_page_path(self.path):
+            raise ValueError(f"page {self.path} is not under {UI_PREFIX}")
+
+
+def add_pages(app: web.Application, pages: Iterable[Page]) -> None:
+    """Mount the pages on ``app``."""
+    for page in pages:
+        if page.method == "GET":
+            app.router.add_get(page.path, page.handler)
+        else:
+            app.router.add_post(page.path, page.handler)

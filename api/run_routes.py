@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
+from api.link_routes import with_review_urls
 from api.registry import Call, Param
 from api.runs import is_not_found, run_handle
 from api.tracing import RUN_ID, TRACE_ID
@@ -331,5 +332,9 @@ async def run_events(request: web.Request, call: Call) -> web.Response:
     rows, running = await gapless_page(rows, after, lambda: workflow_open(handle))
     if running is None and not rows:
         raise not_found("run")
-    page = EventList(run_id=run_id, events=[record_of(r) for r in rows], next_after=rows[-1].seq if rows else after)
-    return _json(page.dump())
+    page = EventList(
+        run_id=run_id, events=[record_of(r) for r in rows], next_after=rows[-1].seq if rows else after
+    ).dump()
+    # gate.requested events carry their review_url only for callers who could decide the gate themselves.
+    page["events"] = with_review_urls(request, principal, page["events"])
+    return _json(page)

@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_token: str | None = Field(default=None, repr=False)
 
+    # Review links and pages (quantapilot/review, /ui/): the HMAC key of signed review links and of the /ui/ session
+    # cookies (at least 32 characters). Unset outside production: <state_dir>/review-link.key, generated on first
+    # use (`qp up` creates it); unset in production, review links and the /ui/ pages are off. Never in the database.
+    review_link_key: str | None = Field(default=None, repr=False, min_length=32)
+    # How long a review link is valid (QP_REVIEW_LINK_TTL, seconds; default 7 days), and a /ui/ sign-in.
+    review_link_ttl: float = Field(default=7 * 86400.0, gt=0)
+    ui_session_ttl_s: float = Field(default=8 * 3600.0, gt=0)
+
     # Events
     amqp_url: str | None = Field(default=None, repr=False)
     amqp_exchange: str = "quantapilot.events"

@@ -52,8 +52,10 @@ from quantapilot.runs.http import (
     CancelAccepted,
     EventList,
     GateDecisionRequest,
+    GateLinkRequest,
     LifecycleRunAccepted,
     PauseRequest,
+    ReviewLinkAnswer,
     RunAccepted,
     RunAcceptedDeprecated,
     RunRequest,
@@ -372,6 +374,8 @@ API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (WebhookDeliveryList, "serialization"),
     (RunAcceptedDeprecated, "serialization"),
     (RunList, "serialization"),
+    (GateLinkRequest, "validation"),
+    (ReviewLinkAnswer, "serialization"),
 )
 #: The bodies of ``webhooks.schema.json`` (all requests).
 WEBHOOK_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (

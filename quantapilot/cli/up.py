@@ -69,6 +69,13 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         load_keyring(settings)
     except SecretKeyError as exc:
         raise click.ClickException(str(exc)) from None
+    # The review-link key (signed review links, /ui/ sessions): generated beside it when QP_REVIEW_LINK_KEY is unset.
+    from quantapilot.review.links import LinkKeyMissing, load_link_key
+
+    try:
+        load_link_key(settings)
+    except LinkKeyMissing as exc:
+        raise click.ClickException(str(exc)) from None
     key_source = "QP_SECRET_KEY" if settings.secret_key else str(settings.secret_key_file or default_key_file(settings))
     engine = make_engine(settings.database_url)
     ensure_schema(engine, auto_migrate=settings.db_auto_migrate)
@@ -106,6 +113,7 @@ def up(headless: bool, temporal_port: int | None, ui_port: int | None) -> None:
         click.echo(f"API             : {settings.base_url}")
         click.echo(f"Database        : {settings.database_url}")
         click.echo(f"Secret key      : {key_source}  (encrypts webhook secrets; keep it apart from database backups)")
+        click.echo(f"Review pages    : {settings.base_url}/ui/  (sign in with the token below)")
         click.echo(f"API token       : {token}")
         click.echo("(all scopes; also saved for the CLI in the state directory)  Ctrl-C stops everything.", err=False)
         sys.stdout.flush()

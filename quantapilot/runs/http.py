@@ -7,6 +7,7 @@ served with its URLs; an event is :class:`quantapilot.events.record.EventRecord`
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
@@ -62,6 +63,24 @@ class GateDecisionRequest(RequestBody):
     approved: bool
     # May be null: a factory, so the "absent" convention of a None default does not apply.
     reason: Annotated[str, Field(max_length=2000)] | None = Field(default_factory=lambda: None)
+
+
+class GateLinkRequest(RequestBody):
+    """Mint a signed review link; with approver, the link decides as that subject."""
+
+    model_config = ConfigDict(title="GateLinkRequest")
+
+    approver: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class ReviewLinkAnswer(ResponseBody):
+    """The answer of ``POST /v1/runs/{run_id}/gates/{gate}/links``: a signed review link."""
+
+    model_config = ConfigDict(title="ReviewLink")
+
+    url: str = Field(description="Absolute review page URL carrying the signed capability; treat it as a secret.")
+    expires_at: datetime
+    approver: str | None
 
 
 class PauseRequest(RequestBody):

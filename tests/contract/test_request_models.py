@@ -36,6 +36,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "GateDecisionRequest": {"approved": True, "reason": "looks right"},
     "PauseRequest": {"reason": "security review"},
+    "GateLinkRequest": {"approver": "carol"},
     "EmptyRequest": {},
     "BudgetRequest": {"time_budget_s": 7200.5, "extra_attempts": 3},
     "CreateEndpointRequest": {

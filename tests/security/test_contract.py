@@ -25,10 +25,10 @@ from api import (
 )
 from api.app import create_app
 from api.auth import PUBLIC_PATHS
-from api.endpoints import ENDPOINTS
+from api.endpoints import ENDPOINTS, PAGES
 from api.openapi import COMPONENT_PREFIX, SCHEMA_FILES, build_openapi, component_name, documented_routes
 from api.ratelimit import RouteClass, route_class
-from api.registry import RateClass
+from api.registry import RateClass, is_page_path
 from quantapilot.db import utcnow
 from quantapilot.errors import ErrorCode
 from quantapilot.settings import Settings
@@ -51,8 +51,13 @@ def router_routes(settings: Settings) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("run_path", ["/run", "/v1/runs", "/trigger"])
 def test_contract_documents_exactly_the_routes_of_the_router(tmp_path: Path, run_path: str) -> None:
     settings = Settings(state_dir=tmp_path, run_path=run_path)
-    mounted = router_routes(settings)
+    routes = router_routes(settings)
+    # The HTML pages under /ui/ are outside the JSON contract: exactly the declared PAGES, and nothing else there.
+    pages = {(m, p) for m, p in routes if is_page_path(p)}
+    assert pages == {(page.method, page.path.replace("{slug:.+}", "{slug}")) for page in PAGES}
+    mounted = routes - pages
     documented = documented_routes(build_openapi(settings))
+    assert not any(is_page_path(p) for _, p in documented)
     assert mounted - documented == set(), "routes not declared in api/endpoints.py"
     assert documented - mounted == set(), "documented operations without a route"
     assert ("POST", run_path) in documented
