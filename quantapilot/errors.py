@@ -43,6 +43,13 @@ class ErrorCode(StrEnum):
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     FORGE_ERROR = "FORGE_ERROR"
     AGENT_FAILED = "AGENT_FAILED"
+    # Model steps (quantapilot/llm/): the service refused the request (4xx: permanent), is unavailable (429, 5xx,
+    # timeouts: retried, Retry-After honoured), is not configured on the worker, or answered a diff that is unsafe
+    # or too large to apply.
+    MODEL_REQUEST_REJECTED = "MODEL_REQUEST_REJECTED"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    MODEL_NOT_CONFIGURED = "MODEL_NOT_CONFIGURED"
+    MODEL_DIFF_REJECTED = "MODEL_DIFF_REJECTED"
     FATAL = "FATAL"
 
 
