@@ -321,15 +321,16 @@ class QuantapilotConfig(_Frozen):
     models: ModelsConfig | None = Field(
         default=None,
         description=(
-            "Language model per agent role (accepted for compatibility; this pipeline runs no models, so it is "
-            "validated, not used)."
+            "Language model per agent role. models.dev answers milestone steps with `prompt:` (through "
+            "QP_MODEL_BASE_URL); arch and qa are validated, not used yet."
         ),
     )
     budgets: BudgetsConfig | None = Field(
         default=None,
         description=(
-            "Spending budget of one run in model tokens and money (accepted for compatibility; not enforced, no "
-            "models run). The run time budget is run.time_budget_s."
+            "Spending budget of one run in model tokens and money: a model call that would not fit pauses the run "
+            "(run.paused, reason budget_exceeded); usd needs a price for every configured model in "
+            "QP_MODEL_PRICES, or the run fails with CONFIG_INVALID. The run time budget is run.time_budget_s."
         ),
     )
     steps: list[StepSettings] = Field(
