@@ -33,12 +33,14 @@ def build_activities(
     """
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
+    from activities.models import ModelActivities
     from activities.repo import RepoActivities
     from activities.webhooks import WebhookActivities
 
     repo = RepoActivities(settings, engine, resolver=resolver)
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
+    models = ModelActivities(settings, repo.worktrees)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
@@ -48,8 +50,9 @@ def build_activities(
         repo.merge_pull_request,
         repo.run_milestone,
         repo.cleanup_worktree,
+        models.call_model,
         *lifecycle_activities(settings, engine),
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,
     ]
-    return activities, [repo, webhooks]
+    return activities, [repo, webhooks, models]

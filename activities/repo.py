@@ -20,8 +20,10 @@ from temporalio.exceptions import ApplicationError
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
+from quantapilot.models import StepOutcome
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs import documentation, milestone
+from quantapilot.runs.budget import price_problem
 from quantapilot.runs.checks import read_config_text, repo_url_problem, run_config, with_docs_folder
 from quantapilot.runs.contracts import (
     CLEANUP_WORKTREE,
@@ -127,6 +129,11 @@ class RepoActivities:
         # Transports the worker's git may use in this worker's activities: what the allowed URLs need.
         self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
 
+    @property
+    def worktrees(self) -> Worktrees:
+        """The worker's worktrees (model steps share them, and so their per-run locks)."""
+        return self._worktrees
+
     def worktree_path(self, ref: RepoRef) -> Path:
         """Directory of the run's clone."""
         return self._worktrees.path(ref)
@@ -210,6 +217,9 @@ class RepoActivities:
                 # Settled here, while the file's own words are known: a repository's docs/ of its own is left
                 # alone unless quantapilot.yml names the folder.
                 config = await asyncio.to_thread(with_docs_folder, config, root, inp.repo.commit_sha)
+            problem = price_problem(config, self._settings.model_prices)
+            if problem:
+                raise permanent(ErrorCode.CONFIG_INVALID, problem)
             if has_commands:
                 # Fail now rather than after the documentation and the first gates: no command would run anyway.
                 await self._require_sandbox(self._sandbox(inp.repo.repo_url))
@@ -314,12 +324,20 @@ class RepoActivities:
                 policy = self._sandbox(inp.repo.repo_url)
                 if any(step.run for step in inp.steps):
                     await self._require_sandbox(policy)
+                applied: list[StepOutcome] = []
+                if inp.patch is not None:
+                    applied = await milestone.apply_model_diff(path, inp.patch, self._settings)
+                    if applied[-1].exit_code != 0:
+                        return MilestoneResult(
+                            branch=inp.branch, commit_sha=None, changed=False, steps=applied, failed_step="impl"
+                        )
                 outcomes, failed = await milestone.run_steps(path, inp, policy)
+                outcomes = applied + outcomes
                 if failed is not None:
                     return MilestoneResult(
                         branch=inp.branch, commit_sha=None, changed=False, steps=outcomes, failed_step=failed
                     )
-                if not any(s.run for s in inp.steps):
+                if not any(s.run for s in inp.steps) and inp.patch is None:
                     await milestone.write_record(path, inp)
                 changed, sha = await self._worktrees.commit_and_push(
                     path,

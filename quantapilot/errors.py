@@ -51,6 +51,13 @@ class ErrorCode(StrEnum):
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     FORGE_ERROR = "FORGE_ERROR"
     AGENT_FAILED = "AGENT_FAILED"
+    # Model steps (quantapilot/llm/): the service refused the request (4xx: permanent), is unavailable (429, 5xx,
+    # timeouts: retried, Retry-After honoured), is not configured on the worker, or answered a diff that is unsafe
+    # or too large to apply.
+    MODEL_REQUEST_REJECTED = "MODEL_REQUEST_REJECTED"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    MODEL_NOT_CONFIGURED = "MODEL_NOT_CONFIGURED"
+    MODEL_DIFF_REJECTED = "MODEL_DIFF_REJECTED"
     FATAL = "FATAL"
 
     @classmethod
@@ -127,6 +134,16 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.FORGE_ERROR: "Run failure: the forge (git host, GitHub, Gitea) refused an operation.",
     ErrorCode.AGENT_FAILED: "Run failure: a lifecycle stage agent failed.",
     ErrorCode.FATAL: "Run failure that is not retried.",
+    ErrorCode.MODEL_REQUEST_REJECTED: (
+        "Run failure: the model service refused the request (a 4xx answer other than 429); not retried."
+    ),
+    ErrorCode.MODEL_UNAVAILABLE: "The model service is unavailable (429, 5xx, timeout); retried, honouring Retry-After.",
+    ErrorCode.MODEL_NOT_CONFIGURED: (
+        "Run failure: the worker has no model provider configured (QP_MODEL_BASE_URL, QP_MODEL_PROVIDER)."
+    ),
+    ErrorCode.MODEL_DIFF_REJECTED: (
+        "Run failure: a model's diff leaves the worktree, touches .git or a link, or is too large."
+    ),
 }
 
 

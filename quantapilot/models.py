@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantapilot.repos.config import QuantapilotConfig
+from quantapilot.runs.budget import ModelCallRecord, RunUsage
 
 
 class RunKind(StrEnum):
@@ -103,6 +104,7 @@ class RepoRunCarry(_Model):
     time_budget_s: float | None
     extra_attempts: int
     merged_once: bool
+    usage: RunUsage | None = None
 
 
 class GateDecisionInput(_Model):
@@ -133,10 +135,14 @@ class ResumeInput(_Model):
 
 
 class BudgetInput(_Model):
-    """Raise a run's time budget or its step attempts."""
+    """Raise a run's time budget, its step attempts, or its model spending (tokens and USD are added)."""
 
     time_budget_s: float | None = Field(default=None, gt=0)
     extra_attempts: int | None = Field(default=None, ge=1, le=100)
+    # More model tokens / US dollars the run may spend: added on top of every token limit (step, run, per run and
+    # per day) and of budgets.usd.
+    tokens: int | None = Field(default=None, ge=1, le=10**12)
+    usd: float | None = Field(default=None, gt=0, le=10**9)
 
 
 class ApprovalRecord(_Model):
@@ -208,6 +214,8 @@ class MilestoneRecord(_Model):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     steps: list[StepOutcome] = []
+    # Model steps only (quantapilot.yml `prompt:`): each call's prompt, answer, diff and tokens.
+    model_calls: list[ModelCallRecord] = []
 
 
 class RunError(_Model):
@@ -252,6 +260,8 @@ class RunStatus(_Model):
     completed_at: datetime | None = None
     last_event_seq: int = 0
     result: dict[str, Any] | None = None
+    # Model spending against budget; None for a run that calls no model.
+    usage: RunUsage | None = None
 
 
 RepoRunCarry.model_rebuild()

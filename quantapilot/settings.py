@@ -6,8 +6,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from quantapilot.llm.prices import ModelPrice
 
 DEFAULT_STATE_DIR = Path(".qp")
 
@@ -187,6 +189,24 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
+
+    # Models (quantapilot/llm/, docs/CONFIGURATION.md): the OpenAI-compatible Chat Completions service model steps
+    # call, its key (never logged or shown), and the timeout of one call. QP_MODEL_PROVIDER picks another provider
+    # registered as a `provider.<name>` entry point of the quantapilot.agents group.
+    model_provider: str = Field(default="openai", min_length=1)
+    model_base_url: str | None = None
+    model_api_key: SecretStr | None = Field(default=None, repr=False)
+    model_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    # Prices in USD per million input/output tokens, per model name (JSON), e.g.
+    # {"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}. A run with budgets.usd whose models are
+    # missing here is refused at start (CONFIG_INVALID): its cost is never guessed.
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    # What one model answer may change (a unified diff): bytes and files; larger answers fail the step.
+    model_max_diff_bytes: int = Field(default=256 * 1024, ge=1024)
+    model_max_diff_files: int = Field(default=50, ge=1)
+    # Repository text put into a prompt: per file and in all (the model sees the files the milestone names).
+    model_prompt_file_bytes: int = Field(default=32 * 1024, ge=1024)
+    model_prompt_total_bytes: int = Field(default=128 * 1024, ge=4096)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -479,13 +479,14 @@ class RunWorkflowBase:
 
     # ----- pause / resume / budget -------------------------------------------------------------------------
 
-    async def _pause(self, reason: str, requested_by: str) -> None:
+    async def _pause(self, reason: str, requested_by: str, *, details: dict[str, Any] | None = None) -> None:
         if self._paused or self._terminal is not None:
             return
         self._paused = True
         self._paused_reason = reason
         self._touch()
-        await self._emit("run.paused", {"run_id": self._run_id, "reason": reason})
+        # details: the figures of a model budget pause (workflows.model_steps); no other pause has any.
+        await self._emit("run.paused", {"run_id": self._run_id, "reason": reason, **(details or {})})
 
     async def _resume(self) -> None:
         if not self._paused or self._terminal is not None:
@@ -536,8 +537,13 @@ class RunWorkflowBase:
             self._time_budget_s = request.time_budget_s
         if request.extra_attempts is not None:
             self._extra_attempts += request.extra_attempts
+        if request.tokens is not None or request.usd is not None:
+            self._raise_model_budget(request)
         self._touch()
         return self._status()
+
+    def _raise_model_budget(self, request: BudgetInput) -> None:
+        """Grant more model tokens or USD; runs that call no model (lifecycle runs) only keep nothing."""
 
     @raise_budget.validator
     def _validate_budget(self, request: BudgetInput) -> None:

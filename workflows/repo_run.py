@@ -8,8 +8,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
+from workflows.model_steps import PATCH_MODEL_STEPS, ModelSteps
 
 with workflow.unsafe.imports_passed_through():
     from activities.repo import RepoActivities
@@ -58,7 +58,7 @@ def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
 
 
 @workflow.defn(name=REPO_RUN_WORKFLOW)
-class RepoRunWorkflow(RunWorkflowBase):
+class RepoRunWorkflow(ModelSteps):
     """One durable repository run (see the module docstring for its steps)."""
 
     @workflow.init
@@ -114,6 +114,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             milestones=[m.model_copy() for m in self._milestones],
             pull_requests=list(self._pull_requests),
             docs_branch=self._docs_branch,
+            usage=self._usage.model_copy(deep=True) if self._usage is not None else None,
         )
 
     def _details_extra(self) -> list[str]:
@@ -127,7 +128,7 @@ class RepoRunWorkflow(RunWorkflowBase):
                 "",
                 "Pull requests: " + ", ".join(f"#{p.number} {p.purpose} ({p.state})" for p in self._pull_requests),
             ]
-        return lines
+        return lines + self._usage_lines()
 
     # ----- the pipeline ------------------------------------------------------------------------------------
 
@@ -220,6 +221,7 @@ class RepoRunWorkflow(RunWorkflowBase):
             time_budget_s=self._time_budget_s,
             extra_attempts=self._extra_attempts,
             merged_once=self._merged_once,
+            usage=self._usage,
         )
 
     def _restore(self, carry: RepoRunCarry) -> QuantapilotConfig:
@@ -234,6 +236,7 @@ class RepoRunWorkflow(RunWorkflowBase):
         self._time_budget_s = carry.time_budget_s
         self._extra_attempts = carry.extra_attempts
         self._merged_once = carry.merged_once
+        self._usage = carry.usage
         self._touch()
         return carry.config
 
@@ -337,22 +340,29 @@ class RepoRunWorkflow(RunWorkflowBase):
             command_timeout_s, command_attempts = command_policy(s, config)
             steps.append(MilestoneStep(name=s.name, run=s.run, timeout_s=command_timeout_s, attempts=command_attempts))
         attempts = max((step_policy(s, config)[1] for s in milestone.steps), default=1)
-        result = await self._step(
-            f"milestone:{milestone.id}",
-            RepoActivities.run_milestone,
-            MilestoneInput(
-                repo=self._repo,
-                milestone_id=milestone.id,
-                title=milestone.title,
-                criteria=list(milestone.criteria),
-                branch=record.branch,
-                steps=steps,
-                run_started_at=self._created_at,
-            ),
-            timeout_s=sum(s.timeout_s * s.attempts for s in steps) + 120.0,
-            attempts=attempts,
-            summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
+        work = MilestoneInput(
+            repo=self._repo,
+            milestone_id=milestone.id,
+            title=milestone.title,
+            criteria=list(milestone.criteria),
+            branch=record.branch,
+            steps=steps,
+            run_started_at=self._created_at,
         )
+        timeout_s = sum(s.timeout_s * s.attempts for s in steps) + 120.0
+        if any(s.prompt for s in milestone.steps) and workflow.patched(PATCH_MODEL_STEPS):
+            result = await self._model_milestone(
+                milestone, config, record, work, timeout_s=timeout_s, attempts=attempts
+            )
+        else:
+            result = await self._step(
+                f"milestone:{milestone.id}",
+                RepoActivities.run_milestone,
+                work,
+                timeout_s=timeout_s,
+                attempts=attempts,
+                summary=f"Milestone {milestone.id}: {milestone.title} ({len(steps)} steps)",
+            )
         record.steps = list(result.steps)
         if result.failed_step is not None:
             record.status = MilestoneStatus.FAILED

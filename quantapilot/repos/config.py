@@ -121,12 +121,37 @@ class StepSettings(StepConfig):
     )
 
 
+def _run_or_prompt(schema: dict[str, Any]) -> None:
+    # Exactly one of the two: a command, or a request to the dev model (the model validator says the same).
+    schema["required"] = ["name"]
+    schema["oneOf"] = [{"required": ["run"]}, {"required": ["prompt"]}]
+
+
 class MilestoneStep(StepConfig):
-    """A step of a milestone: the command to run and its own limits."""
+    """A step of a milestone: the command to run, or the prompt of a model step, and its own limits."""
 
-    model_config = ConfigDict(title="milestoneStep")
+    model_config = ConfigDict(title="milestoneStep", json_schema_extra=_run_or_prompt)
 
-    run: str = Field(min_length=1, max_length=8192, description="Shell command run in the repository's worktree.")
+    run: str | None = Field(
+        default=None, min_length=1, max_length=8192, description="Shell command run in the repository's worktree."
+    )
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20000,
+        description=(
+            "Instead of run: what the dev model (models.dev) is asked to do. An impl step's answer is a unified "
+            "diff, checked and applied with git apply; the milestone's test steps then run, and a failure goes "
+            "back to the model with the output, up to the step's retries. A plan step's answer is the plan the "
+            "impl step is given."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_of_run_or_prompt(self) -> MilestoneStep:
+        if (self.run is None) == (self.prompt is None):
+            raise ValueError("a milestone step has either run or prompt")
+        return self
 
 
 class GateSwitches(_Frozen):
@@ -310,15 +335,16 @@ class QuantapilotConfig(_Frozen):
     models: ModelsConfig | None = Field(
         default=None,
         description=(
-            "Language model per agent role (accepted for compatibility; this pipeline runs no models, so it is "
-            "validated, not used)."
+            "Language model per agent role. models.dev answers milestone steps with `prompt:` (through "
+            "QP_MODEL_BASE_URL); arch and qa are validated, not used yet."
         ),
     )
     budgets: BudgetsConfig | None = Field(
         default=None,
         description=(
-            "Spending budget of one run in model tokens and money (accepted for compatibility; not enforced, no "
-            "models run). The run time budget is run.time_budget_s."
+            "Spending budget of one run in model tokens and money: a model call that would not fit pauses the run "
+            "(run.paused, reason budget_exceeded); usd needs a price for every configured model in "
+            "QP_MODEL_PRICES, or the run fails with CONFIG_INVALID. The run time budget is run.time_budget_s."
         ),
     )
     steps: list[StepSettings] = Field(
@@ -397,6 +423,8 @@ def semantic_issues(data: Any) -> list[tuple[list[PathPart], str]]:
                 if step["name"] in step_names:
                     found.append((["steps", index, "name"], f"duplicate step {step['name']!r}"))
                 step_names.add(step["name"])
+    if isinstance(milestones, list):
+        found += _model_step_issues(data, milestones)
     definitions = data.get("gate_definitions")
     if isinstance(definitions, dict):
         for name, definition in definitions.items():
@@ -422,6 +450,31 @@ def _approvals_issues(name: object, definition: object) -> list[tuple[list[PathP
         return []
     issue = required_approvals_issue(required, approvers)
     return [] if issue is None else [(["gate_definitions", name, "required_approvals"], issue)]
+
+
+def _model_step_issues(data: dict[str, Any], milestones: list[Any]) -> list[tuple[list[PathPart], str]]:
+    """Model steps need the dev model, are named plan or impl, and come at most once per name in a milestone."""
+    found: list[tuple[list[PathPart], str]] = []
+    models = data.get("models")
+    has_dev = isinstance(models, dict) and isinstance(models.get("dev"), dict)
+    for index, milestone in enumerate(milestones):
+        steps = milestone.get("steps") if isinstance(milestone, dict) else None
+        if not isinstance(steps, list):
+            continue
+        seen: set[str] = set()
+        for at, step in enumerate(steps):
+            if not isinstance(step, dict) or step.get("prompt") is None:
+                continue
+            where: list[PathPart] = ["milestones", index, "steps", at, "prompt"]
+            name = step.get("name")
+            if not has_dev:
+                found.append((where, "a prompt step needs models.dev"))
+            if name not in ("plan", "impl"):
+                found.append((where, "only plan and impl steps take a prompt"))
+            elif name in seen:
+                found.append((where, f"a second {name} prompt step in this milestone"))
+            seen.add(str(name))
+    return found
 
 
 def _is_milestone_id(name: object) -> bool:

@@ -137,6 +137,8 @@ class MilestoneInput(_Model):
     branch: str
     steps: list[MilestoneStep]
     run_started_at: datetime
+    # A model step's diff (quantapilot.yml `prompt:`), checked and applied before the steps run.
+    patch: str | None = None
 
 
 class MilestoneResult(_Model):

@@ -92,12 +92,28 @@ class PauseRequest(RequestBody):
 
 
 class BudgetRequest(NonEmptyBody):
-    """``POST /v1/runs/{run_id}/budget``: at least one of the two."""
+    """``POST /v1/runs/{run_id}/budget``: at least one of the four."""
 
     model_config = ConfigDict(title="BudgetRequest")
 
     time_budget_s: float | None = Field(default=None, gt=0, le=31536000, allow_inf_nan=False)
     extra_attempts: int | None = Field(default=None, ge=1, le=100)
+    tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000_000,
+        description=(
+            "More model tokens the run may spend: added on top of every token limit it has (steps[].tokens_budget, "
+            "budgets.tokens, limits.tokens_per_run, limits.tokens_per_day)."
+        ),
+    )
+    usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000_000,
+        allow_inf_nan=False,
+        description="More US dollars the run may spend on models: added on top of budgets.usd.",
+    )
 
 
 # ----- answers -------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from quantapilot.repos.worktree import UnsafePathError, write_file
 from quantapilot.runs.commands import run_command
 from quantapilot.runs.contracts import MilestoneInput
 from quantapilot.runs.errors import permanent
+from quantapilot.runs.patch import apply_diff, check_diff
 from quantapilot.runs.worktree import restore, snapshot
 from quantapilot.sandbox import SandboxPolicy, SandboxUnavailable
+from quantapilot.settings import Settings
 
 
 async def run_steps(path: Path, inp: MilestoneInput, policy: SandboxPolicy) -> tuple[list[StepOutcome], str | None]:
@@ -57,3 +59,15 @@ async def write_record(path: Path, inp: MilestoneInput) -> None:
         )
     except UnsafePathError as exc:
         raise permanent(ErrorCode.PRECONDITION_FAILED, f"milestone record not written: {exc}") from None
+
+
+async def apply_model_diff(path: Path, diff: str, settings: Settings) -> list[StepOutcome]:
+    """Check and apply a model step's diff; its outcome (exit 1 with git's words when it does not apply).
+
+    Raises:
+        StepError: ``MODEL_DIFF_REJECTED`` for an unsafe or oversized diff (:mod:`quantapilot.runs.patch`).
+    """
+    checked = check_diff(diff, path, max_bytes=settings.model_max_diff_bytes, max_files=settings.model_max_diff_files)
+    reason = await apply_diff(checked, path)
+    summary = f"applied the model's diff to {len(checked.files)} files: {', '.join(checked.files)}"
+    return [StepOutcome(name="impl", command="git apply", exit_code=1 if reason else 0, output_tail=reason or summary)]

@@ -51,7 +51,9 @@ def load_agents(
     """
     agents: dict[str, StageAgent] = {stage: factory() for stage, factory in BUILTIN_AGENTS.items()}
     eps = list(installed_entry_points(group=group)) if entry_points is None else list(entry_points)
-    for ep in sorted((e for e in eps if e.group == group), key=lambda e: (e.name, e.value)):
+    # ``provider.<name>`` entries of the group register model providers (quantapilot.llm.registry), not agents.
+    mine = (e for e in eps if e.group == group and not e.name.startswith("provider."))
+    for ep in sorted(mine, key=lambda e: (e.name, e.value)):
         if ep.name not in STAGES:
             raise AgentError(f"entry point {ep.name!r} in {group} names no stage (expected one of {STAGES})")
         try:

@@ -1,0 +1,183 @@
+"""The activity of model steps: build the prompt from the run's worktree, check the budget, call the model.
+
+An adapter: prompts are :mod:`quantapilot.llm.prompts`, providers :mod:`quantapilot.llm`. Failures get their
+Temporal shape here: a transient provider failure (429, 5xx, timeout) raises a retryable ``MODEL_UNAVAILABLE``
+whose ``next_retry_delay`` is the provider's ``Retry-After``; a refused request raises a non-retryable
+``MODEL_REQUEST_REJECTED``. The call is idempotent in effect: it changes nothing in the worktree or the database,
+and the workflow records only the result of the attempt that succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.repo import heartbeating, reported
+from quantapilot.errors import ErrorCode
+from quantapilot.forges import gitops
+from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelRequest, cost_of
+from quantapilot.llm.prompts import Milestone, build_messages, estimate_tokens
+from quantapilot.llm.registry import make_provider
+from quantapilot.repos.files import RepoReadError, open_repo_files
+from quantapilot.runs.budget import RECORDED_TEXT_CHARS
+from quantapilot.runs.errors import permanent
+from quantapilot.runs.model_contracts import CALL_MODEL, ModelCallInput, ModelCallResult
+from quantapilot.runs.patch import extract_diff
+from quantapilot.runs.worktree import Worktrees
+from quantapilot.settings import Settings
+
+
+def model_failure(exc: ModelError) -> ApplicationError:
+    """A provider failure as Temporal's: retryable with the provider's delay, or permanent."""
+    delay = timedelta(seconds=exc.retry_after_s) if exc.retry_after_s is not None else None
+    return ApplicationError(
+        exc.message, type=exc.code, non_retryable=not exc.retryable, next_retry_delay=delay if exc.retryable else None
+    )
+
+
+class ModelActivities:
+    """Model calls, built with the settings and the repository activities' worktrees (one lock per run).
+
+    Args:
+        settings: Service settings (provider, key, prices, prompt limits).
+        worktrees: The worker's worktrees (shared with the repository activities).
+        provider: A provider to use instead of the configured one (tests).
+    """
+
+    def __init__(self, settings: Settings, worktrees: Worktrees, *, provider: ModelProvider | None = None) -> None:
+        self._settings = settings
+        self._worktrees = worktrees
+        self._provider = provider
+        self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
+
+    def _secrets(self) -> list[str]:
+        s = self._settings
+        values = [
+            s.model_api_key.get_secret_value() if s.model_api_key else "",
+            s.github_token or "",
+            s.gitea_token or "",
+        ]
+        return [v for v in values if v]
+
+    def provider(self) -> ModelProvider:
+        """The provider, built on first use (a worker without models never needs one)."""
+        if self._provider is None:
+            try:
+                self._provider = make_provider(self._settings)
+            except ModelError as exc:
+                raise model_failure(exc) from None
+        return self._provider
+
+    async def close(self) -> None:
+        """Close the provider's connections."""
+        if self._provider is not None:
+            await self._provider.close()
+
+    @activity.defn(name=CALL_MODEL)
+    async def call_model(self, inp: ModelCallInput) -> ModelCallResult:
+        """Build the prompt from the milestone and the repository at the run's branch, then call the model."""
+        gitops.restrict_protocols(self._git_protocols)
+        settings = self._settings
+        with reported():
+            async with (
+                self._worktrees.lock(inp.repo.run_id),
+                heartbeating("call_model"),
+                self._worktrees.network(inp.repo),
+            ):
+                path = await self._worktrees.ensure(inp.repo)
+                await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
+                milestone = Milestone(
+                    milestone_id=inp.milestone_id,
+                    title=inp.title,
+                    criteria=inp.criteria,
+                    prompt=inp.prompt,
+                    plan=inp.plan,
+                    previous_diff=inp.previous_diff,
+                    feedback=inp.feedback,
+                )
+
+                def _messages() -> list[ChatMessage]:
+                    with open_repo_files(
+                        path, commit=f"origin/{inp.repo.branch}", max_file_bytes=settings.repo_max_file_bytes
+                    ) as files:
+                        return build_messages(
+                            milestone,
+                            files,
+                            kind=inp.kind,
+                            file_bytes=settings.model_prompt_file_bytes,
+                            total_bytes=settings.model_prompt_total_bytes,
+                            secrets=self._secrets(),
+                        )
+
+                try:
+                    messages = await asyncio.to_thread(_messages)
+                except RepoReadError as exc:
+                    raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
+        prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
+        needed = estimate_tokens(messages)
+        refused, out_cap = _fit(inp, needed, settings.model_prices.get(inp.model))
+        if refused is not None:
+            return refused.model_copy(update={"prompt": prompt_text[:200]})
+        request = ModelRequest(
+            model=inp.model,
+            messages=messages,
+            temperature=inp.temperature,
+            max_output_tokens=max(1, out_cap) if out_cap is not None else None,
+        )
+        try:
+            reply = await self.provider().complete(request)
+        except ModelError as exc:
+            activity.logger.warning("model call failed: %s", exc.message, extra={"error_code": str(exc.code)})
+            raise model_failure(exc) from None
+        activity.logger.info(
+            "model %s answered: %d input, %d output tokens",
+            reply.model,
+            reply.input_tokens,
+            reply.output_tokens,
+        )
+        diff = extract_diff(reply.text) if inp.kind == "impl" else None
+        if diff is not None and len(diff.encode("utf-8")) > settings.model_max_diff_bytes:
+            # Refused here, before it reaches the history: run_milestone would refuse it anyway.
+            raise ApplicationError(
+                f"the model's diff is larger than {settings.model_max_diff_bytes} bytes",
+                type=ErrorCode.MODEL_DIFF_REJECTED,
+                non_retryable=True,
+            )
+        return ModelCallResult(
+            called=True,
+            model=reply.model,
+            prompt=prompt_text[:RECORDED_TEXT_CHARS],
+            answer=reply.text[:RECORDED_TEXT_CHARS],
+            diff=diff,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices),
+            response_id=reply.response_id,
+            at=datetime.now(UTC),
+        )
+
+
+def _fit(inp: ModelCallInput, needed: int, price: ModelPrice | None) -> tuple[ModelCallResult | None, int | None]:
+    """Whether a call of ``needed`` prompt tokens fits the headroom, and the output tokens it may then ask for.
+
+    Returns:
+        ``(refusal, None)`` when it does not fit; else ``(None, cap)`` with the output cap (None: the model's own).
+    """
+    out_cap = inp.max_output_tokens
+    if inp.tokens_left is not None:
+        if needed >= inp.tokens_left:
+            return ModelCallResult(called=False, over_budget="tokens", needed_tokens=needed), None
+        out_cap = min(out_cap or inp.tokens_left - needed, inp.tokens_left - needed)
+    if inp.usd_left is not None and price is not None:
+        input_cost = price.cost(needed, 0)
+        one_token = price.cost(0, 1)
+        if input_cost >= inp.usd_left or (one_token > 0 and inp.usd_left - input_cost < one_token):
+            refusal = ModelCallResult(called=False, over_budget="usd", needed_tokens=needed, needed_usd=input_cost)
+            return refusal, None
+        if one_token > 0:
+            affordable = int((inp.usd_left - input_cost) / one_token)
+            out_cap = min(out_cap or affordable, affordable)
+    return None, out_cap

@@ -1,0 +1,57 @@
+"""Temporal contracts of model steps: the ``call_model`` activity's name, input and output."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quantapilot.runs.contracts import RepoRef
+
+CALL_MODEL = "call_model"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCallInput(_Model):
+    """One call of a model step: the milestone, what came before, and what the call may spend."""
+
+    repo: RepoRef
+    step: str
+    kind: Literal["plan", "impl"]
+    role: str
+    model: str
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    milestone_id: str
+    title: str
+    criteria: list[str]
+    prompt: str
+    plan: str | None = None
+    previous_diff: str | None = None
+    feedback: str | None = None
+    # Headroom the workflow computed from its ledger (None: unlimited); the activity refuses a call that would not fit.
+    tokens_left: int | None = None
+    usd_left: float | None = None
+    priced: bool = False
+
+
+class ModelCallResult(_Model):
+    """What a call cost and answered, or why it was not made."""
+
+    called: bool
+    over_budget: Literal["tokens", "usd"] | None = None
+    needed_tokens: int = 0
+    needed_usd: float | None = None
+    model: str = ""
+    prompt: str = ""
+    answer: str = ""
+    diff: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float | None = None
+    response_id: str | None = None
+    at: datetime | None = None

@@ -1,0 +1,227 @@
+"""Model steps of a milestone (quantapilot.yml ``prompt:``): plan, then diff, apply, test and back to the model.
+
+The repository run calls :meth:`ModelSteps._model_milestone` for a milestone with a prompt step (guarded by
+``workflow.patched("model-steps")``, so runs without one replay as before). Each call's spending is counted in the
+run's ledger (:mod:`quantapilot.runs.budget`), which lives in the workflow's state and in the carry of a
+continue-as-new; a call that would not fit a limit pauses the run (``run.paused``, reason ``budget_exceeded``,
+with the figures) before it is made, and resuming after ``POST /v1/runs/{id}/budget {tokens, usd}`` makes it.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.base import RunWorkflowBase
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import ModelActivities
+    from activities.repo import RepoActivities
+    from quantapilot.models import BudgetInput, MilestoneRecord, StepOutcome
+    from quantapilot.repos.config import MilestoneConfig, MilestoneStep, QuantapilotConfig, StepConfig
+    from quantapilot.repos.policy import step_policy
+    from quantapilot.runs.budget import (
+        Headroom,
+        ModelCallRecord,
+        RunUsage,
+        exceeded_figures,
+        headroom,
+        spend,
+        summary_line,
+    )
+    from quantapilot.runs.contracts import MilestoneInput, MilestoneResult, RepoRef
+    from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
+
+PATCH_MODEL_STEPS = "model-steps"
+FEEDBACK_CHARS = 4000
+# The model call's own transient failures (429, 5xx) are retried this often before the run pauses.
+MODEL_CALL_ATTEMPTS = 5
+
+
+def _feedback(steps: list[StepOutcome]) -> str:
+    failed = next((s for s in reversed(steps) if s.exit_code != 0), None)
+    if failed is None:
+        return ""
+    head = f"step {failed.name} (`{failed.command}`) exited with {failed.exit_code}"
+    head += " after timing out" if failed.timed_out else ""
+    return f"{head}:\n{failed.output_tail[-FEEDBACK_CHARS:]}"
+
+
+class ModelSteps(RunWorkflowBase):
+    """The part of the repository run that calls models and keeps their ledger."""
+
+    _repo: RepoRef
+    _usage: RunUsage | None = None
+
+    def _usage_for(self, config: QuantapilotConfig) -> RunUsage:
+        if self._usage is None:
+            limits = config.limits
+            self._usage = RunUsage(
+                tokens_budget=config.budgets.tokens if config.budgets else None,
+                usd_budget=config.budgets.usd if config.budgets else None,
+                tokens_per_run=limits.tokens_per_run if limits else None,
+                tokens_per_day=limits.tokens_per_day if limits else None,
+            )
+        return self._usage
+
+    def _usage_lines(self) -> list[str]:
+        return [] if self._usage is None else ["", summary_line(self._usage)]
+
+    def _raise_model_budget(self, request: BudgetInput) -> None:
+        if self._usage is None:
+            self._usage = RunUsage()
+        if request.tokens is not None:
+            self._usage.granted_tokens += request.tokens
+        if request.usd is not None:
+            self._usage.granted_usd += request.usd
+
+    @staticmethod
+    def _step_budget(step: StepConfig, config: QuantapilotConfig) -> int | None:
+        named = next((s for s in config.steps if s.name == step.name), None)
+        return step.tokens_budget or (named.tokens_budget if named else None)
+
+    async def _model_call(
+        self,
+        milestone: MilestoneConfig,
+        config: QuantapilotConfig,
+        step: MilestoneStep,
+        *,
+        attempt: int,
+        plan: str | None = None,
+        previous_diff: str | None = None,
+        feedback: str | None = None,
+    ) -> ModelCallResult:
+        # config.py refuses a prompt step without models.dev.
+        assert config.models is not None
+        assert config.models.dev is not None
+        dev = config.models.dev
+        usage = self._usage_for(config)
+        key = f"{milestone.id}/{step.name}"
+        budget = self._step_budget(step, config)
+        timeout_s, _ = step_policy(step, config)
+        while True:
+            await self._checkpoint()
+            room = headroom(usage, key, budget)
+            if room.tokens is not None and room.tokens <= 0:
+                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", None)
+                continue
+            if room.usd is not None and room.usd <= 0:
+                await self._budget_pause(usage, room, "budgets.usd", None)
+                continue
+            call: ModelCallResult = await self._step(
+                f"model:{key}",
+                ModelActivities.call_model,
+                ModelCallInput(
+                    repo=self._repo,
+                    step=key,
+                    kind="plan" if step.name == "plan" else "impl",
+                    role="dev",
+                    model=dev.model,
+                    temperature=dev.temperature,
+                    max_output_tokens=dev.max_output_tokens,
+                    milestone_id=milestone.id,
+                    title=milestone.title,
+                    criteria=list(milestone.criteria),
+                    prompt=step.prompt or "",
+                    plan=plan,
+                    previous_diff=previous_diff,
+                    feedback=feedback,
+                    tokens_left=room.tokens,
+                    usd_left=room.usd,
+                ),
+                timeout_s=timeout_s,
+                attempts=MODEL_CALL_ATTEMPTS,
+                summary=f"Ask {dev.model} for {key} (try {attempt})",
+            )
+            if call.called:
+                spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
+                self._touch()
+                return call
+            if call.over_budget == "usd":
+                await self._budget_pause(usage, room, "budgets.usd", call.needed_usd)
+            else:
+                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", call.needed_tokens)
+
+    async def _budget_pause(self, usage: RunUsage, room: Headroom, limit: str, needed: float | None) -> None:
+        await self._pause("budget_exceeded", "run", details=exceeded_figures(usage, room, limit=limit, needed=needed))
+
+    def _record_call(
+        self,
+        record: MilestoneRecord,
+        key: str,
+        attempt: int,
+        call: ModelCallResult,
+        outcome: str,
+        feedback: str | None = None,
+    ) -> None:
+        record.model_calls = [
+            *record.model_calls,
+            ModelCallRecord(
+                step=key,
+                attempt=attempt,
+                role="dev",
+                model=call.model,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                usd=call.usd,
+                prompt=call.prompt,
+                answer=call.answer,
+                diff=call.diff,
+                outcome=outcome,
+                feedback=feedback,
+                at=workflow.now(),
+            ),
+        ]
+        self._touch()
+
+    async def _model_milestone(
+        self,
+        milestone: MilestoneConfig,
+        config: QuantapilotConfig,
+        record: MilestoneRecord,
+        base: MilestoneInput,
+        *,
+        timeout_s: float,
+        attempts: int,
+    ) -> MilestoneResult:
+        """Plan (when asked), then ask for a diff until the milestone's steps pass or the step's tries are used."""
+        plan_step = next((s for s in milestone.steps if s.prompt and s.name == "plan"), None)
+        impl_step = next((s for s in milestone.steps if s.prompt and s.name == "impl"), None)
+        plan: str | None = None
+        if plan_step is not None:
+            planned = await self._model_call(milestone, config, plan_step, attempt=1)
+            plan = planned.answer
+            self._record_call(record, f"{milestone.id}/plan", 1, planned, "plan")
+        run_name = f"milestone:{milestone.id}"
+        summary = f"Milestone {milestone.id}: {milestone.title} ({len(base.steps)} steps)"
+        if impl_step is None:
+            planned_only: MilestoneResult = await self._step(
+                run_name, RepoActivities.run_milestone, base, timeout_s=timeout_s, attempts=attempts, summary=summary
+            )
+            return planned_only
+        _, tries = step_policy(impl_step, config)
+        key = f"{milestone.id}/impl"
+        previous: str | None = None
+        feedback: str | None = None
+        result: MilestoneResult | None = None
+        for attempt in range(1, tries + 1):
+            call = await self._model_call(
+                milestone, config, impl_step, attempt=attempt, plan=plan, previous_diff=previous, feedback=feedback
+            )
+            result = await self._step(
+                run_name,
+                RepoActivities.run_milestone,
+                base.model_copy(update={"patch": call.diff or ""}),
+                timeout_s=timeout_s,
+                attempts=attempts,
+                summary=f"{summary}, the model's diff {attempt} of {tries}",
+            )
+            if result.failed_step is None:
+                self._record_call(record, key, attempt, call, "applied")
+                return result
+            feedback = _feedback(result.steps)
+            not_applied = result.failed_step == "impl" and result.steps[-1].command == "git apply"
+            self._record_call(record, key, attempt, call, "not_applied" if not_applied else "tests_failed", feedback)
+            record.steps = list(result.steps)
+            previous = call.diff
+        assert result is not None
+        return result
