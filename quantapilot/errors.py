@@ -137,7 +137,9 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.MODEL_REQUEST_REJECTED: (
         "Run failure: the model service refused the request (a 4xx answer other than 429); not retried."
     ),
-    ErrorCode.MODEL_UNAVAILABLE: "The model service is unavailable (429, 5xx, timeout); retried, honouring Retry-After.",
+    ErrorCode.MODEL_UNAVAILABLE: (
+        "The model service is unavailable (429, 5xx, timeout); retried, honouring Retry-After."
+    ),
     ErrorCode.MODEL_NOT_CONFIGURED: (
         "Run failure: the worker has no model provider configured (QP_MODEL_BASE_URL, QP_MODEL_PROVIDER)."
     ),
