@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
         account_stream_id,
         kpi_statuses,
     )
-    from quantapilot.lifecycle.models import RealizationOutput
+    from quantapilot.lifecycle.outputs import RealizationOutput
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import RunKind
 

@@ -32,7 +32,8 @@ with workflow.unsafe.imports_passed_through():
         kpi_statuses,
         summarize,
     )
-    from quantapilot.lifecycle.models import RealizationOutput, ResultStatus
+    from quantapilot.lifecycle.models import ResultStatus
+    from quantapilot.lifecycle.outputs import RealizationOutput
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import RunKind, RunStatus
     from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW

@@ -13,14 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantapilot.lifecycle.models import (
+from quantapilot.lifecycle.models import LifecycleInputs, ReportPeriod, ResultStatus, Stage
+from quantapilot.lifecycle.outputs import (
     ExpansionOutput,
-    LifecycleInputs,
     OpportunityOutput,
     RealizationOutput,
-    ReportPeriod,
-    ResultStatus,
-    Stage,
     StageResult,
     TargetOutput,
 )

@@ -20,18 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from quantapilot.lifecycle.models import (
-    Confidence,
-    Direction,
-    KpiAggregate,
-    KpiRealization,
-    KpiStatus,
-    KpiTarget,
-    KpiValue,
-    OverallStatus,
-    RealizationOutput,
-    ReportPeriod,
-)
+from quantapilot.lifecycle.models import Confidence, Direction, KpiStatus, OverallStatus, ReportPeriod
+from quantapilot.lifecycle.outputs import KpiAggregate, KpiRealization, KpiTarget, KpiValue, RealizationOutput
 
 ON_TRACK_PCT = 90.0
 AT_RISK_PCT = 70.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from quantapilot.lifecycle.models import (
+from quantapilot.lifecycle.outputs import (
     ExpansionOutput,
     OpportunityOutput,
     RealizationOutput,

@@ -18,7 +18,8 @@ from quantapilot.lifecycle.contracts import (
     StoreStageResultInput,
     page_version,
 )
-from quantapilot.lifecycle.models import KpiAggregate, OpportunityOutput, RealizationOutput, ReportPeriod, StageInput
+from quantapilot.lifecycle.models import ReportPeriod
+from quantapilot.lifecycle.outputs import KpiAggregate, OpportunityOutput, RealizationOutput, StageInput
 from quantapilot.lifecycle.realization import report_period
 from quantapilot.lifecycle.store import (
     LifecycleResultRecord,

@@ -17,7 +17,8 @@ from sqlalchemy import JSON, Column, Index, String, UniqueConstraint, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.lifecycle.models import ResultStatus, StageResult, TargetOutput, canonical_account_id
+from quantapilot.lifecycle.models import ResultStatus, canonical_account_id
+from quantapilot.lifecycle.outputs import StageResult, TargetOutput
 
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 

@@ -38,14 +38,8 @@ from sqlmodel import Session, SQLModel
 from typing_extensions import TypeAliasType
 
 from quantapilot.db import UtcDateTime, utcnow
-from quantapilot.lifecycle.models import (
-    KPI_PATTERN,
-    REQUEST_BODY,
-    KpiAggregate,
-    account_uuid,
-    canonical_account_id,
-    refuse_null,
-)
+from quantapilot.lifecycle.models import KPI_PATTERN, REQUEST_BODY, account_uuid, canonical_account_id, refuse_null
+from quantapilot.lifecycle.outputs import KpiAggregate
 from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
 from quantapilot.lifecycle.validation import SchemaValidationError, details_from, parse_model
 

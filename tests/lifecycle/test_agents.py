@@ -19,13 +19,12 @@ from quantapilot.lifecycle.agents import (
     run_agent,
 )
 from quantapilot.lifecycle.agents.personas import match_persona
-from quantapilot.lifecycle.models import (
+from quantapilot.lifecycle.models import LifecycleInputs, ReportPeriod
+from quantapilot.lifecycle.outputs import (
     ExpansionOutput,
     KpiAggregate,
-    LifecycleInputs,
     OpportunityOutput,
     RealizationOutput,
-    ReportPeriod,
     StageInput,
     StageResult,
     TargetOutput,

@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from quantapilot.lifecycle.models import Direction, KpiAggregate, KpiStatus, KpiTarget, ReportPeriod
+from quantapilot.lifecycle.models import Direction, KpiStatus, ReportPeriod
+from quantapilot.lifecycle.outputs import KpiAggregate, KpiTarget
 from quantapilot.lifecycle.realization import (
     evaluate_kpi,
     overall_status,

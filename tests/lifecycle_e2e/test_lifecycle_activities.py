@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from activities.lifecycle import LifecycleActivities
 from quantapilot.lifecycle.agents import OpportunityAgent, StageAgent, load_agents
 from quantapilot.lifecycle.contracts import PublishStageInput, SetStatusInput, StageAgentInput, StoreStageResultInput
-from quantapilot.lifecycle.models import StageInput, StageResult
+from quantapilot.lifecycle.outputs import StageInput, StageResult
 from quantapilot.settings import Settings
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 
 from quantapilot.db import session_scope
 from quantapilot.lifecycle.agents import load_agents, run_agent
-from quantapilot.lifecycle.models import KpiOverride, LifecycleInputs, StageInput, StageResult
+from quantapilot.lifecycle.models import KpiOverride, LifecycleInputs
+from quantapilot.lifecycle.outputs import StageInput, StageResult
 from quantapilot.lifecycle.store import (
     LifecycleResultRecord,
     latest_approved_target,

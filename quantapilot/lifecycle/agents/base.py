@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from quantapilot.lifecycle.models import StageInput, StageOutput, StageResult
+from quantapilot.lifecycle.outputs import StageInput, StageOutput, StageResult
 from quantapilot.lifecycle.render import render_report
 
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from quantapilot.lifecycle.agents.base import make_result
 from quantapilot.lifecycle.agents.heuristics import estimate_impact, improved
-from quantapilot.lifecycle.models import (
+from quantapilot.lifecycle.models import KpiStatus
+from quantapilot.lifecycle.outputs import (
     ExpansionOutput,
     Improvement,
-    KpiStatus,
     Proposal,
     RealizationOutput,
     StageInput,

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from quantapilot.lifecycle.models import Direction, FinancialImpact, KpiTarget, KpiValue, LifecycleInputs
+from quantapilot.lifecycle.models import Direction, LifecycleInputs
+from quantapilot.lifecycle.outputs import FinancialImpact, KpiTarget, KpiValue
 
 Bucket = Literal["revenue", "cost", "risk"]
 BUCKETS: tuple[Bucket, ...] = ("revenue", "cost", "risk")

@@ -11,7 +11,7 @@ from quantapilot.lifecycle.agents.heuristics import (
     split_sentences,
 )
 from quantapilot.lifecycle.agents.personas import AUTHORITY_CUES, match_persona
-from quantapilot.lifecycle.models import OpportunityOutput, PersonaFit, StageInput, StageResult, ValueModel
+from quantapilot.lifecycle.outputs import OpportunityOutput, PersonaFit, StageInput, StageResult, ValueModel
 from quantapilot.lifecycle.render import num
 
 # Objective keys (heuristics.OBJECTIVE_RULES) that top up fewer than three, after the persona's own defaults.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from quantapilot.lifecycle.agents.base import make_result
 from quantapilot.lifecycle.agents.heuristics import kpi_direction
-from quantapilot.lifecycle.models import KpiTarget, KpiValue, StageInput, StageResult
+from quantapilot.lifecycle.outputs import KpiTarget, KpiValue, StageInput, StageResult
 from quantapilot.lifecycle.realization import realize, report_period
 
 

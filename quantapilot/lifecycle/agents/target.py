@@ -17,9 +17,9 @@ from quantapilot.lifecycle.agents.heuristics import (
     kpi_direction,
     kpis_from_benchmarks,
 )
-from quantapilot.lifecycle.models import (
+from quantapilot.lifecycle.models import Investment
+from quantapilot.lifecycle.outputs import (
     FinancialImpact,
-    Investment,
     KpiTarget,
     RoiModel,
     RoiStep,
