@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
+
+from pydantic import Field
 
 # The most approvals a gate may require: enough for any review board, small enough that no gate waits for ever on
 # a number nobody can reach.
 MAX_REQUIRED_APPROVALS: Final = 20
+
+#: The ``required_approvals`` field of a gate definition, as both definitions publish it.
+RequiredApprovals = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_REQUIRED_APPROVALS,
+        description=(
+            "Distinct approvals the gate needs (N-of-M, at most 20): it passes once that many subjects approved, one "
+            "rejection rejects it, the same subject twice counts once. When approvers names subjects only (no "
+            "'scope:' entry), at most their number."
+        ),
+    ),
+]
 
 
 def required_approvals_issue(required: int, approvers: list[str]) -> str | None:

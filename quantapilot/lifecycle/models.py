@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
-from quantapilot.approvals import MAX_REQUIRED_APPROVALS, required_approvals_issue
+from quantapilot.approvals import RequiredApprovals, required_approvals_issue
 from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
@@ -243,16 +243,7 @@ class StageGateSettings(_Request):
         le=31536000,
         description="Seconds to wait for a decision; then the run fails with GATE_TIMEOUT. Absent: no timeout.",
     )
-    required_approvals: int = Field(
-        default=1,
-        ge=1,
-        le=MAX_REQUIRED_APPROVALS,
-        description=(
-            "Distinct approvals the gate needs (N-of-M, at most 20): it passes once that many subjects approved, one "
-            "rejection rejects it, the same subject twice counts once. When approvers names subjects only (no "
-            "'scope:' entry), at most their number."
-        ),
-    )
+    required_approvals: RequiredApprovals = 1
 
     @model_validator(mode="after")
     def _reachable(self) -> StageGateSettings:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
-from quantapilot.approvals import MAX_REQUIRED_APPROVALS, required_approvals_issue
+from quantapilot.approvals import RequiredApprovals, required_approvals_issue
 
 __all__ = [
     "BudgetsConfig",
@@ -239,16 +239,7 @@ class GateConfig(_Frozen):
             "with QP_ALLOW_SELF_APPROVAL=false, true counts as false."
         ),
     )
-    required_approvals: int = Field(
-        default=1,
-        ge=1,
-        le=MAX_REQUIRED_APPROVALS,
-        description=(
-            "Distinct approvals the gate needs (N-of-M, at most 20): it passes once that many subjects approved, one "
-            "rejection rejects it, the same subject twice counts once. When approvers names subjects only (no "
-            "'scope:' entry), at most their number."
-        ),
-    )
+    required_approvals: RequiredApprovals = 1
 
 
 class DocsConfig(_Frozen):
