@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.repo import heartbeating, reported
+from activities.heartbeats import heartbeating
+from activities.repo import reported
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
 from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelRequest, cost_of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import heartbeating
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
 from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
@@ -62,32 +63,6 @@ def reported() -> Iterator[None]:
         yield
     except StepError as exc:
         raise ApplicationError(exc.message, type=exc.code, non_retryable=not exc.retryable) from None
-
-
-@contextlib.asynccontextmanager
-async def heartbeating(detail: str) -> AsyncIterator[None]:
-    """Heartbeat in the background while the body runs, so a dead worker is noticed within the heartbeat timeout.
-
-    The interval is a third of the activity's heartbeat timeout (nothing is sent when it has none).
-    """
-    timeout = activity.info().heartbeat_timeout if activity.in_activity() else None
-    if not timeout:
-        yield
-        return
-    interval = max(timeout.total_seconds() / 3, 0.2)
-
-    async def _beat() -> None:
-        while True:
-            activity.heartbeat(detail)
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(_beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _last_attempt() -> bool:

@@ -9,14 +9,13 @@ with :func:`~quantapilot.webhooks.sender.post_event`, heartbeats, and starts the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import heartbeating
 from quantapilot.db import session_scope
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.observability import WEBHOOK_DELIVERIES
@@ -35,29 +34,6 @@ from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt, prepa
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish, start_delivery_workflows
 from quantapilot.webhooks.tables import DeliveryResult
-
-
-@contextlib.asynccontextmanager
-async def _heartbeats() -> AsyncIterator[None]:
-    """Heartbeat while an attempt runs longer than a third of the heartbeat timeout (fast ones send none)."""
-    timeout = activity.info().heartbeat_timeout if activity.in_activity() else None
-    if not timeout:
-        yield
-        return
-    interval = max(timeout.total_seconds() / 3, 0.2)
-
-    async def _beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            activity.heartbeat()
-
-    task = asyncio.create_task(_beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 class WebhookActivities:
@@ -117,7 +93,7 @@ class WebhookActivities:
     @activity.defn(name=DELIVER_WEBHOOK)
     async def deliver_webhook(self, inp: DeliverAttemptInput) -> DeliverAttemptResult:
         """Make one attempt: sign with every active secret, POST, record, and decide what comes next."""
-        async with _heartbeats():
+        async with heartbeating(at_start=False):
             prepared = await asyncio.to_thread(self._prepare, inp)
             if isinstance(prepared, AttemptVerdict):
                 await self._announce(prepared)
