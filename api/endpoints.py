@@ -1,8 +1,9 @@
 """Every endpoint of the API, each declared once: the router, the contract, the scopes and the rate classes follow.
 
-Adding an endpoint is one :class:`~api.registry.Endpoint` here (and its handler): ``api/app.py`` mounts it,
-``api/openapi.py`` documents it, ``api/auth.py`` knows whether it is public, ``api/ratelimit.py`` its rate class.
-The order is the order of the OpenAPI document's paths.
+Adding an endpoint is one :class:`~api.registry.Endpoint` here, or for ``/v1/webhooks`` in
+:mod:`api.webhook_endpoints` (and its handler): ``api/app.py`` mounts it, ``api/openapi.py`` documents it,
+``api/auth.py`` knows whether it is public, ``api/ratelimit.py`` its rate class. The order is the order of the
+OpenAPI document's paths.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from api import (
     ui_pages,
     ui_routes,
     ui_session_routes,
-    webhook_routes,
 )
 from api.event_log import MAX_SEQ
-from api.registry import PUBLIC, RUN_PATH, Body, Endpoint, Page, Param, Registry
-from api.webhook_routes import MAX_DELIVERIES_PAGE
+from api.registry import BODY_ERRORS, PUBLIC, RUN_PATH, Body, Endpoint, Page, Param, Registry
+from api.webhook_endpoints import WEBHOOK_ENDPOINTS
 from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
 from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.events.log import EVENTS_PAGE
@@ -46,21 +46,6 @@ from quantapilot.runs.http import (
     RunStatusView,
     TelemetryAccepted,
 )
-from quantapilot.webhooks.views import (
-    CreateEndpointRequest,
-    DeliveryView,
-    RotateSecretRequest,
-    UpdateEndpointRequest,
-    WebhookDeliveryList,
-    WebhookEndpointCreated,
-    WebhookEndpointList,
-    WebhookEndpointView,
-    WebhookSecretRotated,
-)
-
-WEBHOOKS = "webhooks:manage"
-#: Statuses of reading a body: malformed, late, too large, not JSON, not matching its schema.
-BODY_ERRORS = (400, 408, 413, 415, 422)
 
 RUN_ID = Param(
     "run_id",
@@ -76,8 +61,6 @@ AFTER = Param(
     {"type": "integer", "minimum": 0, "maximum": MAX_SEQ, "default": 0},
     f"Return events with a sequence number greater than this (default 0); pages hold at most {EVENTS_PAGE}.",
 )
-ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
-DELIVERY_ID = Param("delivery_id", "path", {"type": "string", "maxLength": 64}, "Delivery id.", required=True)
 
 RUN_TRIGGER_DESCRIPTION = (
     "Starts a durable repository run: clone, read quantapilot.yml, generate and lint docs, then the gated "
@@ -371,143 +354,6 @@ _DOCS: tuple[Endpoint, ...] = (
     ),
 )
 
-_WEBHOOKS: tuple[Endpoint, ...] = (
-    Endpoint(
-        "POST",
-        "/v1/webhooks/endpoints",
-        webhook_routes.create_endpoint,
-        WEBHOOKS,
-        "createWebhookEndpoint",
-        "Subscribe a receiver URL; the answer carries its signing secret, shown once",
-        "webhooks",
-        201,
-        WebhookEndpointCreated,
-        body=Body(CreateEndpointRequest),
-        errors=BODY_ERRORS,
-        description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
-    ),
-    Endpoint(
-        "GET",
-        "/v1/webhooks/endpoints",
-        webhook_routes.list_endpoints,
-        WEBHOOKS,
-        "listWebhookEndpoints",
-        "The workspace's webhook endpoints",
-        "webhooks",
-        200,
-        WebhookEndpointList,
-    ),
-    Endpoint(
-        "GET",
-        "/v1/webhooks/endpoints/{endpoint_id}",
-        webhook_routes.get_endpoint,
-        WEBHOOKS,
-        "getWebhookEndpoint",
-        "One webhook endpoint (never its secret)",
-        "webhooks",
-        200,
-        WebhookEndpointView,
-        params=(ENDPOINT_ID,),
-        errors=(404,),
-    ),
-    Endpoint(
-        "PATCH",
-        "/v1/webhooks/endpoints/{endpoint_id}",
-        webhook_routes.update_endpoint,
-        WEBHOOKS,
-        "updateWebhookEndpoint",
-        "Change an endpoint's URL, filters or description, or enable/disable it",
-        "webhooks",
-        200,
-        WebhookEndpointView,
-        body=Body(UpdateEndpointRequest),
-        params=(ENDPOINT_ID,),
-        errors=(*BODY_ERRORS, 404),
-    ),
-    Endpoint(
-        "DELETE",
-        "/v1/webhooks/endpoints/{endpoint_id}",
-        webhook_routes.delete_endpoint,
-        WEBHOOKS,
-        "deleteWebhookEndpoint",
-        "Delete an endpoint with its secrets and delivery log",
-        "webhooks",
-        204,
-        None,
-        params=(ENDPOINT_ID,),
-        errors=(404,),
-        media="",
-    ),
-    Endpoint(
-        "POST",
-        "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret",
-        webhook_routes.rotate_secret,
-        WEBHOOKS,
-        "rotateWebhookSecret",
-        "Issue a new signing secret; the previous ones keep signing for the overlap",
-        "webhooks",
-        200,
-        WebhookSecretRotated,
-        body=Body(RotateSecretRequest, required=False),
-        params=(ENDPOINT_ID,),
-        errors=(*BODY_ERRORS, 404),
-    ),
-    Endpoint(
-        "GET",
-        "/v1/webhooks/endpoints/{endpoint_id}/deliveries",
-        webhook_routes.list_deliveries,
-        WEBHOOKS,
-        "listWebhookDeliveries",
-        "An endpoint's deliveries, newest first, with their attempts",
-        "webhooks",
-        200,
-        WebhookDeliveryList,
-        params=(
-            ENDPOINT_ID,
-            Param(
-                "limit",
-                "query",
-                {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERIES_PAGE, "default": 50},
-                "Page size.",
-            ),
-            Param(
-                "status",
-                "query",
-                {"enum": ["pending", "delivered", "failed", "gone", "disabled"]},
-                "Only deliveries in this status.",
-            ),
-        ),
-        errors=(400, 404),
-    ),
-    Endpoint(
-        "GET",
-        "/v1/webhooks/deliveries/{delivery_id}",
-        webhook_routes.get_delivery,
-        WEBHOOKS,
-        "getWebhookDelivery",
-        "One delivery with its attempts",
-        "webhooks",
-        200,
-        DeliveryView,
-        params=(DELIVERY_ID,),
-        errors=(404,),
-    ),
-    Endpoint(
-        "POST",
-        "/v1/webhooks/deliveries/{delivery_id}/redeliver",
-        webhook_routes.redeliver,
-        WEBHOOKS,
-        "redeliverWebhook",
-        "Send a delivery again (same event id) through a fresh workflow",
-        "webhooks",
-        202,
-        DeliveryView,
-        body=Body(EmptyRequest, required=False),
-        params=(DELIVERY_ID,),
-        errors=(*BODY_ERRORS, 404, 409),
-    ),
-)
-
 _SERVICE: tuple[Endpoint, ...] = (
     Endpoint("GET", "/healthz", health_routes.healthz, PUBLIC, "healthz", "Liveness", "service", 200, Health),
     Endpoint(
@@ -567,7 +413,7 @@ _SERVICE: tuple[Endpoint, ...] = (
 )
 
 #: The application's endpoints.
-ENDPOINTS = Registry((*_RUNS, *_LIFECYCLE, *_DOCS, *_WEBHOOKS, *_SERVICE))
+ENDPOINTS = Registry((*_RUNS, *_LIFECYCLE, *_DOCS, *WEBHOOK_ENDPOINTS, *_SERVICE))
 
 #: The server-rendered pages under /ui/ (review pages, sign-in, inbox, docs): HTML, outside the JSON contract.
 PAGES: tuple[Page, ...] = (

@@ -31,6 +31,8 @@ from quantapilot.tokens import Principal
 PUBLIC: None = None
 #: The path of the endpoint mounted where ``QP_RUN_PATH`` says (the seed's trigger path, an alias).
 RUN_PATH = "<run_path>"
+#: Statuses of reading a body: malformed, late, too large, not JSON, not matching its schema.
+BODY_ERRORS = (400, 408, 413, 415, 422)
 #: Rate-limit classes (the values of :class:`api.ratelimit.RouteClass` a route can have).
 RateClass = Literal["triggers", "telemetry", "reads", "control", "public"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
