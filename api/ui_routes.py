@@ -20,9 +20,9 @@ from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.runs import is_not_found, run_handle
 from api.ui_pages import Viewer, docs_href, message, render, review_key, viewer
 from quantapilot.errors import ApiError
-from quantapilot.models import GateDecisionInput, GateRecord, GateStatus, RunStatus
+from quantapilot.models import GateDecisionInput, GateRecord, GateStatus, RunStatus, approval_progress_text
 from quantapilot.review.links import review_path
-from quantapilot.review.page import LINK_HOLDER, find_gate, may_decide, review_data, who_may_decide
+from quantapilot.review.page import LINK_HOLDER, approval_count, find_gate, may_decide, review_data, who_may_decide
 from quantapilot.review.session import form_token, form_token_ok
 
 MAX_REASON = 2000
@@ -184,12 +184,18 @@ async def decide(request: web.Request) -> web.Response:
             return _stale(request, current)
         return message(request, 403, "The run refused the decision", outcome + ". Nothing was changed.", back=back)
     verb = "approved" if decision.approved else "rejected"
-    return message(
-        request,
-        200,
-        f"Gate {gate.name} {verb}",
-        f"Recorded: {subject} {verb} gate {gate.name} of run {status.run_id} via {decision.source}"
-        + (f" ({reason})." if reason else "."),
-        kind="ok",
-        back=back,
+    recorded = f"Recorded: {subject} {verb} gate {gate.name} of run {status.run_id} via {decision.source}" + (
+        f" ({reason})." if reason else "."
     )
+    if outcome.status == GateStatus.PENDING:
+        # N-of-M: this approval counted but the gate still waits for more; the page must not say it passed.
+        progress = approval_progress_text(approval_count(outcome), max(outcome.required_approvals, 1))
+        return message(
+            request,
+            200,
+            f"Approval recorded: {progress}",
+            f"{recorded} Gate {gate.name} now has {progress}; the run waits for the rest.",
+            kind="ok",
+            back=back,
+        )
+    return message(request, 200, f"Gate {gate.name} {verb}", recorded, kind="ok", back=back)

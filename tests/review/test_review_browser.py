@@ -207,3 +207,59 @@ async def test_browser_sign_in_inbox_and_decide_as_ui(served: Served, page: Page
     await page.screenshot(path=tmp_path / "4-doc.png", full_page=True)
     await open_url(page, f"{served.base}/ui/")
     assert await page.locator("#empty").count() == 1
+
+
+TWO_OF_THREE = (
+    "version: 1\ngate_definitions:\n  anchor:\n    required_approvals: 2\n    approvers: [alice, bob, carol]\n"
+)
+
+
+async def test_browser_two_of_three_gate_needs_two_approver_links(served: Served, page: Page, tmp_path: Path) -> None:
+    api = served.api
+    remote = make_remote(tmp_path, repo_files(tmp_path, readme="# Two of three\n\nFine.\n", yml=TWO_OF_THREE))
+    run_id = await trigger(api, remote)
+
+    async def mint(approver: str) -> Review:
+        code, body = await api.post(f"/v1/runs/{run_id}/gates/anchor/links", {"approver": approver})
+        assert code == 201, body
+        assert body["approver"] == approver
+        return Review(run_id, body["url"])
+
+    alice, bob = await mint("alice"), await mint("bob")
+    await open_url(page, alice.review_url)
+    assert "0 of 2 approvals" in await page_text(page)
+    await page.screenshot(path=tmp_path / "1-alice-opens.png", full_page=True)
+    first_file = (await page.locator("#files tbody tr td code").first.inner_text()).strip()
+    assert first_file.endswith(".md") and remote_file(remote, "main", first_file) is None
+    await page.get_by_label("Reason").fill("alice read the docs")
+    await page.get_by_role("button", name="Approve").click()
+    await page.wait_for_load_state("load")
+    await page.screenshot(path=tmp_path / "2-alice-approved.png", full_page=True)
+    text = await page_text(page)
+    # One approval of two: the page says so and never that the gate passed.
+    assert "1 of 2 approvals" in text and "alice approved gate anchor" in text
+    assert "Gate anchor approved" not in text
+    status = await api.status(run_id)
+    assert status["state"] == "waiting_for_gate"
+    gate = status["gates"][0]
+    assert (gate["status"], gate["approval_progress"]) == ("pending", "1 of 2 approvals")
+    assert remote_file(remote, "main", first_file) is None
+    assert [(a["subject"], a["approved"]) for a in gate["approvals"]] == [("alice", True)]
+
+    # Bob's page shows alice's approval counted, and his approval passes the gate.
+    await open_url(page, bob.review_url)
+    text = await page_text(page)
+    assert "1 of 2 approvals" in text and "alice approved" in text
+    await page.screenshot(path=tmp_path / "3-bob-opens.png", full_page=True)
+    await page.get_by_label("Reason").fill("bob agrees")
+    await page.get_by_role("button", name="Approve").click()
+    await page.wait_for_load_state("load")
+    await page.screenshot(path=tmp_path / "4-bob-approved.png", full_page=True)
+    assert "Gate anchor approved" in await page_text(page)
+
+    final = await api.wait_state(run_id, "completed")
+    gate = final["gates"][0]
+    assert (gate["status"], gate["decided_by"]) == ("approved", "bob")
+    assert [a["subject"] for a in gate["approvals"]] == ["alice", "bob"]
+    # Merged: the docs PR's files are on the base branch now.
+    assert remote_file(remote, "main", first_file) is not None
