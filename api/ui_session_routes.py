@@ -34,8 +34,7 @@ from quantapilot.models import GateStatus, RunStatus
 from quantapilot.review.links import review_path
 from quantapilot.review.page import approval_count, may_decide, project_pages, render_doc, run_project
 from quantapilot.review.session import LOGIN_COOKIE, SESSION_COOKIE, form_token, form_token_ok, seal_session
-from quantapilot.runs.ids import parse_workflow_id
-from quantapilot.temporal import SA_STATE, SA_WORKSPACE
+from quantapilot.runs.listing import waiting_run_ids
 from quantapilot.tokens import Principal
 
 #: Runs the inbox looks at (newest first); a busier workspace pages through GET /v1/runs.
@@ -125,22 +124,9 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 async def waiting_runs(request: web.Request, principal: Principal) -> list[RunStatus]:
-    """The workspace's runs waiting at a gate (Temporal visibility, then each run's status)."""
-    client = request.app[TEMPORAL]
-    query = (
-        f"{SA_WORKSPACE.name} = {_quoted(principal.workspace)} AND {SA_STATE.name} = 'waiting_for_gate' "
-        "AND ExecutionStatus = 'Running'"
-    )
-    run_ids: list[str] = []
-    async for execution in client.list_workflows(query, limit=MAX_INBOX_RUNS):
-        parsed = parse_workflow_id(execution.id)
-        if parsed is not None and parsed[0] == principal.workspace:
-            run_ids.append(parsed[1])
+    """The workspace's runs waiting at a gate (the run listing's visibility filter, then each run's status)."""
+    run_ids = await waiting_run_ids(request.app[TEMPORAL], workspace=principal.workspace, limit=MAX_INBOX_RUNS)
     # A run whose worker does not answer soon is left out of this page, not allowed to fail it.
     timeout_s = min(request.app[SETTINGS].temporal_rpc_timeout_s, INBOX_QUERY_TIMEOUT_S)
 

@@ -272,3 +272,21 @@ async def list_runs(
     token: Any = pages.next_page_token
     following = seal_token(keyring, token, workspace=workspace, query=text) if token else None
     return RunList(runs=items, next_page_token=following)
+
+
+async def waiting_run_ids(client: Client, *, workspace: str, limit: int) -> list[str]:
+    """Run ids of the workspace's runs waiting at a gate: the ``state=waiting_for_gate`` filter of :func:`list_runs`.
+
+    Args:
+        client: Temporal client.
+        workspace: The caller's workspace (from the token).
+        limit: At most this many runs.
+    """
+    text = visibility_query(workspace, RunListQuery(state=RunState.WAITING_FOR_GATE))
+    run_ids: list[str] = []
+    async for execution in client.list_workflows(text, limit=limit):
+        parsed = parse_workflow_id(execution.id)
+        # The workflow id names the workspace too: a run is listed only where both agree.
+        if parsed is not None and parsed[0] == workspace:
+            run_ids.append(parsed[1])
+    return run_ids

@@ -15,6 +15,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 import schemas
 from quantapilot.runs.ids import REPO_RUN_WORKFLOW
+from quantapilot.runs.listing import waiting_run_ids
 from quantapilot.settings import Settings
 from quantapilot.temporal import SA_REPO_URL, SA_RUN_KIND, SA_STATE, SA_WORKSPACE
 from quantapilot.tokens import create_token
@@ -302,3 +303,29 @@ async def test_run_list_needs_runs_read(make_api: ApiFactory, settings: Settings
     assert resp.status == 403 and body["error"]["details"]["scope"] == "runs:read", body
     resp = await api.client.get("/v1/runs")
     assert resp.status == 401
+
+
+@pytest.mark.usefixtures("worker")
+async def test_waiting_run_ids_is_the_inboxs_listing_of_one_workspace(
+    make_api: ApiFactory, settings: Settings, client: Client, tmp_path: Path
+) -> None:
+    ws_a, ws_b = new_workspace(), new_workspace()
+    api_a = await make_api(settings, workspace=ws_a, subject="alice")
+    api_b = await make_api(settings, workspace=ws_b, subject="bob")
+    url = make_remote(tmp_path, {"README.md": "# Waiting\n"})
+    waiting, decided = await trigger(api_a, url), await trigger(api_a, url)
+    theirs = await trigger(api_b, url)
+    for run_id in (waiting, decided):
+        await api_a.wait_gate(run_id, "anchor")
+    await api_b.wait_gate(theirs, "anchor")
+    code, record = await api_a.decide(decided, "anchor", True, "done")
+    assert code == 200, record
+    await api_a.wait_state(decided, "completed")
+
+    async def listed() -> list[str]:
+        return await waiting_run_ids(client, workspace=ws_a, limit=10)
+
+    # The decided run leaves the list once visibility catches up; the other workspace's run never shows.
+    assert await eventually(listed, lambda got: got == [waiting], what="waiting runs of ws_a") == [waiting]
+    assert await waiting_run_ids(client, workspace=ws_b, limit=10) == [theirs]
+    assert await waiting_run_ids(client, workspace=new_workspace(), limit=10) == []
