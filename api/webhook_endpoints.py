@@ -34,8 +34,12 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         201,
         WebhookEndpointCreated,
         body=Body(CreateEndpointRequest),
-        errors=BODY_ERRORS,
-        description="Loopback, private, link-local and metadata addresses are refused (422) unless allowed.",
+        errors=(*BODY_ERRORS, 409),
+        description=(
+            "Loopback, private, link-local and metadata addresses are refused (422) unless allowed. A workspace "
+            "holds at most QP_WEBHOOK_MAX_ENDPOINTS endpoints (default 50); one more answers 409 "
+            "WEBHOOK_ENDPOINT_LIMIT."
+        ),
     ),
     Endpoint(
         "GET",

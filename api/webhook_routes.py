@@ -88,6 +88,8 @@ async def _in_db(request: web.Request, fn: Any, /, *args: Any, **kwargs: Any) ->
         return await asyncio.to_thread(fn, request.app[ENGINE], *args, **kwargs)
     except WebhookNotFoundError as exc:
         raise _not_found(exc) from None
+    except endpoints.EndpointLimitError as exc:
+        raise conflict(str(exc), code=ErrorCode.WEBHOOK_ENDPOINT_LIMIT, details={"limit": exc.limit}) from None
     except UnsafeUrlError as exc:
         raise _invalid(str(exc), field="url", reason=exc.reason) from None
     except ValueError as exc:
@@ -99,7 +101,7 @@ async def _in_db(request: web.Request, fn: Any, /, *args: Any, **kwargs: Any) ->
 
 
 def _create(
-    engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing
+    engine: Engine, *, workspace: str, body: dict[str, Any], allow_private: bool, keyring: KeyRing, limit: int
 ) -> tuple[WebhookEndpointView, str]:
     with session_scope(engine) as session:
         endpoint, secret = endpoints.create_endpoint(
@@ -109,6 +111,7 @@ def _create(
             description=body.get("description", ""),
             allow_private=allow_private,
             keyring=keyring,
+            max_endpoints=limit,
             **_filters(body),
         )
         return WebhookEndpointView.of(endpoint), secret
@@ -216,6 +219,7 @@ async def create_endpoint(request: web.Request, call: Call) -> web.Response:
         body=body,
         allow_private=settings.webhook_allow_private,
         keyring=request.app[KEYRING],
+        limit=settings.webhook_max_endpoints,
     )
     log.info("webhook endpoint %s created in workspace %s", view.id, principal.workspace)
     created = WebhookEndpointCreated(**dict(view), **_secret_forms(secret))

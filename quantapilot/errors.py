@@ -58,6 +58,8 @@ class ErrorCode(StrEnum):
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_NOT_CONFIGURED = "MODEL_NOT_CONFIGURED"
     MODEL_DIFF_REJECTED = "MODEL_DIFF_REJECTED"
+    # Webhooks: a workspace already holds QP_WEBHOOK_MAX_ENDPOINTS endpoints.
+    WEBHOOK_ENDPOINT_LIMIT = "WEBHOOK_ENDPOINT_LIMIT"
     FATAL = "FATAL"
 
     @classmethod
@@ -82,6 +84,10 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.NOT_FOUND: (
         "404: no such route or resource in the caller's workspace (another workspace's resources look exactly like "
         "missing ones)."
+    ),
+    ErrorCode.WEBHOOK_ENDPOINT_LIMIT: (
+        "409: the workspace already holds as many webhook endpoints as allowed (QP_WEBHOOK_MAX_ENDPOINTS, "
+        "details.limit); delete one first."
     ),
     ErrorCode.CONFLICT: "409: the resource's state does not allow the action (gate not pending, run already finished).",
     ErrorCode.IDEMPOTENCY_KEY_REUSED: "422: the Idempotency-Key was already used with a different request body.",

@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_secret_overlap_hours: float = 24.0
     webhook_timeout_s: float = 10.0
+    # Endpoints one workspace may hold: each matching endpoint costs a delivery per event.
+    webhook_max_endpoints: int = Field(default=50, ge=1, le=10_000)
     # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, text
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
@@ -47,6 +47,18 @@ EVENT_TYPE_ALIASES: Final[dict[str, str]] = {
     "gate_decision": "gate.decided",
 }
 MAX_FILTER_ITEMS: Final = 100
+
+
+class EndpointLimitError(Exception):
+    """A workspace already holds the most endpoints it may (``QP_WEBHOOK_MAX_ENDPOINTS``).
+
+    Attributes:
+        limit: The limit that refused the new endpoint.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a workspace holds at most {limit} webhook endpoints; delete one first")
+        self.limit = limit
 
 
 # --- event types and filters -------------------------------------------------------------------------------
@@ -151,6 +163,7 @@ def create_endpoint(
     repositories: Sequence[str] = (),
     allow_private: bool | None = None,
     keyring: KeyRing,
+    max_endpoints: int | None = None,
     now: datetime | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint and its first signing secret.
@@ -165,6 +178,7 @@ def create_endpoint(
         repositories: Repository URLs to receive; empty for all.
         allow_private: Passed to the URL syntax check (literal IP policy); None checks syntax only.
         keyring: Encrypts the secret for storage.
+        max_endpoints: How many endpoints the workspace may hold, this one included; None for no limit.
         now: Creation time (tests).
 
     Returns:
@@ -173,6 +187,8 @@ def create_endpoint(
     Raises:
         UnsafeUrlError: If the URL is refused (a ``ValueError``).
         ValueError: If a filter is invalid (unknown event type, too many items).
+        EndpointLimitError: If the workspace already holds ``max_endpoints`` endpoints (roll back: the new row
+            was flushed).
     """
     check_url_syntax(url, allow_private=allow_private)
     at = now or utcnow()
@@ -188,10 +204,33 @@ def create_endpoint(
         updated_at=at,
     )
     secret = new_secret()
+    if max_endpoints is not None:
+        _lock_workspace_endpoints(session, workspace)
     session.add(endpoint)
     session.flush()  # the secret row references the endpoint
+    if max_endpoints is not None and count_endpoints(session=session, workspace=workspace) > max_endpoints:
+        raise EndpointLimitError(max_endpoints)
     add_secret(session, endpoint.id, secret, keyring=keyring, at=at)
     return endpoint, secret
+
+
+def _lock_workspace_endpoints(session: Session, workspace: str) -> None:
+    """Serialise endpoint creation per workspace until the transaction ends, so the limit holds under races.
+
+    PostgreSQL: a transaction-scoped advisory lock on the workspace (READ COMMITTED alone would let two
+    transactions each count the other's row out). SQLite needs none: the new row is flushed before counting,
+    which takes the database's single write lock, so a concurrent creator counts only after this one committed.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"webhook_endpoints:{workspace}"}
+        )
+
+
+def count_endpoints(*, session: Session, workspace: str) -> int:
+    """How many endpoints a workspace holds (enabled or not)."""
+    query = select(func.count()).select_from(WebhookEndpoint).where(col(WebhookEndpoint.workspace) == workspace)
+    return int(session.scalar(query) or 0)
 
 
 def list_endpoints(*, session: Session, workspace: str) -> list[WebhookEndpoint]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
+from quantapilot.settings import Settings
 from quantapilot.tokens import ALL_SCOPES, create_token
 from quantapilot.webhooks.signing import parse_signature_header, standard_secret
 from quantapilot.webhooks.tables import WebhookSecret
@@ -286,3 +288,32 @@ async def test_webhooks_other_workspace_gets_the_unknown_answer_for_real_ids(
     assert "webhook" in logged.lower() and len(debug_logs.lines) > 10  # the capture saw the deliveries' lines
     assert mine["secret"] not in logged
     assert not any(part in logged for sig in signatures for part in sig.split(",") if part.startswith("v1="))
+
+
+async def test_webhooks_api_endpoint_limit_answers_409_also_under_concurrent_creates(
+    make_stack: StackFactory, make_api: ApiFactory, receiver: Receiver
+) -> None:
+    stack = await make_stack(worker=False, webhook_max_endpoints=3)
+    api = stack.api
+    # Concurrent creates: exactly the limit gets in, the rest get the envelope (on SQLite and PostgreSQL).
+    answers = await asyncio.gather(*(api.post("/v1/webhooks/endpoints", {"url": receiver.url()}) for _ in range(8)))
+    assert sorted(code for code, _ in answers) == [201] * 3 + [409] * 5, answers
+    for code, body in answers:
+        if code == 409:
+            assert body["error"]["code"] == "WEBHOOK_ENDPOINT_LIMIT" and body["error"]["details"] == {"limit": 3}
+            assert list(validator("error.schema.json").iter_errors(body)) == []
+    code, listed = await api.get("/v1/webhooks/endpoints")
+    assert code == 200 and len(listed["endpoints"]) == 3
+    # Deleting one makes room; another workspace has its own limit.
+    first = listed["endpoints"][0]["id"]
+    resp = await api.client.delete(f"/v1/webhooks/endpoints/{first}", headers=api.headers())
+    assert resp.status == 204
+    await create_endpoint(api, receiver.url())
+    code, body = await api.post("/v1/webhooks/endpoints", {"url": receiver.url()})
+    assert code == 409 and body["error"]["code"] == "WEBHOOK_ENDPOINT_LIMIT"
+    theirs = await make_api(stack.settings, workspace="other")
+    await create_endpoint(theirs, receiver.url())
+
+
+def test_webhooks_endpoint_limit_defaults_to_50() -> None:
+    assert Settings.model_fields["webhook_max_endpoints"].default == 50

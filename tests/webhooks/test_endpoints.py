@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
@@ -181,3 +183,40 @@ def test_endpoints_refuses_naive_datetimes(db_engine: Engine) -> None:
         rotation.rotate_secret(
             endpoint_id, session=session, workspace="ws1", keyring=KEYS, overlap=timedelta(0), now=datetime(2024, 1, 1)
         )
+
+
+def test_endpoints_limit_refuses_one_more_per_workspace(db_engine: Engine) -> None:
+    for _ in range(3):
+        create_endpoint_row(db_engine, max_endpoints=3)
+    with pytest.raises(endpoints.EndpointLimitError) as refused:
+        create_endpoint_row(db_engine, max_endpoints=3)
+    assert refused.value.limit == 3
+    # The refused row was rolled back, and other workspaces have their own count.
+    with Session(db_engine) as session:
+        assert endpoints.count_endpoints(session=session, workspace="ws1") == 3
+    create_endpoint_row(db_engine, workspace="ws2", max_endpoints=3)
+    # Disabled endpoints still count: the limit is about what a workspace holds.
+    with session_scope(db_engine) as session:
+        first = endpoints.list_endpoints(session=session, workspace="ws1")[0]
+        endpoints.update_endpoint(first.id, session=session, workspace="ws1", enabled=False)
+    with pytest.raises(endpoints.EndpointLimitError):
+        create_endpoint_row(db_engine, max_endpoints=3)
+
+
+def test_endpoints_limit_holds_under_concurrent_creates(db_engine: Engine) -> None:
+    limit, callers = 4, 12
+    barrier = threading.Barrier(callers)
+
+    def _create(_: int) -> bool:
+        barrier.wait()  # all callers start their transactions together
+        try:
+            create_endpoint_row(db_engine, max_endpoints=limit)
+        except endpoints.EndpointLimitError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        created = list(pool.map(_create, range(callers)))
+    assert created.count(True) == limit
+    with Session(db_engine) as session:
+        assert endpoints.count_endpoints(session=session, workspace="ws1") == limit
