@@ -9,12 +9,14 @@ from quantapilot.bodies import EmptyRequest
 from quantapilot.webhooks.views import (
     CreateEndpointRequest,
     DeliveryView,
+    RecoverRequest,
     RotateSecretRequest,
     UpdateEndpointRequest,
     WebhookDeliveryList,
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointView,
+    WebhookRecovery,
     WebhookSecretRotated,
 )
 
@@ -133,6 +135,26 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
             ),
         ),
         errors=(400, 404),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/webhooks/endpoints/{endpoint_id}/recover",
+        webhook_routes.recover,
+        WEBHOOKS,
+        "recoverWebhookEndpoint",
+        "Re-send every delivery of a time window that did not arrive (failed, gone or disabled)",
+        "webhooks",
+        202,
+        WebhookRecovery,
+        body=Body(RecoverRequest),
+        params=(ENDPOINT_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+        description=(
+            "Each delivery whose event was created in [since, until) and that is failed, gone or disabled is sent "
+            "again through a fresh workflow (same event id, attempts keep counting), at most 1000 per call (more: "
+            "true when the window holds others). 409 while the endpoint is disabled; 422 when until is not after "
+            "since."
+        ),
     ),
     Endpoint(
         "GET",

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
@@ -23,15 +23,15 @@ from temporalio.service import RPCError
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.registry import Call
 from quantapilot.bodies import ResponseBody
-from quantapilot.db import session_scope
+from quantapilot.db import session_scope, utcnow
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks import deliveries, endpoints, rotation
+from quantapilot.webhooks import deliveries, endpoints, recovery, rotation
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.contracts import redelivery_workflow_id
 from quantapilot.webhooks.signing import standard_secret
-from quantapilot.webhooks.starts import start_redelivery
+from quantapilot.webhooks.starts import start_redeliveries, start_redelivery
 from quantapilot.webhooks.tables import (
     DeliveryStatus,
     WebhookNotFoundError,
@@ -39,10 +39,12 @@ from quantapilot.webhooks.tables import (
 from quantapilot.webhooks.urlsafety import UnsafeUrlError, check_url, check_url_syntax
 from quantapilot.webhooks.views import (
     DeliveryView,
+    RecoverRequest,
     WebhookDeliveryList,
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointView,
+    WebhookRecovery,
     WebhookSecretRotated,
 )
 
@@ -185,6 +187,25 @@ def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[Del
         except delivery_state.EndpointDisabledError as exc:
             raise conflict(str(exc)) from None
         return DeliveryView.of(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
+
+
+def _recover(
+    engine: Engine, endpoint_id: str, *, workspace: str, since: datetime, until: datetime
+) -> tuple[list[tuple[str, str, int]], bool]:
+    with session_scope(engine) as session:
+        try:
+            done = recovery.recover(
+                endpoint_id,
+                session=session,
+                workspace=workspace,
+                since=since,
+                until=until,
+                workflow_id=lambda delivery_id: redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12]),
+            )
+        except delivery_state.EndpointDisabledError as exc:
+            raise conflict(str(exc)) from None
+        starts = [(r.delivery.id, r.workflow_id, r.first_attempt) for r in done.redeliveries]
+        return starts, done.more
 
 
 async def _cancel_quietly(client: Client, workflow_id: str) -> None:
@@ -334,3 +355,22 @@ async def redeliver(request: web.Request, call: Call) -> web.Response:
     if previous is not None and previous != workflow_id:
         await _cancel_quietly(client, previous)
     return _answer(view, status=202)
+
+
+async def recover(request: web.Request, call: Call) -> web.Response:
+    """Re-send every delivery of the endpoint's window that did not arrive; answer how many."""
+    principal = call.principal
+    parsed = cast(RecoverRequest, call.parsed)  # the endpoint's body model parsed it
+    endpoint_id = request.match_info["endpoint_id"]
+    until = parsed.until or utcnow()
+    if until <= parsed.since:
+        raise _invalid("since must be in the past when until is absent", field="since", reason="in_future")
+    starts, more = await _in_db(
+        request, _recover, endpoint_id, workspace=principal.workspace, since=parsed.since, until=until
+    )
+    # The previous workflows of settled deliveries have ended: nothing to cancel (one that had not would see the
+    # row handed on and stop without sending).
+    await start_redeliveries(request.app[TEMPORAL], request.app[SETTINGS], starts)
+    log.info("webhook endpoint %s: %d deliveries recovered", endpoint_id, len(starts))
+    answer = WebhookRecovery(endpoint_id=endpoint_id, since=parsed.since, until=until, recovered=len(starts), more=more)
+    return _answer(answer, status=202)

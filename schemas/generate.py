@@ -65,12 +65,14 @@ from quantapilot.runs.http import (
 from quantapilot.webhooks.views import (
     CreateEndpointRequest,
     DeliveryView,
+    RecoverRequest,
     RotateSecretRequest,
     UpdateEndpointRequest,
     WebhookDeliveryList,
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointView,
+    WebhookRecovery,
     WebhookSecretRotated,
 )
 from schemas import SCHEMA_DIR
@@ -370,6 +372,7 @@ API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (WebhookEndpointCreated, "serialization"),
     (WebhookEndpointList, "serialization"),
     (WebhookSecretRotated, "serialization"),
+    (WebhookRecovery, "serialization"),
     (DeliveryView, "serialization"),
     (WebhookDeliveryList, "serialization"),
     (RunAcceptedDeprecated, "serialization"),
@@ -382,6 +385,7 @@ WEBHOOK_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (CreateEndpointRequest, "validation"),
     (UpdateEndpointRequest, "validation"),
     (RotateSecretRequest, "validation"),
+    (RecoverRequest, "validation"),
     (EmptyRequest, "validation"),
 )
 

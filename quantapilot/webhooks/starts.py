@@ -102,6 +102,23 @@ async def start_redelivery(
     )
 
 
+async def start_redeliveries(client: Client, settings: Settings, redeliveries: Sequence[tuple[str, str, int]]) -> None:
+    """Start the fresh workflows of several redeliveries (a recovery), a few at a time.
+
+    Args:
+        client: Temporal client.
+        settings: Settings of the starting process.
+        redeliveries: ``(delivery_id, workflow_id, first_attempt)`` of each.
+    """
+    gate = asyncio.Semaphore(_START_CONCURRENCY)
+
+    async def _start(delivery_id: str, workflow_id: str, first_attempt: int) -> None:
+        async with gate:
+            await start_redelivery(client, settings, delivery_id, workflow_id, first_attempt)
+
+    await asyncio.gather(*(_start(*r) for r in redeliveries))
+
+
 async def start_amqp_publish(client: Client, *, task_queue: str, envelope: EventEnvelope) -> bool:
     """Start the AMQP publication of an event (once per event id).
 

@@ -8,9 +8,9 @@ endpoint or a delivery (a command, a script) uses the same models, so a field is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypeAliasType
 
 from quantapilot.bodies import NonEmptyBody, RequestBody, ResponseBody, UniqueItems, UtcInstant, described
@@ -111,6 +111,36 @@ class RotateSecretRequest(RequestBody):
     overlap_hours: float | None = Field(default=None, ge=0, le=168, allow_inf_nan=False)
 
 
+class RecoverRequest(RequestBody):
+    """``POST /v1/webhooks/endpoints/{id}/recover``."""
+
+    model_config = described(
+        "RecoverRequest",
+        "POST /v1/webhooks/endpoints/{id}/recover: re-send every delivery of the endpoint that did not arrive "
+        "(status failed, gone or disabled) whose event was created at or after since and before until.",
+    )
+
+    # Lax on purpose: strict mode refuses every string for a datetime once the base's before-validator ran;
+    # _strings_only below keeps numbers (Unix times) out, so only RFC 3339 strings with a zone pass.
+    since: AwareDatetime = Field(strict=False, description="Start of the window (inclusive), RFC 3339 with a zone.")
+    until: AwareDatetime | None = Field(
+        default=None, strict=False, description="End of the window (exclusive), RFC 3339 with a zone; absent: now."
+    )
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 date-time string")
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.until is not None and self.until <= self.since:
+            raise ValueError("until must be after since")
+        return self
+
+
 # ----- answers -------------------------------------------------------------------------------------------
 
 _STANDARD_SECRET = r"^whsec_[A-Za-z0-9+/]+={0,2}$"  # noqa: S105 (a pattern, not a secret)
@@ -190,6 +220,25 @@ class WebhookSecretRotated(ResponseBody):
         pattern=_STANDARD_SECRET, description="The new secret in the Standard Webhooks form: " + _STANDARD_FORM
     )
     previous_secrets_expire_at: UtcInstant | None
+
+
+class WebhookRecovery(ResponseBody):
+    """The answer of a recovery: how many deliveries were re-sent."""
+
+    model_config = ConfigDict(title="WebhookRecovery")
+
+    endpoint_id: str
+    since: UtcInstant
+    until: UtcInstant
+    recovered: int = Field(
+        ge=0, description="Deliveries put back to pending and re-sent (each through a new workflow)."
+    )
+    more: bool = Field(
+        description=(
+            "True when the window held more recoverable deliveries than one call re-sends (the oldest are re-sent "
+            "first); call again with the same window for the rest."
+        )
+    )
 
 
 class AttemptView(ResponseBody):
