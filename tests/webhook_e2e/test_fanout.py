@@ -1,4 +1,4 @@
-"""Fan-out at volume: 500 events from 20 concurrent runs, each delivered exactly once to a healthy receiver."""
+"""Fan-out: 500 events from 20 concurrent runs each delivered exactly once; disabled endpoints cost nothing."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ import pytest
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.client import Client
 
+from quantapilot.webhooks.contracts import WEBHOOK_DELIVERY_WORKFLOW, delivery_workflow_id
 from quantapilot.webhooks.tables import WebhookDelivery
 from tests.conftest import ApiFactory
 from tests.lifecycle_e2e.helpers import TARGET_INPUTS, new_account, start
 from tests.support import Api, eventually
 from tests.webhook_e2e.conftest import StackFactory
-from tests.webhook_e2e.support import Receiver, create_endpoint, finished_events
+from tests.webhook_e2e.support import (
+    Receiver,
+    all_status,
+    create_endpoint,
+    fast_run,
+    finished_events,
+    wait_deliveries,
+)
 
 RUNS = 20
 # A lifecycle target run waiting at its gate: run.started and gate.requested, PAUSES pause/resume pairs, then
@@ -89,3 +98,39 @@ async def test_webhooks_fanout_500_deliveries_exactly_once(
             .group_by(col(WebhookDelivery.status))
         ).all()
     assert [tuple(r) for r in rows] == [("delivered", len(expected))]
+
+
+async def test_webhooks_disabled_endpoints_cost_no_delivery_and_no_workflow(
+    make_stack: StackFactory, receiver: Receiver, client: Client, engine: Engine
+) -> None:
+    stack = await make_stack()
+    api = stack.api
+    live = await create_endpoint(api, receiver.url("/live"))
+    dead = [await create_endpoint(api, receiver.url(f"/dead{n}")) for n in range(5)]
+    for endpoint in dead:
+        resp = await api.client.patch(
+            f"/v1/webhooks/endpoints/{endpoint['id']}", json={"enabled": False}, headers=api.headers()
+        )
+        assert resp.status == 200
+    run_id = await fast_run(api)
+    await finished_events(api, run_id)
+    rows = await wait_deliveries(api, live["id"], all_status("delivered", 2))
+    # The disabled endpoints got no delivery row at all...
+    with Session(engine) as session:
+        per_endpoint = dict(
+            session.exec(
+                select(WebhookDelivery.endpoint_id, func.count()).group_by(col(WebhookDelivery.endpoint_id))
+            ).all()
+        )
+    assert per_endpoint == {live["id"]: 2}
+    # ...and no delivery workflow was started for them: the only ones on this queue are the live endpoint's.
+    query = f"WorkflowType = '{WEBHOOK_DELIVERY_WORKFLOW}' AND TaskQueue = '{stack.settings.task_queue}'"
+    expected = {delivery_workflow_id(r["id"]) for r in rows}
+
+    async def started() -> set[str]:
+        return {w.id async for w in client.list_workflows(query)}
+
+    assert await eventually(started, lambda ids: ids == expected, what="delivery workflows") == expected
+    await asyncio.sleep(1.0)
+    assert await started() == expected
+    assert {r.path for r in receiver.received} == {"/live"}
