@@ -7,6 +7,7 @@ import contextlib
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -341,12 +342,13 @@ async def test_webhooks_abort_header_stops_retrying_that_delivery(make_stack: St
     assert code == 200 and ep["enabled"] is True and ep["failing_since"] is None
 
 
-async def test_webhooks_429_retry_after_throttles_the_whole_endpoint(
-    make_stack: StackFactory, receiver: Receiver
+@pytest.mark.parametrize("status", [429, 503])
+async def test_webhooks_429_and_503_retry_after_throttle_the_whole_endpoint(
+    make_stack: StackFactory, receiver: Receiver, status: int
 ) -> None:
     async def rate_limited(request: web.Request, count: int) -> web.StreamResponse:
         if count == 1:
-            return web.json_response({"slow": "down"}, status=429, headers={"Retry-After": "3"})
+            return web.json_response({"slow": "down"}, status=status, headers={"Retry-After": "3"})
         return web.json_response({"ok": True})
 
     receiver.behaviour = rate_limited
@@ -361,7 +363,7 @@ async def test_webhooks_429_retry_after_throttles_the_whole_endpoint(
     await fast_run(stack.api, "two")
     rows = await wait_deliveries(stack.api, endpoint["id"], all_status("delivered", 2))
     first, *rest = receiver.received
-    assert first.status == 429 and len(rest) == 2
+    assert first.status == status and len(rest) == 2
     assert all(r.at - first.at >= 3.0 for r in rest), [r.at - first.at for r in rest]
     by_attempts = sorted((a["attempt"], a["outcome"], a["status_code"]) for r in rows for a in r["attempts"])
-    assert by_attempts == [(1, "delivered", 200), (1, "retry", 429), (2, "delivered", 200)]
+    assert by_attempts == [(1, "delivered", 200), (1, "retry", status), (2, "delivered", 200)]
