@@ -1,4 +1,8 @@
-"""docs/WEBHOOKS.md stays true: its schedule table is the code's, and its copy-paste examples really verify."""
+"""docs/WEBHOOKS.md stays true: its schedule table is the code's, and its copy-paste examples really verify.
+
+The examples run as documented (executed from the file): against requests signed like the worker signs them,
+and against real deliveries the worker made to a loopback receiver.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import standardwebhooks
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from quantapilot.events.envelope import EventEnvelope
 from quantapilot.webhooks.schedule import RETRY_SCHEDULE_DOC
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.signing import new_secret, sign, standard_secret
+from tests.webhook_e2e.conftest import StackFactory
+from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "WEBHOOKS.md"
 
@@ -93,3 +101,76 @@ async def test_webhooks_doc_standard_webhooks_example_verifies(
     wrong = await aiohttp_client(namespace["app"])
     resp = await wrong.post("/hooks/standard", data=body, headers=headers)
     assert resp.status == 401
+
+
+def _block(marker: str) -> str:
+    """The one documented python example containing ``marker``."""
+    (found,) = [block for block in _python_blocks() if marker in block]
+    return found
+
+
+def _doc_function(marker: str, name: str) -> Callable[..., bool]:
+    namespace: dict[str, Any] = {}
+    exec(_block(marker), namespace)  # noqa: S102 - the documented example itself is under test
+    function: Callable[..., bool] = namespace[name]
+    return function
+
+
+def test_webhooks_doc_stdlib_standard_webhooks_example_works() -> None:
+    verify_standard = _doc_function("def verify_standard(", "verify_standard")
+    old, new = new_secret(), new_secret()
+    envelope = EventEnvelope(id="evt_sw", type="run.started", created_at=datetime.now(UTC), workspace="default")
+    body, headers = prepare_request(envelope, secrets=[new, old], attempt=1)
+    received = CIMultiDict(headers)
+    assert verify_standard(standard_secret(new), received, body) and verify_standard(
+        standard_secret(old), received, body
+    )
+    # The reference implementation agrees with the copy-paste one.
+    standardwebhooks.Webhook(standard_secret(new)).verify(body, dict(received))
+    assert not verify_standard(standard_secret(new_secret()), received, body)
+    assert not verify_standard(new, received, body)  # the plain secret is not the key
+    assert not verify_standard(standard_secret(new), received, body + b" ")
+    for name, value in (("webhook-id", "evt_other"), ("webhook-timestamp", str(int(time.time()) - 301))):
+        assert not verify_standard(standard_secret(new), CIMultiDict({**received, name: value}), body)
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert not verify_standard(
+            standard_secret(new), CIMultiDict({k: v for k, v in received.items() if k != name}), body
+        )
+    assert not verify_standard(standard_secret(new), CIMultiDict({**received, "webhook-signature": "v2,xyz"}), body)
+
+
+async def test_webhooks_doc_examples_verify_a_real_delivery(
+    make_stack: StackFactory,
+    receiver: Receiver,
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    stack = await make_stack()
+    endpoint = await create_endpoint(stack.api, receiver.url())
+    secret, whsec = endpoint["secret"], endpoint["standard_webhooks_secret"]
+    await fast_run(stack.api)
+    await wait_deliveries(stack.api, endpoint["id"], all_status("delivered", 2))
+    verify = _doc_function("def verify(", "verify")
+    verify_standard = _doc_function("def verify_standard(", "verify_standard")
+    namespace: dict[str, Any] = {}
+    exec(_block("verify_signature(SECRET").replace('SECRET = "whsec_..."', f"SECRET = {secret!r}"), namespace)  # noqa: S102
+    receiver_app = await aiohttp_client(namespace["app"])
+    namespace = {}
+    exec(_block("from standardwebhooks").replace('Webhook("whsec_...")', f"Webhook({whsec!r})"), namespace)  # noqa: S102
+    standard_app = await aiohttp_client(namespace["app"])
+
+    assert len(receiver.received) == 2
+    for sent in receiver.received:
+        headers = CIMultiDict(sent.headers)
+        # The standard-library examples, as a receiver without QuantaPilot runs them.
+        assert verify(secret, headers["X-VC-Signature"], sent.body)
+        assert verify_standard(whsec, headers, sent.body)
+        assert not verify(secret, headers["X-VC-Signature"], sent.body + b"x")
+        assert not verify_standard(whsec, headers, sent.body + b"x")
+        # The two complete receivers, fed the request exactly as it arrived.
+        signed = {k: v for k, v in headers.items() if k.lower().startswith(("x-vc-", "webhook-", "content-type"))}
+        for client, path in ((receiver_app, "/hooks/quantapilot"), (standard_app, "/hooks/standard")):
+            resp = await client.post(path, data=sent.body, headers=signed)
+            assert resp.status == 200, path
+            resp = await client.post(path, data=sent.body + b" ", headers=signed)
+            assert resp.status == 401, path
+    assert len({r.event["id"] for r in receiver.received}) == 2
