@@ -5,6 +5,7 @@
 - :mod:`~quantapilot.webhooks.delivery`: the delivery state machine, what an attempt's outcome does to the
   delivery and its endpoint (retries, disabling, rotation overlap, redelivery).
 - :mod:`~quantapilot.webhooks.tables` and its queries: ``endpoints``, ``signing_secrets``, ``deliveries``.
+- :mod:`~quantapilot.webhooks.recovery`: re-sending the deliveries of a window that did not arrive (``recover``).
 - ``fanout`` (an event's deliveries) and ``starts`` (starting their workflows); ``sender`` (one signed POST),
   ``envelopes``, ``signing``, ``urlsafety``; ``views`` (the public JSON forms); ``amqp``, ``listen``,
   ``at_rest``.

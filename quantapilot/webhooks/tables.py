@@ -11,6 +11,7 @@ worker calls work by id alone.
 - :mod:`~quantapilot.webhooks.deliveries`: creating delivery rows once per event, reading the delivery log.
 - :mod:`~quantapilot.webhooks.delivery`: the delivery state machine (attempts, retries, disabling, rotation
   overlap, redelivery).
+- :mod:`~quantapilot.webhooks.recovery`: redelivering every undelivered delivery of an endpoint's time window.
 """
 
 from __future__ import annotations
