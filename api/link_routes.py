@@ -58,7 +58,7 @@ async def mint_link(request: web.Request, call: Call) -> web.Response:
         run_id=run_id,
         gate=gate_name,
         approver=approver,
-        expires_at=link_expiry(datetime.now(UTC), settings),
+        expires_at=link_expiry(datetime.now(UTC), settings, deadline=gate.deadline),
     )
     answer = ReviewLinkAnswer(url=review_url(settings, key, link), expires_at=link.expires_at, approver=approver)
     return web.json_response(answer.dump(), status=201, headers={"Cache-Control": "no-store"})
