@@ -8,14 +8,22 @@ from pathlib import Path
 import pytest
 
 from quantapilot.review.links import LinkError, load_link_key, verify_token
-from tests.review.support import Review, gate_requested_url, page, repo_files, trigger
-from tests.support import make_remote
+from tests.review.support import Review, form_fields, gate_requested_url, page, post_form, repo_files, trigger
+from tests.support import Api, eventually, make_remote
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import Receiver, create_endpoint
 
 BASE = "http://review.example.test:8443"
 # Ten minutes: far shorter than the links' TTL (a day here), long enough for the test.
 SHORT_GATE = "version: 1\ngate_definitions:\n  anchor: {timeout_s: 600}\n"
+
+
+async def sign_in(api: Api) -> None:
+    """Sign in to /ui/ with the API's token (the session cookie stays in the test client's jar)."""
+    code, html, _ = await page(api.client, "/ui/login")
+    assert code == 200, html
+    code, text = await post_form(api.client, "/ui/login", {**form_fields(html), "token": api.token})
+    assert code in (302, 303), text
 
 
 def instant(text: str) -> datetime:
@@ -59,6 +67,17 @@ async def test_review_links_of_a_gate_with_a_short_timeout_expire_at_its_deadlin
     assert code == 200, html
     shown = deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     assert "Decide by <time datetime=" in html and shown in html
+
+    # Signed in, the inbox row of the gate says by when.
+    await sign_in(api)
+    in_inbox = deadline.isoformat(timespec="seconds")
+
+    async def inbox() -> str:
+        # Temporal's visibility store lists the waiting run shortly after the gate opens.
+        return (await page(api.client, "/ui/"))[1]
+
+    html = await eventually(inbox, lambda text: run_id in text, timeout=20, what="the run in the inbox")
+    assert f'<td class="deadline">{in_inbox}</td>' in html, html
 
 
 @pytest.mark.slow
