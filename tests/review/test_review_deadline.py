@@ -8,22 +8,14 @@ from pathlib import Path
 import pytest
 
 from quantapilot.review.links import LinkError, load_link_key, verify_token
-from tests.review.support import Review, form_fields, gate_requested_url, page, post_form, repo_files, trigger
-from tests.support import Api, eventually, make_remote
+from tests.review.support import Review, gate_requested_url, page, repo_files, sign_in, trigger
+from tests.support import eventually, make_remote
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import Receiver, create_endpoint
 
 BASE = "http://review.example.test:8443"
 # Ten minutes: far shorter than the links' TTL (a day here), long enough for the test.
 SHORT_GATE = "version: 1\ngate_definitions:\n  anchor: {timeout_s: 600}\n"
-
-
-async def sign_in(api: Api) -> None:
-    """Sign in to /ui/ with the API's token (the session cookie stays in the test client's jar)."""
-    code, html, _ = await page(api.client, "/ui/login")
-    assert code == 200, html
-    code, text = await post_form(api.client, "/ui/login", {**form_fields(html), "token": api.token})
-    assert code in (302, 303), text
 
 
 def instant(text: str) -> datetime:

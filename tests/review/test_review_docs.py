@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from quantapilot.runs.contracts import project_name
 from quantapilot.tokens import create_token
-from tests.review.support import Review, active_content, form_fields, page, post_form, repo_files, trigger
+from tests.review.support import Review, active_content, page, repo_files, sign_in, trigger
 from tests.support import Api, make_remote
 from tests.webhook_e2e.conftest import StackFactory
 
@@ -21,14 +21,6 @@ BASE = "http://review.example.test:8443"
 def page_links(text: str) -> list[str]:
     """The docs page addresses a page links to, unescaped."""
     return [htmllib.unescape(href) for href in re.findall(r'href="(/ui/docs/[^"]+)"', text)]
-
-
-async def sign_in(api: Api) -> None:
-    """Sign in to /ui/ with the API's token (the session cookie stays in the test client's jar)."""
-    code, text, _ = await page(api.client, "/ui/login")
-    assert code == 200, text
-    code, text = await post_form(api.client, "/ui/login", {**form_fields(text), "token": api.token})
-    assert code in (302, 303), text
 
 
 @pytest.mark.slow
