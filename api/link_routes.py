@@ -53,12 +53,13 @@ async def mint_link(request: web.Request, call: Call) -> web.Response:
             details=[{"path": "approver", "message": "not on the gate's approver list"}],
         )
     settings = request.app[SETTINGS]
+    now = datetime.now(UTC)
+    expires_at = link_expiry(now, settings, deadline=gate.deadline)
+    if expires_at <= now:
+        # The gate's timer is due (the run has yet to mark it timed out): a link would be dead on arrival.
+        raise conflict(f"gate {gate_name} passed its deadline")
     link = ReviewLink(
-        workspace=principal.workspace,
-        run_id=run_id,
-        gate=gate_name,
-        approver=approver,
-        expires_at=link_expiry(datetime.now(UTC), settings),
+        workspace=principal.workspace, run_id=run_id, gate=gate_name, approver=approver, expires_at=expires_at
     )
     answer = ReviewLinkAnswer(url=review_url(settings, key, link), expires_at=link.expires_at, approver=approver)
     return web.json_response(answer.dump(), status=201, headers={"Cache-Control": "no-store"})

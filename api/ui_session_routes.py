@@ -163,6 +163,8 @@ async def inbox(request: web.Request) -> web.Response:
                     "approvals": approval_count(gate),
                     "required": max(gate.required_approvals, 1),
                     "since": gate.requested_at.isoformat(timespec="seconds"),
+                    # A gate with a timeout stops waiting then: the inbox says by when to decide.
+                    "deadline": gate.deadline.isoformat(timespec="seconds") if gate.deadline else None,
                 }
             )
     items.sort(key=lambda item: str(item["since"]), reverse=True)

@@ -179,6 +179,9 @@ class GateRecord(_Model):
     # "1 of 2 approvals" while a gate that needs several approvals waits (None otherwise), so the status API, `qp
     # status` and the Web UI say the same thing.
     approval_progress: str | None = None
+    # When a gate with a timeout stops waiting (requested_at + timeout; None: it waits until decided). Review links
+    # expire by then, and the review page says "Decide by ...".
+    deadline: datetime | None = None
 
     @property
     def approved(self) -> bool | None:
@@ -188,6 +191,38 @@ class GateRecord(_Model):
         if self.status == GateStatus.REJECTED:
             return False
         return None
+
+
+class GateRequestedData(_Model):
+    """The ``data`` of a ``gate.requested`` event (webhook body, AMQP message, event log).
+
+    ``timeout_s`` and ``deadline`` only for a gate with a timeout (runs that requested it after the
+    ``gate-timeout-in-event`` patch); ``review_url`` is added at delivery (never recorded), see
+    :mod:`quantapilot.review.links`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        title="GateRequestedData",
+        json_schema_extra={"description": "The data of a gate.requested event."},
+    )
+
+    run_id: str
+    gate: str
+    description: str
+    timeout_s: float | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="How long the gate waits for a decision."
+    )
+    deadline: datetime | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="When the gate stops waiting (RFC 3339, UTC): requested time plus timeout_s.",
+    )
+    review_url: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="Signed review page link; in webhook and AMQP bodies, and in the event log for gates:decide.",
+    )
 
 
 class StepOutcome(_Model):

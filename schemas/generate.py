@@ -43,7 +43,7 @@ from quantapilot.errors import ErrorEnvelope, ErrorResponse
 from quantapilot.events.record import EventRecord
 from quantapilot.lifecycle.models import LifecycleRunRequest
 from quantapilot.lifecycle.telemetry import TelemetryBody
-from quantapilot.models import GateRecord
+from quantapilot.models import GateRecord, GateRequestedData
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs.contracts import RunList
 from quantapilot.runs.http import (
@@ -379,6 +379,7 @@ API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
     (RunList, "serialization"),
     (GateLinkRequest, "validation"),
     (ReviewLinkAnswer, "serialization"),
+    (GateRequestedData, "serialization"),
 )
 #: The bodies of ``webhooks.schema.json`` (all requests).
 WEBHOOK_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         BudgetInput,
         GateDecisionInput,
         GateRecord,
+        GateRequestedData,
         GateStatus,
         PauseInput,
         ResumeInput,
@@ -44,6 +45,8 @@ PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
 PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
 # Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.
 PATCH_GATE_N_OF_M = "gate-n-of-m"
+# gate.requested of a gate with a timeout carries timeout_s and deadline; before it, only run_id, gate, description.
+PATCH_GATE_TIMEOUT_IN_EVENT = "gate-timeout-in-event"
 
 
 class RunWorkflowBase(RunCore):
@@ -68,24 +71,33 @@ class RunWorkflowBase(RunCore):
         # Runs that reached this gate before N-of-M replay the one-decision gate (no approvals kept).
         n_of_m = workflow.patched(PATCH_GATE_N_OF_M)
         required = required_approvals if n_of_m else 1
+        requested_at = workflow.now()
+        deadline = requested_at + timedelta(seconds=timeout_s) if timeout_s else None
         gate = GateRecord(
             name=name,
             description=description,
-            requested_at=workflow.now(),
+            requested_at=requested_at,
             approvers=approvers or [],
             allow_self_approval=self._self_approval_default if allow_self_approval is None else allow_self_approval,
             required_approvals=required,
             approval_progress=approval_progress_text(0, required) if required > 1 else None,
+            deadline=deadline,
         )
         self._gates[name] = gate
         if n_of_m:
             self._n_of_m_gates.add(name)
         self._current_step = f"gate:{name}"
         self._touch()
-        await self._emit("gate.requested", {"run_id": self._run_id, "gate": name, "description": description})
+        requested = GateRequestedData(run_id=self._run_id, gate=name, description=description)
+        # Only a gate with a timeout asks for the patch, so runs whose gates have none record exactly what they did.
+        in_event = deadline is not None and workflow.patched(PATCH_GATE_TIMEOUT_IN_EVENT)
+        if in_event:
+            requested = requested.model_copy(update={"timeout_s": timeout_s, "deadline": deadline})
+        await self._emit("gate.requested", requested.model_dump(mode="json"))
         try:
             if n_of_m:
-                gate = await self._await_approvals(name, timeout_s)
+                # The deadline the event announced is the one kept (before the patch: counted after the event).
+                gate = await self._await_approvals(name, timeout_s, deadline=deadline if in_event else None)
             else:
                 await workflow.wait_condition(
                     lambda: gate.status != GateStatus.PENDING,
@@ -103,7 +115,9 @@ class RunWorkflowBase(RunCore):
             raise RunFailure(ErrorCode.GATE_REJECTED, f"gate {name} rejected: {gate.reason or 'no reason given'}")
         return gate
 
-    async def _await_approvals(self, name: str, timeout_s: float | None) -> GateRecord:
+    async def _await_approvals(
+        self, name: str, timeout_s: float | None, *, deadline: datetime | None = None
+    ) -> GateRecord:
         """Wait until the gate is decided, reporting each approval that does not decide it yet.
 
         Decisions replace the gate's record (:func:`~workflows.gates.record_decision`), so the gate is read from
@@ -112,7 +126,8 @@ class RunWorkflowBase(RunCore):
         Raises:
             TimeoutError: ``timeout_s`` passed (counted from the request, not from the last approval).
         """
-        deadline = workflow.now() + timedelta(seconds=timeout_s) if timeout_s else None
+        if deadline is None and timeout_s:
+            deadline = workflow.now() + timedelta(seconds=timeout_s)
         reported = 0
         while True:
             # Emitting awaits an activity and approvals may arrive meanwhile: report until none is left.

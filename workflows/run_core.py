@@ -129,6 +129,8 @@ class RunCore:
                 f"Waiting at gate **{gate.name}**{progress}: {gate.description}",
                 f"Approve with `qp approve {self._run_id} {gate.name}` or the `decide_gate` signal.",
             ]
+            if gate.deadline is not None:
+                lines.append(f"Decide by {gate.deadline.strftime('%Y-%m-%d %H:%M:%S')} UTC: the gate times out then.")
         return "\n".join(lines)
 
     def _details_extra(self) -> list[str]:

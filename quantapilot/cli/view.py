@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -20,6 +21,15 @@ def gate_state(gate: dict[str, Any]) -> str:
     """A gate's status, with how far it is while it needs several approvals: ``pending (1 of 2 approvals)``."""
     progress = gate.get("approval_progress")
     return f"{gate['status']} ({progress})" if progress else str(gate["status"])
+
+
+def deadline_text(deadline: str) -> str:
+    """A gate's deadline as the API serves it (RFC 3339), for people: ``2026-12-03 08:30:00 UTC``."""
+    try:
+        instant = datetime.fromisoformat(deadline.replace("Z", "+00:00"))
+    except ValueError:
+        return deadline
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def print_status(status: dict[str, Any], as_json: bool) -> None:
@@ -39,6 +49,10 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
         console.print(table)
         for gate in status["gates"]:
             if gate["status"] == "pending":
+                if gate.get("deadline"):
+                    console.print(
+                        f"gate {gate['name']}: decide by {deadline_text(gate['deadline'])} (it times out then)"
+                    )
                 console.print(f"approve with: qp approve {status['run_id']} {gate['name']} --reason '...'")
     for milestone in status.get("milestones", []):
         console.print(f"  milestone {milestone['id']} {milestone['status']}: {milestone['title']}")

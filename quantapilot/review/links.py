@@ -3,9 +3,10 @@
 A link is ``<base>/ui/runs/<run_id>/gates/<gate>?t=<token>``. The token is ``v1.<claims>.<tag>``: base64url JSON
 claims (workspace, run, gate, optional approver subject, expiry) and the HMAC-SHA256 of them under the server's
 review-link key (``QP_REVIEW_LINK_KEY``, or ``<state_dir>/review-link.key`` outside production). Nothing about a
-link is stored: the same event always yields the same link (its expiry is the event's time plus the TTL), so the
-worker can put it into a webhook body at delivery time without it entering a workflow history, the database or a
-log. The token travels in the query string, which no log line and no span of ours records.
+link is stored: the same event always yields the same link (its expiry is the event's time plus the TTL, or the
+gate's deadline when sooner), so the worker can put it into a webhook body at delivery time without it entering a
+workflow history, the database or a log. The token travels in the query string, which no log line and no span of
+ours records.
 """
 
 from __future__ import annotations
@@ -160,10 +161,30 @@ def verify_token(key: bytes, token: str, *, now: datetime | None = None) -> Revi
     return link
 
 
-def link_expiry(issued_at: datetime, settings: Settings, *, timeout_s: float | None = None) -> datetime:
-    """When a link issued at ``issued_at`` expires: the gate's timeout when shorter, else ``QP_REVIEW_LINK_TTL``."""
-    ttl = settings.review_link_ttl if not timeout_s else min(timeout_s, settings.review_link_ttl)
-    return (issued_at if issued_at.tzinfo else issued_at.replace(tzinfo=UTC)) + timedelta(seconds=ttl)
+def link_expiry(issued_at: datetime, settings: Settings, *, deadline: datetime | None = None) -> datetime:
+    """When a link issued at ``issued_at`` expires: ``QP_REVIEW_LINK_TTL`` later, or the gate's deadline if sooner.
+
+    Whole seconds (rounded down), as the token records it, so the ``expires_at`` a caller is told is the token's.
+    """
+    expiry = _utc(issued_at) + timedelta(seconds=settings.review_link_ttl)
+    if deadline is not None:
+        expiry = min(expiry, _utc(deadline))
+    return expiry.replace(microsecond=0)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def event_deadline(data: dict[str, Any]) -> datetime | None:
+    """The ``deadline`` of a ``gate.requested`` event's data (None when absent or unreadable)."""
+    value = data.get("deadline")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def review_path(run_id: str, gate: str) -> str:
@@ -179,7 +200,8 @@ def review_url(settings: Settings, key: bytes, link: ReviewLink) -> str:
 def gate_requested_link(settings: Settings, key: bytes, event: Any) -> str | None:
     """The ``review_url`` of a ``gate.requested`` event (an envelope or record), or None for other events.
 
-    Deterministic: the expiry is the event's time plus the TTL, so every delivery attempt sends the same URL.
+    Deterministic: the expiry is the event's time plus the TTL, or the gate's ``deadline`` in the event when sooner,
+    so every delivery attempt sends the same URL.
     """
     data = getattr(event, "data", None) or {}
     if getattr(event, "type", None) != "gate.requested" or not data.get("gate") or not event.run_id:
@@ -189,7 +211,7 @@ def gate_requested_link(settings: Settings, key: bytes, event: Any) -> str | Non
         run_id=event.run_id,
         gate=str(data["gate"]),
         approver=None,
-        expires_at=link_expiry(event.created_at, settings),
+        expires_at=link_expiry(event.created_at, settings, deadline=event_deadline(data)),
     )
     return review_url(settings, key, link)
 

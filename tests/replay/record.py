@@ -86,6 +86,12 @@ version: 1
 gate_definitions:
   anchor: {required_approvals: 2, approvers: [alice, bob, carol]}
 """
+# The anchor gate waits at most an hour: its gate.requested carries timeout_s and deadline.
+GATE_DEADLINE = """\
+version: 1
+gate_definitions:
+  anchor: {timeout_s: 3600}
+"""
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
 
@@ -253,6 +259,21 @@ async def two_of_three(rec: Recording) -> Recorded:
     await alice.decide(run_id, "anchor", True, "still fine")
     code, record = await bob.decide(run_id, "anchor", True, "agreed")
     assert code == 200 and record["status"] == "approved", record
+    await api.wait_state(run_id, "completed")
+    return repo_run(run_id)
+
+
+async def gate_deadline(rec: Recording) -> Recorded:
+    """Anchor with a timeout: gate.requested carries timeout_s and deadline (the patch's path); approved before the
+    deadline, completed."""
+    api = rec.api
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": GATE_DEADLINE})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    requested = next(e for e in await api.events(run_id) if e["type"] == "gate.requested")
+    assert requested["data"]["timeout_s"] == 3600 and requested["data"]["deadline"], requested
+    await api.decide(run_id, "anchor", True, "in time")
     await api.wait_state(run_id, "completed")
     return repo_run(run_id)
 
@@ -429,6 +450,7 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_two_milestones": Scenario(RepoRunWorkflow, two_milestones),
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "repo_run_two_of_three": Scenario(RepoRunWorkflow, two_of_three),
+    "repo_run_gate_deadline": Scenario(RepoRunWorkflow, gate_deadline),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),

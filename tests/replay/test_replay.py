@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -28,7 +30,7 @@ from tests.replay.changed_workflow import (
 )
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
-from workflows.base import PATCH_GATE_N_OF_M
+from workflows.base import PATCH_GATE_N_OF_M, PATCH_GATE_TIMEOUT_IN_EVENT
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -80,6 +82,11 @@ SHAPES: dict[str, Shape] = {
     "repo_run_two_milestones": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
     # N-of-M: the patch marker, three decision updates (alice, alice again, bob) on the anchor gate.
     "repo_run_two_of_three": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # The anchor gate has a timeout: the gate-timeout-in-event marker, decided by an update before the deadline.
+    "repo_run_gate_deadline": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
@@ -216,14 +223,19 @@ def patch_ids(history: WorkflowHistory) -> set[str]:
     return ids
 
 
-def recorded_event_types(history: WorkflowHistory) -> list[str]:
-    """The run event types the history's record_event activities were given, in order."""
-    kinds = []
+def recorded_events(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """The run events the history's record_event activities were given, in order."""
+    events = []
     for e in history.events:
         attrs = e.activity_task_scheduled_event_attributes
         if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and attrs.activity_type.name == RECORD_EVENT:
-            kinds.append(json.loads(attrs.input.payloads[0].data)["type"])
-    return kinds
+            events.append(json.loads(attrs.input.payloads[0].data))
+    return events
+
+
+def recorded_event_types(history: WorkflowHistory) -> list[str]:
+    """The run event types the history's record_event activities were given, in order."""
+    return [event["type"] for event in recorded_events(history)]
 
 
 @pytest.mark.parametrize("name", ["repo_run_two_of_three", "lifecycle_target_two_of_three_rejected"])
@@ -240,3 +252,26 @@ def test_replay_n_of_m_recordings_take_the_patched_path(name: str) -> None:
 def test_replay_recordings_before_n_of_m_have_no_such_marker() -> None:
     # The histories recorded before the patch keep covering the one-decision path.
     assert PATCH_GATE_N_OF_M not in patch_ids(load("repo_run_approved"))
+
+
+def gate_requested_data(name: str) -> list[dict[str, Any]]:
+    """The data of each gate.requested event a recording recorded."""
+    return [e["data"] for e in recorded_events(load(name)) if e["type"] == "gate.requested"]
+
+
+def test_replay_gate_deadline_recording_carries_timeout_and_deadline() -> None:
+    assert PATCH_GATE_TIMEOUT_IN_EVENT in patch_ids(load("repo_run_gate_deadline"))
+    (data,) = gate_requested_data("repo_run_gate_deadline")
+    assert data["timeout_s"] == 3600
+    # RFC 3339 in UTC, an hour after the request.
+    deadline = datetime.fromisoformat(data["deadline"])
+    assert data["deadline"].endswith("Z") and deadline.utcoffset() == timedelta(0)
+    requested = next(e for e in recorded_events(load("repo_run_gate_deadline")) if e["type"] == "gate.requested")
+    assert timedelta(seconds=3599) < deadline - datetime.fromisoformat(requested["created_at"]) <= timedelta(hours=1)
+
+
+def test_replay_gates_without_timeout_record_no_deadline_and_no_marker() -> None:
+    # Gates that wait forever ask for no patch: their histories are the ones recorded before it.
+    assert PATCH_GATE_TIMEOUT_IN_EVENT not in patch_ids(load("repo_run_two_milestones"))
+    for data in gate_requested_data("repo_run_two_milestones"):
+        assert set(data) == {"run_id", "gate", "description"}, data

@@ -106,6 +106,14 @@ async def post_form(client: TestClient[Any, Any], path: str, data: dict[str, str
     return resp.status, await resp.text()
 
 
+async def sign_in(api: Api) -> None:
+    """Sign in to /ui/ with the API's token (the session cookie stays in the test client's jar)."""
+    code, text, _ = await page(api.client, "/ui/login")
+    assert code == 200, text
+    code, text = await post_form(api.client, "/ui/login", {**form_fields(text), "token": api.token})
+    assert code in (302, 303), text
+
+
 async def trigger(api: Api, url: str) -> str:
     """Trigger a run of ``url`` and wait for its anchor gate."""
     code, body = await api.post("/v1/runs", {"repo_url": url, "branch": "main", "correlation_id": "review-1"})

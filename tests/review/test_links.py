@@ -14,6 +14,7 @@ from quantapilot.review.links import (
     LinkKeyMissing,
     ReviewLink,
     key_file,
+    link_expiry,
     load_link_key,
     mint_token,
     verify_token,
@@ -85,6 +86,23 @@ def test_links_review_url_is_deterministic_and_only_on_gate_requested(tmp_path: 
     assert with_review_url(settings, other) is other
     production = settings.model_copy(update={"environment": "production"})
     assert "review_url" not in with_review_url(production, envelope).data
+
+
+def test_links_review_url_expires_at_the_gate_deadline_when_sooner(tmp_path: Path) -> None:
+    settings = Settings(environment="test", state_dir=tmp_path, review_link_ttl=3600)
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+    def expiry(data: dict[str, object]) -> datetime:
+        envelope = EventEnvelope(id="e", type="gate.requested", created_at=at, workspace="ws", run_id="rr_1", data=data)
+        url = with_review_url(settings, envelope).data["review_url"]
+        return verify_token(load_link_key(settings), url.split("?t=", 1)[1], now=at).expires_at
+
+    soon = {"gate": "anchor", "timeout_s": 90.5, "deadline": "2026-12-01T10:01:30.500000Z"}
+    assert expiry(soon) == at + timedelta(seconds=90)  # whole seconds, never after the deadline
+    late = {"gate": "anchor", "timeout_s": 7200, "deadline": "2026-12-01T12:00:00Z"}
+    assert expiry(late) == at + timedelta(hours=1)  # the TTL is shorter
+    assert expiry({"gate": "anchor", "deadline": "not a time"}) == at + timedelta(hours=1)
+    assert link_expiry(at, settings, deadline=at + timedelta(minutes=5)) == at + timedelta(minutes=5)
 
 
 def test_session_cookie_hides_the_token_and_expires() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,20 @@ async def test_visibility_current_details_and_activity_summaries_tell_the_story(
         "Merge pull request #1 (docs, merge)",
         "Remove the run's worktree",
     ]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_visibility_current_details_say_by_when_a_gate_with_a_timeout_must_be_decided(
+    api: Api, client: Client, tmp_path: Path
+) -> None:
+    yml = "version: 1\ngate_definitions:\n  anchor: {timeout_s: 900}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    status = await api.wait_gate(run_id, "anchor")
+    deadline = datetime.fromisoformat(status["gates"][0]["deadline"])
+    waiting = await current_details(handle_of(client, run_id))
+    assert f"Decide by {deadline.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC: the gate times out then." in waiting
+    await api.decide(run_id, "anchor", True)
+    await api.wait_state(run_id, "completed")
+    assert "Decide by" not in await current_details(handle_of(client, run_id))
