@@ -181,6 +181,11 @@ class ModelSteps(RunWorkflowBase):
             f"or after `POST /v1/runs/{self._run_id}/budget {{tokens}}` and resume."
         )
         await self._pause("budget_exceeded", "run", details=figures)
+        if self._paused_reason != "budget_exceeded":
+            # Paused by a person while the call was checked: theirs to resume (the call is checked again then).
+            self._day_wait = None
+            self._touch()
+            return
         wait_s = max(MIN_DAY_WAIT_S, (resume_at - workflow.now()).total_seconds())
         try:
             await workflow.wait_condition(lambda: not self._paused, timeout=wait_s)

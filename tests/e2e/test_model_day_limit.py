@@ -15,11 +15,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from quantapilot.llm.spending import ModelUsage, day_key, save_model_call
+from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
+from tests.cli.test_runs_list import qp
 from tests.conftest import ApiFactory
 from tests.e2e.test_model_steps import KEY, README, YML, new_file_diff
 from tests.llmserver import ChatServer, chat_server, reply
 from tests.support import Api, make_remote, remote_file
+from tests.ui.test_visibility import current_details
 
 DAY_LIMIT = 5000
 # A "day" of this many seconds in the next-day test (QP_MODEL_DAY_S, test-only).
@@ -102,13 +106,27 @@ async def test_model_day_limit_pauses_then_raise_and_resume(
         assert data["limit"] == "limits.tokens_per_day" and data["tokens_per_day"] == DAY_LIMIT
         assert data["day_tokens_spent"] == DAY_LIMIT - 10 and data["needed"] > 10
         assert datetime.fromisoformat(data["resumes_at"]) > datetime.now(UTC)
+        # qp status and the Temporal Web UI say what was spent against which budget, and why the run waits.
+        code, out, err = await qp(api, "status", run_id)
+        assert code == 0, err
+        assert "paused: budget_exceeded" in out
+        assert f"Models: 0 tokens, $0.0000 in 0 calls; the workspace may spend {DAY_LIMIT} tokens per UTC day" in out
+        handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
+        details = await current_details(handle)
+        assert f"limits.tokens_per_day: {DAY_LIMIT - 10} of {DAY_LIMIT} tokens spent by the workspace today" in details
+        assert data["resumes_at"] in details and f"{DAY_LIMIT} tokens per UTC day" in details
         code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
         assert code == 200, raised
         code, _ = await api.post(f"/v1/runs/{run_id}/resume")
         assert code == 200
         final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+        done = await current_details(handle)
+        code, out, _ = await qp(api, "status", run_id)
     assert final["state"] == "completed", final
     assert len(llm.ok_requests) == 1
+    tokens = final["usage"]["tokens"]
+    assert f"Models: {tokens} tokens, $0.0000 in 1 calls" in done and "tokens_per_day:" not in done
+    assert f"Models: {tokens} tokens, $0.0000 in 1 calls" in out and "paused:" not in out
     assert remote_file(url, "main", "greeting.txt") == "hello world\n"
     # The call is in model_usage: once, with the tokens the run's ledger counted, on today's day.
     (row,) = _rows(engine, run_id)
