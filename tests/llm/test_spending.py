@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from quantapilot.llm.spending import ModelUsage, day_key, day_room, day_spent, next_day, save_model_call
+from quantapilot.settings import Settings
 
 NOON = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -70,3 +73,10 @@ def test_spending_days_are_utc_and_a_test_day_may_be_shorter() -> None:
     assert day_key(at, 5.0) == "2026-12-03T12:00:05.000+00:00"
     assert next_day(at, 5.0) == datetime(2026, 12, 3, 12, 0, 10, tzinfo=UTC)
     assert day_key(datetime(2026, 12, 3, 12, 0, 9, 999000, tzinfo=UTC), 5.0) == day_key(at, 5.0)
+
+
+def test_spending_a_shorter_day_is_for_tests_only(tmp_path) -> None:
+    assert Settings(environment="test", state_dir=tmp_path, model_day_s=5).model_day_s == 5
+    assert Settings(environment="production", state_dir=tmp_path).model_day_s == 86400
+    with pytest.raises(ValidationError, match="QP_MODEL_DAY_S"):
+        Settings(environment="production", state_dir=tmp_path, model_day_s=5)
