@@ -180,9 +180,10 @@ class ModelSteps(RunWorkflowBase):
             f"{call.needed_tokens} needed; resumes by itself at {resume_at.isoformat()} "
             f"or after `POST /v1/runs/{self._run_id}/budget {{tokens}}` and resume."
         )
+        paused_by_a_person = self._paused
         await self._pause("budget_exceeded", "run", details=figures)
-        if self._paused_reason != "budget_exceeded":
-            # Paused by a person while the call was checked: theirs to resume (the call is checked again then).
+        if paused_by_a_person:
+            # Paused while the call was checked: theirs to resume, not the timer's (the call is checked again then).
             self._day_wait = None
             self._touch()
             return
