@@ -99,7 +99,7 @@ async def test_model_call_over_the_days_limit_is_refused_before_the_model_is_ask
     url = make_remote(tmp_path, {"README.md": "# Greeter\n"})
     llm.script(reply("A plan.", prompt_tokens=300, completion_tokens=20))
     made = await _env("1").run(models.call_model, _input(url, day_limit=100_000))
-    assert made.called
+    assert made.called and made.at is not None
     today = day_key(made.at)
     spent = day_spent(engine, "default", today)
     assert spent == 320
