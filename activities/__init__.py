@@ -40,7 +40,7 @@ def build_activities(
     repo = RepoActivities(settings, engine, resolver=resolver)
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
-    models = ModelActivities(settings, repo.worktrees)
+    models = ModelActivities(settings, repo.worktrees, engine)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,

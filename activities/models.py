@@ -3,8 +3,10 @@
 An adapter: prompts are :mod:`quantapilot.llm.prompts`, providers :mod:`quantapilot.llm`. Failures get their
 Temporal shape here: a transient provider failure (429, 5xx, timeout) raises a retryable ``MODEL_UNAVAILABLE``
 whose ``next_retry_delay`` is the provider's ``Retry-After``; a refused request raises a non-retryable
-``MODEL_REQUEST_REJECTED``. The call is idempotent in effect: it changes nothing in the worktree or the database,
-and the workflow records only the result of the attempt that succeeded.
+``MODEL_REQUEST_REJECTED``. The call is idempotent in effect: it changes nothing in the worktree, and the one row
+it writes (``model_usage``, :mod:`quantapilot.llm.spending`) is keyed by the workflow and activity ids, so a retry
+keeps one row; the workflow records only the result of the attempt that succeeded. With ``day_limit`` it checks the
+workspace's tokens spent today before calling (``limits.tokens_per_day``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -22,6 +25,7 @@ from quantapilot.forges import gitops
 from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelRequest, cost_of
 from quantapilot.llm.prompts import Milestone, build_messages, estimate_tokens
 from quantapilot.llm.registry import make_provider
+from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_call
 from quantapilot.repos.files import RepoReadError, open_repo_files
 from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.errors import permanent
@@ -45,12 +49,16 @@ class ModelActivities:
     Args:
         settings: Service settings (provider, key, prices, prompt limits).
         worktrees: The worker's worktrees (shared with the repository activities).
+        engine: Database engine (``model_usage``).
         provider: A provider to use instead of the configured one (tests).
     """
 
-    def __init__(self, settings: Settings, worktrees: Worktrees, *, provider: ModelProvider | None = None) -> None:
+    def __init__(
+        self, settings: Settings, worktrees: Worktrees, engine: Engine, *, provider: ModelProvider | None = None
+    ) -> None:
         self._settings = settings
         self._worktrees = worktrees
+        self._engine = engine
         self._provider = provider
         self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
 
@@ -119,7 +127,27 @@ class ModelActivities:
                     raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
         prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
         needed = estimate_tokens(messages)
-        refused, out_cap = _fit(inp, needed, settings.model_prices.get(inp.model))
+        tokens_left = inp.tokens_left
+        if inp.day_limit is not None:
+            now = datetime.now(UTC)
+            spent = await asyncio.to_thread(
+                day_spent, self._engine, inp.repo.workspace, day_key(now, settings.model_day_s)
+            )
+            if spent + needed >= inp.day_limit:
+                return ModelCallResult(
+                    called=False,
+                    over_budget="day",
+                    needed_tokens=needed,
+                    day_spent=spent,
+                    next_day_at=next_day(now, settings.model_day_s),
+                    prompt=prompt_text[:200],
+                )
+            # What is left today caps the answer like the run's own headroom does.
+            day_left = inp.day_limit - spent
+            tokens_left = day_left if tokens_left is None else min(tokens_left, day_left)
+        refused, out_cap = _fit(
+            inp.model_copy(update={"tokens_left": tokens_left}), needed, settings.model_prices.get(inp.model)
+        )
         if refused is not None:
             return refused.model_copy(update={"prompt": prompt_text[:200]})
         request = ModelRequest(
@@ -139,6 +167,9 @@ class ModelActivities:
             reply.input_tokens,
             reply.output_tokens,
         )
+        usd = cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices)
+        # Saved before the answer is checked: a refused diff still spent the tokens.
+        await asyncio.to_thread(self._save, inp, reply.model, reply.input_tokens, reply.output_tokens, usd)
         diff = extract_diff(reply.text) if inp.kind == "impl" else None
         if diff is not None and len(diff.encode("utf-8")) > settings.model_max_diff_bytes:
             # Refused here, before it reaches the history: run_milestone would refuse it anyway.
@@ -155,9 +186,26 @@ class ModelActivities:
             diff=diff,
             input_tokens=reply.input_tokens,
             output_tokens=reply.output_tokens,
-            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices),
+            usd=usd,
             response_id=reply.response_id,
             at=datetime.now(UTC),
+        )
+
+    def _save(self, inp: ModelCallInput, model: str, input_tokens: int, output_tokens: int, usd: float | None) -> None:
+        info = activity.info()
+        save_model_call(
+            self._engine,
+            # The same for every attempt of this activity: a retry after the row was written keeps one row.
+            call_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}",
+            workspace=inp.repo.workspace,
+            run_id=inp.repo.run_id,
+            step=inp.step,
+            role=inp.role,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            usd=usd,
+            day_s=self._settings.model_day_s,
         )
 
 

@@ -1,8 +1,8 @@
 """Database engine and the core table (API tokens).
 
 Other tables live beside the feature that owns them (``quantapilot.events.table``, ``quantapilot.docs.store``,
-``quantapilot.lifecycle.telemetry``, ``quantapilot.webhooks.tables``, ...); :func:`create_all` imports them so one
-call creates the whole schema.
+``quantapilot.lifecycle.telemetry``, ``quantapilot.webhooks.tables``, ``quantapilot.llm.spending``, ...);
+:func:`create_all` imports them so one call creates the whole schema.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "quantapilot.webhooks.tables",
     "quantapilot.forges.store",
     "quantapilot.lifecycle.store",
+    "quantapilot.llm.spending",
 )
 
 

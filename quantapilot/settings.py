@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     # Repository text put into a prompt: per file and in all (the model sees the files the milestone names).
     model_prompt_file_bytes: int = Field(default=32 * 1024, ge=1024)
     model_prompt_total_bytes: int = Field(default=128 * 1024, ge=4096)
+    # Length of the "day" of limits.tokens_per_day (QP_MODEL_DAY_S): a UTC calendar day. Tests only shorten it
+    # (to see a paused run resume at the next day); values below a day are refused outside environment=test.
+    model_day_s: float = Field(default=86400.0, gt=0, le=86400.0)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
@@ -218,6 +221,8 @@ class Settings(BaseSettings):
             self.workdir = self.state_dir / "work"
         if not self.run_path.startswith("/"):
             raise ValueError("run_path must start with '/'")
+        if self.model_day_s < 86400.0 and self.environment != "test":
+            raise ValueError("QP_MODEL_DAY_S shortens the day of limits.tokens_per_day for tests only")
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
             # One without the other would silently connect without the client certificate.
             raise ValueError("QP_TEMPORAL_TLS_CERT and QP_TEMPORAL_TLS_KEY go together: set both or neither")

@@ -5,9 +5,14 @@ The repository run calls :meth:`ModelSteps._model_milestone` for a milestone wit
 run's ledger (:mod:`quantapilot.runs.budget`), which lives in the workflow's state and in the carry of a
 continue-as-new; a call that would not fit a limit pauses the run (``run.paused``, reason ``budget_exceeded``,
 with the figures) before it is made, and resuming after ``POST /v1/runs/{id}/budget {tokens, usd}`` makes it.
+``limits.tokens_per_day`` (guarded by ``workflow.patched("tokens-per-day")``) is checked by the activity against the
+workspace's spending today (``model_usage``); over it the run pauses the same way and resumes by itself when the
+next UTC day begins (a durable timer), or earlier when resumed (after a raise).
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 
@@ -32,6 +37,10 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
 
 PATCH_MODEL_STEPS = "model-steps"
+# limits.tokens_per_day is enforced (the activity gets day_limit; a day pause waits on a timer for the next day).
+PATCH_TOKENS_PER_DAY = "tokens-per-day"
+# The smallest wait for the next day: the worker's clock and the workflow's may differ a little.
+MIN_DAY_WAIT_S = 1.0
 FEEDBACK_CHARS = 4000
 # The model call's own transient failures (429, 5xx) are retried this often before the run pauses.
 MODEL_CALL_ATTEMPTS = 5
@@ -51,6 +60,8 @@ class ModelSteps(RunWorkflowBase):
 
     _repo: RepoRef
     _usage: RunUsage | None = None
+    # While paused by limits.tokens_per_day: the figures the Web UI shows (spent today, limit, resume time).
+    _day_wait: str | None = None
 
     def _usage_for(self, config: QuantapilotConfig) -> RunUsage:
         if self._usage is None:
@@ -64,7 +75,18 @@ class ModelSteps(RunWorkflowBase):
         return self._usage
 
     def _usage_lines(self) -> list[str]:
-        return [] if self._usage is None else ["", summary_line(self._usage)]
+        if self._usage is None:
+            return []
+        lines = ["", summary_line(self._usage)]
+        if self._day_wait is not None and self._paused:
+            lines.append(self._day_wait)
+        return lines
+
+    def _day_limit(self, usage: RunUsage) -> int | None:
+        """limits.tokens_per_day plus the run's grants, for runs that enforce it (PATCH_TOKENS_PER_DAY)."""
+        if usage.tokens_per_day is None or not workflow.patched(PATCH_TOKENS_PER_DAY):
+            return None
+        return usage.tokens_per_day + usage.granted_tokens
 
     def _raise_model_budget(self, request: BudgetInput) -> None:
         if self._usage is None:
@@ -127,6 +149,7 @@ class ModelSteps(RunWorkflowBase):
                     feedback=feedback,
                     tokens_left=room.tokens,
                     usd_left=room.usd,
+                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=timeout_s,
                 attempts=MODEL_CALL_ATTEMPTS,
@@ -136,13 +159,41 @@ class ModelSteps(RunWorkflowBase):
                 spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
                 self._touch()
                 return call
-            if call.over_budget == "usd":
+            if call.over_budget == "day":
+                await self._day_pause(usage, room, call)
+            elif call.over_budget == "usd":
                 await self._budget_pause(usage, room, "budgets.usd", call.needed_usd)
             else:
                 await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", call.needed_tokens)
 
     async def _budget_pause(self, usage: RunUsage, room: Headroom, limit: str, needed: float | None) -> None:
         await self._pause("budget_exceeded", "run", details=exceeded_figures(usage, room, limit=limit, needed=needed))
+
+    async def _day_pause(self, usage: RunUsage, room: Headroom, call: ModelCallResult) -> None:
+        """Pause until the next day begins (a durable timer) or a person resumes the run, whichever comes first."""
+        limit = (usage.tokens_per_day or 0) + usage.granted_tokens
+        resume_at: datetime = call.next_day_at or workflow.now() + timedelta(days=1)
+        figures = exceeded_figures(usage, room, limit="limits.tokens_per_day", needed=call.needed_tokens)
+        figures |= {"tokens_per_day": limit, "day_tokens_spent": call.day_spent, "resumes_at": resume_at.isoformat()}
+        self._day_wait = (
+            f"limits.tokens_per_day: {call.day_spent} of {limit} tokens spent by the workspace today, "
+            f"{call.needed_tokens} needed; resumes by itself at {resume_at.isoformat()} "
+            f"or after `POST /v1/runs/{self._run_id}/budget {{tokens}}` and resume."
+        )
+        paused_by_a_person = self._paused
+        await self._pause("budget_exceeded", "run", details=figures)
+        if paused_by_a_person:
+            # Paused while the call was checked: theirs to resume, not the timer's (the call is checked again then).
+            self._day_wait = None
+            self._touch()
+            return
+        wait_s = max(MIN_DAY_WAIT_S, (resume_at - workflow.now()).total_seconds())
+        try:
+            await workflow.wait_condition(lambda: not self._paused, timeout=wait_s)
+        except TimeoutError:
+            await self._resume()
+        self._day_wait = None
+        self._touch()
 
     def _record_call(
         self,

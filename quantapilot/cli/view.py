@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from quantapilot.cli.client import ApiClient, console
+from quantapilot.runs.budget import RunUsage, summary_line
 
 # Exit status of --follow by final state; 2 stays click's usage error.
 FOLLOW_EXIT = {"completed": 0, "failed": 1, "cancelled": 3}
@@ -40,6 +41,8 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
     console.print(
         f"[bold]{status['run_id']}[/bold]  state=[cyan]{status['state']}[/cyan]  step={status.get('current_step')}"
     )
+    if status.get("paused_reason"):
+        console.print(f"paused: {status['paused_reason']}", markup=False, highlight=False)
     if status.get("error"):
         console.print(f"[red]{status['error']['code']}[/red]: {status['error']['message']}")
     if status.get("gates"):
@@ -54,6 +57,11 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
                         f"gate {gate['name']}: decide by {deadline_text(gate['deadline'])} (it times out then)"
                     )
                 console.print(f"approve with: qp approve {status['run_id']} {gate['name']} --reason '...'")
+    if status.get("usage"):
+        # Tokens and cost spent against the run's budget (the same line the Temporal Web UI shows).
+        # Fields a newer server adds are left out rather than refused.
+        usage = RunUsage.model_validate({k: v for k, v in status["usage"].items() if k in RunUsage.model_fields})
+        console.print(summary_line(usage), markup=False, highlight=False)
     for milestone in status.get("milestones", []):
         console.print(f"  milestone {milestone['id']} {milestone['status']}: {milestone['title']}")
         for step in milestone.get("steps") or []:

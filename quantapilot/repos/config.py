@@ -164,8 +164,17 @@ class GateSwitches(_Frozen):
 class LimitsConfig(_Frozen):
     """Limits that apply when a step sets none of its own."""
 
-    tokens_per_run: int | None = Field(default=None, ge=1)
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_run: int | None = Field(
+        default=None, ge=1, description="Model tokens one run may spend; a call that would not fit pauses the run."
+    )
+    tokens_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Model tokens the workspace's runs may spend per UTC day; a call that would not fit pauses the run until "
+            "the next day or a budget raise."
+        ),
+    )
     timeout_seconds: PositiveSeconds | None = Field(default=None, description="Default step timeout in seconds.")
     max_retries: Retries | None = Field(default=None, description="Default step retries (attempts = retries + 1).")
 

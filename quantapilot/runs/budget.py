@@ -104,13 +104,18 @@ def exceeded_figures(usage: RunUsage, room: Headroom, *, limit: str, needed: flo
 
 
 def summary_line(usage: RunUsage) -> str:
-    """One line for the Web UI and ``qp status``: tokens and cost against budget."""
+    """One line for the Web UI and ``qp status``: tokens and cost against budget, and the workspace's daily limit."""
     limits = [v for v in (usage.tokens_budget, usage.tokens_per_run) if v is not None]
     tokens = f"{usage.tokens} tokens" + (f" of {min(limits) + usage.granted_tokens}" if limits else "")
     cost = f"${usage.usd:.4f}" + (
         f" of ${usage.usd_budget + usage.granted_usd:.2f}" if usage.usd_budget is not None else ""
     )
-    return f"Models: {tokens}, {cost} in {usage.calls} calls."
+    day = (
+        f"; the workspace may spend {usage.tokens_per_day + usage.granted_tokens} tokens per UTC day"
+        if usage.tokens_per_day is not None
+        else ""
+    )
+    return f"Models: {tokens}, {cost} in {usage.calls} calls{day}."
 
 
 def price_problem(config: QuantapilotConfig, prices: Mapping[str, object]) -> str | None:

@@ -37,15 +37,21 @@ class ModelCallInput(_Model):
     tokens_left: int | None = None
     usd_left: float | None = None
     priced: bool = False
+    # limits.tokens_per_day plus the run's token grants (None: no daily limit, or a run from before the limit was
+    # enforced): the activity checks the workspace's spending today (model_usage) against it.
+    day_limit: int | None = None
 
 
 class ModelCallResult(_Model):
     """What a call cost and answered, or why it was not made."""
 
     called: bool
-    over_budget: Literal["tokens", "usd"] | None = None
+    over_budget: Literal["tokens", "usd", "day"] | None = None
     needed_tokens: int = 0
     needed_usd: float | None = None
+    # over_budget == "day": the workspace's tokens spent today, and when the next day begins.
+    day_spent: int | None = None
+    next_day_at: datetime | None = None
     model: str = ""
     prompt: str = ""
     answer: str = ""

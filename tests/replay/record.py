@@ -16,6 +16,7 @@ import contextlib
 import json
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import aio_pika
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from temporalio import workflow
 from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailureError
@@ -39,6 +41,7 @@ from quantapilot.lifecycle.contracts import (
     account_workflow_id,
 )
 from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
+from quantapilot.llm.spending import save_model_call
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
@@ -54,6 +57,7 @@ from tests.lifecycle_e2e.helpers import (
     start,
     wait_realization,
 )
+from tests.llmserver import ChatServer, chat_server, reply
 from tests.support import Api, eventually, make_remote
 from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
 from worker import build_worker
@@ -92,6 +96,29 @@ version: 1
 gate_definitions:
   anchor: {timeout_s: 3600}
 """
+# A milestone whose diff comes from the (loopback) model, under a daily token limit of the workspace.
+MODEL_KEY = "sk-replay-model-key-7d3e9a41"
+DAY_LIMIT = 5000
+MODEL_DAY = f"""\
+version: 1
+models:
+  dev: {{model: dev-model, max_output_tokens: 2000}}
+limits: {{tokens_per_day: {DAY_LIMIT}}}
+policies: {{gates: ['-first_merge']}}
+milestones:
+  - id: M-001
+    title: Greet the world
+    gate: false
+    steps:
+      - {{name: impl, prompt: "Create greeting.txt containing the line 'hello world'."}}
+      - {{name: test, run: "grep -qx 'hello world' greeting.txt", timeout_s: 30}}
+"""
+GREETING_DIFF = (
+    "diff --git a/greeting.txt b/greeting.txt\nnew file mode 100644\n--- /dev/null\n+++ b/greeting.txt\n"
+    "@@ -0,0 +1 @@\n+hello world\n"
+)
+# The "day" of model_steps_next_day (QP_MODEL_DAY_S, test-only), in seconds.
+SHORT_DAY_S = 20.0
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
 
@@ -278,6 +305,73 @@ async def gate_deadline(rec: Recording) -> Recorded:
     return repo_run(run_id)
 
 
+async def model_stack(rec: Recording, **updates: Any) -> tuple[Api, ChatServer]:
+    """A worker and API whose model provider is a loopback Chat Completions server answering one diff."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(f"```diff\n{GREETING_DIFF}```", completion_tokens=20))
+    # The milestone's one test command (grep) runs unsandboxed: the sandbox is not part of the workflow's history.
+    api = await rec.stack(
+        model_base_url=llm.base_url, model_api_key=SecretStr(MODEL_KEY), command_sandbox="none", **updates
+    )
+    return api, llm
+
+
+def spent_today(rec: Recording, tokens: int, *, day_s: float = 86400.0) -> None:
+    """Other runs of the workspace spent ``tokens`` today (model_usage)."""
+    save_model_call(
+        rec.engine,
+        call_id=f"replay-earlier-{uuid.uuid4().hex}",
+        workspace="default",
+        run_id="an-earlier-run",
+        step="M-001/impl",
+        role="dev",
+        model="dev-model",
+        input_tokens=tokens,
+        output_tokens=0,
+        day_s=day_s,
+    )
+
+
+async def model_day_raised(rec: Recording) -> Recorded:
+    """The workspace spent nearly its limits.tokens_per_day today: the model call pauses the run (budget_exceeded),
+    a budget raise and a resume make the call; the model's diff passes its test, completed."""
+    api, llm = await model_stack(rec)
+    spent_today(rec, DAY_LIMIT - 10)
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_DAY})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    paused = await api.wait_state(run_id, "paused", timeout=60)
+    assert paused["paused_reason"] == "budget_exceeded" and llm.requests == [], paused
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+    assert final["state"] == "completed" and len(llm.ok_requests) == 1, final
+    return repo_run(run_id)
+
+
+async def model_next_day(rec: Recording) -> Recorded:
+    """The workspace spent its whole limits.tokens_per_day today: the run pauses and the next day's timer resumes
+    it (a short test day); the call is made, completed."""
+    api, llm = await model_stack(rec, model_day_s=SHORT_DAY_S)
+    # Early in a "day", so the run reaches its model call before that day ends.
+    into_day = time.time() % SHORT_DAY_S
+    if into_day > SHORT_DAY_S / 4:
+        await asyncio.sleep(SHORT_DAY_S - into_day + 0.05)
+    spent_today(rec, DAY_LIMIT, day_s=SHORT_DAY_S)
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_DAY})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    paused = await api.wait_state(run_id, "paused", timeout=SHORT_DAY_S)
+    assert paused["paused_reason"] == "budget_exceeded" and llm.requests == [], paused
+    final = await api.wait_state(run_id, "completed", "failed", timeout=SHORT_DAY_S + 60)
+    assert final["state"] == "completed" and len(llm.ok_requests) == 1, final
+    return repo_run(run_id)
+
+
 # ----- LifecycleRun ----------------------------------------------------------------------------------------------
 
 
@@ -451,6 +545,8 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "repo_run_two_of_three": Scenario(RepoRunWorkflow, two_of_three),
     "repo_run_gate_deadline": Scenario(RepoRunWorkflow, gate_deadline),
+    "model_steps_day_raised": Scenario(RepoRunWorkflow, model_day_raised),
+    "model_steps_next_day": Scenario(RepoRunWorkflow, model_next_day),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),

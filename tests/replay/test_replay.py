@@ -22,6 +22,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from quantapilot.runs.contracts import CLEANUP_WORKTREE, RECORD_EVENT
+from quantapilot.runs.model_contracts import CALL_MODEL
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,
@@ -31,6 +32,7 @@ from tests.replay.changed_workflow import (
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M, PATCH_GATE_TIMEOUT_IN_EVENT
+from workflows.model_steps import PATCH_TOKENS_PER_DAY
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -94,6 +96,15 @@ SHAPES: dict[str, Shape] = {
     "repo_run_time_budget_stopped_step": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_TIMER_FIRED, E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED],
+    ),
+    # limits.tokens_per_day paused the model call (the patch's marker); the budget raise and the resume are updates.
+    "model_steps_day_raised": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # limits.tokens_per_day paused the model call; the next day's timer resumed the run.
+    "model_steps_next_day": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_TIMER_FIRED]
     ),
     # The business_case decision arrives as an update.
     "lifecycle_target_approved": Shape(
@@ -275,3 +286,31 @@ def test_replay_gates_without_timeout_record_no_deadline_and_no_marker() -> None
     assert PATCH_GATE_TIMEOUT_IN_EVENT not in patch_ids(load("repo_run_two_milestones"))
     for data in gate_requested_data("repo_run_two_milestones"):
         assert set(data) == {"run_id", "gate", "description"}, data
+
+
+def model_calls(history: WorkflowHistory) -> list[dict[str, object]]:
+    """The inputs of the history's call_model activities, in order."""
+    calls = []
+    for e in history.events:
+        attrs = e.activity_task_scheduled_event_attributes
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and attrs.activity_type.name == CALL_MODEL:
+            calls.append(json.loads(attrs.input.payloads[0].data))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["model_steps_day_raised", "model_steps_next_day"])
+def test_replay_day_limit_recordings_take_the_patched_path(name: str) -> None:
+    history = load(name)
+    assert PATCH_TOKENS_PER_DAY in patch_ids(history)
+    kinds = recorded_event_types(history)
+    # One pause by the daily limit before the call, one resume, then the run went on.
+    assert kinds.count("run.paused") == 1 and kinds.count("run.resumed") == 1, kinds
+    assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("run.completed")
+    first, second = model_calls(history)
+    # The call was asked again after the pause; a raise lifts the day's limit by the grant.
+    assert first["day_limit"] == 5000
+    assert second["day_limit"] == (105_000 if name == "model_steps_day_raised" else 5000)
+
+
+def test_replay_recordings_before_the_day_limit_have_no_such_marker() -> None:
+    assert PATCH_TOKENS_PER_DAY not in patch_ids(load("repo_run_two_milestones"))
