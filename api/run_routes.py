@@ -19,7 +19,7 @@ from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.link_routes import with_review_urls
 from api.registry import Call, Param
-from api.runs import is_not_found, run_handle
+from api.runs import is_not_found, run_handle, run_urls
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events, stream_times
@@ -42,14 +42,7 @@ from quantapilot.runs.http import CancelAccepted, EventList, RunAccepted, RunAcc
 from quantapilot.runs.listing import list_runs as list_workspace_runs
 from quantapilot.runs.listing import parse_query
 from quantapilot.runs.starter import start_run
-from quantapilot.temporal import (
-    SA_BRANCH,
-    SA_CORRELATION_ID,
-    SA_REPO_URL,
-    SA_RUN_KIND,
-    SA_STATE,
-    SA_WORKSPACE,
-)
+from quantapilot.temporal import SA_BRANCH, SA_REPO_URL
 from quantapilot.tokens import Principal
 
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
@@ -129,8 +122,8 @@ def _rpc_timeout(request: web.Request, factor: float = 1.0) -> timedelta:
 
 
 def _urls(request: web.Request, run_id: str) -> dict[str, str]:
-    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return {"status_url": f"{base}/v1/runs/{run_id}", "events_url": f"{base}/v1/runs/{run_id}/events"}
+    status_url, events_url = run_urls(request, run_id)
+    return {"status_url": status_url, "events_url": events_url}
 
 
 async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
@@ -181,13 +174,10 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
         make_input=make_input,
         task_queue=settings.task_queue,
         search_attributes=[
-            SearchAttributePair(SA_WORKSPACE, principal.workspace),
-            SearchAttributePair(SA_RUN_KIND, RunKind.REPOSITORY.value),
             SearchAttributePair(SA_REPO_URL, body["repo_url"]),
             SearchAttributePair(SA_BRANCH, body["branch"]),
-            SearchAttributePair(SA_STATE, "running"),
-            *([SearchAttributePair(SA_CORRELATION_ID, body["correlation_id"])] if body.get("correlation_id") else []),
         ],
+        correlation_id=body.get("correlation_id"),
         summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
     )
     request[RUN_ID] = started.run_id
