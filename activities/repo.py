@@ -71,15 +71,8 @@ def _last_attempt() -> bool:
 
 
 def _pr_result(pr: PullRequest) -> PullRequestResult:
-    return PullRequestResult(
-        number=pr.number,
-        head=pr.head,
-        base=pr.base,
-        title=pr.title,
-        state=pr.state,
-        url=pr.url,
-        merge_sha=pr.merge_sha,
-    )
+    # The contract's model has the forge model's fields: the activity's answer is the forge's, field for field.
+    return PullRequestResult.model_validate(pr.model_dump())
 
 
 def _forge_failure(exc: ForgeError) -> ApplicationError:
