@@ -187,7 +187,7 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
     if call.endpoint.deprecated:
         accepted = RunAcceptedDeprecated(**dict(accepted), deprecation_notice=run_alias_notice())
         headers |= run_alias_headers()
-    return _json(accepted.dump(), status=202, headers=headers)
+    return call.answer(accepted, headers=headers)
 
 
 async def list_runs(request: web.Request, call: Call) -> web.Response:
@@ -207,7 +207,7 @@ async def list_runs(request: web.Request, call: Call) -> web.Response:
         query=query,
         rpc_timeout=_rpc_timeout(request),
     )
-    return _json(page.dump())
+    return call.answer(page)
 
 
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
@@ -227,7 +227,12 @@ async def get_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     run_id = request.match_info["run_id"]
     status = await _query_status(request, principal, run_id)
-    return _json(RunStatusView(**dict(status), **_urls(request, run_id)).model_dump(mode="json"))
+    return _status_answer(request, call, status)
+
+
+def _status_answer(request: web.Request, call: Call, status: RunStatus) -> web.Response:
+    # The run's status as its endpoints declare it (RunStatusView): the workflow's status with the run's URLs.
+    return call.answer(RunStatusView(**dict(status), **_urls(request, status.run_id)))
 
 
 async def _update(request: web.Request, principal: Principal, run_id: str, name: str, arg: Any, result: type) -> Any:
@@ -270,7 +275,7 @@ async def decide_gate(request: web.Request, call: Call) -> web.Response:
     record: GateRecord = await _update(
         request, principal, request.match_info["run_id"], "submit_gate_decision", decision, GateRecord
     )
-    return _json(record.model_dump(mode="json"))
+    return call.answer(record)
 
 
 async def pause_run(request: web.Request, call: Call) -> web.Response:
@@ -278,7 +283,7 @@ async def pause_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = PauseInput(reason=call.body.get("reason", "manual"), requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "pause_run", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def resume_run(request: web.Request, call: Call) -> web.Response:
@@ -286,7 +291,7 @@ async def resume_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = ResumeInput(requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "resume_run", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def raise_budget(request: web.Request, call: Call) -> web.Response:
@@ -294,7 +299,7 @@ async def raise_budget(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = BudgetInput(**call.body)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "raise_budget", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def cancel_run(request: web.Request, call: Call) -> web.Response:
@@ -306,7 +311,7 @@ async def cancel_run(request: web.Request, call: Call) -> web.Response:
         raise conflict(f"run is already {status.state.value}")
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     await handle.cancel()
-    return _json(CancelAccepted(run_id=run_id, state="cancelling", **_urls(request, run_id)).dump(), status=202)
+    return call.answer(CancelAccepted(run_id=run_id, state="cancelling", **_urls(request, run_id)))
 
 
 async def run_events(request: web.Request, call: Call) -> web.Response:
