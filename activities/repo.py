@@ -79,6 +79,14 @@ def _forge_failure(exc: ForgeError) -> ApplicationError:
     return ApplicationError(str(exc), type=ErrorCode.FORGE_ERROR, non_retryable=not exc.retryable)
 
 
+async def _answered(call: Awaitable[PullRequest]) -> PullRequestResult:
+    # A pull request activity's answer: the forge's pull request, or its failure as Temporal's FORGE_ERROR.
+    try:
+        return _pr_result(await call)
+    except ForgeError as exc:
+        raise _forge_failure(exc) from None
+
+
 class RepoActivities:
     """The repository run's activities, built with their dependencies.
 
@@ -233,8 +241,8 @@ class RepoActivities:
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
         async with self._networked_worktree(inp.repo, "open_pull_request") as path:
-            try:
-                pr = await self._forge(inp.forge).open_pull_request(
+            return await _answered(
+                self._forge(inp.forge).open_pull_request(
                     repo_url=inp.repo.repo_url,
                     worktree=path,
                     head=inp.head,
@@ -243,30 +251,23 @@ class RepoActivities:
                     body=inp.body,
                     run_id=inp.repo.run_id,
                 )
-            except ForgeError as exc:
-                raise _forge_failure(exc) from None
-        return _pr_result(pr)
+            )
 
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
         async with self._networked_worktree(inp.repo, "merge") as path:
+            merge = self._forge(inp.forge).merge(
+                repo_url=inp.repo.repo_url,
+                worktree=path,
+                number=inp.number,
+                strategy=inp.strategy,  # type: ignore[arg-type]
+            )
             try:
                 # The merge fetches base and head into the worktree: the cap holds for that fetch too.
-                pr = await self._worktrees.capped(
-                    path,
-                    self._forge(inp.forge).merge(
-                        repo_url=inp.repo.repo_url,
-                        worktree=path,
-                        number=inp.number,
-                        strategy=inp.strategy,  # type: ignore[arg-type]
-                    ),
-                )
+                return await _answered(self._worktrees.capped(path, merge))
             except MergeConflictError as exc:
                 raise permanent(ErrorCode.MERGE_CONFLICT, str(exc)) from None
-            except ForgeError as exc:
-                raise _forge_failure(exc) from None
-        return _pr_result(pr)
 
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
