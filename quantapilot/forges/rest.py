@@ -1,4 +1,4 @@
-"""What the REST forges (GitHub, Gitea/Forgejo) share: API calls, idempotent pull request creation, comments."""
+"""What the REST forges (GitHub, Gitea/Forgejo) share: API calls, idempotent pull request creation, comments, merges."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def pull_request_from_json(data: Any, *, forge: str, merged_at_counts: bool) -> 
 
 
 class RestForge(ABC):
-    """A forge reached through its REST API; subclasses say how to authenticate, parse and look up.
+    """A forge reached through its REST API; subclasses say how to authenticate, look up and ask for a merge.
 
     Args:
         session: HTTP session (owned by the caller).
