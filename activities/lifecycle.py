@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
@@ -36,10 +36,21 @@ from quantapilot.lifecycle.contracts import (
 )
 from quantapilot.settings import Settings
 
+In = TypeVar("In")
+Out = TypeVar("Out")
+
 
 def _not_found(exc: service.ResultNotFound) -> ApplicationError:
     # The workflow stored the result itself, so a missing one will not appear on a retry.
     return ApplicationError(str(exc), type=ErrorCode.PRECONDITION_FAILED, non_retryable=True)
+
+
+async def _on_stored_result(work: Callable[[Engine, In], Out], engine: Engine, inp: In) -> Out:
+    # Work on a stored result, off the event loop; a result that is not there fails the activity for good.
+    try:
+        return await asyncio.to_thread(work, engine, inp)
+    except service.ResultNotFound as exc:
+        raise _not_found(exc) from None
 
 
 class LifecycleActivities:
@@ -83,18 +94,12 @@ class LifecycleActivities:
     @activity.defn(name=SET_STAGE_RESULT_STATUS)
     async def set_stage_result_status(self, inp: SetStatusInput) -> StoredStageResult:
         """Record a gate's outcome on a stored result (``approved`` activates a target)."""
-        try:
-            return await asyncio.to_thread(service.set_result_status, self._engine, inp)
-        except service.ResultNotFound as exc:
-            raise _not_found(exc) from None
+        return await _on_stored_result(service.set_result_status, self._engine, inp)
 
     @activity.defn(name=PUBLISH_STAGE_PAGE)
     async def publish_stage_page(self, inp: PublishStageInput) -> PublishedPage:
         """Publish a stored result as ``accounts/<accountId>/<stage>`` version ``1.0.<seq>`` (idempotent)."""
-        try:
-            return await asyncio.to_thread(pages.publish_stage_page, self._engine, inp)
-        except service.ResultNotFound as exc:
-            raise _not_found(exc) from None
+        return await _on_stored_result(pages.publish_stage_page, self._engine, inp)
 
 
 def lifecycle_activities(settings: Settings, engine: Engine) -> list[Callable[..., Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -71,19 +71,20 @@ def _last_attempt() -> bool:
 
 
 def _pr_result(pr: PullRequest) -> PullRequestResult:
-    return PullRequestResult(
-        number=pr.number,
-        head=pr.head,
-        base=pr.base,
-        title=pr.title,
-        state=pr.state,
-        url=pr.url,
-        merge_sha=pr.merge_sha,
-    )
+    # The contract's model has the forge model's fields: the activity's answer is the forge's, field for field.
+    return PullRequestResult.model_validate(pr.model_dump())
 
 
 def _forge_failure(exc: ForgeError) -> ApplicationError:
     return ApplicationError(str(exc), type=ErrorCode.FORGE_ERROR, non_retryable=not exc.retryable)
+
+
+async def _answered(call: Awaitable[PullRequest]) -> PullRequestResult:
+    # A pull request activity's answer: the forge's pull request, or its failure as Temporal's FORGE_ERROR.
+    try:
+        return _pr_result(await call)
+    except ForgeError as exc:
+        raise _forge_failure(exc) from None
 
 
 class RepoActivities:
@@ -138,6 +139,17 @@ class RepoActivities:
             await asyncio.to_thread(ensure_available, policy)
         except SandboxUnavailable as exc:
             raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
+
+    @contextlib.asynccontextmanager
+    async def _networked_worktree(self, repo: RepoRef, step: str) -> AsyncIterator[Path]:
+        """The run's worktree for a step that fetches or pushes: locked, heartbeating, its network checked.
+
+        A :class:`StepError` raised inside is reported as Temporal's failure of the same type (:func:`reported`).
+        """
+        gitops.restrict_protocols(self._git_protocols)
+        with reported():
+            async with self._worktrees.lock(repo.run_id), heartbeating(step), self._worktrees.network(repo):
+                yield await self._worktrees.ensure(repo)
 
     # ----- activities --------------------------------------------------------------------------------------
 
@@ -203,29 +215,22 @@ class RepoActivities:
     @activity.defn(name=GENERATE_DOCUMENTATION)
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
-        gitops.restrict_protocols(self._git_protocols)
         assert inp.repo.commit_sha is not None
         version = f"git-{inp.repo.commit_sha[:12]}"
-        with reported():
-            async with (
-                self._worktrees.lock(inp.repo.run_id),
-                heartbeating("generate_docs"),
-                self._worktrees.network(inp.repo),
-            ):
-                path = await self._worktrees.ensure(inp.repo)
-                await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
-                await gitops.git("clean", "-fdq", cwd=path)
-                pages = await documentation.generate(
-                    path, inp, version=version, max_file_bytes=self._settings.repo_max_file_bytes
-                )
-                changed, sha = await self._worktrees.commit_and_push(
-                    path,
-                    run_id=inp.repo.run_id,
-                    branch=inp.docs_branch,
-                    message=f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
-                    when=inp.run_started_at,
-                    pathspec=inp.output_folder,
-                )
+        async with self._networked_worktree(inp.repo, "generate_docs") as path:
+            await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
+            await gitops.git("clean", "-fdq", cwd=path)
+            pages = await documentation.generate(
+                path, inp, version=version, max_file_bytes=self._settings.repo_max_file_bytes
+            )
+            changed, sha = await self._worktrees.commit_and_push(
+                path,
+                run_id=inp.repo.run_id,
+                branch=inp.docs_branch,
+                message=f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
+                when=inp.run_started_at,
+                pathspec=inp.output_folder,
+            )
         await documentation.store(self._engine, inp, version=version, pages=pages)
         activity.logger.info("documentation generated: %d pages on %s", len(pages), inp.docs_branch)
         return DocsResult(
@@ -235,92 +240,68 @@ class RepoActivities:
     @activity.defn(name=OPEN_PULL_REQUEST)
     async def open_pull_request(self, inp: OpenPullRequestInput) -> PullRequestResult:
         """Push the head branch and open its pull request, or return the one already open for this run."""
-        gitops.restrict_protocols(self._git_protocols)
-        with reported():
-            async with (
-                self._worktrees.lock(inp.repo.run_id),
-                heartbeating("open_pull_request"),
-                self._worktrees.network(inp.repo),
-            ):
-                path = await self._worktrees.ensure(inp.repo)
-                try:
-                    pr = await self._forge(inp.forge).open_pull_request(
-                        repo_url=inp.repo.repo_url,
-                        worktree=path,
-                        head=inp.head,
-                        base=inp.base,
-                        title=inp.title,
-                        body=inp.body,
-                        run_id=inp.repo.run_id,
-                    )
-                except ForgeError as exc:
-                    raise _forge_failure(exc) from None
-        return _pr_result(pr)
+        async with self._networked_worktree(inp.repo, "open_pull_request") as path:
+            return await _answered(
+                self._forge(inp.forge).open_pull_request(
+                    repo_url=inp.repo.repo_url,
+                    worktree=path,
+                    head=inp.head,
+                    base=inp.base,
+                    title=inp.title,
+                    body=inp.body,
+                    run_id=inp.repo.run_id,
+                )
+            )
 
     @activity.defn(name=MERGE_PULL_REQUEST)
     async def merge_pull_request(self, inp: MergePullRequestInput) -> PullRequestResult:
         """Merge a pull request with the configured strategy (a no-op when it is already merged)."""
-        gitops.restrict_protocols(self._git_protocols)
-        with reported():
-            async with self._worktrees.lock(inp.repo.run_id), heartbeating("merge"), self._worktrees.network(inp.repo):
-                path = await self._worktrees.ensure(inp.repo)
-                try:
-                    # The merge fetches base and head into the worktree: the cap holds for that fetch too.
-                    pr = await self._worktrees.capped(
-                        path,
-                        self._forge(inp.forge).merge(
-                            repo_url=inp.repo.repo_url,
-                            worktree=path,
-                            number=inp.number,
-                            strategy=inp.strategy,  # type: ignore[arg-type]
-                        ),
-                    )
-                except MergeConflictError as exc:
-                    raise permanent(ErrorCode.MERGE_CONFLICT, str(exc)) from None
-                except ForgeError as exc:
-                    raise _forge_failure(exc) from None
-        return _pr_result(pr)
+        async with self._networked_worktree(inp.repo, "merge") as path:
+            merge = self._forge(inp.forge).merge(
+                repo_url=inp.repo.repo_url,
+                worktree=path,
+                number=inp.number,
+                strategy=inp.strategy,  # type: ignore[arg-type]
+            )
+            try:
+                # The merge fetches base and head into the worktree: the cap holds for that fetch too.
+                return await _answered(self._worktrees.capped(path, merge))
+            except MergeConflictError as exc:
+                raise permanent(ErrorCode.MERGE_CONFLICT, str(exc)) from None
 
     @activity.defn(name=RUN_MILESTONE)
     async def run_milestone(self, inp: MilestoneInput) -> MilestoneResult:
         """Run a milestone's commands on its own branch, commit what they changed and push the branch."""
-        gitops.restrict_protocols(self._git_protocols)
-        with reported():
-            async with (
-                self._worktrees.lock(inp.repo.run_id),
-                heartbeating("milestone"),
-                self._worktrees.network(inp.repo),
-            ):
-                path = await self._worktrees.ensure(inp.repo)
-                await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
-                base = f"origin/{inp.repo.branch}"
-                await gitops.git("checkout", "--quiet", "--force", "-B", inp.branch, base, cwd=path)
-                await gitops.git("clean", "-fdq", cwd=path)
-                policy = self._sandbox(inp.repo.repo_url)
-                if any(step.run for step in inp.steps):
-                    await self._require_sandbox(policy)
-                applied: list[StepOutcome] = []
-                if inp.patch is not None:
-                    applied = await milestone.apply_model_diff(path, inp.patch, self._settings)
-                    if applied[-1].exit_code != 0:
-                        return MilestoneResult(
-                            branch=inp.branch, commit_sha=None, changed=False, steps=applied, failed_step="impl"
-                        )
-                outcomes, failed = await milestone.run_steps(path, inp, policy)
-                outcomes = applied + outcomes
-                if failed is not None:
+        async with self._networked_worktree(inp.repo, "milestone") as path:
+            await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
+            base = f"origin/{inp.repo.branch}"
+            await gitops.git("checkout", "--quiet", "--force", "-B", inp.branch, base, cwd=path)
+            await gitops.git("clean", "-fdq", cwd=path)
+            policy = self._sandbox(inp.repo.repo_url)
+            if any(step.run for step in inp.steps):
+                await self._require_sandbox(policy)
+            applied: list[StepOutcome] = []
+            if inp.patch is not None:
+                applied = await milestone.apply_model_diff(path, inp.patch, self._settings)
+                if applied[-1].exit_code != 0:
                     return MilestoneResult(
-                        branch=inp.branch, commit_sha=None, changed=False, steps=outcomes, failed_step=failed
+                        branch=inp.branch, commit_sha=None, changed=False, steps=applied, failed_step="impl"
                     )
-                if not any(s.run for s in inp.steps) and inp.patch is None:
-                    await milestone.write_record(path, inp)
-                changed, sha = await self._worktrees.commit_and_push(
-                    path,
-                    run_id=inp.repo.run_id,
-                    branch=inp.branch,
-                    message=f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
-                    when=inp.run_started_at,
+            outcomes, failed = await milestone.run_steps(path, inp, policy)
+            outcomes = applied + outcomes
+            if failed is not None:
+                return MilestoneResult(
+                    branch=inp.branch, commit_sha=None, changed=False, steps=outcomes, failed_step=failed
                 )
+            if not any(s.run for s in inp.steps) and inp.patch is None:
+                await milestone.write_record(path, inp)
+            changed, sha = await self._worktrees.commit_and_push(
+                path,
+                run_id=inp.repo.run_id,
+                branch=inp.branch,
+                message=f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
+                when=inp.run_started_at,
+            )
         return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)
 
     @activity.defn(name=CLEANUP_WORKTREE)

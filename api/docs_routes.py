@@ -126,4 +126,4 @@ async def list_docs_pages(request: web.Request, call: Call) -> web.Response:
     if project is not None and not 0 < len(project) <= MAX_PROJECT_LENGTH:
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"project must be 1-{MAX_PROJECT_LENGTH} characters")
     pages = await asyncio.to_thread(_list, request.app[ENGINE], principal.workspace, project)
-    return web.json_response(DocsPageList(project=project, pages=[_summary(p) for p in pages]).dump())
+    return call.answer(DocsPageList(project=project, pages=[_summary(p) for p in pages]))

@@ -15,7 +15,7 @@ from quantapilot.bodies import Health, Readiness
 
 async def healthz(request: web.Request, call: Call) -> web.Response:
     """Liveness: the process answers."""
-    return web.json_response(Health(status="ok").dump())
+    return call.answer(Health(status="ok"))
 
 
 def _db_ping(request: web.Request) -> None:

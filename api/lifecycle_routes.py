@@ -2,7 +2,8 @@
 
 Bodies are read by the endpoint registry (content type, size, depth, NUL) and parsed by their pydantic models
 straight from the request's bytes (:mod:`quantapilot.lifecycle.validation`), the one validator of these shapes:
-problems answer 422 with one detail (path, message) per error. Responses use the seed's camelCase.
+problems answer 422 with one detail (path, message) per error. Answers are the response models the registry
+declares for the endpoints (:meth:`api.registry.Call.answer`), in the seed's camelCase (their aliases).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from temporalio.service import RPCError
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
-from api.runs import run_handle
+from api.runs import run_handle, run_urls
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
-from quantapilot.events.record import event_json
+from quantapilot.events.record import record_of
 from quantapilot.lifecycle.contracts import (
     ACCOUNT_WORKFLOW,
     TELEMETRY_SIGNAL,
@@ -43,17 +44,11 @@ from quantapilot.lifecycle.models import LifecycleRunRequest, StageGateSettings,
 from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, TelemetryIn, store_batch
 from quantapilot.lifecycle.telemetry import parse_telemetry as parse_telemetry_bytes
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
-from quantapilot.models import RunKind, RunStatus
+from quantapilot.models import RunKind, RunState, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
+from quantapilot.runs.http import AccountAccepted, AccountEventList, LifecycleRunAccepted, TelemetryAccepted
 from quantapilot.runs.starter import request_hash, signal_with_start, start_run
-from quantapilot.temporal import (
-    SA_ACCOUNT_ID,
-    SA_CORRELATION_ID,
-    SA_RUN_KIND,
-    SA_STAGE,
-    SA_STATE,
-    SA_WORKSPACE,
-)
+from quantapilot.temporal import SA_ACCOUNT_ID, SA_RUN_KIND, SA_STAGE, SA_WORKSPACE
 
 log = logging.getLogger("quantapilot.api.lifecycle")
 
@@ -123,11 +118,6 @@ def _parse_and_store(
     return events, stored
 
 
-def _urls(request: web.Request, run_id: str) -> dict[str, str]:
-    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return {"statusUrl": f"{base}/v1/runs/{run_id}", "eventsUrl": f"{base}/v1/runs/{run_id}/events"}
-
-
 # ----- lifecycle runs ------------------------------------------------------------------------------------
 
 
@@ -173,29 +163,25 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
         make_input=make_input,
         task_queue=settings.task_queue,
         search_attributes=[
-            SearchAttributePair(SA_WORKSPACE, principal.workspace),
-            SearchAttributePair(SA_RUN_KIND, RunKind.LIFECYCLE.value),
             SearchAttributePair(SA_ACCOUNT_ID, req.account_id),
             SearchAttributePair(SA_STAGE, req.stage),
-            SearchAttributePair(SA_STATE, "running"),
-            *([SearchAttributePair(SA_CORRELATION_ID, req.correlation_id)] if req.correlation_id else []),
         ],
+        correlation_id=req.correlation_id,
         summary=f"Lifecycle {req.stage} run of account {req.account_id}",
     )
     request[RUN_ID] = started.run_id
-    state = "running"
+    state = RunState.RUNNING
     if not started.created:
         # A repeated request answers with the run's current state, which may have moved on.
         status: RunStatus = await run_handle(client, principal.workspace, started.run_id).query(
             "status", result_type=RunStatus
         )
-        state = status.state.value
-    urls = _urls(request, started.run_id)
-    return web.json_response(
-        {"runId": started.run_id, "status": state, **urls, "created": started.created},
-        status=202,
-        headers={"Location": urls["statusUrl"]},
+        state = status.state
+    status_url, events_url = run_urls(request, started.run_id)
+    accepted = LifecycleRunAccepted(
+        run_id=started.run_id, status=state, status_url=status_url, events_url=events_url, created=started.created
     )
+    return call.answer(accepted, headers={"Location": status_url})
 
 
 # ----- telemetry -----------------------------------------------------------------------------------------
@@ -296,16 +282,14 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
             # The events are stored; the next batch (or a realization run) refreshes the account.
             failed += 1
             log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
-    return web.json_response(
-        {
-            "accepted": len(events),
-            "duplicates": stored.duplicates,
-            "accountIds": sorted(per_account),
-            "accounts": [{"accountId": a, "accepted": n} for a, n in sorted(per_account.items())],
-            "refreshesScheduled": len(per_account) - failed,
-        },
-        status=202,
+    accepted = TelemetryAccepted(
+        accepted=len(events),
+        duplicates=stored.duplicates,
+        account_ids=sorted(per_account),
+        accounts=[AccountAccepted(account_id=a, accepted=n) for a, n in sorted(per_account.items())],
+        refreshes_scheduled=len(per_account) - failed,
     )
+    return call.answer(accepted)
 
 
 # ----- account event stream ------------------------------------------------------------------------------
@@ -326,7 +310,10 @@ async def account_events(request: web.Request, call: Call) -> web.Response:
     handle = request.app[TEMPORAL].get_workflow_handle(account_workflow_id(principal.workspace, account))
     if rows:  # an empty page needs no answer from Temporal: an account without events is no error here
         rows, _ = await gapless_page(rows, after, lambda: workflow_open(handle))
-    events = [event_json(r) for r in rows]
-    return web.json_response(
-        {"accountId": account, "streamId": stream, "events": events, "nextAfter": rows[-1].seq if rows else after}
+    page = AccountEventList(
+        account_id=account,
+        stream_id=stream,
+        events=[record_of(r) for r in rows],
+        next_after=rows[-1].seq if rows else after,
     )
+    return call.answer(page)

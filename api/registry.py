@@ -101,6 +101,21 @@ class Call:
             raise RuntimeError(f"{self.endpoint.operation_id} is public: it has no principal")
         return self.caller
 
+    def answer(self, body: BaseModel, *, headers: Mapping[str, str] | None = None) -> web.Response:
+        """The success answer: ``body``, an instance of the endpoint's response model, with its success status.
+
+        The JSON is the model's dump by alias, so what is sent is the published shape (``make schemas``).
+
+        Raises:
+            TypeError: ``body`` is not of the endpoint's declared response model.
+        """
+        model = self.endpoint.response
+        if model is None or not isinstance(body, model):
+            raise TypeError(f"{self.endpoint.operation_id} answers {model}, not {type(body).__name__}")
+        return web.json_response(
+            body.model_dump(mode="json", by_alias=True), status=self.endpoint.success, headers=headers
+        )
+
 
 Handler = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
 

@@ -19,7 +19,7 @@ from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.link_routes import with_review_urls
 from api.registry import Call, Param
-from api.runs import is_not_found, run_handle
+from api.runs import is_not_found, run_handle, run_urls
 from api.tracing import RUN_ID, TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events, stream_times
@@ -42,14 +42,7 @@ from quantapilot.runs.http import CancelAccepted, EventList, RunAccepted, RunAcc
 from quantapilot.runs.listing import list_runs as list_workspace_runs
 from quantapilot.runs.listing import parse_query
 from quantapilot.runs.starter import start_run
-from quantapilot.temporal import (
-    SA_BRANCH,
-    SA_CORRELATION_ID,
-    SA_REPO_URL,
-    SA_RUN_KIND,
-    SA_STATE,
-    SA_WORKSPACE,
-)
+from quantapilot.temporal import SA_BRANCH, SA_REPO_URL
 from quantapilot.tokens import Principal
 
 # The seed's POST /run stays an alias of POST /v1/runs until its sunset (headers per RFC 9745 and RFC 8594).
@@ -129,8 +122,8 @@ def _rpc_timeout(request: web.Request, factor: float = 1.0) -> timedelta:
 
 
 def _urls(request: web.Request, run_id: str) -> dict[str, str]:
-    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
-    return {"status_url": f"{base}/v1/runs/{run_id}", "events_url": f"{base}/v1/runs/{run_id}/events"}
+    status_url, events_url = run_urls(request, run_id)
+    return {"status_url": status_url, "events_url": events_url}
 
 
 async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
@@ -181,13 +174,10 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
         make_input=make_input,
         task_queue=settings.task_queue,
         search_attributes=[
-            SearchAttributePair(SA_WORKSPACE, principal.workspace),
-            SearchAttributePair(SA_RUN_KIND, RunKind.REPOSITORY.value),
             SearchAttributePair(SA_REPO_URL, body["repo_url"]),
             SearchAttributePair(SA_BRANCH, body["branch"]),
-            SearchAttributePair(SA_STATE, "running"),
-            *([SearchAttributePair(SA_CORRELATION_ID, body["correlation_id"])] if body.get("correlation_id") else []),
         ],
+        correlation_id=body.get("correlation_id"),
         summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
     )
     request[RUN_ID] = started.run_id
@@ -197,7 +187,7 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
     if call.endpoint.deprecated:
         accepted = RunAcceptedDeprecated(**dict(accepted), deprecation_notice=run_alias_notice())
         headers |= run_alias_headers()
-    return _json(accepted.dump(), status=202, headers=headers)
+    return call.answer(accepted, headers=headers)
 
 
 async def list_runs(request: web.Request, call: Call) -> web.Response:
@@ -217,7 +207,7 @@ async def list_runs(request: web.Request, call: Call) -> web.Response:
         query=query,
         rpc_timeout=_rpc_timeout(request),
     )
-    return _json(page.dump())
+    return call.answer(page)
 
 
 async def _query_status(request: web.Request, principal: Principal, run_id: str) -> RunStatus:
@@ -237,7 +227,12 @@ async def get_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     run_id = request.match_info["run_id"]
     status = await _query_status(request, principal, run_id)
-    return _json(RunStatusView(**dict(status), **_urls(request, run_id)).model_dump(mode="json"))
+    return _status_answer(request, call, status)
+
+
+def _status_answer(request: web.Request, call: Call, status: RunStatus) -> web.Response:
+    # The run's status as its endpoints declare it (RunStatusView): the workflow's status with the run's URLs.
+    return call.answer(RunStatusView(**dict(status), **_urls(request, status.run_id)))
 
 
 async def _update(request: web.Request, principal: Principal, run_id: str, name: str, arg: Any, result: type) -> Any:
@@ -280,7 +275,7 @@ async def decide_gate(request: web.Request, call: Call) -> web.Response:
     record: GateRecord = await _update(
         request, principal, request.match_info["run_id"], "submit_gate_decision", decision, GateRecord
     )
-    return _json(record.model_dump(mode="json"))
+    return call.answer(record)
 
 
 async def pause_run(request: web.Request, call: Call) -> web.Response:
@@ -288,7 +283,7 @@ async def pause_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = PauseInput(reason=call.body.get("reason", "manual"), requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "pause_run", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def resume_run(request: web.Request, call: Call) -> web.Response:
@@ -296,7 +291,7 @@ async def resume_run(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = ResumeInput(requested_by=principal.subject)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "resume_run", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def raise_budget(request: web.Request, call: Call) -> web.Response:
@@ -304,7 +299,7 @@ async def raise_budget(request: web.Request, call: Call) -> web.Response:
     principal = call.principal
     arg = BudgetInput(**call.body)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "raise_budget", arg, RunStatus)
-    return _json(status.model_dump(mode="json"))
+    return _status_answer(request, call, status)
 
 
 async def cancel_run(request: web.Request, call: Call) -> web.Response:
@@ -316,7 +311,7 @@ async def cancel_run(request: web.Request, call: Call) -> web.Response:
         raise conflict(f"run is already {status.state.value}")
     handle = run_handle(request.app[TEMPORAL], principal.workspace, run_id)
     await handle.cancel()
-    return _json(CancelAccepted(run_id=run_id, state="cancelling", **_urls(request, run_id)).dump(), status=202)
+    return call.answer(CancelAccepted(run_id=run_id, state="cancelling", **_urls(request, run_id)))
 
 
 async def run_events(request: web.Request, call: Call) -> web.Response:

@@ -1,4 +1,4 @@
-"""Talking to runs from the API: the Idempotency-Key header and handles of running workflows.
+"""Talking to runs from the API: the Idempotency-Key header, handles of running workflows and the runs' URLs.
 
 Runs are started by :mod:`quantapilot.runs.starter`; their ids and workflow ids come from :mod:`quantapilot.runs.ids`.
 """
@@ -8,9 +8,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from aiohttp import web
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.keys import SETTINGS
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.runs.ids import kind_of, workflow_id
 
@@ -32,6 +34,12 @@ def run_handle(client: Client, workspace: str, run_id: str) -> WorkflowHandle[An
     if kind is None:
         raise not_found("run")
     return client.get_workflow_handle(workflow_id(kind, workspace, run_id))
+
+
+def run_urls(request: web.Request, run_id: str) -> tuple[str, str]:
+    """The run's status and events URLs, under ``QP_PUBLIC_BASE_URL`` or else the request's own origin."""
+    base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
+    return f"{base}/v1/runs/{run_id}", f"{base}/v1/runs/{run_id}/events"
 
 
 def is_not_found(err: RPCError) -> bool:

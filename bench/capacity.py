@@ -22,24 +22,15 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
-
 from bench.common import (
-    EventWatcher,
-    api_server,
-    bench_settings,
-    decide,
     dev_server,
     fmt,
-    machine_line,
-    park_runs,
-    print_table,
+    print_results,
     progress,
     repo_copies,
     rss_mib,
     run_concurrently,
-    start_worker_process,
-    stop_process,
+    worker_and_api,
 )
 
 
@@ -49,57 +40,51 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(tmp)
         progress(f"making {args.runs} bare repositories")
         urls = repo_copies(root / "repos", args.runs)
-        async with dev_server() as env:
-            settings = bench_settings(
-                root / "state", env.client, step_heartbeat_s=10.0, worker_max_cached_workflows=args.cache
+        async with (
+            dev_server() as env,
+            worker_and_api(
+                root, env.client, watch_interval=0.2, step_heartbeat_s=10.0, worker_max_cached_workflows=args.cache
+            ) as stack,
+        ):
+            watcher, worker = stack.watcher, stack.worker
+            tag = uuid.uuid4().hex[:8]
+            run_ids: list[str] = []
+            rss_at: dict[int, float] = {}
+            idle_rss = rss_mib(worker.pid)
+            rows.append(["worker started", "0", fmt(idle_rss), ""])
+            started = time.perf_counter()
+            for first in range(0, args.runs, args.wave):
+                wave = urls[first : first + args.wave]
+                run_ids += await stack.park(wave, tag=f"{tag}-{first}")
+                rss_at[len(run_ids)] = rss_mib(worker.pid)
+                elapsed = time.perf_counter() - started
+                rows.append(["parked at anchor", str(len(run_ids)), fmt(rss_at[len(run_ids)]), fmt(elapsed)])
+                progress(f"{len(run_ids)} parked, worker RSS {rss_at[len(run_ids)]:.0f} MiB")
+            progress(f"approving {len(run_ids)} gates")
+            started = time.perf_counter()
+            peak = 0.0
+
+            async def approve(i: int) -> None:
+                nonlocal peak
+                await stack.decide(run_ids[i], "anchor")
+                if i % 50 == 0:
+                    peak = max(peak, rss_mib(worker.pid))
+
+            decided = await run_concurrently(approve, total=len(run_ids), concurrency=args.concurrency)
+            await asyncio.gather(*(watcher.wait(r, "run.completed", within=1800) for r in run_ids))
+            approve_s = time.perf_counter() - started
+            after = rss_mib(worker.pid)
+            rows.append(
+                [
+                    f"approved ({decided.errors} errors), all completed",
+                    str(len(run_ids)),
+                    fmt(after),
+                    fmt(approve_s),
+                ]
             )
-            worker = start_worker_process(settings, root / "worker.log")
-            try:
-                async with api_server(settings, env.client) as api, aiohttp.ClientSession() as session:
-                    watcher = EventWatcher(api.engine, interval=0.2)
-                    watcher.start()
-                    tag = uuid.uuid4().hex[:8]
-                    run_ids: list[str] = []
-                    rss_at: dict[int, float] = {}
-                    idle_rss = rss_mib(worker.pid)
-                    rows.append(["worker started", "0", fmt(idle_rss), ""])
-                    started = time.perf_counter()
-                    for first in range(0, args.runs, args.wave):
-                        wave = urls[first : first + args.wave]
-                        run_ids += await park_runs(session, api, watcher, wave, tag=f"{tag}-{first}")
-                        rss_at[len(run_ids)] = rss_mib(worker.pid)
-                        elapsed = time.perf_counter() - started
-                        rows.append(["parked at anchor", str(len(run_ids)), fmt(rss_at[len(run_ids)]), fmt(elapsed)])
-                        progress(f"{len(run_ids)} parked, worker RSS {rss_at[len(run_ids)]:.0f} MiB")
-                    progress(f"approving {len(run_ids)} gates")
-                    started = time.perf_counter()
-                    peak = 0.0
+            rows.append(["peak while approving (sampled)", "", fmt(max(peak, after)), ""])
 
-                    async def approve(i: int) -> None:
-                        nonlocal peak
-                        await decide(session, api, run_ids[i], "anchor")
-                        if i % 50 == 0:
-                            peak = max(peak, rss_mib(worker.pid))
-
-                    decided = await run_concurrently(approve, total=len(run_ids), concurrency=args.concurrency)
-                    await asyncio.gather(*(watcher.wait(r, "run.completed", within=1800) for r in run_ids))
-                    approve_s = time.perf_counter() - started
-                    after = rss_mib(worker.pid)
-                    rows.append(
-                        [
-                            f"approved ({decided.errors} errors), all completed",
-                            str(len(run_ids)),
-                            fmt(after),
-                            fmt(approve_s),
-                        ]
-                    )
-                    rows.append(["peak while approving (sampled)", "", fmt(max(peak, after)), ""])
-                    await watcher.stop()
-            finally:
-                stop_process(worker)
-
-    print(machine_line())
-    print_table(
+    print_results(
         f"Capacity: {args.runs} runs at gates on one worker (workflow cache {args.cache}, waves of {args.wave})",
         ["phase", "runs", "worker RSS MiB", "elapsed s"],
         rows,

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,10 +27,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from api.app import create_app
 from quantapilot.db import create_all, make_engine
@@ -315,66 +312,56 @@ async def park_runs(
     return run_ids
 
 
-# ----- raw ceilings: trivial workflows -------------------------------------------------------------------------
+# ----- the stack a run benchmark measures ------------------------------------------------------------------
 
 
-@activity.defn(name="bench_noop")
-async def noop_activity(value: str) -> str:
-    """An activity that does nothing but return its input."""
-    return value
+@dataclass
+class Stack:
+    """What a run benchmark drives: our worker process, the API on loopback, an HTTP session, the event log."""
+
+    settings: Settings
+    worker: subprocess.Popen[bytes]
+    api: ApiServer
+    session: aiohttp.ClientSession
+    watcher: EventWatcher
+
+    async def trigger(self, repo_url: str, key: str) -> str:
+        """``trigger`` through this stack's API and session; returns the run id."""
+        return await trigger(self.session, self.api, repo_url, key)
+
+    async def decide(self, run_id: str, gate: str) -> None:
+        """``decide`` (approve) ``gate`` of the run through this stack's API."""
+        await decide(self.session, self.api, run_id, gate)
+
+    async def park(self, urls: Sequence[str], *, tag: str) -> list[str]:
+        """``park_runs`` through this stack: one run per URL, each waiting at ``anchor``; returns their ids."""
+        return await park_runs(self.session, self.api, self.watcher, urls, tag=tag)
 
 
-@workflow.defn(name="BenchWaitSignal")
-class WaitSignalWorkflow:
-    """Waits for one signal, then completes: the ceiling of "a decision unblocks a waiting run"."""
+@contextlib.asynccontextmanager
+async def worker_and_api(
+    root: Path, client: Client, *, watch_interval: float = 0.05, **overrides: Any
+) -> AsyncIterator[Stack]:
+    """``python -m worker`` (log in ``root/worker.log``), the API and a started event watcher; stopped on exit.
 
-    def __init__(self) -> None:
-        self._decided = False
-
-    @workflow.run
-    async def run(self) -> None:
-        """Wait for ``decide``."""
-        await workflow.wait_condition(lambda: self._decided)
-
-    @workflow.signal
-    def decide(self) -> None:
-        """Unblock the run."""
-        self._decided = True
-
-    @workflow.query
-    def ready(self) -> bool:
-        """Answered once the first workflow task ran (the run is waiting)."""
-        return not self._decided
-
-
-@workflow.defn(name="BenchOneActivity")
-class OneActivityWorkflow:
-    """Runs one no-op activity: the ceiling of "a run does a step and completes"."""
-
-    @workflow.run
-    async def run(self, value: str) -> str:
-        """Execute ``bench_noop`` once."""
-        result: str = await workflow.execute_activity(
-            noop_activity, value, start_to_close_timeout=timedelta(seconds=30)
-        )
-        return result
-
-
-def ceiling_worker(client: Client, task_queue: str, *, max_cached_workflows: int = 2000) -> Worker:
-    """An in-process worker for the trivial workflows, in the sandbox as ours.
-
-    This module is passed through rather than re-imported in the sandbox: it imports the API and the database,
-    which a workflow module must not, and the trivial workflows use none of it.
+    Args:
+        root: The benchmark's temporary folder; the settings' state dir is ``root/state``.
+        client: The dev server's client.
+        watch_interval: Seconds between the watcher's reads of the event log.
+        **overrides: Settings beyond ``bench_settings``'s (e.g. ``worker_max_cached_workflows``).
     """
-    restrictions = SandboxRestrictions.default.with_passthrough_modules("bench", "api", "quantapilot", "aiohttp")
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflow_runner=SandboxedWorkflowRunner(restrictions=restrictions),
-        workflows=[WaitSignalWorkflow, OneActivityWorkflow],
-        activities=[noop_activity],
-        max_cached_workflows=max_cached_workflows,
-    )
+    settings = bench_settings(root / "state", client, **overrides)
+    worker = start_worker_process(settings, root / "worker.log")
+    try:
+        async with api_server(settings, client) as api, aiohttp.ClientSession() as session:
+            watcher = EventWatcher(api.engine, interval=watch_interval)
+            watcher.start()
+            try:
+                yield Stack(settings, worker, api, session, watcher)
+            finally:
+                await watcher.stop()
+    finally:
+        stop_process(worker)
 
 
 # ----- measuring ----------------------------------------------------------------------------------------------
@@ -465,6 +452,12 @@ def machine_line() -> str:
 def fmt(value: float, digits: int = 1) -> str:
     """A number for a table cell (``-`` for NaN)."""
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def print_results(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """The machine line, then ``print_table``: how every benchmark prints its figures."""
+    print(machine_line())
+    print_table(title, headers, rows)
 
 
 def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

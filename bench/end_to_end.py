@@ -22,25 +22,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import aiohttp
-
-from bench.common import (
-    EventWatcher,
-    api_server,
-    bench_settings,
-    ceiling_worker,
-    decide,
-    dev_server,
-    fmt,
-    machine_line,
-    print_table,
-    progress,
-    repo_copies,
-    run_concurrently,
-    start_worker_process,
-    stop_process,
-    trigger,
-)
+from bench.ceiling import ceiling_worker
+from bench.common import Sample, dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
 
 RUN_TIMEOUT_S = 120.0
 
@@ -51,33 +34,26 @@ async def main(args: argparse.Namespace) -> None:
         urls = repo_copies(root / "repos", args.runs + args.warmup)
         async with dev_server() as env:
             client = env.client
-            settings = bench_settings(root / "state", client, step_heartbeat_s=10.0)
-            worker = start_worker_process(settings, root / "worker.log")
-            try:
-                async with api_server(settings, client) as api, aiohttp.ClientSession() as session:
-                    watcher = EventWatcher(api.engine)
-                    watcher.start()
-                    tag = uuid.uuid4().hex[:8]
+            async with worker_and_api(root, client, step_heartbeat_s=10.0) as stack:
+                watcher = stack.watcher
+                tag = uuid.uuid4().hex[:8]
 
-                    async def one_run(i: int) -> None:
-                        run_id = await trigger(session, api, urls[i], f"e2e-{tag}-{i}")
-                        await watcher.wait(run_id, "gate.requested", within=RUN_TIMEOUT_S)
-                        await decide(session, api, run_id, "anchor")
-                        await watcher.wait(run_id, "run.completed", within=RUN_TIMEOUT_S)
+                async def one_run(i: int) -> None:
+                    run_id = await stack.trigger(urls[i], f"e2e-{tag}-{i}")
+                    await watcher.wait(run_id, "gate.requested", within=RUN_TIMEOUT_S)
+                    await stack.decide(run_id, "anchor")
+                    await watcher.wait(run_id, "run.completed", within=RUN_TIMEOUT_S)
 
-                    progress(f"warm-up: {args.warmup} runs (worker start, imports, first git calls)")
-                    warm = await run_concurrently(one_run, total=args.warmup, concurrency=args.warmup)
-                    if warm.errors:
-                        raise SystemExit(f"warm-up runs failed; see {root / 'worker.log'}")
-                    progress(f"our runs: {args.runs} at concurrency {args.concurrency}")
+                progress(f"warm-up: {args.warmup} runs (worker start, imports, first git calls)")
+                warm = await run_concurrently(one_run, total=args.warmup, concurrency=args.warmup)
+                if warm.errors:
+                    raise SystemExit(f"warm-up runs failed; see {root / 'worker.log'}")
+                progress(f"our runs: {args.runs} at concurrency {args.concurrency}")
 
-                    async def measured(i: int) -> None:
-                        await one_run(args.warmup + i)
+                async def measured(i: int) -> None:
+                    await one_run(args.warmup + i)
 
-                    ours = await run_concurrently(measured, total=args.runs, concurrency=args.concurrency)
-                    await watcher.stop()
-            finally:
-                stop_process(worker)
+                ours = await run_concurrently(measured, total=args.runs, concurrency=args.concurrency)
 
             progress(f"ceiling: {args.runs} one-activity workflows at concurrency {args.concurrency}")
             queue = f"qp-bench-ceiling-{uuid.uuid4().hex[:8]}"
@@ -94,28 +70,21 @@ async def main(args: argparse.Namespace) -> None:
                 )
 
     ratio = ours.per_second / ceiling.per_second
-    print(machine_line())
-    print_table(
+
+    def row(name: str, s: Sample, digits: int) -> list[str]:
+        return [
+            name,
+            str(s.count),
+            str(s.errors),
+            fmt(s.per_second, 2),
+            fmt(s.ms(50) / 1000, digits),
+            fmt(s.ms(99) / 1000, digits),
+        ]
+
+    print_results(
         f"End to end: {args.runs} runs at concurrency {args.concurrency} (README-only bare repo, anchor auto-approved)",
         ["path", "runs", "errors", "runs/s", "p50 s", "p99 s"],
-        [
-            [
-                "repository run via API + worker",
-                ours.count,
-                ours.errors,
-                fmt(ours.per_second, 2),
-                fmt(ours.ms(50) / 1000, 2),
-                fmt(ours.ms(99) / 1000, 2),
-            ],
-            [
-                "raw: one-activity workflow",
-                ceiling.count,
-                ceiling.errors,
-                fmt(ceiling.per_second, 2),
-                fmt(ceiling.ms(50) / 1000, 3),
-                fmt(ceiling.ms(99) / 1000, 3),
-            ],
-        ],
+        [row("repository run via API + worker", ours, 2), row("raw: one-activity workflow", ceiling, 3)],
     )
     print(f"\nratio (our runs/s / one-activity workflow runs/s): {ratio:.3f}")
 

@@ -27,26 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
-
-from bench.common import (
-    EventWatcher,
-    Sample,
-    api_server,
-    bench_settings,
-    ceiling_worker,
-    decide,
-    dev_server,
-    fmt,
-    machine_line,
-    park_runs,
-    print_table,
-    progress,
-    repo_copies,
-    run_concurrently,
-    start_worker_process,
-    stop_process,
-)
+from bench.ceiling import ceiling_worker
+from bench.common import Sample, dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import workflow_id
 
@@ -58,32 +40,28 @@ async def main(args: argparse.Namespace) -> None:
         urls = repo_copies(root / "repos", args.runs)
         async with dev_server() as env:
             client = env.client
-            settings = bench_settings(
-                root / "state", client, step_heartbeat_s=10.0, worker_max_cached_workflows=max(2000, args.runs)
-            )
-            worker = start_worker_process(settings, root / "worker.log")
-            try:
-                async with api_server(settings, client) as api, aiohttp.ClientSession() as session:
-                    watcher = EventWatcher(api.engine, interval=0.2)
-                    watcher.start()
-                    progress(f"parking {args.runs} runs at the anchor gate")
-                    started = time.perf_counter()
-                    run_ids = await park_runs(session, api, watcher, urls, tag=uuid.uuid4().hex[:8])
-                    progress(f"parked in {time.perf_counter() - started:.0f}s; deciding")
-                    accepted: list[float] = []
+            async with worker_and_api(
+                root,
+                client,
+                watch_interval=0.2,
+                step_heartbeat_s=10.0,
+                worker_max_cached_workflows=max(2000, args.runs),
+            ) as stack:
+                progress(f"parking {args.runs} runs at the anchor gate")
+                started = time.perf_counter()
+                run_ids = await stack.park(urls, tag=uuid.uuid4().hex[:8])
+                progress(f"parked in {time.perf_counter() - started:.0f}s; deciding")
+                accepted: list[float] = []
 
-                    async def decide_one(i: int) -> None:
-                        sent = time.perf_counter()
-                        await decide(session, api, run_ids[i], "anchor")
-                        accepted.append(time.perf_counter() - sent)
-                        wid = workflow_id(RunKind.REPOSITORY, "default", run_ids[i])
-                        await client.get_workflow_handle(wid).result()
+                async def decide_one(i: int) -> None:
+                    sent = time.perf_counter()
+                    await stack.decide(run_ids[i], "anchor")
+                    accepted.append(time.perf_counter() - sent)
+                    wid = workflow_id(RunKind.REPOSITORY, "default", run_ids[i])
+                    await client.get_workflow_handle(wid).result()
 
-                    ours = await run_concurrently(decide_one, total=args.runs, concurrency=args.concurrency)
-                    ours_accepted = Sample(len(accepted), ours.seconds, accepted)
-                    await watcher.stop()
-            finally:
-                stop_process(worker)
+                ours = await run_concurrently(decide_one, total=args.runs, concurrency=args.concurrency)
+                ours_accepted = Sample(len(accepted), ours.seconds, accepted)
 
             progress(f"ceiling: {args.runs} workflows waiting on a signal")
             queue = f"qp-bench-ceiling-{uuid.uuid4().hex[:8]}"
@@ -109,8 +87,7 @@ async def main(args: argparse.Namespace) -> None:
     def row(name: str, what: str, s: Sample) -> list[str]:
         return [name, what, str(s.count), fmt(s.ms(50)), fmt(s.ms(99)), fmt(s.per_second)]
 
-    print(machine_line())
-    print_table(
+    print_results(
         f"Gates: {args.runs} runs waiting, decided {args.concurrency} at a time (latency from the decision sent)",
         ["path", "until", "n", "p50 ms", "p99 ms", "decisions/s"],
         [

@@ -41,8 +41,7 @@ from bench.common import (
     dev_server,
     dev_server_pid,
     fmt,
-    machine_line,
-    print_table,
+    print_results,
     progress,
     run_concurrently,
 )
@@ -183,8 +182,7 @@ async def main(args: argparse.Namespace) -> None:
                 ]
             )
         rows.append(["ratio HTTP/raw", c, "", "", f"{ratio:.2f}", "", "", "", ""])
-    print(machine_line())
-    print_table(
+    print_results(
         f"Trigger: {args.requests} starts x {args.rounds} rounds per cell, no worker on the task queue",
         ["path", "concurrency", "ok", "errors", "runs/s", "p50 ms", "p99 ms", "CPU ms/start bench", "CPU ms/start srv"],
         rows,

@@ -1,4 +1,4 @@
-"""What the REST forges (GitHub, Gitea/Forgejo) share: API calls, idempotent pull request creation, comments."""
+"""What the REST forges (GitHub, Gitea/Forgejo) share: API calls, idempotent pull request creation, comments, merges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from urllib.parse import quote
 import aiohttp
 
 from quantapilot.forges import gitops
-from quantapilot.forges.base import ForgeError, HttpReply, PullRequest, error_for, http_json, parse_repo_slug
+from quantapilot.forges.base import (
+    ForgeError,
+    HttpReply,
+    MergeConflictError,
+    MergeStrategy,
+    PullRequest,
+    error_for,
+    http_json,
+    parse_repo_slug,
+)
 
 USER_AGENT = "quantapilot-forge/0.1"
 
@@ -46,7 +55,7 @@ def pull_request_from_json(data: Any, *, forge: str, merged_at_counts: bool) -> 
 
 
 class RestForge(ABC):
-    """A forge reached through its REST API; subclasses say how to authenticate, parse and look up.
+    """A forge reached through its REST API; subclasses say how to authenticate, look up and ask for a merge.
 
     Args:
         session: HTTP session (owned by the caller).
@@ -57,6 +66,14 @@ class RestForge(ABC):
 
     #: Status the create call answers when a pull request for the same head and base exists (a racing creator).
     create_race_status: ClassVar[int]
+    #: The forge's name in error messages.
+    forge_name: ClassVar[str]
+    #: Whether a set ``merged_at`` also means merged (see :func:`pull_request_from_json`).
+    merged_at_counts: ClassVar[bool]
+    #: Messages of the MergeConflictError raised for a 409 and for a 405 on a not mergeable pull request; they
+    #: are formatted with ``number``, ``base`` and the forge's ``message``.
+    conflict_409: ClassVar[str]
+    conflict_405: ClassVar[str]
 
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str, token: str, timeout_s: float = 30.0) -> None:
         self._session = session
@@ -71,9 +88,13 @@ class RestForge(ABC):
     def _headers(self) -> dict[str, str]:
         """Authorization and content negotiation headers of every call."""
 
-    @abstractmethod
     def _pull(self, data: Any) -> PullRequest:
         """Convert the forge's pull request object."""
+        return pull_request_from_json(data, forge=self.forge_name, merged_at_counts=self.merged_at_counts)
+
+    @abstractmethod
+    async def _merge_call(self, repo_url: str, number: int, strategy: MergeStrategy) -> HttpReply:
+        """Ask the forge to merge pull request ``number`` with ``strategy``; its answer as it is."""
 
     @abstractmethod
     async def _find(self, repo_url: str, *, head: str, base: str) -> PullRequest | None:
@@ -154,3 +175,36 @@ class RestForge(ABC):
         if reply.status != 200:
             raise error_for(reply, f"reading #{number}")
         return self._pull(reply.body)
+
+    async def merge(self, *, repo_url: str, worktree: Path, number: int, strategy: MergeStrategy) -> PullRequest:
+        """Merge pull request ``number`` with ``strategy``; an already merged one is returned as it is.
+
+        Raises:
+            MergeConflictError: The forge answered 409 (conflicts, or the head changed under us), or 405 for a
+                pull request it reports as not mergeable.
+            ForgeError: Any other failure.
+        """
+        current = await self.get(repo_url=repo_url, number=number)
+        if current.state == "merged":
+            return current
+        if current.state != "open":
+            raise ForgeError(f"pull request #{number} is {current.state}", retryable=False)
+        reply = await self._merge_call(repo_url, number, strategy)
+        if reply.status == 200:
+            return await self.get(repo_url=repo_url, number=number)
+        if reply.status == 409:
+            raise MergeConflictError(
+                self.conflict_409.format(number=number, base=current.base, message=reply.message())
+            )
+        if reply.status == 405:
+            # 405 covers "has conflicts" and "merge method not allowed"; the pull request itself says which.
+            detail = await self._call("GET", f"{self._repo_path(repo_url)}/pulls/{number}")
+            if detail.status == 200 and isinstance(detail.body, dict):
+                again = self._pull(detail.body)
+                if again.state == "merged":  # merged meanwhile by a concurrent attempt
+                    return again
+                if detail.body.get("mergeable") is False:
+                    raise MergeConflictError(
+                        self.conflict_405.format(number=number, base=current.base, message=reply.message())
+                    )
+        raise error_for(reply, f"merging #{number}")

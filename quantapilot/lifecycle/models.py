@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
 from quantapilot.approvals import RequiredApprovals, required_approvals_issue
-from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
+from quantapilot.lifecycle.rfc3339 import MAX_TEXT, aware_utc, parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
 
@@ -166,9 +166,7 @@ class ReportPeriod(_Request):
     @field_validator("start", "end")
     @classmethod
     def _aware_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("timestamps must carry a UTC offset")
-        return value.astimezone(UTC)
+        return aware_utc(value, "timestamps must carry a UTC offset")
 
     @model_validator(mode="after")
     def _ordered(self) -> ReportPeriod:

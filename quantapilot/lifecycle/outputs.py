@@ -5,7 +5,7 @@ The requests they build on are in :mod:`quantapilot.lifecycle.models`.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -26,6 +26,7 @@ from quantapilot.lifecycle.models import (
     _Model,
     canonical_account_id,
 )
+from quantapilot.lifecycle.rfc3339 import aware_utc
 
 
 class PersonaFit(_Model):
@@ -260,9 +261,7 @@ class StageInput(_Model):
     @field_validator("as_of")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("as_of must be timezone-aware")
-        return value.astimezone(UTC)
+        return aware_utc(value, "as_of must be timezone-aware")
 
 
 class StageResult(_Model):

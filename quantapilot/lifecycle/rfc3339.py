@@ -52,3 +52,18 @@ def parse_rfc3339(value: str, *, max_length: int | None = None) -> datetime:
     micro = int((m["f"] or ".0")[1:7].ljust(6, "0"))
     # datetime() range-checks month, day (leap years included), hour, minute and second.
     return datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz)
+
+
+def aware_utc(value: datetime, message: str) -> datetime:
+    """``value`` in UTC; a naive datetime (a model built in Python without an offset) is refused.
+
+    Args:
+        value: A parsed timestamp.
+        message: What the refusal says (each field keeps the words its error details always had).
+
+    Raises:
+        ValueError: ``value`` has no UTC offset.
+    """
+    if value.tzinfo is None:
+        raise ValueError(message)
+    return value.astimezone(UTC)

@@ -40,7 +40,7 @@ from typing_extensions import TypeAliasType
 from quantapilot.db import UtcDateTime, utcnow
 from quantapilot.lifecycle.models import KPI_PATTERN, REQUEST_BODY, account_uuid, canonical_account_id, refuse_null
 from quantapilot.lifecycle.outputs import KpiAggregate
-from quantapilot.lifecycle.rfc3339 import MAX_TEXT, parse_rfc3339
+from quantapilot.lifecycle.rfc3339 import MAX_TEXT, aware_utc, parse_rfc3339
 from quantapilot.lifecycle.validation import SchemaValidationError, details_from, parse_model
 
 MAX_BATCH = 1000
@@ -178,9 +178,7 @@ class TelemetryIn(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("timestamp needs a UTC offset")
-        return value.astimezone(UTC)
+        return aware_utc(value, "timestamp needs a UTC offset")
 
     @model_validator(mode="after")
     def _source_from_metadata(self) -> TelemetryIn:

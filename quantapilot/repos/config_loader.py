@@ -8,10 +8,8 @@ A repository without the file gets the documented defaults (``load_config(None)`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import yaml
@@ -20,11 +18,13 @@ from pydantic import ValidationError as PydanticValidationError
 
 from quantapilot.repos.config import PathPart, QuantapilotConfig, render_path, semantic_issues
 from quantapilot.repos.safe_yaml import MAX_YAML_BYTES, YamlLimitError, load_yaml
+from schemas import SCHEMA_DIR
+from schemas import load as load_schema
 
 __all__ = ["MAX_CONFIG_BYTES", "SCHEMA_PATH", "ConfigError", "ConfigIssue", "load_config"]
 
-# The schema sits next to the package in the source tree (``schemas/`` is not a regular package).
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "schemas" / "quantapilot.schema.json"
+# Published in ``schemas/``, read through its one loader.
+SCHEMA_PATH: Final = SCHEMA_DIR / "quantapilot.schema.json"
 
 #: Largest accepted file; a settings file is a few KiB, anything bigger is a mistake or an attack. The alias,
 #: node and depth limits are those of every YAML a repository supplies (quantapilot/repos/safe_yaml.py).
@@ -98,13 +98,7 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
 # --- validation ---
 
 
-def _load_schema() -> dict[str, Any]:
-    with SCHEMA_PATH.open(encoding="utf-8") as handle:
-        schema: dict[str, Any] = json.load(handle)
-    return schema
-
-
-SCHEMA: Final[dict[str, Any]] = _load_schema()
+SCHEMA: Final[dict[str, Any]] = load_schema(SCHEMA_PATH.name)
 # Built once: compiling the schema (refs, format checker) per run would be wasted work on every config load.
 _VALIDATOR: Final = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
 

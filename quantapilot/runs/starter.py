@@ -27,6 +27,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from quantapilot.errors import ApiError, ErrorCode
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import WORKFLOW_TYPE, new_run_id, workflow_id
+from quantapilot.temporal import SA_CORRELATION_ID, SA_RUN_KIND, SA_STATE, SA_WORKSPACE
 
 MEMO_REQUEST_HASH = "request_sha256"
 # A run that nobody decides stays open; gates carry their own timeouts.
@@ -57,7 +58,8 @@ async def start_run(
     body: dict[str, Any],
     make_input: Callable[[str, str], Any],
     task_queue: str,
-    search_attributes: list[SearchAttributePair[Any]],
+    search_attributes: Sequence[SearchAttributePair[Any]],
+    correlation_id: str | None,
     summary: str,
 ) -> StartedRun:
     """Start a run once per (workspace, Idempotency-Key).
@@ -70,7 +72,9 @@ async def start_run(
         body: Validated request body (its hash guards key reuse with another body).
         make_input: ``(run_id, request_sha256) -> workflow input``.
         task_queue: Task queue.
-        search_attributes: Initial search attributes.
+        search_attributes: The kind's own initial search attributes; the run's workspace, kind, ``running``
+            state and correlation id are added here, for every kind alike.
+        correlation_id: The caller's correlation id, if any.
         summary: Static summary shown in the Web UI.
 
     Raises:
@@ -79,6 +83,13 @@ async def start_run(
     digest = request_hash(body)
     run_id = new_run_id(kind, workspace, idempotency_key)
     wid = workflow_id(kind, workspace, run_id)
+    attributes = [
+        SearchAttributePair(SA_WORKSPACE, workspace),
+        SearchAttributePair(SA_RUN_KIND, kind.value),
+        *search_attributes,
+        SearchAttributePair(SA_STATE, "running"),
+        *([SearchAttributePair(SA_CORRELATION_ID, correlation_id)] if correlation_id else []),
+    ]
     try:
         await client.start_workflow(
             WORKFLOW_TYPE[kind],
@@ -88,7 +99,7 @@ async def start_run(
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             memo={MEMO_REQUEST_HASH: digest},
-            search_attributes=TypedSearchAttributes(search_attributes),
+            search_attributes=TypedSearchAttributes(attributes),
             static_summary=summary,
             execution_timeout=RUN_EXECUTION_TIMEOUT,
         )

@@ -182,6 +182,24 @@ async def test_api_gate_not_pending_is_409(api: Api, tmp_path: Path) -> None:
     await api.wait_state(run_id, "completed")
 
 
+@pytest.mark.usefixtures("worker")
+async def test_api_run_controls_answer_the_declared_run_status(api: Api, tmp_path: Path) -> None:
+    # pause, resume and budget declare RunStatus (the workflow's status with the run's URLs) as their answer, as
+    # GET /v1/runs/{run_id} does: each answer must be that published shape.
+    url = make_remote(tmp_path, {"README.md": "# x\n"})
+    _, body = await api.post("/v1/runs", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    validator = schemas.validator("api.schema.json", "RunStatus")
+    for control, payload in (("pause", {"reason": "x"}), ("resume", {}), ("budget", {"extra_attempts": 1})):
+        code, answer = await api.post(f"/v1/runs/{run_id}/{control}", payload)
+        assert code == 200, (control, answer)
+        assert not list(validator.iter_errors(answer)), (control, answer)
+        assert answer["status_url"].endswith(f"/v1/runs/{run_id}") and answer["events_url"].endswith("/events")
+    await api.decide(run_id, "anchor", False, "done")
+    await api.wait_state(run_id, "failed")
+
+
 async def test_api_idempotency_key_header_validated(api: Api) -> None:
     code, payload = await api.post(
         "/run", {"repo_url": "https://x/y", "branch": "main"}, headers={"Idempotency-Key": "x" * 300}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiohttp import web
 
 from api.endpoints import ENDPOINTS
 from api.registry import PUBLIC, RUN_PATH, Call, Endpoint, Method, Registry
+from quantapilot.models import RunState
+from quantapilot.runs.http import LifecycleRunAccepted, TelemetryAccepted
 
 
 async def handler(request: web.Request, call: Call) -> web.Response:
@@ -43,3 +47,25 @@ def test_registry_seed_alias_follows_the_run_path() -> None:
     # Onto another endpoint's path it is a configuration error, not a silently shadowed route.
     with pytest.raises(ValueError, match="ingestTelemetry"):
         ENDPOINTS.resolved("/v1/telemetry/events")
+
+
+def test_registry_answer_is_the_declared_model_with_the_declared_status() -> None:
+    trigger = ENDPOINTS.find("POST", "/v1/lifecycle/runs", run_path="/run")
+    assert trigger is not None
+    call = Call(endpoint=trigger)
+    accepted = LifecycleRunAccepted(
+        run_id="lc_" + "0" * 32, status=RunState.RUNNING, status_url="http://x/r", events_url="http://x/e", created=True
+    )
+    answer = call.answer(accepted, headers={"Location": "http://x/r"})
+    assert answer.status == 202 and answer.headers["Location"] == "http://x/r"
+    # The published camelCase shape: the model's dump by alias.
+    assert json.loads(answer.text or "") == {
+        "runId": "lc_" + "0" * 32,
+        "status": "running",
+        "statusUrl": "http://x/r",
+        "eventsUrl": "http://x/e",
+        "created": True,
+    }
+    # Any other model is a programming error, never sent.
+    with pytest.raises(TypeError, match="triggerLifecycleRun"):
+        call.answer(TelemetryAccepted(accepted=0, duplicates=0, account_ids=[], accounts=[], refreshes_scheduled=0))
