@@ -48,6 +48,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "UpdateEndpointRequest": {"enabled": False, "events": []},
     "RotateSecretRequest": {"overlap_hours": 24},
+    "RecoverRequest": {"since": "2026-12-01T00:00:00Z", "until": "2026-12-02T00:00:00+01:00"},
 }
 
 # Values that must be refused wherever a field of that kind sits (each is wrong for some field's type or bounds).
