@@ -33,6 +33,7 @@ def build_activities(
     """
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
+    from activities.model_docs import ModelDocsActivities
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
     from activities.webhooks import WebhookActivities
@@ -41,16 +42,19 @@ def build_activities(
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees)
+    model_docs = ModelDocsActivities(settings, repo.worktrees, models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
         repo.load_run_config,
         repo.generate_documentation,
+        repo.generate_documentation_with_models,
         repo.open_pull_request,
         repo.merge_pull_request,
         repo.run_milestone,
         repo.cleanup_worktree,
         models.call_model,
+        model_docs.call_docs_model,
         *lifecycle_activities(settings, engine),
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,

@@ -58,6 +58,7 @@ class ErrorCode(StrEnum):
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_NOT_CONFIGURED = "MODEL_NOT_CONFIGURED"
     MODEL_DIFF_REJECTED = "MODEL_DIFF_REJECTED"
+    MODEL_ANSWER_REJECTED = "MODEL_ANSWER_REJECTED"
     FATAL = "FATAL"
 
     @classmethod
@@ -145,6 +146,9 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     ),
     ErrorCode.MODEL_DIFF_REJECTED: (
         "Run failure: a model's diff leaves the worktree, touches .git or a link, or is too large."
+    ),
+    ErrorCode.MODEL_ANSWER_REJECTED: (
+        "Run failure: a model answered a documentation page or a lifecycle narrative with nothing usable."
     ),
 }
 

@@ -9,6 +9,8 @@ with the figures) before it is made, and resuming after ``POST /v1/runs/{id}/bud
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from temporalio import workflow
 
 from workflows.base import RunWorkflowBase
@@ -98,15 +100,8 @@ class ModelSteps(RunWorkflowBase):
         key = f"{milestone.id}/{step.name}"
         budget = self._step_budget(step, config)
         timeout_s, _ = step_policy(step, config)
-        while True:
-            await self._checkpoint()
-            room = headroom(usage, key, budget)
-            if room.tokens is not None and room.tokens <= 0:
-                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", None)
-                continue
-            if room.usd is not None and room.usd <= 0:
-                await self._budget_pause(usage, room, "budgets.usd", None)
-                continue
+
+        async def ask(room: Headroom) -> ModelCallResult:
             call: ModelCallResult = await self._step(
                 f"model:{key}",
                 ModelActivities.call_model,
@@ -132,14 +127,45 @@ class ModelSteps(RunWorkflowBase):
                 attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {dev.model} for {key} (try {attempt})",
             )
+            return call
+
+        return await self._budgeted(usage, key, budget, ask)
+
+    async def _budgeted(
+        self,
+        usage: RunUsage,
+        key: str,
+        budget: int | None,
+        ask: Callable[[Headroom], Awaitable[ModelCallResult]],
+    ) -> ModelCallResult:
+        """Make one model call within the run's budgets (milestone steps, documentation pages, narratives).
+
+        Before the call the ledger's headroom is checked (a spent limit pauses the run, ``budget_exceeded``); the
+        activity refuses a call whose prompt would not fit (the run pauses with what it needed); a call made is
+        counted by :meth:`_spent`. After a raise and a resume the same call is tried again.
+        """
+        while True:
+            await self._checkpoint()
+            room = headroom(usage, key, budget)
+            if room.tokens is not None and room.tokens <= 0:
+                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", None)
+                continue
+            if room.usd is not None and room.usd <= 0:
+                await self._budget_pause(usage, room, "budgets.usd", None)
+                continue
+            call = await ask(room)
             if call.called:
-                spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
-                self._touch()
+                self._spent(usage, key, call)
                 return call
             if call.over_budget == "usd":
                 await self._budget_pause(usage, room, "budgets.usd", call.needed_usd)
             else:
                 await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", call.needed_tokens)
+
+    def _spent(self, usage: RunUsage, key: str, call: ModelCallResult) -> None:
+        """Count a call that was made in the run's ledger (the workflow side of every model call's accounting)."""
+        spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
+        self._touch()
 
     async def _budget_pause(self, usage: RunUsage, room: Headroom, limit: str, needed: float | None) -> None:
         await self._pause("budget_exceeded", "run", details=exceeded_figures(usage, room, limit=limit, needed=needed))

@@ -9,7 +9,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from workflows.common import RunFailure
-from workflows.model_steps import PATCH_MODEL_STEPS, ModelSteps
+from workflows.model_docs import PATCH_MODEL_DOCS, ModelDocs
+from workflows.model_steps import PATCH_MODEL_STEPS
 
 with workflow.unsafe.imports_passed_through():
     from activities.repo import RepoActivities
@@ -58,7 +59,7 @@ def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
 
 
 @workflow.defn(name=REPO_RUN_WORKFLOW)
-class RepoRunWorkflow(ModelSteps):
+class RepoRunWorkflow(ModelDocs):
     """One durable repository run (see the module docstring for its steps)."""
 
     @workflow.init
@@ -115,6 +116,7 @@ class RepoRunWorkflow(ModelSteps):
             pull_requests=list(self._pull_requests),
             docs_branch=self._docs_branch,
             usage=self._usage.model_copy(deep=True) if self._usage is not None else None,
+            doc_model_calls=self._doc_model_calls(),
         )
 
     def _details_extra(self) -> list[str]:
@@ -222,6 +224,7 @@ class RepoRunWorkflow(ModelSteps):
             extra_attempts=self._extra_attempts,
             merged_once=self._merged_once,
             usage=self._usage,
+            doc_model_calls=self._doc_model_calls(),
         )
 
     def _restore(self, carry: RepoRunCarry) -> QuantapilotConfig:
@@ -237,6 +240,7 @@ class RepoRunWorkflow(ModelSteps):
         self._extra_attempts = carry.extra_attempts
         self._merged_once = carry.merged_once
         self._usage = carry.usage
+        self._doc_calls = list(carry.doc_model_calls) or None
         self._touch()
         return carry.config
 
@@ -259,22 +263,27 @@ class RepoRunWorkflow(ModelSteps):
     async def _documentation(self, config: QuantapilotConfig) -> PullRequestResult:
         timeout_s, attempts = step_policy(_named_step(config, "doc"), config)
         project = project_name(self._inp.repo_url)
-        docs = await self._step(
-            "generate_docs",
-            RepoActivities.generate_documentation,
-            DocsInput(
-                repo=self._repo,
-                project=project,
-                output_folder=config.docs.output_folder,
-                docs_branch=config.docs.branch or f"{run_branch_namespace(self._inp.run_id)}docs",
-                owners=list(config.docs.owners) or ["quantapilot"],
-                lint=config.gates.docs_lint,
-                run_started_at=self._created_at,
-            ),
-            timeout_s=timeout_s,
-            attempts=attempts,
-            summary=f"Generate the documentation into {config.docs.output_folder}",
+        docs_input = DocsInput(
+            repo=self._repo,
+            project=project,
+            output_folder=config.docs.output_folder,
+            docs_branch=config.docs.branch or f"{run_branch_namespace(self._inp.run_id)}docs",
+            owners=list(config.docs.owners) or ["quantapilot"],
+            lint=config.gates.docs_lint,
+            run_started_at=self._created_at,
         )
+        # Asked only with models.arch: a run without it records no marker and replays as before.
+        if config.models is not None and config.models.arch is not None and workflow.patched(PATCH_MODEL_DOCS):
+            docs = await self._documented_by_models(config, docs_input, timeout_s=timeout_s, attempts=attempts)
+        else:
+            docs = await self._step(
+                "generate_docs",
+                RepoActivities.generate_documentation,
+                docs_input,
+                timeout_s=timeout_s,
+                attempts=attempts,
+                summary=f"Generate the documentation into {config.docs.output_folder}",
+            )
         self._docs_branch = docs.docs_branch
         pr = await self._open_pr(
             docs.docs_branch,
