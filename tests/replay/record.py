@@ -25,6 +25,7 @@ from typing import Any
 import aio_pika
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from temporalio import workflow
 from temporalio.client import Client, WorkflowContinuedAsNewError, WorkflowFailureError
@@ -54,6 +55,7 @@ from tests.lifecycle_e2e.helpers import (
     start,
     wait_realization,
 )
+from tests.llmserver import chat_server, reply
 from tests.support import Api, eventually, make_remote
 from tests.webhook_e2e.support import Receiver, all_status, create_endpoint, fast_run, wait_deliveries
 from worker import build_worker
@@ -86,6 +88,17 @@ version: 1
 gate_definitions:
   anchor: {required_approvals: 2, approvers: [alice, bob, carol]}
 """
+# models.arch writes two pages; the documentation step's token budget is too small for the first call.
+MODEL_DOCS = """\
+version: 1
+models:
+  arch: {model: arch-model}
+steps:
+  - {name: doc, tokens_budget: 20}
+"""
+MODEL_KEY = "sk-replay-model-key-0a1b2c3d"
+MODEL_OVERVIEW = "## Purpose\n\nA project whose runs are recorded for the replay test.\n"
+MODEL_ARCHITECTURE = "## Components\n\nOne README, nothing else.\n"
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
 
@@ -254,6 +267,27 @@ async def two_of_three(rec: Recording) -> Recorded:
     code, record = await bob.decide(run_id, "anchor", True, "agreed")
     assert code == 200 and record["status"] == "approved", record
     await api.wait_state(run_id, "completed")
+    return repo_run(run_id)
+
+
+async def model_docs_budget_raised(rec: Recording) -> Recorded:
+    """models.arch writes two documentation pages (loopback Chat Completions server): the first call would pass
+    steps[doc].tokens_budget, so the run pauses (budget_exceeded) before it; the budget is raised, the run resumed,
+    both pages are written with the generated ones, the anchor gate approved; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(MODEL_OVERVIEW, completion_tokens=20), reply(MODEL_ARCHITECTURE, completion_tokens=20))
+    api = await rec.stack(model_base_url=llm.base_url, model_api_key=SecretStr(MODEL_KEY))
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_DOCS})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_state(run_id, "paused")
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    final = await api.wait_state(run_id, "completed")
+    assert [c["step"] for c in final["doc_model_calls"]] == ["doc/overview", "doc/architecture"], final
+    assert llm.invalid == [], llm.invalid
     return repo_run(run_id)
 
 
@@ -429,6 +463,7 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_two_milestones": Scenario(RepoRunWorkflow, two_milestones),
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "repo_run_two_of_three": Scenario(RepoRunWorkflow, two_of_three),
+    "repo_run_model_docs_budget_raised": Scenario(RepoRunWorkflow, model_docs_budget_raised),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),

@@ -19,7 +19,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from quantapilot.runs.contracts import CLEANUP_WORKTREE, RECORD_EVENT
+from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, RECORD_EVENT
+from quantapilot.runs.model_contracts import CALL_DOCS_MODEL, GENERATE_DOCUMENTATION_WITH_MODELS
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,
@@ -29,6 +30,7 @@ from tests.replay.changed_workflow import (
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M
+from workflows.model_docs import PATCH_MODEL_DOCS
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -87,6 +89,11 @@ SHAPES: dict[str, Shape] = {
     "repo_run_time_budget_stopped_step": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_TIMER_FIRED, E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED, E.EVENT_TYPE_ACTIVITY_TASK_CANCELED],
+    ),
+    # models.arch: the patch marker, the budget raise (an update), the two pages' calls and the docs step.
+    "repo_run_model_docs_budget_raised": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
     # The business_case decision arrives as an update.
     "lifecycle_target_approved": Shape(
@@ -240,3 +247,22 @@ def test_replay_n_of_m_recordings_take_the_patched_path(name: str) -> None:
 def test_replay_recordings_before_n_of_m_have_no_such_marker() -> None:
     # The histories recorded before the patch keep covering the one-decision path.
     assert PATCH_GATE_N_OF_M not in patch_ids(load("repo_run_approved"))
+
+
+def test_replay_model_docs_recording_takes_the_patched_path() -> None:
+    history = load("repo_run_model_docs_budget_raised")
+    assert PATCH_MODEL_DOCS in patch_ids(history)
+    activities = scheduled_activities(history)
+    # The first call refused (it would pass the budget), then the two pages' calls after the raise.
+    assert activities.count(CALL_DOCS_MODEL) == 3
+    assert GENERATE_DOCUMENTATION not in activities
+    assert activities.index(CALL_DOCS_MODEL) < activities.index(GENERATE_DOCUMENTATION_WITH_MODELS)
+    kinds = recorded_event_types(history)
+    assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("documentation.generated")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_") and "model" not in n))
+def test_replay_runs_without_models_record_no_model_docs_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_MODEL_DOCS not in patch_ids(history)
+    assert CALL_DOCS_MODEL not in scheduled_activities(history)
