@@ -105,7 +105,7 @@ class RepoRunCarry(_Model):
     extra_attempts: int
     merged_once: bool
     usage: RunUsage | None = None
-    doc_model_calls: list[ModelCallRecord] = []
+    model_calls: list[ModelCallRecord] = []
 
 
 class GateDecisionInput(_Model):
@@ -263,8 +263,9 @@ class RunStatus(_Model):
     result: dict[str, Any] | None = None
     # Model spending against budget; None for a run that calls no model.
     usage: RunUsage | None = None
-    # The model calls of the documentation step (models.arch): its model-written pages.
-    doc_model_calls: list[ModelCallRecord] = []
+    # Model calls outside milestones (those are in milestones[].model_calls): the documentation step's pages
+    # (models.arch, step doc/<page>), a lifecycle stage's narrative (step narrative/<stage>).
+    model_calls: list[ModelCallRecord] = []
 
 
 RepoRunCarry.model_rebuild()

@@ -5,7 +5,7 @@ each grounded in what the deterministic generator extracted (``call_docs_model``
 documentation with those pages added, in one commit (``generate_documentation_with_models``). The calls go through
 the run's ledger like milestone model calls (:meth:`ModelSteps._budgeted`): ``steps[doc].tokens_budget``,
 ``budgets`` and ``limits`` apply, an overrun pauses the run (``budget_exceeded``), and the calls are recorded in
-the run status (``doc_model_calls``). Guarded by ``workflow.patched("model-docs")``, asked only when
+the run status (``model_calls``). Guarded by ``workflow.patched("model-docs")``, asked only when
 ``models.arch`` is set, so runs without it take today's path and record no marker.
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_steps import MODEL_CALL_ATTEMPTS, ModelSteps
+from workflows.model_budget import MODEL_CALL_ATTEMPTS
+from workflows.model_steps import ModelSteps
 
 with workflow.unsafe.imports_passed_through():
     from activities.model_docs import ModelDocsActivities
@@ -31,11 +32,6 @@ DOC_STEP = "doc"
 
 class ModelDocs(ModelSteps):
     """The part of the repository run that has a model write documentation pages."""
-
-    _doc_calls: list[ModelCallRecord] | None = None
-
-    def _doc_model_calls(self) -> list[ModelCallRecord]:
-        return [c.model_copy() for c in self._doc_calls or []]
 
     def _doc_budget(self, config: QuantapilotConfig) -> int | None:
         named = next((s for s in config.steps if s.name == DOC_STEP), None)
@@ -112,5 +108,4 @@ class ModelDocs(ModelSteps):
             outcome="written",
             at=workflow.now(),
         )
-        self._doc_calls = [*(self._doc_calls or []), record]
-        self._touch()
+        self._record_run_call(record)

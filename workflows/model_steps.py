@@ -9,34 +9,22 @@ with the figures) before it is made, and resuming after ``POST /v1/runs/{id}/bud
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from temporalio import workflow
 
-from workflows.base import RunWorkflowBase
+from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
-    from quantapilot.models import BudgetInput, MilestoneRecord, StepOutcome
+    from quantapilot.models import MilestoneRecord, StepOutcome
     from quantapilot.repos.config import MilestoneConfig, MilestoneStep, QuantapilotConfig, StepConfig
     from quantapilot.repos.policy import step_policy
-    from quantapilot.runs.budget import (
-        Headroom,
-        ModelCallRecord,
-        RunUsage,
-        exceeded_figures,
-        headroom,
-        spend,
-        summary_line,
-    )
+    from quantapilot.runs.budget import Headroom, ModelCallRecord, RunUsage
     from quantapilot.runs.contracts import MilestoneInput, MilestoneResult, RepoRef
     from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
 
 PATCH_MODEL_STEPS = "model-steps"
 FEEDBACK_CHARS = 4000
-# The model call's own transient failures (429, 5xx) are retried this often before the run pauses.
-MODEL_CALL_ATTEMPTS = 5
 
 
 def _feedback(steps: list[StepOutcome]) -> str:
@@ -48,11 +36,10 @@ def _feedback(steps: list[StepOutcome]) -> str:
     return f"{head}:\n{failed.output_tail[-FEEDBACK_CHARS:]}"
 
 
-class ModelSteps(RunWorkflowBase):
-    """The part of the repository run that calls models and keeps their ledger."""
+class ModelSteps(ModelBudget):
+    """The part of the repository run that has models answer milestone steps."""
 
     _repo: RepoRef
-    _usage: RunUsage | None = None
 
     def _usage_for(self, config: QuantapilotConfig) -> RunUsage:
         if self._usage is None:
@@ -64,17 +51,6 @@ class ModelSteps(RunWorkflowBase):
                 tokens_per_day=limits.tokens_per_day if limits else None,
             )
         return self._usage
-
-    def _usage_lines(self) -> list[str]:
-        return [] if self._usage is None else ["", summary_line(self._usage)]
-
-    def _raise_model_budget(self, request: BudgetInput) -> None:
-        if self._usage is None:
-            self._usage = RunUsage()
-        if request.tokens is not None:
-            self._usage.granted_tokens += request.tokens
-        if request.usd is not None:
-            self._usage.granted_usd += request.usd
 
     @staticmethod
     def _step_budget(step: StepConfig, config: QuantapilotConfig) -> int | None:
@@ -130,45 +106,6 @@ class ModelSteps(RunWorkflowBase):
             return call
 
         return await self._budgeted(usage, key, budget, ask)
-
-    async def _budgeted(
-        self,
-        usage: RunUsage,
-        key: str,
-        budget: int | None,
-        ask: Callable[[Headroom], Awaitable[ModelCallResult]],
-    ) -> ModelCallResult:
-        """Make one model call within the run's budgets (milestone steps, documentation pages, narratives).
-
-        Before the call the ledger's headroom is checked (a spent limit pauses the run, ``budget_exceeded``); the
-        activity refuses a call whose prompt would not fit (the run pauses with what it needed); a call made is
-        counted by :meth:`_spent`. After a raise and a resume the same call is tried again.
-        """
-        while True:
-            await self._checkpoint()
-            room = headroom(usage, key, budget)
-            if room.tokens is not None and room.tokens <= 0:
-                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", None)
-                continue
-            if room.usd is not None and room.usd <= 0:
-                await self._budget_pause(usage, room, "budgets.usd", None)
-                continue
-            call = await ask(room)
-            if call.called:
-                self._spent(usage, key, call)
-                return call
-            if call.over_budget == "usd":
-                await self._budget_pause(usage, room, "budgets.usd", call.needed_usd)
-            else:
-                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", call.needed_tokens)
-
-    def _spent(self, usage: RunUsage, key: str, call: ModelCallResult) -> None:
-        """Count a call that was made in the run's ledger (the workflow side of every model call's accounting)."""
-        spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
-        self._touch()
-
-    async def _budget_pause(self, usage: RunUsage, room: Headroom, limit: str, needed: float | None) -> None:
-        await self._pause("budget_exceeded", "run", details=exceeded_figures(usage, room, limit=limit, needed=needed))
 
     def _record_call(
         self,

@@ -115,8 +115,8 @@ class RepoRunWorkflow(ModelDocs):
             milestones=[m.model_copy() for m in self._milestones],
             pull_requests=list(self._pull_requests),
             docs_branch=self._docs_branch,
-            usage=self._usage.model_copy(deep=True) if self._usage is not None else None,
-            doc_model_calls=self._doc_model_calls(),
+            usage=self._usage_copy(),
+            model_calls=self._run_model_calls(),
         )
 
     def _details_extra(self) -> list[str]:
@@ -224,7 +224,7 @@ class RepoRunWorkflow(ModelDocs):
             extra_attempts=self._extra_attempts,
             merged_once=self._merged_once,
             usage=self._usage,
-            doc_model_calls=self._doc_model_calls(),
+            model_calls=self._run_model_calls(),
         )
 
     def _restore(self, carry: RepoRunCarry) -> QuantapilotConfig:
@@ -240,7 +240,7 @@ class RepoRunWorkflow(ModelDocs):
         self._extra_attempts = carry.extra_attempts
         self._merged_once = carry.merged_once
         self._usage = carry.usage
-        self._doc_calls = list(carry.doc_model_calls) or None
+        self._run_calls = list(carry.model_calls) or None
         self._touch()
         return carry.config
 

@@ -30,7 +30,9 @@ def test_model_pages_page_is_marked_generated_by_and_passes_lint() -> None:
 
 def test_model_pages_lint_refuses_a_blank_generated_by() -> None:
     page = model_page(CTX, "overview", model="arch-model", answer="## A\n")
-    broken = page.model_copy(update={"markdown": page.markdown.replace("generated_by: arch-model", "generated_by: ' '")})
+    broken = page.model_copy(
+        update={"markdown": page.markdown.replace("generated_by: arch-model", "generated_by: ' '")}
+    )
     issues = lint_pages([broken])
     assert [i.field for i in issues] == ["generated_by"]
 

@@ -98,7 +98,7 @@ async def test_model_docs_pages_are_added_marked_and_grounded(model_api: Api, ll
     index = remote_file(with_models, "main", "docs/index.md")
     assert index is not None and "generated_by" not in index
 
-    calls = final["doc_model_calls"]
+    calls = final["model_calls"]
     assert [(c["step"], c["role"], c["outcome"]) for c in calls] == [
         ("doc/overview", "arch", "written"),
         ("doc/architecture", "arch", "written"),

@@ -286,7 +286,7 @@ async def model_docs_budget_raised(rec: Recording) -> Recorded:
     await api.wait_gate(run_id, "anchor")
     await api.decide(run_id, "anchor", True)
     final = await api.wait_state(run_id, "completed")
-    assert [c["step"] for c in final["doc_model_calls"]] == ["doc/overview", "doc/architecture"], final
+    assert [c["step"] for c in final["model_calls"]] == ["doc/overview", "doc/architecture"], final
     assert llm.invalid == [], llm.invalid
     return repo_run(run_id)
 
