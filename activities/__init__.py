@@ -33,6 +33,7 @@ def build_activities(
     """
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
+    from activities.lifecycle_models import LifecycleModelActivities
     from activities.model_docs import ModelDocsActivities
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
@@ -43,6 +44,7 @@ def build_activities(
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees)
     model_docs = ModelDocsActivities(settings, repo.worktrees, models)
+    narratives = LifecycleModelActivities(settings, models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
@@ -56,6 +58,7 @@ def build_activities(
         models.call_model,
         model_docs.call_docs_model,
         *lifecycle_activities(settings, engine),
+        narratives.narrate_stage,
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,
     ]

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quantapilot.llm.prices import ModelPrice
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig
 
 DEFAULT_STATE_DIR = Path(".qp")
 
@@ -207,6 +208,13 @@ class Settings(BaseSettings):
     # Repository text put into a prompt: per file and in all (the model sees the files the milestone names).
     model_prompt_file_bytes: int = Field(default=32 * 1024, ge=1024)
     model_prompt_total_bytes: int = Field(default=128 * 1024, ge=4096)
+    # Lifecycle runs have no quantapilot.yml: their models and budgets are set here, as JSON in the shape of
+    # quantapilot.yml's `models` and `budgets` (docs/LIFECYCLE.md, "Narratives by a model"), e.g.
+    # QP_LIFECYCLE_MODELS='{"arch": {"model": "gpt-4o-mini"}}' QP_LIFECYCLE_BUDGETS='{"tokens": 20000, "usd": 0.5}'.
+    # With models.arch set, the stage agents' narrative fields (summary, reasoning, business case) are written by
+    # that model; the arithmetic stays the agents'. A run takes them when it is triggered.
+    lifecycle_models: ModelsConfig | None = None
+    lifecycle_budgets: BudgetsConfig | None = None
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
@@ -219,6 +227,14 @@ class Settings(BaseSettings):
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
             # One without the other would silently connect without the client certificate.
             raise ValueError("QP_TEMPORAL_TLS_CERT and QP_TEMPORAL_TLS_KEY go together: set both or neither")
+        arch = self.lifecycle_models.arch if self.lifecycle_models else None
+        budgets = self.lifecycle_budgets
+        if budgets is not None and budgets.usd is not None and arch is not None and arch.model not in self.model_prices:
+            # As for repository runs: a USD budget is never spent against a guessed price.
+            raise ValueError(
+                f"QP_LIFECYCLE_BUDGETS has usd but QP_MODEL_PRICES has no price for {arch.model} "
+                "(add its price per million input and output tokens)"
+            )
         return self
 
     @cached_property
