@@ -41,6 +41,7 @@ from quantapilot.lifecycle.contracts import (
 )
 from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.models import RunKind
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig
 from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import dev_server
@@ -98,6 +99,7 @@ steps:
 """
 MODEL_KEY = "sk-replay-model-key-0a1b2c3d"
 MODEL_OVERVIEW = "## Purpose\n\nA project whose runs are recorded for the replay test.\n"
+MODEL_NARRATIVE = {"summary": "A CFO wants costs down.", "persona_reasoning": "The CFO holds the budget."}
 MODEL_ARCHITECTURE = "## Components\n\nOne README, nothing else.\n"
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
@@ -346,6 +348,27 @@ async def lifecycle_target_two_of_three_rejected(rec: Recording) -> Recorded:
     return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
+async def lifecycle_opportunity_narrated(rec: Recording) -> Recorded:
+    """QP_LIFECYCLE_MODELS names an arch model (loopback Chat Completions server): the opportunity agent's result
+    needs a narrative, the call would pass QP_LIFECYCLE_BUDGETS' tokens, so the run pauses (budget_exceeded); the
+    budget is raised, the run resumed, the model words the summary and the persona reasoning; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(json.dumps(MODEL_NARRATIVE), completion_tokens=20))
+    api = await rec.stack(
+        model_base_url=llm.base_url,
+        model_api_key=SecretStr(MODEL_KEY),
+        lifecycle_models=ModelsConfig.model_validate({"arch": {"model": "arch-model"}}),
+        lifecycle_budgets=BudgetsConfig(tokens=20),
+    )
+    run_id = await start(api, new_account(), "opportunity", {"persona": "CFO", "discoveryNotes": "Costs grow."})
+    await api.wait_state(run_id, "paused")
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    final = await api.wait_state(run_id, "completed")
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"], final
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
+
+
 # ----- AccountRealization ----------------------------------------------------------------------------------------
 
 
@@ -468,6 +491,7 @@ SCENARIOS: dict[str, Scenario] = {
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),
     "lifecycle_target_two_of_three_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_two_of_three_rejected),
+    "lifecycle_opportunity_narrated": Scenario(LifecycleRunWorkflow, lifecycle_opportunity_narrated),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
     "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),

@@ -19,6 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from quantapilot.lifecycle.contracts import NARRATE_STAGE, RUN_STAGE_AGENT, STORE_STAGE_RESULT
 from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, RECORD_EVENT
 from quantapilot.runs.model_contracts import CALL_DOCS_MODEL, GENERATE_DOCUMENTATION_WITH_MODELS
 from tests.replay.changed_workflow import (
@@ -30,6 +31,7 @@ from tests.replay.changed_workflow import (
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M
+from workflows.lifecycle_run import PATCH_LIFECYCLE_NARRATIVE
 from workflows.model_docs import PATCH_MODEL_DOCS
 from workflows.registry import WORKFLOWS
 
@@ -92,6 +94,11 @@ SHAPES: dict[str, Shape] = {
     ),
     # models.arch: the patch marker, the budget raise (an update), the two pages' calls and the docs step.
     "repo_run_model_docs_budget_raised": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # QP_LIFECYCLE_MODELS: the patch marker, the budget raise (an update), the narrative's calls.
+    "lifecycle_opportunity_narrated": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
@@ -266,3 +273,19 @@ def test_replay_runs_without_models_record_no_model_docs_marker(name: str) -> No
     history = load(name)
     assert PATCH_MODEL_DOCS not in patch_ids(history)
     assert CALL_DOCS_MODEL not in scheduled_activities(history)
+
+
+def test_replay_lifecycle_narrative_recording_takes_the_patched_path() -> None:
+    history = load("lifecycle_opportunity_narrated")
+    assert PATCH_LIFECYCLE_NARRATIVE in patch_ids(history)
+    activities = scheduled_activities(history)
+    # Refused once (over the budget), then made after the raise; before the result is stored.
+    assert activities.count(NARRATE_STAGE) == 2
+    assert activities.index(RUN_STAGE_AGENT) < activities.index(NARRATE_STAGE) < activities.index(STORE_STAGE_RESULT)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("lifecycle_") and "narrated" not in n))
+def test_replay_lifecycle_runs_without_models_record_no_narrative_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_LIFECYCLE_NARRATIVE not in patch_ids(history)
+    assert NARRATE_STAGE not in scheduled_activities(history)
