@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
 
-    # Models (quantapilot/llm/, docs/CONFIGURATION.md): the OpenAI-compatible Chat Completions service model steps
+    # Models (quantapilot/llm/): the OpenAI-compatible Chat Completions service model steps
     # call, its key (never logged or shown), and the timeout of one call. QP_MODEL_PROVIDER picks another provider
     # registered as a `provider.<name>` entry point of the quantapilot.agents group.
     model_provider: str = Field(default="openai", min_length=1)
