@@ -44,7 +44,9 @@ def _settings(settings: Settings, llm: ChatServer, *, budgets: BudgetsConfig | N
 
 
 @pytest.fixture
-async def narrating(client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory) -> Api:
+async def narrating(
+    client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory
+) -> AsyncIterator[Api]:
     from worker import build_worker
 
     model_settings = _settings(settings, llm)
