@@ -35,6 +35,7 @@ def build_activities(
     from activities.lifecycle import lifecycle_activities
     from activities.lifecycle_models import LifecycleModelActivities
     from activities.model_docs import ModelDocsActivities
+    from activities.model_review import ModelReviewActivities
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
     from activities.webhooks import WebhookActivities
@@ -45,6 +46,7 @@ def build_activities(
     models = ModelActivities(settings, repo.worktrees)
     model_docs = ModelDocsActivities(settings, repo.worktrees, models)
     narratives = LifecycleModelActivities(settings, models)
+    reviews = ModelReviewActivities(settings, models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
@@ -57,6 +59,7 @@ def build_activities(
         repo.cleanup_worktree,
         models.call_model,
         model_docs.call_docs_model,
+        reviews.review_model_diff,
         *lifecycle_activities(settings, engine),
         narratives.narrate_stage,
         webhooks.deliver_webhook,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
+from workflows.model_budget import MODEL_CALL_ATTEMPTS
+from workflows.model_qa import PATCH_MODEL_QA, ModelQa
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import ModelActivities
@@ -36,7 +37,7 @@ def _feedback(steps: list[StepOutcome]) -> str:
     return f"{head}:\n{failed.output_tail[-FEEDBACK_CHARS:]}"
 
 
-class ModelSteps(ModelBudget):
+class ModelSteps(ModelQa):
     """The part of the repository run that has models answer milestone steps."""
 
     _repo: RepoRef
@@ -180,6 +181,12 @@ class ModelSteps(ModelBudget):
             )
             if result.failed_step is None:
                 self._record_call(record, key, attempt, call, "applied")
+                qa = config.models.qa if config.models else None
+                if qa is not None and call.diff and workflow.patched(PATCH_MODEL_QA):
+                    usage = self._usage_for(config)
+                    await self._qa_review(
+                        milestone, qa, usage, record, prompt=impl_step.prompt or "", diff=call.diff, result=result
+                    )
                 return result
             feedback = _feedback(result.steps)
             not_applied = result.failed_step == "impl" and result.steps[-1].command == "git apply"

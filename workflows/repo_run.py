@@ -10,6 +10,7 @@ from temporalio.exceptions import ActivityError
 
 from workflows.common import RunFailure
 from workflows.model_docs import PATCH_MODEL_DOCS, ModelDocs
+from workflows.model_qa import qa_note
 from workflows.model_steps import PATCH_MODEL_STEPS
 
 with workflow.unsafe.imports_passed_through():
@@ -248,12 +249,14 @@ class RepoRunWorkflow(ModelDocs):
         assert self._config is not None
         return milestone.id in effective_gates(self._config)
 
-    async def _decide(self, name: str, default_description: str) -> None:
+    async def _decide(self, name: str, default_description: str, *, note: str | None = None) -> None:
         assert self._config is not None
         settings = gate_settings(self._config, name)
+        description = settings.description or default_description
         await self._gate(
             name,
-            settings.description or default_description,
+            # A note (the QA model's verdict) only where there is one: other gates read as they always did.
+            f"{description} {note}" if note else description,
             timeout_s=settings.timeout_s,
             approvers=list(settings.approvers),
             allow_self_approval=settings.allow_self_approval,
@@ -386,7 +389,11 @@ class RepoRunWorkflow(ModelDocs):
         )
         record.pr_number = pr.number
         if record.gate:
-            await self._decide(record.gate, f"Accept the deliverables of milestone {milestone.id}: {milestone.title}")
+            await self._decide(
+                record.gate,
+                f"Accept the deliverables of milestone {milestone.id}: {milestone.title}",
+                note=qa_note(record),
+            )
         if not self._merged_once and FIRST_MERGE_GATE in gates:
             await self._decide(
                 FIRST_MERGE_GATE, "Approve the first merge of milestone changes into the default branch."

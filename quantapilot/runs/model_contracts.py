@@ -92,3 +92,26 @@ class ModelDocsInput(_Model):
 
     docs: DocsInput
     pages: list[ModelDocPage]
+
+
+# ----- the QA model's review of a model milestone's diff (models.qa) ------------------------------------------
+
+REVIEW_MODEL_DIFF = "review_model_diff"
+
+
+class ReviewInput(_Model):
+    """Ask the qa model to review the diff a model milestone applied, within what the run may still spend."""
+
+    repo: RepoRef
+    step: str
+    model: str
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    milestone_id: str
+    title: str
+    criteria: list[str]
+    prompt: str
+    diff: str
+    test_output: str = ""
+    tokens_left: int | None = None
+    usd_left: float | None = None
