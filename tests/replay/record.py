@@ -97,6 +97,20 @@ models:
 steps:
   - {name: doc, tokens_budget: 20}
 """
+# models.dev writes a milestone's diff, models.qa reviews it before the milestone's gate.
+MODEL_QA = """\
+version: 1
+models:
+  dev: {model: dev-model}
+  qa: {model: qa-model}
+policies: {merge: squash, gates: ['-first_merge']}
+milestones:
+  - id: M-001
+    title: Add notes
+    gate: true
+    steps:
+      - {name: impl, prompt: "Create NOTES.md."}
+"""
 MODEL_KEY = "sk-replay-model-key-0a1b2c3d"
 MODEL_OVERVIEW = "## Purpose\n\nA project whose runs are recorded for the replay test.\n"
 MODEL_NARRATIVE = {"summary": "A CFO wants costs down.", "persona_reasoning": "The CFO holds the budget."}
@@ -290,6 +304,29 @@ async def model_docs_budget_raised(rec: Recording) -> Recorded:
     final = await api.wait_state(run_id, "completed")
     assert [c["step"] for c in final["model_calls"]] == ["doc/overview", "doc/architecture"], final
     assert llm.invalid == [], llm.invalid
+    return repo_run(run_id)
+
+
+async def model_qa_reviewed(rec: Recording) -> Recorded:
+    """A milestone with `prompt:`: the dev model's diff is applied (loopback Chat Completions server), the qa model
+    reviews it before the milestone's gate (approve, named in the gate's description); gate approved; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    diff = (
+        "diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+notes\n"
+    )
+    llm.script(
+        reply(f"```diff\n{diff}```", completion_tokens=20), reply("VERDICT: approve\nFine.", completion_tokens=5)
+    )
+    api = await rec.stack(model_base_url=llm.base_url, model_api_key=SecretStr(MODEL_KEY))
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_QA})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    waiting = await api.wait_gate(run_id, "M-001")
+    assert [c["outcome"] for c in waiting["milestones"][0]["model_calls"]] == ["applied", "approve"], waiting
+    await api.decide(run_id, "M-001", True)
+    await api.wait_state(run_id, "completed")
     return repo_run(run_id)
 
 
@@ -487,6 +524,7 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_time_budget_stopped_step": Scenario(RepoRunWorkflow, time_budget_stopped_step),
     "repo_run_two_of_three": Scenario(RepoRunWorkflow, two_of_three),
     "repo_run_model_docs_budget_raised": Scenario(RepoRunWorkflow, model_docs_budget_raised),
+    "repo_run_model_qa_reviewed": Scenario(RepoRunWorkflow, model_qa_reviewed),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),

@@ -20,8 +20,13 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from quantapilot.lifecycle.contracts import NARRATE_STAGE, RUN_STAGE_AGENT, STORE_STAGE_RESULT
-from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, RECORD_EVENT
-from quantapilot.runs.model_contracts import CALL_DOCS_MODEL, GENERATE_DOCUMENTATION_WITH_MODELS
+from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, OPEN_PULL_REQUEST, RECORD_EVENT
+from quantapilot.runs.model_contracts import (
+    CALL_DOCS_MODEL,
+    CALL_MODEL,
+    GENERATE_DOCUMENTATION_WITH_MODELS,
+    REVIEW_MODEL_DIFF,
+)
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,
@@ -33,6 +38,8 @@ from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M
 from workflows.lifecycle_run import PATCH_LIFECYCLE_NARRATIVE
 from workflows.model_docs import PATCH_MODEL_DOCS
+from workflows.model_qa import PATCH_MODEL_QA
+from workflows.model_steps import PATCH_MODEL_STEPS
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -99,6 +106,11 @@ SHAPES: dict[str, Shape] = {
     ),
     # QP_LIFECYCLE_MODELS: the patch marker, the budget raise (an update), the narrative's calls.
     "lifecycle_opportunity_narrated": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # models.dev and models.qa: the patch markers (model-steps, model-qa), the anchor and milestone gate updates.
+    "repo_run_model_qa_reviewed": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
@@ -289,3 +301,21 @@ def test_replay_lifecycle_runs_without_models_record_no_narrative_marker(name: s
     history = load(name)
     assert PATCH_LIFECYCLE_NARRATIVE not in patch_ids(history)
     assert NARRATE_STAGE not in scheduled_activities(history)
+
+
+def test_replay_model_qa_recording_takes_the_patched_path() -> None:
+    history = load("repo_run_model_qa_reviewed")
+    assert {PATCH_MODEL_STEPS, PATCH_MODEL_QA} <= patch_ids(history)
+    activities = scheduled_activities(history)
+    # The review follows the applied diff and comes before the milestone's pull request.
+    assert activities.count(REVIEW_MODEL_DIFF) == 1
+    assert activities.index(CALL_MODEL) < activities.index(REVIEW_MODEL_DIFF)
+    milestone_pr = max(i for i, name in enumerate(activities) if name == OPEN_PULL_REQUEST)
+    assert activities.index(REVIEW_MODEL_DIFF) < milestone_pr
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_") and "model_qa" not in n))
+def test_replay_runs_without_models_qa_record_no_model_qa_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_MODEL_QA not in patch_ids(history)
+    assert REVIEW_MODEL_DIFF not in scheduled_activities(history)
