@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.lifecycle.narrative import NarrativeRejected, apply_narrative, narrative_fields
     from quantapilot.lifecycle.outputs import RealizationOutput, StageResult
     from quantapilot.lifecycle.realization import report_period
-    from quantapilot.models import RunKind, RunStatus
+    from quantapilot.models import BudgetInput, RunKind, RunStatus
     from quantapilot.runs.budget import RECORDED_TEXT_CHARS, Headroom, ModelCallRecord, RunUsage
     from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
     from quantapilot.runs.model_contracts import ModelCallResult
@@ -85,6 +85,11 @@ class LifecycleRunWorkflow(ModelBudget):
 
     def _details_extra(self) -> list[str]:
         return self._usage_lines()
+
+    def _raise_model_budget(self, request: BudgetInput) -> None:
+        # A run without a narrative model calls none: a token or USD raise changes nothing, as before.
+        if self._inp.narrative is not None:
+            super()._raise_model_budget(request)
 
     async def _pipeline(self) -> None:
         inp = self._inp

@@ -328,7 +328,8 @@ class QuantapilotConfig(_Frozen):
         description=(
             "Language model per agent role (through QP_MODEL_BASE_URL). models.dev answers milestone steps with "
             "`prompt:`; models.arch writes an overview and an architecture page beside the generated documentation "
-            "(marked generated_by in their front matter); qa is validated, not used yet."
+            "(marked generated_by in their front matter); models.qa reviews a model milestone's applied diff before "
+            "its gate (advice recorded with the milestone's model calls)."
         ),
     )
     budgets: BudgetsConfig | None = Field(
