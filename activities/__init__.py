@@ -33,6 +33,9 @@ def build_activities(
     """
     from activities.events import EventActivities
     from activities.lifecycle import lifecycle_activities
+    from activities.lifecycle_models import LifecycleModelActivities
+    from activities.model_docs import ModelDocsActivities
+    from activities.model_review import ModelReviewActivities
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
     from activities.webhooks import WebhookActivities
@@ -41,17 +44,24 @@ def build_activities(
     events = EventActivities(engine, settings)
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees, engine)
+    model_docs = ModelDocsActivities(settings, repo.worktrees, models)
+    narratives = LifecycleModelActivities(settings, models)
+    reviews = ModelReviewActivities(settings, models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,
         repo.load_run_config,
         repo.generate_documentation,
+        repo.generate_documentation_with_models,
         repo.open_pull_request,
         repo.merge_pull_request,
         repo.run_milestone,
         repo.cleanup_worktree,
         models.call_model,
+        model_docs.call_docs_model,
+        reviews.review_model_diff,
         *lifecycle_activities(settings, engine),
+        narratives.narrate_stage,
         webhooks.deliver_webhook,
         webhooks.publish_event_amqp,
     ]

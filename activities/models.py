@@ -22,7 +22,7 @@ from activities.heartbeats import heartbeating
 from activities.repo import reported
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
-from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelRequest, cost_of
+from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelReply, ModelRequest, cost_of
 from quantapilot.llm.prompts import Milestone, build_messages, estimate_tokens
 from quantapilot.llm.registry import make_provider
 from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_call
@@ -85,6 +85,48 @@ class ModelActivities:
         if self._provider is not None:
             await self._provider.close()
 
+    async def complete(
+        self, request: ModelRequest, *, run_id: str, step: str, role: str, workspace: str | None
+    ) -> ModelReply:
+        """Make one model call of a run; the one place to log, meter and persist what each call cost.
+
+        Every call goes through here: milestone steps, documentation pages, lifecycle narratives, reviews. Each
+        answered call is written to ``model_usage`` (what ``limits.tokens_per_day`` counts) before its answer is
+        checked: a refused answer still spent the tokens.
+
+        Args:
+            request: The request.
+            run_id: The run the call is made for.
+            step: The step it serves (``M-001/impl``, ``doc/overview``, ``narrative:target``).
+            role: The agent role (``dev``, ``arch``, ``qa``).
+            workspace: The run's workspace (None: a run started before workspaces were carried; not saved).
+
+        Raises:
+            ApplicationError: The provider failed (:func:`model_failure`: retryable or not, with its error code).
+        """
+        try:
+            reply = await self.provider().complete(request)
+        except ModelError as exc:
+            activity.logger.warning("model call failed: %s", exc.message, extra={"error_code": str(exc.code)})
+            raise model_failure(exc) from None
+        activity.logger.info(
+            "model %s answered %s for %s (%s): %d input, %d output tokens",
+            reply.model,
+            run_id,
+            step,
+            role,
+            reply.input_tokens,
+            reply.output_tokens,
+        )
+        if workspace is not None:
+            usd = cost_of(request.model, reply.input_tokens, reply.output_tokens, self._settings.model_prices)
+            await asyncio.to_thread(self._save, workspace, run_id, step, role, reply, usd)
+        return reply
+
+    def secrets(self) -> list[str]:
+        """Values no prompt may contain: the model API key and the forge tokens."""
+        return self._secrets()
+
     @activity.defn(name=CALL_MODEL)
     async def call_model(self, inp: ModelCallInput) -> ModelCallResult:
         """Build the prompt from the milestone and the repository at the run's branch, then call the model."""
@@ -145,8 +187,12 @@ class ModelActivities:
             # What is left today caps the answer like the run's own headroom does.
             day_left = inp.day_limit - spent
             tokens_left = day_left if tokens_left is None else min(tokens_left, day_left)
-        refused, out_cap = _fit(
-            inp.model_copy(update={"tokens_left": tokens_left}), needed, settings.model_prices.get(inp.model)
+        refused, out_cap = fit(
+            needed,
+            max_output_tokens=inp.max_output_tokens,
+            tokens_left=tokens_left,
+            usd_left=inp.usd_left,
+            price=settings.model_prices.get(inp.model),
         )
         if refused is not None:
             return refused.model_copy(update={"prompt": prompt_text[:200]})
@@ -156,20 +202,9 @@ class ModelActivities:
             temperature=inp.temperature,
             max_output_tokens=max(1, out_cap) if out_cap is not None else None,
         )
-        try:
-            reply = await self.provider().complete(request)
-        except ModelError as exc:
-            activity.logger.warning("model call failed: %s", exc.message, extra={"error_code": str(exc.code)})
-            raise model_failure(exc) from None
-        activity.logger.info(
-            "model %s answered: %d input, %d output tokens",
-            reply.model,
-            reply.input_tokens,
-            reply.output_tokens,
+        reply = await self.complete(
+            request, run_id=inp.repo.run_id, step=inp.step, role=inp.role, workspace=inp.repo.workspace
         )
-        usd = cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices)
-        # Saved before the answer is checked: a refused diff still spent the tokens.
-        await asyncio.to_thread(self._save, inp, reply.model, reply.input_tokens, reply.output_tokens, usd)
         diff = extract_diff(reply.text) if inp.kind == "impl" else None
         if diff is not None and len(diff.encode("utf-8")) > settings.model_max_diff_bytes:
             # Refused here, before it reaches the history: run_milestone would refuse it anyway.
@@ -186,47 +221,61 @@ class ModelActivities:
             diff=diff,
             input_tokens=reply.input_tokens,
             output_tokens=reply.output_tokens,
-            usd=usd,
+            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices),
             response_id=reply.response_id,
             at=datetime.now(UTC),
         )
 
-    def _save(self, inp: ModelCallInput, model: str, input_tokens: int, output_tokens: int, usd: float | None) -> None:
+    def _save(self, workspace: str, run_id: str, step: str, role: str, reply: ModelReply, usd: float | None) -> None:
         info = activity.info()
         save_model_call(
             self._engine,
             # The same for every attempt of this activity: a retry after the row was written keeps one row.
             call_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}",
-            workspace=inp.repo.workspace,
-            run_id=inp.repo.run_id,
-            step=inp.step,
-            role=inp.role,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            workspace=workspace,
+            run_id=run_id,
+            step=step,
+            role=role,
+            model=reply.model,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
             usd=usd,
             day_s=self._settings.model_day_s,
         )
 
 
-def _fit(inp: ModelCallInput, needed: int, price: ModelPrice | None) -> tuple[ModelCallResult | None, int | None]:
+def fit(
+    needed: int,
+    *,
+    max_output_tokens: int | None,
+    tokens_left: int | None,
+    usd_left: float | None,
+    price: ModelPrice | None,
+) -> tuple[ModelCallResult | None, int | None]:
     """Whether a call of ``needed`` prompt tokens fits the headroom, and the output tokens it may then ask for.
+
+    Args:
+        needed: The prompt's estimated tokens.
+        max_output_tokens: The role's own output cap (None: the model's).
+        tokens_left: Tokens the workflow's ledger leaves (None: unlimited).
+        usd_left: US dollars it leaves (None: unlimited).
+        price: The model's price (None: unpriced, which ``budgets.usd`` refuses at start).
 
     Returns:
         ``(refusal, None)`` when it does not fit; else ``(None, cap)`` with the output cap (None: the model's own).
     """
-    out_cap = inp.max_output_tokens
-    if inp.tokens_left is not None:
-        if needed >= inp.tokens_left:
+    out_cap = max_output_tokens
+    if tokens_left is not None:
+        if needed >= tokens_left:
             return ModelCallResult(called=False, over_budget="tokens", needed_tokens=needed), None
-        out_cap = min(out_cap or inp.tokens_left - needed, inp.tokens_left - needed)
-    if inp.usd_left is not None and price is not None:
+        out_cap = min(out_cap or tokens_left - needed, tokens_left - needed)
+    if usd_left is not None and price is not None:
         input_cost = price.cost(needed, 0)
         one_token = price.cost(0, 1)
-        if input_cost >= inp.usd_left or (one_token > 0 and inp.usd_left - input_cost < one_token):
+        if input_cost >= usd_left or (one_token > 0 and usd_left - input_cost < one_token):
             refusal = ModelCallResult(called=False, over_budget="usd", needed_tokens=needed, needed_usd=input_cost)
             return refusal, None
         if one_token > 0:
-            affordable = int((inp.usd_left - input_cost) / one_token)
+            affordable = int((usd_left - input_cost) / one_token)
             out_cap = min(out_cap or affordable, affordable)
     return None, out_cap

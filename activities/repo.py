@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +46,7 @@ from quantapilot.runs.contracts import (
     RepoRef,
 )
 from quantapilot.runs.errors import StepError, permanent
+from quantapilot.runs.model_contracts import GENERATE_DOCUMENTATION_WITH_MODELS, ModelDocPage, ModelDocsInput
 from quantapilot.runs.worktree import Worktrees, unreachable
 from quantapilot.sandbox import (
     SandboxPolicy,
@@ -215,13 +216,25 @@ class RepoActivities:
     @activity.defn(name=GENERATE_DOCUMENTATION)
     async def generate_documentation(self, inp: DocsInput) -> DocsResult:
         """Generate, lint, commit and push the documentation on the docs branch, and store its pages."""
+        return await self._document(inp)
+
+    @activity.defn(name=GENERATE_DOCUMENTATION_WITH_MODELS)
+    async def generate_documentation_with_models(self, inp: ModelDocsInput) -> DocsResult:
+        """As :meth:`generate_documentation`, with the model-written pages (``models.arch``) in the same commit.
+
+        The models' answers come from the workflow's history (``call_docs_model``), so a retry writes the very
+        same pages without asking a model again.
+        """
+        return await self._document(inp.docs, inp.pages)
+
+    async def _document(self, inp: DocsInput, answers: Sequence[ModelDocPage] = ()) -> DocsResult:
         assert inp.repo.commit_sha is not None
         version = f"git-{inp.repo.commit_sha[:12]}"
         async with self._networked_worktree(inp.repo, "generate_docs") as path:
             await gitops.git("checkout", "--quiet", "--force", "-B", inp.docs_branch, inp.repo.commit_sha, cwd=path)
             await gitops.git("clean", "-fdq", cwd=path)
             pages = await documentation.generate(
-                path, inp, version=version, max_file_bytes=self._settings.repo_max_file_bytes
+                path, inp, version=version, max_file_bytes=self._settings.repo_max_file_bytes, answers=answers
             )
             changed, sha = await self._worktrees.commit_and_push(
                 path,

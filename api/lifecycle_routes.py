@@ -35,6 +35,7 @@ from quantapilot.lifecycle.contracts import (
     ACCOUNT_WORKFLOW,
     TELEMETRY_SIGNAL,
     AccountRealizationInput,
+    LifecycleNarrative,
     LifecycleRunInput,
     TelemetryIngested,
     account_stream_id,
@@ -134,6 +135,10 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
     if allow_self_approval and not settings.allow_self_approval:
         allow_self_approval = False
 
+    arch = settings.lifecycle_models.arch if settings.lifecycle_models else None
+    # Taken now, as the self-approval default is: the run keeps the model and budgets it was triggered with.
+    narrative = None if arch is None else LifecycleNarrative(model=arch, budgets=settings.lifecycle_budgets)
+
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(
             run_id=run_id,
@@ -151,6 +156,7 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
             gate_required_approvals=gate.required_approvals,
             triggered_by_token=principal.token_id,
             allow_self_approval_default=settings.allow_self_approval,
+            narrative=narrative,
         )
 
     client = request.app[TEMPORAL]

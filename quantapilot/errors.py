@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     MODEL_DIFF_REJECTED = "MODEL_DIFF_REJECTED"
     # Webhooks: a workspace already holds QP_WEBHOOK_MAX_ENDPOINTS endpoints.
     WEBHOOK_ENDPOINT_LIMIT = "WEBHOOK_ENDPOINT_LIMIT"
+    MODEL_ANSWER_REJECTED = "MODEL_ANSWER_REJECTED"
     FATAL = "FATAL"
 
     @classmethod
@@ -151,6 +152,9 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     ),
     ErrorCode.MODEL_DIFF_REJECTED: (
         "Run failure: a model's diff leaves the worktree, touches .git or a link, or is too large."
+    ),
+    ErrorCode.MODEL_ANSWER_REJECTED: (
+        "Run failure: a model answered a documentation page or a lifecycle narrative with nothing usable."
     ),
 }
 

@@ -105,6 +105,7 @@ class RepoRunCarry(_Model):
     extra_attempts: int
     merged_once: bool
     usage: RunUsage | None = None
+    model_calls: list[ModelCallRecord] = []
 
 
 class GateDecisionInput(_Model):
@@ -297,6 +298,9 @@ class RunStatus(_Model):
     result: dict[str, Any] | None = None
     # Model spending against budget; None for a run that calls no model.
     usage: RunUsage | None = None
+    # Model calls outside milestones (those are in milestones[].model_calls): the documentation step's pages
+    # (models.arch, step doc/<page>), a lifecycle stage's narrative (step narrative/<stage>).
+    model_calls: list[ModelCallRecord] = []
 
 
 RepoRunCarry.model_rebuild()

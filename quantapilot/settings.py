@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quantapilot.llm.prices import ModelPrice
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig
 
 DEFAULT_STATE_DIR = Path(".qp")
 
@@ -192,7 +193,7 @@ class Settings(BaseSettings):
     # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
 
-    # Models (quantapilot/llm/, docs/CONFIGURATION.md): the OpenAI-compatible Chat Completions service model steps
+    # Models (quantapilot/llm/): the OpenAI-compatible Chat Completions service model steps
     # call, its key (never logged or shown), and the timeout of one call. QP_MODEL_PROVIDER picks another provider
     # registered as a `provider.<name>` entry point of the quantapilot.agents group.
     model_provider: str = Field(default="openai", min_length=1)
@@ -212,6 +213,13 @@ class Settings(BaseSettings):
     # Length of the "day" of limits.tokens_per_day (QP_MODEL_DAY_S): a UTC calendar day. Tests only shorten it
     # (to see a paused run resume at the next day); values below a day are refused outside environment=test.
     model_day_s: float = Field(default=86400.0, gt=0, le=86400.0)
+    # Lifecycle runs have no quantapilot.yml: their models and budgets are set here, as JSON in the shape of
+    # quantapilot.yml's `models` and `budgets` (docs/LIFECYCLE.md, "Narratives by a model"), e.g.
+    # QP_LIFECYCLE_MODELS='{"arch": {"model": "gpt-4o-mini"}}' QP_LIFECYCLE_BUDGETS='{"tokens": 20000, "usd": 0.5}'.
+    # With models.arch set, the stage agents' narrative fields (summary, reasoning, business case) are written by
+    # that model; the arithmetic stays the agents'. A run takes them when it is triggered.
+    lifecycle_models: ModelsConfig | None = None
+    lifecycle_budgets: BudgetsConfig | None = None
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
@@ -226,6 +234,14 @@ class Settings(BaseSettings):
         if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
             # One without the other would silently connect without the client certificate.
             raise ValueError("QP_TEMPORAL_TLS_CERT and QP_TEMPORAL_TLS_KEY go together: set both or neither")
+        arch = self.lifecycle_models.arch if self.lifecycle_models else None
+        budgets = self.lifecycle_budgets
+        if budgets is not None and budgets.usd is not None and arch is not None and arch.model not in self.model_prices:
+            # As for repository runs: a USD budget is never spent against a guessed price.
+            raise ValueError(
+                f"QP_LIFECYCLE_BUDGETS has usd but QP_MODEL_PRICES has no price for {arch.model} "
+                "(add its price per million input and output tokens)"
+            )
         return self
 
     @cached_property

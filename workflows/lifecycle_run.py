@@ -13,15 +13,18 @@ from typing import Any
 
 from temporalio import workflow
 
-from workflows.base import RunWorkflowBase
 from workflows.common import RunFailure
+from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.lifecycle import LifecycleActivities
+    from activities.lifecycle_models import LifecycleModelActivities
     from quantapilot.errors import ErrorCode
     from quantapilot.lifecycle.contracts import (
         BUSINESS_CASE_GATE,
+        LifecycleNarrative,
         LifecycleRunInput,
+        NarrateInput,
         PageStatus,
         PublishedPage,
         PublishStageInput,
@@ -33,17 +36,23 @@ with workflow.unsafe.imports_passed_through():
         summarize,
     )
     from quantapilot.lifecycle.models import ResultStatus
-    from quantapilot.lifecycle.outputs import RealizationOutput
+    from quantapilot.lifecycle.narrative import NarrativeRejected, apply_narrative, narrative_fields
+    from quantapilot.lifecycle.outputs import RealizationOutput, StageResult
     from quantapilot.lifecycle.realization import report_period
-    from quantapilot.models import RunKind, RunStatus
+    from quantapilot.models import BudgetInput, RunKind, RunStatus
+    from quantapilot.runs.budget import RECORDED_TEXT_CHARS, Headroom, ModelCallRecord, RunUsage
     from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
+    from quantapilot.runs.model_contracts import ModelCallResult
 
 AGENT_TIMEOUT_S = 300.0
 STORE_TIMEOUT_S = 60.0
+NARRATE_TIMEOUT_S = 300.0
+# A model writes the narrative fields of the agent's result (QP_LIFECYCLE_MODELS); runs without one never ask.
+PATCH_LIFECYCLE_NARRATIVE = "lifecycle-model-narrative"
 
 
 @workflow.defn(name=LIFECYCLE_RUN_WORKFLOW)
-class LifecycleRunWorkflow(RunWorkflowBase):
+class LifecycleRunWorkflow(ModelBudget):
     """One durable lifecycle stage run (see the module docstring for its steps)."""
 
     @workflow.init
@@ -66,7 +75,21 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         return await self._guarded(self._pipeline)
 
     def _status(self) -> RunStatus:
-        return RunStatus(**self._base_status(), account_id=self._inp.account_id, stage=self._inp.stage)
+        return RunStatus(
+            **self._base_status(),
+            account_id=self._inp.account_id,
+            stage=self._inp.stage,
+            usage=self._usage_copy(),
+            model_calls=self._run_model_calls(),
+        )
+
+    def _details_extra(self) -> list[str]:
+        return self._usage_lines()
+
+    def _raise_model_budget(self, request: BudgetInput) -> None:
+        # A run without a narrative model calls none: a token or USD raise changes nothing, as before.
+        if self._inp.narrative is not None:
+            super()._raise_model_budget(request)
 
     async def _pipeline(self) -> None:
         inp = self._inp
@@ -98,6 +121,9 @@ class LifecycleRunWorkflow(RunWorkflowBase):
         if outcome.result is None:
             raise RunFailure(ErrorCode.AGENT_FAILED, outcome.skipped or "the agent returned no result")
         result = outcome.result
+        narrative = inp.narrative
+        if narrative is not None and narrative_fields(result) and workflow.patched(PATCH_LIFECYCLE_NARRATIVE):
+            result = await self._narrated(result, narrative)
         gated = inp.stage == "target"
         stored = await self._step(
             "store_result",
@@ -159,6 +185,63 @@ class LifecycleRunWorkflow(RunWorkflowBase):
                     "source": "run",
                 },
             )
+
+    async def _narrated(self, result: StageResult, narrative: LifecycleNarrative) -> StageResult:
+        """The result with its narrative fields by the model, within the run's budgets; the agent's on a misfit."""
+        if self._usage is None:
+            budgets = narrative.budgets
+            self._usage = RunUsage(
+                tokens_budget=budgets.tokens if budgets else None, usd_budget=budgets.usd if budgets else None
+            )
+        model = narrative.model
+        key = f"narrative/{result.stage}"
+
+        async def ask(room: Headroom) -> ModelCallResult:
+            call: ModelCallResult = await self._step(
+                f"model:{key}",
+                LifecycleModelActivities.narrate_stage,
+                NarrateInput(
+                    run_id=self._inp.run_id,
+                    workspace=self._inp.workspace,
+                    stage=result.stage,
+                    step=key,
+                    result=result,
+                    model=model.model,
+                    temperature=model.temperature,
+                    max_output_tokens=model.max_output_tokens,
+                    tokens_left=room.tokens,
+                    usd_left=room.usd,
+                ),
+                timeout_s=NARRATE_TIMEOUT_S,
+                attempts=MODEL_CALL_ATTEMPTS,
+                summary=f"Ask {model.model} for the narrative of the {result.stage} result",
+            )
+            return call
+
+        call = await self._budgeted(self._usage, key, None, ask)
+        outcome, reason, narrated = "narrated", None, result
+        try:
+            narrated = apply_narrative(result, call.answer)
+        except NarrativeRejected as exc:
+            # The figures never depended on the model: the agent's own words stand, and the status says why.
+            outcome, reason = "kept", str(exc)
+        self._record_run_call(
+            ModelCallRecord(
+                step=key,
+                attempt=1,
+                role="arch",
+                model=call.model,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                usd=call.usd,
+                prompt=call.prompt,
+                answer=call.answer[:RECORDED_TEXT_CHARS],
+                outcome=outcome,
+                feedback=reason,
+                at=workflow.now(),
+            )
+        )
+        return narrated
 
     async def _set_status(self, status: ResultStatus) -> StoredStageResult:
         return await self._step(

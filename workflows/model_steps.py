@@ -12,38 +12,23 @@ next UTC day begins (a durable timer), or earlier when resumed (after a raise).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from temporalio import workflow
 
-from workflows.base import RunWorkflowBase
+from workflows.model_budget import MODEL_CALL_ATTEMPTS
+from workflows.model_qa import PATCH_MODEL_QA, ModelQa
 
 with workflow.unsafe.imports_passed_through():
     from activities.models import ModelActivities
     from activities.repo import RepoActivities
-    from quantapilot.models import BudgetInput, MilestoneRecord, StepOutcome
+    from quantapilot.models import MilestoneRecord, StepOutcome
     from quantapilot.repos.config import MilestoneConfig, MilestoneStep, QuantapilotConfig, StepConfig
     from quantapilot.repos.policy import step_policy
-    from quantapilot.runs.budget import (
-        Headroom,
-        ModelCallRecord,
-        RunUsage,
-        exceeded_figures,
-        headroom,
-        spend,
-        summary_line,
-    )
+    from quantapilot.runs.budget import Headroom, ModelCallRecord, RunUsage
     from quantapilot.runs.contracts import MilestoneInput, MilestoneResult, RepoRef
     from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
 
 PATCH_MODEL_STEPS = "model-steps"
-# limits.tokens_per_day is enforced (the activity gets day_limit; a day pause waits on a timer for the next day).
-PATCH_TOKENS_PER_DAY = "tokens-per-day"
-# The smallest wait for the next day: the worker's clock and the workflow's may differ a little.
-MIN_DAY_WAIT_S = 1.0
 FEEDBACK_CHARS = 4000
-# The model call's own transient failures (429, 5xx) are retried this often before the run pauses.
-MODEL_CALL_ATTEMPTS = 5
 
 
 def _feedback(steps: list[StepOutcome]) -> str:
@@ -55,13 +40,10 @@ def _feedback(steps: list[StepOutcome]) -> str:
     return f"{head}:\n{failed.output_tail[-FEEDBACK_CHARS:]}"
 
 
-class ModelSteps(RunWorkflowBase):
-    """The part of the repository run that calls models and keeps their ledger."""
+class ModelSteps(ModelQa):
+    """The part of the repository run that has models answer milestone steps."""
 
     _repo: RepoRef
-    _usage: RunUsage | None = None
-    # While paused by limits.tokens_per_day: the figures the Web UI shows (spent today, limit, resume time).
-    _day_wait: str | None = None
 
     def _usage_for(self, config: QuantapilotConfig) -> RunUsage:
         if self._usage is None:
@@ -73,28 +55,6 @@ class ModelSteps(RunWorkflowBase):
                 tokens_per_day=limits.tokens_per_day if limits else None,
             )
         return self._usage
-
-    def _usage_lines(self) -> list[str]:
-        if self._usage is None:
-            return []
-        lines = ["", summary_line(self._usage)]
-        if self._day_wait is not None and self._paused:
-            lines.append(self._day_wait)
-        return lines
-
-    def _day_limit(self, usage: RunUsage) -> int | None:
-        """limits.tokens_per_day plus the run's grants, for runs that enforce it (PATCH_TOKENS_PER_DAY)."""
-        if usage.tokens_per_day is None or not workflow.patched(PATCH_TOKENS_PER_DAY):
-            return None
-        return usage.tokens_per_day + usage.granted_tokens
-
-    def _raise_model_budget(self, request: BudgetInput) -> None:
-        if self._usage is None:
-            self._usage = RunUsage()
-        if request.tokens is not None:
-            self._usage.granted_tokens += request.tokens
-        if request.usd is not None:
-            self._usage.granted_usd += request.usd
 
     @staticmethod
     def _step_budget(step: StepConfig, config: QuantapilotConfig) -> int | None:
@@ -120,15 +80,8 @@ class ModelSteps(RunWorkflowBase):
         key = f"{milestone.id}/{step.name}"
         budget = self._step_budget(step, config)
         timeout_s, _ = step_policy(step, config)
-        while True:
-            await self._checkpoint()
-            room = headroom(usage, key, budget)
-            if room.tokens is not None and room.tokens <= 0:
-                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", None)
-                continue
-            if room.usd is not None and room.usd <= 0:
-                await self._budget_pause(usage, room, "budgets.usd", None)
-                continue
+
+        async def ask(room: Headroom) -> ModelCallResult:
             call: ModelCallResult = await self._step(
                 f"model:{key}",
                 ModelActivities.call_model,
@@ -155,45 +108,9 @@ class ModelSteps(RunWorkflowBase):
                 attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {dev.model} for {key} (try {attempt})",
             )
-            if call.called:
-                spend(usage, key, call.input_tokens + call.output_tokens, call.usd)
-                self._touch()
-                return call
-            if call.over_budget == "day":
-                await self._day_pause(usage, room, call)
-            elif call.over_budget == "usd":
-                await self._budget_pause(usage, room, "budgets.usd", call.needed_usd)
-            else:
-                await self._budget_pause(usage, room, room.tokens_limit or "budgets.tokens", call.needed_tokens)
+            return call
 
-    async def _budget_pause(self, usage: RunUsage, room: Headroom, limit: str, needed: float | None) -> None:
-        await self._pause("budget_exceeded", "run", details=exceeded_figures(usage, room, limit=limit, needed=needed))
-
-    async def _day_pause(self, usage: RunUsage, room: Headroom, call: ModelCallResult) -> None:
-        """Pause until the next day begins (a durable timer) or a person resumes the run, whichever comes first."""
-        limit = (usage.tokens_per_day or 0) + usage.granted_tokens
-        resume_at: datetime = call.next_day_at or workflow.now() + timedelta(days=1)
-        figures = exceeded_figures(usage, room, limit="limits.tokens_per_day", needed=call.needed_tokens)
-        figures |= {"tokens_per_day": limit, "day_tokens_spent": call.day_spent, "resumes_at": resume_at.isoformat()}
-        self._day_wait = (
-            f"limits.tokens_per_day: {call.day_spent} of {limit} tokens spent by the workspace today, "
-            f"{call.needed_tokens} needed; resumes by itself at {resume_at.isoformat()} "
-            f"or after `POST /v1/runs/{self._run_id}/budget {{tokens}}` and resume."
-        )
-        paused_by_a_person = self._paused
-        await self._pause("budget_exceeded", "run", details=figures)
-        if paused_by_a_person:
-            # Paused while the call was checked: theirs to resume, not the timer's (the call is checked again then).
-            self._day_wait = None
-            self._touch()
-            return
-        wait_s = max(MIN_DAY_WAIT_S, (resume_at - workflow.now()).total_seconds())
-        try:
-            await workflow.wait_condition(lambda: not self._paused, timeout=wait_s)
-        except TimeoutError:
-            await self._resume()
-        self._day_wait = None
-        self._touch()
+        return await self._budgeted(usage, key, budget, ask)
 
     def _record_call(
         self,
@@ -268,6 +185,12 @@ class ModelSteps(RunWorkflowBase):
             )
             if result.failed_step is None:
                 self._record_call(record, key, attempt, call, "applied")
+                qa = config.models.qa if config.models else None
+                if qa is not None and call.diff and workflow.patched(PATCH_MODEL_QA):
+                    usage = self._usage_for(config)
+                    await self._qa_review(
+                        milestone, qa, usage, record, prompt=impl_step.prompt or "", diff=call.diff, result=result
+                    )
                 return result
             feedback = _feedback(result.steps)
             not_applied = result.failed_step == "impl" and result.steps[-1].command == "git apply"

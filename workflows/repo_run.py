@@ -9,7 +9,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 from workflows.common import RunFailure
-from workflows.model_steps import PATCH_MODEL_STEPS, ModelSteps
+from workflows.model_docs import PATCH_MODEL_DOCS, ModelDocs
+from workflows.model_qa import qa_note
+from workflows.model_steps import PATCH_MODEL_STEPS
 
 with workflow.unsafe.imports_passed_through():
     from activities.repo import RepoActivities
@@ -58,7 +60,7 @@ def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
 
 
 @workflow.defn(name=REPO_RUN_WORKFLOW)
-class RepoRunWorkflow(ModelSteps):
+class RepoRunWorkflow(ModelDocs):
     """One durable repository run (see the module docstring for its steps)."""
 
     @workflow.init
@@ -114,7 +116,8 @@ class RepoRunWorkflow(ModelSteps):
             milestones=[m.model_copy() for m in self._milestones],
             pull_requests=list(self._pull_requests),
             docs_branch=self._docs_branch,
-            usage=self._usage.model_copy(deep=True) if self._usage is not None else None,
+            usage=self._usage_copy(),
+            model_calls=self._run_model_calls(),
         )
 
     def _details_extra(self) -> list[str]:
@@ -222,6 +225,7 @@ class RepoRunWorkflow(ModelSteps):
             extra_attempts=self._extra_attempts,
             merged_once=self._merged_once,
             usage=self._usage,
+            model_calls=self._run_model_calls(),
         )
 
     def _restore(self, carry: RepoRunCarry) -> QuantapilotConfig:
@@ -237,6 +241,7 @@ class RepoRunWorkflow(ModelSteps):
         self._extra_attempts = carry.extra_attempts
         self._merged_once = carry.merged_once
         self._usage = carry.usage
+        self._run_calls = list(carry.model_calls) or None
         self._touch()
         return carry.config
 
@@ -244,12 +249,14 @@ class RepoRunWorkflow(ModelSteps):
         assert self._config is not None
         return milestone.id in effective_gates(self._config)
 
-    async def _decide(self, name: str, default_description: str) -> None:
+    async def _decide(self, name: str, default_description: str, *, note: str | None = None) -> None:
         assert self._config is not None
         settings = gate_settings(self._config, name)
+        description = settings.description or default_description
         await self._gate(
             name,
-            settings.description or default_description,
+            # A note (the QA model's verdict) only where there is one: other gates read as they always did.
+            f"{description} {note}" if note else description,
             timeout_s=settings.timeout_s,
             approvers=list(settings.approvers),
             allow_self_approval=settings.allow_self_approval,
@@ -259,22 +266,27 @@ class RepoRunWorkflow(ModelSteps):
     async def _documentation(self, config: QuantapilotConfig) -> PullRequestResult:
         timeout_s, attempts = step_policy(_named_step(config, "doc"), config)
         project = project_name(self._inp.repo_url)
-        docs = await self._step(
-            "generate_docs",
-            RepoActivities.generate_documentation,
-            DocsInput(
-                repo=self._repo,
-                project=project,
-                output_folder=config.docs.output_folder,
-                docs_branch=config.docs.branch or f"{run_branch_namespace(self._inp.run_id)}docs",
-                owners=list(config.docs.owners) or ["quantapilot"],
-                lint=config.gates.docs_lint,
-                run_started_at=self._created_at,
-            ),
-            timeout_s=timeout_s,
-            attempts=attempts,
-            summary=f"Generate the documentation into {config.docs.output_folder}",
+        docs_input = DocsInput(
+            repo=self._repo,
+            project=project,
+            output_folder=config.docs.output_folder,
+            docs_branch=config.docs.branch or f"{run_branch_namespace(self._inp.run_id)}docs",
+            owners=list(config.docs.owners) or ["quantapilot"],
+            lint=config.gates.docs_lint,
+            run_started_at=self._created_at,
         )
+        # Asked only with models.arch: a run without it records no marker and replays as before.
+        if config.models is not None and config.models.arch is not None and workflow.patched(PATCH_MODEL_DOCS):
+            docs = await self._documented_by_models(config, docs_input, timeout_s=timeout_s, attempts=attempts)
+        else:
+            docs = await self._step(
+                "generate_docs",
+                RepoActivities.generate_documentation,
+                docs_input,
+                timeout_s=timeout_s,
+                attempts=attempts,
+                summary=f"Generate the documentation into {config.docs.output_folder}",
+            )
         self._docs_branch = docs.docs_branch
         pr = await self._open_pr(
             docs.docs_branch,
@@ -377,7 +389,11 @@ class RepoRunWorkflow(ModelSteps):
         )
         record.pr_number = pr.number
         if record.gate:
-            await self._decide(record.gate, f"Accept the deliverables of milestone {milestone.id}: {milestone.title}")
+            await self._decide(
+                record.gate,
+                f"Accept the deliverables of milestone {milestone.id}: {milestone.title}",
+                note=qa_note(record),
+            )
         if not self._merged_once and FIRST_MERGE_GATE in gates:
             await self._decide(
                 FIRST_MERGE_GATE, "Approve the first merge of milestone changes into the default branch."

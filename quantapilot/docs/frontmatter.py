@@ -72,3 +72,14 @@ class FrontMatter(BaseModel):
             "be regenerated or removed by that tool."
         ),
     )
+    generated_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"\S",
+        description=(
+            "The language model that wrote the page's text (models.arch of quantapilot.yml), e.g. 'gpt-4o-mini'. "
+            "Absent on pages the deterministic generator wrote from the repository alone; a page carrying it is "
+            "model prose grounded in those pages, to be read with that in mind."
+        ),
+    )

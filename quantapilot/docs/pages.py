@@ -82,8 +82,10 @@ def _page_path(ctx: PageContext, slug: str) -> str:
     return f"{ctx.out}/{slug}.md"
 
 
-def _front_matter(ctx: PageContext, slug: str, title: str, description: str, tags: list[str]) -> str:
-    data = {
+def _front_matter(
+    ctx: PageContext, slug: str, title: str, description: str, tags: list[str], generated_by: str | None = None
+) -> str:
+    data: dict[str, Any] = {
         "id": slug.replace("/", "."),
         "title": title,
         "status": "ready",
@@ -94,12 +96,15 @@ def _front_matter(ctx: PageContext, slug: str, title: str, description: str, tag
         "tags": tags,
         "generator": GENERATOR_MARKER,
     }
+    if generated_by is not None:
+        # Only model-written pages carry the key: the deterministic pages stay byte for byte as they were.
+        data["generated_by"] = generated_by
     dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     text = yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True, width=1_000_000)
     return f"---\n{text}---\n"
 
 
-def _page(
+def build_page(
     ctx: PageContext,
     *,
     slug: str,
@@ -108,7 +113,20 @@ def _page(
     body: list[str],
     related: list[RelatedLink],
     tags: list[str],
+    generated_by: str | None = None,
 ) -> GeneratedPage:
+    """A page: front matter, body and "Related pages", with title, description and body scrubbed of personal data.
+
+    Args:
+        ctx: What the pages of this generation share.
+        slug: The page's slug.
+        title: Its title.
+        description: Its one-line summary.
+        body: Markdown lines.
+        related: Links to other pages.
+        tags: Labels.
+        generated_by: The model that wrote the body (front matter ``generated_by``); None for deterministic pages.
+    """
     path = _page_path(ctx, slug)
     title = one_line(scrub_personal_data(title))
     description = one_line(scrub_personal_data(description))
@@ -117,7 +135,7 @@ def _page(
         body += [f"- {md_link(r.title, path, _page_path(ctx, r.slug))} ({r.type.replace('_', ' ')})" for r in related]
         body.append("")
     text = scrub_personal_data("\n".join(body).rstrip() + "\n")
-    markdown = _front_matter(ctx, slug, title, description, tags) + "\n" + text
+    markdown = _front_matter(ctx, slug, title, description, tags, generated_by) + "\n" + text
     return GeneratedPage(
         slug=slug,
         path=path,
@@ -189,7 +207,7 @@ def module_page(
         related.append(RelatedLink(slug=parent.slug, title=f"Module {parent.name}", type="related"))
     if next_module is not None:
         related.append(RelatedLink(slug=next_module.slug, title=f"Module {next_module.name}", type="next_step"))
-    return _page(
+    return build_page(
         ctx,
         slug=slug,
         title=f"Module {module.name}",
@@ -225,7 +243,7 @@ def api_index_page(ctx: PageContext, modules: Sequence[PyModule], failed: Sequen
         first = modules[0]
         related.append(RelatedLink(slug=first.slug, title=f"Module {first.name}", type="next_step"))
     related.append(RelatedLink(slug="guides", title="Guides", type="related"))
-    return _page(
+    return build_page(
         ctx,
         slug=slug,
         title="API reference",
@@ -278,7 +296,7 @@ def tree_page(ctx: PageContext, files: Sequence[str]) -> GeneratedPage:
         ]
     else:
         body += [code_block("\n".join(lines), "text"), ""]
-    return _page(
+    return build_page(
         ctx,
         slug="file-tree",
         title="File tree",
@@ -362,7 +380,7 @@ def index_page(
         if len(left_out) > MAX_LEFT_OUT_LINES:
             body.append(f"- *and {len(left_out) - MAX_LEFT_OUT_LINES} more*")
         body.append("")
-    return _page(
+    return build_page(
         ctx,
         slug=slug,
         title=f"{ctx.project} overview",
@@ -390,7 +408,7 @@ def guides_page(ctx: PageContext, guides: Sequence[Guide]) -> GeneratedPage:
         body.append("")
     else:
         body += ["The repository has no Markdown documents besides the generated ones.", ""]
-    return _page(
+    return build_page(
         ctx,
         slug=slug,
         title="Guides",

@@ -21,11 +21,13 @@ from quantapilot.lifecycle.outputs import (
     StageResult,
     TargetOutput,
 )
+from quantapilot.repos.config import BudgetsConfig, ModelConfig
 
 RUN_STAGE_AGENT = "run_stage_agent"
 STORE_STAGE_RESULT = "store_stage_result"
 SET_STAGE_RESULT_STATUS = "set_stage_result_status"
 PUBLISH_STAGE_PAGE = "publish_stage_page"
+NARRATE_STAGE = "narrate_stage"
 
 BUSINESS_CASE_GATE = "business_case"
 ACCOUNT_WORKFLOW = "AccountRealization"
@@ -61,6 +63,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LifecycleNarrative(_Model):
+    """The model that writes a lifecycle run's narrative fields, and the run's budgets (from the settings)."""
+
+    model: ModelConfig
+    budgets: BudgetsConfig | None = None
+
+
 class LifecycleRunInput(_Model):
     """Input of the lifecycle run workflow."""
 
@@ -83,6 +92,24 @@ class LifecycleRunInput(_Model):
     # "" and keep their old behaviour (no self-approval check), as the default below does.
     triggered_by_token: str = ""
     allow_self_approval_default: bool = True
+    # QP_LIFECYCLE_MODELS / QP_LIFECYCLE_BUDGETS when the run was triggered; None: the agents' words alone.
+    narrative: LifecycleNarrative | None = None
+
+
+class NarrateInput(_Model):
+    """Ask the arch model for the narrative of one stage result, within what the run may still spend."""
+
+    run_id: str
+    stage: Stage
+    step: str
+    result: StageResult
+    # The workspace whose model_usage the call is written to (None in inputs recorded before it was carried).
+    workspace: str | None = None
+    model: str
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    tokens_left: int | None = None
+    usd_left: float | None = None
 
 
 class AccountRealizationInput(_Model):

@@ -335,8 +335,10 @@ class QuantapilotConfig(_Frozen):
     models: ModelsConfig | None = Field(
         default=None,
         description=(
-            "Language model per agent role. models.dev answers milestone steps with `prompt:` (through "
-            "QP_MODEL_BASE_URL); arch and qa are validated, not used yet."
+            "Language model per agent role (through QP_MODEL_BASE_URL). models.dev answers milestone steps with "
+            "`prompt:`; models.arch writes an overview and an architecture page beside the generated documentation "
+            "(marked generated_by in their front matter); models.qa reviews a model milestone's applied diff before "
+            "its gate (advice recorded with the milestone's model calls)."
         ),
     )
     budgets: BudgetsConfig | None = Field(

@@ -37,7 +37,14 @@ class ModelCallRecord(_Model):
     prompt: str = Field(default="", description="The prompt sent (its head), without secrets.")
     answer: str = Field(default="", description="The model's answer (its head).")
     diff: str | None = None
-    outcome: str = Field(default="", description="applied, tests_failed, not_applied or plan.")
+    outcome: str = Field(
+        default="",
+        description=(
+            "What became of the answer: applied, tests_failed, not_applied or plan (milestone steps); written "
+            "(documentation pages); narrated or kept (lifecycle narratives); approve, request_changes or comment "
+            "(the qa model's review)."
+        ),
+    )
     feedback: str | None = Field(default=None, description="The failure output that went back to the model.")
     at: datetime
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantapilot.runs.contracts import RepoRef
+from quantapilot.runs.contracts import DocsInput, RepoRef
 
 CALL_MODEL = "call_model"
 
@@ -61,3 +61,63 @@ class ModelCallResult(_Model):
     usd: float | None = None
     response_id: str | None = None
     at: datetime | None = None
+
+
+# ----- model-written documentation pages (models.arch) ---------------------------------------------------------
+
+CALL_DOCS_MODEL = "call_docs_model"
+GENERATE_DOCUMENTATION_WITH_MODELS = "generate_documentation_with_models"
+# What the workflow keeps of a documentation page's answer (the page is written from it, so more than a prompt).
+DOC_ANSWER_CHARS = 64_000
+
+
+class DocsModelInput(_Model):
+    """One model-written documentation page: what to document, which page, and what the call may spend."""
+
+    docs: DocsInput
+    page: Literal["overview", "architecture"]
+    step: str
+    role: str = "arch"
+    model: str
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    tokens_left: int | None = None
+    usd_left: float | None = None
+
+
+class ModelDocPage(_Model):
+    """A model's answer for one page, as the documentation step writes it."""
+
+    page: Literal["overview", "architecture"]
+    model: str
+    answer: str
+
+
+class ModelDocsInput(_Model):
+    """Generate the documentation and add the model-written pages, in one commit on the docs branch."""
+
+    docs: DocsInput
+    pages: list[ModelDocPage]
+
+
+# ----- the QA model's review of a model milestone's diff (models.qa) ------------------------------------------
+
+REVIEW_MODEL_DIFF = "review_model_diff"
+
+
+class ReviewInput(_Model):
+    """Ask the qa model to review the diff a model milestone applied, within what the run may still spend."""
+
+    repo: RepoRef
+    step: str
+    model: str
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    milestone_id: str
+    title: str
+    criteria: list[str]
+    prompt: str
+    diff: str
+    test_output: str = ""
+    tokens_left: int | None = None
+    usd_left: float | None = None

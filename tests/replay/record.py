@@ -43,6 +43,7 @@ from quantapilot.lifecycle.contracts import (
 from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
 from quantapilot.llm.spending import save_model_call
 from quantapilot.models import RunKind
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig
 from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import dev_server
@@ -119,6 +120,31 @@ GREETING_DIFF = (
 )
 # The "day" of model_steps_next_day (QP_MODEL_DAY_S, test-only), in seconds.
 SHORT_DAY_S = 20.0
+# models.arch writes two pages; the documentation step's token budget is too small for the first call.
+MODEL_DOCS = """\
+version: 1
+models:
+  arch: {model: arch-model}
+steps:
+  - {name: doc, tokens_budget: 20}
+"""
+# models.dev writes a milestone's diff, models.qa reviews it before the milestone's gate.
+MODEL_QA = """\
+version: 1
+models:
+  dev: {model: dev-model}
+  qa: {model: qa-model}
+policies: {merge: squash, gates: ['-first_merge']}
+milestones:
+  - id: M-001
+    title: Add notes
+    gate: true
+    steps:
+      - {name: impl, prompt: "Create NOTES.md."}
+"""
+MODEL_OVERVIEW = "## Purpose\n\nA project whose runs are recorded for the replay test.\n"
+MODEL_NARRATIVE = {"summary": "A CFO wants costs down.", "persona_reasoning": "The CFO holds the budget."}
+MODEL_ARCHITECTURE = "## Components\n\nOne README, nothing else.\n"
 # Webhook retries 2000 times faster than in production (the first delay is 15-30 ms), as in tests/webhook_e2e.
 WEBHOOK_RETRY_SCALE = 0.0005
 
@@ -372,6 +398,50 @@ async def model_next_day(rec: Recording) -> Recorded:
     return repo_run(run_id)
 
 
+async def model_docs_budget_raised(rec: Recording) -> Recorded:
+    """models.arch writes two documentation pages (loopback Chat Completions server): the first call would pass
+    steps[doc].tokens_budget, so the run pauses (budget_exceeded) before it; the budget is raised, the run resumed,
+    both pages are written with the generated ones, the anchor gate approved; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(MODEL_OVERVIEW, completion_tokens=20), reply(MODEL_ARCHITECTURE, completion_tokens=20))
+    api = await rec.stack(model_base_url=llm.base_url, model_api_key=SecretStr(MODEL_KEY))
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_DOCS})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_state(run_id, "paused")
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    final = await api.wait_state(run_id, "completed")
+    assert [c["step"] for c in final["model_calls"]] == ["doc/overview", "doc/architecture"], final
+    assert llm.invalid == [], llm.invalid
+    return repo_run(run_id)
+
+
+async def model_qa_reviewed(rec: Recording) -> Recorded:
+    """A milestone with `prompt:`: the dev model's diff is applied (loopback Chat Completions server), the qa model
+    reviews it before the milestone's gate (approve, named in the gate's description); gate approved; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    diff = (
+        "diff --git a/NOTES.md b/NOTES.md\nnew file mode 100644\n--- /dev/null\n+++ b/NOTES.md\n@@ -0,0 +1 @@\n+notes\n"
+    )
+    llm.script(
+        reply(f"```diff\n{diff}```", completion_tokens=20), reply("VERDICT: approve\nFine.", completion_tokens=5)
+    )
+    api = await rec.stack(model_base_url=llm.base_url, model_api_key=SecretStr(MODEL_KEY))
+    url = make_remote(rec.root, {"README.md": README, "quantapilot.yml": MODEL_QA})
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    waiting = await api.wait_gate(run_id, "M-001")
+    assert [c["outcome"] for c in waiting["milestones"][0]["model_calls"]] == ["applied", "approve"], waiting
+    await api.decide(run_id, "M-001", True)
+    await api.wait_state(run_id, "completed")
+    return repo_run(run_id)
+
+
 # ----- LifecycleRun ----------------------------------------------------------------------------------------------
 
 
@@ -424,6 +494,27 @@ async def lifecycle_target_two_of_three_rejected(rec: Recording) -> Recorded:
     await handle.signal("decide_gate", no)
     final = await api.wait_state(run_id, "failed")
     assert final["error"]["code"] == "GATE_REJECTED", final
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
+
+
+async def lifecycle_opportunity_narrated(rec: Recording) -> Recorded:
+    """QP_LIFECYCLE_MODELS names an arch model (loopback Chat Completions server): the opportunity agent's result
+    needs a narrative, the call would pass QP_LIFECYCLE_BUDGETS' tokens, so the run pauses (budget_exceeded); the
+    budget is raised, the run resumed, the model words the summary and the persona reasoning; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(json.dumps(MODEL_NARRATIVE), completion_tokens=20))
+    api = await rec.stack(
+        model_base_url=llm.base_url,
+        model_api_key=SecretStr(MODEL_KEY),
+        lifecycle_models=ModelsConfig.model_validate({"arch": {"model": "arch-model"}}),
+        lifecycle_budgets=BudgetsConfig(tokens=20),
+    )
+    run_id = await start(api, new_account(), "opportunity", {"persona": "CFO", "discoveryNotes": "Costs grow."})
+    await api.wait_state(run_id, "paused")
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    final = await api.wait_state(run_id, "completed")
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"], final
     return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
@@ -547,10 +638,13 @@ SCENARIOS: dict[str, Scenario] = {
     "repo_run_gate_deadline": Scenario(RepoRunWorkflow, gate_deadline),
     "model_steps_day_raised": Scenario(RepoRunWorkflow, model_day_raised),
     "model_steps_next_day": Scenario(RepoRunWorkflow, model_next_day),
+    "repo_run_model_docs_budget_raised": Scenario(RepoRunWorkflow, model_docs_budget_raised),
+    "repo_run_model_qa_reviewed": Scenario(RepoRunWorkflow, model_qa_reviewed),
     "lifecycle_target_approved": Scenario(LifecycleRunWorkflow, lifecycle_target_approved),
     "lifecycle_target_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_rejected),
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),
     "lifecycle_target_two_of_three_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_two_of_three_rejected),
+    "lifecycle_opportunity_narrated": Scenario(LifecycleRunWorkflow, lifecycle_opportunity_narrated),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
     "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),

@@ -21,8 +21,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from quantapilot.runs.contracts import CLEANUP_WORKTREE, RECORD_EVENT
-from quantapilot.runs.model_contracts import CALL_MODEL
+from quantapilot.lifecycle.contracts import NARRATE_STAGE, RUN_STAGE_AGENT, STORE_STAGE_RESULT
+from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, OPEN_PULL_REQUEST, RECORD_EVENT
+from quantapilot.runs.model_contracts import (
+    CALL_DOCS_MODEL,
+    CALL_MODEL,
+    GENERATE_DOCUMENTATION_WITH_MODELS,
+    REVIEW_MODEL_DIFF,
+)
 from tests.replay.changed_workflow import (
     DelayedWebhookDelivery,
     PatchedRepoRun,
@@ -32,7 +38,11 @@ from tests.replay.changed_workflow import (
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M, PATCH_GATE_TIMEOUT_IN_EVENT
-from workflows.model_steps import PATCH_TOKENS_PER_DAY
+from workflows.lifecycle_run import PATCH_LIFECYCLE_NARRATIVE
+from workflows.model_budget import PATCH_TOKENS_PER_DAY
+from workflows.model_docs import PATCH_MODEL_DOCS
+from workflows.model_qa import PATCH_MODEL_QA
+from workflows.model_steps import PATCH_MODEL_STEPS
 from workflows.registry import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -105,6 +115,21 @@ SHAPES: dict[str, Shape] = {
     # limits.tokens_per_day paused the model call; the next day's timer resumed the run.
     "model_steps_next_day": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_TIMER_FIRED]
+    ),
+    # models.arch: the patch marker, the budget raise (an update), the two pages' calls and the docs step.
+    "repo_run_model_docs_budget_raised": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # QP_LIFECYCLE_MODELS: the patch marker, the budget raise (an update), the narrative's calls.
+    "lifecycle_opportunity_narrated": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
+    # models.dev and models.qa: the patch markers (model-steps, model-qa), the anchor and milestone gate updates.
+    "repo_run_model_qa_reviewed": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
     # The business_case decision arrives as an update.
     "lifecycle_target_approved": Shape(
@@ -314,3 +339,56 @@ def test_replay_day_limit_recordings_take_the_patched_path(name: str) -> None:
 
 def test_replay_recordings_before_the_day_limit_have_no_such_marker() -> None:
     assert PATCH_TOKENS_PER_DAY not in patch_ids(load("repo_run_two_milestones"))
+
+
+def test_replay_model_docs_recording_takes_the_patched_path() -> None:
+    history = load("repo_run_model_docs_budget_raised")
+    assert PATCH_MODEL_DOCS in patch_ids(history)
+    activities = scheduled_activities(history)
+    # The first call refused (it would pass the budget), then the two pages' calls after the raise.
+    assert activities.count(CALL_DOCS_MODEL) == 3
+    assert GENERATE_DOCUMENTATION not in activities
+    assert activities.index(CALL_DOCS_MODEL) < activities.index(GENERATE_DOCUMENTATION_WITH_MODELS)
+    kinds = recorded_event_types(history)
+    assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("documentation.generated")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_") and "model" not in n))
+def test_replay_runs_without_models_record_no_model_docs_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_MODEL_DOCS not in patch_ids(history)
+    assert CALL_DOCS_MODEL not in scheduled_activities(history)
+
+
+def test_replay_lifecycle_narrative_recording_takes_the_patched_path() -> None:
+    history = load("lifecycle_opportunity_narrated")
+    assert PATCH_LIFECYCLE_NARRATIVE in patch_ids(history)
+    activities = scheduled_activities(history)
+    # Refused once (over the budget), then made after the raise; before the result is stored.
+    assert activities.count(NARRATE_STAGE) == 2
+    assert activities.index(RUN_STAGE_AGENT) < activities.index(NARRATE_STAGE) < activities.index(STORE_STAGE_RESULT)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("lifecycle_") and "narrated" not in n))
+def test_replay_lifecycle_runs_without_models_record_no_narrative_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_LIFECYCLE_NARRATIVE not in patch_ids(history)
+    assert NARRATE_STAGE not in scheduled_activities(history)
+
+
+def test_replay_model_qa_recording_takes_the_patched_path() -> None:
+    history = load("repo_run_model_qa_reviewed")
+    assert {PATCH_MODEL_STEPS, PATCH_MODEL_QA} <= patch_ids(history)
+    activities = scheduled_activities(history)
+    # The review follows the applied diff and comes before the milestone's pull request.
+    assert activities.count(REVIEW_MODEL_DIFF) == 1
+    assert activities.index(CALL_MODEL) < activities.index(REVIEW_MODEL_DIFF)
+    milestone_pr = max(i for i, name in enumerate(activities) if name == OPEN_PULL_REQUEST)
+    assert activities.index(REVIEW_MODEL_DIFF) < milestone_pr
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_") and "model_qa" not in n))
+def test_replay_runs_without_models_qa_record_no_model_qa_marker(name: str) -> None:
+    history = load(name)
+    assert PATCH_MODEL_QA not in patch_ids(history)
+    assert REVIEW_MODEL_DIFF not in scheduled_activities(history)

@@ -1,0 +1,141 @@
+"""Lifecycle narratives by a (loopback) model: QP_LIFECYCLE_MODELS words the agents' prose, the figures stay theirs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client
+
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig
+from quantapilot.settings import Settings
+from tests.lifecycle_e2e.conftest import LcApiFactory
+from tests.lifecycle_e2e.helpers import TARGET_INPUTS, new_account, start
+from tests.llmserver import ChatServer, chat_server, reply
+from tests.support import Api
+
+KEY = "sk-lifecycle-model-key-3e9f0c7d"
+INPUTS = {
+    "persona": "CFO",
+    "discoveryNotes": "Manual reporting costs us hours. Churn is rising.",
+    "benchmarks": [{"kpi": "report_hours", "value": 40, "unit": "h"}],
+}
+NARRATIVE = {"summary": "A CFO wants fewer reporting hours.", "persona_reasoning": "The CFO owns the budget."}
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ChatServer]:
+    async with chat_server(KEY) as server:
+        yield server
+
+
+def _settings(settings: Settings, llm: ChatServer, *, budgets: BudgetsConfig | None = None) -> Settings:
+    return settings.model_copy(
+        update={
+            "model_base_url": llm.base_url,
+            "model_api_key": SecretStr(KEY),
+            "lifecycle_models": ModelsConfig.model_validate({"arch": {"model": "arch-model", "temperature": 0.3}}),
+            "lifecycle_budgets": budgets,
+        }
+    )
+
+
+@pytest.fixture
+async def narrating(
+    client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory
+) -> AsyncIterator[Api]:
+    from worker import build_worker
+
+    model_settings = _settings(settings, llm)
+    async with build_worker(client, model_settings):
+        yield await make_lc_api(app_settings=model_settings)
+
+
+async def _stored(api: Api, account: str, stage: str) -> dict[str, Any]:
+    code, page = await api.get(f"/v1/docs/pages/accounts/{account}/{stage}")
+    assert code == 200, page
+    return page
+
+
+async def test_lifecycle_narrative_words_the_opportunity_and_keeps_the_figures(
+    narrating: Api, lc_api: Api, llm: ChatServer
+) -> None:
+    llm.script(reply("```json\n" + json.dumps(NARRATIVE) + "\n```", completion_tokens=25))
+    account = new_account()
+    run_id = await start(narrating, account, "opportunity", INPUTS)
+    final = await narrating.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed", final
+    assert llm.invalid == []
+    (request,) = llm.requests
+    assert request.body["model"] == "arch-model" and request.body["temperature"] == 0.3
+    user = request.body["messages"][1]["content"]
+    assert "report_hours" in user and "persona_reasoning" in user and KEY not in user
+    (call,) = final["model_calls"]
+    assert call["step"] == "narrative/opportunity" and call["outcome"] == "narrated" and call["role"] == "arch"
+    assert final["usage"]["calls"] == 1 and final["usage"]["tokens"] == call["input_tokens"] + call["output_tokens"]
+    page = await _stored(narrating, account, "opportunity")
+    assert (
+        NARRATIVE["summary"] in page["content"]["markdown"]
+        and NARRATIVE["persona_reasoning"] in page["content"]["markdown"]
+    )
+
+    # The same request without a model: the same figures, the agent's own words, no call.
+    plain_account = new_account()
+    plain_id = await start(lc_api, plain_account, "opportunity", INPUTS)
+    plain = await lc_api.wait_state(plain_id, "completed", "failed")
+    assert plain["model_calls"] == [] and plain["usage"] is None and len(llm.requests) == 1
+    narrated_result, plain_result = final["result"], plain["result"]
+    for key in set(narrated_result) - {"docsVersion", "docsSlug"}:
+        assert narrated_result[key] == plain_result[key], key
+    plain_page = await _stored(lc_api, plain_account, "opportunity")
+    assert NARRATIVE["summary"] not in plain_page["content"]["markdown"]
+
+
+async def test_lifecycle_narrative_answer_that_does_not_fit_keeps_the_agents_words(
+    narrating: Api, llm: ChatServer
+) -> None:
+    llm.script(reply('{"summary": "Only one key."}'))
+    account = new_account()
+    run_id = await start(narrating, account, "opportunity", INPUTS)
+    final = await narrating.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed", final
+    (call,) = final["model_calls"]
+    assert call["outcome"] == "kept" and "keys" in call["feedback"]
+    assert "Only one key." not in (await _stored(narrating, account, "opportunity"))["content"]["markdown"]
+
+
+async def test_lifecycle_narrative_realization_has_none_and_calls_no_model(narrating: Api, llm: ChatServer) -> None:
+    account = new_account()
+    run_id = await start(narrating, account, "realization", {})
+    final = await narrating.wait_state(run_id, "completed", "failed")
+    assert final["model_calls"] == [] and llm.requests == []
+
+
+async def test_lifecycle_narrative_budget_pauses_then_raise_and_resume(
+    client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory
+) -> None:
+    from worker import build_worker
+
+    narrative = {"business_case_summary": "Doubling conversion pays.", "value_commitment": "We commit to 200."}
+    llm.script(reply(json.dumps(narrative), completion_tokens=15))
+    model_settings = _settings(settings, llm, budgets=BudgetsConfig(tokens=30))
+    async with build_worker(client, model_settings):
+        api = await make_lc_api(app_settings=model_settings)
+        run_id = await start(api, new_account(), "target", TARGET_INPUTS)
+        paused = await api.wait_state(run_id, "paused")
+        assert paused["paused_reason"] == "budget_exceeded" and llm.requests == []
+        event = next(e for e in await api.events(run_id) if e["type"] == "run.paused")
+        assert event["data"]["limit"] == "budgets.tokens" and event["data"]["tokens_budget"] == 30
+        code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 50_000})
+        assert code == 200, raised
+        code, _ = await api.post(f"/v1/runs/{run_id}/resume")
+        assert code == 200
+        await api.wait_gate(run_id, "business_case")
+        await api.decide(run_id, "business_case", True, "ok")
+        final = await api.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed", final
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"]
+    assert final["usage"]["granted_tokens"] == 50_000 and final["usage"]["tokens"] > 30
