@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from quantapilot.docs.generate import generate_docs
 from quantapilot.docs.lint import lint_markdown
 from quantapilot.docs.render import split_front_matter
+from quantapilot.llm.spending import ModelUsage
 from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.llmserver import ChatServer, chat_server, reply
@@ -67,7 +70,9 @@ async def _approved_run(api: Api, url: str) -> dict:
 
 
 @pytest.mark.usefixtures("model_worker")
-async def test_model_docs_pages_are_added_marked_and_grounded(model_api: Api, llm: ChatServer, tmp_path: Path) -> None:
+async def test_model_docs_pages_are_added_marked_and_grounded(
+    model_api: Api, llm: ChatServer, engine: Engine, tmp_path: Path
+) -> None:
     llm.script(reply(OVERVIEW, completion_tokens=40), reply(ARCHITECTURE, completion_tokens=30))
     with_models = make_remote(tmp_path, {**FILES, "quantapilot.yml": YML}, name="with")
     final = await _approved_run(model_api, with_models)
@@ -107,6 +112,16 @@ async def test_model_docs_pages_are_added_marked_and_grounded(model_api: Api, ll
     usage = final["usage"]
     assert usage["calls"] == 2
     assert usage["tokens"] == usage["steps"]["doc"] == sum(c["input_tokens"] + c["output_tokens"] for c in calls)
+    # Both calls are in model_usage too (what limits.tokens_per_day counts for the workspace), with the same figures.
+    with Session(engine) as session:
+        rows = session.exec(
+            select(ModelUsage).where(col(ModelUsage.run_id) == final["run_id"]).order_by(col(ModelUsage.created_at))
+        ).all()
+    assert [(r.workspace, r.step, r.role, r.model) for r in rows] == [
+        ("default", "doc/overview", "arch", "arch-model"),
+        ("default", "doc/architecture", "arch", "arch-model"),
+    ]
+    assert [(r.input_tokens, r.output_tokens) for r in rows] == [(c["input_tokens"], c["output_tokens"]) for c in calls]
 
     # The extracted pages are byte for byte what the generator alone makes of the documented commit.
     clone = tmp_path / "clone"

@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 from temporalio.client import Client
 
+from quantapilot.llm.spending import ModelUsage
 from quantapilot.repos.config import BudgetsConfig, ModelsConfig
 from quantapilot.settings import Settings
 from tests.lifecycle_e2e.conftest import LcApiFactory
@@ -61,7 +64,7 @@ async def _stored(api: Api, account: str, stage: str) -> dict[str, Any]:
 
 
 async def test_lifecycle_narrative_words_the_opportunity_and_keeps_the_figures(
-    narrating: Api, lc_api: Api, llm: ChatServer
+    narrating: Api, lc_api: Api, llm: ChatServer, engine: Engine
 ) -> None:
     llm.script(reply("```json\n" + json.dumps(NARRATIVE) + "\n```", completion_tokens=25))
     account = new_account()
@@ -76,6 +79,11 @@ async def test_lifecycle_narrative_words_the_opportunity_and_keeps_the_figures(
     (call,) = final["model_calls"]
     assert call["step"] == "narrative/opportunity" and call["outcome"] == "narrated" and call["role"] == "arch"
     assert final["usage"]["calls"] == 1 and final["usage"]["tokens"] == call["input_tokens"] + call["output_tokens"]
+    # The call is in model_usage too, counted for the workspace's day like repository runs' calls.
+    with Session(engine) as session:
+        (row,) = session.exec(select(ModelUsage).where(col(ModelUsage.run_id) == run_id)).all()
+    assert (row.workspace, row.step, row.role, row.model) == ("default", "narrative/opportunity", "arch", "arch-model")
+    assert (row.input_tokens, row.output_tokens) == (call["input_tokens"], call["output_tokens"])
     page = await _stored(narrating, account, "opportunity")
     assert (
         NARRATIVE["summary"] in page["content"]["markdown"]
