@@ -12,6 +12,7 @@ from quantapilot.settings import Settings
 from tests.conftest import ApiFactory
 from tests.e2e.test_model_steps import new_file_diff
 from tests.llmserver import ChatServer, chat_server, reply
+from tests.review.support import Review, active_content, page
 from tests.support import Api, make_remote, remote_file
 
 KEY = "sk-e2e-qa-model-key-1b8c6a0e"
@@ -67,7 +68,10 @@ async def test_model_qa_reviews_the_diff_before_the_gate(model_api: Api, llm: Ch
     api = model_api
     llm.script(
         reply(f"```diff\n{DIFF}```", completion_tokens=20),
-        reply("VERDICT: request_changes\nThe file lacks a trailing explanation.", completion_tokens=12),
+        reply(
+            "VERDICT: request_changes\nThe file lacks a trailing explanation. <img src=x onerror=alert(1)>",
+            completion_tokens=12,
+        ),
     )
     url = make_remote(tmp_path, {"README.md": "# Greeter\n", "quantapilot.yml": YML})
     _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
@@ -89,6 +93,17 @@ async def test_model_qa_reviews_the_diff_before_the_gate(model_api: Api, llm: Ch
     gate = next(g for g in waiting["gates"] if g["name"] == "M-001")
     assert gate["description"].endswith("QA review by qa-model: request changes (see the milestone's model calls).")
     assert waiting["usage"]["calls"] == 2 and waiting["usage"]["steps"]["M-001/qa"] > 0
+    # The review page shows both calls with what they were asked and answered, the model's diff, all escaped.
+    code, link = await api.post(f"/v1/runs/{run_id}/gates/M-001/links", {})
+    assert code == 201, link
+    code, html, _ = await page(api.client, Review(run_id, link["url"]).path_and_query)
+    assert code == 200, html
+    assert '<table id="model-calls">' in html
+    assert "dev, <code>dev-model</code></td><td>applied</td>" in html
+    assert "qa, <code>qa-model</code></td><td>request_changes</td>" in html
+    assert "+hello world" in html and "Create greeting.txt containing the line" in html
+    assert "lacks a trailing explanation. &lt;img src=x onerror=alert(1)&gt;" in html
+    assert active_content(html) == []
     # Advice only: the people at the gate decide.
     await api.decide(run_id, "M-001", True, "fine as it is")
     final = await api.wait_state(run_id, "completed", "failed", timeout=90)
