@@ -173,6 +173,20 @@ class Api:
         assert code == 200, body
         return list(body["events"])
 
+    async def wait_event(self, run_id: str, event_type: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The run's first event of that type, once it is in the log.
+
+        The run's state changes before the event that reports it is recorded (an activity), so a status that says
+        ``paused`` may come a moment before its ``run.paused`` event.
+        """
+        events = await eventually(
+            lambda: self.events(run_id),
+            lambda evs: any(e["type"] == event_type for e in evs),
+            timeout=timeout,
+            what=f"{event_type} in the log of {run_id}",
+        )
+        return next(e for e in events if e["type"] == event_type)
+
     async def decide(self, run_id: str, gate: str, approved: bool, reason: str = "ok") -> tuple[int, Any]:
         """Post a gate decision."""
         return await self.post(f"/v1/runs/{run_id}/gates/{gate}/decision", {"approved": approved, "reason": reason})

@@ -101,7 +101,7 @@ async def test_model_day_limit_pauses_then_raise_and_resume(
         paused = await api.wait_state(run_id, "paused", timeout=60)
         assert paused["paused_reason"] == "budget_exceeded"
         assert llm.requests == []  # the call that would not fit today was never made
-        event = next(e for e in await api.events(run_id) if e["type"] == "run.paused")
+        event = await api.wait_event(run_id, "run.paused")
         data = event["data"]
         assert data["limit"] == "limits.tokens_per_day" and data["tokens_per_day"] == DAY_LIMIT
         assert data["day_tokens_spent"] == DAY_LIMIT - 10 and data["needed"] > 10

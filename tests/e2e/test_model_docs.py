@@ -151,7 +151,7 @@ async def test_model_docs_budget_pauses_then_raise_and_resume(model_api: Api, ll
     paused = await api.wait_state(run_id, "paused", timeout=60)
     assert paused["paused_reason"] == "budget_exceeded"
     assert llm.requests == []  # the call that would not fit was never made
-    event = next(e for e in await api.events(run_id) if e["type"] == "run.paused")
+    event = await api.wait_event(run_id, "run.paused")
     assert event["data"]["limit"] == "steps.tokens_budget" and event["data"]["needed"] > 50
     code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
     assert code == 200, raised

@@ -135,7 +135,7 @@ async def test_lifecycle_narrative_budget_pauses_then_raise_and_resume(
         run_id = await start(api, new_account(), "target", TARGET_INPUTS)
         paused = await api.wait_state(run_id, "paused")
         assert paused["paused_reason"] == "budget_exceeded" and llm.requests == []
-        event = next(e for e in await api.events(run_id) if e["type"] == "run.paused")
+        event = await api.wait_event(run_id, "run.paused")
         assert event["data"]["limit"] == "budgets.tokens" and event["data"]["tokens_budget"] == 30
         code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 50_000})
         assert code == 200, raised
