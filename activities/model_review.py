@@ -47,10 +47,16 @@ class ModelReviewActivities:
             secrets=self._models.secrets(),
         )
         prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
+        needed = estimate_tokens(messages)
+        day_refusal, tokens_left = await self._models.day_room(
+            inp.repo.workspace, needed, day_limit=inp.day_limit, tokens_left=inp.tokens_left
+        )
+        if day_refusal is not None:
+            return day_refusal.model_copy(update={"prompt": prompt_text[:200]})
         refused, out_cap = fit(
-            estimate_tokens(messages),
+            needed,
             max_output_tokens=inp.max_output_tokens,
-            tokens_left=inp.tokens_left,
+            tokens_left=tokens_left,
             usd_left=inp.usd_left,
             price=self._settings.model_prices.get(inp.model),
         )

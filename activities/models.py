@@ -123,6 +123,39 @@ class ModelActivities:
             await asyncio.to_thread(self._save, workspace, run_id, step, role, reply, usd)
         return reply
 
+    async def day_room(
+        self, workspace: str, needed: int, *, day_limit: int | None, tokens_left: int | None
+    ) -> tuple[ModelCallResult | None, int | None]:
+        """Check a call of ``needed`` prompt tokens against the workspace's ``limits.tokens_per_day``.
+
+        Args:
+            workspace: The run's workspace (whose calls of the UTC day count, from ``model_usage``).
+            needed: The prompt's estimated tokens.
+            day_limit: The daily limit plus the run's grants (None: no daily limit; nothing is read).
+            tokens_left: What the run's own ledger leaves (None: unlimited).
+
+        Returns:
+            ``(refusal, None)`` when today's spending leaves no room (``over_budget="day"``, with the day's figures
+            and when the next day begins); else ``(None, tokens_left)`` capped by what is left today.
+        """
+        if day_limit is None:
+            return None, tokens_left
+        now = datetime.now(UTC)
+        day_s = self._settings.model_day_s
+        spent = await asyncio.to_thread(day_spent, self._engine, workspace, day_key(now, day_s))
+        if spent + needed >= day_limit:
+            refusal = ModelCallResult(
+                called=False,
+                over_budget="day",
+                needed_tokens=needed,
+                day_spent=spent,
+                next_day_at=next_day(now, day_s),
+            )
+            return refusal, None
+        # What is left today caps the answer like the run's own headroom does.
+        day_left = day_limit - spent
+        return None, day_left if tokens_left is None else min(tokens_left, day_left)
+
     def secrets(self) -> list[str]:
         """Values no prompt may contain: the model API key and the forge tokens."""
         return self._secrets()
@@ -169,24 +202,11 @@ class ModelActivities:
                     raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
         prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
         needed = estimate_tokens(messages)
-        tokens_left = inp.tokens_left
-        if inp.day_limit is not None:
-            now = datetime.now(UTC)
-            spent = await asyncio.to_thread(
-                day_spent, self._engine, inp.repo.workspace, day_key(now, settings.model_day_s)
-            )
-            if spent + needed >= inp.day_limit:
-                return ModelCallResult(
-                    called=False,
-                    over_budget="day",
-                    needed_tokens=needed,
-                    day_spent=spent,
-                    next_day_at=next_day(now, settings.model_day_s),
-                    prompt=prompt_text[:200],
-                )
-            # What is left today caps the answer like the run's own headroom does.
-            day_left = inp.day_limit - spent
-            tokens_left = day_left if tokens_left is None else min(tokens_left, day_left)
+        day_refusal, tokens_left = await self.day_room(
+            inp.repo.workspace, needed, day_limit=inp.day_limit, tokens_left=inp.tokens_left
+        )
+        if day_refusal is not None:
+            return day_refusal.model_copy(update={"prompt": prompt_text[:200]})
         refused, out_cap = fit(
             needed,
             max_output_tokens=inp.max_output_tokens,

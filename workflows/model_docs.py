@@ -45,6 +45,7 @@ class ModelDocs(ModelSteps):
         page: ModelPageKind,
         arch: ModelConfig,
         timeout_s: float,
+        day_limit: int | None,
     ) -> ModelCallResult:
         key = f"{DOC_STEP}/{page}"
         call: ModelCallResult = await self._step(
@@ -59,6 +60,7 @@ class ModelDocs(ModelSteps):
                 max_output_tokens=arch.max_output_tokens,
                 tokens_left=room.tokens,
                 usd_left=room.usd,
+                day_limit=day_limit,
             ),
             timeout_s=timeout_s,
             attempts=MODEL_CALL_ATTEMPTS,
@@ -79,7 +81,9 @@ class ModelDocs(ModelSteps):
         for page in MODEL_PAGES:
 
             async def ask(room: Headroom, page: ModelPageKind = page) -> ModelCallResult:
-                return await self._ask_docs_model(room, docs=docs, page=page, arch=arch, timeout_s=timeout_s)
+                return await self._ask_docs_model(
+                    room, docs=docs, page=page, arch=arch, timeout_s=timeout_s, day_limit=self._day_limit(usage)
+                )
 
             call = await self._budgeted(usage, DOC_STEP, budget, ask)
             self._record_doc_call(page, call)

@@ -72,6 +72,7 @@ class ModelQa(ModelBudget):
                     test_output=output,
                     tokens_left=room.tokens,
                     usd_left=room.usd,
+                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=REVIEW_TIMEOUT_S,
                 attempts=MODEL_CALL_ATTEMPTS,

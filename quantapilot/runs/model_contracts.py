@@ -83,6 +83,8 @@ class DocsModelInput(_Model):
     max_output_tokens: int | None = None
     tokens_left: int | None = None
     usd_left: float | None = None
+    # limits.tokens_per_day plus the run's grants (None: no daily limit, or a run from before it was checked here).
+    day_limit: int | None = None
 
 
 class ModelDocPage(_Model):
@@ -121,3 +123,5 @@ class ReviewInput(_Model):
     test_output: str = ""
     tokens_left: int | None = None
     usd_left: float | None = None
+    # limits.tokens_per_day plus the run's grants (None: no daily limit, or a run from before it was checked here).
+    day_limit: int | None = None

@@ -167,3 +167,36 @@ async def test_model_day_limit_resumes_by_itself_the_next_day(
     (row,) = _rows(engine, run_id)
     assert row.day != today  # counted on the new day
     assert remote_file(url, "main", "greeting.txt") == "hello world\n"
+
+
+async def test_model_day_limit_pauses_the_documentation_pages_too(
+    make_api: ApiFactory, settings: Settings, client, engine: Engine, llm: ChatServer, tmp_path: Path
+) -> None:
+    from worker import build_worker
+
+    model_settings = _model_settings(settings, llm)
+    api = await make_api(model_settings)
+    llm.script(
+        reply("## Purpose\n\nGreets.\n", completion_tokens=10), reply("## Parts\n\nOne.\n", completion_tokens=10)
+    )
+    _spend_today(engine, DAY_LIMIT - 10)
+    yml = f"version: 1\nmodels:\n  arch: {{model: arch-model}}\nlimits: {{tokens_per_day: {DAY_LIMIT}}}\n"
+    url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": yml})
+    async with build_worker(client, model_settings):
+        _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+        run_id = body["run_id"]
+        paused = await api.wait_state(run_id, "paused", timeout=60)
+        assert paused["paused_reason"] == "budget_exceeded"
+        assert llm.requests == []  # the documentation page that would not fit today was never asked for
+        event = await api.wait_event(run_id, "run.paused")
+        assert event["data"]["limit"] == "limits.tokens_per_day" and event["data"]["day_tokens_spent"] == DAY_LIMIT - 10
+        code, _ = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+        assert code == 200
+        code, _ = await api.post(f"/v1/runs/{run_id}/resume")
+        assert code == 200
+        await api.wait_gate(run_id, "anchor", timeout=60)
+        await api.decide(run_id, "anchor", True)
+        final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+    assert final["state"] == "completed", final
+    assert len(llm.ok_requests) == 2
+    assert sorted(r.step for r in _rows(engine, run_id)) == ["doc/architecture", "doc/overview"]
