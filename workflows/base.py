@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         GateStatus,
         PauseInput,
         ResumeInput,
+        RunKind,
         RunStatus,
         approval_progress_text,
     )
@@ -38,9 +39,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 A = TypeVar("A")
 
-# Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
-PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
-PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
+# Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence (those of the
+# core, PATCH_FINAL_EVENT_FIRST and PATCH_BUDGET_STOPS_STEP, are in workflows.run_core).
 # Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
 PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
 # Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.
@@ -49,12 +49,44 @@ PATCH_GATE_N_OF_M = "gate-n-of-m"
 PATCH_GATE_TIMEOUT_IN_EVENT = "gate-timeout-in-event"
 
 
+class RunTrigger(Protocol):
+    """What every run workflow's input says about the run and who triggered it (the fields of :meth:`_init_run`)."""
+
+    run_id: str
+    workspace: str
+    correlation_id: str | None
+    triggered_by: str
+    triggered_by_token: str
+    allow_self_approval_default: bool
+    trace_id: str | None
+
+
 class RunWorkflowBase(RunCore):
     """Shared behaviour of repository and lifecycle runs.
 
-    Subclasses call :meth:`_init_run` from their ``@workflow.init`` and run their pipeline through
+    Subclasses call :meth:`_init_from_input` from their ``@workflow.init`` and run their pipeline through
     :meth:`_guarded`; steps go through :meth:`_step` and gates through :meth:`_gate`.
     """
+
+    def _init_from_input(self, inp: RunTrigger, kind: RunKind, *, heartbeat_s: float | None = None) -> None:
+        """Begin the run's state from its input: :meth:`_init_run` with the fields every run input has.
+
+        Args:
+            inp: The workflow's input.
+            kind: The kind of run.
+            heartbeat_s: Heartbeat timeout of the run's steps; None: only steps that name one heartbeat.
+        """
+        self._init_run(
+            run_id=inp.run_id,
+            workspace=inp.workspace,
+            kind=kind,
+            correlation_id=inp.correlation_id,
+            triggered_by=inp.triggered_by,
+            trigger_token=inp.triggered_by_token,
+            self_approval_default=inp.allow_self_approval_default,
+            heartbeat_s=heartbeat_s,
+            trace_id=inp.trace_id,
+        )
 
     async def _gate(
         self,

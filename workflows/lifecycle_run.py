@@ -58,16 +58,7 @@ class LifecycleRunWorkflow(ModelBudget):
     @workflow.init
     def __init__(self, inp: LifecycleRunInput) -> None:
         self._inp = inp
-        self._init_run(
-            run_id=inp.run_id,
-            workspace=inp.workspace,
-            kind=RunKind.LIFECYCLE,
-            correlation_id=inp.correlation_id,
-            triggered_by=inp.triggered_by,
-            trace_id=inp.trace_id,
-            trigger_token=inp.triggered_by_token,
-            self_approval_default=inp.allow_self_approval_default,
-        )
+        self._init_from_input(inp, RunKind.LIFECYCLE)
 
     @workflow.run
     async def run(self, inp: LifecycleRunInput) -> RunStatus:

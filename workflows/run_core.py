@@ -33,10 +33,7 @@ A = TypeVar("A")
 # Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
 PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
-# Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
-PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
-# Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.
-PATCH_GATE_N_OF_M = "gate-n-of-m"
+# The gates' patches (PATCH_GATE_N_OF_M, PATCH_SELF_APPROVAL_FLOOR, ...) are in workflows.base.
 
 
 class RunCore:
@@ -69,7 +66,7 @@ class RunCore:
             run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id, trace_id=trace_id
         )
         self._gates: dict[str, GateRecord] = {}
-        # Gates requested under PATCH_GATE_N_OF_M: their decisions follow workflows.gates.record_decision.
+        # Gates requested under PATCH_GATE_N_OF_M (workflows.base): their decisions follow gates.record_decision.
         self._n_of_m_gates: set[str] = set()
         self._paused = False
         self._paused_reason: str | None = None
