@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
         GateStatus,
         PauseInput,
         ResumeInput,
-        RunKind,
         RunStatus,
         approval_progress_text,
     )
@@ -49,44 +48,12 @@ PATCH_GATE_N_OF_M = "gate-n-of-m"
 PATCH_GATE_TIMEOUT_IN_EVENT = "gate-timeout-in-event"
 
 
-class RunTrigger(Protocol):
-    """What every run workflow's input says about the run and who triggered it (the fields of :meth:`_init_run`)."""
-
-    run_id: str
-    workspace: str
-    correlation_id: str | None
-    triggered_by: str
-    triggered_by_token: str
-    allow_self_approval_default: bool
-    trace_id: str | None
-
-
 class RunWorkflowBase(RunCore):
     """Shared behaviour of repository and lifecycle runs.
 
-    Subclasses call :meth:`_init_from_input` from their ``@workflow.init`` and run their pipeline through
+    Subclasses call :meth:`_init_run` from their ``@workflow.init`` and run their pipeline through
     :meth:`_guarded`; steps go through :meth:`_step` and gates through :meth:`_gate`.
     """
-
-    def _init_from_input(self, inp: RunTrigger, kind: RunKind, *, heartbeat_s: float | None = None) -> None:
-        """Begin the run's state from its input: :meth:`_init_run` with the fields every run input has.
-
-        Args:
-            inp: The workflow's input.
-            kind: The kind of run.
-            heartbeat_s: Heartbeat timeout of the run's steps; None: only steps that name one heartbeat.
-        """
-        self._init_run(
-            run_id=inp.run_id,
-            workspace=inp.workspace,
-            kind=kind,
-            correlation_id=inp.correlation_id,
-            triggered_by=inp.triggered_by,
-            trigger_token=inp.triggered_by_token,
-            self_approval_default=inp.allow_self_approval_default,
-            heartbeat_s=heartbeat_s,
-            trace_id=inp.trace_id,
-        )
 
     async def _gate(
         self,

@@ -58,7 +58,7 @@ class LifecycleRunWorkflow(ModelBudget):
     @workflow.init
     def __init__(self, inp: LifecycleRunInput) -> None:
         self._inp = inp
-        self._init_from_input(inp, RunKind.LIFECYCLE)
+        self._init_run(inp, RunKind.LIFECYCLE)
 
     @workflow.run
     async def run(self, inp: LifecycleRunInput) -> RunStatus:

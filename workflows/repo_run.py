@@ -66,7 +66,7 @@ class RepoRunWorkflow(ModelDocs):
     @workflow.init
     def __init__(self, inp: RepoRunInput) -> None:
         self._inp = inp
-        self._init_from_input(inp, RunKind.REPOSITORY, heartbeat_s=inp.heartbeat_timeout_s)
+        self._init_run(inp, RunKind.REPOSITORY, heartbeat_s=inp.heartbeat_timeout_s)
         self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)
         self._config: QuantapilotConfig | None = None
         self._milestones: list[MilestoneRecord] = []
