@@ -43,6 +43,10 @@ class ModelCallInput(_Model):
     day_limit: int | None = None
 
 
+# The fields of a call a run records unchanged (ModelCallResult.as_record); the answer is cut.
+_RECORDED_AS_IS = ("model", "input_tokens", "output_tokens", "usd", "prompt", "diff")
+
+
 class ModelCallResult(_Model):
     """What a call cost and answered, or why it was not made."""
 
@@ -77,16 +81,11 @@ class ModelCallResult(_Model):
             feedback: The failure output that went back to the model, if any.
         """
         return ModelCallRecord(
+            **{name: getattr(self, name) for name in _RECORDED_AS_IS},
+            answer=self.answer[:RECORDED_TEXT_CHARS],
             step=step,
             attempt=attempt,
             role=role,
-            model=self.model,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            usd=self.usd,
-            prompt=self.prompt,
-            answer=self.answer[:RECORDED_TEXT_CHARS],
-            diff=self.diff,
             outcome=outcome,
             feedback=feedback,
             at=at,
