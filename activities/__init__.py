@@ -45,8 +45,8 @@ def build_activities(
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees, engine)
     model_docs = ModelDocsActivities(settings, repo.worktrees, models)
-    narratives = LifecycleModelActivities(settings, models)
-    reviews = ModelReviewActivities(settings, models)
+    narratives = LifecycleModelActivities(models)
+    reviews = ModelReviewActivities(models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
         repo.clone_repository,

@@ -11,23 +11,18 @@ workflow keeps the answer of the attempt that succeeded, and the documentation s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeats import heartbeating
-from activities.models import ModelActivities, fit
+from activities.models import ModelActivities
 from activities.repo import reported
 from quantapilot.docs.model_pages import MODEL_PAGES
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
-from quantapilot.llm import ModelRequest, cost_of
 from quantapilot.llm.doc_prompts import build_doc_messages
-from quantapilot.llm.prompts import estimate_tokens
 from quantapilot.repos.files import RepoReadError
 from quantapilot.runs import documentation
-from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.errors import permanent
 from quantapilot.runs.model_contracts import CALL_DOCS_MODEL, DOC_ANSWER_CHARS, DocsModelInput, ModelCallResult
 from quantapilot.runs.worktree import Worktrees
@@ -77,32 +72,17 @@ class ModelDocsActivities:
             total_bytes=settings.model_prompt_total_bytes,
             secrets=self._models.secrets(),
         )
-        prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
-        needed = estimate_tokens(messages)
-        day_refusal, tokens_left = await self._models.day_room(
-            docs.repo.workspace, needed, day_limit=inp.day_limit, tokens_left=inp.tokens_left
+        prompt, reply = await self._models.ask(
+            inp,
+            messages,
+            tokens_left=inp.tokens_left,
+            run_id=docs.repo.run_id,
+            step=inp.step,
+            role=inp.role,
+            workspace=docs.repo.workspace,
         )
-        if day_refusal is not None:
-            return day_refusal.model_copy(update={"prompt": prompt_text[:200]})
-        refused, out_cap = fit(
-            needed,
-            max_output_tokens=inp.max_output_tokens,
-            tokens_left=tokens_left,
-            usd_left=inp.usd_left,
-            price=settings.model_prices.get(inp.model),
-        )
-        if refused is not None:
-            # Not made: the workflow pauses the run with these figures (budget_exceeded) and asks again on resume.
-            return refused.model_copy(update={"prompt": prompt_text[:200]})
-        request = ModelRequest(
-            model=inp.model,
-            messages=messages,
-            temperature=inp.temperature,
-            max_output_tokens=max(1, out_cap) if out_cap is not None else None,
-        )
-        reply = await self._models.complete(
-            request, run_id=docs.repo.run_id, step=inp.step, role=inp.role, workspace=docs.repo.workspace
-        )
+        if isinstance(reply, ModelCallResult):
+            return reply
         if not reply.text.strip():
             # The same request would most likely get the same nothing: fail for a person to look at.
             raise ApplicationError(
@@ -110,14 +90,4 @@ class ModelDocsActivities:
                 type=ErrorCode.MODEL_ANSWER_REJECTED,
                 non_retryable=True,
             )
-        return ModelCallResult(
-            called=True,
-            model=reply.model,
-            prompt=prompt_text[:RECORDED_TEXT_CHARS],
-            answer=reply.text[:DOC_ANSWER_CHARS],
-            input_tokens=reply.input_tokens,
-            output_tokens=reply.output_tokens,
-            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices),
-            response_id=reply.response_id,
-            at=datetime.now(UTC),
-        )
+        return self._models.answered(inp, prompt, reply, answer_chars=DOC_ANSWER_CHARS)

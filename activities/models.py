@@ -12,7 +12,11 @@ workspace's tokens spent today before calling (``limits.tokens_per_day``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
@@ -41,6 +45,22 @@ def model_failure(exc: ModelError) -> ApplicationError:
     return ApplicationError(
         exc.message, type=exc.code, non_retryable=not exc.retryable, next_retry_delay=delay if exc.retryable else None
     )
+
+
+class ModelAsk(Protocol):
+    """What a model call's input says about the call (``call_model``'s, and the docs, qa and narrative calls')."""
+
+    model: str
+    temperature: float | None
+    max_output_tokens: int | None
+    usd_left: float | None
+    # limits.tokens_per_day plus the run's grants (None: no daily limit; lifecycle runs have none).
+    day_limit: int | None
+
+
+def recorded_prompt(messages: Sequence[ChatMessage]) -> str:
+    """The prompt as a run records it: each message under its role."""
+    return "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
 
 
 class ModelActivities:
@@ -160,6 +180,99 @@ class ModelActivities:
         """Values no prompt may contain: the model API key and the forge tokens."""
         return self._secrets()
 
+    async def ask(
+        self,
+        inp: ModelAsk,
+        messages: Sequence[ChatMessage],
+        *,
+        tokens_left: int | None,
+        run_id: str,
+        step: str,
+        role: str,
+        workspace: str | None,
+        needed: int | None = None,
+        heartbeat: str | None = None,
+    ) -> tuple[str, ModelReply | ModelCallResult]:
+        """Make the call if it fits the headroom (:func:`fit`), through :meth:`complete`.
+
+        Args:
+            inp: The call's input (model, temperature, output cap, dollars left).
+            messages: The prompt.
+            tokens_left: Tokens the call may still spend (None: unlimited).
+            run_id: As :meth:`complete`.
+            step: As :meth:`complete`.
+            role: As :meth:`complete`.
+            workspace: As :meth:`complete`.
+            needed: The prompt's estimated tokens when the caller has them already.
+            heartbeat: Heartbeat with this detail while the model answers (None: the caller heartbeats, or not).
+
+        Returns:
+            The prompt as recorded (:func:`recorded_prompt`), and the reply, or the refusal (with the prompt's start)
+            when the call does not fit.
+        """
+        prompt = recorded_prompt(messages)
+        needed = estimate_tokens(messages) if needed is None else needed
+        if workspace is not None:
+            # limits.tokens_per_day: what the workspace spent today (model_usage) comes first.
+            day_refusal, tokens_left = await self.day_room(
+                workspace, needed, day_limit=inp.day_limit, tokens_left=tokens_left
+            )
+            if day_refusal is not None:
+                return prompt, day_refusal.model_copy(update={"prompt": prompt[:200]})
+        refused, out_cap = fit(
+            needed,
+            max_output_tokens=inp.max_output_tokens,
+            tokens_left=tokens_left,
+            usd_left=inp.usd_left,
+            price=self._settings.model_prices.get(inp.model),
+        )
+        if refused is not None:
+            # Not made: the workflow pauses the run with these figures (budget_exceeded) and asks again on resume.
+            return prompt, refused.model_copy(update={"prompt": prompt[:200]})
+        request = ModelRequest(
+            model=inp.model,
+            messages=list(messages),
+            temperature=inp.temperature,
+            max_output_tokens=max(1, out_cap) if out_cap is not None else None,
+        )
+        beating: AbstractAsyncContextManager[None] = (
+            heartbeating(heartbeat) if heartbeat is not None else contextlib.nullcontext()
+        )
+        async with beating:
+            reply = await self.complete(request, run_id=run_id, step=step, role=role, workspace=workspace)
+        return prompt, reply
+
+    def answered(
+        self,
+        inp: ModelAsk,
+        prompt: str,
+        reply: ModelReply,
+        *,
+        answer_chars: int = RECORDED_TEXT_CHARS,
+        diff: str | None = None,
+    ) -> ModelCallResult:
+        """The result of a call :meth:`ask` made: what it answered (``answer_chars`` of it) and cost.
+
+        Args:
+            inp: The call's input (its model prices the call).
+            prompt: The prompt as recorded.
+            reply: The model's reply.
+            answer_chars: How much of the answer the workflow keeps.
+            diff: The diff taken from the answer, if any.
+        """
+        return ModelCallResult(
+            called=True,
+            model=reply.model,
+            prompt=prompt[:RECORDED_TEXT_CHARS],
+            answer=reply.text[:answer_chars],
+            diff=diff,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, self._settings.model_prices),
+            response_id=reply.response_id,
+            at=datetime.now(UTC),
+        )
+
     @activity.defn(name=CALL_MODEL)
     async def call_model(self, inp: ModelCallInput) -> ModelCallResult:
         """Build the prompt from the milestone and the repository at the run's branch, then call the model."""
@@ -200,31 +313,19 @@ class ModelActivities:
                     messages = await asyncio.to_thread(_messages)
                 except RepoReadError as exc:
                     raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
-        prompt_text = "\n\n".join(f"[{m.role}]\n{m.content}" for m in messages)
         needed = estimate_tokens(messages)
-        day_refusal, tokens_left = await self.day_room(
-            inp.repo.workspace, needed, day_limit=inp.day_limit, tokens_left=inp.tokens_left
+        prompt, reply = await self.ask(
+            inp,
+            messages,
+            needed=needed,
+            tokens_left=inp.tokens_left,
+            run_id=inp.repo.run_id,
+            step=inp.step,
+            role=inp.role,
+            workspace=inp.repo.workspace,
         )
-        if day_refusal is not None:
-            return day_refusal.model_copy(update={"prompt": prompt_text[:200]})
-        refused, out_cap = fit(
-            needed,
-            max_output_tokens=inp.max_output_tokens,
-            tokens_left=tokens_left,
-            usd_left=inp.usd_left,
-            price=settings.model_prices.get(inp.model),
-        )
-        if refused is not None:
-            return refused.model_copy(update={"prompt": prompt_text[:200]})
-        request = ModelRequest(
-            model=inp.model,
-            messages=messages,
-            temperature=inp.temperature,
-            max_output_tokens=max(1, out_cap) if out_cap is not None else None,
-        )
-        reply = await self.complete(
-            request, run_id=inp.repo.run_id, step=inp.step, role=inp.role, workspace=inp.repo.workspace
-        )
+        if isinstance(reply, ModelCallResult):
+            return reply
         diff = extract_diff(reply.text) if inp.kind == "impl" else None
         if diff is not None and len(diff.encode("utf-8")) > settings.model_max_diff_bytes:
             # Refused here, before it reaches the history: run_milestone would refuse it anyway.
@@ -233,18 +334,7 @@ class ModelActivities:
                 type=ErrorCode.MODEL_DIFF_REJECTED,
                 non_retryable=True,
             )
-        return ModelCallResult(
-            called=True,
-            model=reply.model,
-            prompt=prompt_text[:RECORDED_TEXT_CHARS],
-            answer=reply.text[:RECORDED_TEXT_CHARS],
-            diff=diff,
-            input_tokens=reply.input_tokens,
-            output_tokens=reply.output_tokens,
-            usd=cost_of(inp.model, reply.input_tokens, reply.output_tokens, settings.model_prices),
-            response_id=reply.response_id,
-            at=datetime.now(UTC),
-        )
+        return self.answered(inp, prompt, reply, diff=diff)
 
     def _save(self, workspace: str, run_id: str, step: str, role: str, reply: ModelReply, usd: float | None) -> None:
         info = activity.info()

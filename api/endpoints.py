@@ -27,7 +27,7 @@ from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
 from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.events.log import EVENTS_PAGE
 from quantapilot.lifecycle.models import LifecycleRunRequest
-from quantapilot.lifecycle.telemetry import TelemetryBody
+from quantapilot.lifecycle.telemetry_body import TelemetryBody
 from quantapilot.models import GateRecord
 from quantapilot.runs.contracts import RunList
 from quantapilot.runs.http import (

@@ -42,8 +42,9 @@ from quantapilot.lifecycle.contracts import (
     account_workflow_id,
 )
 from quantapilot.lifecycle.models import LifecycleRunRequest, StageGateSettings, canonical_account_id
-from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, TelemetryIn, store_batch
-from quantapilot.lifecycle.telemetry import parse_telemetry as parse_telemetry_bytes
+from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, store_batch
+from quantapilot.lifecycle.telemetry_body import TelemetryIn
+from quantapilot.lifecycle.telemetry_body import parse_telemetry as parse_telemetry_bytes
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
 from quantapilot.models import RunKind, RunState, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED

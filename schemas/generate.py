@@ -42,7 +42,7 @@ from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.errors import ErrorEnvelope, ErrorResponse
 from quantapilot.events.record import EventRecord
 from quantapilot.lifecycle.models import LifecycleRunRequest
-from quantapilot.lifecycle.telemetry import TelemetryBody
+from quantapilot.lifecycle.telemetry_body import TelemetryBody
 from quantapilot.models import GateRecord, GateRequestedData
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs.contracts import RunList

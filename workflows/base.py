@@ -38,9 +38,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 A = TypeVar("A")
 
-# Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
-PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
-PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
+# Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence (those of the
+# core, PATCH_FINAL_EVENT_FIRST and PATCH_BUDGET_STOPS_STEP, are in workflows.run_core).
 # Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
 PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
 # Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.

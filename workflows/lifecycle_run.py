@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.lifecycle.outputs import RealizationOutput, StageResult
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import BudgetInput, RunKind, RunStatus
-    from quantapilot.runs.budget import RECORDED_TEXT_CHARS, Headroom, ModelCallRecord, RunUsage
+    from quantapilot.runs.budget import Headroom, RunUsage
     from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
     from quantapilot.runs.model_contracts import ModelCallResult
 
@@ -58,16 +58,7 @@ class LifecycleRunWorkflow(ModelBudget):
     @workflow.init
     def __init__(self, inp: LifecycleRunInput) -> None:
         self._inp = inp
-        self._init_run(
-            run_id=inp.run_id,
-            workspace=inp.workspace,
-            kind=RunKind.LIFECYCLE,
-            correlation_id=inp.correlation_id,
-            triggered_by=inp.triggered_by,
-            trace_id=inp.trace_id,
-            trigger_token=inp.triggered_by_token,
-            self_approval_default=inp.allow_self_approval_default,
-        )
+        self._init_run(inp, RunKind.LIFECYCLE)
 
     @workflow.run
     async def run(self, inp: LifecycleRunInput) -> RunStatus:
@@ -226,20 +217,7 @@ class LifecycleRunWorkflow(ModelBudget):
             # The figures never depended on the model: the agent's own words stand, and the status says why.
             outcome, reason = "kept", str(exc)
         self._record_run_call(
-            ModelCallRecord(
-                step=key,
-                attempt=1,
-                role="arch",
-                model=call.model,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                usd=call.usd,
-                prompt=call.prompt,
-                answer=call.answer[:RECORDED_TEXT_CHARS],
-                outcome=outcome,
-                feedback=reason,
-                at=workflow.now(),
-            )
+            call.as_record(step=key, attempt=1, role="arch", outcome=outcome, feedback=reason, at=workflow.now())
         )
         return narrated
 

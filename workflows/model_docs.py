@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.repo import RepoActivities
     from quantapilot.docs.model_pages import MODEL_PAGES, ModelPageKind
     from quantapilot.repos.config import ModelConfig, QuantapilotConfig
-    from quantapilot.runs.budget import RECORDED_TEXT_CHARS, Headroom, ModelCallRecord
+    from quantapilot.runs.budget import Headroom
     from quantapilot.runs.contracts import DocsInput, DocsResult
     from quantapilot.runs.model_contracts import DocsModelInput, ModelCallResult, ModelDocPage, ModelDocsInput
 
@@ -99,17 +99,5 @@ class ModelDocs(ModelSteps):
         return result
 
     def _record_doc_call(self, page: ModelPageKind, call: ModelCallResult) -> None:
-        record = ModelCallRecord(
-            step=f"{DOC_STEP}/{page}",
-            attempt=1,
-            role="arch",
-            model=call.model,
-            input_tokens=call.input_tokens,
-            output_tokens=call.output_tokens,
-            usd=call.usd,
-            prompt=call.prompt,
-            answer=call.answer[:RECORDED_TEXT_CHARS],
-            outcome="written",
-            at=workflow.now(),
-        )
+        record = call.as_record(step=f"{DOC_STEP}/{page}", attempt=1, role="arch", outcome="written", at=workflow.now())
         self._record_run_call(record)

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.llm.review_prompts import parse_verdict
     from quantapilot.models import MilestoneRecord
     from quantapilot.repos.config import MilestoneConfig, ModelConfig
-    from quantapilot.runs.budget import Headroom, ModelCallRecord, RunUsage
+    from quantapilot.runs.budget import Headroom, RunUsage
     from quantapilot.runs.contracts import MilestoneResult, RepoRef
     from quantapilot.runs.model_contracts import ModelCallResult, ReviewInput
 
@@ -81,20 +81,9 @@ class ModelQa(ModelBudget):
             return call
 
         call = await self._budgeted(usage, key, None, ask)
+        verdict = parse_verdict(call.answer)
         record.model_calls = [
             *record.model_calls,
-            ModelCallRecord(
-                step=key,
-                attempt=1,
-                role=QA_ROLE,
-                model=call.model,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                usd=call.usd,
-                prompt=call.prompt,
-                answer=call.answer,
-                outcome=parse_verdict(call.answer),
-                at=workflow.now(),
-            ),
+            call.as_record(step=key, attempt=1, role=QA_ROLE, outcome=verdict, at=workflow.now()),
         ]
         self._touch()

@@ -23,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.models import MilestoneRecord, StepOutcome
     from quantapilot.repos.config import MilestoneConfig, MilestoneStep, QuantapilotConfig, StepConfig
     from quantapilot.repos.policy import step_policy
-    from quantapilot.runs.budget import Headroom, ModelCallRecord, RunUsage
+    from quantapilot.runs.budget import Headroom, RunUsage
     from quantapilot.runs.contracts import MilestoneInput, MilestoneResult, RepoRef
     from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
 
@@ -123,20 +123,8 @@ class ModelSteps(ModelQa):
     ) -> None:
         record.model_calls = [
             *record.model_calls,
-            ModelCallRecord(
-                step=key,
-                attempt=attempt,
-                role="dev",
-                model=call.model,
-                input_tokens=call.input_tokens,
-                output_tokens=call.output_tokens,
-                usd=call.usd,
-                prompt=call.prompt,
-                answer=call.answer,
-                diff=call.diff,
-                outcome=outcome,
-                feedback=feedback,
-                at=workflow.now(),
+            call.as_record(
+                step=key, attempt=attempt, role="dev", outcome=outcome, feedback=feedback, at=workflow.now()
             ),
         ]
         self._touch()

@@ -66,17 +66,7 @@ class RepoRunWorkflow(ModelDocs):
     @workflow.init
     def __init__(self, inp: RepoRunInput) -> None:
         self._inp = inp
-        self._init_run(
-            run_id=inp.run_id,
-            workspace=inp.workspace,
-            kind=RunKind.REPOSITORY,
-            correlation_id=inp.correlation_id,
-            triggered_by=inp.triggered_by,
-            trigger_token=inp.triggered_by_token,
-            self_approval_default=inp.allow_self_approval_default,
-            heartbeat_s=inp.heartbeat_timeout_s,
-            trace_id=inp.trace_id,
-        )
+        self._init_run(inp, RunKind.REPOSITORY, heartbeat_s=inp.heartbeat_timeout_s)
         self._repo = RepoRef(run_id=inp.run_id, workspace=inp.workspace, repo_url=inp.repo_url, branch=inp.branch)
         self._config: QuantapilotConfig | None = None
         self._milestones: list[MilestoneRecord] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -33,43 +33,51 @@ A = TypeVar("A")
 # Workflow versioning (workflow.patched): ids of behaviour changes that alter the command sequence.
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
 PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
-# Decisions sent as signals claiming an API source follow the self-approval floor and compare token subjects.
-PATCH_SELF_APPROVAL_FLOOR = "self-approval-floor-by-subject"
-# Gates keep each decision and may need several approvers (N-of-M); before it one decision decided every gate.
-PATCH_GATE_N_OF_M = "gate-n-of-m"
+# The gates' patches (PATCH_GATE_N_OF_M, PATCH_SELF_APPROVAL_FLOOR, ...) are in workflows.base.
+
+
+class RunTrigger(Protocol):
+    """What every run workflow's input says about the run and who triggered it: what :meth:`RunCore._init_run` reads."""
+
+    run_id: str
+    workspace: str
+    correlation_id: str | None
+    triggered_by: str
+    triggered_by_token: str
+    allow_self_approval_default: bool
+    trace_id: str | None
 
 
 class RunCore:
     """State, status, events and steps of a run; see :class:`workflows.base.RunWorkflowBase`."""
 
-    def _init_run(
-        self,
-        *,
-        run_id: str,
-        workspace: str,
-        kind: RunKind,
-        correlation_id: str | None,
-        triggered_by: str,
-        trigger_token: str = "",
-        self_approval_default: bool = False,
-        heartbeat_s: float | None = None,
-        trace_id: str | None = None,
-    ) -> None:
-        self._trigger_token = trigger_token
+    def _init_run(self, inp: RunTrigger, kind: RunKind, *, heartbeat_s: float | None = None) -> None:
+        """Begin the run's state from its input (call from the workflow's ``@workflow.init``).
+
+        Args:
+            inp: The workflow's input.
+            kind: The kind of run.
+            heartbeat_s: Heartbeat timeout of the run's steps; None: only steps that name one heartbeat.
+        """
+        self._trigger_token = inp.triggered_by_token
         # QP_ALLOW_SELF_APPROVAL when the run was triggered: the default of gates that do not say, and a floor no
         # gate setting (quantapilot.yml, a lifecycle request) can lift.
-        self._self_approval_default = self_approval_default
-        self._run_id = run_id
+        self._self_approval_default = inp.allow_self_approval_default
+        self._run_id = inp.run_id
         self._heartbeat_s = heartbeat_s
-        self._workspace = workspace
+        self._workspace = inp.workspace
         self._kind = kind
-        self._correlation_id = correlation_id
-        self._triggered_by = triggered_by
+        self._correlation_id = inp.correlation_id
+        self._triggered_by = inp.triggered_by
         self._events = EventEmitter(
-            run_id=run_id, workspace=workspace, kind=kind, correlation_id=correlation_id, trace_id=trace_id
+            run_id=inp.run_id,
+            workspace=inp.workspace,
+            kind=kind,
+            correlation_id=inp.correlation_id,
+            trace_id=inp.trace_id,
         )
         self._gates: dict[str, GateRecord] = {}
-        # Gates requested under PATCH_GATE_N_OF_M: their decisions follow workflows.gates.record_decision.
+        # Gates requested under PATCH_GATE_N_OF_M (workflows.base): their decisions follow gates.record_decision.
         self._n_of_m_gates: set[str] = set()
         self._paused = False
         self._paused_reason: str | None = None

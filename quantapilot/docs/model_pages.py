@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from quantapilot.docs.model import GeneratedPage, RelatedLink
-from quantapilot.docs.pages import PageContext, build_page
+from quantapilot.docs.model import GeneratedPage
+from quantapilot.docs.pages import PageContext, build_page, fixed_link
 from quantapilot.docs.render import find_front_matter
 
 ModelPageKind = Literal["overview", "architecture"]
@@ -123,9 +123,9 @@ def model_page(ctx: PageContext, kind: ModelPageKind, *, model: str, answer: str
         description=f"{spec.title.split(' (')[0]} of {ctx.project}, written by {model} from the generated pages.",
         body=body,
         related=[
-            RelatedLink(slug="index", title="Overview", type="prerequisite"),
-            RelatedLink(slug="file-tree", title="File tree", type="related"),
-            RelatedLink(slug="api/index", title="API reference", type="related"),
+            fixed_link("index", "prerequisite"),
+            fixed_link("file-tree", "related"),
+            fixed_link("api/index", "related"),
         ],
         tags=["generated", kind],
         generated_by=model,

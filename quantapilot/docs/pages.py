@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -75,6 +75,25 @@ class PageContext:
     version: str
     updated: str
     owners: list[str]
+
+
+#: The pages every generation writes besides the module pages, by slug, with the title a link to them shows.
+FIXED_PAGE_TITLES: Final[dict[str, str]] = {
+    "index": "Overview",
+    "file-tree": "File tree",
+    "api/index": "API reference",
+    "guides": "Guides",
+}
+
+
+def fixed_link(slug: str, kind: Literal["related", "prerequisite", "next_step"]) -> RelatedLink:
+    """A related link to one of the :data:`FIXED_PAGE_TITLES` pages.
+
+    Args:
+        slug: The page's slug (a key of :data:`FIXED_PAGE_TITLES`).
+        kind: How the linked page relates to the linking one.
+    """
+    return RelatedLink(slug=slug, title=FIXED_PAGE_TITLES[slug], type=kind)
 
 
 def _page_path(ctx: PageContext, slug: str) -> str:
@@ -199,10 +218,7 @@ def module_page(
                 "",
                 *_doc_block(func.doc),
             ]
-    related = [
-        RelatedLink(slug="index", title="Overview", type="prerequisite"),
-        RelatedLink(slug="api/index", title="API reference", type="related"),
-    ]
+    related = [fixed_link("index", "prerequisite"), fixed_link("api/index", "related")]
     if parent is not None:
         related.append(RelatedLink(slug=parent.slug, title=f"Module {parent.name}", type="related"))
     if next_module is not None:
@@ -238,11 +254,11 @@ def api_index_page(ctx: PageContext, modules: Sequence[PyModule], failed: Sequen
             f"they are listed on the {md_link('overview', path, _page_path(ctx, 'index'))}.",
             "",
         ]
-    related = [RelatedLink(slug="index", title="Overview", type="prerequisite")]
+    related = [fixed_link("index", "prerequisite")]
     if modules:
         first = modules[0]
         related.append(RelatedLink(slug=first.slug, title=f"Module {first.name}", type="next_step"))
-    related.append(RelatedLink(slug="guides", title="Guides", type="related"))
+    related.append(fixed_link("guides", "related"))
     return build_page(
         ctx,
         slug=slug,
@@ -302,10 +318,7 @@ def tree_page(ctx: PageContext, files: Sequence[str]) -> GeneratedPage:
         title="File tree",
         description=f"The {len(files)} tracked files of {ctx.project}.",
         body=body,
-        related=[
-            RelatedLink(slug="index", title="Overview", type="prerequisite"),
-            RelatedLink(slug="api/index", title="API reference", type="next_step"),
-        ],
+        related=[fixed_link("index", "prerequisite"), fixed_link("api/index", "next_step")],
         tags=["file-tree"],
     )
 
@@ -387,9 +400,9 @@ def index_page(
         description=description,
         body=body,
         related=[
-            RelatedLink(slug="file-tree", title="File tree", type="related"),
-            RelatedLink(slug="api/index", title="API reference", type="next_step"),
-            RelatedLink(slug="guides", title="Guides", type="related"),
+            fixed_link("file-tree", "related"),
+            fixed_link("api/index", "next_step"),
+            fixed_link("guides", "related"),
         ],
         tags=["overview"],
     )
@@ -414,9 +427,6 @@ def guides_page(ctx: PageContext, guides: Sequence[Guide]) -> GeneratedPage:
         title="Guides",
         description=f"The {len(guides)} Markdown documents of {ctx.project}.",
         body=body,
-        related=[
-            RelatedLink(slug="index", title="Overview", type="prerequisite"),
-            RelatedLink(slug="api/index", title="API reference", type="related"),
-        ],
+        related=[fixed_link("index", "prerequisite"), fixed_link("api/index", "related")],
         tags=["guides"],
     )

@@ -110,6 +110,8 @@ class NarrateInput(_Model):
     max_output_tokens: int | None = None
     tokens_left: int | None = None
     usd_left: float | None = None
+    # No daily limit for lifecycle runs (QP_LIFECYCLE_BUDGETS has tokens and usd only); kept for the shared check.
+    day_limit: int | None = None
 
 
 class AccountRealizationInput(_Model):

@@ -20,11 +20,11 @@ from sqlmodel import Session
 from quantapilot.docs.render import render_html
 from quantapilot.docs.store import PageSummary, get_page, list_pages, list_versions
 from quantapilot.models import GateRecord, GateStatus, MilestoneRecord, RunStatus
+from quantapilot.repos.policy import ANCHOR_GATE
 from quantapilot.review.diff import Diff, branch_diff, run_worktree
 from quantapilot.runs.contracts import project_name
 from quantapilot.tokens import Principal
 
-ANCHOR_GATE: Final = "anchor"
 #: Pages rendered inline on a review page (the page list names all of them).
 MAX_INLINE_PAGES: Final = 40
 #: Who decides through a link that names no approver.

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from quantapilot.runs.budget import RECORDED_TEXT_CHARS, ModelCallRecord
 from quantapilot.runs.contracts import DocsInput, RepoRef
 
 CALL_MODEL = "call_model"
@@ -42,6 +43,10 @@ class ModelCallInput(_Model):
     day_limit: int | None = None
 
 
+# The fields of a call a run records unchanged (ModelCallResult.as_record); the answer is cut.
+_RECORDED_AS_IS = ("model", "input_tokens", "output_tokens", "usd", "prompt", "diff")
+
+
 class ModelCallResult(_Model):
     """What a call cost and answered, or why it was not made."""
 
@@ -61,6 +66,30 @@ class ModelCallResult(_Model):
     usd: float | None = None
     response_id: str | None = None
     at: datetime | None = None
+
+    def as_record(
+        self, *, step: str, attempt: int, role: str, outcome: str, at: datetime, feedback: str | None = None
+    ) -> ModelCallRecord:
+        """The call as the run records it (status, review page), its answer cut to ``RECORDED_TEXT_CHARS``.
+
+        Args:
+            step: The step it served.
+            attempt: Which try of the step it was.
+            role: The agent role.
+            outcome: What became of the answer.
+            at: When the workflow recorded it (``workflow.now()``).
+            feedback: The failure output that went back to the model, if any.
+        """
+        return ModelCallRecord(
+            **{name: getattr(self, name) for name in _RECORDED_AS_IS},
+            answer=self.answer[:RECORDED_TEXT_CHARS],
+            step=step,
+            attempt=attempt,
+            role=role,
+            outcome=outcome,
+            feedback=feedback,
+            at=at,
+        )
 
 
 # ----- model-written documentation pages (models.arch) ---------------------------------------------------------

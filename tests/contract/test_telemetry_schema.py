@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 import schemas
-from quantapilot.lifecycle.telemetry import TelemetryBody, TelemetryIn
+from quantapilot.lifecycle.telemetry_body import TelemetryBody, TelemetryIn
 
 _EVENT: dict[str, Any] = {
     "accountId": "6f1c2a4e-8d3b-4c5a-9e7f-1a2b3c4d5e6f",

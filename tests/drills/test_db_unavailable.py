@@ -31,7 +31,8 @@ from quantapilot.lifecycle.contracts import (
     TelemetryIngested,
     account_workflow_id,
 )
-from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
+from quantapilot.lifecycle.telemetry import insert_events
+from quantapilot.lifecycle.telemetry_body import parse_telemetry_payload
 from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.runs.ids import new_run_id, workflow_id
 from quantapilot.settings import Settings

@@ -231,6 +231,27 @@ def test_agents_realization_uses_targets_and_period() -> None:
     assert "| response_time_ms |" in result.report
 
 
+def test_agents_realization_without_targets_uses_complete_kpi_inputs() -> None:
+    inputs = LifecycleInputs.model_validate(
+        {
+            "kpis": [
+                {"kpi": "response_time_ms", "baseline": 800, "target": 600, "unit": "ms"},
+                {"kpi": "nps", "baseline": 20, "target": 40, "direction": "lower_is_better"},
+                {"kpi": "revenue", "target": 3},
+            ]
+        }
+    )
+    out = RealizationAgent().run(stage_input("realization", inputs=inputs)).output
+    assert isinstance(out, RealizationOutput)
+    by_kpi = {k.kpi: k for k in out.kpis}
+    assert list(by_kpi) == ["response_time_ms", "nps"]  # revenue has no baseline
+    assert (by_kpi["response_time_ms"].baseline, by_kpi["response_time_ms"].target) == (800, 600)
+    assert by_kpi["response_time_ms"].unit == "ms"
+    assert by_kpi["response_time_ms"].direction == "lower_is_better"  # from the name
+    assert by_kpi["nps"].direction == "lower_is_better"  # as given
+    assert out.notes[0] == "KPIs from this run's KPI inputs."
+
+
 def test_agents_expansion_proposals_follow_statuses() -> None:
     real = realization(
         {

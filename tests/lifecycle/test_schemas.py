@@ -11,7 +11,7 @@ import pytest
 
 import schemas
 from quantapilot.lifecycle.rfc3339 import parse_rfc3339
-from quantapilot.lifecycle.telemetry import parse_telemetry, parse_telemetry_payload
+from quantapilot.lifecycle.telemetry_body import parse_telemetry, parse_telemetry_payload
 from quantapilot.lifecycle.validation import NON_FINITE, SchemaValidationError, parse_run_request
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"

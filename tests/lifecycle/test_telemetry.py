@@ -18,12 +18,11 @@ from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
-    TelemetryIn,
     insert_events,
     kpi_aggregates,
-    parse_telemetry_payload,
     store_batch,
 )
+from quantapilot.lifecycle.telemetry_body import TelemetryIn, parse_telemetry_payload
 from quantapilot.lifecycle.validation import SchemaValidationError
 
 ACCOUNT = "6f1c1d1e-2b3a-4c5d-8e9f-0a1b2c3d4e5f"

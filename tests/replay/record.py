@@ -40,7 +40,8 @@ from quantapilot.lifecycle.contracts import (
     TelemetryIngested,
     account_workflow_id,
 )
-from quantapilot.lifecycle.telemetry import insert_events, parse_telemetry_payload
+from quantapilot.lifecycle.telemetry import insert_events
+from quantapilot.lifecycle.telemetry_body import parse_telemetry_payload
 from quantapilot.llm.spending import save_model_call
 from quantapilot.models import RunKind
 from quantapilot.repos.config import BudgetsConfig, ModelsConfig

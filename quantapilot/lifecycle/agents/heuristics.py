@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from quantapilot.lifecycle.models import Direction, LifecycleInputs
+from quantapilot.lifecycle.models import Direction, KpiOverride, LifecycleInputs
 from quantapilot.lifecycle.outputs import FinancialImpact, KpiTarget, KpiValue
 
 Bucket = Literal["revenue", "cost", "risk"]
@@ -58,6 +58,22 @@ def _words(kpi: str) -> set[str]:
 def kpi_direction(kpi: str) -> Direction:
     """Guess whether smaller values of ``kpi`` are better, from the words of its name."""
     return "lower_is_better" if _words(kpi) & LOWER_IS_BETTER_WORDS else "higher_is_better"
+
+
+def kpi_from_override(override: KpiOverride) -> KpiValue | None:
+    """The KPI an override names on its own (one no value model has), or ``None`` without baseline and target.
+
+    Its direction is the override's, else :func:`kpi_direction` of its name.
+    """
+    if override.baseline is None or override.target is None:
+        return None
+    return KpiValue(
+        kpi=override.kpi,
+        baseline=override.baseline,
+        target=override.target,
+        unit=override.unit,
+        direction=override.direction or kpi_direction(override.kpi),
+    )
 
 
 def kpi_bucket(kpi: str) -> Bucket:

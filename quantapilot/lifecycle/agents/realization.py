@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quantapilot.lifecycle.agents.base import make_result
-from quantapilot.lifecycle.agents.heuristics import kpi_direction
+from quantapilot.lifecycle.agents.heuristics import kpi_from_override
 from quantapilot.lifecycle.outputs import KpiTarget, KpiValue, StageInput, StageResult
 from quantapilot.lifecycle.realization import realize, report_period
 
@@ -28,17 +28,7 @@ class RealizationAgent:
         elif data.opportunity is not None:
             targets, source = data.opportunity.value_model.kpis, "the opportunity's value model (no targets yet)"
         else:
-            targets = [
-                KpiValue(
-                    kpi=o.kpi,
-                    baseline=o.baseline,
-                    target=o.target,
-                    unit=o.unit,
-                    direction=o.direction or kpi_direction(o.kpi),
-                )
-                for o in data.inputs.kpis
-                if o.baseline is not None and o.target is not None
-            ]
+            targets = [k for k in map(kpi_from_override, data.inputs.kpis) if k is not None]
             source = "this run's KPI inputs"
         period = data.period or report_period(requested=data.inputs.report_period, as_of=data.as_of)
         out = realize(targets=targets, aggregates=data.telemetry, period=period)

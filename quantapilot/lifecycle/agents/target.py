@@ -14,7 +14,7 @@ from quantapilot.lifecycle.agents.heuristics import (
     estimate_impact,
     financial_impact,
     kpi_bucket,
-    kpi_direction,
+    kpi_from_override,
     kpis_from_benchmarks,
 )
 from quantapilot.lifecycle.models import Investment
@@ -212,21 +212,18 @@ class TargetAgent:
             )
         skipped: list[str] = []
         for o in overrides.values():
-            if o.baseline is None or o.target is None:
+            added = kpi_from_override(o)
+            if added is None:
                 skipped.append(o.kpi)
                 continue
             targets.append(
                 KpiTarget(
-                    kpi=o.kpi,
-                    baseline=o.baseline,
-                    target=o.target,
-                    unit=o.unit,
-                    direction=o.direction or kpi_direction(o.kpi),
+                    **added.model_dump(),
                     deadline=o.deadline or default_deadline,
                     confidence=(
                         o.confidence
                         if o.confidence is not None
-                        else target_confidence(baseline=o.baseline, target=o.target)
+                        else target_confidence(baseline=added.baseline, target=added.target)
                     ),
                 )
             )
