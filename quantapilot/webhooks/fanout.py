@@ -12,9 +12,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from quantapilot.db import utcnow
 from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
-from quantapilot.webhooks.contracts import delivery_workflow_id
+from quantapilot.webhooks.contracts import delivery_workflow_id, is_outbox_owner, outbox_owner
 from quantapilot.webhooks.deliveries import ensure_delivery
 from quantapilot.webhooks.endpoints import matching_endpoints
 from quantapilot.webhooks.starts import PendingDelivery
@@ -45,6 +46,7 @@ def fan_out(
     run_kind: str | None = None,
     repository: str | None = None,
     payload: dict[str, Any] | None = None,
+    outbox: bool = False,
 ) -> int:
     """Create the deliveries of one event for the matching enabled endpoints of its workspace (flush only).
 
@@ -57,6 +59,8 @@ def fan_out(
         run_kind: The run's kind, for run-kind filters.
         repository: The run's repository, for repository filters.
         payload: The envelope to store with each delivery for events that are not in ``run_events``.
+        outbox: Put the deliveries in the outbox, due now (:mod:`quantapilot.webhooks.outbox`), instead of
+            handing each to its own workflow.
 
     Returns:
         How many deliveries this call created.
@@ -75,7 +79,11 @@ def fan_out(
             session=session, endpoint=endpoint, event_id=event_id, event_type=event_type, run_id=run_id
         )
         if delivery.workflow_id is None:
-            delivery.workflow_id = delivery_workflow_id(delivery.id)
+            if outbox:
+                delivery.workflow_id = outbox_owner(delivery.id)
+                delivery.next_attempt_at = utcnow()
+            else:
+                delivery.workflow_id = delivery_workflow_id(delivery.id)
             delivery.payload = payload
             session.add(delivery)
         created += int(new)
@@ -83,8 +91,14 @@ def fan_out(
     return created
 
 
-def fan_out_run_event(session: Session, event: EventRecord) -> int:
-    """Create the deliveries of a run event; the repository is looked up only when a filter needs it."""
+def fan_out_run_event(session: Session, event: EventRecord, *, outbox: bool = False) -> int:
+    """Create the deliveries of a run event; the repository is looked up only when a filter needs it.
+
+    Args:
+        session: The session of the transaction that stores the event.
+        event: The event.
+        outbox: Put the deliveries in the outbox (see :func:`fan_out`).
+    """
     kind = event.run_kind.value
     # Repository filters are rare: matching by type alone (no run kind: the kind and repository filters pass)
     # tells whether any endpoint wants the event at all and whether the run's repository must be looked up.
@@ -101,15 +115,24 @@ def fan_out_run_event(session: Session, event: EventRecord) -> int:
         run_id=event.run_id,
         run_kind=kind,
         repository=repository,
+        outbox=outbox,
     )
 
 
 def pending_deliveries(session: Session, event_id: str) -> list[PendingDelivery]:
-    """Deliveries of an event still waiting to be made (their workflows may or may not exist yet)."""
+    """Deliveries of an event still waiting for their workflows (which may or may not exist yet).
+
+    Deliveries in the outbox are left out: the dispatcher makes them, no workflow may.
+    """
     rows = session.exec(
         select(WebhookDelivery)
         .where(WebhookDelivery.event_id == event_id)
         .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
+        .where(col(WebhookDelivery.next_attempt_at).is_(None))
         .order_by(col(WebhookDelivery.id))
     )
-    return [PendingDelivery(row.id, row.workflow_id or delivery_workflow_id(row.id)) for row in rows if row.workflow_id]
+    return [
+        PendingDelivery(row.id, row.workflow_id)
+        for row in rows
+        if row.workflow_id and not is_outbox_owner(row.workflow_id)
+    ]
