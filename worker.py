@@ -59,6 +59,11 @@ class ServiceWorker(Worker):
         self._sweep_every_s = sweep_every_s
         self._dispatcher = dispatcher
 
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The webhook outbox dispatcher this worker runs (None with ``QP_WEBHOOK_DISPATCH=workflow``)."""
+        return self._dispatcher
+
     async def run(self) -> None:
         """Poll until shut down, sweeping worktrees of closed runs and draining the webhook outbox alongside."""
         sweep = asyncio.create_task(self._sweep()) if self._repo is not None and self._sweep_every_s > 0 else None

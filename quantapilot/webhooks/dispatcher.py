@@ -9,7 +9,8 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
 - **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
   ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
   left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
-  others.
+  others. A failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
+  time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
 - **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
   (:func:`~quantapilot.webhooks.outbox.record_results`); a database outage only delays it (it retries), and a
   claim taken over meanwhile is fenced by its token.
@@ -90,6 +91,7 @@ class Dispatcher:
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._claimed: dict[str, Claimed] = {}  # delivery id -> claim, until recorded or released
         self._by_endpoint: Counter[str] = Counter()
+        self._failing: set[str] = set()  # failing endpoints with an attempt in flight (probed one at a time)
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
@@ -150,7 +152,7 @@ class Dispatcher:
 
     # -- database steps (in a thread) --
 
-    def _claim(self, token: str, limit: int, exclude: Sequence[str]) -> ClaimBatch:
+    def _claim(self, token: str, limit: int, exclude: Sequence[str], failing: bool) -> ClaimBatch:
         with session_scope(self._engine) as session:
             return claim_due(
                 session=session,
@@ -162,6 +164,7 @@ class Dispatcher:
                 retry_scale=self._settings.webhook_retry_scale,
                 timeout_s=self._settings.webhook_timeout_s,
                 exclude_endpoints=exclude,
+                failing=failing,
             )
 
     def _record(self, results: Sequence[tuple[Claimed, DeliveryResult]]) -> list[AttemptVerdict]:
@@ -182,25 +185,15 @@ class Dispatcher:
         idle = POLL_MIN_S
         while not self._closing:
             self._wake.clear()
-            free = self._settings.webhook_dispatch_inflight - len(self._claimed)
+            # Healthy endpoints' deliveries first, each claim's sends starting before the next claim is made.
             found = False
-            if free > 0:
-                token = secrets.token_hex(16)
-                saturated = [e for e, n in self._by_endpoint.items() if n >= 2 * self._per_endpoint]
-                started = time.monotonic()
+            for failing in (False, True):
                 try:
-                    batch = await asyncio.to_thread(self._claim, token, min(free, CLAIM_BATCH), saturated)
+                    found = await self._claim_some(failing=failing) or found
                 except Exception:
                     log.exception("claiming webhook deliveries failed; trying again shortly")
-                    batch = ClaimBatch()
                     idle = DB_RETRY_S
-                else:
-                    found = bool(batch.sends or batch.settled)
-                if batch.sends:
-                    self._deadlines[token] = started + self._lease_s
-                for claimed in batch.sends:
-                    self._take(claimed)
-                await self._announce(batch.settled)
+                    break
             if found:
                 idle = POLL_MIN_S
                 continue
@@ -208,9 +201,27 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), idle)
             idle = min(idle * 2, POLL_MAX_S)
 
+    async def _claim_some(self, *, failing: bool) -> bool:
+        """Claim one batch (healthy or failing endpoints), start its sends; tell whether anything was due."""
+        free = self._settings.webhook_dispatch_inflight - len(self._claimed)
+        if free <= 0 or self._closing:
+            return False
+        token = secrets.token_hex(16)
+        saturated = [e for e, n in self._by_endpoint.items() if n >= 2 * self._per_endpoint or e in self._failing]
+        started = time.monotonic()
+        batch = await asyncio.to_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        if batch.sends:
+            self._deadlines[token] = started + self._lease_s
+        for claimed in batch.sends:
+            self._take(claimed)
+        await self._announce(batch.settled)
+        return bool(batch.sends or batch.settled)
+
     def _take(self, claimed: Claimed) -> None:
         self._claimed[claimed.delivery_id] = claimed
         self._by_endpoint[claimed.endpoint_id] += 1
+        if claimed.failing:
+            self._failing.add(claimed.endpoint_id)
         task = asyncio.create_task(self._send(claimed))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
@@ -221,6 +232,7 @@ class Dispatcher:
         if self._by_endpoint[claimed.endpoint_id] <= 0:
             del self._by_endpoint[claimed.endpoint_id]
             self._gates.pop(claimed.endpoint_id, None)
+            self._failing.discard(claimed.endpoint_id)
         if not any(c.token == claimed.token for c in self._claimed.values()):
             self._deadlines.pop(claimed.token, None)
 

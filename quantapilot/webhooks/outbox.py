@@ -21,16 +21,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlmodel import Session, col
 
+from quantapilot.events.envelope import aware
 from quantapilot.secretbox import KeyRing, SecretDecryptError
 from quantapilot.webhooks.contracts import DeliverAttemptInput
 from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt, prepare_attempt, record_outcome
 from quantapilot.webhooks.schedule import next_delay
-from quantapilot.webhooks.tables import DeliveryResult, DeliveryStatus, WebhookDelivery
+from quantapilot.webhooks.tables import DeliveryResult, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("quantapilot.webhooks")
 
@@ -44,6 +45,8 @@ class Claimed:
     token: str
     inp: DeliverAttemptInput
     prepared: PreparedAttempt
+    # The endpoint is failing (no success since its last failure): it gets one attempt in flight at a time.
+    failing: bool = False
 
 
 @dataclass
@@ -75,6 +78,11 @@ def _attempt_input(row: WebhookDelivery, *, retry_scale: float, timeout_s: float
     )
 
 
+def aware_or_min(value: datetime | None) -> datetime:
+    """A stored time made comparable (SQLite hands back naive UTC); None sorts first."""
+    return aware(value) if value is not None else datetime.min.replace(tzinfo=UTC)
+
+
 def apply_verdict(row: WebhookDelivery, verdict: AttemptVerdict, *, now: datetime) -> None:
     """Move a claimed row's place in the outbox after a verdict and free its claim (flush is the caller's)."""
     result = verdict.result
@@ -97,6 +105,7 @@ def claim_due(
     retry_scale: float,
     timeout_s: float,
     exclude_endpoints: Sequence[str] = (),
+    failing: bool = False,
 ) -> ClaimBatch:
     """Claim up to ``limit`` due deliveries under ``token`` and prepare their attempts.
 
@@ -110,18 +119,30 @@ def claim_due(
         retry_scale: The retry schedule's scale (settings).
         timeout_s: The HTTP timeout of one attempt.
         exclude_endpoints: Endpoints this dispatcher already has enough in flight for (not claimed now).
+        failing: Claim the deliveries of failing endpoints (``failing_since`` set) instead of healthy ones:
+            claimed separately, so the retries of dead endpoints never make a fresh event wait.
 
     Returns:
         The deliveries to send and the verdicts of those settled without sending.
     """
     # A plain read first: an idle outbox costs one indexed SELECT per poll, no write lock.
-    probe = select(col(WebhookDelivery.id)).where(*_due(now))
+    since = col(WebhookEndpoint.failing_since)
+    probe = (
+        select(col(WebhookDelivery.id))
+        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+        .where(*_due(now), since.is_not(None) if failing else since.is_(None))
+    )
     if exclude_endpoints:
         probe = probe.where(col(WebhookDelivery.endpoint_id).not_in(list(exclude_endpoints)))
     if session.scalars(probe.limit(1)).first() is None:
         return ClaimBatch()
-    # SKIP LOCKED: rows another dispatcher is claiming right now are left to it (a no-op on SQLite).
-    locked = probe.order_by(col(WebhookDelivery.next_attempt_at)).limit(limit).with_for_update(skip_locked=True)
+    # SKIP LOCKED: rows another dispatcher is claiming right now are left to it (a no-op on SQLite, whose writes
+    # are serialised anyway).
+    locked = (
+        probe.order_by(col(WebhookDelivery.next_attempt_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=WebhookDelivery)
+    )
     claimed_ids = list(
         session.scalars(
             update(WebhookDelivery)
@@ -139,7 +160,18 @@ def claim_due(
         .where(col(WebhookDelivery.id).in_(claimed_ids))
         .execution_options(populate_existing=True)
     ).all()
-    for row in rows:
+    probing: set[str] = set()
+    for row in sorted(rows, key=lambda r: (aware_or_min(r.next_attempt_at), r.id)):
+        endpoint = session.get(WebhookEndpoint, row.endpoint_id)
+        failing = endpoint is not None and endpoint.enabled and endpoint.failing_since is not None
+        if failing and row.endpoint_id in probing:
+            # A failing endpoint is throttled as a whole: one attempt at a time probes it; the rest stay due.
+            row.claim_token = None
+            row.claimed_until = None
+            session.add(row)
+            continue
+        if failing:
+            probing.add(row.endpoint_id)
         inp = _attempt_input(row, retry_scale=retry_scale, timeout_s=timeout_s)
         try:
             prepared = prepare_attempt(session, inp, keyring=keyring)
@@ -157,7 +189,7 @@ def claim_due(
             session.add(row)
             batch.settled.append(prepared)
             continue
-        batch.sends.append(Claimed(row.id, row.endpoint_id, token, inp, prepared))
+        batch.sends.append(Claimed(row.id, row.endpoint_id, token, inp, prepared, failing=failing))
     session.flush()
     return batch
 
