@@ -8,20 +8,18 @@ idempotent, so a caller retried after a crash between the two simply starts what
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from quantapilot.db import utcnow
-from quantapilot.events.envelope import aware
 from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.webhooks.contracts import delivery_workflow_id, is_outbox_owner
 from quantapilot.webhooks.deliveries import ensure_delivery, insert_outbox_deliveries
 from quantapilot.webhooks.endpoints import matching_endpoints
 from quantapilot.webhooks.starts import PendingDelivery
-from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEndpoint, new_id
+from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, new_id
 
 log = logging.getLogger("quantapilot.webhooks")
 
@@ -36,14 +34,6 @@ def _run_repository(session: Session, event: EventRecord) -> str | None:
     if started is not None and isinstance(started.data.get("repo_url"), str):
         return str(started.data["repo_url"])
     return None
-
-
-def due_at(endpoint: WebhookEndpoint) -> datetime:
-    """When a new outbox delivery of an endpoint is first due: now, or when a failing endpoint's hold ends."""
-    now = utcnow()
-    if endpoint.failing_since is None or endpoint.held_until is None:
-        return now
-    return max(now, aware(endpoint.held_until))
 
 
 def fan_out(
@@ -84,10 +74,11 @@ def fan_out(
         log.warning("event type %s is not deliverable by webhook", event_type[:64])
         return 0
     if outbox:
+        now = utcnow()
         # One statement for all of them: a workspace's few dozen endpoints cost one round trip, not three each.
         return insert_outbox_deliveries(
             session=session,
-            rows=[(e, new_id("wd_"), due_at(e)) for e in endpoints],
+            rows=[(e, new_id("wd_"), now) for e in endpoints],
             event_id=event_id,
             event_type=event_type,
             run_id=run_id,

@@ -22,8 +22,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlmodel import Session, col
 
 from quantapilot.events.envelope import aware
@@ -32,7 +33,6 @@ from quantapilot.webhooks.contracts import DeliverAttemptInput
 from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt, prepare_attempt, record_outcome
 from quantapilot.webhooks.schedule import next_delay
 from quantapilot.webhooks.tables import (
-    DeliveryOutcome,
     DeliveryResult,
     DeliveryStatus,
     WebhookDelivery,
@@ -138,26 +138,39 @@ def claim_due(
         .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
         .where(*_due(now))
     )
-    if failing:
-        held = col(WebhookEndpoint.held_until)
-        probe = probe.where(since.is_not(None), or_(held.is_(None), held <= now))
-    else:
-        probe = probe.where(since.is_(None))
+    probe = probe.where(since.is_not(None) if failing else since.is_(None))
     if exclude_endpoints:
         probe = probe.where(col(WebhookDelivery.endpoint_id).not_in(list(exclude_endpoints)))
     if session.scalars(probe.limit(1)).first() is None:
         return ClaimBatch()
-    # SKIP LOCKED: rows another dispatcher is claiming right now are left to it (a no-op on SQLite, whose writes
-    # are serialised anyway).
-    locked = (
-        probe.order_by(col(WebhookDelivery.next_attempt_at))
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=WebhookDelivery)
-    )
+    chosen: Select[Any]
+    if failing:
+        # One delivery per failing endpoint at a time: a dead endpoint's backlog is retried one by one, each
+        # delivery on its own schedule, never as a burst.
+        # Window functions cannot be locked FOR UPDATE; the UPDATE below re-checks the claim on each row it
+        # locks, so two dispatchers still never both claim one.
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=col(WebhookDelivery.endpoint_id),
+                order_by=(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id)),
+            )
+            .label("rank")
+        )
+        ranked = probe.add_columns(rank).subquery()
+        chosen = select(ranked.c.id).where(ranked.c.rank == 1).limit(limit)
+    else:
+        # SKIP LOCKED: rows another dispatcher is claiming right now are left to it (a no-op on SQLite, whose
+        # writes are serialised anyway).
+        chosen = (
+            probe.order_by(col(WebhookDelivery.next_attempt_at))
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        )
     claimed_ids = list(
         session.scalars(
             update(WebhookDelivery)
-            .where(col(WebhookDelivery.id).in_(locked), *_due(now))
+            .where(col(WebhookDelivery.id).in_(chosen), *_due(now))
             .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_s))
             .returning(col(WebhookDelivery.id))
             .execution_options(synchronize_session=False)
@@ -214,8 +227,6 @@ def record_results(
         The verdicts of the attempts recorded (a fenced one is left out: its new owner decides).
     """
     verdicts: list[AttemptVerdict] = []
-    failed: dict[str, datetime] = {}  # endpoint -> the latest next attempt of its failed attempts in this batch
-    recovered: set[str] = set()  # endpoints that answered 2xx in this batch
     for claimed, result in results:
         row = session.get(WebhookDelivery, claimed.delivery_id, with_for_update=True, populate_existing=True)
         if row is None or row.claim_token != claimed.token:
@@ -226,64 +237,8 @@ def record_results(
         apply_verdict(row, verdict, now=now)
         session.add(row)
         verdicts.append(verdict)
-        if verdict.result.outcome == "retry" and row.next_attempt_at is not None:
-            failed[row.endpoint_id] = max(row.next_attempt_at, failed.get(row.endpoint_id, row.next_attempt_at))
-        elif result.outcome is DeliveryOutcome.DELIVERED:
-            recovered.add(row.endpoint_id)
     session.flush()
-    for endpoint_id, until in failed.items():
-        _hold_endpoint(session, endpoint_id, until)
-    for endpoint_id in recovered - set(failed):
-        _release_endpoint(session, endpoint_id, now)
     return verdicts
-
-
-def _pending_unclaimed(endpoint_id: str) -> list[ColumnElement[bool]]:
-    return [
-        col(WebhookDelivery.endpoint_id) == endpoint_id,
-        col(WebhookDelivery.status) == DeliveryStatus.PENDING.value,
-        col(WebhookDelivery.next_attempt_at).is_not(None),
-        col(WebhookDelivery.claim_token).is_(None),
-    ]
-
-
-def _hold_endpoint(session: Session, endpoint_id: str, until: datetime) -> None:
-    """Hold a failing endpoint's other deliveries until its next attempt (a circuit breaker).
-
-    A failing endpoint is throttled as a whole: while it fails, one delivery at a time probes it on the retry
-    schedule and the others (and new ones, :func:`~quantapilot.webhooks.fanout.due_at`) wait for that probe
-    instead of each failing on its own, so a few dozen dead endpoints cost a few attempts per schedule step, not
-    one per event. The first success ends the streak and releases them (:func:`_release_endpoint`).
-    """
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.failing_since is None:
-        return
-    if endpoint.held_until is None or aware(endpoint.held_until) < until:
-        endpoint.held_until = until
-        session.add(endpoint)
-    session.execute(
-        update(WebhookDelivery)
-        .where(*_pending_unclaimed(endpoint_id), col(WebhookDelivery.next_attempt_at) < until)
-        .values(next_attempt_at=until, next_retry_at=until)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-
-
-def _release_endpoint(session: Session, endpoint_id: str, now: datetime) -> None:
-    """An endpoint held while failing answered again: its held deliveries are due now."""
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.held_until is None:
-        return
-    endpoint.held_until = None
-    session.add(endpoint)
-    session.execute(
-        update(WebhookDelivery)
-        .where(*_pending_unclaimed(endpoint_id), col(WebhookDelivery.next_attempt_at) > now)
-        .values(next_attempt_at=now, next_retry_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
 
 
 def renew_claims(*, session: Session, tokens: Sequence[str], until: datetime) -> int:

@@ -115,9 +115,6 @@ class WebhookEndpoint(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     failing_since: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     throttled_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    # While failing (``failing_since`` set), the outbox probes the endpoint with one delivery at a time and holds
-    # its other deliveries until this time, the probe's next attempt (:mod:`quantapilot.webhooks.outbox`).
-    held_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class WebhookSecret(SQLModel, table=True):

@@ -145,10 +145,9 @@ async def test_webhooks_receiver_down_then_up_gets_every_event(make_stack: Stack
 
     def retried(rows: list[dict[str, Any]]) -> bool:
         counts = [int(r["attempt_count"]) for r in rows]
-        # One delivery probes the failing endpoint on the schedule; the others are held until it answers.
-        return len(rows) == len(expected) and max(counts) >= 3
+        return len(rows) == len(expected) and min(counts) >= 2
 
-    # Nothing listens: every delivery fails, and the endpoint is retried, while the receiver is down.
+    # Nothing listens: every delivery fails, and is retried, while the receiver is down.
     rows = await wait_deliveries(api, endpoint["id"], retried)
     assert all(r["status"] == "pending" for r in rows)
     async with Receiver(port=port) as receiver:

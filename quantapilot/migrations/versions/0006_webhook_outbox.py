@@ -1,4 +1,4 @@
-"""Webhook outbox: the columns a dispatcher claims due deliveries by (due time, claim token and lease, hold).
+"""Webhook outbox: the columns a dispatcher claims due deliveries by (due time, claim token and lease).
 
 Revision ID: 0006
 Revises: 0004
@@ -29,14 +29,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("claimed_until", UtcDateTime(), nullable=True))
         batch_op.add_column(sa.Column("schedule_base", sa.Integer(), nullable=False, server_default="0"))
         batch_op.create_index("ix_webhook_deliveries_due", ["status", "next_attempt_at"], unique=False)
-    with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("held_until", UtcDateTime(), nullable=True))
 
 
 def downgrade() -> None:
     """Revert this revision."""
-    with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
-        batch_op.drop_column("held_until")
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_deliveries_due")
         batch_op.drop_column("schedule_base")
