@@ -176,7 +176,8 @@ async def main(count: int, dispatch: str) -> None:
             await receiver.start()
             receiver.secret = _endpoint(engine, receiver.url, settings)
             try:
-                async with build_worker(env.client, settings) as worker:
+                worker = build_worker(env.client, settings)
+                async with worker:
                     progress(f"warm-up: {count // 10} deliveries")
                     await _ours(settings, engine, env.client, receiver, max(count // 10, 10), worker)
                     progress(f"our path ({dispatch}): {count} deliveries")
