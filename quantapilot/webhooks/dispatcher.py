@@ -55,6 +55,8 @@ log = logging.getLogger("quantapilot.webhooks.dispatcher")
 #: Poll interval right after work, and the idle backoff's ceiling (seconds).
 POLL_MIN_S: Final = 0.01
 POLL_MAX_S: Final = 0.1
+#: Failing endpoints' due retries are claimed at most this often (seconds).
+FAILING_CLAIM_EVERY_S: Final = 0.1
 #: Deliveries claimed by one statement at most.
 CLAIM_BATCH: Final = 100
 #: Wait after a database error before claiming or recording again (seconds).
@@ -95,6 +97,7 @@ class Dispatcher:
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
+        self._next_failing_claim = 0.0
 
     # -- lifecycle --
 
@@ -187,13 +190,18 @@ class Dispatcher:
             self._wake.clear()
             # Healthy endpoints' deliveries first, each claim's sends starting before the next claim is made.
             found = False
-            for failing in (False, True):
+            # Failing endpoints' retries are claimed at most every FAILING_CLAIM_EVERY_S: a few dozen dead
+            # endpoints answering at once (refused connections) must not keep the database busy for fresh events.
+            failing_due = time.monotonic() >= self._next_failing_claim
+            for failing in (False, True) if failing_due else (False,):
                 try:
                     found = await self._claim_some(failing=failing) or found
                 except Exception:
                     log.exception("claiming webhook deliveries failed; trying again shortly")
                     idle = DB_RETRY_S
                     break
+            if failing_due:
+                self._next_failing_claim = time.monotonic() + FAILING_CLAIM_EVERY_S
             if found:
                 idle = POLL_MIN_S
                 continue
