@@ -28,6 +28,7 @@ from quantapilot.settings import Settings
 from quantapilot.temporal import connect, exit_without_teardown
 from quantapilot.tracing import has_temporal_tracing, setup_tracing, temporal_interceptor
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
+from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.urlsafety import Resolver
 from workflows.registry import WORKFLOWS
 
@@ -48,6 +49,7 @@ class ServiceWorker(Worker):
         engine: Engine,
         repo: RepoActivities | None = None,
         sweep_every_s: float = 0.0,
+        dispatcher: Dispatcher | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -55,13 +57,23 @@ class ServiceWorker(Worker):
         self._engine = engine
         self._repo = repo
         self._sweep_every_s = sweep_every_s
+        self._dispatcher = dispatcher
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The webhook outbox dispatcher this worker runs (None with ``QP_WEBHOOK_DISPATCH=workflow``)."""
+        return self._dispatcher
 
     async def run(self) -> None:
-        """Poll until shut down, sweeping worktrees of closed runs alongside."""
+        """Poll until shut down, sweeping worktrees of closed runs and draining the webhook outbox alongside."""
         sweep = asyncio.create_task(self._sweep()) if self._repo is not None and self._sweep_every_s > 0 else None
         try:
+            if self._dispatcher is not None:
+                await self._dispatcher.start()
             await super().run()
         finally:
+            if self._dispatcher is not None:
+                await self._dispatcher.stop()
             if sweep is not None:
                 sweep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -94,6 +106,9 @@ class ServiceWorker(Worker):
         try:
             await super().shutdown()
         finally:
+            # Before the engine goes: the dispatcher records its last answers and frees its unsent claims.
+            if self._dispatcher is not None:
+                await self._dispatcher.stop()
             for resource in self._resources:
                 await resource.close()
             self._engine.dispose()
@@ -133,10 +148,19 @@ def build_worker(
     settings.run_workdir.mkdir(parents=True, exist_ok=True)
     # Loud when milestone commands run unsandboxed (QP_COMMAND_SANDBOX=none) or cannot run (no usable bwrap).
     log.log(*startup_report(settings))
-    activities, resources = build_activities(settings, engine, resolver=resolver)
+    queue = task_queue or settings.task_queue
+    dispatcher = (
+        Dispatcher(settings, engine, keyring=keyring, client=client, task_queue=queue)
+        if settings.webhook_dispatch == "outbox"
+        else None
+    )
+    activities, resources = build_activities(
+        settings, engine, resolver=resolver, wake_dispatcher=dispatcher.wake if dispatcher is not None else None
+    )
     return ServiceWorker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=queue,
+        dispatcher=dispatcher,
         workflows=WORKFLOWS,
         activities=activities,
         resources=resources,

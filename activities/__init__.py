@@ -19,7 +19,11 @@ class Closeable(Protocol):
 
 
 def build_activities(
-    settings: Settings, engine: Engine, *, resolver: Resolver | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    resolver: Resolver | None = None,
+    wake_dispatcher: Callable[[], None] | None = None,
 ) -> tuple[list[Callable[..., Any]], list[Closeable]]:
     """Create the activity objects.
 
@@ -27,6 +31,7 @@ def build_activities(
         settings: Service settings.
         engine: Database engine.
         resolver: Resolver of repository hosts (tests); ``getaddrinfo`` when None.
+        wake_dispatcher: Wakes the worker's webhook outbox dispatcher after an event is recorded.
 
     Returns:
         The bound activity methods to register, and the objects to close at shutdown.
@@ -41,7 +46,7 @@ def build_activities(
     from activities.webhooks import WebhookActivities
 
     repo = RepoActivities(settings, engine, resolver=resolver)
-    events = EventActivities(engine, settings)
+    events = EventActivities(engine, settings, wake=wake_dispatcher)
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees, engine)
     model_docs = ModelDocsActivities(settings, repo.worktrees, models)

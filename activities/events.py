@@ -1,16 +1,19 @@
 """The ``record_event`` activity: store a run event durably and fan it out to webhooks and AMQP.
 
 One transaction stores the event (:mod:`quantapilot.events.log`) and its webhook deliveries (one per matching
-endpoint of the run's workspace); after the commit the activity starts one delivery workflow per delivery and, with
-``QP_AMQP_URL`` set, one AMQP publication workflow per event. Starting is all the run waits for: the
-deliveries themselves run in their own workflows, so a run never waits on a consumer. A crash between the
-commit and the starts is healed by the activity's retry: the insert is a no-op the second time and the starts
-are idempotent (workflow ids derived from the delivery and event ids, duplicates rejected).
+endpoint of the run's workspace); after the commit the activity wakes the worker's outbox dispatcher
+(:mod:`quantapilot.webhooks.dispatcher`; with ``QP_WEBHOOK_DISPATCH=workflow`` it starts one delivery workflow per
+delivery instead) and, with ``QP_AMQP_URL`` set, starts one AMQP publication workflow per event. That is all the
+run waits for: the deliveries themselves are made elsewhere, so a run never waits on a consumer. A crash between
+the commit and the starts is healed by the activity's retry: the insert is a no-op the second time and the starts
+are idempotent (workflow ids derived from the delivery and event ids, duplicates rejected); outbox deliveries are
+committed with the event, so nothing needs starting.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -26,8 +29,12 @@ from quantapilot.webhooks.fanout import fan_out_run_event, pending_deliveries
 from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
 
 
-def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[bool, list[PendingDelivery]]:
+def store_event_with_deliveries(
+    engine: Engine, event: EventRecord, *, outbox: bool = False
+) -> tuple[bool, list[PendingDelivery]]:
     """Insert an event and its deliveries in one transaction; a redo with the same id inserts nothing.
+
+    With ``outbox`` the deliveries go to the outbox (the dispatcher makes them) and none waits for a workflow.
 
     Returns:
         Whether this call inserted the event, and the event's deliveries still pending (on a redo too, so
@@ -36,7 +43,7 @@ def store_event_with_deliveries(engine: Engine, event: EventRecord) -> tuple[boo
     with Session(engine, expire_on_commit=False) as session:
         inserted = add_event(session, event)
         if inserted:
-            fan_out_run_event(session, event)
+            fan_out_run_event(session, event, outbox=outbox)
             session.commit()
         pending = pending_deliveries(session, event.id)
     return inserted, pending
@@ -47,17 +54,22 @@ class EventActivities:
 
     Args:
         engine: Database engine holding ``run_events`` and the webhook tables.
-        settings: Service settings (delivery timeouts and retry scale, the AMQP sink).
+        settings: Service settings (delivery timeouts and retry scale, the AMQP sink, the dispatch mode).
+        wake: Wakes this worker's outbox dispatcher once an event's deliveries are committed.
     """
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, wake: Callable[[], None] | None = None) -> None:
         self._engine = engine
         self._settings = settings
+        self._wake = wake
 
     @activity.defn(name=RECORD_EVENT)
     async def record_event(self, event: EventRecord) -> None:
         """Write the event to the run's log, then start its deliveries (idempotent by event id)."""
-        inserted, pending = await asyncio.to_thread(store_event_with_deliveries, self._engine, event)
+        outbox = self._settings.webhook_dispatch == "outbox"
+        inserted, pending = await asyncio.to_thread(store_event_with_deliveries, self._engine, event, outbox=outbox)
+        if outbox and self._wake is not None:
+            self._wake()
         if inserted:  # a redo must not count twice
             await asyncio.to_thread(count_event, self._engine, event)
         if not pending and not self._settings.amqp_url:

@@ -29,7 +29,7 @@ from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 from quantapilot.webhooks import deliveries, endpoints, recovery, rotation
 from quantapilot.webhooks import delivery as delivery_state
-from quantapilot.webhooks.contracts import redelivery_workflow_id
+from quantapilot.webhooks.contracts import is_outbox_owner, outbox_owner, redelivery_workflow_id
 from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.starts import start_redeliveries, start_redelivery
 from quantapilot.webhooks.tables import (
@@ -177,9 +177,16 @@ def _delivery(engine: Engine, delivery_id: str, *, workspace: str) -> DeliveryVi
         return DeliveryView.of(row, deliveries.attempts_by_delivery(session, [row.id])[row.id])
 
 
-def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[DeliveryView, str | None, str, int]:
+def _new_owner(delivery_id: str, *, outbox: bool) -> str:
+    # Through the outbox (the dispatcher sends it within its poll interval), or a fresh workflow.
+    return outbox_owner(delivery_id) if outbox else redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12])
+
+
+def _redeliver(
+    engine: Engine, delivery_id: str, *, workspace: str, outbox: bool
+) -> tuple[DeliveryView, str | None, str, int]:
     with session_scope(engine) as session:
-        workflow_id = redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12])
+        workflow_id = _new_owner(delivery_id, outbox=outbox)
         try:
             handover = delivery_state.redeliver(
                 delivery_id, session=session, workspace=workspace, workflow_id=workflow_id
@@ -190,7 +197,7 @@ def _redeliver(engine: Engine, delivery_id: str, *, workspace: str) -> tuple[Del
 
 
 def _recover(
-    engine: Engine, endpoint_id: str, *, workspace: str, since: datetime, until: datetime
+    engine: Engine, endpoint_id: str, *, workspace: str, since: datetime, until: datetime, outbox: bool
 ) -> tuple[list[tuple[str, str, int]], bool]:
     with session_scope(engine) as session:
         try:
@@ -200,7 +207,7 @@ def _recover(
                 workspace=workspace,
                 since=since,
                 until=until,
-                workflow_id=lambda delivery_id: redelivery_workflow_id(delivery_id, uuid.uuid4().hex[:12]),
+                workflow_id=lambda delivery_id: _new_owner(delivery_id, outbox=outbox),
             )
         except delivery_state.EndpointDisabledError as exc:
             raise conflict(str(exc)) from None
@@ -349,10 +356,14 @@ async def redeliver(request: web.Request, call: Call) -> web.Response:
     """Send a delivery again (same event id) through a fresh workflow; attempts keep counting."""
     principal = call.principal
     delivery_id = request.match_info["delivery_id"]
-    view, previous, workflow_id, first = await _in_db(request, _redeliver, delivery_id, workspace=principal.workspace)
     client, settings = request.app[TEMPORAL], request.app[SETTINGS]
-    await start_redelivery(client, settings, delivery_id, workflow_id, first)
-    if previous is not None and previous != workflow_id:
+    outbox = settings.webhook_dispatch == "outbox"
+    view, previous, workflow_id, first = await _in_db(
+        request, _redeliver, delivery_id, workspace=principal.workspace, outbox=outbox
+    )
+    if not outbox:
+        await start_redelivery(client, settings, delivery_id, workflow_id, first)
+    if previous is not None and previous != workflow_id and not is_outbox_owner(previous):
         await _cancel_quietly(client, previous)
     return _answer(view, status=202)
 
@@ -365,12 +376,15 @@ async def recover(request: web.Request, call: Call) -> web.Response:
     until = parsed.until or utcnow()
     if until <= parsed.since:
         raise _invalid("since must be in the past when until is absent", field="since", reason="in_future")
+    settings = request.app[SETTINGS]
+    outbox = settings.webhook_dispatch == "outbox"
     starts, more = await _in_db(
-        request, _recover, endpoint_id, workspace=principal.workspace, since=parsed.since, until=until
+        request, _recover, endpoint_id, workspace=principal.workspace, since=parsed.since, until=until, outbox=outbox
     )
     # The previous workflows of settled deliveries have ended: nothing to cancel (one that had not would see the
-    # row handed on and stop without sending).
-    await start_redeliveries(request.app[TEMPORAL], request.app[SETTINGS], starts)
+    # row handed on and stop without sending). Through the outbox there is nothing to start either.
+    if not outbox:
+        await start_redeliveries(request.app[TEMPORAL], settings, starts)
     log.info("webhook endpoint %s: %d deliveries recovered", endpoint_id, len(starts))
     answer = WebhookRecovery(endpoint_id=endpoint_id, since=parsed.since, until=until, recovered=len(starts), more=more)
     return _answer(answer, status=202)

@@ -4,7 +4,8 @@ Run with ``python -m bench.webhooks [--events N]``. One process starts a Tempora
 with every workflow and activity, a loopback receiver that verifies signatures, and one webhook endpoint. Then:
 
 1. **our path**: N run events go through what ``record_event`` does (event and deliveries stored in one
-   transaction, one delivery workflow started per delivery); each workflow signs, POSTs, records the attempt.
+   transaction, then the worker's outbox dispatcher woken, which claims, signs, POSTs and records in batches; with
+   ``--dispatch workflow`` one delivery workflow started per delivery instead).
    Measured: deliveries per second (first event stored to last receipt) and event-to-receipt latency.
 2. **raw**: the same N envelopes, signed and POSTed one after another over one keep-alive aiohttp session.
 
@@ -38,7 +39,7 @@ from quantapilot.webhooks import verify_signature
 from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.starts import start_delivery_workflows
-from worker import build_worker
+from worker import ServiceWorker, build_worker
 
 
 class Receiver:
@@ -111,7 +112,7 @@ def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
 
 
 async def _ours(
-    settings: Settings, engine: Engine, client: Client, receiver: Receiver, count: int
+    settings: Settings, engine: Engine, client: Client, receiver: Receiver, count: int, worker: ServiceWorker
 ) -> tuple[float, list[float]]:
     events = _events(count)
     receiver.reset(count)
@@ -119,10 +120,16 @@ async def _ours(
     started = time.perf_counter()
 
     async def _record(event: EventRecord) -> None:
-        # What the record_event activity does: one transaction, then the workflow starts.
-        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, engine, event)
+        # What the record_event activity does: one transaction, then wake the dispatcher (or start workflows).
+        outbox = worker.dispatcher is not None
+        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, engine, event, outbox=outbox)
         stored[event.id] = time.perf_counter()
-        await start_delivery_workflows(client, task_queue=settings.task_queue, settings=settings, deliveries=pending)
+        if worker.dispatcher is not None:
+            worker.dispatcher.wake()
+        else:
+            await start_delivery_workflows(
+                client, task_queue=settings.task_queue, settings=settings, deliveries=pending
+            )
 
     gate = asyncio.Semaphore(8)
 
@@ -150,14 +157,18 @@ async def _raw(receiver: Receiver, secret: str, count: int) -> float:
     return count / elapsed
 
 
-async def main(count: int) -> None:
+async def main(count: int, dispatch: str) -> None:
     """Run both measurements and print the table and the ratio."""
     print(machine_line())
     progress("starting the dev server")
     async with dev_server() as env:
         with tempfile.TemporaryDirectory(prefix="qp-bench-webhooks-") as tmp:
             settings = bench_settings(
-                Path(tmp) / "state", env.client, webhook_allow_private=True, webhook_timeout_s=10.0
+                Path(tmp) / "state",
+                env.client,
+                webhook_allow_private=True,
+                webhook_timeout_s=10.0,
+                webhook_dispatch=dispatch,
             )
             engine = make_engine(settings.database_url)
             create_all(engine)
@@ -165,11 +176,12 @@ async def main(count: int) -> None:
             await receiver.start()
             receiver.secret = _endpoint(engine, receiver.url, settings)
             try:
-                async with build_worker(env.client, settings):
+                worker = build_worker(env.client, settings)
+                async with worker:
                     progress(f"warm-up: {count // 10} deliveries")
-                    await _ours(settings, engine, env.client, receiver, max(count // 10, 10))
-                    progress(f"our path: {count} deliveries")
-                    ours, latencies = await _ours(settings, engine, env.client, receiver, count)
+                    await _ours(settings, engine, env.client, receiver, max(count // 10, 10), worker)
+                    progress(f"our path ({dispatch}): {count} deliveries")
+                    ours, latencies = await _ours(settings, engine, env.client, receiver, count, worker)
                 progress(f"raw loop: {count} signed POSTs")
                 raw = await _raw(receiver, receiver.secret, count)
             finally:
@@ -180,7 +192,7 @@ async def main(count: int) -> None:
         ["path", "deliveries/s", "p50 event->receipt ms", "p99 event->receipt ms"],
         [
             [
-                "delivery workflows (sign, POST, record)",
+                f"{dispatch} dispatch (sign, POST, record)",
                 fmt(ours),
                 fmt(percentile(latencies, 50) * 1000),
                 fmt(percentile(latencies, 99) * 1000),
@@ -194,4 +206,8 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300, help="deliveries per measured batch")
-    asyncio.run(main(parser.parse_args().events))
+    parser.add_argument(
+        "--dispatch", choices=["outbox", "workflow"], default="outbox", help="delivery path (QP_WEBHOOK_DISPATCH)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.dispatch))

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
     webhook_max_endpoints: int = Field(default=50, ge=1, le=10_000)
     # Multiplies every webhook retry delay (not Retry-After, not the 5-day disable threshold); tests use ~0.001.
     webhook_retry_scale: float = Field(default=1.0, gt=0, le=1.0)
+    # How deliveries are made (quantapilot/webhooks/dispatcher.py): "outbox" drains the delivery rows in batches
+    # from a dispatcher inside each worker; "workflow" starts one Temporal workflow per delivery (the old path).
+    webhook_dispatch: Literal["outbox", "workflow"] = "outbox"
+    # How long a dispatcher's claim on a delivery holds before another dispatcher may take it over (a worker
+    # killed mid-batch). Renewed while the attempt runs; much longer than the HTTP timeout (checked below).
+    webhook_claim_lease_s: float = Field(default=120.0, gt=0)
+    # Attempts in flight at once towards one endpoint, and in one dispatcher overall.
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=256)
+    webhook_dispatch_inflight: int = Field(default=256, ge=1, le=10_000)
 
     # Models (quantapilot/llm/): the OpenAI-compatible Chat Completions service model steps
     # call, its key (never logged or shown), and the timeout of one call. QP_MODEL_PROVIDER picks another provider
@@ -242,6 +251,9 @@ class Settings(BaseSettings):
                 f"QP_LIFECYCLE_BUDGETS has usd but QP_MODEL_PRICES has no price for {arch.model} "
                 "(add its price per million input and output tokens)"
             )
+        if self.webhook_claim_lease_s < 3 * self.webhook_timeout_s:
+            # A lease that can run out during one attempt lets a second dispatcher send the same delivery.
+            raise ValueError("QP_WEBHOOK_CLAIM_LEASE_S must be at least 3 times QP_WEBHOOK_TIMEOUT_S")
         return self
 
     @cached_property

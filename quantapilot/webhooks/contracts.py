@@ -32,6 +32,21 @@ def redelivery_workflow_id(delivery_id: str, suffix: str) -> str:
     return f"webhook-delivery/{delivery_id}/redeliver-{suffix}"
 
 
+# The owner of deliveries the outbox dispatcher makes (``webhook_deliveries.workflow_id``): no workflow has an id
+# with this prefix, so a delivery workflow still waiting on a row handed to the outbox sees it superseded.
+OUTBOX_OWNER_PREFIX: Final = "webhook-outbox/"
+
+
+def outbox_owner(delivery_id: str) -> str:
+    """The owner id of a delivery made by the outbox dispatcher (:mod:`quantapilot.webhooks.dispatcher`)."""
+    return f"{OUTBOX_OWNER_PREFIX}{delivery_id}"
+
+
+def is_outbox_owner(owner: str | None) -> bool:
+    """Whether a delivery's owner is the outbox dispatcher (not a delivery workflow)."""
+    return owner is not None and owner.startswith(OUTBOX_OWNER_PREFIX)
+
+
 def amqp_workflow_id(event_id: str) -> str:
     """Workflow id of an event's AMQP publication; one per event id."""
     return f"amqp-publish/{event_id}"

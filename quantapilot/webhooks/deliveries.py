@@ -82,6 +82,64 @@ def ensure_delivery(
     return delivery, created
 
 
+def insert_outbox_deliveries(
+    *,
+    session: Session,
+    rows: Sequence[tuple[WebhookEndpoint, str, datetime]],
+    event_id: str,
+    event_type: str,
+    run_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    """Create an event's outbox deliveries in one statement; a delivery that exists already is left alone.
+
+    Args:
+        session: Database session.
+        rows: ``(endpoint, new delivery id, first due time)`` per endpoint; the owner is the outbox
+            (:func:`~quantapilot.webhooks.contracts.outbox_owner`).
+        event_id: The event id.
+        event_type: The event type (dotted or alias).
+        run_id: The event's run, if any.
+        payload: The envelope to keep with each delivery for events that are not in ``run_events``.
+
+    Returns:
+        How many deliveries this call created.
+    """
+    from quantapilot.webhooks.contracts import outbox_owner
+
+    if not rows:
+        return 0
+    dotted = normalize_event_type(event_type)
+    created_at = utcnow()
+    values = [
+        {
+            "id": delivery_id,
+            "endpoint_id": endpoint.id,
+            "workspace": endpoint.workspace,
+            "event_id": event_id,
+            "event_type": dotted,
+            "run_id": run_id,
+            "status": DeliveryStatus.PENDING.value,
+            "attempts": 0,
+            "created_at": created_at,
+            "payload": payload,
+            "workflow_id": outbox_owner(delivery_id),
+            "next_attempt_at": due,
+            "schedule_base": 0,
+        }
+        for endpoint, delivery_id, due in rows
+    ]
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert_fn(WebhookDelivery)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+        .returning(col(WebhookDelivery.id))
+    )
+    return len(session.execute(statement).scalars().all())
+
+
 def delivery_by_id(delivery_id: str, *, session: Session) -> WebhookDelivery:
     """Return a delivery by id alone (the worker's side; API callers use :func:`get_delivery`).
 

@@ -50,7 +50,7 @@ from quantapilot.db import utcnow
 from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing
-from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult
+from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult, is_outbox_owner
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
 from quantapilot.webhooks.envelopes import disabled_envelope
 from quantapilot.webhooks.fanout import fan_out, pending_deliveries
@@ -421,7 +421,15 @@ def _after_disable(
         payload=payload,
         now=endpoint.updated_at,
     )
-    fan_out(session, workspace=endpoint.workspace, event_type=envelope.type, event_id=envelope.id, payload=payload)
+    # Its deliveries go the way the disabling one went: through the outbox, or each by its own workflow.
+    fan_out(
+        session,
+        workspace=endpoint.workspace,
+        event_type=envelope.type,
+        event_id=envelope.id,
+        payload=payload,
+        outbox=is_outbox_owner(delivery.workflow_id),
+    )
     return _done(status.value, disabled=envelope, session=session)
 
 
@@ -453,7 +461,8 @@ def redeliver(delivery_id: str, *, session: Session, workspace: str, workflow_id
         delivery_id: The delivery.
         session: Database session.
         workspace: The caller's workspace.
-        workflow_id: The fresh workflow's id (:func:`~quantapilot.webhooks.contracts.redelivery_workflow_id`).
+        workflow_id: The fresh workflow's id (:func:`~quantapilot.webhooks.contracts.redelivery_workflow_id`),
+            or :func:`~quantapilot.webhooks.contracts.outbox_owner` to hand it to the outbox dispatcher.
 
     Raises:
         WebhookNotFoundError: If it does not exist or belongs to another workspace.
@@ -468,6 +477,13 @@ def redeliver(delivery_id: str, *, session: Session, workspace: str, workflow_id
     delivery.next_retry_at = None
     # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
     delivery.workflow_id = workflow_id
+    # An outbox owner puts it in the outbox, due now, its schedule starting afresh; a fresh claim token is
+    # needed to record it, so a dispatcher still sending an earlier attempt records nothing.
+    outbox = is_outbox_owner(workflow_id)
+    delivery.next_attempt_at = utcnow() if outbox else None
+    delivery.schedule_base = delivery.attempts
+    delivery.claim_token = None
+    delivery.claimed_until = None
     session.add(delivery)
     session.flush()
     return Redelivery(delivery, previous, workflow_id, delivery.attempts + 1)

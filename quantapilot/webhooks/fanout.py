@@ -12,13 +12,14 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from quantapilot.db import utcnow
 from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
-from quantapilot.webhooks.contracts import delivery_workflow_id
-from quantapilot.webhooks.deliveries import ensure_delivery
+from quantapilot.webhooks.contracts import delivery_workflow_id, is_outbox_owner
+from quantapilot.webhooks.deliveries import ensure_delivery, insert_outbox_deliveries
 from quantapilot.webhooks.endpoints import matching_endpoints
 from quantapilot.webhooks.starts import PendingDelivery
-from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery
+from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, new_id
 
 log = logging.getLogger("quantapilot.webhooks")
 
@@ -45,6 +46,7 @@ def fan_out(
     run_kind: str | None = None,
     repository: str | None = None,
     payload: dict[str, Any] | None = None,
+    outbox: bool = False,
 ) -> int:
     """Create the deliveries of one event for the matching enabled endpoints of its workspace (flush only).
 
@@ -57,6 +59,8 @@ def fan_out(
         run_kind: The run's kind, for run-kind filters.
         repository: The run's repository, for repository filters.
         payload: The envelope to store with each delivery for events that are not in ``run_events``.
+        outbox: Put the deliveries in the outbox, due now (:mod:`quantapilot.webhooks.outbox`), instead of
+            handing each to its own workflow.
 
     Returns:
         How many deliveries this call created.
@@ -69,6 +73,17 @@ def fan_out(
         # A type outside the published list cannot be subscribed to; the run's log still has it.
         log.warning("event type %s is not deliverable by webhook", event_type[:64])
         return 0
+    if outbox:
+        now = utcnow()
+        # One statement for all of them: a workspace's few dozen endpoints cost one round trip, not three each.
+        return insert_outbox_deliveries(
+            session=session,
+            rows=[(e, new_id("wd_"), now) for e in endpoints],
+            event_id=event_id,
+            event_type=event_type,
+            run_id=run_id,
+            payload=payload,
+        )
     created = 0
     for endpoint in endpoints:
         delivery, new = ensure_delivery(
@@ -83,8 +98,14 @@ def fan_out(
     return created
 
 
-def fan_out_run_event(session: Session, event: EventRecord) -> int:
-    """Create the deliveries of a run event; the repository is looked up only when a filter needs it."""
+def fan_out_run_event(session: Session, event: EventRecord, *, outbox: bool = False) -> int:
+    """Create the deliveries of a run event; the repository is looked up only when a filter needs it.
+
+    Args:
+        session: The session of the transaction that stores the event.
+        event: The event.
+        outbox: Put the deliveries in the outbox (see :func:`fan_out`).
+    """
     kind = event.run_kind.value
     # Repository filters are rare: matching by type alone (no run kind: the kind and repository filters pass)
     # tells whether any endpoint wants the event at all and whether the run's repository must be looked up.
@@ -101,15 +122,24 @@ def fan_out_run_event(session: Session, event: EventRecord) -> int:
         run_id=event.run_id,
         run_kind=kind,
         repository=repository,
+        outbox=outbox,
     )
 
 
 def pending_deliveries(session: Session, event_id: str) -> list[PendingDelivery]:
-    """Deliveries of an event still waiting to be made (their workflows may or may not exist yet)."""
+    """Deliveries of an event still waiting for their workflows (which may or may not exist yet).
+
+    Deliveries in the outbox are left out: the dispatcher makes them, no workflow may.
+    """
     rows = session.exec(
         select(WebhookDelivery)
         .where(WebhookDelivery.event_id == event_id)
         .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
+        .where(col(WebhookDelivery.next_attempt_at).is_(None))
         .order_by(col(WebhookDelivery.id))
     )
-    return [PendingDelivery(row.id, row.workflow_id or delivery_workflow_id(row.id)) for row in rows if row.workflow_id]
+    return [
+        PendingDelivery(row.id, row.workflow_id)
+        for row in rows
+        if row.workflow_id and not is_outbox_owner(row.workflow_id)
+    ]

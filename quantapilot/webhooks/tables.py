@@ -145,6 +145,7 @@ class WebhookDelivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_endpoint_event"),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     )
 
     id: str = Field(primary_key=True)
@@ -168,6 +169,13 @@ class WebhookDelivery(SQLModel, table=True):
     # The Temporal workflow that currently owns this delivery; a redelivery replaces it, and a superseded
     # workflow that wakes up later sees the mismatch and stops without sending.
     workflow_id: str | None = Field(default=None, max_length=200)
+    # The outbox (:mod:`quantapilot.webhooks.outbox`): when a dispatcher may next attempt the delivery (None: not
+    # in the outbox, or settled), which claim holds it and until when, and the attempt count at which its retry
+    # schedule (re)started (0, or the attempts made before a redelivery).
+    next_attempt_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    claim_token: str | None = Field(default=None, max_length=64)
+    claimed_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    schedule_base: int = 0
 
 
 class WebhookAttempt(SQLModel, table=True):

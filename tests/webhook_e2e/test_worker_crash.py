@@ -28,7 +28,14 @@ from tests.webhook_e2e.support import (
 RUNS = 4
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, dispatch: str) -> dict[str, str]:
+    # Outbox: a killed worker's claims are taken over after the lease (at least 3 HTTP timeouts). Workflows: its
+    # attempts are noticed by their heartbeat timeout.
+    timing = (
+        {"QP_WEBHOOK_TIMEOUT_S": "2", "QP_WEBHOOK_CLAIM_LEASE_S": "6"}
+        if dispatch == "outbox"
+        else {"QP_WEBHOOK_TIMEOUT_S": "30", "QP_STEP_HEARTBEAT_S": "2"}
+    )
     return {
         **os.environ,
         "QP_TEMPORAL_ADDRESS": settings.temporal_address,
@@ -40,20 +47,21 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "QP_ALLOWED_REPO_PATTERNS": json.dumps(settings.allowed_repo_patterns),
         "QP_WEBHOOK_ALLOW_PRIVATE": "true",
         "QP_WEBHOOK_RETRY_SCALE": str(settings.webhook_retry_scale),
-        "QP_WEBHOOK_TIMEOUT_S": "30",
-        # A killed worker's attempts are noticed after this many seconds (the attempt heartbeats).
-        "QP_STEP_HEARTBEAT_S": "2",
+        "QP_WEBHOOK_DISPATCH": dispatch,
+        **timing,
     }
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log: Path, dispatch: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "worker"], env=worker_env(settings), stdout=out, stderr=out)
+        env = worker_env(settings, dispatch)
+        return subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=out, stderr=out)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dispatch", ["outbox", "workflow"])
 async def test_webhooks_worker_killed_mid_delivery_loses_nothing(
-    make_api: ApiFactory, settings: Settings, tmp_path: Path
+    make_api: ApiFactory, settings: Settings, tmp_path: Path, dispatch: str
 ) -> None:
     hold = asyncio.Event()
 
@@ -69,7 +77,7 @@ async def test_webhooks_worker_killed_mid_delivery_loses_nothing(
     log = tmp_path / "worker.log"
     async with Receiver(behaviour=hang_until_released) as receiver:
         endpoint = await create_endpoint(api, receiver.url())
-        worker = start_worker(settings, log)
+        worker = start_worker(settings, log, dispatch)
         try:
             run_ids = [await fast_run(api, f"r{i}") for i in range(RUNS)]
             events = [e for run_id in run_ids for e in await finished_events(api, run_id, timeout=60)]
@@ -80,7 +88,7 @@ async def test_webhooks_worker_killed_mid_delivery_loses_nothing(
             worker.send_signal(signal.SIGKILL)
             await asyncio.to_thread(worker.wait, 30)
             hold.set()  # the dead worker never reads these answers
-            worker = start_worker(settings, log)
+            worker = start_worker(settings, log, dispatch)
             expected = {e["id"] for e in events}
             await eventually(
                 lambda: asyncio.sleep(0, set(receiver.event_ids())),

@@ -1,0 +1,333 @@
+"""The outbox dispatcher: one asyncio task group per worker that drains due deliveries in batches.
+
+Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (started and stopped by ``worker.py``):
+
+- **Claiming.** A loop claims due deliveries in batches (:func:`quantapilot.webhooks.outbox.claim_due`) whenever it
+  is woken (:meth:`Dispatcher.wake`, called in-process when this worker records an event or a batch settles) or a
+  short poll interval passes (backing off from :data:`POLL_MIN_S` to :data:`POLL_MAX_S` while idle), so deliveries
+  recorded by another process (a redelivery through the API, another worker) are picked up within ~0.1 s.
+- **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
+  ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
+  left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
+  others. A failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
+  time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
+- **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
+  (:func:`~quantapilot.webhooks.outbox.record_results`); a database outage only delays it (it retries), and a
+  claim taken over meanwhile is fenced by its token.
+- **Leases.** A claim holds for ``webhook_claim_lease_s`` (at least three HTTP timeouts) and is renewed while its
+  attempts run; an attempt whose lease might have run out (renewals failing) is not sent, so two dispatchers never
+  send the same claimed delivery. A worker killed mid-batch leaves its claims to run out: another dispatcher
+  (or the restarted worker) re-claims them after the lease, so nothing is lost.
+
+What each answer does (retry schedule, 410, 5 days failing, throttle, abort, rotation overlap) is decided by
+:mod:`quantapilot.webhooks.delivery`, the same code the delivery workflows use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Final
+
+import aiohttp
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from quantapilot.db import session_scope, utcnow
+from quantapilot.observability import WEBHOOK_DELIVERIES
+from quantapilot.review.links import with_review_url
+from quantapilot.secretbox import KeyRing
+from quantapilot.settings import Settings
+from quantapilot.webhooks.delivery import AttemptVerdict
+from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, record_results, release_claims, renew_claims
+from quantapilot.webhooks.sender import post_event, prepare_request
+from quantapilot.webhooks.starts import start_amqp_publish
+from quantapilot.webhooks.tables import DeliveryResult
+
+log = logging.getLogger("quantapilot.webhooks.dispatcher")
+
+#: Poll interval right after work, and the idle backoff's ceiling (seconds).
+POLL_MIN_S: Final = 0.01
+POLL_MAX_S: Final = 0.1
+#: Failing endpoints' due retries are claimed at most this often (seconds).
+FAILING_CLAIM_EVERY_S: Final = 0.1
+#: Deliveries claimed by one statement at most.
+CLAIM_BATCH: Final = 100
+#: Wait after a database error before claiming or recording again (seconds).
+DB_RETRY_S: Final = 0.5
+
+
+class Dispatcher:
+    """Drains the webhook outbox of one database from inside a worker.
+
+    Args:
+        settings: Service settings (timeouts, lease, concurrency, retry scale, private-address policy).
+        engine: Database engine holding the webhook tables.
+        keyring: Opens the signing secrets.
+        client: Temporal client, to start the AMQP publication of a ``webhook.endpoint_disabled`` event.
+        task_queue: The worker's task queue (for those publications).
+    """
+
+    def __init__(
+        self, settings: Settings, engine: Engine, *, keyring: KeyRing, client: Client | None, task_queue: str
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._keyring = keyring
+        self._client = client
+        self._task_queue = task_queue
+        self._lease_s = settings.webhook_claim_lease_s
+        self._per_endpoint = settings.webhook_endpoint_concurrency
+        self._wake = asyncio.Event()
+        self._record_wake = asyncio.Event()
+        self._closing = False
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._claimed: dict[str, Claimed] = {}  # delivery id -> claim, until recorded or released
+        self._by_endpoint: Counter[str] = Counter()
+        self._failing: set[str] = set()  # failing endpoints with an attempt in flight (probed one at a time)
+        self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
+        self._results: list[tuple[Claimed, DeliveryResult]] = []
+        self._stop_task: asyncio.Task[None] | None = None
+        self._next_failing_claim = 0.0
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        """Open the HTTP session and start claiming, sending, recording and renewing."""
+        if self._tasks or self._closing:
+            return
+        connector = aiohttp.TCPConnector(limit=self._settings.webhook_dispatch_inflight, limit_per_host=0)
+        self._http = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="webhook-dispatcher-claim"),
+            asyncio.create_task(self._record_loop(), name="webhook-dispatcher-record"),
+            asyncio.create_task(self._renew_loop(), name="webhook-dispatcher-renew"),
+        ]
+
+    def wake(self) -> None:
+        """Look for due deliveries now (an event was just recorded); cheap, callable any number of times."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop: cancel attempts in flight, record what was answered, free unsent claims, close the session.
+
+        Idempotent, and safe to call concurrently: every caller waits for the same shutdown.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        claim, record, renew = self._tasks or (None, None, None)
+        if claim is not None:
+            await claim  # it leaves at its next turn; a claim already running in a thread finishes first
+        for task in list(self._sends):
+            task.cancel()
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+        if record is not None:
+            self._record_wake.set()
+            await record  # writes the answers already in, then leaves
+        if renew is not None:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+        if self._claimed:
+            # Cancelled or never sent: due again at once for the next dispatcher instead of after the lease.
+            leftover = [(c.delivery_id, c.token) for c in self._claimed.values()]
+            try:
+                await asyncio.to_thread(self._release, leftover)
+            except Exception:
+                log.warning("could not free %d webhook claims; they are re-claimed after the lease", len(leftover))
+        if self._http is not None:
+            await self._http.close()
+
+    # -- database steps (in a thread) --
+
+    def _claim(self, token: str, limit: int, exclude: Sequence[str], failing: bool) -> ClaimBatch:
+        with session_scope(self._engine) as session:
+            return claim_due(
+                session=session,
+                token=token,
+                now=utcnow(),
+                lease_s=self._lease_s,
+                limit=limit,
+                keyring=self._keyring,
+                retry_scale=self._settings.webhook_retry_scale,
+                timeout_s=self._settings.webhook_timeout_s,
+                exclude_endpoints=exclude,
+                failing=failing,
+            )
+
+    def _record(self, results: Sequence[tuple[Claimed, DeliveryResult]]) -> list[AttemptVerdict]:
+        with session_scope(self._engine) as session:
+            return record_results(session=session, results=results, now=utcnow())
+
+    def _renew(self, tokens: Sequence[str]) -> None:
+        with session_scope(self._engine) as session:
+            renew_claims(session=session, tokens=tokens, until=utcnow() + timedelta(seconds=self._lease_s))
+
+    def _release(self, claims: Sequence[tuple[str, str]]) -> None:
+        with session_scope(self._engine) as session:
+            release_claims(session=session, claims=claims)
+
+    # -- loops --
+
+    async def _claim_loop(self) -> None:
+        idle = POLL_MIN_S
+        while not self._closing:
+            self._wake.clear()
+            # Healthy endpoints' deliveries first, each claim's sends starting before the next claim is made.
+            found = False
+            # Failing endpoints' retries are claimed at most every FAILING_CLAIM_EVERY_S: a few dozen dead
+            # endpoints answering at once (refused connections) must not keep the database busy for fresh events.
+            failing_due = time.monotonic() >= self._next_failing_claim
+            for failing in (False, True) if failing_due else (False,):
+                try:
+                    found = await self._claim_some(failing=failing) or found
+                except Exception:
+                    log.exception("claiming webhook deliveries failed; trying again shortly")
+                    idle = DB_RETRY_S
+                    break
+            if failing_due:
+                self._next_failing_claim = time.monotonic() + FAILING_CLAIM_EVERY_S
+            if found:
+                idle = POLL_MIN_S
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            idle = min(idle * 2, POLL_MAX_S)
+
+    async def _claim_some(self, *, failing: bool) -> bool:
+        """Claim one batch (healthy or failing endpoints), start its sends; tell whether anything was due."""
+        free = self._settings.webhook_dispatch_inflight - len(self._claimed)
+        if free <= 0 or self._closing:
+            return False
+        token = secrets.token_hex(16)
+        saturated = [e for e, n in self._by_endpoint.items() if n >= 2 * self._per_endpoint or e in self._failing]
+        started = time.monotonic()
+        batch = await asyncio.to_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        if batch.sends:
+            self._deadlines[token] = started + self._lease_s
+        for claimed in batch.sends:
+            self._take(claimed)
+        await self._announce(batch.settled)
+        return bool(batch.sends or batch.settled)
+
+    def _take(self, claimed: Claimed) -> None:
+        self._claimed[claimed.delivery_id] = claimed
+        self._by_endpoint[claimed.endpoint_id] += 1
+        if claimed.failing:
+            self._failing.add(claimed.endpoint_id)
+        task = asyncio.create_task(self._send(claimed))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def _forget(self, claimed: Claimed) -> None:
+        self._claimed.pop(claimed.delivery_id, None)
+        self._by_endpoint[claimed.endpoint_id] -= 1
+        if self._by_endpoint[claimed.endpoint_id] <= 0:
+            del self._by_endpoint[claimed.endpoint_id]
+            self._gates.pop(claimed.endpoint_id, None)
+            self._failing.discard(claimed.endpoint_id)
+        if not any(c.token == claimed.token for c in self._claimed.values()):
+            self._deadlines.pop(claimed.token, None)
+
+    async def _send(self, claimed: Claimed) -> None:
+        gate = self._gates.setdefault(claimed.endpoint_id, asyncio.Semaphore(self._per_endpoint))
+        timeout_s = self._settings.webhook_timeout_s
+        async with gate:
+            deadline = self._deadlines.get(claimed.token, 0.0)
+            if time.monotonic() + timeout_s + _LEASE_MARGIN_S >= deadline:
+                # The lease may run out during this attempt (renewals failing): another dispatcher may take the
+                # row over, so sending now could send it twice. Leave it; it is re-claimed after the lease.
+                log.warning("webhook delivery %s: lease too short to send; left for re-claim", claimed.delivery_id)
+                self._forget(claimed)
+                return
+            # gate.requested gains its review_url here, at delivery: never in a history, a row or a log line.
+            envelope = with_review_url(self._settings, claimed.prepared.envelope)
+            body, headers = prepare_request(envelope, secrets=claimed.prepared.secrets, attempt=claimed.inp.attempt)
+            assert self._http is not None
+            result = await post_event(
+                self._http,
+                claimed.prepared.url,
+                body,
+                headers,
+                timeout_s=timeout_s,
+                allow_private=self._settings.webhook_allow_private,
+            )
+        WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
+        self._results.append((claimed, result))
+        self._record_wake.set()
+
+    async def _record_loop(self) -> None:
+        while True:
+            if not self._results:
+                if self._closing:
+                    return
+                await self._record_wake.wait()
+                self._record_wake.clear()
+                continue
+            results, self._results = self._results, []
+            try:
+                verdicts = await asyncio.to_thread(self._record, results)
+            except Exception:
+                if self._closing:
+                    log.warning("could not record %d webhook attempts; they are re-sent after the lease", len(results))
+                    for claimed, _ in results:
+                        self._forget(claimed)
+                    return
+                log.exception("recording webhook attempts failed; trying again shortly")
+                self._results[:0] = results  # kept in order, still under their claims (renewed meanwhile)
+                await asyncio.sleep(DB_RETRY_S)
+                continue
+            for claimed, _ in results:
+                self._forget(claimed)
+            await self._announce(verdicts)
+            self._wake.set()  # slots are free again, and a settled batch may have made new deliveries
+
+    async def _renew_loop(self) -> None:
+        every = self._lease_s / 4
+        while True:
+            await asyncio.sleep(every)
+            tokens = list(self._deadlines)
+            if not tokens:
+                continue
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(self._renew, tokens)
+            except Exception:
+                log.warning("renewing webhook claims failed; trying again in %.0f s", every)
+                continue
+            for token in tokens:
+                if token in self._deadlines:
+                    self._deadlines[token] = started + self._lease_s
+
+    async def _announce(self, verdicts: Sequence[AttemptVerdict]) -> None:
+        """Publish (AMQP) the ``webhook.endpoint_disabled`` events these verdicts recorded."""
+        disabled = [v.disabled for v in verdicts if v.disabled is not None]
+        if not disabled:
+            return
+        self._wake.set()  # their webhook deliveries are in the outbox already
+        if not self._settings.amqp_url or self._client is None:
+            return
+        for envelope in disabled:
+            try:
+                await start_amqp_publish(self._client, task_queue=self._task_queue, envelope=envelope)
+            except Exception:
+                log.exception("could not start the AMQP publication of %s", envelope.id)
+
+
+# Room left in a lease beyond one attempt's timeout before it is sent (renewal runs every quarter lease).
+_LEASE_MARGIN_S: Final = 1.0

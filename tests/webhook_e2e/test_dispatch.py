@@ -1,0 +1,162 @@
+"""Drills of the outbox dispatcher: two dispatchers on PostgreSQL, a receiver down then up, many dead endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from activities.events import store_event_with_deliveries
+from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.record import EventRecord
+from quantapilot.models import RunKind
+from quantapilot.secretbox import load_keyring
+from quantapilot.settings import Settings
+from quantapilot.webhooks.dispatcher import Dispatcher
+from quantapilot.webhooks.endpoints import create_endpoint as store_endpoint
+from quantapilot.webhooks.tables import WebhookDelivery
+from tests.support import eventually
+from tests.webhook_e2e.conftest import StackFactory
+from tests.webhook_e2e.support import (
+    Receiver,
+    all_status,
+    create_endpoint,
+    fast_run,
+    finished_events,
+    free_port,
+    wait_deliveries,
+)
+
+
+def _events(count: int) -> list[EventRecord]:
+    run_id = f"drill-{uuid.uuid4().hex[:8]}"
+    return [
+        EventRecord(
+            id=f"evt_{uuid.uuid4().hex}",
+            run_id=run_id,
+            workspace="default",
+            run_kind=RunKind.REPOSITORY,
+            seq=seq,
+            type="run.started" if seq == 1 else "gate.requested",
+            created_at=datetime.now(UTC),
+            data={"run_id": run_id, "seq": seq},
+        )
+        for seq in range(1, count + 1)
+    ]
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """A fresh PostgreSQL database with the schema (whatever QP_TEST_DATABASE says)."""
+    engine = make_engine(postgres_url)
+    create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def slow_receiver() -> AsyncIterator[Receiver]:
+    """A receiver that answers 200 after a random 0-0.6 s, so attempts of both dispatchers overlap."""
+
+    async def slow(request: web.Request, count: int) -> web.StreamResponse:
+        await asyncio.sleep(random.uniform(0, 0.6))
+        return web.json_response({"ok": True})
+
+    async with Receiver(behaviour=slow) as rec:
+        yield rec
+
+
+@pytest.mark.postgres
+async def test_webhooks_two_dispatchers_on_postgres_never_double_send(
+    settings: Settings, postgres_url: str, pg_engine: Engine, slow_receiver: Receiver
+) -> None:
+    # The shortest lease the settings allow (3 HTTP timeouts) and attempts close to the timeout: the situation in
+    # which an earlier design let a lease run out and a second dispatcher send the same delivery again.
+    pg = settings.model_copy(
+        update={
+            "database_url": postgres_url,
+            "webhook_allow_private": True,
+            "webhook_retry_scale": 0.0005,
+            "webhook_timeout_s": 1.0,
+            "webhook_claim_lease_s": 3.0,
+            "webhook_endpoint_concurrency": 2,
+        }
+    )
+    keyring = load_keyring(pg)
+    paths = [f"/e{n}" for n in range(4)]
+    with session_scope(pg_engine) as session:
+        for path in paths:
+            store_endpoint(
+                session=session, workspace="default", url=slow_receiver.url(path), keyring=keyring, allow_private=True
+            )
+    engines = [make_engine(postgres_url) for _ in range(2)]
+    dispatchers = [Dispatcher(pg, e, keyring=keyring, client=None, task_queue="unused") for e in engines]
+    events = _events(40)
+    try:
+        for dispatcher in dispatchers:
+            await dispatcher.start()
+        for event in events:  # recorded while both dispatchers drain
+            await asyncio.to_thread(store_event_with_deliveries, pg_engine, event, outbox=True)
+            for dispatcher in dispatchers:
+                dispatcher.wake()
+        expected = {(path, e.id) for path in paths for e in events}
+
+        def delivered() -> set[tuple[str, str]]:
+            return {(r.path, str(r.event["id"])) for r in slow_receiver.delivered()}
+
+        await eventually(lambda: asyncio.sleep(0, delivered()), lambda got: got >= expected, what="every delivery")
+        # Past a whole lease: a claim that ran out would be re-sent now.
+        await asyncio.sleep(pg.webhook_claim_lease_s + 1.0)
+    finally:
+        for dispatcher in dispatchers:
+            await dispatcher.stop()
+        for engine in engines:
+            engine.dispose()
+    sent = collections.Counter((r.path, str(r.event["id"])) for r in slow_receiver.received)
+    assert set(sent) == expected
+    assert [k for k, n in sent.items() if n > 1] == []
+    with Session(pg_engine) as session:
+        statuses = dict(
+            session.exec(select(WebhookDelivery.status, func.count()).group_by(col(WebhookDelivery.status))).all()
+        )
+        attempts = list(session.exec(select(WebhookDelivery.attempts)).all())
+    assert statuses == {"delivered": len(expected)}
+    assert set(attempts) == {1}
+
+
+async def test_webhooks_receiver_down_then_up_gets_every_event(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    api = stack.api
+    port = free_port()
+    endpoint = await create_endpoint(api, f"http://127.0.0.1:{port}/hook")
+    run_ids = [await fast_run(api, f"down{n}") for n in range(3)]
+    events = [e for run_id in run_ids for e in await finished_events(api, run_id)]
+    expected = {e["id"] for e in events}
+
+    def retried(rows: list[dict[str, Any]]) -> bool:
+        counts = [int(r["attempt_count"]) for r in rows]
+        return len(rows) == len(expected) and min(counts) >= 2
+
+    # Nothing listens: every delivery fails, and is retried, while the receiver is down.
+    rows = await wait_deliveries(api, endpoint["id"], retried)
+    assert all(r["status"] == "pending" for r in rows)
+    async with Receiver(port=port) as receiver:
+        await eventually(
+            lambda: asyncio.sleep(0, set(receiver.event_ids())),
+            lambda got: got >= expected,
+            timeout=60,
+            what="every event delivered once the receiver is up",
+        )
+        rows = await wait_deliveries(api, endpoint["id"], all_status("delivered", len(expected)))
+    assert {r["event_id"] for r in rows} == expected
+    assert all(r.verified(endpoint["secret"]) for r in receiver.received)
