@@ -1,7 +1,7 @@
 """Webhook outbox: the columns a dispatcher claims due deliveries by (due time, claim token and lease).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-03 08:00:00.000000
 """
 
