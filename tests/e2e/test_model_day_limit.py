@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -21,7 +19,7 @@ from quantapilot.settings import Settings
 from tests.cli.test_runs_list import qp
 from tests.conftest import ApiFactory
 from tests.e2e.test_model_steps import KEY, README, YML, new_file_diff
-from tests.llmserver import ChatServer, chat_server, reply
+from tests.llmserver import ChatServer, reply
 from tests.support import Api, make_remote, remote_file
 from tests.ui.test_visibility import current_details
 
@@ -30,12 +28,6 @@ DAY_LIMIT = 5000
 SHORT_DAY_S = 30.0
 DAY_YML = YML.replace("policies:", f"limits: {{tokens_per_day: {DAY_LIMIT}}}\npolicies:")
 ANSWER = f"```diff\n{new_file_diff('greeting.txt', 'hello world')}```"
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[ChatServer]:
-    async with chat_server(KEY) as server:
-        yield server
 
 
 def _model_settings(settings: Settings, llm: ChatServer, **updates: object) -> Settings:

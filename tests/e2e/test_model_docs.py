@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from quantapilot.docs.lint import lint_markdown
 from quantapilot.docs.render import split_front_matter
 from quantapilot.llm.spending import ModelUsage
 from quantapilot.settings import Settings
-from tests.conftest import ApiFactory
-from tests.llmserver import ChatServer, chat_server, reply
+from tests.llmserver import ChatServer, reply
 from tests.support import Api, git, make_remote, remote_file
 
 KEY = "sk-e2e-docs-model-key-7d2e4b1a"
@@ -36,27 +34,8 @@ FILES = {"README.md": README, "greeter/__init__.py": "", "greeter/core.py": MODU
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[ChatServer]:
-    async with chat_server(KEY) as server:
-        yield server
-
-
-@pytest.fixture
 def model_settings(settings: Settings, llm: ChatServer) -> Settings:
     return settings.model_copy(update={"model_base_url": llm.base_url, "model_api_key": SecretStr(KEY)})
-
-
-@pytest.fixture
-async def model_api(make_api: ApiFactory, model_settings: Settings) -> Api:
-    return await make_api(model_settings)
-
-
-@pytest.fixture
-async def model_worker(client, model_settings: Settings):
-    from worker import build_worker
-
-    async with build_worker(client, model_settings):
-        yield
 
 
 async def _approved_run(api: Api, url: str) -> dict:

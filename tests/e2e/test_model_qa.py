@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from quantapilot.settings import Settings
-from tests.conftest import ApiFactory
 from tests.e2e.test_model_steps import new_file_diff
-from tests.llmserver import ChatServer, chat_server, reply
+from tests.llmserver import ChatServer, reply
 from tests.review.support import Review, active_content, page
 from tests.support import Api, make_remote, remote_file
 
@@ -34,12 +32,6 @@ DIFF = new_file_diff("greeting.txt", "hello world")
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[ChatServer]:
-    async with chat_server(KEY) as server:
-        yield server
-
-
-@pytest.fixture
 def model_settings(settings: Settings, llm: ChatServer) -> Settings:
     return settings.model_copy(
         update={
@@ -48,19 +40,6 @@ def model_settings(settings: Settings, llm: ChatServer) -> Settings:
             "model_api_key": SecretStr(KEY),
         }
     )
-
-
-@pytest.fixture
-async def model_api(make_api: ApiFactory, model_settings: Settings) -> Api:
-    return await make_api(model_settings)
-
-
-@pytest.fixture
-async def model_worker(client, model_settings: Settings):
-    from worker import build_worker
-
-    async with build_worker(client, model_settings):
-        yield
 
 
 @pytest.mark.usefixtures("model_worker")

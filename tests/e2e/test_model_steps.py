@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from quantapilot.settings import Settings
-from tests.conftest import ApiFactory
-from tests.llmserver import ChatServer, chat_server, rate_limited, reply
+from tests.llmserver import ChatServer, rate_limited, reply
 from tests.support import Api, make_remote, remote_branches, remote_file, require_bwrap
 
 KEY = "sk-e2e-model-key-5f1c2a9b"
@@ -37,12 +35,6 @@ def new_file_diff(path: str, line: str) -> str:
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[ChatServer]:
-    async with chat_server(KEY) as server:
-        yield server
-
-
-@pytest.fixture
 def model_settings(settings: Settings, llm: ChatServer) -> Settings:
     require_bwrap()
     return settings.model_copy(
@@ -52,19 +44,6 @@ def model_settings(settings: Settings, llm: ChatServer) -> Settings:
             "model_api_key": SecretStr(KEY),
         }
     )
-
-
-@pytest.fixture
-async def model_api(make_api: ApiFactory, model_settings: Settings) -> Api:
-    return await make_api(model_settings)
-
-
-@pytest.fixture
-async def model_worker(client, model_settings: Settings):
-    from worker import build_worker
-
-    async with build_worker(client, model_settings):
-        yield
 
 
 @pytest.mark.usefixtures("model_worker")
