@@ -22,6 +22,7 @@ from quantapilot.docs.store import PageSummary, get_page, list_pages, list_versi
 from quantapilot.models import GateRecord, GateStatus, MilestoneRecord, RunStatus
 from quantapilot.repos.policy import ANCHOR_GATE
 from quantapilot.review.diff import Diff, branch_diff, run_worktree
+from quantapilot.runs.budget import ModelCallRecord
 from quantapilot.runs.contracts import project_name
 from quantapilot.tokens import Principal
 
@@ -55,6 +56,8 @@ class ReviewData:
     docs: list[DocView] = field(default_factory=list)
     milestone: MilestoneRecord | None = None
     diff: Diff | None = None
+    # The model calls behind what is approved: the documentation pages' (anchor) or the milestone's.
+    model_calls: list[ModelCallRecord] = field(default_factory=list)
 
 
 def find_gate(status: RunStatus, name: str) -> GateRecord | None:
@@ -134,10 +137,10 @@ async def review_data(engine: Engine, workdir: Path, status: RunStatus, gate: Ga
         pr = next((p for p in status.pull_requests if p.purpose == "docs"), None)
         head = pr.head if pr else status.docs_branch
         diff = await branch_diff(repo, base=pr.base if pr else status.branch or "", head=head) if head else None
-        return replace(data, pages=pages, docs=docs, diff=diff)
+        return replace(data, pages=pages, docs=docs, diff=diff, model_calls=list(status.model_calls))
     milestone = next((m for m in status.milestones if m.gate == gate.name or m.id == gate.name), None)
     if milestone is not None and milestone.branch:
         pr = next((p for p in status.pull_requests if p.head == milestone.branch), None)
         diff = await branch_diff(repo, base=pr.base if pr else status.branch or "", head=milestone.branch)
-        return replace(data, milestone=milestone, diff=diff)
-    return replace(data, milestone=milestone)
+        return replace(data, milestone=milestone, diff=diff, model_calls=list(milestone.model_calls))
+    return replace(data, milestone=milestone, model_calls=list(milestone.model_calls) if milestone else [])

@@ -15,6 +15,8 @@ from quantapilot.docs.render import split_front_matter
 from quantapilot.llm.spending import ModelUsage
 from quantapilot.settings import Settings
 from tests.llmserver import ChatServer, reply
+from tests.review.support import Review
+from tests.review.support import page as review_page
 from tests.support import Api, git, make_remote, remote_file
 
 KEY = "sk-e2e-docs-model-key-7d2e4b1a"
@@ -137,6 +139,14 @@ async def test_model_docs_budget_pauses_then_raise_and_resume(model_api: Api, ll
     code, _ = await api.post(f"/v1/runs/{run_id}/resume")
     assert code == 200
     await api.wait_gate(run_id, "anchor", timeout=60)
+    # The anchor's review page lists the two page calls behind the documentation it approves.
+    code, link = await api.post(f"/v1/runs/{run_id}/gates/anchor/links", {})
+    assert code == 201, link
+    code, html, _ = await review_page(api.client, Review(run_id, link["url"]).path_and_query)
+    assert code == 200, html
+    assert '<table id="model-calls">' in html
+    assert "doc/overview (try 1)" in html and "doc/architecture (try 1)" in html
+    assert "arch, <code>arch-model</code></td><td>written</td>" in html
     await api.decide(run_id, "anchor", True)
     final = await api.wait_state(run_id, "completed", "failed", timeout=90)
     assert final["state"] == "completed", final
