@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -32,13 +30,13 @@ from bench.common import bench_settings, dev_server, fmt, machine_line, percenti
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.events.envelope import envelope_of_record
 from quantapilot.events.record import EventRecord
-from quantapilot.models import RunKind
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks import verify_signature
 from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.starts import start_delivery_workflows
+from tests.webhook_e2e.support import event_records
 from worker import ServiceWorker, build_worker
 
 
@@ -86,23 +84,6 @@ class Receiver:
             await self._runner.cleanup()
 
 
-def _events(count: int) -> list[EventRecord]:
-    run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    return [
-        EventRecord(
-            id=f"evt_{uuid.uuid4().hex}",
-            run_id=run_id,
-            workspace="default",
-            run_kind=RunKind.REPOSITORY,
-            seq=seq,
-            type="run.started" if seq == 1 else "gate.requested",
-            created_at=datetime.now(UTC),
-            data={"run_id": run_id, "seq": seq},
-        )
-        for seq in range(1, count + 1)
-    ]
-
-
 def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
     with session_scope(engine) as session:
         _endpoint_row, secret = create_endpoint(
@@ -114,7 +95,7 @@ def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
 async def _ours(
     settings: Settings, engine: Engine, client: Client, receiver: Receiver, count: int, worker: ServiceWorker
 ) -> tuple[float, list[float]]:
-    events = _events(count)
+    events = event_records(count, prefix="bench")
     receiver.reset(count)
     stored: dict[str, float] = {}
     started = time.perf_counter()
@@ -145,7 +126,7 @@ async def _ours(
 
 
 async def _raw(receiver: Receiver, secret: str, count: int) -> float:
-    envelopes = [envelope_of_record(e) for e in _events(count)]
+    envelopes = [envelope_of_record(e) for e in event_records(count, prefix="bench")]
     receiver.reset(count)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as session:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,6 +16,8 @@ import standardwebhooks
 import stripe
 from aiohttp import web
 
+from quantapilot.events.record import EventRecord
+from quantapilot.models import RunKind
 from quantapilot.settings import Settings
 from quantapilot.webhooks import verify_signature
 from quantapilot.webhooks.signing import SIGNATURE_HEADER
@@ -225,3 +228,21 @@ def disabled_record_after(status: str) -> Callable[[list[dict[str, Any]]], bool]
 def assert_same_instant(left: str, right: str) -> None:
     """Two ISO timestamps name the same instant (``Z`` or ``+00:00``)."""
     assert datetime.fromisoformat(left) == datetime.fromisoformat(right), (left, right)
+
+
+def event_records(count: int, *, prefix: str) -> list[EventRecord]:
+    """``count`` events of one made-up run (``<prefix>-<hex>``), as the worker records them, for the outbox."""
+    run_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return [
+        EventRecord(
+            id=f"evt_{uuid.uuid4().hex}",
+            run_id=run_id,
+            workspace="default",
+            run_kind=RunKind.REPOSITORY,
+            seq=seq,
+            type="run.started" if seq == 1 else "gate.requested",
+            created_at=datetime.now(UTC),
+            data={"run_id": run_id, "seq": seq},
+        )
+        for seq in range(1, count + 1)
+    ]

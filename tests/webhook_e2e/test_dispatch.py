@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,8 +16,6 @@ from sqlmodel import Session, col, select
 
 from activities.events import store_event_with_deliveries
 from quantapilot.db import create_all, make_engine, session_scope
-from quantapilot.events.record import EventRecord
-from quantapilot.models import RunKind
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.dispatcher import Dispatcher
@@ -31,28 +27,12 @@ from tests.webhook_e2e.support import (
     Receiver,
     all_status,
     create_endpoint,
+    event_records,
     fast_run,
     finished_events,
     free_port,
     wait_deliveries,
 )
-
-
-def _events(count: int) -> list[EventRecord]:
-    run_id = f"drill-{uuid.uuid4().hex[:8]}"
-    return [
-        EventRecord(
-            id=f"evt_{uuid.uuid4().hex}",
-            run_id=run_id,
-            workspace="default",
-            run_kind=RunKind.REPOSITORY,
-            seq=seq,
-            type="run.started" if seq == 1 else "gate.requested",
-            created_at=datetime.now(UTC),
-            data={"run_id": run_id, "seq": seq},
-        )
-        for seq in range(1, count + 1)
-    ]
 
 
 @pytest.fixture
@@ -101,7 +81,7 @@ async def test_webhooks_two_dispatchers_on_postgres_never_double_send(
             )
     engines = [make_engine(postgres_url) for _ in range(2)]
     dispatchers = [Dispatcher(pg, e, keyring=keyring, client=None, task_queue="unused") for e in engines]
-    events = _events(40)
+    events = event_records(40, prefix="drill")
     try:
         for dispatcher in dispatchers:
             await dispatcher.start()
