@@ -54,7 +54,7 @@ class ModelAsk(Protocol):
     temperature: float | None
     max_output_tokens: int | None
     usd_left: float | None
-    # limits.tokens_per_day plus the run's grants (None: no daily limit; lifecycle runs have none).
+    # limits.tokens_per_day (QP_LIFECYCLE_LIMITS' for lifecycle runs) plus the run's grants (None: no daily limit).
     day_limit: int | None
 
 

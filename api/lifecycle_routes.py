@@ -138,7 +138,11 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
 
     arch = settings.lifecycle_models.arch if settings.lifecycle_models else None
     # Taken now, as the self-approval default is: the run keeps the model and budgets it was triggered with.
-    narrative = None if arch is None else LifecycleNarrative(model=arch, budgets=settings.lifecycle_budgets)
+    narrative = (
+        None
+        if arch is None
+        else LifecycleNarrative(model=arch, budgets=settings.lifecycle_budgets, limits=settings.lifecycle_limits)
+    )
 
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quantapilot.llm.prices import ModelPrice
-from quantapilot.repos.config import BudgetsConfig, ModelsConfig
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig, TokenLimitsConfig
 
 DEFAULT_STATE_DIR = Path(".qp")
 
@@ -229,6 +229,10 @@ class Settings(BaseSettings):
     # that model; the arithmetic stays the agents'. A run takes them when it is triggered.
     lifecycle_models: ModelsConfig | None = None
     lifecycle_budgets: BudgetsConfig | None = None
+    # The token limits of quantapilot.yml's `limits` for lifecycle runs, e.g. QP_LIFECYCLE_LIMITS=
+    # '{"tokens_per_day": 200000}': tokens_per_day is checked against the workspace's model spending of the UTC
+    # day (every run's calls, model_usage), as repository runs' limits.tokens_per_day is.
+    lifecycle_limits: TokenLimitsConfig | None = None
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -180,10 +180,15 @@ class LifecycleRunWorkflow(ModelBudget):
     async def _narrated(self, result: StageResult, narrative: LifecycleNarrative) -> StageResult:
         """The result with its narrative fields by the model, within the run's budgets; the agent's on a misfit."""
         if self._usage is None:
-            budgets = narrative.budgets
+            budgets, limits = narrative.budgets, narrative.limits
+            # limits (QP_LIFECYCLE_LIMITS) is None in runs triggered before it was carried: their ledger is as before.
             self._usage = RunUsage(
-                tokens_budget=budgets.tokens if budgets else None, usd_budget=budgets.usd if budgets else None
+                tokens_budget=budgets.tokens if budgets else None,
+                usd_budget=budgets.usd if budgets else None,
+                tokens_per_run=limits.tokens_per_run if limits else None,
+                tokens_per_day=limits.tokens_per_day if limits else None,
             )
+        usage = self._usage
         model = narrative.model
         key = f"narrative/{result.stage}"
 
@@ -202,6 +207,8 @@ class LifecycleRunWorkflow(ModelBudget):
                     max_output_tokens=model.max_output_tokens,
                     tokens_left=room.tokens,
                     usd_left=room.usd,
+                    # Asks workflow.patched(PATCH_TOKENS_PER_DAY) only when the run has a daily limit (None before).
+                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=NARRATE_TIMEOUT_S,
                 attempts=MODEL_CALL_ATTEMPTS,
@@ -209,7 +216,7 @@ class LifecycleRunWorkflow(ModelBudget):
             )
             return call
 
-        call = await self._budgeted(self._usage, key, None, ask)
+        call = await self._budgeted(usage, key, None, ask)
         outcome, reason, narrated = "narrated", None, result
         try:
             narrated = apply_narrative(result, call.answer)

@@ -21,7 +21,7 @@ from quantapilot.lifecycle.outputs import (
     StageResult,
     TargetOutput,
 )
-from quantapilot.repos.config import BudgetsConfig, ModelConfig
+from quantapilot.repos.config import BudgetsConfig, ModelConfig, TokenLimitsConfig
 
 RUN_STAGE_AGENT = "run_stage_agent"
 STORE_STAGE_RESULT = "store_stage_result"
@@ -68,6 +68,8 @@ class LifecycleNarrative(_Model):
 
     model: ModelConfig
     budgets: BudgetsConfig | None = None
+    # QP_LIFECYCLE_LIMITS (None in inputs recorded before it was carried: no token limits beyond the budgets).
+    limits: TokenLimitsConfig | None = None
 
 
 class LifecycleRunInput(_Model):
@@ -110,7 +112,7 @@ class NarrateInput(_Model):
     max_output_tokens: int | None = None
     tokens_left: int | None = None
     usd_left: float | None = None
-    # No daily limit for lifecycle runs (QP_LIFECYCLE_BUDGETS has tokens and usd only); kept for the shared check.
+    # QP_LIFECYCLE_LIMITS' tokens_per_day plus the run's grants (None: no daily limit, as in runs started before it).
     day_limit: int | None = None
 
 

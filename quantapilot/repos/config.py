@@ -36,6 +36,7 @@ __all__ = [
     "RunConfig",
     "StepConfig",
     "StepSettings",
+    "TokenLimitsConfig",
     "render_path",
     "semantic_issues",
 ]
@@ -177,6 +178,19 @@ class LimitsConfig(_Frozen):
     )
     timeout_seconds: PositiveSeconds | None = Field(default=None, description="Default step timeout in seconds.")
     max_retries: Retries | None = Field(default=None, description="Default step retries (attempts = retries + 1).")
+
+
+class TokenLimitsConfig(_Frozen):
+    """The token limits of ``limits`` alone: what runs without a ``quantapilot.yml`` take from the settings.
+
+    Lifecycle runs read it from ``QP_LIFECYCLE_LIMITS`` (their steps have no timeouts or retries to set); the
+    fields mean what :class:`LimitsConfig`'s of the same names mean.
+    """
+
+    tokens_per_run: int | None = Field(default=None, ge=1, description="Model tokens one run may spend.")
+    tokens_per_day: int | None = Field(
+        default=None, ge=1, description="Model tokens the workspace's runs may spend per UTC day."
+    )
 
 
 class PoliciesConfig(_Frozen):

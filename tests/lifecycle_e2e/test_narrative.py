@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,8 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 
-from quantapilot.llm.spending import ModelUsage
-from quantapilot.repos.config import BudgetsConfig, ModelsConfig
+from quantapilot.llm.spending import ModelUsage, day_key, save_model_call
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig, TokenLimitsConfig
 from quantapilot.settings import Settings
 from tests.lifecycle_e2e.conftest import LcApiFactory
 from tests.lifecycle_e2e.helpers import TARGET_INPUTS, new_account, start
@@ -35,13 +37,20 @@ async def llm() -> AsyncIterator[ChatServer]:
         yield server
 
 
-def _settings(settings: Settings, llm: ChatServer, *, budgets: BudgetsConfig | None = None) -> Settings:
+def _settings(
+    settings: Settings,
+    llm: ChatServer,
+    *,
+    budgets: BudgetsConfig | None = None,
+    limits: TokenLimitsConfig | None = None,
+) -> Settings:
     return settings.model_copy(
         update={
             "model_base_url": llm.base_url,
             "model_api_key": SecretStr(KEY),
             "lifecycle_models": ModelsConfig.model_validate({"arch": {"model": "arch-model", "temperature": 0.3}}),
             "lifecycle_budgets": budgets,
+            "lifecycle_limits": limits,
         }
     )
 
@@ -147,3 +156,67 @@ async def test_lifecycle_narrative_budget_pauses_then_raise_and_resume(
     assert final["state"] == "completed", final
     assert [c["outcome"] for c in final["model_calls"]] == ["narrated"]
     assert final["usage"]["granted_tokens"] == 50_000 and final["usage"]["tokens"] > 30
+
+
+DAY_LIMIT = 5000
+
+
+async def test_lifecycle_narrative_day_limit_pauses_then_raise_and_resume(
+    client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory, engine: Engine
+) -> None:
+    from worker import build_worker
+
+    llm.script(reply(json.dumps(NARRATIVE), completion_tokens=15))
+    # A repository run of the workspace spent nearly all of today's tokens: the narrative's call would pass them.
+    today = day_key(datetime.now(UTC))
+    save_model_call(
+        engine,
+        call_id=f"earlier-{uuid.uuid4().hex}",
+        workspace="default",
+        run_id="an-earlier-repository-run",
+        step="M-001/impl",
+        role="dev",
+        model="dev-model",
+        input_tokens=DAY_LIMIT - 10,
+        output_tokens=0,
+    )
+    model_settings = _settings(settings, llm, limits=TokenLimitsConfig(tokens_per_day=DAY_LIMIT))
+    async with build_worker(client, model_settings):
+        api = await make_lc_api(app_settings=model_settings)
+        run_id = await start(api, new_account(), "opportunity", INPUTS)
+        paused = await api.wait_state(run_id, "paused")
+        assert paused["paused_reason"] == "budget_exceeded" and llm.requests == []
+        assert paused["usage"]["tokens_per_day"] == DAY_LIMIT and paused["usage"]["calls"] == 0
+        event = await api.wait_event(run_id, "run.paused")
+        data = event["data"]
+        assert data["limit"] == "limits.tokens_per_day" and data["tokens_per_day"] == DAY_LIMIT
+        assert data["day_tokens_spent"] == DAY_LIMIT - 10 and data["needed"] > 10
+        assert datetime.fromisoformat(data["resumes_at"]) > datetime.now(UTC)
+        code, raised = await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+        assert code == 200, raised
+        code, _ = await api.post(f"/v1/runs/{run_id}/resume")
+        assert code == 200
+        final = await api.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed", final
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"] and len(llm.ok_requests) == 1
+    assert final["usage"]["granted_tokens"] == 100_000
+    # Counted for the workspace's day like any call, so the next run of the workspace sees it.
+    with Session(engine) as session:
+        (row,) = session.exec(select(ModelUsage).where(col(ModelUsage.run_id) == run_id)).all()
+    assert row.day == today and row.input_tokens + row.output_tokens == final["usage"]["tokens"]
+
+
+async def test_lifecycle_narrative_within_the_day_limit_is_not_paused(
+    client: Client, settings: Settings, llm: ChatServer, make_lc_api: LcApiFactory
+) -> None:
+    from worker import build_worker
+
+    llm.script(reply(json.dumps(NARRATIVE), completion_tokens=15))
+    model_settings = _settings(settings, llm, limits=TokenLimitsConfig(tokens_per_day=10 * DAY_LIMIT))
+    async with build_worker(client, model_settings):
+        api = await make_lc_api(app_settings=model_settings)
+        run_id = await start(api, new_account(), "opportunity", INPUTS)
+        final = await api.wait_state(run_id, "completed", "failed")
+    assert final["state"] == "completed", final
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"]
+    assert "run.paused" not in [e["type"] for e in await api.events(run_id)]

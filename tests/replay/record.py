@@ -44,7 +44,7 @@ from quantapilot.lifecycle.telemetry import insert_events
 from quantapilot.lifecycle.telemetry_body import parse_telemetry_payload
 from quantapilot.llm.spending import save_model_call
 from quantapilot.models import RunKind
-from quantapilot.repos.config import BudgetsConfig, ModelsConfig
+from quantapilot.repos.config import BudgetsConfig, ModelsConfig, TokenLimitsConfig
 from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import dev_server
@@ -519,6 +519,28 @@ async def lifecycle_opportunity_narrated(rec: Recording) -> Recorded:
     return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
 
 
+async def lifecycle_opportunity_day_raised(rec: Recording) -> Recorded:
+    """QP_LIFECYCLE_LIMITS sets tokens_per_day and the workspace spent nearly all of it today: the narrative's call
+    pauses the run (budget_exceeded, limits.tokens_per_day); a budget raise and a resume make it; completed."""
+    llm = await rec.exits.enter_async_context(chat_server(MODEL_KEY))
+    llm.script(reply(json.dumps(MODEL_NARRATIVE), completion_tokens=20))
+    spent_today(rec, DAY_LIMIT - 10)
+    api = await rec.stack(
+        model_base_url=llm.base_url,
+        model_api_key=SecretStr(MODEL_KEY),
+        lifecycle_models=ModelsConfig.model_validate({"arch": {"model": "arch-model"}}),
+        lifecycle_limits=TokenLimitsConfig(tokens_per_day=DAY_LIMIT),
+    )
+    run_id = await start(api, new_account(), "opportunity", {"persona": "CFO", "discoveryNotes": "Costs grow."})
+    paused = await api.wait_state(run_id, "paused")
+    assert paused["paused_reason"] == "budget_exceeded" and llm.requests == [], paused
+    await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 100_000})
+    await api.post(f"/v1/runs/{run_id}/resume")
+    final = await api.wait_state(run_id, "completed")
+    assert [c["outcome"] for c in final["model_calls"]] == ["narrated"], final
+    return Recorded(workflow_id(RunKind.LIFECYCLE, "default", run_id))
+
+
 # ----- AccountRealization ----------------------------------------------------------------------------------------
 
 
@@ -646,6 +668,7 @@ SCENARIOS: dict[str, Scenario] = {
     "lifecycle_target_api_signal_held": Scenario(LifecycleRunWorkflow, lifecycle_target_api_signal_held),
     "lifecycle_target_two_of_three_rejected": Scenario(LifecycleRunWorkflow, lifecycle_target_two_of_three_rejected),
     "lifecycle_opportunity_narrated": Scenario(LifecycleRunWorkflow, lifecycle_opportunity_narrated),
+    "lifecycle_opportunity_narrated_day_raised": Scenario(LifecycleRunWorkflow, lifecycle_opportunity_day_raised),
     "account_realization_refreshed": Scenario(AccountRealizationWorkflow, account_realization_refreshed),
     "account_realization_refresh_retried": Scenario(AccountRealizationWorkflow, account_realization_refresh_retried),
     "webhook_retried_delivered": Scenario(WebhookDeliveryWorkflow, webhook_retried_delivered),

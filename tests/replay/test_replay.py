@@ -126,6 +126,11 @@ SHAPES: dict[str, Shape] = {
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
         [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
     ),
+    # QP_LIFECYCLE_LIMITS: the markers (narrative, tokens-per-day), the budget raise and the resume (updates).
+    "lifecycle_opportunity_narrated_day_raised": Shape(
+        E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        [E.EVENT_TYPE_MARKER_RECORDED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED],
+    ),
     # models.dev and models.qa: the patch markers (model-steps, model-qa), the anchor and milestone gate updates.
     "repo_run_model_qa_reviewed": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
@@ -367,6 +372,34 @@ def test_replay_lifecycle_narrative_recording_takes_the_patched_path() -> None:
     # Refused once (over the budget), then made after the raise; before the result is stored.
     assert activities.count(NARRATE_STAGE) == 2
     assert activities.index(RUN_STAGE_AGENT) < activities.index(NARRATE_STAGE) < activities.index(STORE_STAGE_RESULT)
+
+
+def narrate_calls(history: WorkflowHistory) -> list[dict[str, object]]:
+    """The inputs of the history's narrate_stage activities, in order."""
+    calls = []
+    for e in history.events:
+        attrs = e.activity_task_scheduled_event_attributes
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and attrs.activity_type.name == NARRATE_STAGE:
+            calls.append(json.loads(attrs.input.payloads[0].data))
+    return calls
+
+
+def test_replay_lifecycle_day_limit_recording_takes_the_patched_path() -> None:
+    history = load("lifecycle_opportunity_narrated_day_raised")
+    assert {PATCH_LIFECYCLE_NARRATIVE, PATCH_TOKENS_PER_DAY} <= patch_ids(history)
+    kinds = recorded_event_types(history)
+    assert kinds.count("run.paused") == 1 and kinds.count("run.resumed") == 1, kinds
+    assert kinds.index("run.paused") < kinds.index("run.resumed") < kinds.index("run.completed")
+    # Refused by the workspace's day first, asked again after the raise (which lifts the day's limit by the grant).
+    first, second = narrate_calls(history)
+    assert (first["day_limit"], second["day_limit"]) == (5000, 105_000)
+
+
+def test_replay_lifecycle_runs_without_a_daily_limit_record_no_day_marker() -> None:
+    # Runs without QP_LIFECYCLE_LIMITS (and those triggered before it) never ask for the patch, so they replay.
+    history = load("lifecycle_opportunity_narrated")
+    assert PATCH_TOKENS_PER_DAY not in patch_ids(history)
+    assert all(call.get("day_limit") is None for call in narrate_calls(history))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("lifecycle_") and "narrated" not in n))

@@ -1,4 +1,5 @@
-"""QP_LIFECYCLE_MODELS and QP_LIFECYCLE_BUDGETS: read as JSON, and a USD budget never spent against a guessed price."""
+"""QP_LIFECYCLE_MODELS, QP_LIFECYCLE_BUDGETS and QP_LIFECYCLE_LIMITS: read as JSON, and a USD budget never spent
+against a guessed price."""
 
 from __future__ import annotations
 
@@ -31,5 +32,19 @@ def test_lifecycle_usd_budget_needs_the_models_price(monkeypatch: pytest.MonkeyP
 
 def test_lifecycle_models_refuse_unknown_roles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QP_LIFECYCLE_MODELS", '{"writer": {"model": "m"}}')
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_lifecycle_limits_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lifecycle_limits is None  # without them: no token limits beyond the budgets, as before
+    monkeypatch.setenv("QP_LIFECYCLE_LIMITS", '{"tokens_per_day": 200000, "tokens_per_run": 9000}')
+    limits = Settings().lifecycle_limits
+    assert limits is not None and (limits.tokens_per_day, limits.tokens_per_run) == (200_000, 9000)
+    # Only the token limits: lifecycle steps have no timeouts or retries for quantapilot.yml's other limits to set.
+    monkeypatch.setenv("QP_LIFECYCLE_LIMITS", '{"tokens_per_day": 200000, "timeout_seconds": 60}')
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.setenv("QP_LIFECYCLE_LIMITS", '{"tokens_per_day": 0}')
     with pytest.raises(ValidationError):
         Settings()
