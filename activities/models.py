@@ -3,10 +3,11 @@
 An adapter: prompts are :mod:`quantapilot.llm.prompts`, providers :mod:`quantapilot.llm`. Failures get their
 Temporal shape here: a transient provider failure (429, 5xx, timeout) raises a retryable ``MODEL_UNAVAILABLE``
 whose ``next_retry_delay`` is the provider's ``Retry-After``; a refused request raises a non-retryable
-``MODEL_REQUEST_REJECTED``. The call is idempotent in effect: it changes nothing in the worktree, and the one row
-it writes (``model_usage``, :mod:`quantapilot.llm.spending`) is keyed by the workflow and activity ids, so a retry
-keeps one row; the workflow records only the result of the attempt that succeeded. With ``day_limit`` it checks the
-workspace's tokens spent today before calling (``limits.tokens_per_day``).
+``MODEL_REQUEST_REJECTED``. The call is idempotent: it changes nothing in the worktree, and the one row it writes
+(``model_usage``, :mod:`quantapilot.llm.spending`) is keyed by the workflow and activity ids and keeps the answer,
+so an attempt retried after the model answered (the result lost with its worker) returns that answer without asking
+again: one call, paid once, counted once with the same figures in the row and in the workflow's ledger. With
+``day_limit`` it checks the workspace's tokens spent today before calling (``limits.tokens_per_day``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from quantapilot.forges import gitops
 from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelReply, ModelRequest, cost_of
 from quantapilot.llm.prompts import Milestone, build_messages, estimate_tokens
 from quantapilot.llm.registry import make_provider
-from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_call
+from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_call, saved_call
 from quantapilot.repos.files import RepoReadError, open_repo_files
 from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.errors import permanent
@@ -212,6 +213,10 @@ class ModelActivities:
         """
         prompt = recorded_prompt(messages)
         needed = estimate_tokens(messages) if needed is None else needed
+        earlier = await self._earlier_answer(workspace)
+        if earlier is not None:
+            # Made and counted by an earlier attempt: neither the budgets nor today's spending are checked again.
+            return prompt, earlier
         if workspace is not None:
             # limits.tokens_per_day: what the workspace spent today (model_usage) comes first.
             day_refusal, tokens_left = await self.day_room(
@@ -336,12 +341,35 @@ class ModelActivities:
             )
         return self.answered(inp, prompt, reply, diff=diff)
 
-    def _save(self, workspace: str, run_id: str, step: str, role: str, reply: ModelReply, usd: float | None) -> None:
+    @staticmethod
+    def _call_id() -> str:
+        # The same for every attempt of this activity: a retry after the row was written keeps one row.
         info = activity.info()
+        return f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+
+    async def _earlier_answer(self, workspace: str | None) -> ModelReply | None:
+        """The answer an earlier attempt of this activity got and saved, when this is a retry and there is one."""
+        if workspace is None or activity.info().attempt <= 1:
+            return None
+        row = await asyncio.to_thread(saved_call, self._engine, self._call_id())
+        if row is None or row.answer is None:
+            return None
+        activity.logger.info(
+            "model call %s was answered in an earlier attempt: its answer is used, the model is not asked again", row.call_id
+        )
+        return ModelReply(
+            text=row.answer,
+            model=row.model,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            response_id=row.response_id,
+            finish_reason=row.finish_reason,
+        )
+
+    def _save(self, workspace: str, run_id: str, step: str, role: str, reply: ModelReply, usd: float | None) -> None:
         save_model_call(
             self._engine,
-            # The same for every attempt of this activity: a retry after the row was written keeps one row.
-            call_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}",
+            call_id=self._call_id(),
             workspace=workspace,
             run_id=run_id,
             step=step,
@@ -351,6 +379,9 @@ class ModelActivities:
             output_tokens=reply.output_tokens,
             usd=usd,
             day_s=self._settings.model_day_s,
+            answer=reply.text,
+            response_id=reply.response_id,
+            finish_reason=reply.finish_reason,
         )
 
 

@@ -3,15 +3,18 @@
 The workflow's ledger (:mod:`quantapilot.runs.budget`) counts a run's calls; this table counts every call of every
 run of a workspace, which ``limits.tokens_per_day`` needs (no single workflow sees the others). A row is keyed by
 a call id its caller makes stable across retries of the same call (the model activity uses the workflow and
-activity ids), so a retried write never counts a call twice. "A day" is the UTC calendar day; tests may shorten
-it (``QP_MODEL_DAY_S``), and the day key is then the start of the short period.
+activity ids), so a retried write never counts a call twice. The row keeps the answer too: an activity retried
+after its call was answered and written (its result lost with a crashed worker) takes the answer from here
+(:func:`saved_call`) instead of asking, and paying, again, so the run's ledger and this table count the one call
+with the same figures. "A day" is the UTC calendar day; tests may shorten it (``QP_MODEL_DAY_S``), and the day
+key is then the start of the short period.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Column, Float, String, func
+from sqlalchemy import BigInteger, Column, Float, String, Text, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
@@ -38,6 +41,10 @@ class ModelUsage(SQLModel, table=True):
     # The UTC date (YYYY-MM-DD), or with a shortened test day the period's start (day_key).
     day: str = Field(sa_column=Column(String(32), nullable=False, index=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
+    # What the model answered (None in rows written before it was kept: a retry of those asks again).
+    answer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    response_id: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    finish_reason: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
 
 
 def day_key(at: datetime, day_s: float = DAY_S) -> str:
@@ -71,6 +78,9 @@ def save_model_call(
     usd: float | None = None,
     at: datetime | None = None,
     day_s: float = DAY_S,
+    answer: str | None = None,
+    response_id: str | None = None,
+    finish_reason: str | None = None,
 ) -> bool:
     """Record one model call once: a second save with the same ``call_id`` changes nothing.
 
@@ -87,6 +97,9 @@ def save_model_call(
         usd: The call's cost, None when the model has no price.
         at: When the call was made (default: now).
         day_s: Length of a day (tests shorten it; see :func:`day_key`).
+        answer: The model's answer, for a retry of the same call (:func:`saved_call`).
+        response_id: The provider's id of the response.
+        finish_reason: Why the model stopped.
 
     Returns:
         Whether this save wrote the row (False: it was there already).
@@ -104,6 +117,9 @@ def save_model_call(
         "usd": usd,
         "day": day_key(when, day_s),
         "created_at": when,
+        "answer": answer,
+        "response_id": response_id[:255] if response_id else response_id,
+        "finish_reason": finish_reason[:64] if finish_reason else finish_reason,
     }
     with session_scope(engine) as session:
         # INSERT ... ON CONFLICT DO NOTHING: a retried activity racing its earlier attempt neither fails nor counts
@@ -116,6 +132,12 @@ def save_model_call(
             .returning(col(ModelUsage.call_id))
         )
         return session.execute(statement).scalar_one_or_none() is not None
+
+
+def saved_call(engine: Engine, call_id: str) -> ModelUsage | None:
+    """The call saved under ``call_id``, when one was (with its answer, unless it was written before answers were)."""
+    with Session(engine) as session:
+        return session.get(ModelUsage, call_id)
 
 
 def day_spent(engine: Engine, workspace: str, day: str) -> int:

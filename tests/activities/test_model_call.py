@@ -77,20 +77,53 @@ async def test_model_call_saves_one_row_per_call_and_once_across_retries(
     url = make_remote(tmp_path, {"README.md": "# Greeter\n"})
     llm.script(
         reply("First, a plan.", prompt_tokens=100, completion_tokens=10),
-        reply("The same plan, asked again.", prompt_tokens=100, completion_tokens=12),
         reply("Another call's plan.", prompt_tokens=50, completion_tokens=5),
+        reply("A plan nobody should have asked for.", prompt_tokens=100, completion_tokens=12),
     )
     first = await _env("3").run(models.call_model, _input(url))
-    # The same activity retried (its completion lost): the model is asked again, the row stays the first one.
-    await _env("3", attempt=2).run(models.call_model, _input(url))
-    await _env("4").run(models.call_model, _input(url))
-    assert len(llm.ok_requests) == 3
+    # The same activity retried (its completion lost with its worker): the first answer, not a second call.
+    retried = await _env("3", attempt=2).run(models.call_model, _input(url))
+    other = await _env("4").run(models.call_model, _input(url))
+    assert len(llm.ok_requests) == 2
+    assert (first.answer, first.input_tokens, first.output_tokens) == ("First, a plan.", 100, 10)
+    # The workflow counts the retry's result: the same figures as the row, so run ledger and day agree.
+    assert retried.model_dump(exclude={"at"}) == first.model_dump(exclude={"at"})
+    assert (other.answer, other.input_tokens, other.output_tokens) == ("Another call's plan.", 50, 5)
     rows = sorted(_rows(engine), key=lambda r: r.call_id)
     assert [r.call_id for r in rows] == ["repo-run/default/rr_activity/r-1/3", "repo-run/default/rr_activity/r-1/4"]
-    assert [(r.input_tokens, r.output_tokens) for r in rows] == [(100, 10), (50, 5)]
-    assert (first.input_tokens, first.output_tokens) == (100, 10)
+    assert [(r.input_tokens, r.output_tokens, r.answer) for r in rows] == [
+        (100, 10, "First, a plan."),
+        (50, 5, "Another call's plan."),
+    ]
     assert rows[0].workspace == "default" and rows[0].step == "M-001/plan" and rows[0].role == "dev"
     assert rows[0].model == "dev-model" and rows[0].day == day_key(rows[0].created_at)
+    assert rows[0].response_id == first.response_id and rows[0].response_id is not None
+
+
+async def test_model_call_retry_without_a_saved_answer_asks_the_model(
+    models: ModelActivities, engine: Engine, llm: ChatServer, tmp_path: Path
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# Greeter\n"})
+    llm.script(reply("A plan.", prompt_tokens=40, completion_tokens=4))
+    # Attempt 1 failed before the model answered (a 429, a timeout): nothing saved, so attempt 2 asks.
+    made = await _env("5", attempt=2).run(models.call_model, _input(url))
+    assert made.called and made.answer == "A plan." and len(llm.ok_requests) == 1
+    (row,) = _rows(engine)
+    assert (row.input_tokens, row.output_tokens) == (40, 4)
+
+
+async def test_model_call_retry_after_the_answer_is_not_refused_by_the_day_it_spent(
+    models: ModelActivities, engine: Engine, llm: ChatServer, tmp_path: Path
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# Greeter\n"})
+    llm.script(reply("A plan.", prompt_tokens=300, completion_tokens=20))
+    made = await _env("6").run(models.call_model, _input(url, day_limit=400))
+    assert made.called and made.at is not None
+    assert day_spent(engine, "default", day_key(made.at)) == 320
+    # Its own tokens leave less than the prompt needs today, but the retry's call was made already: no pause.
+    retried = await _env("6", attempt=3).run(models.call_model, _input(url, day_limit=400))
+    assert retried.called and retried.over_budget is None and retried.answer == "A plan."
+    assert len(llm.ok_requests) == 1
 
 
 async def test_model_call_over_the_days_limit_is_refused_before_the_model_is_asked(
