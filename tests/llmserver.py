@@ -6,7 +6,9 @@ the request must carry ``Authorization: Bearer <key>`` and a JSON body with ``mo
 ``created``, ``model``, ``choices[].message``, ``choices[].finish_reason``, ``usage``). Errors are
 ``{"error": {"message", "type", "param", "code"}}`` with the documented statuses (400 invalid request, 401
 invalid key, 429 rate limit with ``Retry-After``, 500/503 server errors). Every request is recorded so tests
-assert on what the client sent; answers are scripted in order.
+assert on what the client sent; answers are scripted in order. Every request is checked: one outside the contract
+(or one no answer was scripted for) is answered 400 (500) and noted in ``invalid``, and leaving
+:func:`chat_server` with a note there fails the test, whether or not the test looked.
 """
 
 from __future__ import annotations
@@ -206,7 +208,11 @@ class ChatServer:
 
 @asynccontextmanager
 async def chat_server(api_key: str = "sk-test-secret-key-0123456789") -> AsyncIterator[ChatServer]:
-    """Serve the Chat Completions API on a free loopback port; ``server.base_url`` ends in ``/v1``."""
+    """Serve the Chat Completions API on a free loopback port; ``server.base_url`` ends in ``/v1``.
+
+    Raises:
+        AssertionError: On leaving, when a request broke the contract or found no scripted answer.
+    """
     server = ChatServer(api_key=api_key)
     app = web.Application()
     app.router.add_post("/v1/chat/completions", server.handle)
@@ -220,3 +226,6 @@ async def chat_server(api_key: str = "sk-test-secret-key-0123456789") -> AsyncIt
         yield server
     finally:
         await runner.cleanup()
+    # Not in `finally`: a test that failed already keeps its own error.
+    if server.invalid:
+        raise AssertionError(f"the loopback model server received requests outside the contract: {server.invalid}")

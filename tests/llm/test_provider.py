@@ -163,3 +163,15 @@ def test_prices_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.model_prices["gpt-x"].output_per_mtok == 1.5
     assert KEY not in repr(settings)
+
+
+async def test_loopback_server_fails_the_test_that_sent_a_request_outside_the_contract() -> None:
+    with pytest.raises(AssertionError, match="outside the contract"):
+        async with chat_server(KEY) as server:
+            provider = OpenAIChatProvider(base_url=server.base_url, api_key=KEY)
+            try:
+                with pytest.raises(ModelError) as err:
+                    await provider.complete(_request())  # nothing scripted
+            finally:
+                await provider.close()
+            assert err.value.status == 500 and server.invalid == ["no scripted answer left"]
