@@ -212,7 +212,8 @@ class PoliciesConfig(_Frozen):
     model_change_requires_gate: bool = Field(
         default=False,
         description=(
-            "A change of models needs a gate decision (accepted for compatibility; not enforced, no models run)."
+            "A change of models needs a gate decision (accepted for compatibility; not enforced: a change of "
+            "models adds no gate)."
         ),
     )
 
