@@ -355,7 +355,8 @@ class ModelActivities:
         if row is None or row.answer is None:
             return None
         activity.logger.info(
-            "model call %s was answered in an earlier attempt: its answer is used, the model is not asked again", row.call_id
+            "model call %s was answered in an earlier attempt: that answer is used, the model is not asked again",
+            row.call_id,
         )
         return ModelReply(
             text=row.answer,

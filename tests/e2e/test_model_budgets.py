@@ -1,6 +1,6 @@
 """The run's own model budgets end to end: budgets.usd (priced), limits.tokens_per_run and steps' tokens_budget
-pause the run before the call that would not fit; a raise and a resume make it. And a plan step's answer reaches
-the impl step's prompt."""
+pause the run before the call that would not fit; a raise and a resume make it; the ledger crosses continue-as-new.
+And a plan step's answer reaches the impl step's prompt."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.client import Client
 
 from quantapilot.llm import ModelPrice
 from quantapilot.llm.spending import ModelUsage
+from quantapilot.models import RunKind
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
+from tests.conftest import ApiFactory
+from tests.e2e.test_milestones import executions_of
 from tests.e2e.test_model_steps import README, YML, new_file_diff
 from tests.llmserver import ChatServer, reply
-from tests.support import Api, make_remote, remote_file
+from tests.support import Api, eventually, make_remote, remote_file
 
 KEY = "sk-e2e-budget-key-71c0d9e4"
 ANSWER = f"```diff\n{new_file_diff('greeting.txt', 'hello world')}```"
@@ -54,7 +59,9 @@ async def test_model_usd_budget_pauses_then_raise_and_resume(
 ) -> None:
     api = model_api
     llm.script(reply(ANSWER, completion_tokens=20))
-    run_id, url = await _start(api, tmp_path, YML.replace("policies:", "budgets: {tokens: 100000, usd: 0.05}\npolicies:"))
+    run_id, url = await _start(
+        api, tmp_path, YML.replace("policies:", "budgets: {tokens: 100000, usd: 0.05}\npolicies:")
+    )
     paused = await api.wait_state(run_id, "paused", timeout=60)
     assert paused["paused_reason"] == "budget_exceeded" and llm.requests == []
     data = (await api.wait_event(run_id, "run.paused"))["data"]
@@ -119,7 +126,9 @@ async def test_model_plan_step_answer_goes_into_the_impl_prompt(
 ) -> None:
     api = model_api
     llm.script(reply(PLAN, completion_tokens=12), reply(ANSWER, completion_tokens=20))
-    yml = YML.replace("      - {name: impl,", '      - {name: plan, prompt: "Plan the greeting."}\n      - {name: impl,')
+    yml = YML.replace(
+        "      - {name: impl,", '      - {name: plan, prompt: "Plan the greeting."}\n      - {name: impl,'
+    )
     run_id, url = await _start(api, tmp_path, yml)
     final = await api.wait_state(run_id, "completed", "failed", timeout=90)
     assert final["state"] == "completed", final
@@ -133,3 +142,59 @@ async def test_model_plan_step_answer_goes_into_the_impl_prompt(
     usage = final["usage"]
     assert set(usage["steps"]) == {"M-001/plan", "M-001/impl"} and usage["calls"] == 2
     assert remote_file(url, "main", "greeting.txt") == "hello world\n"
+
+
+TWO_MODEL_MILESTONES = """\
+version: 1
+models:
+  dev: {model: dev-model, max_output_tokens: 2000}
+budgets: {tokens: 20000}
+policies: {merge: squash, gates: ['-first_merge']}
+milestones:
+  - id: M-001
+    title: Greet the world
+    gate: false
+    steps:
+      - {name: impl, prompt: "Create greeting.txt containing the line 'hello world'."}
+      - {name: test, run: "grep -qx 'hello world' greeting.txt", timeout_s: 30}
+  - id: M-002
+    title: Say goodbye
+    gate: false
+    steps:
+      - {name: impl, prompt: "Create farewell.txt containing the line 'goodbye'."}
+      - {name: test, run: "grep -qx 'goodbye' farewell.txt", timeout_s: 30}
+"""
+
+
+async def test_model_ledger_survives_continue_as_new_between_milestones(
+    make_api: ApiFactory, model_settings: Settings, client: Client, llm: ChatServer, tmp_path: Path
+) -> None:
+    from worker import build_worker
+
+    settings = model_settings.model_copy(update={"continue_as_new_every_milestones": 1})
+    api = await make_api(settings)
+    # M-001's call uses nearly all of budgets.tokens: M-002's, in the next execution, must see that and pause.
+    llm.script(
+        reply(ANSWER, prompt_tokens=19_900, completion_tokens=20),
+        reply(f"```diff\n{new_file_diff('farewell.txt', 'goodbye')}```", completion_tokens=10),
+    )
+    async with build_worker(client, settings):
+        run_id, url = await _start(api, tmp_path, TWO_MODEL_MILESTONES)
+        paused = await api.wait_state(run_id, "paused", timeout=90)
+        assert paused["paused_reason"] == "budget_exceeded" and len(llm.ok_requests) == 1
+        data = (await api.wait_event(run_id, "run.paused"))["data"]
+        assert data["limit"] == "budgets.tokens" and data["tokens_spent"] == 19_920 and data["tokens_left"] == 80
+        assert paused["milestones"][0]["status"] == "completed"
+        await api.post(f"/v1/runs/{run_id}/budget", {"tokens": 10_000})
+        await api.post(f"/v1/runs/{run_id}/resume")
+        final = await api.wait_state(run_id, "completed", "failed", timeout=90)
+    assert final["state"] == "completed", final
+    usage = final["usage"]
+    assert usage["calls"] == 2 and set(usage["steps"]) == {"M-001/impl", "M-002/impl"}
+    assert usage["tokens"] == 19_920 + usage["steps"]["M-002/impl"] and usage["granted_tokens"] == 10_000
+    assert [len(m["model_calls"]) for m in final["milestones"]] == [1, 1]
+    assert remote_file(url, "main", "farewell.txt") == "goodbye\n"
+    handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
+    await eventually(
+        lambda: executions_of(client, handle.id), lambda n: n >= 2, timeout=15, what="two executions listed"
+    )
