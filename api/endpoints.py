@@ -224,7 +224,7 @@ _RUNS: tuple[Endpoint, ...] = (
         run_routes.raise_budget,
         "runs:control",
         "raiseRunBudget",
-        "Raise a run's time budget or step attempts",
+        "Raise a run's time budget, step attempts or model budgets (tokens, usd)",
         "runs",
         200,
         RunStatusView,

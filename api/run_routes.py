@@ -295,7 +295,7 @@ async def resume_run(request: web.Request, call: Call) -> web.Response:
 
 
 async def raise_budget(request: web.Request, call: Call) -> web.Response:
-    """Raise a run's time budget or step attempts (then resume it)."""
+    """Raise a run's time budget, step attempts or model budgets (then resume it)."""
     principal = call.principal
     arg = BudgetInput(**call.body)
     status: RunStatus = await _update(request, principal, request.match_info["run_id"], "raise_budget", arg, RunStatus)
