@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.models import ModelActivities
+from quantapilot.errors import ErrorCode
 from quantapilot.llm.spending import ModelUsage, day_key, day_spent
 from quantapilot.runs.contracts import RepoRef
 from quantapilot.runs.model_contracts import ModelCallInput
 from quantapilot.runs.worktree import Worktrees
 from quantapilot.settings import Settings
-from tests.llmserver import ChatServer, chat_server, reply
+from tests.llmserver import ChatServer, chat_server, failure, rate_limited, reply
 from tests.support import make_remote
 
 KEY = "sk-activity-model-key-0c4d1e77"
@@ -141,3 +144,29 @@ async def test_model_call_over_the_days_limit_is_refused_before_the_model_is_ask
     assert refused.day_spent == spent and refused.needed_tokens > 5
     assert refused.next_day_at is not None and refused.next_day_at > made.at
     assert len(llm.ok_requests) == 1  # the refused call never reached the model
+
+
+async def test_model_call_failures_take_temporals_shape(
+    models: ModelActivities, engine: Engine, llm: ChatServer, tmp_path: Path
+) -> None:
+    url = make_remote(tmp_path, {"README.md": "# Greeter\n"})
+    llm.script(rate_limited("7"), failure(503, "overloaded"), failure(400, "bad request", code="invalid_value"))
+    # 429: retryable, and Retry-After becomes the next retry's delay (the activity's retry policy, not the client).
+    with pytest.raises(ApplicationError) as err:
+        await _env("7").run(models.call_model, _input(url))
+    assert (err.value.type, err.value.non_retryable) == (ErrorCode.MODEL_UNAVAILABLE, False)
+    assert err.value.next_retry_delay == timedelta(seconds=7)
+    # 5xx without Retry-After: retryable on the policy's own schedule.
+    with pytest.raises(ApplicationError) as err:
+        await _env("7", attempt=2).run(models.call_model, _input(url))
+    assert (err.value.type, err.value.non_retryable, err.value.next_retry_delay) == (
+        ErrorCode.MODEL_UNAVAILABLE,
+        False,
+        None,
+    )
+    # Another 4xx: permanent, with its stable code and the provider's reason (never the key).
+    with pytest.raises(ApplicationError) as err:
+        await _env("7", attempt=3).run(models.call_model, _input(url))
+    assert (err.value.type, err.value.non_retryable) == (ErrorCode.MODEL_REQUEST_REJECTED, True)
+    assert "invalid_value" in err.value.message and KEY not in err.value.message
+    assert _rows(engine) == []  # no answer, nothing counted
