@@ -82,11 +82,12 @@ def _invalid(exc: SchemaValidationError) -> ApiError:
 
 
 async def object_body(payload: Any) -> None:
-    """The registry's body hook of the lifecycle endpoints: a JSON object, parsed by the handler (422 otherwise).
+    """The registry's body hook of the lifecycle run endpoint: a JSON object, parsed by the handler (422 otherwise).
 
     The registry has read and decoded the body (size, depth, NUL); the handler parses the request's bytes
-    with the body's model (:func:`lifecycle_run_request`, :func:`ingest_telemetry`). This hook only answers a
-    body that is no object, and keeps the registry's generic schema validation off these bodies.
+    with the body's model (:func:`lifecycle_run_request`). This hook only answers a body that is no object, and
+    keeps the registry's generic schema validation off it. (The telemetry body is parsed from its bytes by
+    :func:`parse_telemetry`, without this decoding.)
     """
     if not isinstance(payload, dict):
         raise _invalid(SchemaValidationError([{"path": "", "message": "Input should be an object"}]))
