@@ -219,7 +219,7 @@ async def prepare(endpoint: Endpoint, request: web.Request) -> Call:
     if spec is None:
         return Call(endpoint=endpoint, idempotency_key=key, caller=caller)
     if spec.from_bytes is not None:
-        return await _prepare_from_bytes(endpoint, spec.from_bytes, request, key, caller)
+        return await _prepare_from_bytes(endpoint, spec, spec.from_bytes, request, key, caller)
     data = await read_json(request, required=spec.required)
     # The bytes read_json checked (aiohttp keeps them): parsed again by pydantic, straight into the model.
     parsed = parse(spec.model, await request.read()) if spec.parse is None else await spec.parse(data)
@@ -230,6 +230,7 @@ async def prepare(endpoint: Endpoint, request: web.Request) -> Call:
 
 async def _prepare_from_bytes(
     endpoint: Endpoint,
+    spec: Body,
     from_bytes: Callable[[bytes], Awaitable[Any]],
     request: web.Request,
     key: str | None,
@@ -243,7 +244,7 @@ async def _prepare_from_bytes(
     refused body is decoded and checked before its 422 is answered, so it gets the error it always got (400 for
     malformed or too deep JSON, the NUL 422), in the same order.
     """
-    raw = await read_bytes(request, required=endpoint.body is None or endpoint.body.required)
+    raw = await read_bytes(request, required=spec.required)
     if may_hold_nul(raw):
         decode_json(raw)  # 422 for a real NUL; a false alarm passes on
     try:
