@@ -36,24 +36,12 @@ def _inspect(value: Any, limit: int) -> tuple[int, bool]:
     return deepest, nul
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """Parse the request body as JSON.
-
-    Args:
-        request: The request.
-        required: When False, an empty body reads as ``{}``.
+def decode_json(raw: bytes) -> Any:
+    """Decode a non-empty JSON body: UTF-8, JSON, nesting at most :data:`MAX_DEPTH` levels, no NUL in any string.
 
     Raises:
-        ApiError: 415 for another content type, 413 over the size limit, 400 for invalid UTF-8 or JSON or
-            nesting deeper than :data:`MAX_DEPTH`.
+        ApiError: 400 for invalid UTF-8 or JSON or nesting deeper than :data:`MAX_DEPTH`, 422 for a NUL.
     """
-    raw = await request.read()  # aiohttp enforces client_max_size here (413)
-    if not raw.strip():
-        if required:
-            raise ApiError(400, ErrorCode.VALIDATION_ERROR, "request body is required")
-        return {}
-    if request.content_type != "application/json":
-        raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -69,6 +57,50 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
         # No text we store may hold NUL (PostgreSQL refuses it), and no legitimate input needs it.
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, "strings must not contain the NUL character (\\u0000)")
     return data
+
+
+async def read_bytes(request: web.Request, *, required: bool = True) -> bytes:
+    """Read a JSON body's bytes: size, emptiness and content type checked, not yet decoded.
+
+    Args:
+        request: The request.
+        required: When False, an empty body reads as ``b"{}"``.
+
+    Raises:
+        ApiError: 400 for an empty required body, 415 for another content type, 413 over the size limit.
+    """
+    raw = await request.read()  # aiohttp enforces client_max_size here (413)
+    if not raw.strip():
+        if required:
+            raise ApiError(400, ErrorCode.VALIDATION_ERROR, "request body is required")
+        return b"{}"
+    if request.content_type != "application/json":
+        raise ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
+    return raw
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> Any:
+    """Parse the request body as JSON (:func:`read_bytes`, then :func:`decode_json`).
+
+    Args:
+        request: The request.
+        required: When False, an empty body reads as ``{}``.
+
+    Raises:
+        ApiError: 415 for another content type, 413 over the size limit, 400 for invalid UTF-8 or JSON or
+            nesting deeper than :data:`MAX_DEPTH`, 422 for a NUL in a string.
+    """
+    return decode_json(await read_bytes(request, required=required))
+
+
+def may_hold_nul(raw: bytes) -> bool:
+    r"""Whether a decoded ``raw`` could hold a NUL character: the bytes check for :func:`decode_json`'s NUL rule.
+
+    In JSON text a NUL is either a raw 0x00 byte (invalid JSON, refused by any parser) or the escape ``\u0000``
+    (hex digits have no case here), so bytes holding neither decode to no NUL. A hit may be a false alarm (an
+    escaped backslash before ``u0000``): the caller then decodes the body with :func:`decode_json` to decide.
+    """
+    return b"\\u0000" in raw or b"\x00" in raw
 
 
 # A missing or unknown field is a fault of the object that lacks or has it: its path is the object's (as the

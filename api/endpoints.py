@@ -276,7 +276,7 @@ _LIFECYCLE: tuple[Endpoint, ...] = (
         "lifecycle",
         202,
         TelemetryAccepted,
-        body=Body(TelemetryBody, parse=lifecycle_routes.parse_telemetry),
+        body=Body(TelemetryBody, from_bytes=lifecycle_routes.parse_telemetry),
         idempotency_key=True,
         rate="telemetry",
         errors=(*BODY_ERRORS, 503),

@@ -1,9 +1,10 @@
 """Handlers of the value lifecycle: lifecycle runs, telemetry ingestion and the account event stream.
 
-Bodies are read by the endpoint registry (content type, size, depth, NUL) and parsed by their pydantic models
-straight from the request's bytes (:mod:`quantapilot.lifecycle.validation`), the one validator of these shapes:
-problems answer 422 with one detail (path, message) per error. Answers are the response models the registry
-declares for the endpoints (:meth:`api.registry.Call.answer`), in the seed's camelCase (their aliases).
+Bodies are read by the endpoint registry (content type, size, depth, NUL; the telemetry body's bytes go to its
+model undecoded, ``Body.from_bytes``) and parsed by their pydantic models straight from the request's bytes
+(:mod:`quantapilot.lifecycle.validation`), the one validator of these shapes: problems answer 422 with one
+detail (path, message) per error. Answers are the response models the registry declares for the endpoints
+(:meth:`api.registry.Call.answer`), in the seed's camelCase (their aliases).
 """
 
 from __future__ import annotations
@@ -81,19 +82,35 @@ def _invalid(exc: SchemaValidationError) -> ApiError:
 
 
 async def object_body(payload: Any) -> None:
-    """The registry's body hook of the lifecycle endpoints: a JSON object, parsed by the handler (422 otherwise).
+    """The registry's body hook of the lifecycle run endpoint: a JSON object, parsed by the handler (422 otherwise).
 
     The registry has read and decoded the body (size, depth, NUL); the handler parses the request's bytes
-    with the body's model (:func:`lifecycle_run_request`, :func:`ingest_telemetry`). This hook only answers a
-    body that is no object, and keeps the registry's generic schema validation off these bodies.
+    with the body's model (:func:`lifecycle_run_request`). This hook only answers a body that is no object, and
+    keeps the registry's generic schema validation off it. (The telemetry body is parsed from its bytes by
+    :func:`parse_telemetry`, without this decoding.)
     """
     if not isinstance(payload, dict):
         raise _invalid(SchemaValidationError([{"path": "", "message": "Input should be an object"}]))
 
 
-# The registry's names for the hook (api/endpoints.py): both bodies are parsed in their handlers.
+# The registry's name for the hook of the lifecycle run body (api/endpoints.py): it is parsed in its handler.
 parse_lifecycle_run = object_body
-parse_telemetry = object_body
+
+
+async def parse_telemetry(raw: bytes) -> list[TelemetryIn]:
+    """The registry's parser of the ``POST /v1/telemetry/events`` body, from its bytes (``Body.from_bytes``).
+
+    The registry hands the bytes over undecoded (size, content type and NUL checked); pydantic reads them once,
+    off the event loop (a full batch takes milliseconds of CPU). No body nested deeper than the registry's limit
+    can match the models (metadata stops two levels below an event), as ``from_bytes`` requires.
+
+    Raises:
+        ApiError: 422 with one detail per problem.
+    """
+    try:
+        return await asyncio.to_thread(parse_telemetry_bytes, raw)
+    except SchemaValidationError as exc:
+        raise _invalid(exc) from None
 
 
 async def lifecycle_run_request(request: web.Request) -> LifecycleRunRequest:
@@ -104,20 +121,14 @@ async def lifecycle_run_request(request: web.Request) -> LifecycleRunRequest:
         raise _invalid(exc) from None
 
 
-def _parse_and_store(
-    engine: Engine, workspace: str, raw: bytes, key: str | None, body: dict[str, Any]
-) -> tuple[list[TelemetryIn], StoredBatch]:
-    # One thread hop for both: parsing a full batch and inserting it each take milliseconds of CPU.
-    try:
-        events = parse_telemetry_bytes(raw)
-    except SchemaValidationError as exc:
-        raise _invalid(exc) from None
+def _store(
+    engine: Engine, workspace: str, events: list[TelemetryIn], key: str | None, body: dict[str, Any]
+) -> StoredBatch:
     digest = request_hash(body) if key is not None else ""
     with session_scope(engine) as session:
-        stored = store_batch(
+        return store_batch(
             session=session, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
         )
-    return events, stored
 
 
 # ----- lifecycle runs ------------------------------------------------------------------------------------
@@ -251,11 +262,9 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
     first delivery that stored its events but could not schedule them.
     """
     principal, key = call.principal, call.idempotency_key
-    raw = await request.read()  # aiohttp kept the bytes the registry read
+    events: list[TelemetryIn] = call.parsed  # parsed from the request's bytes by the registry (parse_telemetry)
     try:
-        events, stored = await asyncio.to_thread(
-            _parse_and_store, request.app[ENGINE], principal.workspace, raw, key, call.body
-        )
+        stored = await asyncio.to_thread(_store, request.app[ENGINE], principal.workspace, events, key, call.body)
         TELEMETRY_ACCEPTED.inc(stored.stored)
     except IdempotencyKeyReused:
         raise ApiError(

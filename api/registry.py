@@ -12,6 +12,7 @@ application's).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.body import parse, read_json
+from api.body import decode_json, may_hold_nul, parse, read_bytes, read_json
 from api.keys import PRINCIPAL
 from api.runs import parse_idempotency_key
 from quantapilot.errors import ApiError, ErrorCode
@@ -68,11 +69,20 @@ class Body:
         required: Whether the body may be empty (it then reads as ``{}``).
         parse: Validates and parses the decoded JSON instead of the model (the lifecycle bodies have a checker
             of their own, whose formats run); its result is :attr:`Call.parsed`.
+        from_bytes: Parses the request's bytes instead (a hot route: the body is not decoded first, see
+            :func:`prepare`); it raises :class:`~quantapilot.errors.ApiError` 422 for a body it refuses, and
+            its result is :attr:`Call.parsed`. Only for a model that refuses every body nested deeper than
+            :data:`api.body.MAX_DEPTH`: the wrapper relies on that for the depth limit.
     """
 
     model: type[BaseModel]
     required: bool = True
     parse: Callable[[Any], Awaitable[Any]] | None = None
+    from_bytes: Callable[[bytes], Awaitable[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parse is not None and self.from_bytes is not None:
+            raise ValueError("a body is parsed either decoded (parse) or from its bytes (from_bytes)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +92,8 @@ class Call:
     Attributes:
         endpoint: The endpoint the request matched.
         body: The validated JSON object (``{}`` when the endpoint takes no body or it was omitted), as sent: what
-            an ``Idempotency-Key`` compares.
+            an ``Idempotency-Key`` compares. A body parsed :attr:`Body.from_bytes` is decoded only for that
+            (``{}`` on a request without the key).
         parsed: The body's model instance (or what its :attr:`Body.parse` returned); None without a body.
         idempotency_key: The validated ``Idempotency-Key`` header of an endpoint that honours it.
         caller: The authenticated principal (None for a public endpoint); read it as :attr:`principal`.
@@ -207,11 +218,43 @@ async def prepare(endpoint: Endpoint, request: web.Request) -> Call:
     spec = endpoint.body
     if spec is None:
         return Call(endpoint=endpoint, idempotency_key=key, caller=caller)
+    if spec.from_bytes is not None:
+        return await _prepare_from_bytes(endpoint, spec, spec.from_bytes, request, key, caller)
     data = await read_json(request, required=spec.required)
     # The bytes read_json checked (aiohttp keeps them): parsed again by pydantic, straight into the model.
     parsed = parse(spec.model, await request.read()) if spec.parse is None else await spec.parse(data)
     if not isinstance(data, dict):
         raise ApiError(422, ErrorCode.VALIDATION_ERROR, "request body must be a JSON object")
+    return Call(endpoint=endpoint, body=data, parsed=parsed, idempotency_key=key, caller=caller)
+
+
+async def _prepare_from_bytes(
+    endpoint: Endpoint,
+    spec: Body,
+    from_bytes: Callable[[bytes], Awaitable[Any]],
+    request: web.Request,
+    key: str | None,
+    caller: Principal | None,
+) -> Call:
+    """:func:`prepare` of a body parsed from its bytes: the answers of :func:`api.body.read_json`, decoding less.
+
+    A body the parser accepts is decoded by it alone; :func:`api.body.read_json`'s rules hold all the same: the
+    parser (pydantic's JSON reader) refuses invalid UTF-8 and malformed JSON, the model refuses any nesting past
+    ``MAX_DEPTH`` (see :attr:`Body.from_bytes`), and bytes that may hold a NUL are decoded and checked first. A
+    refused body is decoded and checked before its 422 is answered, so it gets the error it always got (400 for
+    malformed or too deep JSON, the NUL 422), in the same order.
+    """
+    raw = await read_bytes(request, required=spec.required)
+    if may_hold_nul(raw):
+        decode_json(raw)  # 422 for a real NUL; a false alarm passes on
+    try:
+        parsed = await from_bytes(raw)
+    except ApiError as exc:
+        if exc.status == 422:
+            decode_json(raw)  # malformed or too deep JSON (400) is answered before what the model found
+        raise
+    # What an Idempotency-Key compares; the parser accepted the bytes, so they are valid JSON within the limits.
+    data = json.loads(raw) if key is not None else {}
     return Call(endpoint=endpoint, body=data, parsed=parsed, idempotency_key=key, caller=caller)
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+# ASCII digits only (RFC 3339's DIGIT; ``\d`` would take any script's digits) and matched whole (``$`` would let a
+# trailing newline through).
 _RFC3339 = re.compile(
-    r"^(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt](?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})(?P<f>\.\d+)?"
-    r"(?:(?P<z>[Zz])|(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))$"
+    r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[Tt](?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})(?P<f>\.\d+)?"
+    r"(?:(?P<z>[Zz])|(?P<sign>[+-])(?P<oh>\d{2}):(?P<om>\d{2}))",
+    re.ASCII,
 )
 
 
@@ -38,7 +41,7 @@ def parse_rfc3339(value: str, *, max_length: int | None = None) -> datetime:
     """
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"a date-time of at most {max_length} characters")
-    m = _RFC3339.match(value)
+    m = _RFC3339.fullmatch(value)
     if m is None:
         raise ValueError(f"not an RFC 3339 date-time: {value[:64]!r}")
     if m["z"]:

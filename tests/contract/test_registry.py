@@ -7,8 +7,10 @@ import json
 import pytest
 from aiohttp import web
 
+from api.body import may_hold_nul
 from api.endpoints import ENDPOINTS
-from api.registry import PUBLIC, RUN_PATH, Call, Endpoint, Method, Registry
+from api.registry import PUBLIC, RUN_PATH, Body, Call, Endpoint, Method, Registry
+from quantapilot.bodies import EmptyRequest
 from quantapilot.models import RunState
 from quantapilot.runs.http import LifecycleRunAccepted, TelemetryAccepted
 
@@ -69,3 +71,29 @@ def test_registry_answer_is_the_declared_model_with_the_declared_status() -> Non
     # Any other model is a programming error, never sent.
     with pytest.raises(TypeError, match="triggerLifecycleRun"):
         call.answer(TelemetryAccepted(accepted=0, duplicates=0, account_ids=[], accounts=[], refreshes_scheduled=0))
+
+
+async def _parsed(raw: bytes) -> bytes:
+    return raw
+
+
+def test_registry_body_is_parsed_decoded_or_from_bytes_not_both() -> None:
+    with pytest.raises(ValueError, match="either decoded"):
+        Body(EmptyRequest, parse=_parsed, from_bytes=_parsed)
+
+
+@pytest.mark.parametrize(
+    ("raw", "nul"),
+    [
+        (b'{"a": "x\\u0000"}', True),  # the escape
+        (b'{"a\\u0000": 1}', True),  # in a key
+        (b'{"a": "x\x00"}', True),  # a raw byte (malformed JSON, but decoded to decide all the same)
+        (b'{"a": "x\\\\u0000"}', True),  # an escaped backslash, then u0000: a false alarm, decode_json decides
+        (b'{"a": "x\\u0001 u0000 \\\\ 0"}', False),
+    ],
+)
+def test_registry_bytes_nul_check_misses_no_nul(raw: bytes, nul: bool) -> None:
+    # may_hold_nul must be True whenever decode_json finds a NUL: a body parsed from its bytes relies on it.
+    assert may_hold_nul(raw) is nul
+    holds = "\x00" in json.dumps(json.loads(raw.decode("utf-8", "replace"), strict=False), ensure_ascii=False)
+    assert not holds or may_hold_nul(raw)

@@ -257,3 +257,62 @@ async def test_telemetry_resent_batch_of_1000_is_stored_once(lc_api: Api, engine
         {"path": "/events/700/id", "message": "duplicate id (first at /events/3/id)"}
     ], resp
     assert stored_events(engine, account) == 1500
+
+
+def _event_bytes(account: str, metadata: bytes) -> bytes:
+    # One valid event with its metadata as raw JSON text, so hostile bytes sit inside an otherwise valid body.
+    return (
+        b'{"events": [{"accountId": "%s", "kpi": "%s", "value": 1, "timestamp": "2025-11-17T12:00:00Z", '
+        b'"metadata": %s}]}' % (account.encode(), KPI.encode(), metadata)
+    )
+
+
+def _nested(levels: int) -> bytes:
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+async def test_telemetry_hostile_bytes_get_the_answers_the_decoded_body_got(lc_api: Api, engine: Engine) -> None:
+    # The registry hands this route's bytes to the model undecoded (Body.from_bytes): each guarantee of reading
+    # the body as JSON first (api.body.read_json) still holds, with the same status and message, inside a body
+    # that would otherwise be stored.
+    account = new_account()
+    nul = "strings must not contain the NUL character (\\u0000)"
+    cases: list[tuple[str, bytes, int, str]] = [
+        ("NUL in a value", _event_bytes(account, b'{"note": "a\\u0000b"}'), 422, nul),
+        ("NUL in a key", _event_bytes(account, b'{"no\\u0000te": "x"}'), 422, nul),
+        ("raw NUL byte", _event_bytes(account, b'{"note": "a\x00b"}'), 400, "request body is not valid JSON"),
+        # Levels as read_json counts them: body, events, event, metadata, 28 objects, then the 1 at 33.
+        ("33 levels", _event_bytes(account, b'{"x": %s}' % _nested(28)), 400, "JSON nesting deeper than 32 levels"),
+        ("32 levels", _event_bytes(account, b'{"x": %s}' % _nested(27)), 422, "request body does not match the schema"),
+        ("300 levels", _event_bytes(account, _nested(300)), 400, "JSON nesting deeper than 32 levels"),
+        # Past Python's recursion limit json.loads gives up: read_json always answered that as malformed.
+        ("5000 levels", _event_bytes(account, _nested(5000)), 400, "request body is not valid JSON"),
+        ("invalid UTF-8", _event_bytes(account, b'{"note": "\xc3\x28"}'), 400, "request body is not valid UTF-8"),
+        ("UTF-8 BOM", b"\xef\xbb\xbf" + _event_bytes(account, b"{}"), 400, "request body is not valid JSON"),
+        ("trailing bytes", _event_bytes(account, b"{}") + b" x", 400, "request body is not valid JSON"),
+        ("NaN", _event_bytes(account, b'{"n": NaN}'), 422, "request body does not match the schema"),
+        ("1e400", _event_bytes(account, b'{"n": 1e400}'), 422, "request body does not match the schema"),
+        ("lone surrogate", _event_bytes(account, b'{"s": "\\ud800"}'), 422, "request body does not match the schema"),
+    ]
+    headers = lc_api.headers({"Content-Type": "application/json"})
+    for name, raw, status, message in cases:
+        resp = await lc_api.client.post("/v1/telemetry/events", data=raw, headers=headers)
+        payload = await resp.json()
+        assert (resp.status, payload["error"]["message"]) == (status, message), (name, payload)
+        assert payload["error"]["code"] == "VALIDATION_ERROR", (name, payload)
+    for name, raw, path in [
+        ("NaN", cases[-3][1], "/events/0/metadata/n"),
+        ("1e400", cases[-2][1], "/events/0/metadata/n"),
+    ]:
+        resp = await lc_api.client.post("/v1/telemetry/events", data=raw, headers=headers)
+        details = (await resp.json())["error"]["details"]
+        assert details == [{"path": path, "message": "numbers must be finite JSON numbers"}], (name, details)
+    assert stored_events(engine, account) == 0
+    # A false alarm of the NUL check (an escaped backslash, then the text u0000) is decoded, found clean, stored.
+    resp = await lc_api.client.post(
+        "/v1/telemetry/events", data=_event_bytes(account, b'{"note": "\\\\u0000"}'), headers=headers
+    )
+    assert resp.status == 202, await resp.json()
+    with Session(engine) as s:
+        [meta] = s.execute(select(TelemetryEvent.meta).where(TelemetryEvent.account_id == account)).scalars().all()  # type: ignore[call-overload]
+    assert meta == {"note": "\\u0000"}
