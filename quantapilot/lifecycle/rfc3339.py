@@ -54,7 +54,18 @@ def parse_rfc3339(value: str, *, max_length: int | None = None) -> datetime:
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     micro = int((m["f"] or ".0")[1:7].ljust(6, "0"))
     # datetime() range-checks month, day (leap years included), hour, minute and second.
-    return datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz)
+    parsed = datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), micro, tzinfo=tz)
+    return _utc_representable(parsed)
+
+
+def _utc_representable(value: datetime) -> datetime:
+    # 9999-12-31T23:59:59-01:00 is a valid text whose instant has no UTC datetime: every caller converts to
+    # UTC, where it would be an OverflowError (a 500), so it is refused here as the input error it is.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a date-time whose UTC instant is outside years 1 to 9999") from None
+    return value
 
 
 def aware_utc(value: datetime, message: str) -> datetime:
@@ -69,4 +80,4 @@ def aware_utc(value: datetime, message: str) -> datetime:
     """
     if value.tzinfo is None:
         raise ValueError(message)
-    return value.astimezone(UTC)
+    return _utc_representable(value).astimezone(UTC)

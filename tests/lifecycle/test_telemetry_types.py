@@ -87,6 +87,8 @@ def test_telemetry_types_rfc3339_accepted_in_utc(text: str, utc: datetime) -> No
         "2025-02-29T12:00:00Z",
         "0000-01-01T00:00:00Z",
         "2025-13-01T00:00:00Z",
+        "9999-12-31T23:59:59-01:00",  # a valid text whose UTC instant is past year 9999 (was a 500)
+        "0001-01-01T00:00:00+01:00",  # and before year 1
         "2025-00-01T00:00:00Z",
         "2025-01-00T00:00:00Z",
         "2025-11-17T12:00:00." + "1" * 44 + "Z",  # 65 characters
