@@ -25,8 +25,8 @@ and its workflow waits out the rest and makes the same attempt then.
 
 Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
 or signing secret is missing (``failed``), whose signing secret no configured key decrypts (``failed`` and the
-endpoint disabled, ``secret_undecryptable``: :data:`DISABLED_SECRET`), that another workflow owns (``superseded``: a redelivery handed the
-row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
+endpoint disabled, :data:`DISABLED_UNDECRYPTABLE`), that another workflow owns (``superseded``: a redelivery
+handed the row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
 (:func:`quantapilot.webhooks.rotation.active_secrets`; a rotation lets the previous secrets sign alongside the
 new one for the overlap). :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
 
@@ -76,9 +76,9 @@ DISABLED_UNSAFE: Final = "unsafe_url"
 # No configured key opens one of the endpoint's signing secrets (the key ring was rotated without the old key in
 # QP_SECRET_PREVIOUS_KEYS, or the row was tampered with). Also the start of the delivery's ``last_error``: a stable
 # code a client can match, followed by a sentence for people.
-DISABLED_SECRET: Final = "secret_undecryptable"
+DISABLED_UNDECRYPTABLE: Final = "secret_undecryptable"
 SECRET_UNDECRYPTABLE_ERROR: Final = (
-    f"{DISABLED_SECRET}: no configured key decrypts this endpoint's signing secret "
+    f"{DISABLED_UNDECRYPTABLE}: no configured key decrypts this endpoint's signing secret "
     "(operator: QP_SECRET_KEY / QP_SECRET_PREVIOUS_KEYS); nothing was sent"
 )
 
@@ -325,7 +325,7 @@ def prepare_attempt(
 
     A signing secret that no configured key opens (:class:`~quantapilot.secretbox.SecretDecryptError`) settles
     the delivery ``failed`` (``last_error`` :data:`SECRET_UNDECRYPTABLE_ERROR`, nothing sent, no attempt recorded)
-    and disables the endpoint (:data:`DISABLED_SECRET`, with its ``webhook.endpoint_disabled`` event): retrying
+    and disables the endpoint (:data:`DISABLED_UNDECRYPTABLE`, with its ``webhook.endpoint_disabled`` event): retrying
     cannot help until an operator restores the key, and an endpoint that stays enabled would keep every one of
     its deliveries retrying for days. Once the key is back: re-enable the endpoint and recover the window.
     """
@@ -367,7 +367,7 @@ def _undecryptable(
     # The detail (secret row and key id) is for the operator's log; the tenant's delivery log gets the stable text.
     log.error("webhook delivery %s: cannot decrypt a signing secret of endpoint %s: %s", delivery.id, endpoint.id, exc)
     mark_failed(delivery.id, session=session, error=SECRET_UNDECRYPTABLE_ERROR)
-    disabled = disable_endpoint(endpoint.id, session=session, reason=DISABLED_SECRET)
+    disabled = disable_endpoint(endpoint.id, session=session, reason=DISABLED_UNDECRYPTABLE)
     return _after_disable(session, endpoint, delivery, attempt, DeliveryStatus.FAILED, disabled)
 
 

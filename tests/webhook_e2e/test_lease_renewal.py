@@ -99,7 +99,7 @@ async def test_webhooks_lease_renewal_keeps_a_slow_batch_with_its_dispatcher(
         try:
             await first.start()
             first.wake()
-            held, tokens, first_until = await eventually(
+            _held, tokens, first_until = await eventually(
                 lambda: asyncio.to_thread(_claims, engine),
                 lambda c: c[0] == DELIVERIES,
                 what="the whole batch claimed by the first dispatcher",
@@ -142,5 +142,7 @@ async def test_webhooks_lease_renewal_keeps_a_slow_batch_with_its_dispatcher(
     assert {row.status for row in rows.values()} == {"delivered"}
     assert most == 1  # only the first dispatcher's one-at-a-time gate ever sent to the endpoint
     assert all(r.verified(secret) for r in receiver.received)
-    problems = [r.getMessage() for r in caplog.records if "lease too short" in r.getMessage() or "claim lost" in r.getMessage()]
+    problems = [
+        r.getMessage() for r in caplog.records if "lease too short" in r.getMessage() or "claim lost" in r.getMessage()
+    ]
     assert problems == []

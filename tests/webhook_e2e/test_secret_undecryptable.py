@@ -22,7 +22,7 @@ from quantapilot.db import session_scope
 from quantapilot.secretbox import KeyRing, generate_key, parse_key
 from quantapilot.settings import Settings
 from quantapilot.webhooks.contracts import DeliverAttemptInput, delivery_workflow_id, outbox_owner
-from quantapilot.webhooks.delivery import DISABLED_SECRET, SECRET_UNDECRYPTABLE_ERROR, redeliver
+from quantapilot.webhooks.delivery import DISABLED_UNDECRYPTABLE, SECRET_UNDECRYPTABLE_ERROR, redeliver
 from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.endpoints import create_endpoint as store_endpoint
 from quantapilot.webhooks.endpoints import update_endpoint
@@ -97,7 +97,7 @@ async def test_webhooks_undecryptable_secret_fails_delivery_and_disables_endpoin
         await dispatcher.stop()
 
     assert (settled.status, settled.last_error) == ("failed", SECRET_UNDECRYPTABLE_ERROR)
-    assert SECRET_UNDECRYPTABLE_ERROR.startswith(f"{DISABLED_SECRET}: ")
+    assert SECRET_UNDECRYPTABLE_ERROR.startswith(f"{DISABLED_UNDECRYPTABLE}: ")
     row = _delivery_of(engine, lost_id)
     assert (row.status, row.attempts, row.next_attempt_at, row.claim_token) == ("failed", 0, None, None)
     assert _attempts(engine, lost_id) == 0
@@ -105,10 +105,10 @@ async def test_webhooks_undecryptable_secret_fails_delivery_and_disables_endpoin
     with Session(engine) as session:
         endpoint = session.get(WebhookEndpoint, lost_id)
         assert endpoint is not None
-        assert (endpoint.enabled, endpoint.disabled_reason) == (False, DISABLED_SECRET)
+        assert (endpoint.enabled, endpoint.disabled_reason) == (False, DISABLED_UNDECRYPTABLE)
     [disabled] = [e for e in seen if e["type"] == ENDPOINT_DISABLED]
     assert disabled["data"]["endpoint_id"] == lost_id
-    assert disabled["data"]["reason"] == DISABLED_SECRET
+    assert disabled["data"]["reason"] == DISABLED_UNDECRYPTABLE
     assert disabled["data"]["delivery_id"] == row.id
     assert disabled["data"]["last_error"] == SECRET_UNDECRYPTABLE_ERROR
     assert all(r.verified(watcher_secret) for r in receiver.delivered("/watch"))
@@ -147,7 +147,12 @@ async def test_webhooks_undecryptable_secret_settles_the_workflow_path_attempt(
             workspace="default",
             event_type="run.started",
             event_id="evt_undecryptable",
-            payload={"id": "evt_undecryptable", "type": "run.started", "created_at": "2025-01-01T00:00:00Z", "workspace": "default"},
+            payload={
+                "id": "evt_undecryptable",
+                "type": "run.started",
+                "created_at": "2025-01-01T00:00:00Z",
+                "workspace": "default",
+            },
         )
     delivery = _delivery_of(engine, endpoint_id)
     activities = WebhookActivities(settings.model_copy(update={"secret_key": new_key}), engine)
@@ -168,5 +173,5 @@ async def test_webhooks_undecryptable_secret_settles_the_workflow_path_attempt(
     assert (row.status, row.last_error, row.attempts) == ("failed", SECRET_UNDECRYPTABLE_ERROR, 0)
     with Session(engine) as session:
         stored = session.get(WebhookEndpoint, endpoint_id)
-        assert stored is not None and (stored.enabled, stored.disabled_reason) == (False, DISABLED_SECRET)
+        assert stored is not None and (stored.enabled, stored.disabled_reason) == (False, DISABLED_UNDECRYPTABLE)
     assert receiver.received == []
