@@ -1,7 +1,7 @@
 """Webhook delivery throughput and latency: the real delivery path against a raw signed POST loop.
 
-Run with ``python -m bench.webhooks [--events N]``. One process starts a Temporal dev server, an in-process worker
-with every workflow and activity, a loopback receiver that verifies signatures, and one webhook endpoint. Then:
+Run with ``python -m bench.webhooks [--events N] [--dead]``. One process starts a Temporal dev server, an in-process
+worker with every workflow and activity, a loopback receiver that verifies signatures, and one webhook endpoint. Then:
 
 1. **our path**: N run events go through what ``record_event`` does (event and deliveries stored in one
    transaction, then the worker's outbox dispatcher woken, which claims, signs, POSTs and records in batches; with
@@ -9,7 +9,12 @@ with every workflow and activity, a loopback receiver that verifies signatures, 
    Measured: deliveries per second (first event stored to last receipt) and event-to-receipt latency.
 2. **raw**: the same N envelopes, signed and POSTed one after another over one keep-alive aiohttp session.
 
-The ratio (ours / raw) is printed last.
+With ``--dead``, 45 dead endpoints are then added to the same workspace (30 refusing connections, 15 accepting and
+never answering within the timeout) and step 1 is measured again: the healthy endpoint's p50 event -> receipt and
+deliveries per second beside them, next to the figures without them and the raw ceiling (the drill
+``tests/webhook_e2e/test_dead_endpoints.py`` checks the behaviour; this measures it).
+
+The ratio (ours / raw; with ``--dead``, ours beside the dead endpoints / raw) is printed last.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from quantapilot.webhooks import verify_signature
 from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.starts import start_delivery_workflows
-from tests.webhook_e2e.support import event_records
+from tests.webhook_e2e.support import event_records, free_port
 from worker import ServiceWorker, build_worker
 
 
@@ -82,6 +87,50 @@ class Receiver:
         """Stop listening."""
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class Hanging:
+    """A loopback server that accepts requests and never answers them (until stopped): a dead endpoint."""
+
+    def __init__(self) -> None:
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.base = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await self._release.wait()
+        return web.Response(status=503)
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        """Answer what is waiting, stop listening."""
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+DEAD_REFUSING = 30
+DEAD_HANGING = 15
+
+
+def _dead_endpoints(engine: Engine, settings: Settings, hanging: Hanging) -> int:
+    """Add the dead endpoints (refusing, then hanging) to the workspace; return how many."""
+    urls = [f"http://127.0.0.1:{free_port()}/gone{n}" for n in range(DEAD_REFUSING)]
+    urls += [f"{hanging.base}/hang{n}" for n in range(DEAD_HANGING)]
+    keyring = load_keyring(settings)
+    with session_scope(engine) as session:
+        for url in urls:
+            create_endpoint(session=session, workspace="default", url=url, keyring=keyring)
+    return len(urls)
 
 
 def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
@@ -138,10 +187,11 @@ async def _raw(receiver: Receiver, secret: str, count: int) -> float:
     return count / elapsed
 
 
-async def main(count: int, dispatch: str) -> None:
-    """Run both measurements and print the table and the ratio."""
+async def main(count: int, dispatch: str, *, dead: bool = False) -> None:
+    """Run the measurements and print the table and the ratio."""
     print(machine_line())
     progress("starting the dev server")
+    crowded: tuple[float, list[float]] | None = None
     async with dev_server() as env:
         with tempfile.TemporaryDirectory(prefix="qp-bench-webhooks-") as tmp:
             settings = bench_settings(
@@ -155,6 +205,8 @@ async def main(count: int, dispatch: str) -> None:
             create_all(engine)
             receiver = Receiver("")
             await receiver.start()
+            hanging = Hanging()
+            await hanging.start()
             receiver.secret = _endpoint(engine, receiver.url, settings)
             try:
                 worker = build_worker(env.client, settings)
@@ -163,24 +215,48 @@ async def main(count: int, dispatch: str) -> None:
                     await _ours(settings, engine, env.client, receiver, max(count // 10, 10), worker)
                     progress(f"our path ({dispatch}): {count} deliveries")
                     ours, latencies = await _ours(settings, engine, env.client, receiver, count, worker)
+                    if dead:
+                        added = _dead_endpoints(engine, settings, hanging)
+                        progress(f"our path ({dispatch}) beside {added} dead endpoints: {count} deliveries")
+                        crowded = await _ours(settings, engine, env.client, receiver, count, worker)
                 progress(f"raw loop: {count} signed POSTs")
                 raw = await _raw(receiver, receiver.secret, count)
             finally:
+                await hanging.stop()
                 await receiver.stop()
                 engine.dispose()
+    rows = [
+        [
+            f"{dispatch} dispatch (sign, POST, record)",
+            fmt(ours),
+            fmt(percentile(latencies, 50) * 1000),
+            fmt(percentile(latencies, 99) * 1000),
+        ]
+    ]
+    if crowded is not None:
+        rate, beside = crowded
+        rows.append(
+            [
+                f"{dispatch} dispatch, healthy endpoint beside {DEAD_REFUSING + DEAD_HANGING} dead",
+                fmt(rate),
+                fmt(percentile(beside, 50) * 1000),
+                fmt(percentile(beside, 99) * 1000),
+            ]
+        )
+    rows.append(["raw signed aiohttp POST loop", fmt(raw), "-", "-"])
     print_table(
         "Webhook deliveries to a loopback receiver",
         ["path", "deliveries/s", "p50 event->receipt ms", "p99 event->receipt ms"],
-        [
-            [
-                f"{dispatch} dispatch (sign, POST, record)",
-                fmt(ours),
-                fmt(percentile(latencies, 50) * 1000),
-                fmt(percentile(latencies, 99) * 1000),
-            ],
-            ["raw signed aiohttp POST loop", fmt(raw), "-", "-"],
-        ],
+        rows,
     )
+    if crowded is not None:
+        rate, beside = crowded
+        print(
+            f"\np50 event->receipt beside dead endpoints: {percentile(beside, 50) * 1000:.0f} ms "
+            f"(alone {percentile(latencies, 50) * 1000:.0f} ms, target < 100 ms)"
+        )
+        print(f"ratio ours/raw beside dead endpoints: {rate / raw:.3f} (alone {ours / raw:.3f})")
+        return
     print(f"\nratio ours/raw: {ours / raw:.3f}")
 
 
@@ -190,5 +266,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--dispatch", choices=["outbox", "workflow"], default="outbox", help="delivery path (QP_WEBHOOK_DISPATCH)"
     )
+    parser.add_argument(
+        "--dead",
+        action="store_true",
+        help=f"measure again beside {DEAD_REFUSING + DEAD_HANGING} dead endpoints (refusing and hanging)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.dispatch))
+    asyncio.run(main(args.events, args.dispatch, dead=args.dead))

@@ -24,8 +24,9 @@ attempt answers ``throttled`` (nothing sent, nothing recorded, :data:`~quantapil
 and its workflow waits out the rest and makes the same attempt then.
 
 Before sending, :func:`prepare_attempt` stops a delivery whose endpoint is disabled (``disabled``), whose event
-or signing secret is missing (``failed``), that another workflow owns (``superseded``: a redelivery handed the
-row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
+or signing secret is missing (``failed``), whose signing secret no configured key decrypts (``failed`` and the
+endpoint disabled, :data:`DISABLED_UNDECRYPTABLE`), that another workflow owns (``superseded``: a redelivery
+handed the row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
 (:func:`quantapilot.webhooks.rotation.active_secrets`; a rotation lets the previous secrets sign alongside the
 new one for the overlap). :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
 
@@ -49,7 +50,7 @@ from sqlmodel import Session, col
 from quantapilot.db import utcnow
 from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
 from quantapilot.events.table import RunEvent
-from quantapilot.secretbox import KeyRing
+from quantapilot.secretbox import KeyRing, SecretDecryptError
 from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult, is_outbox_owner
 from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
 from quantapilot.webhooks.envelopes import disabled_envelope
@@ -72,6 +73,14 @@ log = logging.getLogger("quantapilot.webhooks")
 DISABLED_GONE: Final = "gone"
 DISABLED_FAILING: Final = "failing"
 DISABLED_UNSAFE: Final = "unsafe_url"
+# No configured key opens one of the endpoint's signing secrets (the key ring was rotated without the old key in
+# QP_SECRET_PREVIOUS_KEYS, or the row was tampered with). Also the start of the delivery's ``last_error``: a stable
+# code a client can match, followed by a sentence for people.
+DISABLED_UNDECRYPTABLE: Final = "secret_undecryptable"
+SECRET_UNDECRYPTABLE_ERROR: Final = (
+    f"{DISABLED_UNDECRYPTABLE}: no configured key decrypts this endpoint's signing secret "
+    "(operator: QP_SECRET_KEY / QP_SECRET_PREVIOUS_KEYS); nothing was sent"
+)
 
 # Svix's convention: a receiver answers ``webhook-delivery: abort`` (with any non-2xx status) to stop the
 # retries of one message, e.g. one it can never process, without disabling the endpoint.
@@ -314,9 +323,11 @@ def prepare_attempt(
 ) -> PreparedAttempt | AttemptVerdict:
     """Load what an attempt sends, or settle the delivery without sending.
 
-    Raises:
-        SecretDecryptError: A secret no configured key opens: the attempt fails and is retried on the
-            schedule, so deliveries resume once the operator configures the key.
+    A signing secret that no configured key opens (:class:`~quantapilot.secretbox.SecretDecryptError`) settles
+    the delivery ``failed`` (``last_error`` :data:`SECRET_UNDECRYPTABLE_ERROR`, nothing sent, no attempt recorded)
+    and disables the endpoint (:data:`DISABLED_UNDECRYPTABLE`, with its ``webhook.endpoint_disabled`` event): retrying
+    cannot help until an operator restores the key, and an endpoint that stays enabled would keep every one of
+    its deliveries retrying for days. Once the key is back: re-enable the endpoint and recover the window.
     """
     owned = _owned(session, inp)
     if isinstance(owned, AttemptVerdict):
@@ -338,12 +349,26 @@ def prepare_attempt(
         session.add(delivery)
         session.flush()
         return AttemptVerdict(DeliverAttemptResult(done=False, outcome=THROTTLED, delay_s=wait))
-    secrets = active_secrets(endpoint.id, session=session, keyring=keyring)
+    try:
+        secrets = active_secrets(endpoint.id, session=session, keyring=keyring)
+    except SecretDecryptError as exc:
+        return _undecryptable(session, endpoint, delivery, inp.attempt, exc)
     envelope = _event_envelope(session, delivery)
     if not secrets or envelope is None:
         mark_failed(delivery.id, session=session, error="event or signing secret missing")
         return _done(DeliveryStatus.FAILED.value)
     return PreparedAttempt(url=endpoint.url, secrets=secrets, envelope=envelope)
+
+
+def _undecryptable(
+    session: Session, endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: int, exc: SecretDecryptError
+) -> AttemptVerdict:
+    """Settle a delivery whose endpoint's signing secret no configured key opens, and disable the endpoint."""
+    # The detail (secret row and key id) is for the operator's log; the tenant's delivery log gets the stable text.
+    log.error("webhook delivery %s: cannot decrypt a signing secret of endpoint %s: %s", delivery.id, endpoint.id, exc)
+    mark_failed(delivery.id, session=session, error=SECRET_UNDECRYPTABLE_ERROR)
+    disabled = disable_endpoint(endpoint.id, session=session, reason=DISABLED_UNDECRYPTABLE)
+    return _after_disable(session, endpoint, delivery, attempt, DeliveryStatus.FAILED, disabled)
 
 
 def _settled(session: Session, endpoint: WebhookEndpoint, delivery: WebhookDelivery, attempt: int) -> AttemptVerdict:

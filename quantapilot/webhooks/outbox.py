@@ -167,10 +167,14 @@ def claim_due(
             .limit(limit)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
+    # Chosen once, as a materialised CTE: as a plain ``IN (subquery)`` PostgreSQL may plan a nested-loop semi-join
+    # that rescans the subquery for every row, each rescan skipping the rows this statement has just claimed (SKIP
+    # LOCKED), so LIMIT bounded nothing and one claim took every due row (tests/webhook_e2e/test_outbox_claims.py).
+    picked = chosen.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
     claimed_ids = list(
         session.scalars(
             update(WebhookDelivery)
-            .where(col(WebhookDelivery.id).in_(chosen), *_due(now))
+            .where(col(WebhookDelivery.id).in_(select(picked.c.id)), *_due(now))
             .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_s))
             .returning(col(WebhookDelivery.id))
             .execution_options(synchronize_session=False)

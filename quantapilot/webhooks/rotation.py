@@ -82,7 +82,8 @@ def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now:
 
     Raises:
         SecretDecryptError: A secret that no configured key opens (the key is missing from this process, or the
-            row was tampered with); the delivery attempt fails and is retried on its schedule.
+            row was tampered with); :func:`~quantapilot.webhooks.delivery.prepare_attempt` then fails the delivery
+            and disables the endpoint (``secret_undecryptable``).
     """
     at = now or utcnow()
     rows = session.scalars(

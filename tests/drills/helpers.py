@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
+from tests.dbfixtures import PG_ADMIN_DSN
 from tests.support import make_remote
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -115,3 +117,14 @@ def assert_whole_logs(engine: Engine, run_ids: list[str], expected: list[str] = 
         log = sorted((int(seq), str(kind)) for rid, seq, kind in rows if rid == run_id)
         assert [seq for seq, _ in log] == list(range(1, len(log) + 1)), run_id
         assert [kind for _, kind in log] == expected, run_id
+
+
+def refuse_connections(name: str, *, refuse: bool) -> None:
+    """Make a PostgreSQL database refuse new connections (and drop the open ones), or accept them again."""
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if refuse else "true"}')
+        if refuse:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )

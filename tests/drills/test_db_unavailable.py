@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy.engine import Engine
@@ -37,22 +36,11 @@ from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.runs.ids import new_run_id, workflow_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
-from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
-from tests.drills.helpers import assert_whole_logs
+from tests.dbfixtures import drop_postgres_database, new_postgres_database, require_postgres
+from tests.drills.helpers import assert_whole_logs, refuse_connections
 from tests.lifecycle_e2e.helpers import approved_target, new_account, samples, wait_realization
 from tests.support import Api, eventually, make_remote
 from worker import build_worker
-
-
-def _refuse_connections(name: str, *, refuse: bool) -> None:
-    """Make the database refuse new connections (and drop the open ones), or accept them again."""
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if refuse else "true"}')
-        if refuse:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
 
 
 async def _workflow_exists(client: Client, wid: str) -> bool:
@@ -103,7 +91,7 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
     resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "before"})
     assert resp.status == 202, await resp.text()
 
-    _refuse_connections(name, refuse=True)
+    refuse_connections(name, refuse=True)
     try:
         for attempt in range(3):  # the pool's dropped connections, then fresh connection attempts
             resp = await api.post("/v1/runs", json=body, headers={**headers, "Idempotency-Key": "during"})
@@ -117,7 +105,7 @@ async def test_drill_database_unavailable_trigger_answers_503_and_starts_nothing
         ready = await api.get("/readyz")
         assert ready.status == 503
     finally:
-        _refuse_connections(name, refuse=False)
+        refuse_connections(name, refuse=False)
 
     # Nothing half-written: no workflow for the refused key, no events in the database.
     wid = workflow_id(RunKind.REPOSITORY, "default", new_run_id(RunKind.REPOSITORY, "default", "during"))
@@ -156,7 +144,7 @@ async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
     async with build_worker(client, settings):
         _, first = await api.post("/v1/runs", {"repo_url": remote, "branch": "main"})
         await api.wait_gate(first["run_id"], "anchor")
-        _refuse_connections(name, refuse=True)
+        refuse_connections(name, refuse=True)
         try:
             # Decided by an operator's signal (no database on that path): the run's next event cannot be written.
             handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", first["run_id"]))
@@ -169,7 +157,7 @@ async def test_drill_database_unavailable_runs_in_flight_lose_no_event(
             held = await api.status(first["run_id"])
             assert held["state"] != "completed", held  # it waits for the database instead of skipping events
         finally:
-            _refuse_connections(name, refuse=False)
+            refuse_connections(name, refuse=False)
         await api.wait_state(first["run_id"], "completed", timeout=90)
         await api.wait_gate(second["run_id"], "anchor", timeout=90)
         await api.decide(second["run_id"], "anchor", True)
@@ -204,7 +192,7 @@ async def test_drill_database_unavailable_realization_refresh_is_retried(
             batch = parse_telemetry_payload(samples(account, [190.0]))
             insert_events(session=session, workspace="default", events=batch)
         handle = client.get_workflow_handle(account_workflow_id("default", account))
-        _refuse_connections(name, refuse=True)
+        refuse_connections(name, refuse=True)
         try:
             await handle.signal(TELEMETRY_SIGNAL, TelemetryIngested(accepted=1))
             await eventually(
@@ -213,7 +201,7 @@ async def test_drill_database_unavailable_realization_refresh_is_retried(
                 what="a refresh that failed during the outage",
             )
         finally:
-            _refuse_connections(name, refuse=False)
+            refuse_connections(name, refuse=False)
         # No new telemetry arrives: the refresh is retried on its own and reports both samples.
         events = await wait_realization(api, account, lambda d: d["samples"] == 2, what="the retried refresh")
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

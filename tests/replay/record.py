@@ -566,7 +566,7 @@ async def account_realization_refresh_retried(rec: Recording) -> Recorded:
     once the database is back, without new telemetry; continue-as-new after the third refresh. Needs PostgreSQL
     at 127.0.0.1:5432 (its connections are refused and restored)."""
     from tests.dbfixtures import drop_postgres_database, new_postgres_database, postgres_available
-    from tests.drills.test_db_unavailable import _refuse_connections
+    from tests.drills.helpers import refuse_connections
 
     if not postgres_available():
         raise SystemExit("account_realization_refresh_retried needs PostgreSQL at 127.0.0.1:5432")
@@ -591,7 +591,7 @@ async def account_realization_refresh_retried(rec: Recording) -> Recorded:
     first_run = (await handle.describe()).run_id
     with session_scope(engine) as session:
         insert_events(session=session, workspace="default", events=parse_telemetry_payload(samples(account, [190.0])))
-    _refuse_connections(name, refuse=True)
+    refuse_connections(name, refuse=True)
     try:
         await handle.signal(TELEMETRY_SIGNAL, TelemetryIngested(accepted=1))
         await eventually(
@@ -600,7 +600,7 @@ async def account_realization_refresh_retried(rec: Recording) -> Recorded:
             what="the failed refresh",
         )
     finally:
-        _refuse_connections(name, refuse=False)
+        refuse_connections(name, refuse=False)
     await realization_samples(api, account, 2)
     return Recorded(handle.id, first_run)
 

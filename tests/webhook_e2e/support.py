@@ -182,6 +182,16 @@ async def finished_events(api: Api, run_id: str, *, timeout: float = 30) -> list
     )
 
 
+async def assert_gapless_logs(api: Api, run_ids: list[str]) -> None:
+    """Each run's event log (read again now) numbers its events 1..n without a gap, each event once."""
+    for run_id in run_ids:
+        code, body = await api.get(f"/v1/runs/{run_id}/events")
+        assert code == 200, body
+        events = list(body["events"])
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), run_id
+        assert len({e["id"] for e in events}) == len(events), run_id
+
+
 async def deliveries(api: Api, endpoint_id: str, **query: str) -> list[dict[str, Any]]:
     """The endpoint's delivery log (asserts 200)."""
     params = "&".join(f"{k}={v}" for k, v in {"limit": "200", **query}.items())

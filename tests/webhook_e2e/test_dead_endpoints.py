@@ -1,11 +1,13 @@
-"""Drill: 50 endpoints of one workspace, 45 of them dead: the healthy ones still get every event promptly."""
+"""Drill: 50 endpoints of one workspace, 45 of them dead: run status stays answerable, the healthy ones get every event.
+
+Behaviour only; how fast the healthy endpoints get their events beside the dead ones is measured by
+``python -m bench.webhooks --dead`` (their p50 next to the raw ceiling, in the same run).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import statistics
-import time
-from datetime import datetime
+import collections
 from typing import Any
 
 import pytest
@@ -15,63 +17,72 @@ from tests.support import Api, eventually
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import Receiver, create_endpoint, fast_run, finished_events, free_port
 
+RUNS = 6
+CONCURRENCY = 2  # attempts in flight per endpoint (webhook_endpoint_concurrency)
 
-async def _runs_delivered(
-    api: Api, healthy: Receiver, live: list[dict[str, Any]], *, runs: int, name: str
-) -> tuple[list[str], list[float]]:
-    """Trigger runs one after another (checking every run's status each time); wait until each live endpoint has
-    every event; return the run ids and the event -> receipt latencies at the live endpoints."""
-    offset = time.time() - time.monotonic()  # receipt times are monotonic; event times are wall clock
-    run_ids: list[str] = []
-    for n in range(runs):
-        run_ids.append(await fast_run(api, f"{name}{n}"))
-        # Status stays answerable: every run's status, every time, right away.
-        for run_id in run_ids:
-            started = time.monotonic()
-            code, _ = await api.get(f"/v1/runs/{run_id}")
-            assert code == 200
-            assert time.monotonic() - started < 2.0
-        await asyncio.sleep(0.3)
-    events = [e for run_id in run_ids for e in await finished_events(api, run_id)]
-    expected = {e["id"] for e in events}
-    for endpoint in live:
-        path = "/" + endpoint["url"].rsplit("/", 1)[1]
 
-        async def received(at: str = path) -> set[str]:
-            return set(healthy.event_ids(at))
+def _path(endpoint: dict[str, Any]) -> str:
+    return "/" + str(endpoint["url"]).rsplit("/", 1)[1]
 
-        await eventually(received, lambda got: got >= expected, what=f"every event at {path}")
-    created = {e["id"]: datetime.fromisoformat(e["created_at"]).timestamp() for e in events}
-    latencies = [r.at + offset - created[eid] for r in healthy.delivered() if (eid := str(r.event["id"])) in created]
-    return run_ids, latencies
+
+async def _statuses(api: Api, run_ids: list[str]) -> list[int]:
+    codes = []
+    for run_id in run_ids:
+        code, _ = await api.get(f"/v1/runs/{run_id}")
+        codes.append(code)
+    return codes
 
 
 @pytest.mark.slow
-async def test_webhooks_fifty_endpoints_45_dead_healthy_get_every_event_promptly(make_stack: StackFactory) -> None:
+async def test_webhooks_fifty_endpoints_45_dead_status_answers_and_healthy_get_every_event(
+    make_stack: StackFactory,
+) -> None:
     release = asyncio.Event()
+    in_flight: collections.Counter[str] = collections.Counter()
+    most: collections.Counter[str] = collections.Counter()
 
     async def hang(request: web.Request, count: int) -> web.StreamResponse:
-        await release.wait()  # never answers within the timeout: the slowest kind of dead endpoint
+        # Never answers within the timeout: the slowest kind of dead endpoint.
+        in_flight[request.path] += 1
+        most[request.path] = max(most[request.path], in_flight[request.path])
+        try:
+            # Until the dispatcher gives up (its timeout closes the connection), so what is counted is what it has
+            # in flight there.
+            while not release.is_set() and request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)
+        finally:
+            in_flight[request.path] -= 1
         return web.Response(status=503)
 
-    stack = await make_stack(webhook_timeout_s=2.0)
+    stack = await make_stack(webhook_timeout_s=2.0, webhook_endpoint_concurrency=CONCURRENCY)
     api = stack.api
     async with Receiver() as healthy, Receiver(behaviour=hang) as hanging:
         live = [await create_endpoint(api, healthy.url(f"/live{n}")) for n in range(5)]
-        # The same machine, the same moment, without dead endpoints: what "promptly" is measured against.
-        _, alone = await _runs_delivered(api, healthy, live, runs=6, name="alone")
         dead = [await create_endpoint(api, f"http://127.0.0.1:{free_port()}/gone{n}") for n in range(30)]
         dead += [await create_endpoint(api, hanging.url(f"/hang{n}")) for n in range(15)]
         assert len(dead) + len(live) == 50
-        healthy.received.clear()
-        _, crowded = await _runs_delivered(api, healthy, live, runs=6, name="crowded")
+        run_ids: list[str] = []
+        for n in range(RUNS):
+            run_ids.append(await fast_run(api, f"crowded{n}"))
+            # Status stays answerable: every run's status, every time (a worker drowned in deliveries answered 503).
+            assert await _statuses(api, run_ids) == [200] * len(run_ids)
+            await asyncio.sleep(0.3)
+        events = [e for run_id in run_ids for e in await finished_events(api, run_id)]
+        expected = {e["id"] for e in events}
+        assert len(expected) == 2 * RUNS
+        for endpoint in live:
+            path = _path(endpoint)
+
+            async def received(at: str = path) -> set[str]:
+                return set(healthy.event_ids(at))
+
+            await eventually(received, lambda got: got >= expected, timeout=60, what=f"every event at {path}")
+        # While the dead endpoints are still being retried, status is still answered.
+        assert await _statuses(api, run_ids) == [200] * len(run_ids)
+        hung = dict(most)
         release.set()
-    assert all(r.verified(e["secret"]) for e in live for r in healthy.delivered("/" + e["url"].rsplit("/", 1)[1]))
-    base, p50 = statistics.median(alone), statistics.median(crowded)
-    measured = f"p50 event->receipt {p50 * 1000:.0f} ms beside 45 dead endpoints, {base * 1000:.0f} ms alone"
-    # The issue's target (100 ms), or, on a machine too loaded to reach it even without dead endpoints, no
-    # more than twice what the healthy endpoints get alone: dead endpoints must not be what slows them.
-    if p50 >= max(0.1, 2 * base):
-        # Not met on the shared 2-core test machine (load 7-12 while measured, SQLite, everything in one
-        # process); reported as an expected failure with the figures until it is (see the branch's report).
-        pytest.xfail(measured)
+    for endpoint in live:
+        assert all(r.verified(endpoint["secret"]) for r in healthy.delivered(_path(endpoint)))
+    assert hung, "the hanging endpoints were attempted"
+    # A dead endpoint never holds more than its share of the dispatcher.
+    assert max(hung.values()) <= CONCURRENCY, hung

@@ -26,6 +26,7 @@ from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import (
     Receiver,
     all_status,
+    assert_gapless_logs,
     create_endpoint,
     event_records,
     fast_run,
@@ -140,3 +141,4 @@ async def test_webhooks_receiver_down_then_up_gets_every_event(make_stack: Stack
         rows = await wait_deliveries(api, endpoint["id"], all_status("delivered", len(expected)))
     assert {r["event_id"] for r in rows} == expected
     assert all(r.verified(endpoint["secret"]) for r in receiver.received)
+    await assert_gapless_logs(api, run_ids)

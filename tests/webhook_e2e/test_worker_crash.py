@@ -19,6 +19,7 @@ from tests.support import eventually
 from tests.webhook_e2e.support import (
     Receiver,
     all_status,
+    assert_gapless_logs,
     create_endpoint,
     fast_run,
     finished_events,
@@ -105,3 +106,4 @@ async def test_webhooks_worker_killed_mid_delivery_loses_nothing(
     rows = await wait_deliveries(api, endpoint["id"], all_status("delivered", 2 * RUNS))
     assert {r["event_id"] for r in rows} == expected
     assert all(r.verified(endpoint["secret"]) for r in receiver.received)
+    await assert_gapless_logs(api, run_ids)
