@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -302,11 +302,21 @@ def _owned(session: Session, inp: DeliverAttemptInput) -> WebhookDelivery | Atte
     return delivery
 
 
+def event_envelope(payload: dict[str, Any] | None, event: RunEvent | None) -> EventEnvelope | None:
+    """The envelope a delivery sends: its own ``payload`` if it keeps one, else its run event's (None: gone).
+
+    Args:
+        payload: The delivery's ``payload`` column.
+        event: The delivery's ``run_events`` row, if there is one (only read when ``payload`` is None).
+    """
+    if payload is not None:
+        return EventEnvelope.model_validate(payload)
+    return envelope_of_row(event) if event is not None else None
+
+
 def _event_envelope(session: Session, delivery: WebhookDelivery) -> EventEnvelope | None:
-    if delivery.payload is not None:
-        return EventEnvelope.model_validate(delivery.payload)
-    row = session.get(RunEvent, delivery.event_id)
-    return envelope_of_row(row) if row is not None else None
+    event = session.get(RunEvent, delivery.event_id) if delivery.payload is None else None
+    return event_envelope(delivery.payload, event)
 
 
 def prepare_attempt(
