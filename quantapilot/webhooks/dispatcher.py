@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from sqlalchemy.engine import Engine
@@ -61,6 +63,10 @@ FAILING_CLAIM_EVERY_S: Final = 0.1
 CLAIM_BATCH: Final = 100
 #: Wait after a database error before claiming or recording again (seconds).
 DB_RETRY_S: Final = 0.5
+#: Threads of the dispatcher's own for its database steps (claim, record, renew, release).
+DB_THREADS: Final = 2
+
+_T = TypeVar("_T")
 
 
 class Dispatcher:
@@ -92,12 +98,17 @@ class Dispatcher:
         self._sends: set[asyncio.Task[None]] = set()
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._claimed: dict[str, Claimed] = {}  # delivery id -> claim, until recorded or released
-        self._by_endpoint: Counter[str] = Counter()
+        self._by_endpoint: Counter[str] = Counter()  # claimed, until recorded or released
+        # Claimed and not answered yet: what a slow endpoint holds of the dispatcher. An answered attempt waiting
+        # for the recorder does not count, so a healthy endpoint's next deliveries are claimed while the
+        # previous ones are being recorded instead of after.
+        self._unanswered: Counter[str] = Counter()
         self._failing: set[str] = set()  # failing endpoints with an attempt in flight (probed one at a time)
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._next_failing_claim = 0.0
+        self._db_threads = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="webhook-dispatcher-db")
 
     # -- lifecycle --
 
@@ -147,13 +158,26 @@ class Dispatcher:
             # Cancelled or never sent: due again at once for the next dispatcher instead of after the lease.
             leftover = [(c.delivery_id, c.token) for c in self._claimed.values()]
             try:
-                await asyncio.to_thread(self._release, leftover)
+                await self._in_db_thread(self._release, leftover)
             except Exception:
                 log.warning("could not free %d webhook claims; they are re-claimed after the lease", len(leftover))
         if self._http is not None:
             await self._http.close()
+        self._db_threads.shutdown(wait=False)
 
-    # -- database steps (in a thread) --
+    # -- database steps (in the dispatcher's own threads) --
+
+    async def _in_db_thread(self, step: Callable[..., _T], *args: Any) -> _T:
+        """Run a database step in the dispatcher's own threads.
+
+        Not ``asyncio.to_thread``: the default executor has a handful of threads (cores + 4) shared by every
+        activity of the worker, so a claim would queue behind whatever they do (the record_event activities of a
+        burst of events, each in the executor for a whole transaction) and a fresh event would wait for them
+        before it is even looked for. Two threads: a claim and a record can overlap (on PostgreSQL they do not
+        block each other; on SQLite the write lock serialises them anyway).
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_threads, functools.partial(step, *args))
 
     def _claim(self, token: str, limit: int, exclude: Sequence[str], failing: bool) -> ClaimBatch:
         with session_scope(self._engine) as session:
@@ -215,9 +239,11 @@ class Dispatcher:
         if free <= 0 or self._closing:
             return False
         token = secrets.token_hex(16)
-        saturated = [e for e, n in self._by_endpoint.items() if n >= 2 * self._per_endpoint or e in self._failing]
+        saturated = [
+            e for e in self._by_endpoint if self._unanswered[e] >= 2 * self._per_endpoint or e in self._failing
+        ]
         started = time.monotonic()
-        batch = await asyncio.to_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
         if batch.sends:
             self._deadlines[token] = started + self._lease_s
         for claimed in batch.sends:
@@ -228,6 +254,7 @@ class Dispatcher:
     def _take(self, claimed: Claimed) -> None:
         self._claimed[claimed.delivery_id] = claimed
         self._by_endpoint[claimed.endpoint_id] += 1
+        self._unanswered[claimed.endpoint_id] += 1
         if claimed.failing:
             self._failing.add(claimed.endpoint_id)
         task = asyncio.create_task(self._send(claimed))
@@ -245,6 +272,27 @@ class Dispatcher:
             self._deadlines.pop(claimed.token, None)
 
     async def _send(self, claimed: Claimed) -> None:
+        try:
+            result = await self._attempt(claimed)
+        finally:
+            self._answered(claimed.endpoint_id)
+        if result is None:
+            return
+        WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
+        self._results.append((claimed, result))
+        self._record_wake.set()
+
+    def _answered(self, endpoint_id: str) -> None:
+        """An attempt of the endpoint ended (answered, left or cancelled): one fewer that it holds."""
+        self._unanswered[endpoint_id] -= 1
+        left = self._unanswered[endpoint_id]
+        if left <= 0:
+            del self._unanswered[endpoint_id]
+        if left == 2 * self._per_endpoint - 1:
+            self._wake.set()  # it was left out of the claims (saturated): its next deliveries may be claimed now
+
+    async def _attempt(self, claimed: Claimed) -> DeliveryResult | None:
+        """Sign and POST one claimed delivery (None: not sent, its lease may run out first)."""
         gate = self._gates.setdefault(claimed.endpoint_id, asyncio.Semaphore(self._per_endpoint))
         timeout_s = self._settings.webhook_timeout_s
         async with gate:
@@ -254,12 +302,12 @@ class Dispatcher:
                 # row over, so sending now could send it twice. Leave it; it is re-claimed after the lease.
                 log.warning("webhook delivery %s: lease too short to send; left for re-claim", claimed.delivery_id)
                 self._forget(claimed)
-                return
+                return None
             # gate.requested gains its review_url here, at delivery: never in a history, a row or a log line.
             envelope = with_review_url(self._settings, claimed.prepared.envelope)
             body, headers = prepare_request(envelope, secrets=claimed.prepared.secrets, attempt=claimed.inp.attempt)
             assert self._http is not None
-            result = await post_event(
+            return await post_event(
                 self._http,
                 claimed.prepared.url,
                 body,
@@ -267,9 +315,6 @@ class Dispatcher:
                 timeout_s=timeout_s,
                 allow_private=self._settings.webhook_allow_private,
             )
-        WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
-        self._results.append((claimed, result))
-        self._record_wake.set()
 
     async def _record_loop(self) -> None:
         while True:
@@ -281,7 +326,7 @@ class Dispatcher:
                 continue
             results, self._results = self._results, []
             try:
-                verdicts = await asyncio.to_thread(self._record, results)
+                verdicts = await self._in_db_thread(self._record, results)
             except Exception:
                 if self._closing:
                     log.warning("could not record %d webhook attempts; they are re-sent after the lease", len(results))
@@ -306,7 +351,7 @@ class Dispatcher:
                 continue
             started = time.monotonic()
             try:
-                await asyncio.to_thread(self._renew, tokens)
+                await self._in_db_thread(self._renew, tokens)
             except Exception:
                 log.warning("renewing webhook claims failed; trying again in %.0f s", every)
                 continue
