@@ -11,9 +11,12 @@ from sqlmodel import col, select
 
 from quantapilot.db import session_scope, utcnow
 from quantapilot.events.envelope import aware
+from quantapilot.secretbox import KeyRing
+from quantapilot.webhooks import rotation
 from quantapilot.webhooks.delivery import DISABLED_GONE, prepare_attempt, record_outcome
 from quantapilot.webhooks.fanout import fan_out
 from quantapilot.webhooks.outbox import Claimed, apply_verdict, claim_due, record_results
+from quantapilot.webhooks.rotation import active_secrets_of
 from quantapilot.webhooks.tables import (
     DeliveryOutcome,
     DeliveryResult,
@@ -302,3 +305,37 @@ def test_outbox_delivery_answered_twice_in_one_batch_is_recorded_once(db_engine:
     row = _delivery(db_engine, new.delivery_id)
     assert (row.status, row.attempts, row.claim_token) == (DeliveryStatus.DELIVERED.value, 1, None)
     assert _attempts(db_engine, row.id) == [(1, "delivered", 204)]
+
+
+def test_outbox_active_secrets_of_matches_active_secrets_and_leaves_out_unopenable(db_engine: Engine) -> None:
+    first, second = _endpoints(db_engine, 2)
+    other_keys = KeyRing([bytes(range(1, 33))])
+    with session_scope(db_engine) as session:
+        new = rotation.rotate_secret(first, session=session, workspace="ws1", overlap=timedelta(hours=1), keyring=KEYS)
+        assert new
+        both = active_secrets_of([first, second], session=session, keyring=KEYS)
+        assert both == {e: rotation.active_secrets(e, session=session, keyring=KEYS) for e in (first, second)}
+        assert len(both[first]) == 2 and both[first][0] == new
+        # No configured key opens them: left out, so the claim prepares those attempts one by one.
+        assert active_secrets_of([first, second], session=session, keyring=other_keys) == {}
+
+
+def test_outbox_claim_with_a_secret_no_key_opens_waits_on_the_schedule(db_engine: Engine) -> None:
+    _endpoints(db_engine, 1)
+    _events(db_engine, 1)
+    with session_scope(db_engine) as session:
+        batch = claim_due(
+            session=session,
+            token="a",
+            now=utcnow(),
+            lease_s=LEASE_S,
+            limit=100,
+            keyring=KeyRing([bytes(range(1, 33))]),
+            retry_scale=1.0,
+            timeout_s=10.0,
+        )
+    assert (batch.sends, batch.settled) == ([], [])
+    with session_scope(db_engine) as session:
+        (row,) = session.exec(select(WebhookDelivery)).all()
+    assert (row.status, row.claim_token, row.attempts) == (DeliveryStatus.PENDING.value, None, 0)
+    assert row.next_attempt_at is not None and aware(row.next_attempt_at) > utcnow() + timedelta(seconds=5)
