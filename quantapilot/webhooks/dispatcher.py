@@ -63,7 +63,7 @@ FAILING_CLAIM_EVERY_S: Final = 0.1
 CLAIM_BATCH: Final = 100
 #: Wait after a database error before claiming or recording again (seconds).
 DB_RETRY_S: Final = 0.5
-#: Threads of the dispatcher's own for its database steps (claim, record, renew, release).
+#: Threads of the dispatcher's own for its database steps (claim, record, renew, release) on PostgreSQL.
 DB_THREADS: Final = 2
 
 _T = TypeVar("_T")
@@ -108,7 +108,11 @@ class Dispatcher:
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._next_failing_claim = 0.0
-        self._db_threads = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="webhook-dispatcher-db")
+        # SQLite takes one writer at a time and a writer that finds the lock taken sleeps in steps of up to 0.1 s
+        # (its busy handler): one thread queues the claim behind the record here instead, and it starts the
+        # moment the record commits.
+        threads = 1 if engine.dialect.name == "sqlite" else DB_THREADS
+        self._db_threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-dispatcher-db")
 
     # -- lifecycle --
 
@@ -173,8 +177,7 @@ class Dispatcher:
         Not ``asyncio.to_thread``: the default executor has a handful of threads (cores + 4) shared by every
         activity of the worker, so a claim would queue behind whatever they do (the record_event activities of a
         burst of events, each in the executor for a whole transaction) and a fresh event would wait for them
-        before it is even looked for. Two threads: a claim and a record can overlap (on PostgreSQL they do not
-        block each other; on SQLite the write lock serialises them anyway).
+        before it is even looked for. On PostgreSQL two threads, so a claim and a record overlap; on SQLite one.
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._db_threads, functools.partial(step, *args))
