@@ -50,7 +50,7 @@ from quantapilot.webhooks.delivery import AttemptVerdict
 from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, record_results, release_claims, renew_claims
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish
-from quantapilot.webhooks.tables import DeliveryResult
+from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 
 log = logging.getLogger("quantapilot.webhooks.dispatcher")
 
@@ -99,10 +99,12 @@ class Dispatcher:
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._claimed: dict[str, Claimed] = {}  # delivery id -> claim, until recorded or released
         self._by_endpoint: Counter[str] = Counter()  # claimed, until recorded or released
-        # Claimed and not answered yet: what a slow endpoint holds of the dispatcher. An answered attempt waiting
-        # for the recorder does not count, so a healthy endpoint's next deliveries are claimed while the
-        # previous ones are being recorded instead of after.
-        self._unanswered: Counter[str] = Counter()
+        # Claimed, and neither recorded nor answered with a success: what an endpoint holds of the dispatcher. A
+        # success waiting for the recorder does not count, so a healthy endpoint's next deliveries are claimed
+        # while the previous ones are being recorded instead of after; a failure counts until it is recorded
+        # (which makes the endpoint failing), so a dead endpoint answering at once is not claimed again and again.
+        self._holding: Counter[str] = Counter()
+        self._held: set[str] = set()  # the delivery ids counted in _holding
         self._failing: set[str] = set()  # failing endpoints with an attempt in flight (probed one at a time)
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
@@ -242,9 +244,7 @@ class Dispatcher:
         if free <= 0 or self._closing:
             return False
         token = secrets.token_hex(16)
-        saturated = [
-            e for e in self._by_endpoint if self._unanswered[e] >= 2 * self._per_endpoint or e in self._failing
-        ]
+        saturated = [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
         started = time.monotonic()
         batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
         if batch.sends:
@@ -257,7 +257,8 @@ class Dispatcher:
     def _take(self, claimed: Claimed) -> None:
         self._claimed[claimed.delivery_id] = claimed
         self._by_endpoint[claimed.endpoint_id] += 1
-        self._unanswered[claimed.endpoint_id] += 1
+        self._holding[claimed.endpoint_id] += 1
+        self._held.add(claimed.delivery_id)
         if claimed.failing:
             self._failing.add(claimed.endpoint_id)
         task = asyncio.create_task(self._send(claimed))
@@ -265,6 +266,7 @@ class Dispatcher:
         task.add_done_callback(self._sends.discard)
 
     def _forget(self, claimed: Claimed) -> None:
+        self._unhold(claimed)
         self._claimed.pop(claimed.delivery_id, None)
         self._by_endpoint[claimed.endpoint_id] -= 1
         if self._by_endpoint[claimed.endpoint_id] <= 0:
@@ -275,22 +277,25 @@ class Dispatcher:
             self._deadlines.pop(claimed.token, None)
 
     async def _send(self, claimed: Claimed) -> None:
-        try:
-            result = await self._attempt(claimed)
-        finally:
-            self._answered(claimed.endpoint_id)
+        result = await self._attempt(claimed)
         if result is None:
             return
+        if result.outcome is DeliveryOutcome.DELIVERED:
+            self._unhold(claimed)
         WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
         self._results.append((claimed, result))
         self._record_wake.set()
 
-    def _answered(self, endpoint_id: str) -> None:
-        """An attempt of the endpoint ended (answered, left or cancelled): one fewer that it holds."""
-        self._unanswered[endpoint_id] -= 1
-        left = self._unanswered[endpoint_id]
+    def _unhold(self, claimed: Claimed) -> None:
+        """The claim no longer holds a share of its endpoint (answered with a success, recorded or left)."""
+        if claimed.delivery_id not in self._held:
+            return
+        self._held.discard(claimed.delivery_id)
+        endpoint_id = claimed.endpoint_id
+        self._holding[endpoint_id] -= 1
+        left = self._holding[endpoint_id]
         if left <= 0:
-            del self._unanswered[endpoint_id]
+            del self._holding[endpoint_id]
         if left == 2 * self._per_endpoint - 1:
             self._wake.set()  # it was left out of the claims (saturated): its next deliveries may be claimed now
 
