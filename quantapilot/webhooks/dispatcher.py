@@ -9,11 +9,13 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
 - **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
   ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
   left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
-  others. A failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
+  others (an attempt answered with a success stops counting at once, a failure only once it is recorded). A
+  failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
   time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
 - **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
-  (:func:`~quantapilot.webhooks.outbox.record_results`); a database outage only delays it (it retries), and a
-  claim taken over meanwhile is fenced by its token.
+  (:func:`~quantapilot.webhooks.outbox.record_results`, set-based for successes); a database outage only delays
+  it (it retries), and a claim taken over meanwhile is fenced by its token. Claims and records run in the
+  dispatcher's own threads, never behind the worker's activities in the default executor.
 - **Leases.** A claim holds for ``webhook_claim_lease_s`` (at least three HTTP timeouts) and is renewed while its
   attempts run; an attempt whose lease might have run out (renewals failing) is not sent, so two dispatchers never
   send the same claimed delivery. A worker killed mid-batch leaves its claims to run out: another dispatcher

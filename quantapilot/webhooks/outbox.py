@@ -6,12 +6,21 @@ there, owned by :func:`~quantapilot.webhooks.contracts.outbox_owner`). A dispatc
 writes a fresh ``claim_token`` and a lease (``claimed_until``) on them, and on PostgreSQL it locks them with
 ``FOR UPDATE SKIP LOCKED``, so two dispatchers never claim the same row (on SQLite writes are serialised).
 
-What an attempt decides is :mod:`quantapilot.webhooks.delivery`, unchanged: :func:`claim_due` loads each claimed
-row with :func:`~quantapilot.webhooks.delivery.prepare_attempt` (which may settle it without sending: disabled
-endpoint, throttled endpoint, missing secret) and :func:`record_results` records each answer with
-:func:`~quantapilot.webhooks.delivery.record_outcome`, then moves ``next_attempt_at`` to the verdict's delay (a
-retry, a throttle) or clears it (settled) and frees the claim. Recording is fenced by the claim token: a
-dispatcher whose lease ran out (another one has taken the row over) records nothing.
+What an attempt decides is :mod:`quantapilot.webhooks.delivery`, unchanged, and claiming and recording are
+set-based around it so a batch costs a few statements, not a few per delivery:
+
+- :func:`claim_due` claims with one ``UPDATE ... RETURNING`` that hands back what the send needs of each row, then
+  loads the batch's endpoints, signing secrets and events with one query each. A delivery in the common case
+  (enabled, unthrottled endpoint with secrets, event present: exactly when
+  :func:`~quantapilot.webhooks.delivery.prepare_attempt` would prepare it) is prepared from those; any other goes
+  through ``prepare_attempt`` itself (which may settle it without sending: disabled endpoint, throttled endpoint,
+  missing secret).
+- :func:`record_results` takes the batch back from its claims with one fenced ``UPDATE ... RETURNING`` (a
+  dispatcher whose lease ran out, another one having taken the row over, records nothing), records the successes
+  on healthy endpoints with one executemany UPDATE and one executemany upsert of their attempt rows (what
+  :func:`~quantapilot.webhooks.delivery.record_outcome`'s ``delivered`` branch writes), and hands every other
+  answer to ``record_outcome`` one by one, in order; then it moves ``next_attempt_at`` to the verdict's delay (a
+  retry, a throttle) or clears it (settled).
 
 Every function takes the session keyword-only and only flushes: the caller owns the transaction.
 """
