@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
-from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
+from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_record
+from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing
 from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult, is_outbox_owner
@@ -302,16 +303,20 @@ def _owned(session: Session, inp: DeliverAttemptInput) -> WebhookDelivery | Atte
     return delivery
 
 
-def event_envelope(payload: dict[str, Any] | None, event: RunEvent | None) -> EventEnvelope | None:
+def event_envelope(payload: dict[str, Any] | None, event: RunEvent | Row[Any] | None) -> EventEnvelope | None:
     """The envelope a delivery sends: its own ``payload`` if it keeps one, else its run event's (None: gone).
 
     Args:
         payload: The delivery's ``payload`` column.
-        event: The delivery's ``run_events`` row, if there is one (only read when ``payload`` is None).
+        event: The delivery's ``run_events`` row, if there is one (only read when ``payload`` is None): a model
+            instance, or a Core row of all its columns (the outbox's batch load, which skips the ORM's per-row
+            cost); both are read by attribute, the same way.
     """
     if payload is not None:
         return EventEnvelope.model_validate(payload)
-    return envelope_of_row(event) if event is not None else None
+    if event is None:
+        return None
+    return envelope_of_record(EventRecord.model_validate(event, from_attributes=True))
 
 
 def _event_envelope(session: Session, delivery: WebhookDelivery) -> EventEnvelope | None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, Select, Table, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -96,6 +96,8 @@ def _due(now: datetime) -> list[ColumnElement[bool]]:
         or_(col(WebhookDelivery.claimed_until).is_(None), col(WebhookDelivery.claimed_until) < now),
     ]
 
+
+_EVENTS: Table = RunEvent.__table__  # type: ignore[attr-defined]
 
 # What the claim hands back of each row (RETURNING): enough to build the attempt and find what it sends.
 _CLAIM_COLUMNS = (
@@ -226,7 +228,7 @@ def claim_due(
     signing = active_secrets_of(endpoint_ids, session=session, keyring=keyring, now=at)
     event_ids = sorted({r.event_id for r in rows if r.payload is None})
     events = (
-        {e.id: e for e in session.scalars(select(RunEvent).where(col(RunEvent.id).in_(event_ids)))} if event_ids else {}
+        {e.id: e for e in session.execute(select(*_EVENTS.c).where(_EVENTS.c.id.in_(event_ids)))} if event_ids else {}
     )
     probing: set[str] = set()
     unclaim: list[str] = []
