@@ -7,14 +7,19 @@ worker with every workflow and activity, a loopback receiver that verifies signa
    transaction, then the worker's outbox dispatcher woken, which claims, signs, POSTs and records in batches; with
    ``--dispatch workflow`` one delivery workflow started per delivery instead).
    Measured: deliveries per second (first event stored to last receipt) and event-to-receipt latency.
-2. **raw**: the same N envelopes, signed and POSTed one after another over one keep-alive aiohttp session.
+2. **drain** (outbox only): N events stored first, with no dispatcher running, then one dispatcher started on
+   its own: what claiming, signing, POSTing and recording cost without the stores' transactions beside them.
+   Measured: deliveries per second (dispatcher start to last receipt).
+3. **raw**: the same N envelopes, signed and POSTed one after another over one keep-alive aiohttp session.
 
 With ``--dead``, 45 dead endpoints are then added to the same workspace (30 refusing connections, 15 accepting and
 never answering within the timeout) and step 1 is measured again: the healthy endpoint's p50 event -> receipt and
 deliveries per second beside them, next to the figures without them and the raw ceiling (the drill
 ``tests/webhook_e2e/test_dead_endpoints.py`` checks the behaviour; this measures it).
 
-The ratio (ours / raw; with ``--dead``, ours beside the dead endpoints / raw) is printed last.
+Every row also gives the process's CPU time per delivery (all threads: the stores, the dispatcher, the receiver,
+which is in the same process), steadier than the rates on a shared machine. The ratio (ours / raw; with ``--dead``,
+ours beside the dead endpoints / raw) is printed last.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from quantapilot.events.record import EventRecord
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks import verify_signature
+from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.endpoints import create_endpoint
 from quantapilot.webhooks.sender import prepare_request
 from quantapilot.webhooks.starts import start_delivery_workflows
@@ -141,12 +147,22 @@ def _endpoint(engine: Engine, url: str, settings: Settings) -> str:
     return secret
 
 
+class Phase:
+    """A measured phase's rate, latencies and process CPU time per delivery."""
+
+    def __init__(self, count: int, elapsed: float, cpu: float, latencies: list[float] | None = None) -> None:
+        self.rate = count / elapsed
+        self.cpu_ms = cpu / count * 1000
+        self.latencies = latencies or []
+
+
 async def _ours(
     settings: Settings, engine: Engine, client: Client, receiver: Receiver, count: int, worker: ServiceWorker
-) -> tuple[float, list[float]]:
+) -> Phase:
     events = event_records(count, prefix="bench")
     receiver.reset(count)
     stored: dict[str, float] = {}
+    cpu = time.process_time()
     started = time.perf_counter()
 
     async def _record(event: EventRecord) -> None:
@@ -169,14 +185,34 @@ async def _ours(
 
     await asyncio.gather(*(_bounded(e) for e in events))
     await asyncio.wait_for(receiver.done.wait(), timeout=120)
+    cpu = time.process_time() - cpu
     elapsed = max(receiver.received.values()) - started
     latencies = [receiver.received[e.id] - stored[e.id] for e in events]
-    return count / elapsed, latencies
+    return Phase(count, elapsed, cpu, latencies)
 
 
-async def _raw(receiver: Receiver, secret: str, count: int) -> float:
+async def _drain(settings: Settings, engine: Engine, receiver: Receiver, count: int) -> Phase:
+    """Store ``count`` events with no dispatcher running, then time one dispatcher delivering them all."""
+    events = event_records(count, prefix="bench-drain")
+    for event in events:
+        store_event_with_deliveries(engine, event, outbox=True)
+    receiver.reset(count)
+    dispatcher = Dispatcher(settings, engine, keyring=load_keyring(settings), client=None, task_queue="bench")
+    cpu = time.process_time()
+    started = time.perf_counter()
+    await dispatcher.start()
+    try:
+        await asyncio.wait_for(receiver.done.wait(), timeout=120)
+    finally:
+        cpu = time.process_time() - cpu
+        await dispatcher.stop()
+    return Phase(count, max(receiver.received.values()) - started, cpu)
+
+
+async def _raw(receiver: Receiver, secret: str, count: int) -> Phase:
     envelopes = [envelope_of_record(e) for e in event_records(count, prefix="bench")]
     receiver.reset(count)
+    cpu = time.process_time()
     started = time.perf_counter()
     async with aiohttp.ClientSession() as session:
         for attempt, envelope in enumerate(envelopes, start=1):
@@ -184,14 +220,14 @@ async def _raw(receiver: Receiver, secret: str, count: int) -> float:
             async with session.post(receiver.url, data=body, headers=headers) as response:
                 await response.read()
     elapsed = time.perf_counter() - started
-    return count / elapsed
+    return Phase(count, elapsed, time.process_time() - cpu)
 
 
 async def main(count: int, dispatch: str, *, dead: bool = False) -> None:
     """Run the measurements and print the table and the ratio."""
     print(machine_line())
     progress("starting the dev server")
-    crowded: tuple[float, list[float]] | None = None
+    crowded: Phase | None = None
     async with dev_server() as env:
         with tempfile.TemporaryDirectory(prefix="qp-bench-webhooks-") as tmp:
             settings = bench_settings(
@@ -214,11 +250,15 @@ async def main(count: int, dispatch: str, *, dead: bool = False) -> None:
                     progress(f"warm-up: {count // 10} deliveries")
                     await _ours(settings, engine, env.client, receiver, max(count // 10, 10), worker)
                     progress(f"our path ({dispatch}): {count} deliveries")
-                    ours, latencies = await _ours(settings, engine, env.client, receiver, count, worker)
+                    ours = await _ours(settings, engine, env.client, receiver, count, worker)
                     if dead:
                         added = _dead_endpoints(engine, settings, hanging)
                         progress(f"our path ({dispatch}) beside {added} dead endpoints: {count} deliveries")
                         crowded = await _ours(settings, engine, env.client, receiver, count, worker)
+                drain = None
+                if dispatch == "outbox" and not dead:
+                    progress(f"drain: {count} stored deliveries, one dispatcher")
+                    drain = await _drain(settings, engine, receiver, count)
                 progress(f"raw loop: {count} signed POSTs")
                 raw = await _raw(receiver, receiver.secret, count)
             finally:
@@ -227,37 +267,41 @@ async def main(count: int, dispatch: str, *, dead: bool = False) -> None:
                 engine.dispose()
     rows = [
         [
-            f"{dispatch} dispatch (sign, POST, record)",
-            fmt(ours),
-            fmt(percentile(latencies, 50) * 1000),
-            fmt(percentile(latencies, 99) * 1000),
+            f"{dispatch} dispatch (store, sign, POST, record)",
+            fmt(ours.rate),
+            fmt(percentile(ours.latencies, 50) * 1000),
+            fmt(percentile(ours.latencies, 99) * 1000),
+            fmt(ours.cpu_ms, 3),
         ]
     ]
     if crowded is not None:
-        rate, beside = crowded
         rows.append(
             [
                 f"{dispatch} dispatch, healthy endpoint beside {DEAD_REFUSING + DEAD_HANGING} dead",
-                fmt(rate),
-                fmt(percentile(beside, 50) * 1000),
-                fmt(percentile(beside, 99) * 1000),
+                fmt(crowded.rate),
+                fmt(percentile(crowded.latencies, 50) * 1000),
+                fmt(percentile(crowded.latencies, 99) * 1000),
+                fmt(crowded.cpu_ms, 3),
             ]
         )
-    rows.append(["raw signed aiohttp POST loop", fmt(raw), "-", "-"])
+    if drain is not None:
+        rows.append(["outbox drain of stored deliveries", fmt(drain.rate), "-", "-", fmt(drain.cpu_ms, 3)])
+    rows.append(["raw signed aiohttp POST loop", fmt(raw.rate), "-", "-", fmt(raw.cpu_ms, 3)])
     print_table(
         "Webhook deliveries to a loopback receiver",
-        ["path", "deliveries/s", "p50 event->receipt ms", "p99 event->receipt ms"],
+        ["path", "deliveries/s", "p50 event->receipt ms", "p99 event->receipt ms", "CPU ms/delivery"],
         rows,
     )
     if crowded is not None:
-        rate, beside = crowded
         print(
-            f"\np50 event->receipt beside dead endpoints: {percentile(beside, 50) * 1000:.0f} ms "
-            f"(alone {percentile(latencies, 50) * 1000:.0f} ms, target < 100 ms)"
+            f"\np50 event->receipt beside dead endpoints: {percentile(crowded.latencies, 50) * 1000:.0f} ms "
+            f"(alone {percentile(ours.latencies, 50) * 1000:.0f} ms, target < 100 ms)"
         )
-        print(f"ratio ours/raw beside dead endpoints: {rate / raw:.3f} (alone {ours / raw:.3f})")
+        print(f"ratio ours/raw beside dead endpoints: {crowded.rate / raw.rate:.3f} (alone {ours.rate / raw.rate:.3f})")
         return
-    print(f"\nratio ours/raw: {ours / raw:.3f}")
+    if drain is not None:
+        print(f"\nratio drain/raw: {drain.rate / raw.rate:.3f}")
+    print(f"\nratio ours/raw: {ours.rate / raw.rate:.3f}")
 
 
 if __name__ == "__main__":

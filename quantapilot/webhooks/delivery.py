@@ -42,13 +42,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
-from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_row
+from quantapilot.events.envelope import EventEnvelope, aware, envelope_of_record
+from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing, SecretDecryptError
 from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult, is_outbox_owner
@@ -311,11 +312,25 @@ def _owned(session: Session, inp: DeliverAttemptInput) -> WebhookDelivery | Atte
     return delivery
 
 
+def event_envelope(payload: dict[str, Any] | None, event: RunEvent | Row[Any] | None) -> EventEnvelope | None:
+    """The envelope a delivery sends: its own ``payload`` if it keeps one, else its run event's (None: gone).
+
+    Args:
+        payload: The delivery's ``payload`` column.
+        event: The delivery's ``run_events`` row, if there is one (only read when ``payload`` is None): a model
+            instance, or a Core row of all its columns (the outbox's batch load, which skips the ORM's per-row
+            cost); both are read by attribute, the same way.
+    """
+    if payload is not None:
+        return EventEnvelope.model_validate(payload)
+    if event is None:
+        return None
+    return envelope_of_record(EventRecord.model_validate(event, from_attributes=True))
+
+
 def _event_envelope(session: Session, delivery: WebhookDelivery) -> EventEnvelope | None:
-    if delivery.payload is not None:
-        return EventEnvelope.model_validate(delivery.payload)
-    row = session.get(RunEvent, delivery.event_id)
-    return envelope_of_row(row) if row is not None else None
+    event = session.get(RunEvent, delivery.event_id) if delivery.payload is None else None
+    return event_envelope(delivery.payload, event)
 
 
 def prepare_attempt(

@@ -9,11 +9,13 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
 - **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
   ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
   left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
-  others. A failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
+  others (an attempt answered with a success stops counting at once, a failure only once it is recorded). A
+  failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
   time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
 - **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
-  (:func:`~quantapilot.webhooks.outbox.record_results`); a database outage only delays it (it retries), and a
-  claim taken over meanwhile is fenced by its token.
+  (:func:`~quantapilot.webhooks.outbox.record_results`, set-based for successes); a database outage only delays
+  it (it retries), and a claim taken over meanwhile is fenced by its token. Claims and records run in the
+  dispatcher's own threads, never behind the worker's activities in the default executor.
 - **Leases.** A claim holds for ``webhook_claim_lease_s`` (at least three HTTP timeouts) and is renewed while its
   attempts run; an attempt whose lease might have run out (renewals failing) is not sent, so two dispatchers never
   send the same claimed delivery. A worker killed mid-batch leaves its claims to run out: another dispatcher
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from sqlalchemy.engine import Engine
@@ -48,7 +52,7 @@ from quantapilot.webhooks.delivery import AttemptVerdict
 from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, record_results, release_claims, renew_claims
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish
-from quantapilot.webhooks.tables import DeliveryResult
+from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
 
 log = logging.getLogger("quantapilot.webhooks.dispatcher")
 
@@ -61,6 +65,10 @@ FAILING_CLAIM_EVERY_S: Final = 0.1
 CLAIM_BATCH: Final = 100
 #: Wait after a database error before claiming or recording again (seconds).
 DB_RETRY_S: Final = 0.5
+#: Threads of the dispatcher's own for its database steps (claim, record, renew, release) on PostgreSQL.
+DB_THREADS: Final = 2
+
+_T = TypeVar("_T")
 
 
 class Dispatcher:
@@ -92,12 +100,23 @@ class Dispatcher:
         self._sends: set[asyncio.Task[None]] = set()
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._claimed: dict[str, Claimed] = {}  # delivery id -> claim, until recorded or released
-        self._by_endpoint: Counter[str] = Counter()
+        self._by_endpoint: Counter[str] = Counter()  # claimed, until recorded or released
+        # Claimed, and neither recorded nor answered with a success: what an endpoint holds of the dispatcher. A
+        # success waiting for the recorder does not count, so a healthy endpoint's next deliveries are claimed
+        # while the previous ones are being recorded instead of after; a failure counts until it is recorded
+        # (which makes the endpoint failing), so a dead endpoint answering at once is not claimed again and again.
+        self._holding: Counter[str] = Counter()
+        self._held: set[str] = set()  # the delivery ids counted in _holding
         self._failing: set[str] = set()  # failing endpoints with an attempt in flight (probed one at a time)
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
         self._next_failing_claim = 0.0
+        # SQLite takes one writer at a time and a writer that finds the lock taken sleeps in steps of up to 0.1 s
+        # (its busy handler): one thread queues the claim behind the record here instead, and it starts the
+        # moment the record commits.
+        threads = 1 if engine.dialect.name == "sqlite" else DB_THREADS
+        self._db_threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-dispatcher-db")
 
     # -- lifecycle --
 
@@ -147,13 +166,25 @@ class Dispatcher:
             # Cancelled or never sent: due again at once for the next dispatcher instead of after the lease.
             leftover = [(c.delivery_id, c.token) for c in self._claimed.values()]
             try:
-                await asyncio.to_thread(self._release, leftover)
+                await self._in_db_thread(self._release, leftover)
             except Exception:
                 log.warning("could not free %d webhook claims; they are re-claimed after the lease", len(leftover))
         if self._http is not None:
             await self._http.close()
+        self._db_threads.shutdown(wait=False)
 
-    # -- database steps (in a thread) --
+    # -- database steps (in the dispatcher's own threads) --
+
+    async def _in_db_thread(self, step: Callable[..., _T], *args: Any) -> _T:
+        """Run a database step in the dispatcher's own threads.
+
+        Not ``asyncio.to_thread``: the default executor has a handful of threads (cores + 4) shared by every
+        activity of the worker, so a claim would queue behind whatever they do (the record_event activities of a
+        burst of events, each in the executor for a whole transaction) and a fresh event would wait for them
+        before it is even looked for. On PostgreSQL two threads, so a claim and a record overlap; on SQLite one.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_threads, functools.partial(step, *args))
 
     def _claim(self, token: str, limit: int, exclude: Sequence[str], failing: bool) -> ClaimBatch:
         with session_scope(self._engine) as session:
@@ -215,9 +246,9 @@ class Dispatcher:
         if free <= 0 or self._closing:
             return False
         token = secrets.token_hex(16)
-        saturated = [e for e, n in self._by_endpoint.items() if n >= 2 * self._per_endpoint or e in self._failing]
+        saturated = [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
         started = time.monotonic()
-        batch = await asyncio.to_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
         if batch.sends:
             self._deadlines[token] = started + self._lease_s
         for claimed in batch.sends:
@@ -228,6 +259,8 @@ class Dispatcher:
     def _take(self, claimed: Claimed) -> None:
         self._claimed[claimed.delivery_id] = claimed
         self._by_endpoint[claimed.endpoint_id] += 1
+        self._holding[claimed.endpoint_id] += 1
+        self._held.add(claimed.delivery_id)
         if claimed.failing:
             self._failing.add(claimed.endpoint_id)
         task = asyncio.create_task(self._send(claimed))
@@ -235,6 +268,7 @@ class Dispatcher:
         task.add_done_callback(self._sends.discard)
 
     def _forget(self, claimed: Claimed) -> None:
+        self._unhold(claimed)
         self._claimed.pop(claimed.delivery_id, None)
         self._by_endpoint[claimed.endpoint_id] -= 1
         if self._by_endpoint[claimed.endpoint_id] <= 0:
@@ -245,6 +279,30 @@ class Dispatcher:
             self._deadlines.pop(claimed.token, None)
 
     async def _send(self, claimed: Claimed) -> None:
+        result = await self._attempt(claimed)
+        if result is None:
+            return
+        if result.outcome is DeliveryOutcome.DELIVERED:
+            self._unhold(claimed)
+        WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
+        self._results.append((claimed, result))
+        self._record_wake.set()
+
+    def _unhold(self, claimed: Claimed) -> None:
+        """The claim no longer holds a share of its endpoint (answered with a success, recorded or left)."""
+        if claimed.delivery_id not in self._held:
+            return
+        self._held.discard(claimed.delivery_id)
+        endpoint_id = claimed.endpoint_id
+        self._holding[endpoint_id] -= 1
+        left = self._holding[endpoint_id]
+        if left <= 0:
+            del self._holding[endpoint_id]
+        if left == 2 * self._per_endpoint - 1:
+            self._wake.set()  # it was left out of the claims (saturated): its next deliveries may be claimed now
+
+    async def _attempt(self, claimed: Claimed) -> DeliveryResult | None:
+        """Sign and POST one claimed delivery (None: not sent, its lease may run out first)."""
         gate = self._gates.setdefault(claimed.endpoint_id, asyncio.Semaphore(self._per_endpoint))
         timeout_s = self._settings.webhook_timeout_s
         async with gate:
@@ -254,12 +312,12 @@ class Dispatcher:
                 # row over, so sending now could send it twice. Leave it; it is re-claimed after the lease.
                 log.warning("webhook delivery %s: lease too short to send; left for re-claim", claimed.delivery_id)
                 self._forget(claimed)
-                return
+                return None
             # gate.requested gains its review_url here, at delivery: never in a history, a row or a log line.
             envelope = with_review_url(self._settings, claimed.prepared.envelope)
             body, headers = prepare_request(envelope, secrets=claimed.prepared.secrets, attempt=claimed.inp.attempt)
             assert self._http is not None
-            result = await post_event(
+            return await post_event(
                 self._http,
                 claimed.prepared.url,
                 body,
@@ -267,9 +325,6 @@ class Dispatcher:
                 timeout_s=timeout_s,
                 allow_private=self._settings.webhook_allow_private,
             )
-        WEBHOOK_DELIVERIES.labels(result.outcome.value).inc()
-        self._results.append((claimed, result))
-        self._record_wake.set()
 
     async def _record_loop(self) -> None:
         while True:
@@ -281,7 +336,7 @@ class Dispatcher:
                 continue
             results, self._results = self._results, []
             try:
-                verdicts = await asyncio.to_thread(self._record, results)
+                verdicts = await self._in_db_thread(self._record, results)
             except Exception:
                 if self._closing:
                     log.warning("could not record %d webhook attempts; they are re-sent after the lease", len(results))
@@ -306,7 +361,7 @@ class Dispatcher:
                 continue
             started = time.monotonic()
             try:
-                await asyncio.to_thread(self._renew, tokens)
+                await self._in_db_thread(self._renew, tokens)
             except Exception:
                 log.warning("renewing webhook claims failed; trying again in %.0f s", every)
                 continue

@@ -17,9 +17,9 @@ from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.webhooks.contracts import delivery_workflow_id, is_outbox_owner
 from quantapilot.webhooks.deliveries import ensure_delivery, insert_outbox_deliveries
-from quantapilot.webhooks.endpoints import matching_endpoints
+from quantapilot.webhooks.endpoints import endpoint_matches, matching_endpoints, normalize_event_type
 from quantapilot.webhooks.starts import PendingDelivery
-from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, new_id
+from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEndpoint, new_id
 
 log = logging.getLogger("quantapilot.webhooks")
 
@@ -73,6 +73,22 @@ def fan_out(
         # A type outside the published list cannot be subscribed to; the run's log still has it.
         log.warning("event type %s is not deliverable by webhook", event_type[:64])
         return 0
+    return _create_deliveries(
+        session, endpoints, event_type=event_type, event_id=event_id, run_id=run_id, payload=payload, outbox=outbox
+    )
+
+
+def _create_deliveries(
+    session: Session,
+    endpoints: list[WebhookEndpoint],
+    *,
+    event_type: str,
+    event_id: str,
+    run_id: str | None,
+    payload: dict[str, Any] | None,
+    outbox: bool,
+) -> int:
+    """Create the deliveries of one event to endpoints that match it (see :func:`fan_out`)."""
     if outbox:
         now = utcnow()
         # One statement for all of them: a workspace's few dozen endpoints cost one round trip, not three each.
@@ -114,15 +130,13 @@ def fan_out_run_event(session: Session, event: EventRecord, *, outbox: bool = Fa
         return 0
     needs_repository = kind == "repository" and any(e.repositories for e in candidates)
     repository = _run_repository(session, event) if needs_repository else None
-    return fan_out(
-        session,
-        workspace=event.workspace,
-        event_type=event.type,
-        event_id=event.id,
-        run_id=event.run_id,
-        run_kind=kind,
-        repository=repository,
-        outbox=outbox,
+    # The candidates already passed the type filter and are the workspace's enabled endpoints: the run-kind and
+    # repository filters are applied to them here (what fan_out's own matching_endpoints would do), instead of
+    # loading the same endpoints a second time for every stored event.
+    dotted = normalize_event_type(event.type)
+    endpoints = [e for e in candidates if endpoint_matches(e, event_type=dotted, run_kind=kind, repository=repository)]
+    return _create_deliveries(
+        session, endpoints, event_type=event.type, event_id=event.id, run_id=event.run_id, payload=None, outbox=outbox
     )
 
 
@@ -131,15 +145,16 @@ def pending_deliveries(session: Session, event_id: str) -> list[PendingDelivery]
 
     Deliveries in the outbox are left out: the dispatcher makes them, no workflow may.
     """
+    # Two columns, not whole rows: this runs after every stored event, and in the outbox mode finds nothing.
     rows = session.exec(
-        select(WebhookDelivery)
+        select(col(WebhookDelivery.id), col(WebhookDelivery.workflow_id))
         .where(WebhookDelivery.event_id == event_id)
         .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
         .where(col(WebhookDelivery.next_attempt_at).is_(None))
         .order_by(col(WebhookDelivery.id))
     )
     return [
-        PendingDelivery(row.id, row.workflow_id)
-        for row in rows
-        if row.workflow_id and not is_outbox_owner(row.workflow_id)
+        PendingDelivery(delivery_id, workflow_id)
+        for delivery_id, workflow_id in rows
+        if workflow_id and not is_outbox_owner(workflow_id)
     ]

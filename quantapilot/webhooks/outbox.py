@@ -6,12 +6,21 @@ there, owned by :func:`~quantapilot.webhooks.contracts.outbox_owner`). A dispatc
 writes a fresh ``claim_token`` and a lease (``claimed_until``) on them, and on PostgreSQL it locks them with
 ``FOR UPDATE SKIP LOCKED``, so two dispatchers never claim the same row (on SQLite writes are serialised).
 
-What an attempt decides is :mod:`quantapilot.webhooks.delivery`, unchanged: :func:`claim_due` loads each claimed
-row with :func:`~quantapilot.webhooks.delivery.prepare_attempt` (which may settle it without sending: disabled
-endpoint, throttled endpoint, missing secret) and :func:`record_results` records each answer with
-:func:`~quantapilot.webhooks.delivery.record_outcome`, then moves ``next_attempt_at`` to the verdict's delay (a
-retry, a throttle) or clears it (settled) and frees the claim. Recording is fenced by the claim token: a
-dispatcher whose lease ran out (another one has taken the row over) records nothing.
+What an attempt decides is :mod:`quantapilot.webhooks.delivery`, unchanged, and claiming and recording are
+set-based around it so a batch costs a few statements, not a few per delivery:
+
+- :func:`claim_due` claims with one ``UPDATE ... RETURNING`` that hands back what the send needs of each row, then
+  loads the batch's endpoints, signing secrets and events with one query each. A delivery in the common case
+  (enabled, unthrottled endpoint with secrets, event present: exactly when
+  :func:`~quantapilot.webhooks.delivery.prepare_attempt` would prepare it) is prepared from those; any other goes
+  through ``prepare_attempt`` itself (which may settle it without sending: disabled endpoint, throttled endpoint,
+  missing secret).
+- :func:`record_results` takes the batch back from its claims with one fenced ``UPDATE ... RETURNING`` (a
+  dispatcher whose lease ran out, another one having taken the row over, records nothing), records the successes
+  on healthy endpoints with one executemany UPDATE and one executemany upsert of their attempt rows (what
+  :func:`~quantapilot.webhooks.delivery.record_outcome`'s ``delivered`` branch writes), and hands every other
+  answer to ``record_outcome`` one by one, in order; then it moves ``next_attempt_at`` to the verdict's delay (a
+  retry, a throttle) or clears it (settled).
 
 Every function takes the session keyword-only and only flushes: the caller owns the transaction.
 """
@@ -19,20 +28,35 @@ Every function takes the session keyword-only and only flushes: the caller owns 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Row, Select, Table, bindparam, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
+from quantapilot.db import utcnow
 from quantapilot.events.envelope import aware
-from quantapilot.secretbox import KeyRing, SecretDecryptError
-from quantapilot.webhooks.contracts import DeliverAttemptInput
-from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt, prepare_attempt, record_outcome
-from quantapilot.webhooks.schedule import next_delay
+from quantapilot.events.table import RunEvent
+from quantapilot.secretbox import KeyRing
+from quantapilot.webhooks.contracts import DeliverAttemptInput, DeliverAttemptResult
+from quantapilot.webhooks.delivery import (
+    AttemptVerdict,
+    PreparedAttempt,
+    event_envelope,
+    prepare_attempt,
+    record_outcome,
+    throttle_wait,
+)
+from quantapilot.webhooks.rotation import active_secrets_of
 from quantapilot.webhooks.tables import (
+    ATTEMPTS_TABLE,
+    DELIVERIES_TABLE,
+    ENDPOINTS_TABLE,
+    DeliveryOutcome,
     DeliveryResult,
     DeliveryStatus,
     WebhookDelivery,
@@ -72,7 +96,22 @@ def _due(now: datetime) -> list[ColumnElement[bool]]:
     ]
 
 
-def _attempt_input(row: WebhookDelivery, *, retry_scale: float, timeout_s: float) -> DeliverAttemptInput:
+_EVENTS: Table = RunEvent.__table__  # type: ignore[attr-defined]
+
+# What the claim hands back of each row (RETURNING): enough to build the attempt and find what it sends.
+_CLAIM_COLUMNS = (
+    DELIVERIES_TABLE.c.id,
+    DELIVERIES_TABLE.c.endpoint_id,
+    DELIVERIES_TABLE.c.event_id,
+    DELIVERIES_TABLE.c.payload,
+    DELIVERIES_TABLE.c.attempts,
+    DELIVERIES_TABLE.c.schedule_base,
+    DELIVERIES_TABLE.c.workflow_id,
+    DELIVERIES_TABLE.c.next_attempt_at,
+)
+
+
+def _attempt_input(row: Row[Any], *, retry_scale: float, timeout_s: float) -> DeliverAttemptInput:
     attempt = row.attempts + 1
     return DeliverAttemptInput(
         delivery_id=row.id,
@@ -171,55 +210,89 @@ def claim_due(
     # that rescans the subquery for every row, each rescan skipping the rows this statement has just claimed (SKIP
     # LOCKED), so LIMIT bounded nothing and one claim took every due row (tests/webhook_e2e/test_outbox_claims.py).
     picked = chosen.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
-    claimed_ids = list(
-        session.scalars(
-            update(WebhookDelivery)
-            .where(col(WebhookDelivery.id).in_(select(picked.c.id)), *_due(now))
-            .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_s))
-            .returning(col(WebhookDelivery.id))
-            .execution_options(synchronize_session=False)
-        )
-    )
-    batch = ClaimBatch()
-    if not claimed_ids:
-        return batch
-    rows = session.scalars(
-        select(WebhookDelivery)
-        .where(col(WebhookDelivery.id).in_(claimed_ids))
-        .execution_options(populate_existing=True)
+    # The claim itself also hands back what the send needs from the delivery row (RETURNING): no ORM load of
+    # the rows claimed.
+    claimed = session.execute(
+        update(DELIVERIES_TABLE)
+        .where(DELIVERIES_TABLE.c.id.in_(select(picked.c.id)), *_due(now))
+        .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_s))
+        .returning(*_CLAIM_COLUMNS)
     ).all()
+    batch = ClaimBatch()
+    if not claimed:
+        return batch
+    rows = sorted(claimed, key=lambda r: (aware_or_min(r.next_attempt_at), r.id))
+    # What the sends need, one query each for the whole batch: the endpoints, their signing secrets, the events.
+    endpoint_ids = sorted({r.endpoint_id for r in rows})
+    endpoints = {
+        e.id: e for e in session.scalars(select(WebhookEndpoint).where(col(WebhookEndpoint.id).in_(endpoint_ids)))
+    }
+    at = utcnow()  # the clock prepare_attempt reads for the throttle and the secrets' expiry
+    signing = active_secrets_of(endpoint_ids, session=session, keyring=keyring, now=at)
+    event_ids = sorted({r.event_id for r in rows if r.payload is None})
+    events = (
+        {e.id: e for e in session.execute(select(*_EVENTS.c).where(_EVENTS.c.id.in_(event_ids)))} if event_ids else {}
+    )
     probing: set[str] = set()
-    for row in sorted(rows, key=lambda r: (aware_or_min(r.next_attempt_at), r.id)):
-        endpoint = session.get(WebhookEndpoint, row.endpoint_id)
+    unclaim: list[str] = []
+    for row in rows:
+        endpoint = endpoints.get(row.endpoint_id)
         failing = endpoint is not None and endpoint.enabled and endpoint.failing_since is not None
         if failing and row.endpoint_id in probing:
             # A failing endpoint is throttled as a whole: one attempt at a time probes it; the rest stay due.
-            row.claim_token = None
-            row.claimed_until = None
-            session.add(row)
+            unclaim.append(row.id)
             continue
         if failing:
             probing.add(row.endpoint_id)
         inp = _attempt_input(row, retry_scale=retry_scale, timeout_s=timeout_s)
-        try:
-            prepared = prepare_attempt(session, inp, keyring=keyring)
-        except SecretDecryptError:
-            # No configured key opens a secret: wait on the schedule, so deliveries resume once it is configured.
-            log.warning("webhook delivery %s: a signing secret cannot be decrypted; retrying later", row.id)
-            delay = (next_delay(inp.schedule_index) or 3600.0) * retry_scale
-            row.next_attempt_at = now + timedelta(seconds=delay)
-            row.claim_token = None
-            row.claimed_until = None
-            session.add(row)
+        # The common case, decided here without the per-row ORM path, is exactly the one in which
+        # prepare_attempt returns a PreparedAttempt: the row is owned (inp.workflow_id is the row's own
+        # workflow_id) and pending (the claim's WHERE), its endpoint is enabled and not throttled at `at`, it has
+        # signing secrets that all decrypt (active_secrets_of leaves an endpoint out otherwise) and its event
+        # exists. Anything else goes through prepare_attempt itself, so every other verdict is its decision.
+        secrets = signing.get(row.endpoint_id)
+        envelope = event_envelope(row.payload, events.get(row.event_id))
+        if (
+            endpoint is not None
+            and endpoint.enabled
+            and throttle_wait(endpoint, now=at) is None
+            and secrets
+            and envelope is not None
+        ):
+            prepared = PreparedAttempt(url=endpoint.url, secrets=secrets, envelope=envelope)
+            batch.sends.append(Claimed(row.id, row.endpoint_id, token, inp, prepared, failing=failing))
             continue
-        if isinstance(prepared, AttemptVerdict):
-            apply_verdict(row, prepared, now=now)
-            session.add(row)
-            batch.settled.append(prepared)
-            continue
-        batch.sends.append(Claimed(row.id, row.endpoint_id, token, inp, prepared, failing=failing))
+        settled = _prepare_one(session, inp, keyring=keyring, now=now)
+        if isinstance(settled, PreparedAttempt):
+            batch.sends.append(Claimed(row.id, row.endpoint_id, token, inp, settled, failing=failing))
+        else:
+            batch.settled.append(settled)
+    if unclaim:
+        session.execute(
+            update(DELIVERIES_TABLE)
+            .where(DELIVERIES_TABLE.c.id.in_(unclaim), DELIVERIES_TABLE.c.claim_token == token)
+            .values(claim_token=None, claimed_until=None)
+        )
     session.flush()
     return batch
+
+
+def _prepare_one(
+    session: Session, inp: DeliverAttemptInput, *, keyring: KeyRing, now: datetime
+) -> PreparedAttempt | AttemptVerdict:
+    """Prepare one claimed delivery through the state machine (the uncommon cases of :func:`claim_due`).
+
+    Returns:
+        What to send; or the verdict of a delivery settled without sending (its claim freed): disabled or
+        throttled endpoint, a signing secret no configured key opens (failed, endpoint disabled), no event.
+    """
+    prepared = prepare_attempt(session, inp, keyring=keyring)
+    if isinstance(prepared, AttemptVerdict):
+        row = session.get(WebhookDelivery, inp.delivery_id)
+        if row is not None:
+            apply_verdict(row, prepared, now=now)
+            session.add(row)
+    return prepared
 
 
 def record_results(
@@ -227,22 +300,199 @@ def record_results(
 ) -> list[AttemptVerdict]:
     """Record the answers of sent attempts (one transaction for the batch); fenced by each claim's token.
 
+    The first statement takes the batch back from its claims: it frees the claim of every row still held under
+    the token it was sent under and returns those rows, so a row another dispatcher has taken over meanwhile (or a
+    redelivery reset) is left out before anything is written, on PostgreSQL (the rows stay locked until the
+    commit) and on SQLite (that UPDATE opens the write transaction, so nothing changes under what follows).
+    Successes on healthy endpoints are then recorded with two set-based statements
+    (:func:`_record_deliveries`); every other answer goes through
+    :func:`~quantapilot.webhooks.delivery.record_outcome` one by one.
+
     Returns:
-        The verdicts of the attempts recorded (a fenced one is left out: its new owner decides).
+        The verdicts of the attempts recorded, in the order of ``results`` (a fenced one is left out: its new
+        owner decides).
     """
-    verdicts: list[AttemptVerdict] = []
-    for claimed, result in results:
-        row = session.get(WebhookDelivery, claimed.delivery_id, with_for_update=True, populate_existing=True)
-        if row is None or row.claim_token != claimed.token:
-            # The lease ran out and another dispatcher holds the row, or a redelivery reset it: not ours to record.
-            log.warning("webhook delivery %s: claim lost before recording; left to its new owner", claimed.delivery_id)
+    if not results:
+        return []
+    # A delivery answered twice in one batch (re-claimed under a new token while an attempt under the old one
+    # was still out) cannot be fenced by one statement for both: those go row by row, as before.
+    times = Counter(claimed.delivery_id for claimed, _ in results)
+    pairs = sorted({(c.delivery_id, c.token) for c, _ in results if times[c.delivery_id] == 1})
+    held = (
+        {
+            row.id: row
+            for row in session.execute(
+                update(DELIVERIES_TABLE)
+                .where(tuple_(DELIVERIES_TABLE.c.id, DELIVERIES_TABLE.c.claim_token).in_(pairs))
+                .values(claim_token=None, claimed_until=None)
+                .returning(*_RECORD_COLUMNS)
+            )
+        }
+        if pairs
+        else {}
+    )
+    ours = [(c, r) for c, r in results if c.delivery_id in held]
+    for claimed, _ in results:
+        if times[claimed.delivery_id] == 1 and claimed.delivery_id not in held:
+            _claim_lost(claimed)
+    fast_ids = _fast_path(
+        session, ours, held, also_slow={c.endpoint_id for c, _ in results if times[c.delivery_id] > 1}
+    )
+    verdicts: list[tuple[int, AttemptVerdict]] = []
+    if fast_ids:
+        fast = [(c, r) for c, r in ours if c.delivery_id in fast_ids]
+        recorded = _record_deliveries(session, fast, held)
+        verdicts += [(i, recorded[c.delivery_id]) for i, (c, _) in enumerate(results) if c.delivery_id in fast_ids]
+    # Every other answer, in the batch's order, through the state machine (each endpoint either all here or
+    # all in the bulk above: see _fast_path).
+    for index, (claimed, result) in enumerate(results):
+        if claimed.delivery_id in fast_ids:
             continue
+        if times[claimed.delivery_id] == 1:
+            if claimed.delivery_id not in held:
+                continue
+            row = session.get(WebhookDelivery, claimed.delivery_id)
+        else:
+            row = session.get(WebhookDelivery, claimed.delivery_id, with_for_update=True, populate_existing=True)
+            if row is None or row.claim_token != claimed.token:
+                _claim_lost(claimed)
+                continue
         verdict = record_outcome(session, claimed.inp, result)
-        apply_verdict(row, verdict, now=now)
-        session.add(row)
-        verdicts.append(verdict)
+        if row is not None:
+            apply_verdict(row, verdict, now=now)
+            session.add(row)
+        verdicts.append((index, verdict))
     session.flush()
-    return verdicts
+    return [verdict for _, verdict in sorted(verdicts, key=lambda v: v[0])]
+
+
+def _claim_lost(claimed: Claimed) -> None:
+    # The lease ran out and another dispatcher holds the row, or a redelivery reset it: not ours to record.
+    log.warning("webhook delivery %s: claim lost before recording; left to its new owner", claimed.delivery_id)
+
+
+# What the fencing UPDATE hands back of each row: what record_outcome would check before recording.
+_RECORD_COLUMNS = (
+    DELIVERIES_TABLE.c.id,
+    DELIVERIES_TABLE.c.endpoint_id,
+    DELIVERIES_TABLE.c.status,
+    DELIVERIES_TABLE.c.workflow_id,
+    DELIVERIES_TABLE.c.attempts,
+    DELIVERIES_TABLE.c.claim_token,
+)
+
+
+def _fast_path(
+    session: Session,
+    ours: Sequence[tuple[Claimed, DeliveryResult]],
+    held: dict[str, Row[Any]],
+    *,
+    also_slow: set[str],
+) -> set[str]:
+    """The deliveries whose answers :func:`_record_deliveries` may record in bulk.
+
+    A delivery qualifies when :func:`~quantapilot.webhooks.delivery.record_outcome` would take its
+    ``delivered`` branch and that branch changes nothing but the delivery and its attempt row:
+
+    - the answer is ``delivered`` (:func:`~quantapilot.webhooks.delivery.classify_answer` said 2xx);
+    - the row is still owned by the attempt's workflow id and pending (``record_outcome``'s own checks);
+    - its endpoint is healthy (``failing_since`` is None), so ``mark_delivered``'s clearing of the failing
+      streak is a no-op (the ORM writes nothing for an unchanged value either);
+    - no answer of this batch for the same endpoint goes through ``record_outcome`` (``also_slow``: endpoints
+      of deliveries answered twice): ``record_outcome`` handles a batch in order, and a retry before a success
+      on one endpoint (or after it) changes that endpoint's state in between; such an endpoint's answers all go
+      through ``record_outcome``, in order, so the bulk never reorders what one endpoint sees.
+    """
+    slow_endpoints = set(also_slow)
+    candidates: list[tuple[Claimed, Row[Any]]] = []
+    for claimed, result in ours:
+        row = held[claimed.delivery_id]
+        owned = row.workflow_id is None or row.workflow_id == claimed.inp.workflow_id
+        if result.outcome is DeliveryOutcome.DELIVERED and owned and row.status == DeliveryStatus.PENDING.value:
+            candidates.append((claimed, row))
+        else:
+            slow_endpoints.add(row.endpoint_id)
+    if not candidates:
+        return set()
+    endpoint_ids = sorted({row.endpoint_id for _, row in candidates} - slow_endpoints)
+    healthy = (
+        set(
+            session.scalars(
+                select(ENDPOINTS_TABLE.c.id).where(
+                    ENDPOINTS_TABLE.c.id.in_(endpoint_ids), ENDPOINTS_TABLE.c.failing_since.is_(None)
+                )
+            )
+        )
+        if endpoint_ids
+        else set()
+    )
+    return {row.id for _, row in candidates if row.endpoint_id in healthy and row.endpoint_id not in slow_endpoints}
+
+
+def _record_deliveries(
+    session: Session, fast: Sequence[tuple[Claimed, DeliveryResult]], held: dict[str, Row[Any]]
+) -> dict[str, AttemptVerdict]:
+    """Record successes chosen by :func:`_fast_path`: what ``record_outcome`` writes for them, set-based.
+
+    ``record_outcome``'s ``delivered`` branch is ``record_attempt`` (upsert the ``(delivery, attempt)`` row; copy
+    the answer onto the delivery; ``attempts`` never goes down) and ``mark_delivered`` (status ``delivered``,
+    ``delivered_at``, no ``next_retry_at``); :func:`apply_verdict` then takes a settled row out of the outbox
+    (``next_attempt_at`` None; the claim was freed by the fencing UPDATE). The same columns get the same values
+    here, in one executemany UPDATE and one executemany upsert.
+    """
+    at = utcnow()
+    session.execute(
+        update(DELIVERIES_TABLE)
+        .where(DELIVERIES_TABLE.c.id == bindparam("b_id"))
+        .values(
+            status=DeliveryStatus.DELIVERED.value,
+            delivered_at=at,
+            next_retry_at=None,
+            next_attempt_at=None,
+            attempts=bindparam("b_attempts"),
+            last_status_code=bindparam("b_status_code"),
+            last_latency_ms=bindparam("b_latency_ms"),
+            last_error=bindparam("b_error"),
+        ),
+        [
+            {
+                "b_id": claimed.delivery_id,
+                "b_attempts": max(held[claimed.delivery_id].attempts, claimed.inp.attempt),
+                "b_status_code": result.status_code,
+                "b_latency_ms": result.latency_ms,
+                "b_error": result.error,
+            }
+            for claimed, result in fast
+        ],
+    )
+    insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    upsert = insert_fn(ATTEMPTS_TABLE)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["delivery_id", "attempt"],
+            set_={
+                "outcome": upsert.excluded.outcome,
+                "status_code": upsert.excluded.status_code,
+                "latency_ms": upsert.excluded.latency_ms,
+                "error": upsert.excluded.error,
+                "at": upsert.excluded.at,
+            },
+        ),
+        [
+            {
+                "delivery_id": claimed.delivery_id,
+                "attempt": claimed.inp.attempt,
+                "outcome": result.outcome.value,
+                "status_code": result.status_code,
+                "latency_ms": result.latency_ms,
+                "error": result.error,
+                "at": at,
+            }
+            for claimed, result in fast
+        ],
+    )
+    delivered = AttemptVerdict(DeliverAttemptResult(done=True, outcome=DeliveryStatus.DELIVERED.value))
+    return {claimed.delivery_id: delivered for claimed, _ in fast}
 
 
 def renew_claims(*, session: Session, tokens: Sequence[str], until: datetime) -> int:

@@ -6,13 +6,14 @@ without losing deliveries; the secrets themselves are stored and opened by :mod:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
 from quantapilot.db import utcnow
-from quantapilot.secretbox import KeyRing
+from quantapilot.secretbox import KeyRing, SecretDecryptError
 from quantapilot.webhooks.endpoints import get_endpoint
 from quantapilot.webhooks.signing import new_secret
 from quantapilot.webhooks.signing_secrets import add_secret, reveal_secret
@@ -68,6 +69,16 @@ def rotate_secret(
     return secret
 
 
+def _signing_rows(session: Session, endpoint_ids: Sequence[str], at: datetime) -> list[WebhookSecret]:
+    """The unexpired secret rows of these endpoints, newest first within each (the order they sign in)."""
+    rows = session.scalars(
+        select(WebhookSecret)
+        .where(col(WebhookSecret.endpoint_id).in_(list(endpoint_ids)))
+        .order_by(col(WebhookSecret.created_at).desc(), col(WebhookSecret.id).desc())
+    )
+    return [row for row in rows if row.expires_at is None or row.expires_at > at]
+
+
 def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now: datetime | None = None) -> list[str]:
     """Return the secrets that sign deliveries now, newest first (one ``v1=`` each).
 
@@ -85,10 +96,29 @@ def active_secrets(endpoint_id: str, *, session: Session, keyring: KeyRing, now:
             row was tampered with); :func:`~quantapilot.webhooks.delivery.prepare_attempt` then fails the delivery
             and disables the endpoint (``secret_undecryptable``).
     """
-    at = now or utcnow()
-    rows = session.scalars(
-        select(WebhookSecret)
-        .where(col(WebhookSecret.endpoint_id) == endpoint_id)
-        .order_by(col(WebhookSecret.created_at).desc(), col(WebhookSecret.id).desc())
-    )
-    return [reveal_secret(row, keyring=keyring) for row in rows if row.expires_at is None or row.expires_at > at]
+    rows = _signing_rows(session, [endpoint_id], now or utcnow())
+    return [reveal_secret(row, keyring=keyring) for row in rows]
+
+
+def active_secrets_of(
+    endpoint_ids: Sequence[str], *, session: Session, keyring: KeyRing, now: datetime | None = None
+) -> dict[str, list[str]]:
+    """:func:`active_secrets` of several endpoints in one query (the outbox dispatcher's claim).
+
+    An endpoint is left out when one of its secrets cannot be decrypted, or when it has none: the caller then
+    prepares its attempts one by one, where :func:`active_secrets` raises or returns ``[]`` and the delivery
+    state machine decides what follows, so nothing is decided here.
+
+    Returns:
+        Endpoint id -> its signing secrets, newest first, for the endpoints that have some.
+    """
+    grouped: dict[str, list[WebhookSecret]] = {}
+    for row in _signing_rows(session, endpoint_ids, now or utcnow()):
+        grouped.setdefault(row.endpoint_id, []).append(row)
+    opened: dict[str, list[str]] = {}
+    for endpoint_id, rows in grouped.items():
+        try:
+            opened[endpoint_id] = [reveal_secret(row, keyring=keyring) for row in rows]
+        except SecretDecryptError:
+            continue
+    return opened

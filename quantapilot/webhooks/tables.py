@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as ModelField
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from quantapilot.db import UtcDateTime, utcnow
@@ -192,3 +192,11 @@ class WebhookAttempt(SQLModel, table=True):
     latency_ms: float | None = None
     error: str | None = None
     at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+# The Core tables behind the models, for set-based statements (one executemany for a batch of rows) where the
+# ORM's per-object unit of work would cost more than the SQL itself (the outbox dispatcher's hot path).
+DELIVERIES_TABLE: Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+ATTEMPTS_TABLE: Table = WebhookAttempt.__table__  # type: ignore[attr-defined]
+ENDPOINTS_TABLE: Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
+SECRETS_TABLE: Table = WebhookSecret.__table__  # type: ignore[attr-defined]
