@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.adapter  # imported before any thread: see below
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import seed as hseed
 from hypothesis import settings as hsettings
@@ -37,6 +38,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from quantapilot.settings import Settings
+
+# schemathesis.openapi.from_dict imports its OpenAPI adapters lazily, and pytest rewrites (parses) each one as it
+# is imported: in fuzz's thread that parse can trip CPython 3.11's AST recursion counter, shared by threads, while
+# the worker's sandbox compiles workflow modules in another ("SystemError: AST constructor recursion depth
+# mismatch", seen in CI before any request was sent). Imported here, at collection, in the main thread.
 from tests.conftest import ApiFactory
 from tests.support import eventually, make_remote
 
