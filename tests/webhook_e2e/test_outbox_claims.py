@@ -89,3 +89,26 @@ def test_webhooks_outbox_failing_claim_takes_one_per_endpoint_within_its_limit(d
     with Session(db_engine) as session:
         rows = session.exec(select(WebhookDelivery).where(col(WebhookDelivery.id).in_(ids))).all()
     assert len({r.endpoint_id for r in rows}) == 2  # a failing endpoint is probed one delivery at a time
+
+
+def test_outbox_store_hands_no_delivery_to_workflows_and_a_redo_still_finds_them(db_engine: Engine) -> None:
+    with session_scope(db_engine) as session:
+        for n in range(2):
+            store_endpoint(
+                session=session,
+                workspace="default",
+                url=f"http://127.0.0.1:9/s{n}",
+                keyring=KEYRING,
+                allow_private=True,
+            )
+    outboxed, by_workflow = event_records(2, prefix="store")
+    # The outbox mode: the event's two deliveries are in the outbox, none for a workflow to start.
+    assert store_event_with_deliveries(db_engine, outboxed, outbox=True) == (True, [])
+    with Session(db_engine) as session:
+        rows = session.exec(select(WebhookDelivery).where(WebhookDelivery.event_id == outboxed.id)).all()
+    assert len(rows) == 2 and all(r.next_attempt_at is not None for r in rows)
+    # A first attempt in the workflow mode, then its redo in the outbox mode: the redo inserts nothing and still
+    # hands back the deliveries whose workflows the first attempt may not have started.
+    inserted, pending = store_event_with_deliveries(db_engine, by_workflow, outbox=False)
+    assert inserted and len(pending) == 2
+    assert store_event_with_deliveries(db_engine, by_workflow, outbox=True) == (False, pending)
