@@ -115,10 +115,12 @@ async def sign_in(api: Api) -> None:
 
 
 async def trigger(api: Api, url: str) -> str:
-    """Trigger a run of ``url`` and wait for its anchor gate."""
+    """Trigger a run of ``url`` and wait for its anchor gate and the ``gate.requested`` event announcing it."""
     code, body = await api.post("/v1/runs", {"repo_url": url, "branch": "main", "correlation_id": "review-1"})
     assert code == 202, body
     await api.wait_gate(body["run_id"], "anchor")
+    # The status says "at the gate" a moment before its event is recorded (an activity): tests read the event.
+    await api.wait_event(body["run_id"], "gate.requested")
     return str(body["run_id"])
 
 
