@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -57,6 +58,26 @@ def postgres_url() -> Iterator[str]:
     try:
         yield url
     finally:
+        drop_postgres_database(name)
+
+
+@contextmanager
+def own_postgres_database() -> Iterator[tuple[str, str, Engine]]:
+    """A PostgreSQL database of the test's own with the whole schema, dropped afterwards.
+
+    For tests that act on the database itself (refuse its connections, race transactions in it), in both passes.
+
+    Yields:
+        Its URL, its name and an engine on it.
+    """
+    require_postgres()
+    url, name = new_postgres_database()
+    engine = make_engine(url)
+    try:
+        create_all(engine)
+        yield url, name, engine
+    finally:
+        engine.dispose()
         drop_postgres_database(name)
 
 

@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.db import session_scope
 from quantapilot.events.table import RunEvent
 from quantapilot.lifecycle.contracts import (
     TELEMETRY_SIGNAL,
@@ -36,7 +36,7 @@ from quantapilot.models import GateDecisionInput, RunKind
 from quantapilot.runs.ids import new_run_id, workflow_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
-from tests.dbfixtures import drop_postgres_database, new_postgres_database, require_postgres
+from tests.dbfixtures import own_postgres_database
 from tests.drills.helpers import assert_whole_logs, refuse_connections
 from tests.lifecycle_e2e.helpers import approved_target, new_account, samples, wait_realization
 from tests.support import Api, eventually, make_remote
@@ -65,16 +65,9 @@ class OwnDatabase:
 
 @pytest.fixture
 def own_database() -> Iterator[OwnDatabase]:
-    require_postgres()
-    url, name = new_postgres_database()
-    engine = make_engine(url)
-    try:
-        create_all(engine)
+    with own_postgres_database() as (url, name, engine):
         token, _ = create_token(engine, workspace="default", subject="drill")
         yield OwnDatabase(url=url, name=name, engine=engine, token=token)
-    finally:
-        engine.dispose()
-        drop_postgres_database(name)
 
 
 @pytest.mark.slow

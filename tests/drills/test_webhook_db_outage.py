@@ -22,14 +22,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from activities.events import store_event_with_deliveries
-from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.db import make_engine, session_scope
 from quantapilot.events.record import EventRecord
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.endpoints import create_endpoint as store_endpoint
 from quantapilot.webhooks.tables import WebhookAttempt, WebhookDelivery
-from tests.dbfixtures import drop_postgres_database, new_postgres_database, require_postgres
+from tests.dbfixtures import own_postgres_database
 from tests.drills.helpers import refuse_connections
 from tests.support import eventually
 from tests.webhook_e2e.support import Receiver, event_records
@@ -51,16 +51,11 @@ class OutageDatabase:
 
 @pytest.fixture
 def outage_database() -> Iterator[OutageDatabase]:
-    require_postgres()
-    url, name = new_postgres_database()
-    engine = make_engine(url)
-    try:
-        create_all(engine)
-        yield OutageDatabase(url=url, name=name, engine=engine)
-    finally:
-        engine.dispose()
-        refuse_connections(name, refuse=False)  # whatever the test left, so the drop can close them
-        drop_postgres_database(name)
+    with own_postgres_database() as (url, name, engine):
+        try:
+            yield OutageDatabase(url=url, name=name, engine=engine)
+        finally:
+            refuse_connections(name, refuse=False)  # whatever the test left, so the drop can close them
 
 
 @pytest.fixture

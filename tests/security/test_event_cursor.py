@@ -17,14 +17,14 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from api.app import create_app
-from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.db import session_scope
 from quantapilot.events.table import RunEvent
 from quantapilot.lifecycle.contracts import account_stream_id, account_workflow_id
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import new_run_id
 from quantapilot.settings import Settings
 from quantapilot.tokens import create_token
-from tests.dbfixtures import PG_ADMIN_DSN, drop_postgres_database, new_postgres_database, require_postgres
+from tests.dbfixtures import PG_ADMIN_DSN, own_postgres_database
 from tests.support import Api, eventually, make_remote
 from worker import build_worker
 
@@ -67,15 +67,8 @@ class OwnPostgres:
 @pytest.fixture
 def own_postgres() -> Iterator[OwnPostgres]:
     """A PostgreSQL database of the test's own (two transactions race in it), in both passes of the suite."""
-    require_postgres()
-    url, name = new_postgres_database()
-    engine = make_engine(url)
-    try:
-        create_all(engine)
+    with own_postgres_database() as (url, name, engine):
         yield OwnPostgres(url=url, name=name, engine=engine)
-    finally:
-        engine.dispose()
-        drop_postgres_database(name)
 
 
 def hold_seq(db: OwnPostgres, run_id: str, seq: int) -> psycopg.Connection[Any]:
