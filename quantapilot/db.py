@@ -130,7 +130,7 @@ def create_all(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
 
 
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 _SQLITE_WRITERS_LOCK = threading.Lock()
 
 
@@ -148,7 +148,7 @@ def one_writer(engine: Engine) -> Iterator[None]:
         yield
         return
     with _SQLITE_WRITERS_LOCK:
-        lock = _SQLITE_WRITERS.setdefault(engine, threading.Lock())
+        lock = _SQLITE_WRITERS.setdefault(engine, threading.RLock())
     with lock:
         yield
 
