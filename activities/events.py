@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
+from quantapilot.db import one_writer
 from quantapilot.events.envelope import envelope_of_record
 from quantapilot.events.log import add_event
 from quantapilot.events.metrics import count_event
@@ -40,7 +41,8 @@ def store_event_with_deliveries(
         Whether this call inserted the event, and the event's deliveries still pending (on a redo too, so
         the caller can start workflows a crashed attempt did not).
     """
-    with Session(engine, expire_on_commit=False) as session:
+    # SQLite: behind this process's other writers (the dispatcher's claims and records), not in its busy handler.
+    with one_writer(engine), Session(engine, expire_on_commit=False) as session:
         inserted = add_event(session, event)
         if inserted:
             fan_out_run_event(session, event, outbox=outbox)

@@ -8,6 +8,7 @@ Other tables live beside the feature that owns them (``quantapilot.events.table`
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -126,6 +127,31 @@ def create_all(engine: Engine) -> None:
     """Create every table that does not exist yet."""
     import_table_modules()
     SQLModel.metadata.create_all(engine)
+
+
+# By database (URL), not by engine: two engines of one process on the same file (the worker's and a caller's)
+# queue behind one another too.
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def one_writer(engine: Engine) -> Iterator[None]:
+    """Queue this process's write transactions on a SQLite database behind one another (PostgreSQL: no-op).
+
+    SQLite takes one writer at a time, and a writer that finds the lock taken polls it from its busy handler,
+    sleeping 1, 2, 5, ... up to 100 ms between tries: a burst of writers in one process (stored events, the webhook
+    dispatcher's claims and records) spends most of its time asleep with the database free. Behind a lock of the
+    process's own (one per database file, shared by the process's engines on it), the next writer starts the
+    moment the previous one commits. Writers in other processes still meet the busy handler, as before.
+    """
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    with _SQLITE_WRITERS_LOCK:
+        lock = _SQLITE_WRITERS.setdefault(str(engine.url), threading.RLock())
+    with lock:
+        yield
 
 
 @contextmanager

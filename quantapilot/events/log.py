@@ -13,20 +13,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from quantapilot.events.envelope import aware
-from quantapilot.events.record import EventRecord, row_of
+from quantapilot.events.record import EventRecord, values_of
 from quantapilot.events.table import RunEvent
 
 EVENTS_PAGE = 500
 SEQ_COLUMN_MAX = 2**31 - 1  # run_events.seq is an INTEGER column
+_EVENTS: Table = RunEvent.__table__  # type: ignore[attr-defined]
 
 
 def add_event(session: Session, event: EventRecord) -> bool:
-    """Add an event to the session's transaction (flushed, not committed); a redo with the same id adds nothing.
+    """Add an event to the session's transaction (not committed); a redo with the same id adds nothing.
+
+    One Core ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id``: no ORM object, no identity-map lookup and
+    no unit-of-work flush (together about half of a stored event's CPU time before). Only the primary key is the
+    conflict target, so a different event holding the same ``(run_id, seq)`` still raises; and a concurrent
+    attempt of the same recording is waited for and then skipped (PostgreSQL checks the target index first, SQLite
+    serialises writers).
 
     Returns:
         True when the event was added (the caller commits it, with whatever else belongs to the same transaction).
@@ -35,17 +44,16 @@ def add_event(session: Session, event: EventRecord) -> bool:
         IntegrityError: Another event holds the same ``(run_id, seq)``: the workflow's history disagrees with the
             log, which must never happen silently.
     """
-    if session.get(RunEvent, event.id) is not None:
-        return False
-    session.add(row_of(event))
+    insert_fn = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert_fn(_EVENTS).on_conflict_do_nothing(index_elements=["id"]).returning(_EVENTS.c.id)
     try:
-        session.flush()
+        added = session.execute(statement, values_of(event)).first()
     except IntegrityError:
         session.rollback()
         if session.get(RunEvent, event.id) is None:
             raise
         return False  # a concurrent attempt of the same recording got there first
-    return True
+    return added is not None
 
 
 def last_event_at(session: Session, *, run_id: str, event_type: str, before_seq: int) -> datetime | None:

@@ -36,12 +36,17 @@ class EventRecord(BaseModel):
     trace_id: str | None = None
 
 
-def row_of(event: EventRecord) -> RunEvent:
-    """The ``run_events`` row of an event."""
+def values_of(event: EventRecord) -> dict[str, Any]:
+    """The ``run_events`` column values of an event (for a Core insert)."""
     fields = event.model_dump()
     # The column holds the kind's value: a driver may write an enum by its name.
     fields["run_kind"] = event.run_kind.value
-    return RunEvent(**fields)
+    return fields
+
+
+def row_of(event: EventRecord) -> RunEvent:
+    """The ``run_events`` row of an event."""
+    return RunEvent(**values_of(event))
 
 
 def record_of(row: RunEvent) -> EventRecord:

@@ -108,6 +108,28 @@ def load_link_key(settings: Settings) -> bytes:
     return text.encode()
 
 
+# The keys with_review_url has loaded, by where they come from (settings' key, or the key file's path).
+_DELIVERY_KEYS: dict[tuple[str | None, str, str], bytes] = {}
+
+
+def _delivery_link_key(settings: Settings) -> bytes:
+    """:func:`load_link_key`, loaded once per source: webhook deliveries call it for every ``gate.requested``.
+
+    Reading the key file (a stat, an open and a read) was a fifth of the dispatcher's event-loop time per
+    delivery. Kept for the process's life, like the key the API loads once at its start (``api/app.py``): a
+    rotated key file takes effect after a restart for the API's checks and the links minted here alike. A missing
+    key is not kept, so a key set up later is found.
+
+    Raises:
+        LinkKeyMissing: As :func:`load_link_key`.
+    """
+    source = (settings.review_link_key, settings.environment, str(key_file(settings)))
+    key = _DELIVERY_KEYS.get(source)
+    if key is None:
+        key = _DELIVERY_KEYS.setdefault(source, load_link_key(settings))
+    return key
+
+
 def derived_key(key: bytes, purpose: str) -> bytes:
     """A 32-byte key for one purpose (session cookies, form tokens), so no two uses share the link key itself."""
     return hmac.new(key, b"quantapilot " + purpose.encode(), hashlib.sha256).digest()
@@ -224,7 +246,7 @@ def with_review_url(settings: Settings, envelope: EventEnvelope) -> EventEnvelop
     if envelope.type != "gate.requested":
         return envelope
     try:
-        url = gate_requested_link(settings, load_link_key(settings), envelope)
+        url = gate_requested_link(settings, _delivery_link_key(settings), envelope)
     except LinkKeyMissing:
         return envelope
     if url is None:

@@ -43,7 +43,7 @@ import aiohttp
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from quantapilot.db import session_scope, utcnow
+from quantapilot.db import one_writer, session_scope, utcnow
 from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.review.links import with_review_url
 from quantapilot.secretbox import KeyRing
@@ -187,7 +187,7 @@ class Dispatcher:
         return await loop.run_in_executor(self._db_threads, functools.partial(step, *args))
 
     def _claim(self, token: str, limit: int, exclude: Sequence[str], failing: bool) -> ClaimBatch:
-        with session_scope(self._engine) as session:
+        with one_writer(self._engine), session_scope(self._engine) as session:
             return claim_due(
                 session=session,
                 token=token,
@@ -202,15 +202,15 @@ class Dispatcher:
             )
 
     def _record(self, results: Sequence[tuple[Claimed, DeliveryResult]]) -> list[AttemptVerdict]:
-        with session_scope(self._engine) as session:
+        with one_writer(self._engine), session_scope(self._engine) as session:
             return record_results(session=session, results=results, now=utcnow())
 
     def _renew(self, tokens: Sequence[str]) -> None:
-        with session_scope(self._engine) as session:
+        with one_writer(self._engine), session_scope(self._engine) as session:
             renew_claims(session=session, tokens=tokens, until=utcnow() + timedelta(seconds=self._lease_s))
 
     def _release(self, claims: Sequence[tuple[str, str]]) -> None:
-        with session_scope(self._engine) as session:
+        with one_writer(self._engine), session_scope(self._engine) as session:
             release_claims(session=session, claims=claims)
 
     # -- loops --
