@@ -138,20 +138,65 @@ async def api(make_api: ApiFactory, settings: Settings) -> Api:
     return await make_api(settings)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In the PostgreSQL pass, keep only the tests whose service database is the test's ``database_url``.
+#: The databases of `make test`'s two passes (QP_TEST_DATABASE), the values of the ``one_pass`` marker.
+PASSES = ("sqlite", "postgres")
 
-    Tests that touch no database gain nothing from a second pass, and ``db_engine`` tests already run on both
-    databases in every pass. The ``slow`` fault drills (processes killed and restarted, scale-out, 500-delivery
-    fan-out) run in both: PostgreSQL takes concurrent writers where SQLite serializes them, so the drills'
-    "exactly one PR, each event once" claims rest on its unique constraints and transactions there.
+
+def one_pass(item: pytest.Item) -> str | None:
+    """The pass a test is kept to by ``@pytest.mark.one_pass("sqlite" | "postgres", why="...")``, or None.
+
+    Raises:
+        pytest.UsageError: The marker names no known pass, or does not say why.
     """
-    if os.environ.get("QP_TEST_DATABASE", "sqlite") != "postgres":
-        return
+    marker = item.get_closest_marker("one_pass")
+    if marker is None:
+        return None
+    if len(marker.args) != 1 or marker.args[0] not in PASSES or not marker.kwargs.get("why"):
+        raise pytest.UsageError(f'{item.nodeid}: use @pytest.mark.one_pass("sqlite" | "postgres", why="...")')
+    return str(marker.args[0])
+
+
+#: How many collected tests ``one_pass`` keeps to the other pass (said after collection).
+OTHER_PASS = pytest.StashKey[int]()
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    """Say why a test named on the command line may not run: it is kept to the other pass."""
+    count = config.stash.get(OTHER_PASS, 0)
+    other = "sqlite" if os.environ.get("QP_TEST_DATABASE", "sqlite") == "postgres" else "postgres"
+    return f"{count} deselected by one_pass: they run with QP_TEST_DATABASE={other}" if count else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Choose the pass's tests, then put the ``slow`` tests first.
+
+    In the PostgreSQL pass, keep only the tests whose service database is the test's ``database_url``. Tests that
+    touch no database gain nothing from a second pass, and ``db_engine`` tests already run on both databases in
+    every pass. The ``slow`` fault drills (processes killed and restarted, scale-out, 500-delivery fan-out) run in
+    both: PostgreSQL takes concurrent writers where SQLite serializes them, so the drills' "exactly one PR, each
+    event once" claims rest on its unique constraints and transactions there.
+
+    A slow test that uses the service database can be kept to one pass with ``one_pass``, and says why: "sqlite"
+    when nothing it checks depends on the dialect (what a browser renders, a worker's log line), "postgres" when
+    its claims rest on PostgreSQL and smaller tests cover the same paths on SQLite in both passes. Anything whose
+    behaviour differs by dialect (claims, SKIP LOCKED, concurrent writers, migrations) stays in both.
+
+    Slow tests first, in collection order otherwise: pytest-xdist hands tests out in this order (one at a time,
+    ``--maxschedchunk 1`` in pyproject.toml), so the long ones start while there is plenty of short work to
+    spread beside them, instead of one starting near the end of a pass that the other workers finish idle.
+    """
+    database = os.environ.get("QP_TEST_DATABASE", "sqlite")
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        uses_service_db = "database_url" in getattr(item, "fixturenames", ())
-        (keep if uses_service_db else drop).append(item)
-    config.hook.pytest_deselected(items=drop)
-    items[:] = keep
+        only = one_pass(item)
+        in_pass = only in (None, database)
+        if database == "postgres":
+            in_pass = in_pass and "database_url" in getattr(item, "fixturenames", ())
+        (keep if in_pass else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    config.stash[OTHER_PASS] = sum(one_pass(item) not in (None, database) for item in drop)
+    # A stable sort: the same order in every xdist worker, which must collect identically.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -57,6 +57,13 @@ def event_count(engine: Engine, run_ids: list[str]) -> int:
 @pytest.mark.slow
 # The waits inside are bounded by progress; this only stops a drill that hangs outright.
 @pytest.mark.timeout(600)
+@pytest.mark.one_pass(
+    "postgres",
+    why="20 runs write at once, which PostgreSQL runs concurrently (SQLite serializes writers): its claims rest on "
+    "PostgreSQL's constraints and transactions. A worker killed mid-step, at a gate, between push and PR record and "
+    "mid-delivery is tested on SQLite too (e2e/test_worker_crash.py, e2e/test_milestones.py, "
+    "webhook_e2e/test_worker_crash.py run in both passes)",
+)
 async def test_drill_worker_sigkilled_at_random_points_every_run_completes_once(
     make_api: ApiFactory, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:

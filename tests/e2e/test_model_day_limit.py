@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -24,8 +25,9 @@ from tests.support import Api, make_remote, remote_file
 from tests.ui.test_visibility import current_details
 
 DAY_LIMIT = 5000
-# A "day" of this many seconds in the next-day test (QP_MODEL_DAY_S, test-only).
-SHORT_DAY_S = 30.0
+# A "day" of this many seconds in the next-day test (QP_MODEL_DAY_S, test-only). The run is approved in the first
+# third of a day, so the way from its gate to its model call has over 13 s to reach the pause before the day ends.
+SHORT_DAY_S = 20.0
 DAY_YML = YML.replace("policies:", f"limits: {{tokens_per_day: {DAY_LIMIT}}}\npolicies:")
 ANSWER = f"```diff\n{new_file_diff('greeting.txt', 'hello world')}```"
 
@@ -128,6 +130,7 @@ async def test_model_day_limit_pauses_then_raise_and_resume(
     assert events.count("run.paused") == 1 and events.count("run.resumed") == 1
 
 
+@pytest.mark.slow  # waits out a short "day" of SHORT_DAY_S
 async def test_model_day_limit_resumes_by_itself_the_next_day(
     make_api: ApiFactory, settings: Settings, client, engine: Engine, llm: ChatServer, tmp_path: Path
 ) -> None:
@@ -136,13 +139,20 @@ async def test_model_day_limit_resumes_by_itself_the_next_day(
     model_settings = _model_settings(settings, llm, model_day_s=SHORT_DAY_S)
     api = await make_api(model_settings)
     llm.script(reply(ANSWER, completion_tokens=20))
-    # Start early in a "day", so the run reaches its model call before that day ends.
-    into_day = time.time() % SHORT_DAY_S
-    if into_day > SHORT_DAY_S / 3:
-        await asyncio.sleep(SHORT_DAY_S - into_day + 0.05)
-    today = _spend_today(engine, DAY_LIMIT, day_s=SHORT_DAY_S)
     async with build_worker(client, model_settings):
-        run_id, url = await _start(api, tmp_path)
+        url = make_remote(tmp_path, {"README.md": README, "quantapilot.yml": DAY_YML})
+        _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+        run_id = body["run_id"]
+        # The run waits at its gate (clone and documentation behind it, no model call yet). Approve it early in
+        # a "day", so it reaches its model call before that day ends: only the way from the gate to the call
+        # has to fit in the day's remaining two thirds, and the test waits out about one short day, not two.
+        await api.wait_gate(run_id, "anchor")
+        into_day = time.time() % SHORT_DAY_S
+        if into_day > SHORT_DAY_S / 3:
+            await asyncio.sleep(SHORT_DAY_S - into_day + 0.05)
+        today = _spend_today(engine, DAY_LIMIT, day_s=SHORT_DAY_S)
+        code, _ = await api.decide(run_id, "anchor", True)
+        assert code == 200
         paused = await api.wait_state(run_id, "paused", timeout=SHORT_DAY_S)
         assert paused["paused_reason"] == "budget_exceeded"
         assert llm.requests == []

@@ -28,7 +28,14 @@ from tests.support import Api, eventually, make_remote, remote_file
 from tests.webhook_e2e.conftest import StackFactory
 from tests.webhook_e2e.support import Receiver, create_endpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.one_pass(
+        "sqlite",
+        why="what a browser renders and sends: the same review routes, sign-in, inbox and decisions run on "
+        "PostgreSQL over HTTP in test_review_http.py, test_review_docs.py and test_review_deadline.py",
+    ),
+]
 
 
 def free_port() -> int:

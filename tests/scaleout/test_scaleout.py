@@ -114,6 +114,12 @@ async def activity_identities(client: Client, workflow_id: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.one_pass(
+    "postgres",
+    why="several workers and APIs sharing runs is a PostgreSQL deployment (docs/DEPLOY.md: SQLite is for one "
+    "machine, one worker and one API); idempotent triggers on SQLite are drilled by drills/test_api_restart.py, "
+    "in both passes",
+)
 async def test_scaleout_two_workers_two_apis_share_runs_and_idempotency(
     client: Client, settings: Settings, engine: Engine, tmp_path: Path, stack: Stack
 ) -> None:

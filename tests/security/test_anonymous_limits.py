@@ -8,6 +8,7 @@ event on the API's engine: every statement against ``api_tokens`` is a token loo
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,6 +19,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+import api.app as api_app
+from api.auth import TokenCache
 from api.keys import TOKENS
 from quantapilot.settings import Settings
 from quantapilot.tokens import hash_token
@@ -26,6 +29,8 @@ from tests.security.support import assert_envelope
 from tests.support import Api
 
 BOGUS = "qp_" + "x" * 43
+#: Entries of each token cache in the flood test (the app's are api.auth.MAX_CACHE).
+FLOOD_CACHE = 1_000
 
 
 class Lookups:
@@ -157,9 +162,14 @@ async def test_anonymous_forwarded_for_counts_only_behind_a_trusted_proxy(
 
 @pytest.mark.slow
 async def test_token_cache_flood_of_unknown_tokens_does_not_evict_valid_token(
-    make_api: ApiFactory, settings: Settings, engine: Engine
+    make_api: ApiFactory, settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A distributed flood (many addresses): the per-address limit does not stop it, the cache must hold.
+    # The app's caches hold FLOOD_CACHE entries each instead of MAX_CACHE (10,000), and the flood is twice that:
+    # the refusals cache fills and cycles (evicting its own oldest entries), which a flood of MAX_CACHE tokens
+    # against the real size never did, for a fifth of the requests (each one a database lookup; 46 s on CI's
+    # PostgreSQL pass with 10,000). A cache that let refusals evict grants fails here as it did there.
+    monkeypatch.setattr(api_app, "TokenCache", functools.partial(TokenCache, maxsize=FLOOD_CACHE))
     api = await make_api(
         settings.model_copy(update={"token_cache_seconds": 600, "rate_unauthenticated_burst": 1_000_000})
     )
@@ -168,7 +178,7 @@ async def test_token_cache_flood_of_unknown_tokens_does_not_evict_valid_token(
         resp = await api.client.get(path, headers=api.headers())
         assert resp.status == 404
         assert lookups.count == 1
-        flood = [f"qp_{secrets.token_urlsafe(32)}" for _ in range(10_000)]
+        flood = [f"qp_{secrets.token_urlsafe(32)}" for _ in range(2 * FLOOD_CACHE)]
         limit = asyncio.Semaphore(32)
 
         async def attack(token: str) -> int:
@@ -186,6 +196,9 @@ async def test_token_cache_flood_of_unknown_tokens_does_not_evict_valid_token(
         # A repeated unknown token is answered from the cache of refusals too.
         assert (await api.client.get(path, headers=bearer(flood[-1]))).status == 401
         assert lookups.count == 1 + len(flood)
+        # The refusals are bounded: the flood's last tokens evicted its first, which cost a lookup again.
+        assert (await api.client.get(path, headers=bearer(flood[0]))).status == 401
+        assert lookups.count == 2 + len(flood)
     assert api.client.app is not None
     assert api.client.app[TOKENS].verified(api.token) is not None
     assert hash_token(api.token) not in {hash_token(t) for t in flood}

@@ -54,6 +54,9 @@ async def _metrics(session: aiohttp.ClientSession, port: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.one_pass(
+    "sqlite", why="which process binds which metrics port; the database is only in the settings both processes get"
+)
 async def test_worker_serves_its_own_and_the_sdk_metrics_and_the_api_does_not_claim_the_sdk_port(
     settings: Settings, tmp_path: Path
 ) -> None:
