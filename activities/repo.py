@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeats import heartbeating
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
-from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
+from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest, PullRequestDraft
 from quantapilot.models import StepOutcome
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs import documentation, milestone
@@ -256,13 +256,15 @@ class RepoActivities:
         async with self._networked_worktree(inp.repo, "open_pull_request") as path:
             return await _answered(
                 self._forge(inp.forge).open_pull_request(
-                    repo_url=inp.repo.repo_url,
+                    PullRequestDraft(
+                        repo_url=inp.repo.repo_url,
+                        head=inp.head,
+                        base=inp.base,
+                        title=inp.title,
+                        body=inp.body,
+                        run_id=inp.repo.run_id,
+                    ),
                     worktree=path,
-                    head=inp.head,
-                    base=inp.base,
-                    title=inp.title,
-                    body=inp.body,
-                    run_id=inp.repo.run_id,
                 )
             )
 
