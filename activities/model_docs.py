@@ -75,7 +75,6 @@ class ModelDocsActivities:
         prompt, reply = await self._models.ask(
             inp,
             messages,
-            tokens_left=inp.tokens_left,
             run_id=docs.repo.run_id,
             step=inp.step,
             role=inp.role,

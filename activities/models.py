@@ -17,7 +17,6 @@ import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
@@ -34,7 +33,7 @@ from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_ca
 from quantapilot.repos.files import RepoReadError, open_repo_files
 from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.errors import permanent
-from quantapilot.runs.model_contracts import CALL_MODEL, ModelCallInput, ModelCallResult
+from quantapilot.runs.model_contracts import CALL_MODEL, ModelAsk, ModelCallInput, ModelCallResult
 from quantapilot.runs.patch import extract_diff
 from quantapilot.runs.worktree import Worktrees
 from quantapilot.settings import Settings
@@ -46,17 +45,6 @@ def model_failure(exc: ModelError) -> ApplicationError:
     return ApplicationError(
         exc.message, type=exc.code, non_retryable=not exc.retryable, next_retry_delay=delay if exc.retryable else None
     )
-
-
-class ModelAsk(Protocol):
-    """What a model call's input says about the call (``call_model``'s, and the docs, qa and narrative calls')."""
-
-    model: str
-    temperature: float | None
-    max_output_tokens: int | None
-    usd_left: float | None
-    # limits.tokens_per_day (QP_LIFECYCLE_LIMITS' for lifecycle runs) plus the run's grants (None: no daily limit).
-    day_limit: int | None
 
 
 def recorded_prompt(messages: Sequence[ChatMessage]) -> str:
@@ -186,7 +174,6 @@ class ModelActivities:
         inp: ModelAsk,
         messages: Sequence[ChatMessage],
         *,
-        tokens_left: int | None,
         run_id: str,
         step: str,
         role: str,
@@ -197,9 +184,8 @@ class ModelActivities:
         """Make the call if it fits the headroom (:func:`fit`), through :meth:`complete`.
 
         Args:
-            inp: The call's input (model, temperature, output cap, dollars left).
+            inp: The call's input (model, temperature, output cap, tokens and dollars left, daily limit).
             messages: The prompt.
-            tokens_left: Tokens the call may still spend (None: unlimited).
             run_id: As :meth:`complete`.
             step: As :meth:`complete`.
             role: As :meth:`complete`.
@@ -213,6 +199,7 @@ class ModelActivities:
         """
         prompt = recorded_prompt(messages)
         needed = estimate_tokens(messages) if needed is None else needed
+        tokens_left = inp.tokens_left
         earlier = await self._earlier_answer(workspace)
         if earlier is not None:
             # Made and counted by an earlier attempt: neither the budgets nor today's spending are checked again.
@@ -323,7 +310,6 @@ class ModelActivities:
             inp,
             messages,
             needed=needed,
-            tokens_left=inp.tokens_left,
             run_id=inp.repo.run_id,
             step=inp.step,
             role=inp.role,

@@ -22,6 +22,7 @@ from quantapilot.lifecycle.outputs import (
     TargetOutput,
 )
 from quantapilot.repos.config import BudgetsConfig, ModelConfig, TokenLimitsConfig
+from quantapilot.runs.model_contracts import ModelAsk
 
 RUN_STAGE_AGENT = "run_stage_agent"
 STORE_STAGE_RESULT = "store_stage_result"
@@ -98,7 +99,7 @@ class LifecycleRunInput(_Model):
     narrative: LifecycleNarrative | None = None
 
 
-class NarrateInput(_Model):
+class NarrateInput(ModelAsk):
     """Ask the arch model for the narrative of one stage result, within what the run may still spend."""
 
     run_id: str
@@ -107,13 +108,6 @@ class NarrateInput(_Model):
     result: StageResult
     # The workspace whose model_usage the call is written to (None in inputs recorded before it was carried).
     workspace: str | None = None
-    model: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    tokens_left: int | None = None
-    usd_left: float | None = None
-    # QP_LIFECYCLE_LIMITS' tokens_per_day plus the run's grants (None: no daily limit, as in runs started before it).
-    day_limit: int | None = None
 
 
 class AccountRealizationInput(_Model):
