@@ -28,6 +28,23 @@ from quantapilot.webhooks.tables import (
 )
 
 
+def _pending_row(
+    endpoint: WebhookEndpoint, *, delivery_id: str, event_id: str, dotted: str, run_id: str | None, at: datetime
+) -> dict[str, Any]:
+    """The columns of a new delivery of an event (of the dotted type) to an endpoint: pending, not yet attempted."""
+    return {
+        "id": delivery_id,
+        "endpoint_id": endpoint.id,
+        "workspace": endpoint.workspace,
+        "event_id": event_id,
+        "event_type": dotted,
+        "run_id": run_id,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "created_at": at,
+    }
+
+
 def ensure_delivery(
     *,
     session: Session,
@@ -50,18 +67,14 @@ def ensure_delivery(
     Returns:
         The delivery and whether this call created it.
     """
-    dotted = normalize_event_type(event_type)
-    values = {
-        "id": new_id("wd_"),
-        "endpoint_id": endpoint.id,
-        "workspace": endpoint.workspace,
-        "event_id": event_id,
-        "event_type": dotted,
-        "run_id": run_id,
-        "status": DeliveryStatus.PENDING.value,
-        "attempts": 0,
-        "created_at": now or utcnow(),
-    }
+    values = _pending_row(
+        endpoint,
+        delivery_id=new_id("wd_"),
+        event_id=event_id,
+        dotted=normalize_event_type(event_type),
+        run_id=run_id,
+        at=now or utcnow(),
+    )
     # INSERT ... ON CONFLICT DO NOTHING: a second worker racing on the same event neither fails nor duplicates,
     # and the transaction stays usable (no IntegrityError to recover from).
     dialect = session.get_bind().dialect.name
@@ -114,15 +127,9 @@ def insert_outbox_deliveries(
     created_at = utcnow()
     values = [
         {
-            "id": delivery_id,
-            "endpoint_id": endpoint.id,
-            "workspace": endpoint.workspace,
-            "event_id": event_id,
-            "event_type": dotted,
-            "run_id": run_id,
-            "status": DeliveryStatus.PENDING.value,
-            "attempts": 0,
-            "created_at": created_at,
+            **_pending_row(
+                endpoint, delivery_id=delivery_id, event_id=event_id, dotted=dotted, run_id=run_id, at=created_at
+            ),
             "payload": payload,
             "workflow_id": outbox_owner(delivery_id),
             "next_attempt_at": due,
