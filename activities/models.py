@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeats import heartbeating
-from activities.repo import reported
+from activities.repo import networked_worktree
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
 from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelReply, ModelRequest, cost_of
@@ -268,43 +268,36 @@ class ModelActivities:
     @activity.defn(name=CALL_MODEL)
     async def call_model(self, inp: ModelCallInput) -> ModelCallResult:
         """Build the prompt from the milestone and the repository at the run's branch, then call the model."""
-        gitops.restrict_protocols(self._git_protocols)
         settings = self._settings
-        with reported():
-            async with (
-                self._worktrees.lock(inp.repo.run_id),
-                heartbeating("call_model"),
-                self._worktrees.network(inp.repo),
-            ):
-                path = await self._worktrees.ensure(inp.repo)
-                await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
-                milestone = Milestone(
-                    milestone_id=inp.milestone_id,
-                    title=inp.title,
-                    criteria=inp.criteria,
-                    prompt=inp.prompt,
-                    plan=inp.plan,
-                    previous_diff=inp.previous_diff,
-                    feedback=inp.feedback,
-                )
+        async with networked_worktree(self._worktrees, inp.repo, "call_model", protocols=self._git_protocols) as path:
+            await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
+            milestone = Milestone(
+                milestone_id=inp.milestone_id,
+                title=inp.title,
+                criteria=inp.criteria,
+                prompt=inp.prompt,
+                plan=inp.plan,
+                previous_diff=inp.previous_diff,
+                feedback=inp.feedback,
+            )
 
-                def _messages() -> list[ChatMessage]:
-                    with open_repo_files(
-                        path, commit=f"origin/{inp.repo.branch}", max_file_bytes=settings.repo_max_file_bytes
-                    ) as files:
-                        return build_messages(
-                            milestone,
-                            files,
-                            kind=inp.kind,
-                            file_bytes=settings.model_prompt_file_bytes,
-                            total_bytes=settings.model_prompt_total_bytes,
-                            secrets=self._secrets(),
-                        )
+            def _messages() -> list[ChatMessage]:
+                with open_repo_files(
+                    path, commit=f"origin/{inp.repo.branch}", max_file_bytes=settings.repo_max_file_bytes
+                ) as files:
+                    return build_messages(
+                        milestone,
+                        files,
+                        kind=inp.kind,
+                        file_bytes=settings.model_prompt_file_bytes,
+                        total_bytes=settings.model_prompt_total_bytes,
+                        secrets=self._secrets(),
+                    )
 
-                try:
-                    messages = await asyncio.to_thread(_messages)
-                except RepoReadError as exc:
-                    raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
+            try:
+                messages = await asyncio.to_thread(_messages)
+            except RepoReadError as exc:
+                raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
         needed = estimate_tokens(messages)
         prompt, reply = await self.ask(
             inp,
