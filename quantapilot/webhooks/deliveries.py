@@ -25,6 +25,7 @@ from quantapilot.webhooks.tables import (
     WebhookEndpoint,
     WebhookNotFoundError,
     new_id,
+    workspace_row,
 )
 
 
@@ -168,10 +169,7 @@ def get_delivery(delivery_id: str, *, session: Session, workspace: str) -> Webho
     Raises:
         WebhookNotFoundError: If it does not exist or belongs to another workspace.
     """
-    delivery = session.get(WebhookDelivery, delivery_id)
-    if delivery is None or delivery.workspace != workspace:
-        raise WebhookNotFoundError("webhook delivery")
-    return delivery
+    return workspace_row(session, WebhookDelivery, delivery_id, workspace=workspace, what="webhook delivery")
 
 
 def list_deliveries(
