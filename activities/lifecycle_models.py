@@ -39,7 +39,6 @@ class LifecycleModelActivities:
         prompt, reply = await self._models.ask(
             inp,
             messages,
-            tokens_left=inp.tokens_left,
             run_id=inp.run_id,
             step=inp.step,
             role="arch",

@@ -14,9 +14,8 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeats import heartbeating
 from activities.models import ModelActivities
-from activities.repo import reported
+from activities.repo import networked_worktree
 from quantapilot.docs.model_pages import MODEL_PAGES
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
@@ -47,24 +46,19 @@ class ModelDocsActivities:
     @activity.defn(name=CALL_DOCS_MODEL)
     async def call_docs_model(self, inp: DocsModelInput) -> ModelCallResult:
         """Ask the arch model for one documentation page, grounded in the generated pages of the run's commit."""
-        gitops.restrict_protocols(self._git_protocols)
         settings = self._settings
         docs = inp.docs
         assert docs.repo.commit_sha is not None
         version = f"git-{docs.repo.commit_sha[:12]}"
-        with reported():
-            async with (
-                self._worktrees.lock(docs.repo.run_id),
-                heartbeating("call_docs_model"),
-                self._worktrees.network(docs.repo),
-            ):
-                path = await self._worktrees.ensure(docs.repo)
-                try:
-                    material = await documentation.material(
-                        path, docs, version=version, max_file_bytes=settings.repo_max_file_bytes
-                    )
-                except RepoReadError as exc:
-                    raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
+        async with networked_worktree(
+            self._worktrees, docs.repo, "call_docs_model", protocols=self._git_protocols
+        ) as path:
+            try:
+                material = await documentation.material(
+                    path, docs, version=version, max_file_bytes=settings.repo_max_file_bytes
+                )
+            except RepoReadError as exc:
+                raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
         messages = build_doc_messages(
             project=docs.project,
             task=MODEL_PAGES[inp.page].task,
@@ -75,7 +69,6 @@ class ModelDocsActivities:
         prompt, reply = await self._models.ask(
             inp,
             messages,
-            tokens_left=inp.tokens_left,
             run_id=docs.repo.run_id,
             step=inp.step,
             role=inp.role,

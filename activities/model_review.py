@@ -40,7 +40,6 @@ class ModelReviewActivities:
         prompt, reply = await self._models.ask(
             inp,
             messages,
-            tokens_left=inp.tokens_left,
             run_id=inp.repo.run_id,
             step=inp.step,
             role="qa",

@@ -17,14 +17,13 @@ import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeats import heartbeating
-from activities.repo import reported
+from activities.repo import networked_worktree
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
 from quantapilot.llm import ChatMessage, ModelError, ModelPrice, ModelProvider, ModelReply, ModelRequest, cost_of
@@ -34,7 +33,7 @@ from quantapilot.llm.spending import day_key, day_spent, next_day, save_model_ca
 from quantapilot.repos.files import RepoReadError, open_repo_files
 from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.errors import permanent
-from quantapilot.runs.model_contracts import CALL_MODEL, ModelCallInput, ModelCallResult
+from quantapilot.runs.model_contracts import CALL_MODEL, ModelAsk, ModelCallInput, ModelCallResult
 from quantapilot.runs.patch import extract_diff
 from quantapilot.runs.worktree import Worktrees
 from quantapilot.settings import Settings
@@ -46,17 +45,6 @@ def model_failure(exc: ModelError) -> ApplicationError:
     return ApplicationError(
         exc.message, type=exc.code, non_retryable=not exc.retryable, next_retry_delay=delay if exc.retryable else None
     )
-
-
-class ModelAsk(Protocol):
-    """What a model call's input says about the call (``call_model``'s, and the docs, qa and narrative calls')."""
-
-    model: str
-    temperature: float | None
-    max_output_tokens: int | None
-    usd_left: float | None
-    # limits.tokens_per_day (QP_LIFECYCLE_LIMITS' for lifecycle runs) plus the run's grants (None: no daily limit).
-    day_limit: int | None
 
 
 def recorded_prompt(messages: Sequence[ChatMessage]) -> str:
@@ -186,7 +174,6 @@ class ModelActivities:
         inp: ModelAsk,
         messages: Sequence[ChatMessage],
         *,
-        tokens_left: int | None,
         run_id: str,
         step: str,
         role: str,
@@ -197,9 +184,8 @@ class ModelActivities:
         """Make the call if it fits the headroom (:func:`fit`), through :meth:`complete`.
 
         Args:
-            inp: The call's input (model, temperature, output cap, dollars left).
+            inp: The call's input (model, temperature, output cap, tokens and dollars left, daily limit).
             messages: The prompt.
-            tokens_left: Tokens the call may still spend (None: unlimited).
             run_id: As :meth:`complete`.
             step: As :meth:`complete`.
             role: As :meth:`complete`.
@@ -213,6 +199,7 @@ class ModelActivities:
         """
         prompt = recorded_prompt(messages)
         needed = estimate_tokens(messages) if needed is None else needed
+        tokens_left = inp.tokens_left
         earlier = await self._earlier_answer(workspace)
         if earlier is not None:
             # Made and counted by an earlier attempt: neither the budgets nor today's spending are checked again.
@@ -281,49 +268,41 @@ class ModelActivities:
     @activity.defn(name=CALL_MODEL)
     async def call_model(self, inp: ModelCallInput) -> ModelCallResult:
         """Build the prompt from the milestone and the repository at the run's branch, then call the model."""
-        gitops.restrict_protocols(self._git_protocols)
         settings = self._settings
-        with reported():
-            async with (
-                self._worktrees.lock(inp.repo.run_id),
-                heartbeating("call_model"),
-                self._worktrees.network(inp.repo),
-            ):
-                path = await self._worktrees.ensure(inp.repo)
-                await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
-                milestone = Milestone(
-                    milestone_id=inp.milestone_id,
-                    title=inp.title,
-                    criteria=inp.criteria,
-                    prompt=inp.prompt,
-                    plan=inp.plan,
-                    previous_diff=inp.previous_diff,
-                    feedback=inp.feedback,
-                )
+        async with networked_worktree(self._worktrees, inp.repo, "call_model", protocols=self._git_protocols) as path:
+            await self._worktrees.capped(path, gitops.fetch(path, branches=(inp.repo.branch,)))
+            milestone = Milestone(
+                milestone_id=inp.milestone_id,
+                title=inp.title,
+                criteria=inp.criteria,
+                prompt=inp.prompt,
+                plan=inp.plan,
+                previous_diff=inp.previous_diff,
+                feedback=inp.feedback,
+            )
 
-                def _messages() -> list[ChatMessage]:
-                    with open_repo_files(
-                        path, commit=f"origin/{inp.repo.branch}", max_file_bytes=settings.repo_max_file_bytes
-                    ) as files:
-                        return build_messages(
-                            milestone,
-                            files,
-                            kind=inp.kind,
-                            file_bytes=settings.model_prompt_file_bytes,
-                            total_bytes=settings.model_prompt_total_bytes,
-                            secrets=self._secrets(),
-                        )
+            def _messages() -> list[ChatMessage]:
+                with open_repo_files(
+                    path, commit=f"origin/{inp.repo.branch}", max_file_bytes=settings.repo_max_file_bytes
+                ) as files:
+                    return build_messages(
+                        milestone,
+                        files,
+                        kind=inp.kind,
+                        file_bytes=settings.model_prompt_file_bytes,
+                        total_bytes=settings.model_prompt_total_bytes,
+                        secrets=self._secrets(),
+                    )
 
-                try:
-                    messages = await asyncio.to_thread(_messages)
-                except RepoReadError as exc:
-                    raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
+            try:
+                messages = await asyncio.to_thread(_messages)
+            except RepoReadError as exc:
+                raise permanent(ErrorCode.PRECONDITION_FAILED, f"repository not readable: {exc}") from None
         needed = estimate_tokens(messages)
         prompt, reply = await self.ask(
             inp,
             messages,
             needed=needed,
-            tokens_left=inp.tokens_left,
             run_id=inp.repo.run_id,
             step=inp.step,
             role=inp.role,

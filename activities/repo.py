@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeats import heartbeating
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops, make_forge
-from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest
+from quantapilot.forges.base import Forge, ForgeError, MergeConflictError, PullRequest, PullRequestDraft
 from quantapilot.models import StepOutcome
 from quantapilot.repos.config import QuantapilotConfig
 from quantapilot.runs import documentation, milestone
@@ -88,6 +89,28 @@ async def _answered(call: Awaitable[PullRequest]) -> PullRequestResult:
         raise _forge_failure(exc) from None
 
 
+@contextlib.asynccontextmanager
+async def networked_worktree(
+    worktrees: Worktrees, repo: RepoRef, step: str, *, protocols: Iterable[str]
+) -> AsyncIterator[Path]:
+    """The run's worktree for a step that fetches or pushes: locked, heartbeating, its network checked.
+
+    Every activity that works in the run's worktree with the network (the repository steps, the model calls that
+    read the repository) enters it so. A :class:`StepError` raised inside is reported as Temporal's failure of the
+    same type (:func:`reported`).
+
+    Args:
+        worktrees: The worker's worktrees.
+        repo: The run's repository.
+        step: The heartbeat's detail.
+        protocols: The git transports the step may use (:func:`~quantapilot.forges.gitops.protocols_for`).
+    """
+    gitops.restrict_protocols(protocols)
+    with reported():
+        async with worktrees.lock(repo.run_id), heartbeating(step), worktrees.network(repo):
+            yield await worktrees.ensure(repo)
+
+
 class RepoActivities:
     """The repository run's activities, built with their dependencies.
 
@@ -141,16 +164,8 @@ class RepoActivities:
         except SandboxUnavailable as exc:
             raise permanent(ErrorCode.COMMANDS_SANDBOX_UNAVAILABLE, str(exc)) from None
 
-    @contextlib.asynccontextmanager
-    async def _networked_worktree(self, repo: RepoRef, step: str) -> AsyncIterator[Path]:
-        """The run's worktree for a step that fetches or pushes: locked, heartbeating, its network checked.
-
-        A :class:`StepError` raised inside is reported as Temporal's failure of the same type (:func:`reported`).
-        """
-        gitops.restrict_protocols(self._git_protocols)
-        with reported():
-            async with self._worktrees.lock(repo.run_id), heartbeating(step), self._worktrees.network(repo):
-                yield await self._worktrees.ensure(repo)
+    def _networked_worktree(self, repo: RepoRef, step: str) -> AbstractAsyncContextManager[Path]:
+        return networked_worktree(self._worktrees, repo, step, protocols=self._git_protocols)
 
     # ----- activities --------------------------------------------------------------------------------------
 
@@ -256,13 +271,15 @@ class RepoActivities:
         async with self._networked_worktree(inp.repo, "open_pull_request") as path:
             return await _answered(
                 self._forge(inp.forge).open_pull_request(
-                    repo_url=inp.repo.repo_url,
+                    PullRequestDraft(
+                        repo_url=inp.repo.repo_url,
+                        head=inp.head,
+                        base=inp.base,
+                        title=inp.title,
+                        body=inp.body,
+                        run_id=inp.repo.run_id,
+                    ),
                     worktree=path,
-                    head=inp.head,
-                    base=inp.base,
-                    title=inp.title,
-                    body=inp.body,
-                    run_id=inp.repo.run_id,
                 )
             )
 

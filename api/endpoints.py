@@ -2,8 +2,9 @@
 
 Adding an endpoint is one :class:`~api.registry.Endpoint` here, or for ``/v1/webhooks`` in
 :mod:`api.webhook_endpoints` (and its handler): ``api/app.py`` mounts it, ``api/openapi.py`` documents it,
-``api/auth.py`` knows whether it is public, ``api/ratelimit.py`` its rate class. The order is the order of the
-OpenAPI document's paths.
+``api/auth.py`` knows whether it is public, ``api/ratelimit.py`` its rate class, and ``make schemas`` publishes its
+bodies (``schemas/generate.py``). The order is the order of the OpenAPI document's paths and of the bodies in
+``schemas/api.schema.json``.
 """
 
 from __future__ import annotations

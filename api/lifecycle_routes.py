@@ -26,8 +26,8 @@ from temporalio.service import RPCError
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
-from api.runs import run_handle, run_urls
-from api.tracing import RUN_ID, TRACE_ID
+from api.runs import run_handle, run_trigger, run_urls
+from api.tracing import RUN_ID
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
@@ -157,21 +157,14 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
 
     def make_input(run_id: str, digest: str) -> LifecycleRunInput:
         return LifecycleRunInput(
-            run_id=run_id,
-            workspace=principal.workspace,
+            **run_trigger(request, principal, run_id=run_id, digest=digest, correlation_id=req.correlation_id),
             stage=req.stage,
             account_id=req.account_id,
             inputs=req.inputs,
-            correlation_id=req.correlation_id,
-            triggered_by=principal.subject,
-            request_sha256=digest,
-            trace_id=request.get(TRACE_ID),
             gate_timeout_s=gate.timeout_s,
             gate_approvers=list(gate.approvers),
             gate_allow_self_approval=allow_self_approval,
             gate_required_approvals=gate.required_approvals,
-            triggered_by_token=principal.token_id,
-            allow_self_approval_default=settings.allow_self_approval,
             narrative=narrative,
         )
 

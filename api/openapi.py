@@ -211,7 +211,8 @@ def component_name(model: type[BaseModel]) -> str:
     """The component of a body's model: its definition in the published schema file that lists it.
 
     Raises:
-        KeyError: No published schema file lists the model (add it to its file in ``schemas/generate.py``).
+        KeyError: No published schema file lists the model (every body an endpoint declares is listed; any
+            other is added to its file in ``schemas/generate.py``).
     """
     return _model_components()[model]
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from api.body import decode_json, may_hold_nul, parse, read_bytes, read_json
 from api.keys import PRINCIPAL
@@ -196,6 +197,19 @@ class Endpoint:
         if self.public:
             return "public"
         return self.rate or rate_class_by_method(self.method)
+
+    def bodies(self) -> Iterator[tuple[type[BaseModel], JsonSchemaMode]]:
+        """The models of what the endpoint reads and answers, each with the mode it is published in.
+
+        The request body (``validation``), then the success answer and the other documented answers
+        (``serialization``): the order ``make schemas`` lists them in (:mod:`schemas.generate`).
+        """
+        if self.body is not None:
+            yield self.body.model, "validation"
+        if self.response is not None:
+            yield self.response, "serialization"
+        for model in self.extra_success.values():
+            yield model, "serialization"
 
 
 def _forbidden(scope: str) -> ApiError:

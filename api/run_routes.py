@@ -19,8 +19,8 @@ from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.link_routes import with_review_urls
 from api.registry import Call, Param
-from api.runs import is_not_found, run_handle, run_urls
-from api.tracing import RUN_ID, TRACE_ID
+from api.runs import is_not_found, run_handle, run_trigger, run_urls
+from api.tracing import RUN_ID
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events, stream_times
 from quantapilot.events.record import record_of
@@ -150,17 +150,10 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
 
     def make_input(run_id: str, digest: str) -> RepoRunInput:
         return RepoRunInput(
-            run_id=run_id,
-            workspace=principal.workspace,
+            **run_trigger(request, principal, run_id=run_id, digest=digest, correlation_id=body.get("correlation_id")),
             repo_url=body["repo_url"],
             branch=body["branch"],
             quantapilot_yaml_path=body.get("quantapilot_yaml_path", "quantapilot.yml"),
-            correlation_id=body.get("correlation_id"),
-            triggered_by=principal.subject,
-            triggered_by_token=principal.token_id,
-            allow_self_approval_default=settings.allow_self_approval,
-            request_sha256=digest,
-            trace_id=request.get(TRACE_ID),
             heartbeat_timeout_s=settings.step_heartbeat_s,
             continue_as_new_every=settings.continue_as_new_every_milestones,
         )

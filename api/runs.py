@@ -13,8 +13,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.keys import SETTINGS
+from api.tracing import TRACE_ID
 from quantapilot.errors import ApiError, ErrorCode, not_found
+from quantapilot.models import RunTrigger
 from quantapilot.runs.ids import kind_of, workflow_id
+from quantapilot.tokens import Principal
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -40,6 +43,31 @@ def run_urls(request: web.Request, run_id: str) -> tuple[str, str]:
     """The run's status and events URLs, under ``QP_PUBLIC_BASE_URL`` or else the request's own origin."""
     base = request.app[SETTINGS].public_base_url.rstrip("/") or f"{request.scheme}://{request.host}"
     return f"{base}/v1/runs/{run_id}", f"{base}/v1/runs/{run_id}/events"
+
+
+def run_trigger(
+    request: web.Request, principal: Principal, *, run_id: str, digest: str, correlation_id: str | None
+) -> dict[str, Any]:
+    """The trigger's fields of a run workflow's input (:class:`~quantapilot.models.RunTrigger`), by name.
+
+    Args:
+        request: The trigger request (its trace id).
+        principal: Who triggered the run.
+        run_id: The new run's id.
+        digest: SHA-256 of the request body (what an ``Idempotency-Key`` compares).
+        correlation_id: The caller's id for the run, if given.
+    """
+    trigger = RunTrigger(
+        run_id=run_id,
+        workspace=principal.workspace,
+        correlation_id=correlation_id,
+        triggered_by=principal.subject,
+        triggered_by_token=principal.token_id,
+        allow_self_approval_default=request.app[SETTINGS].allow_self_approval,
+        request_sha256=digest,
+        trace_id=request.get(TRACE_ID),
+    )
+    return dict(trigger)
 
 
 def is_not_found(err: RPCError) -> bool:

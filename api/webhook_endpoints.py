@@ -6,19 +6,7 @@ from api import webhook_routes
 from api.registry import BODY_ERRORS, Body, Endpoint, Param
 from api.webhook_routes import MAX_DELIVERIES_PAGE
 from quantapilot.bodies import EmptyRequest
-from quantapilot.webhooks.views import (
-    CreateEndpointRequest,
-    DeliveryView,
-    RecoverRequest,
-    RotateSecretRequest,
-    UpdateEndpointRequest,
-    WebhookDeliveryList,
-    WebhookEndpointCreated,
-    WebhookEndpointList,
-    WebhookEndpointView,
-    WebhookRecovery,
-    WebhookSecretRotated,
-)
+from quantapilot.webhooks import views
 
 WEBHOOKS = "webhooks:manage"
 ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
@@ -34,8 +22,8 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "Subscribe a receiver URL; the answer carries its signing secret, shown once",
         "webhooks",
         201,
-        WebhookEndpointCreated,
-        body=Body(CreateEndpointRequest),
+        views.WebhookEndpointCreated,
+        body=Body(views.CreateEndpointRequest),
         errors=(*BODY_ERRORS, 409),
         description=(
             "Loopback, private, link-local and metadata addresses are refused (422) unless allowed. A workspace "
@@ -52,7 +40,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "The workspace's webhook endpoints",
         "webhooks",
         200,
-        WebhookEndpointList,
+        views.WebhookEndpointList,
     ),
     Endpoint(
         "GET",
@@ -63,7 +51,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "One webhook endpoint (never its secret)",
         "webhooks",
         200,
-        WebhookEndpointView,
+        views.WebhookEndpointView,
         params=(ENDPOINT_ID,),
         errors=(404,),
     ),
@@ -76,8 +64,8 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "Change an endpoint's URL, filters or description, or enable/disable it",
         "webhooks",
         200,
-        WebhookEndpointView,
-        body=Body(UpdateEndpointRequest),
+        views.WebhookEndpointView,
+        body=Body(views.UpdateEndpointRequest),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -104,8 +92,8 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "Issue a new signing secret; the previous ones keep signing for the overlap",
         "webhooks",
         200,
-        WebhookSecretRotated,
-        body=Body(RotateSecretRequest, required=False),
+        views.WebhookSecretRotated,
+        body=Body(views.RotateSecretRequest, required=False),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
@@ -118,7 +106,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "An endpoint's deliveries, newest first, with their attempts",
         "webhooks",
         200,
-        WebhookDeliveryList,
+        views.WebhookDeliveryList,
         params=(
             ENDPOINT_ID,
             Param(
@@ -145,8 +133,8 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "Re-send every delivery of a time window that did not arrive (failed, gone or disabled)",
         "webhooks",
         202,
-        WebhookRecovery,
-        body=Body(RecoverRequest),
+        views.WebhookRecovery,
+        body=Body(views.RecoverRequest),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404, 409),
         description=(
@@ -165,7 +153,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "One delivery with its attempts",
         "webhooks",
         200,
-        DeliveryView,
+        views.DeliveryView,
         params=(DELIVERY_ID,),
         errors=(404,),
     ),
@@ -178,7 +166,7 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         "Send a delivery again (same event id) through a fresh workflow",
         "webhooks",
         202,
-        DeliveryView,
+        views.DeliveryView,
         body=Body(EmptyRequest, required=False),
         params=(DELIVERY_ID,),
         errors=(*BODY_ERRORS, 404, 409),

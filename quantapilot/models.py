@@ -66,21 +66,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RepoRunInput(_Model):
-    """Input of the repository run workflow."""
+class RunTrigger(_Model):
+    """Who triggered a run, and how: the fields every run workflow's input begins with (the API sets them)."""
 
     run_id: str
     workspace: str
-    repo_url: str
-    branch: str
-    quantapilot_yaml_path: str = "quantapilot.yml"
     correlation_id: str | None = None
     triggered_by: str = "unknown"
     # Token id of the trigger: that token may not decide the run's gates unless self-approval is allowed.
     triggered_by_token: str = ""
+    # QP_ALLOW_SELF_APPROVAL when the run was triggered.
     allow_self_approval_default: bool = False
     request_sha256: str = ""
     trace_id: str | None = None
+
+
+class RepoRunInput(RunTrigger):
+    """Input of the repository run workflow."""
+
+    repo_url: str
+    branch: str
+    quantapilot_yaml_path: str = "quantapilot.yml"
     # How soon a dead worker is noticed in a long step (from QP_STEP_HEARTBEAT_S at trigger time).
     heartbeat_timeout_s: float = 30.0
     # Continue as new after this many milestones in one execution (None: only when Temporal suggests it).

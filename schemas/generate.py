@@ -36,45 +36,15 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue, models_json_schema
 from pydantic_core import core_schema
 
-from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
+from api.endpoints import ENDPOINTS
+from api.registry import Endpoint
+from api.webhook_endpoints import WEBHOOK_ENDPOINTS
 from quantapilot.docs.frontmatter import FrontMatter
-from quantapilot.docs.views import DocsPage, DocsPageList
 from quantapilot.errors import ErrorEnvelope, ErrorResponse
-from quantapilot.events.record import EventRecord
 from quantapilot.lifecycle.models import LifecycleRunRequest
 from quantapilot.lifecycle.telemetry_body import TelemetryBody
-from quantapilot.models import GateRecord, GateRequestedData
+from quantapilot.models import GateRequestedData
 from quantapilot.repos.config import QuantapilotConfig
-from quantapilot.runs.contracts import RunList
-from quantapilot.runs.http import (
-    AccountEventList,
-    BudgetRequest,
-    CancelAccepted,
-    EventList,
-    GateDecisionRequest,
-    GateLinkRequest,
-    LifecycleRunAccepted,
-    PauseRequest,
-    ReviewLinkAnswer,
-    RunAccepted,
-    RunAcceptedDeprecated,
-    RunRequest,
-    RunStatusView,
-    TelemetryAccepted,
-)
-from quantapilot.webhooks.views import (
-    CreateEndpointRequest,
-    DeliveryView,
-    RecoverRequest,
-    RotateSecretRequest,
-    UpdateEndpointRequest,
-    WebhookDeliveryList,
-    WebhookEndpointCreated,
-    WebhookEndpointList,
-    WebhookEndpointView,
-    WebhookRecovery,
-    WebhookSecretRotated,
-)
 from schemas import SCHEMA_DIR
 
 __all__ = ["GENERATED", "Generated", "main", "render"]
@@ -346,55 +316,46 @@ def _defs(name: str, meta: Mapping[str, Any], bodies: Sequence[tuple[type[BaseMo
 
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
-#: The bodies of ``api.schema.json``, in the order the file (and the OpenAPI document) lists them.
-API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
-    (RunRequest, "validation"),
-    (RunAccepted, "serialization"),
-    (GateDecisionRequest, "validation"),
-    (PauseRequest, "validation"),
-    (EmptyRequest, "validation"),
-    (BudgetRequest, "validation"),
-    (GateRecord, "serialization"),
-    (RunStatusView, "serialization"),
-    (EventRecord, "serialization"),
-    (EventList, "serialization"),
-    (ErrorEnvelope, "serialization"),
-    (CancelAccepted, "serialization"),
-    (Health, "serialization"),
-    (Readiness, "serialization"),
-    (LifecycleRunAccepted, "serialization"),
-    (TelemetryAccepted, "serialization"),
-    (AccountEventList, "serialization"),
-    (DocsPage, "serialization"),
-    (DocsPageList, "serialization"),
-    (OpenApiDocument, "serialization"),
-    (WebhookEndpointView, "serialization"),
-    (WebhookEndpointCreated, "serialization"),
-    (WebhookEndpointList, "serialization"),
-    (WebhookSecretRotated, "serialization"),
-    (WebhookRecovery, "serialization"),
-    (DeliveryView, "serialization"),
-    (WebhookDeliveryList, "serialization"),
-    (RunAcceptedDeprecated, "serialization"),
-    (RunList, "serialization"),
-    (GateLinkRequest, "validation"),
-    (ReviewLinkAnswer, "serialization"),
-    (GateRequestedData, "serialization"),
+#: The files whose root schema is one model; such a model (a request body too) is not among another file's bodies.
+_ROOT_FILES: tuple[Generated, ...] = (
+    _root("quantapilot.schema.json", QuantapilotConfig),
+    _root("telemetry.schema.json", TelemetryBody),
+    _root("lifecycle_run.schema.json", LifecycleRunRequest),
+    _root("frontmatter.schema.json", FrontMatter),
 )
-#: The bodies of ``webhooks.schema.json`` (all requests).
-WEBHOOK_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
-    (CreateEndpointRequest, "validation"),
-    (UpdateEndpointRequest, "validation"),
-    (RotateSecretRequest, "validation"),
-    (RecoverRequest, "validation"),
-    (EmptyRequest, "validation"),
+_ROOT_MODELS = frozenset(item.models[0] for item in _ROOT_FILES)
+
+
+def _is_webhook_request(endpoint: Endpoint, mode: JsonSchemaMode) -> bool:
+    return mode == "validation" and endpoint in WEBHOOK_ENDPOINTS
+
+
+def _registry_bodies(
+    include: Callable[[Endpoint, JsonSchemaMode], bool],
+) -> tuple[tuple[type[BaseModel], JsonSchemaMode], ...]:
+    """The bodies of the registry's endpoints that ``include`` keeps, each once, in the order of first use."""
+    bodies: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
+    for endpoint in ENDPOINTS:
+        for model, mode in endpoint.bodies():
+            if model not in _ROOT_MODELS and include(endpoint, mode):
+                bodies.setdefault((model, mode))
+    return tuple(bodies)
+
+
+#: The bodies of ``webhooks.schema.json``: the requests of the webhook endpoints.
+WEBHOOK_BODIES = _registry_bodies(_is_webhook_request)
+#: The bodies of ``api.schema.json``, in the order the file (and the OpenAPI document) lists them: every other
+#: body the endpoint registry (``api/endpoints.py``) declares, in the order of the paths, then the bodies no
+#: endpoint answers with: the error envelope by its ``api.schema.json`` name and a gate.requested event's data.
+API_BODIES: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    *_registry_bodies(lambda endpoint, mode: not _is_webhook_request(endpoint, mode)),
+    (ErrorEnvelope, "serialization"),
+    (GateRequestedData, "serialization"),
 )
 
 #: Every schema file made from models.
 GENERATED: tuple[Generated, ...] = (
-    _root("quantapilot.schema.json", QuantapilotConfig),
-    _root("telemetry.schema.json", TelemetryBody),
-    _root("lifecycle_run.schema.json", LifecycleRunRequest),
+    *_ROOT_FILES,
     _defs(
         "api.schema.json",
         {
@@ -422,7 +383,6 @@ GENERATED: tuple[Generated, ...] = (
         },
         WEBHOOK_BODIES,
     ),
-    _root("frontmatter.schema.json", FrontMatter),
     _defs(
         "error.schema.json",
         {

@@ -14,6 +14,7 @@ from quantapilot.forges.base import (
     MergeConflictError,
     MergeStrategy,
     PullRequest,
+    PullRequestDraft,
     PullRequestState,
     parse_repo_slug,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "MergeConflictError",
     "MergeStrategy",
     "PullRequest",
+    "PullRequestDraft",
     "PullRequestState",
     "make_forge",
     "parse_repo_slug",

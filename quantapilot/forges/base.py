@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ import aiohttp
 from pydantic import BaseModel
 
 from quantapilot.errors import ErrorCode
+from quantapilot.forges import gitops
 
 PullRequestState = Literal["open", "merged", "closed"]
 MergeStrategy = Literal["merge", "squash", "rebase"]
@@ -29,6 +31,27 @@ class PullRequest(BaseModel):
     state: PullRequestState
     url: str
     merge_sha: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequestDraft:
+    """A pull request to open (:meth:`Forge.open_pull_request`).
+
+    Attributes:
+        repo_url: The repository URL (``origin`` of the worktree it is pushed from).
+        head: Source branch.
+        base: Target branch.
+        title: Title.
+        body: Description.
+        run_id: The run opening it; with head and base it identifies the pull request.
+    """
+
+    repo_url: str
+    head: str
+    base: str
+    title: str
+    body: str
+    run_id: str
 
 
 class ForgeError(Exception):
@@ -67,18 +90,8 @@ class MergeConflictError(Exception):
 class Forge(Protocol):
     """What the run's activities need from wherever the repository lives."""
 
-    async def open_pull_request(
-        self,
-        *,
-        repo_url: str,
-        worktree: Path,
-        head: str,
-        base: str,
-        title: str,
-        body: str,
-        run_id: str,
-    ) -> PullRequest:
-        """Push ``head`` from ``worktree`` and open a pull request into ``base``.
+    async def open_pull_request(self, draft: PullRequestDraft, *, worktree: Path) -> PullRequest:
+        """Push the draft's head from ``worktree`` and open its pull request into its base.
 
         Idempotent: for the same run, head and base it returns the pull request opened before, so a retry
         after a crash between the push and the creation never makes a second one.
@@ -100,6 +113,18 @@ class Forge(Protocol):
     async def get(self, *, repo_url: str, number: int) -> PullRequest:
         """Read pull request ``number``."""
         ...
+
+
+async def push_head(worktree: Path, head: str, *, remote: str = "origin") -> None:
+    """Push branch ``head`` of ``worktree`` to ``remote``: the first step of opening a pull request on any forge.
+
+    Raises:
+        ForgeError: The push failed (retryable when it timed out).
+    """
+    try:
+        await gitops.push(worktree, remote=remote, branch=head)
+    except gitops.GitError as exc:
+        raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
 
 
 _SCP_LIKE_RE = re.compile(r"^(?:[^@/\s]+@)?(?P<host>[^:/\s]+):(?P<path>[^/].*)$")

@@ -16,7 +16,14 @@ from sqlalchemy.engine import Engine
 
 from quantapilot.db import session_scope
 from quantapilot.forges import gitops
-from quantapilot.forges.base import ForgeError, MergeConflictError, MergeStrategy, PullRequest
+from quantapilot.forges.base import (
+    ForgeError,
+    MergeConflictError,
+    MergeStrategy,
+    PullRequest,
+    PullRequestDraft,
+    push_head,
+)
 from quantapilot.forges.store import (
     PullRequestRecord,
     add_comment,
@@ -50,46 +57,28 @@ class GitForge:
         self._author_email = author_email
         self._workdir = workdir
 
-    async def open_pull_request(
-        self,
-        *,
-        repo_url: str,
-        worktree: Path,
-        head: str,
-        base: str,
-        title: str,
-        body: str,
-        run_id: str,
-    ) -> PullRequest:
-        """Push ``head`` to ``origin`` and record a pull request into ``base`` (or return the recorded one).
+    async def open_pull_request(self, draft: PullRequestDraft, *, worktree: Path) -> PullRequest:
+        """Push the draft's head to ``origin`` and record its pull request (or return the recorded one).
 
         Args:
-            repo_url: The repository URL (``origin`` of ``worktree``).
-            worktree: A clone of ``repo_url`` with the local branch ``head``.
-            head: Source branch.
-            base: Target branch.
-            title: Title.
-            body: Description.
-            run_id: The run opening it; with head and base it identifies the pull request.
+            draft: The pull request; ``repo_url`` is ``origin`` of ``worktree``.
+            worktree: A clone of the repository with the local branch ``draft.head``.
 
         Returns:
             The pull request.
         """
         # Pushing first and recording second: a crash in between leaves a pushed branch and no record, and the
         # retry pushes again (a no-op) and creates the one record.
-        try:
-            await gitops.push(worktree, remote=REMOTE, branch=head)
-        except gitops.GitError as exc:
-            raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
+        await push_head(worktree, draft.head, remote=REMOTE)
         record = await asyncio.to_thread(
             get_or_create_pull_request,
             self._engine,
-            repo_url=repo_url,
-            head=head,
-            base=base,
-            title=title,
-            body=body,
-            run_id=run_id,
+            repo_url=draft.repo_url,
+            head=draft.head,
+            base=draft.base,
+            title=draft.title,
+            body=draft.body,
+            run_id=draft.run_id,
         )
         return record.to_model()
 

@@ -10,16 +10,17 @@ from urllib.parse import quote
 
 import aiohttp
 
-from quantapilot.forges import gitops
 from quantapilot.forges.base import (
     ForgeError,
     HttpReply,
     MergeConflictError,
     MergeStrategy,
     PullRequest,
+    PullRequestDraft,
     error_for,
     http_json,
     parse_repo_slug,
+    push_head,
 )
 
 USER_AGENT = "quantapilot-forge/0.1"
@@ -122,41 +123,28 @@ class RestForge(ABC):
             timeout_s=self._timeout_s,
         )
 
-    async def open_pull_request(
-        self,
-        *,
-        repo_url: str,
-        worktree: Path,
-        head: str,
-        base: str,
-        title: str,
-        body: str,
-        run_id: str,
-    ) -> PullRequest:
-        """Push ``head`` from ``worktree`` and open a pull request, or return the one already there for it.
+    async def open_pull_request(self, draft: PullRequestDraft, *, worktree: Path) -> PullRequest:
+        """Push the draft's head from ``worktree`` and open its pull request, or return the one already there.
 
-        The head branch is per run, so the pull request found for ``head`` and ``base`` is the run's own; the
+        The head branch is per run, so the pull request found for head and base is the run's own; the
         ``run_id`` is also written at the end of the body for people reading it.
         """
-        try:
-            await gitops.push(worktree, remote="origin", branch=head)
-        except gitops.GitError as exc:
-            raise ForgeError(f"pushing {head} failed: {exc}", retryable=exc.timed_out) from exc
-        existing = await self._find(repo_url, head=head, base=base)
+        await push_head(worktree, draft.head)
+        existing = await self._find(draft.repo_url, head=draft.head, base=draft.base)
         if existing is not None:
             return existing
         payload = {
-            "title": title,
-            "head": head,
-            "base": base,
-            "body": f"{body}\n\n<!-- quantapilot run: {run_id} -->",
+            "title": draft.title,
+            "head": draft.head,
+            "base": draft.base,
+            "body": f"{draft.body}\n\n<!-- quantapilot run: {draft.run_id} -->",
         }
-        reply = await self._call("POST", f"{self._repo_path(repo_url)}/pulls", json_body=payload)
+        reply = await self._call("POST", f"{self._repo_path(draft.repo_url)}/pulls", json_body=payload)
         if reply.status == 201:
             return self._pull(reply.body)
         if reply.status == self.create_race_status:
             # Someone created it between our lookup and our create: look once more before giving up.
-            existing = await self._find(repo_url, head=head, base=base)
+            existing = await self._find(draft.repo_url, head=draft.head, base=draft.base)
             if existing is not None:
                 return existing
         raise error_for(reply, "creating the pull request")

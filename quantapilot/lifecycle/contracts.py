@@ -21,7 +21,9 @@ from quantapilot.lifecycle.outputs import (
     StageResult,
     TargetOutput,
 )
+from quantapilot.models import RunTrigger
 from quantapilot.repos.config import BudgetsConfig, ModelConfig, TokenLimitsConfig
+from quantapilot.runs.model_contracts import ModelAsk
 
 RUN_STAGE_AGENT = "run_stage_agent"
 STORE_STAGE_RESULT = "store_stage_result"
@@ -72,33 +74,26 @@ class LifecycleNarrative(_Model):
     limits: TokenLimitsConfig | None = None
 
 
-class LifecycleRunInput(_Model):
+class LifecycleRunInput(RunTrigger):
     """Input of the lifecycle run workflow."""
 
-    run_id: str
-    workspace: str
     stage: Stage
     account_id: str
     inputs: LifecycleInputs = Field(default_factory=LifecycleInputs)
-    correlation_id: str | None = None
-    triggered_by: str = "unknown"
-    request_sha256: str = ""
-    trace_id: str | None = None
     gate_timeout_s: float | None = None
     # The business_case gate's deciders (token subjects or "scope:<scope>"; empty: anyone who may decide gates).
     gate_approvers: list[str] = Field(default_factory=list)
     gate_allow_self_approval: bool | None = None
     # N-of-M: distinct approvals the business_case gate needs (runs started before it carry 1).
     gate_required_approvals: int = 1
-    # Id of the token that triggered the run, for the self-approval rule. Runs started before it existed carry
-    # "" and keep their old behaviour (no self-approval check), as the default below does.
-    triggered_by_token: str = ""
+    # Runs started before the trigger's token id was carried have "" for it and keep their old behaviour (no
+    # self-approval check), as this default does.
     allow_self_approval_default: bool = True
     # QP_LIFECYCLE_MODELS / QP_LIFECYCLE_BUDGETS when the run was triggered; None: the agents' words alone.
     narrative: LifecycleNarrative | None = None
 
 
-class NarrateInput(_Model):
+class NarrateInput(ModelAsk):
     """Ask the arch model for the narrative of one stage result, within what the run may still spend."""
 
     run_id: str
@@ -107,13 +102,6 @@ class NarrateInput(_Model):
     result: StageResult
     # The workspace whose model_usage the call is written to (None in inputs recorded before it was carried).
     workspace: str | None = None
-    model: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    tokens_left: int | None = None
-    usd_left: float | None = None
-    # QP_LIFECYCLE_LIMITS' tokens_per_day plus the run's grants (None: no daily limit, as in runs started before it).
-    day_limit: int | None = None
 
 
 class AccountRealizationInput(_Model):

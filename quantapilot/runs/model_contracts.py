@@ -17,30 +17,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelCallInput(_Model):
-    """One call of a model step: the milestone, what came before, and what the call may spend."""
+class ModelAsk(_Model):
+    """What the input of every model call says about the call: the model, how it is asked, what it may spend.
 
-    repo: RepoRef
-    step: str
-    kind: Literal["plan", "impl"]
-    role: str
+    The inputs of ``call_model`` and of the docs page, qa review and lifecycle narrative calls extend it; the
+    model activities' ``ask`` reads these fields.
+    """
+
     model: str
     temperature: float | None = None
     max_output_tokens: int | None = None
+    # Headroom the workflow computed from its ledger (None: unlimited); the activity refuses a call that would not fit.
+    tokens_left: int | None = None
+    usd_left: float | None = None
+    # limits.tokens_per_day (QP_LIFECYCLE_LIMITS' for lifecycle runs) plus the run's token grants (None: no daily
+    # limit, or a run from before the limit was checked there): the activity checks the workspace's spending
+    # today (model_usage) against it.
+    day_limit: int | None = None
+
+
+class _MilestoneAsk(ModelAsk):
+    """A model call about one milestone of a repository run (its step, and the milestone as the plan says)."""
+
+    repo: RepoRef
+    step: str
     milestone_id: str
     title: str
     criteria: list[str]
     prompt: str
+
+
+class ModelCallInput(_MilestoneAsk):
+    """One call of a model step: the milestone, what came before, and what the call may spend."""
+
+    kind: Literal["plan", "impl"]
+    role: str
     plan: str | None = None
     previous_diff: str | None = None
     feedback: str | None = None
-    # Headroom the workflow computed from its ledger (None: unlimited); the activity refuses a call that would not fit.
-    tokens_left: int | None = None
-    usd_left: float | None = None
     priced: bool = False
-    # limits.tokens_per_day plus the run's token grants (None: no daily limit, or a run from before the limit was
-    # enforced): the activity checks the workspace's spending today (model_usage) against it.
-    day_limit: int | None = None
 
 
 # The fields of a call a run records unchanged (ModelCallResult.as_record); the answer is cut.
@@ -100,20 +115,13 @@ GENERATE_DOCUMENTATION_WITH_MODELS = "generate_documentation_with_models"
 DOC_ANSWER_CHARS = 64_000
 
 
-class DocsModelInput(_Model):
+class DocsModelInput(ModelAsk):
     """One model-written documentation page: what to document, which page, and what the call may spend."""
 
     docs: DocsInput
     page: Literal["overview", "architecture"]
     step: str
     role: str = "arch"
-    model: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    tokens_left: int | None = None
-    usd_left: float | None = None
-    # limits.tokens_per_day plus the run's grants (None: no daily limit, or a run from before it was checked here).
-    day_limit: int | None = None
 
 
 class ModelDocPage(_Model):
@@ -136,21 +144,8 @@ class ModelDocsInput(_Model):
 REVIEW_MODEL_DIFF = "review_model_diff"
 
 
-class ReviewInput(_Model):
+class ReviewInput(_MilestoneAsk):
     """Ask the qa model to review the diff a model milestone applied, within what the run may still spend."""
 
-    repo: RepoRef
-    step: str
-    model: str
-    temperature: float | None = None
-    max_output_tokens: int | None = None
-    milestone_id: str
-    title: str
-    criteria: list[str]
-    prompt: str
     diff: str
     test_output: str = ""
-    tokens_left: int | None = None
-    usd_left: float | None = None
-    # limits.tokens_per_day plus the run's grants (None: no daily limit, or a run from before it was checked here).
-    day_limit: int | None = None

@@ -25,7 +25,25 @@ from quantapilot.webhooks.tables import (
     WebhookEndpoint,
     WebhookNotFoundError,
     new_id,
+    workspace_row,
 )
+
+
+def _pending_row(
+    endpoint: WebhookEndpoint, *, delivery_id: str, event_id: str, dotted: str, run_id: str | None, at: datetime
+) -> dict[str, Any]:
+    """The columns of a new delivery of an event (of the dotted type) to an endpoint: pending, not yet attempted."""
+    return {
+        "id": delivery_id,
+        "endpoint_id": endpoint.id,
+        "workspace": endpoint.workspace,
+        "event_id": event_id,
+        "event_type": dotted,
+        "run_id": run_id,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "created_at": at,
+    }
 
 
 def ensure_delivery(
@@ -50,18 +68,14 @@ def ensure_delivery(
     Returns:
         The delivery and whether this call created it.
     """
-    dotted = normalize_event_type(event_type)
-    values = {
-        "id": new_id("wd_"),
-        "endpoint_id": endpoint.id,
-        "workspace": endpoint.workspace,
-        "event_id": event_id,
-        "event_type": dotted,
-        "run_id": run_id,
-        "status": DeliveryStatus.PENDING.value,
-        "attempts": 0,
-        "created_at": now or utcnow(),
-    }
+    values = _pending_row(
+        endpoint,
+        delivery_id=new_id("wd_"),
+        event_id=event_id,
+        dotted=normalize_event_type(event_type),
+        run_id=run_id,
+        at=now or utcnow(),
+    )
     # INSERT ... ON CONFLICT DO NOTHING: a second worker racing on the same event neither fails nor duplicates,
     # and the transaction stays usable (no IntegrityError to recover from).
     dialect = session.get_bind().dialect.name
@@ -114,15 +128,9 @@ def insert_outbox_deliveries(
     created_at = utcnow()
     values = [
         {
-            "id": delivery_id,
-            "endpoint_id": endpoint.id,
-            "workspace": endpoint.workspace,
-            "event_id": event_id,
-            "event_type": dotted,
-            "run_id": run_id,
-            "status": DeliveryStatus.PENDING.value,
-            "attempts": 0,
-            "created_at": created_at,
+            **_pending_row(
+                endpoint, delivery_id=delivery_id, event_id=event_id, dotted=dotted, run_id=run_id, at=created_at
+            ),
             "payload": payload,
             "workflow_id": outbox_owner(delivery_id),
             "next_attempt_at": due,
@@ -161,10 +169,7 @@ def get_delivery(delivery_id: str, *, session: Session, workspace: str) -> Webho
     Raises:
         WebhookNotFoundError: If it does not exist or belongs to another workspace.
     """
-    delivery = session.get(WebhookDelivery, delivery_id)
-    if delivery is None or delivery.workspace != workspace:
-        raise WebhookNotFoundError("webhook delivery")
-    return delivery
+    return workspace_row(session, WebhookDelivery, delivery_id, workspace=workspace, what="webhook delivery")
 
 
 def list_deliveries(

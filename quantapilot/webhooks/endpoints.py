@@ -17,9 +17,9 @@ from quantapilot.webhooks.tables import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
-    WebhookNotFoundError,
     WebhookSecret,
     new_id,
+    workspace_row,
 )
 from quantapilot.webhooks.urlsafety import check_url_syntax
 
@@ -249,10 +249,7 @@ def get_endpoint(endpoint_id: str, *, session: Session, workspace: str) -> Webho
     Raises:
         WebhookNotFoundError: If it does not exist or belongs to another workspace.
     """
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or endpoint.workspace != workspace:
-        raise WebhookNotFoundError("webhook endpoint")
-    return endpoint
+    return workspace_row(session, WebhookEndpoint, endpoint_id, workspace=workspace, what="webhook endpoint")
 
 
 def update_endpoint(

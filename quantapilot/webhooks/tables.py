@@ -19,12 +19,12 @@ from __future__ import annotations
 import secrets as _secrets
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as ModelField
 from sqlalchemy import JSON, Column, Index, Table, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Session, SQLModel
 
 from quantapilot.db import UtcDateTime, utcnow
 
@@ -200,3 +200,18 @@ DELIVERIES_TABLE: Table = WebhookDelivery.__table__  # type: ignore[attr-defined
 ATTEMPTS_TABLE: Table = WebhookAttempt.__table__  # type: ignore[attr-defined]
 ENDPOINTS_TABLE: Table = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 SECRETS_TABLE: Table = WebhookSecret.__table__  # type: ignore[attr-defined]
+
+_Owned = TypeVar("_Owned", WebhookEndpoint, WebhookDelivery)
+
+
+def workspace_row(session: Session, table: type[_Owned], row_id: str, *, workspace: str, what: str) -> _Owned:
+    """The row ``row_id`` of ``table`` when it belongs to ``workspace``: what the API may read and change.
+
+    Raises:
+        WebhookNotFoundError: If it does not exist or belongs to another workspace (the two look the same, so
+            one workspace never learns which ids another has).
+    """
+    row = session.get(table, row_id)
+    if row is None or row.workspace != workspace:
+        raise WebhookNotFoundError(what)
+    return row

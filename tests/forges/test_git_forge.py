@@ -11,7 +11,15 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from quantapilot.db import session_scope
-from quantapilot.forges import ForgeError, GitForge, MergeConflictError, MergeStrategy, PullRequest, gitops
+from quantapilot.forges import (
+    ForgeError,
+    GitForge,
+    MergeConflictError,
+    MergeStrategy,
+    PullRequest,
+    PullRequestDraft,
+    gitops,
+)
 from quantapilot.forges.store import get_pull_request, list_comments
 from tests.forges.conftest import AUTHOR, show
 
@@ -54,25 +62,15 @@ async def test_git_forge_open_is_idempotent_and_merge_lands_on_base(
     main_moved = await _push_to_main_elsewhere(tmp_path, bare_repo, {"other.txt": "other\n"}, "mover")
 
     opened = await forge.open_pull_request(
-        repo_url=repo_url,
+        PullRequestDraft(repo_url=repo_url, head="qp/run-1/m1", base="main", title="M1", body="b", run_id="r1"),
         worktree=worktree,
-        head="qp/run-1/m1",
-        base="main",
-        title="M1",
-        body="b",
-        run_id="r1",
     )
     assert (opened.number, opened.state, opened.head, opened.base) == (1, "open", "qp/run-1/m1", "main")
     assert opened.url == f"{repo_url}#pr-1"
     assert await gitops.current_sha(bare_repo, "qp/run-1/m1") == head_sha
     again = await forge.open_pull_request(
-        repo_url=repo_url,
+        PullRequestDraft(repo_url=repo_url, head="qp/run-1/m1", base="main", title="M1", body="b", run_id="r1"),
         worktree=worktree,
-        head="qp/run-1/m1",
-        base="main",
-        title="M1",
-        body="b",
-        run_id="r1",
     )
     assert again == opened
     await forge.comment(repo_url=repo_url, number=1, body="looks good")
@@ -119,7 +117,8 @@ async def test_git_forge_conflict_raises_with_files_and_leaves_everything_clean(
     await _branch_with(worktree, "qp/conflict", {"README.md": "# demo\n\nours\n", "ok.txt": "fine\n"})
     main_before = await _push_to_main_elsewhere(tmp_path, bare_repo, {"README.md": "# demo\n\ntheirs\n"}, "them")
     pr = await forge.open_pull_request(
-        repo_url=repo_url, worktree=worktree, head="qp/conflict", base="main", title="t", body="", run_id="r"
+        PullRequestDraft(repo_url=repo_url, head="qp/conflict", base="main", title="t", body="", run_id="r"),
+        worktree=worktree,
     )
     with pytest.raises(MergeConflictError) as info:
         await forge.merge(repo_url=repo_url, worktree=worktree, number=pr.number, strategy=strategy)
@@ -144,13 +143,10 @@ async def test_git_forge_concurrent_opens_for_one_run_give_one_pr(
     def open_for(i: int, run_id: str) -> Awaitable[PullRequest]:
         return asyncio.ensure_future(
             forge.open_pull_request(
-                repo_url=repo_url,
+                PullRequestDraft(
+                    repo_url=repo_url, head=f"qp/b{i}", base="main", title=f"b{i}", body="", run_id=run_id
+                ),
                 worktree=worktree,
-                head=f"qp/b{i}",
-                base="main",
-                title=f"b{i}",
-                body="",
-                run_id=run_id,
             )
         )
 
@@ -160,13 +156,8 @@ async def test_git_forge_concurrent_opens_for_one_run_give_one_pr(
     assert sorted(pr.number for pr in distinct) == [2, 3, 4]
     # another repository numbers its pull requests from 1
     other = await forge.open_pull_request(
-        repo_url="https://elsewhere/x/y",
+        PullRequestDraft(repo_url="https://elsewhere/x/y", head="qp/b1", base="main", title="", body="", run_id="z"),
         worktree=worktree,
-        head="qp/b1",
-        base="main",
-        title="",
-        body="",
-        run_id="z",
     )
     assert other.number == 1
     assert other.url == "https://elsewhere/x/y#pr-1"
@@ -178,13 +169,8 @@ async def test_git_forge_merge_retries_when_base_moves_during_push(
     forge = _forge(db_engine, tmp_path)
     await _branch_with(worktree, "qp/feat", {"feat.txt": "feat\n"})
     pr = await forge.open_pull_request(
-        repo_url=str(bare_repo),
+        PullRequestDraft(repo_url=str(bare_repo), head="qp/feat", base="main", title="t", body="", run_id="r"),
         worktree=worktree,
-        head="qp/feat",
-        base="main",
-        title="t",
-        body="",
-        run_id="r",
     )
     # Someone's commit waits on a side branch; the remote's hook moves main to it and rejects our first push,
     # as if that person had pushed to main between our fetch and our push.

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from quantapilot.forges import ForgeError, GiteaForge, MergeConflictError, gitops
+from quantapilot.forges import ForgeError, GiteaForge, MergeConflictError, PullRequestDraft, gitops
 from tests.forges.conftest import AUTHOR, serve
 from tests.forges.contracts import ContractState, gitea_app
 
@@ -42,13 +42,15 @@ async def test_gitea_forge_open_comment_merge_follow_the_contract(
     forge, state, url = gt
     sha = await _feature(worktree)
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-9/m1", base="main", title="M1", body="B", run_id="r9"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-9/m1", base="main", title="M1", body="B", run_id="r9"),
+        worktree=worktree,
     )
     assert await gitops.current_sha(bare_repo, "qp/run-9/m1") == sha
     assert (pr.number, pr.state, pr.head, pr.base) == (1, "open", "qp/run-9/m1", "main")
     assert pr.url == f"{url}/octo/hello/pulls/1"
     again = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-9/m1", base="main", title="M1", body="B", run_id="r9"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-9/m1", base="main", title="M1", body="B", run_id="r9"),
+        worktree=worktree,
     )
     assert again == pr
     assert _count(state, "POST", "/pulls") == 1
@@ -82,13 +84,15 @@ async def test_gitea_forge_open_finds_existing_pr_and_survives_a_409_race(
     await gitops.push(worktree, branch="qp/run-9/m1")
     state.add_pull(head="qp/run-9/m1", base="main", title="M1", body="", head_sha=sha)
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-9/m1", base="main", title="M1", body="", run_id="r9"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-9/m1", base="main", title="M1", body="", run_id="r9"),
+        worktree=worktree,
     )
     assert pr.number == 1
     assert _count(state, "POST", "/pulls") == 0
     state.hide_from_lookup_once = True  # a concurrent creator wins between our lookup and our create: 409
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-9/m1", base="main", title="M1", body="", run_id="r9"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-9/m1", base="main", title="M1", body="", run_id="r9"),
+        worktree=worktree,
     )
     assert pr.number == 1
     assert len(state.pulls) == 1
@@ -109,7 +113,8 @@ async def test_gitea_forge_base_with_slash_is_found_by_listing(
     for i in range(3):
         state.add_pull(head=f"later-{i}", base="main", title="o", body="", head_sha=sha)
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/fix", base="release/1.0", title="fix", body="", run_id="r"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/fix", base="release/1.0", title="fix", body="", run_id="r"),
+        worktree=worktree,
     )
     assert pr.number == wanted.number
     assert _count(state, "POST", "/pulls") == 0
@@ -156,6 +161,7 @@ async def test_gitea_forge_errors_map_to_retryable_or_not(
     # the push works, but the API refuses a base branch the repository does not have
     with pytest.raises(ForgeError) as unknown_base:
         await forge.open_pull_request(
-            repo_url=REPO_URL, worktree=worktree, head="qp/run-9/m1", base="nope", title="t", body="", run_id="r"
+            PullRequestDraft(repo_url=REPO_URL, head="qp/run-9/m1", base="nope", title="t", body="", run_id="r"),
+            worktree=worktree,
         )
     assert not unknown_base.value.retryable

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from quantapilot.forges import ForgeError, GitHubForge, MergeConflictError, gitops
+from quantapilot.forges import ForgeError, GitHubForge, MergeConflictError, PullRequestDraft, gitops
 from tests.forges.conftest import AUTHOR, serve
 from tests.forges.contracts import ContractState, github_app
 
@@ -42,7 +42,8 @@ async def test_github_forge_open_comment_merge_follow_the_contract(
     forge, state = gh
     sha = await _feature(worktree)
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-7/docs", base="main", title="Docs", body="B", run_id="r7"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-7/docs", base="main", title="Docs", body="B", run_id="r7"),
+        worktree=worktree,
     )
     assert await gitops.current_sha(bare_repo, "qp/run-7/docs") == sha  # pushed before the API call
     assert (pr.number, pr.state, pr.head, pr.base, pr.title) == (1, "open", "qp/run-7/docs", "main", "Docs")
@@ -50,7 +51,8 @@ async def test_github_forge_open_comment_merge_follow_the_contract(
     assert pr.merge_sha is None  # GitHub's pre-merge test commit is not a merge
     assert state.pulls[1].head_sha == sha
     again = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-7/docs", base="main", title="Docs", body="B", run_id="r7"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-7/docs", base="main", title="Docs", body="B", run_id="r7"),
+        worktree=worktree,
     )
     assert again == pr
     assert _count(state, "POST", "/pulls") == 1
@@ -78,7 +80,8 @@ async def test_github_forge_open_returns_pr_left_by_a_crashed_attempt(
     # the earlier attempt created the pull request, then the worker died before recording it
     state.add_pull(head="qp/run-7/docs", base="main", title="Docs", body="", head_sha=sha)
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-7/docs", base="main", title="Docs", body="", run_id="r7"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-7/docs", base="main", title="Docs", body="", run_id="r7"),
+        worktree=worktree,
     )
     assert pr.number == 1
     assert _count(state, "POST", "/pulls") == 0
@@ -93,7 +96,8 @@ async def test_github_forge_open_race_answered_422_finds_the_other_pr(
     state.add_pull(head="qp/run-7/docs", base="main", title="Docs", body="", head_sha=sha)
     state.hide_from_lookup_once = True  # a concurrent creator wins between our lookup and our create
     pr = await forge.open_pull_request(
-        repo_url=REPO_URL, worktree=worktree, head="qp/run-7/docs", base="main", title="Docs", body="", run_id="r7"
+        PullRequestDraft(repo_url=REPO_URL, head="qp/run-7/docs", base="main", title="Docs", body="", run_id="r7"),
+        worktree=worktree,
     )
     assert pr.number == 1
     assert len(state.pulls) == 1
