@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
-from activities.events import EventActivities
+from activities.event_carry import EventCarryInterceptor
 from quantapilot.events.carry import EVENTS_HEADER, EVENTS_NOT_RECORDED, RECORD_EVENTS
 from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
@@ -72,7 +71,7 @@ def failures(history: WorkflowHistory) -> list[str]:
 
 def stored(engine: Engine, run_id: str) -> list[tuple[int, str]]:
     with Session(engine) as session:
-        rows = session.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)).all()
+        rows = session.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.seq))).all()
     return [(row.seq, row.type) for row in rows]
 
 
@@ -140,12 +139,15 @@ async def test_event_carry_events_not_recorded_by_the_carrier_are_recorded_by_th
     # activity, bound when the worker was built, still works.
     calls: list[list[str]] = []
 
-    async def refuse(self: Any, events: list[EventRecord]) -> None:
-        calls.append([e.type for e in events])
-        raise ConnectionError("database away")
+    class Refusing:
+        async def record_events(self, events: list[EventRecord]) -> None:
+            calls.append([e.type for e in events])
+            raise ConnectionError("database away")
 
-    async with build_worker(client, settings):
-        monkeypatch.setattr(EventActivities, "record_events", refuse)
+    worker = build_worker(client, settings)
+    (carry,) = [i for i in worker.config()["interceptors"] if isinstance(i, EventCarryInterceptor)]
+    monkeypatch.setattr(carry, "_events", Refusing())
+    async with worker:
         run_id = await approved_run(api, tmp_path)
     history = await history_of(client, run_id)
     # Each carrier failed before its body ran; the workflow recorded its events, then ran the step again.
