@@ -116,7 +116,9 @@ class ServiceWorker(Worker):
             self._engine.dispose()
 
 
-def worker_interceptors(client: Client | None = None, *, events: EventActivities | None = None) -> list[Interceptor]:
+def worker_interceptors(
+    client: Client | None = None, *, events: EventActivities | None = None, event_carry: bool = True
+) -> list[Interceptor]:
     """The worker's interceptors: run context for log lines, run events carried by activities, tracing.
 
     Tracing comes from here unless the client brings it.
@@ -129,12 +131,13 @@ def worker_interceptors(client: Client | None = None, *, events: EventActivities
         client: The worker's client; None for a replayer, which has none.
         events: The event activities that record what an activity carries; None for a replayer, which runs no
             activity (its workflows still carry, as they did when the history was made).
+        event_carry: Whether new runs carry their events (``QP_WORKER_EVENT_CARRY``).
     """
     own = (
         [] if client is not None and has_temporal_tracing(client.config()["interceptors"]) else [temporal_interceptor()]
     )
     # Innermost: carried events are recorded inside the activity's trace span and run context.
-    return [*own, RunContextInterceptor(), EventCarryInterceptor(events)]
+    return [*own, RunContextInterceptor(), EventCarryInterceptor(events, new_runs=event_carry)]
 
 
 def build_worker(
@@ -176,7 +179,7 @@ def build_worker(
         engine=engine,
         repo=next((r for r in resources if isinstance(r, RepoActivities)), None),
         sweep_every_s=settings.worktree_sweep_interval_s,
-        interceptors=worker_interceptors(client, events=events),
+        interceptors=worker_interceptors(client, events=events, event_carry=settings.worker_event_carry),
         max_cached_workflows=settings.worker_max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )

@@ -49,10 +49,13 @@ class EventCarryInterceptor(Interceptor):
     Args:
         events: The worker's event activities, which record what an activity carries; None (a replayer) only
             intercepts workflows.
+        new_runs: Whether runs whose first event this worker emits start carrying (``QP_WORKER_EVENT_CARRY``);
+            a run's history decides for the runs that already did.
     """
 
-    def __init__(self, events: EventActivities | None = None) -> None:
+    def __init__(self, events: EventActivities | None = None, *, new_runs: bool = True) -> None:
         self._events = events
+        self._inbound = type("_WorkflowInboundOfWorker", (_WorkflowInbound,), {"new_runs": new_runs})
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         """Record an activity's carried events before its body runs."""
@@ -60,7 +63,7 @@ class EventCarryInterceptor(Interceptor):
 
     def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor]:
         """Let run workflows' emitters carry their events on the activities they start."""
-        return _WorkflowInbound
+        return self._inbound
 
 
 def _emitter() -> Any:
@@ -83,6 +86,8 @@ class _WorkflowOutbound(WorkflowOutboundInterceptor):
 
 
 class _WorkflowInbound(WorkflowInboundInterceptor):
+    new_runs = True
+
     def init(self, outbound: WorkflowOutboundInterceptor) -> None:
         super().init(_WorkflowOutbound(outbound))
 
@@ -90,7 +95,7 @@ class _WorkflowInbound(WorkflowInboundInterceptor):
         emitter = _emitter()
         if emitter is not None:
             # Only a workflow run with this interceptor may carry (a worker without it keeps one activity per event).
-            emitter.attach_carrier()
+            emitter.attach_carrier(new_runs=self.new_runs)
         return await super().execute_workflow(input)
 
 

@@ -133,15 +133,21 @@ class EventEmitter:
         self.seq = 0
         self._may_carry = carry
         self._carrier = False
+        self._new_runs = True
         self._carries: bool | None = None  # decided at the run's first event
         self._held: list[EventRecord] = []
         self._recorded_seq = 0
 
     # ----- the interceptor's side (activities.event_carry) ---------------------------------------------------
 
-    def attach_carrier(self) -> None:
-        """The worker intercepts this workflow's activity starts (called as the workflow begins to run)."""
+    def attach_carrier(self, *, new_runs: bool = True) -> None:
+        """The worker intercepts this workflow's activity starts (called as the workflow begins to run).
+
+        Args:
+            new_runs: Whether a run whose first event is emitted now (not replayed) starts carrying.
+        """
         self._carrier = True
+        self._new_runs = new_runs
 
     def to_carry(self, activity_type: str) -> list[EventRecord]:
         """The events an activity about to start carries: every event held (none for the recording activities)."""
@@ -160,7 +166,13 @@ class EventEmitter:
     def carries(self) -> bool:
         """Whether this run's events ride on its activities (:data:`PATCH_EVENTS_CARRIED`); asked once."""
         if self._carries is None:
-            self._carries = self._may_carry and self._carrier and workflow.patched(PATCH_EVENTS_CARRIED)
+            if not (self._may_carry and self._carrier):
+                self._carries = False
+            elif not self._new_runs and not workflow.unsafe.is_replaying():
+                # The worker does not start carrying (QP_WORKER_EVENT_CARRY off); a replay follows its history.
+                self._carries = False
+            else:
+                self._carries = workflow.patched(PATCH_EVENTS_CARRIED)
         return self._carries
 
     @property

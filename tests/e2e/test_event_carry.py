@@ -164,3 +164,16 @@ async def test_event_carry_events_not_recorded_by_the_carrier_are_recorded_by_th
         RECORD_EVENTS,
     ]
     assert stored(engine, run_id) == list(enumerate(APPROVED, start=1))
+
+
+async def test_event_carry_worker_with_it_off_starts_runs_one_activity_per_event(
+    api: Api, client: Client, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    # QP_WORKER_EVENT_CARRY=false (a rolling deploy from a release without it): new runs take the earlier shape.
+    async with build_worker(client, settings.model_copy(update={"worker_event_carry": False})):
+        run_id = await approved_run(api, tmp_path)
+    history = await history_of(client, run_id)
+    assert recordings(history) == [(RECORD_EVENT, [kind]) for kind in APPROVED]
+    markers = [e for e in history.events if e.event_type == E.EVENT_TYPE_MARKER_RECORDED]
+    assert all(b"events-carried" not in m.SerializeToString() for m in markers)
+    assert stored(engine, run_id) == list(enumerate(APPROVED, start=1))

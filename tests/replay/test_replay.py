@@ -507,3 +507,12 @@ def test_replay_carried_recordings_record_every_event_of_the_run_in_order(name: 
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
     kinds = recorded_event_types(history)
     assert kinds[0] == "run.started" and kinds[-1] == "run.completed", kinds
+
+
+async def test_replay_carried_recording_replays_on_a_worker_that_starts_no_carrying_run() -> None:
+    # QP_WORKER_EVENT_CARRY=false decides only for runs not yet started: a carrying run's history says it carries.
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, interceptors=worker_interceptors(event_carry=False)
+    )
+    result = await replayer.replay_workflow(load("repo_run_approved"), raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
