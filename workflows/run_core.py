@@ -207,7 +207,9 @@ class RunCore:
 
         Runs started before this order existed replay the old one (state first): their histories say so. What the
         run holds outside Temporal is released first (:meth:`_release`), so a client that sees the final state
-        finds it released.
+        finds it released. Runs that carry their events (:class:`~workflows.common.EventEmitter`) emit the final
+        event before the release, whose activity carries it (recorded before the worktree is removed); what is
+        still held after it is recorded on its own, then the state turns final.
         """
         if self._events.carries:
             # The final event rides on the release's activity (or is recorded on its own): recorded, then the state.
