@@ -108,6 +108,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         payload = input.headers.get(EVENTS_HEADER)
         if payload is not None:
             batch = activity.payload_converter().from_payload(payload, list[EventRecord])
+            if activity.info().heartbeat_timeout:
+                # The body's own heartbeats start after this: a slow insert must not pass for a lost worker.
+                activity.heartbeat()
             try:
                 await asyncio.wait_for(self._events.record_events(batch), CARRY_RECORD_TIMEOUT.total_seconds())
             except Exception as exc:
