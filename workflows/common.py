@@ -110,9 +110,11 @@ class EventEmitter:
     worker's :class:`activities.event_carry.EventCarryInterceptor`) an event is numbered and stamped as before but
     held: the next activity the workflow schedules carries every event held (the interceptor records them before
     that activity's body), and :meth:`flush` records them with one ``record_events`` activity where the run would
-    otherwise wait with events unrecorded (a gate, a pause, continue-as-new, the end). Every recording call is
-    given all the events not yet known recorded, from the oldest: the log never holds an event of the run without
-    those before it, and a second recording of the same event (idempotent by id) inserts nothing.
+    otherwise wait with events unrecorded (a gate, a pause, continue-as-new, the end). A recording call is given
+    every event held that no other call in flight has: a pause's ``run.paused`` is recorded while the step that
+    carries the events before it runs (the log may hold seq N+1 a moment before N, as it could before; its pages
+    stop at the gap while the run is open). A carrier that fails hands its events back to be held, and an event
+    recorded twice (idempotent by id) is stored once.
     """
 
     def __init__(
@@ -135,8 +137,8 @@ class EventEmitter:
         self._carrier = False
         self._new_runs = True
         self._carries: bool | None = None  # decided at the run's first event
-        self._held: list[EventRecord] = []
-        self._recorded_seq = 0
+        self._held: list[EventRecord] = []  # emitted, not known recorded, in seq order
+        self._on_the_way: dict[str, int] = {}  # event id -> recording calls in flight with it
 
     # ----- the interceptor's side (activities.event_carry) ---------------------------------------------------
 
@@ -153,12 +155,11 @@ class EventEmitter:
         """The events an activity about to start carries: every event held (none for the recording activities)."""
         if not self._carries or activity_type in (RECORD_EVENT, RECORD_EVENTS):
             return []
-        return list(self._held)
+        return self._take()
 
     def carried(self, batch: list[EventRecord], handle: Any) -> None:
         """The carrying activity ended: completed, its batch is recorded; otherwise it stays held."""
-        if not handle.cancelled() and handle.exception() is None:
-            self._recorded_through(batch[-1].seq)
+        self._landed(batch, recorded=not handle.cancelled() and handle.exception() is None)
 
     # ----- the workflow's side -------------------------------------------------------------------------------
 
@@ -177,17 +178,29 @@ class EventEmitter:
 
     @property
     def recorded_seq(self) -> int:
-        """The sequence number up to which the run's events are recorded (what a client finds in the log)."""
-        return self._recorded_seq if self._carries else self.seq
+        """The sequence number up to which every event of the run is recorded (what a client finds in the log)."""
+        return self._held[0].seq - 1 if self._carries and self._held else self.seq
 
     def restore(self, seq: int) -> None:
         """Continue the numbering of an earlier execution (continue-as-new), whose events were all recorded."""
         self.seq = seq
-        self._recorded_seq = seq
 
-    def _recorded_through(self, seq: int) -> None:
-        self._recorded_seq = max(self._recorded_seq, seq)
-        self._held = [record for record in self._held if record.seq > self._recorded_seq]
+    def _take(self) -> list[EventRecord]:
+        """The held events no recording call in flight has, now on their way with a new one."""
+        batch = [record for record in self._held if record.id not in self._on_the_way]
+        for record in batch:
+            self._on_the_way[record.id] = self._on_the_way.get(record.id, 0) + 1
+        return batch
+
+    def _landed(self, batch: list[EventRecord], *, recorded: bool) -> None:
+        """A recording call with ``batch`` ended: recorded, its events are no longer held; else held again."""
+        for record in batch:
+            left = self._on_the_way.pop(record.id, 1) - 1
+            if left > 0:
+                self._on_the_way[record.id] = left
+        if recorded:
+            done = {record.id for record in batch}
+            self._held = [record for record in self._held if record.id not in done]
 
     async def emit(self, event_type: str, data: dict[str, Any]) -> EventRecord:
         """Record one event, or hold it for the next activity; the sequence number is taken before awaiting."""
@@ -217,18 +230,22 @@ class EventEmitter:
         return record
 
     async def flush(self) -> None:
-        """Record every event held, in order, with one activity (nothing to do: no command at all)."""
-        if not self._held:
+        """Record the events held (those no call in flight has), in order, with one activity; none: no command."""
+        batch = self._take()
+        if not batch:
             return
-        batch = list(self._held)
-        await workflow.execute_activity_method(
-            EventActivities.record_events,
-            batch,
-            start_to_close_timeout=EVENT_ACTIVITY_TIMEOUT,
-            retry_policy=EVENT_RETRY_POLICY,
-            summary=f"Record {len(batch)} run events",
-        )
-        self._recorded_through(batch[-1].seq)
+        recorded = False
+        try:
+            await workflow.execute_activity_method(
+                EventActivities.record_events,
+                batch,
+                start_to_close_timeout=EVENT_ACTIVITY_TIMEOUT,
+                retry_policy=EVENT_RETRY_POLICY,
+                summary=f"Record {len(batch)} run events",
+            )
+            recorded = True
+        finally:
+            self._landed(batch, recorded=recorded)
 
 
 def events_not_recorded(err: ActivityError) -> bool:
