@@ -16,6 +16,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
 from activities import Closeable, build_activities
+from activities.event_carry import EventCarryInterceptor
+from activities.events import EventActivities
 from activities.repo import RepoActivities
 from quantapilot.db import make_engine
 from quantapilot.migrate import ensure_schema
@@ -114,8 +116,12 @@ class ServiceWorker(Worker):
             self._engine.dispose()
 
 
-def worker_interceptors(client: Client | None = None) -> list[Interceptor]:
-    """The worker's interceptors: the run context for log lines and, unless the client brings it, tracing.
+def worker_interceptors(
+    client: Client | None = None, *, events: EventActivities | None = None, event_carry: bool = True
+) -> list[Interceptor]:
+    """The worker's interceptors: run context for log lines, run events carried by activities, tracing.
+
+    Tracing comes from here unless the client brings it.
 
     A worker runs its client's interceptors first (``quantapilot.temporal.connect`` gives every client Temporal's
     tracing interceptor); a client made elsewhere (tests, the replayer) gets it here, so workflows and activities
@@ -123,11 +129,15 @@ def worker_interceptors(client: Client | None = None) -> list[Interceptor]:
 
     Args:
         client: The worker's client; None for a replayer, which has none.
+        events: The event activities that record what an activity carries; None for a replayer, which runs no
+            activity (its workflows still carry, as they did when the history was made).
+        event_carry: Whether new runs carry their events (``QP_WORKER_EVENT_CARRY``).
     """
     own = (
         [] if client is not None and has_temporal_tracing(client.config()["interceptors"]) else [temporal_interceptor()]
     )
-    return [*own, RunContextInterceptor()]
+    # Innermost: carried events are recorded inside the activity's trace span and run context.
+    return [*own, RunContextInterceptor(), EventCarryInterceptor(events, new_runs=event_carry)]
 
 
 def build_worker(
@@ -157,6 +167,8 @@ def build_worker(
     activities, resources = build_activities(
         settings, engine, resolver=resolver, wake_dispatcher=dispatcher.wake if dispatcher is not None else None
     )
+    # The object behind the registered record_event: what an activity carries is recorded the same way.
+    events = next(e for e in (getattr(a, "__self__", None) for a in activities) if isinstance(e, EventActivities))
     return ServiceWorker(
         client,
         task_queue=queue,
@@ -167,7 +179,7 @@ def build_worker(
         engine=engine,
         repo=next((r for r in resources if isinstance(r, RepoActivities)), None),
         sweep_every_s=settings.worktree_sweep_interval_s,
-        interceptors=worker_interceptors(client),
+        interceptors=worker_interceptors(client, events=events, event_carry=settings.worker_event_carry),
         max_cached_workflows=settings.worker_max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )

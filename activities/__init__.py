@@ -54,6 +54,7 @@ def build_activities(
     reviews = ModelReviewActivities(models)
     activities: list[Callable[..., Any]] = [
         events.record_event,
+        events.record_events,
         repo.clone_repository,
         repo.load_run_config,
         repo.generate_documentation,

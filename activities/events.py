@@ -20,6 +20,7 @@ from sqlmodel import Session
 from temporalio import activity
 
 from quantapilot.db import one_writer
+from quantapilot.events.carry import RECORD_EVENTS
 from quantapilot.events.envelope import envelope_of_record
 from quantapilot.events.log import add_event
 from quantapilot.events.metrics import count_event
@@ -87,3 +88,13 @@ class EventActivities:
             await start_delivery_workflows(client, task_queue=task_queue, settings=self._settings, deliveries=pending)
         if self._settings.amqp_url:
             await start_amqp_publish(client, task_queue=task_queue, envelope=envelope_of_record(event))
+
+    @activity.defn(name=RECORD_EVENTS)
+    async def record_events(self, events: list[EventRecord]) -> None:
+        """Record events in their order, each as :meth:`record_event` does (idempotent by event id).
+
+        One event is committed before the next is written, so the log never holds a later event of the run
+        without the earlier ones this call was given.
+        """
+        for event in events:
+            await self.record_event(event)

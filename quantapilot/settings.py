@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # off mid-way is retried elsewhere, but one that finishes also returns its database connection before the
     # worker closes the pool.
     worker_graceful_shutdown_s: float = Field(default=10.0, ge=0, le=3600)
+    # Runs this worker starts carry their events on their activities (the events-carried patch). A worker of a
+    # release before it would run such an activity without recording what it carries: while one may still poll
+    # the task queue (a rolling deploy from such a release), start the new workers with this off, then on.
+    # Runs already under the patch go on carrying either way (their history says so).
+    worker_event_carry: bool = True
     # How long a query waits for a worker to answer (updates: three times this) before the API answers 503.
     temporal_rpc_timeout_s: float = Field(default=10.0, gt=0)
     temporal_api_key: str | None = Field(default=None, repr=False)

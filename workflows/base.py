@@ -93,6 +93,8 @@ class RunWorkflowBase(RunCore):
         if in_event:
             requested = requested.model_copy(update={"timeout_s": timeout_s, "deadline": deadline})
         await self._emit("gate.requested", requested.model_dump(mode="json"))
+        # The run waits for a person now: what it holds (this request and the events before it) is recorded first.
+        await self._events.flush()
         try:
             if n_of_m:
                 # The deadline the event announced is the one kept (before the patch: counted after the event).
@@ -139,6 +141,7 @@ class RunWorkflowBase(RunCore):
             remaining = (deadline - workflow.now()) if deadline is not None else None
             if remaining is not None and remaining <= timedelta(0):
                 raise TimeoutError
+            await self._events.flush()  # the approvals reported so far, before waiting for the next
             await workflow.wait_condition(functools.partial(self._gate_moved, name, reported), timeout=remaining)
 
     def _gate_moved(self, name: str, reported: int) -> bool:

@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.common import RunFailure
+from workflows.common import RunFailure, events_not_recorded
 from workflows.model_docs import PATCH_MODEL_DOCS, ModelDocs
 from workflows.model_qa import qa_note
 from workflows.model_steps import PATCH_MODEL_STEPS
@@ -87,16 +87,22 @@ class RepoRunWorkflow(ModelDocs):
         """
         if not workflow.patched(PATCH_WORKTREE_CLEANUP):
             return  # started before worktrees were removed: replay without the step
-        try:
-            await workflow.execute_activity_method(
-                RepoActivities.cleanup_worktree,
-                self._repo,
-                start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
-                summary="Remove the run's worktree",
-            )
-        except ActivityError as err:
-            workflow.logger.warning("worktree cleanup failed: %s", err.cause, extra=self._log_context())
+        while True:
+            try:
+                await workflow.execute_activity_method(
+                    RepoActivities.cleanup_worktree,
+                    self._repo,
+                    start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
+                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+                    summary="Remove the run's worktree",
+                )
+            except ActivityError as err:
+                if events_not_recorded(err):
+                    # The final event it carried could not be recorded, nor was the worktree removed: record, retry.
+                    await self._events.flush()
+                    continue
+                workflow.logger.warning("worktree cleanup failed: %s", err.cause, extra=self._log_context())
+            return
 
     def _status(self) -> RunStatus:
         return RunStatus(
@@ -133,7 +139,9 @@ class RepoRunWorkflow(ModelDocs):
         gates = effective_gates(config)
         for index in range(start, len(config.milestones)):
             if index > start and self._should_continue_as_new(index - start):
-                # Long runs stay far below Temporal's history limits: the next execution starts from here.
+                # Long runs stay far below Temporal's history limits: the next execution starts from here, with
+                # every event of this one recorded (it carries the sequence number on, not the events).
+                await self._events.flush()
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry(config, index)}))
             try:
@@ -225,7 +233,7 @@ class RepoRunWorkflow(ModelDocs):
         self._pull_requests = list(carry.pull_requests)
         self._gates = {g.name: g.model_copy() for g in carry.gates}
         self._docs_branch = carry.docs_branch
-        self._events.seq = carry.event_seq
+        self._events.restore(carry.event_seq)
         self._created_at = carry.created_at
         self._time_budget_s = carry.time_budget_s
         self._extra_attempts = carry.extra_attempts

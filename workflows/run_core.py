@@ -13,7 +13,14 @@ from typing import Any, Protocol, TypeVar, cast
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.common import EventEmitter, RunFailure, StepExhausted, classify_activity_error, retry_policy
+from workflows.common import (
+    EventEmitter,
+    RunFailure,
+    StepExhausted,
+    classify_activity_error,
+    events_not_recorded,
+    retry_policy,
+)
 
 with workflow.unsafe.imports_passed_through():
     from quantapilot.errors import ErrorCode
@@ -75,6 +82,7 @@ class RunCore:
             kind=kind,
             correlation_id=inp.correlation_id,
             trace_id=inp.trace_id,
+            carry=True,
         )
         self._gates: dict[str, GateRecord] = {}
         # Gates requested under PATCH_GATE_N_OF_M (workflows.base): their decisions follow gates.record_decision.
@@ -159,7 +167,8 @@ class RunCore:
             "created_at": self._created_at,
             "updated_at": self._updated_at,
             "completed_at": self._completed_at,
-            "last_event_seq": self._events.seq,
+            # Only what a client can read: events held for the next activity are not in the log yet.
+            "last_event_seq": self._events.recorded_seq,
             "result": self._result,
         }
 
@@ -198,8 +207,17 @@ class RunCore:
 
         Runs started before this order existed replay the old one (state first): their histories say so. What the
         run holds outside Temporal is released first (:meth:`_release`), so a client that sees the final state
-        finds it released.
+        finds it released. Runs that carry their events (:class:`~workflows.common.EventEmitter`) emit the final
+        event before the release, whose activity carries it (recorded before the worktree is removed); what is
+        still held after it is recorded on its own, then the state turns final.
         """
+        if self._events.carries:
+            # The final event rides on the release's activity (or is recorded on its own): recorded, then the state.
+            await self._emit(event_type, data)
+            await self._release()
+            await self._events.flush()
+            self._finish(state)
+            return
         await self._release()
         if workflow.patched(PATCH_FINAL_EVENT_FIRST):
             await self._emit(event_type, data)
@@ -231,6 +249,8 @@ class RunCore:
         left = self._budget_left_s()
         if left is not None and left < 0 and not self._paused:
             await self._pause("time_limit", "run")
+        if self._paused:
+            await self._events.flush()  # nothing may stay held while the run waits for a person
         await workflow.wait_condition(lambda: not self._paused)
 
     def _budget_left_s(self) -> float | None:
@@ -313,6 +333,10 @@ class RunCore:
                 finished: T = await workflow.execute_activity_method(activity, arg, **options)
                 return finished
             except ActivityError as err:
+                if events_not_recorded(err):
+                    # The step never ran: record its events (as long as the database takes), then run it again.
+                    await self._events.flush()
+                    continue
                 outcome = classify_activity_error(name, err)
                 if isinstance(outcome, StepExhausted):
                     await self._pause("budget_exceeded", outcome.message)
@@ -331,6 +355,8 @@ class RunCore:
         self._touch()
         # details: the figures of a model budget pause (workflows.model_steps); no other pause has any.
         await self._emit("run.paused", {"run_id": self._run_id, "reason": reason, **(details or {})})
+        # Recorded at once (with what is held before it): a paused run may wait long, and pause_run answers after.
+        await self._events.flush()
 
     async def _resume(self) -> None:
         if not self._paused or self._terminal is not None:
@@ -339,3 +365,4 @@ class RunCore:
         self._paused_reason = None
         self._touch()
         await self._emit("run.resumed", {"run_id": self._run_id})
+        await self._events.flush()

@@ -21,8 +21,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from quantapilot.events.carry import EVENTS_HEADER, RECORD_EVENTS
 from quantapilot.lifecycle.contracts import NARRATE_STAGE, RUN_STAGE_AGENT, STORE_STAGE_RESULT
-from quantapilot.runs.contracts import CLEANUP_WORKTREE, GENERATE_DOCUMENTATION, OPEN_PULL_REQUEST, RECORD_EVENT
+from quantapilot.runs.contracts import (
+    CLEANUP_WORKTREE,
+    CLONE_REPOSITORY,
+    GENERATE_DOCUMENTATION,
+    MERGE_PULL_REQUEST,
+    OPEN_PULL_REQUEST,
+    RECORD_EVENT,
+)
 from quantapilot.runs.model_contracts import (
     CALL_DOCS_MODEL,
     CALL_MODEL,
@@ -38,6 +46,7 @@ from tests.replay.changed_workflow import (
 from tests.replay.record import SCENARIOS, workflow_type
 from worker import worker_interceptors
 from workflows.base import PATCH_GATE_N_OF_M, PATCH_GATE_TIMEOUT_IN_EVENT
+from workflows.common import PATCH_EVENTS_CARRIED
 from workflows.lifecycle_run import PATCH_LIFECYCLE_NARRATIVE
 from workflows.model_budget import PATCH_TOKENS_PER_DAY
 from workflows.model_docs import PATCH_MODEL_DOCS
@@ -86,7 +95,8 @@ CLOSED = {
     E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
 }
 SHAPES: dict[str, Shape] = {
-    "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED),
+    # Events carried by the run's activities: seven activities (eleven before, five of them record_event).
+    "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_MARKER_RECORDED], activities=7),
     "repo_run_rejected": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED),
     "repo_run_paused_resumed": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
@@ -211,11 +221,19 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_")))
-def test_replay_repo_run_recordings_remove_the_worktree_before_the_final_event(name: str) -> None:
-    # The recordings are of today's shape: the run's last steps remove its worktree, then record its final event.
-    activities = scheduled_activities(load(name))
-    assert activities[-2:] == [CLEANUP_WORKTREE, RECORD_EVENT], activities[-4:]
+def test_replay_repo_run_recordings_end_with_the_worktree_cleanup_and_the_final_event(name: str) -> None:
+    history = load(name)
+    activities = scheduled_activities(history)
     assert activities.count(CLEANUP_WORKTREE) == 1
+    if PATCH_EVENTS_CARRIED in patch_ids(history):
+        # The final event rides on the cleanup, the run's last activity: recorded before the worktree is removed and
+        # before the run enters its final state.
+        carrier, events = recording_calls(history)[-1]
+        assert activities[-1] == carrier == CLEANUP_WORKTREE, activities[-4:]
+        assert events[-1]["type"] in {"run.completed", "run.failed", "run.cancelled"}, events
+    else:
+        # Before it: the run's last steps remove its worktree, then record its final event.
+        assert activities[-2:] == [CLEANUP_WORKTREE, RECORD_EVENT], activities[-4:]
 
 
 @pytest.mark.parametrize("path", sorted(PREVIOUS.glob("*.json")), ids=lambda p: p.stem)
@@ -240,7 +258,8 @@ async def test_replay_detects_an_unguarded_change(changed: type) -> None:
 
 @pytest.mark.parametrize("patched", [PatchedRepoRun, PatchedWebhookDelivery])
 async def test_replay_accepts_the_same_change_behind_a_patch(patched: type) -> None:
-    replayer = Replayer(workflows=[patched], data_converter=pydantic_data_converter)
+    # With the worker's interceptors, as a worker replays: the recordings' events ride on activity headers.
+    replayer = Replayer(workflows=[patched], data_converter=pydantic_data_converter, interceptors=worker_interceptors())
     names = scenarios_of(patched)
     assert names
 
@@ -264,13 +283,36 @@ def patch_ids(history: WorkflowHistory) -> set[str]:
     return ids
 
 
-def recorded_events(history: WorkflowHistory) -> list[dict[str, Any]]:
-    """The run events the history's record_event activities were given, in order."""
-    events = []
+def recording_calls(history: WorkflowHistory) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each scheduled activity that recorded run events, in order: its type and the events it was given.
+
+    Before the events-carried patch: one record_event activity per event. Under it: record_events batches, and
+    any activity carrying events in its qp-events header (recorded before its body).
+    """
+    calls = []
     for e in history.events:
         attrs = e.activity_task_scheduled_event_attributes
-        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and attrs.activity_type.name == RECORD_EVENT:
-            events.append(json.loads(attrs.input.payloads[0].data))
+        if e.event_type != E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            continue
+        name = attrs.activity_type.name
+        if name == RECORD_EVENT:
+            calls.append((name, [json.loads(attrs.input.payloads[0].data)]))
+        elif name == RECORD_EVENTS:
+            calls.append((name, list(json.loads(attrs.input.payloads[0].data))))
+        elif EVENTS_HEADER in attrs.header.fields:
+            calls.append((name, list(json.loads(attrs.header.fields[EVENTS_HEADER].data))))
+    return calls
+
+
+def recorded_events(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """The run events the history recorded, each once (a carrier that failed hands its events on), by seq."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for _, events in recording_calls(history):
+        for event in events:
+            assert by_id.setdefault(event["id"], event) == event, f"event {event['id']} recorded differently"
+    events = sorted(by_id.values(), key=lambda event: int(event["seq"]))
+    first = events[0]["seq"] if events else 1
+    assert [event["seq"] for event in events] == list(range(first, first + len(events))), "the seq has a gap"
     return events
 
 
@@ -292,7 +334,9 @@ def test_replay_n_of_m_recordings_take_the_patched_path(name: str) -> None:
 
 def test_replay_recordings_before_n_of_m_have_no_such_marker() -> None:
     # The histories recorded before the patch keep covering the one-decision path.
-    assert PATCH_GATE_N_OF_M not in patch_ids(load("repo_run_approved"))
+    before = PREVIOUS / "repo_run_approved.2026-12-07.json"
+    history = WorkflowHistory.from_json("before", before.read_text(encoding="utf-8"))
+    assert PATCH_GATE_N_OF_M not in patch_ids(history)
 
 
 def gate_requested_data(name: str) -> list[dict[str, Any]]:
@@ -425,3 +469,50 @@ def test_replay_runs_without_models_qa_record_no_model_qa_marker(name: str) -> N
     history = load(name)
     assert PATCH_MODEL_QA not in patch_ids(history)
     assert REVIEW_MODEL_DIFF not in scheduled_activities(history)
+
+
+MINIMAL_RUN_EVENTS = ["run.started", "documentation.generated", "gate.requested", "gate.decided", "run.completed"]
+
+
+def test_replay_minimal_run_carries_its_events_on_four_fewer_round_trips() -> None:
+    before = WorkflowHistory.from_json(
+        "before", (PREVIOUS / "repo_run_approved.2026-12-07.json").read_text(encoding="utf-8")
+    )
+    after = load("repo_run_approved")
+    assert PATCH_EVENTS_CARRIED not in patch_ids(before) and PATCH_EVENTS_CARRIED in patch_ids(after)
+    # The same run, the same events, each recorded once and in order either way.
+    assert recorded_event_types(before) == recorded_event_types(after) == MINIMAL_RUN_EVENTS
+    assert event_types(before).count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 11
+    assert scheduled_activities(before).count(RECORD_EVENT) == 5
+    # Under the patch: run.started rides on the clone, gate.decided on the merge, run.completed on the cleanup, and
+    # the two events before the gate's wait are recorded by one record_events.
+    assert event_types(after).count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 7
+    assert RECORD_EVENT not in scheduled_activities(after)
+    assert [(name, [e["type"] for e in events]) for name, events in recording_calls(after)] == [
+        (CLONE_REPOSITORY, ["run.started"]),
+        (RECORD_EVENTS, ["documentation.generated", "gate.requested"]),
+        (MERGE_PULL_REQUEST, ["gate.decided"]),
+        (CLEANUP_WORKTREE, ["run.completed"]),
+    ]
+
+
+@pytest.mark.parametrize("name", ["repo_run_paused_resumed", "repo_run_two_of_three", "lifecycle_target_approved"])
+def test_replay_carried_recordings_record_every_event_of_the_run_in_order(name: str) -> None:
+    history = load(name)
+    assert PATCH_EVENTS_CARRIED in patch_ids(history)
+    # Every recording call is given the events not yet known recorded, from the oldest: each call's events follow
+    # one another without a gap (an event recorded twice, as a pause handler's flush overlapping a step, is one row).
+    for _, events in recording_calls(history):
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    kinds = recorded_event_types(history)
+    assert kinds[0] == "run.started" and kinds[-1] == "run.completed", kinds
+
+
+async def test_replay_carried_recording_replays_on_a_worker_that_starts_no_carrying_run() -> None:
+    # QP_WORKER_EVENT_CARRY=false decides only for runs not yet started: a carrying run's history says it carries.
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, interceptors=worker_interceptors(event_carry=False)
+    )
+    result = await replayer.replay_workflow(load("repo_run_approved"), raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
