@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         RunKind,
         RunState,
         RunStatus,
+        RunTrigger,
     )
     from quantapilot.temporal import SA_PENDING_GATE, SA_STATE
 
@@ -41,18 +42,6 @@ A = TypeVar("A")
 PATCH_FINAL_EVENT_FIRST = "final-event-before-final-state"
 PATCH_BUDGET_STOPS_STEP = "time-budget-stops-running-step"
 # The gates' patches (PATCH_GATE_N_OF_M, PATCH_SELF_APPROVAL_FLOOR, ...) are in workflows.base.
-
-
-class RunTrigger(Protocol):
-    """What every run workflow's input says about the run and who triggered it: what :meth:`RunCore._init_run` reads."""
-
-    run_id: str
-    workspace: str
-    correlation_id: str | None
-    triggered_by: str
-    triggered_by_token: str
-    allow_self_approval_default: bool
-    trace_id: str | None
 
 
 class RunCore:
