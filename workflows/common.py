@@ -241,7 +241,8 @@ class EventEmitter:
                 batch,
                 start_to_close_timeout=EVENT_ACTIVITY_TIMEOUT,
                 retry_policy=EVENT_RETRY_POLICY,
-                summary=f"Record {len(batch)} run events",
+                # The Web UI shows it as the activity's title: which events, in order (not part of replay checks).
+                summary="Record " + ", ".join(record.type for record in batch),
             )
             recorded = True
         finally:

@@ -132,6 +132,10 @@ async def test_visibility_current_details_and_activity_summaries_tell_the_story(
         "Read quantapilot.yml",
         "Generate the documentation into docs",
         f"Open a pull request for docs: quantapilot/{run_id}/docs into main",
+        # Events with no step of their own to ride on are recorded before the run waits (events-carried).
+        "Record documentation.generated, gate.requested",
+        "Record run.paused",
+        "Record run.resumed",
         "Merge pull request #1 (docs, merge)",
         "Remove the run's worktree",
     ]
