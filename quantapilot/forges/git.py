@@ -277,7 +277,7 @@ class GitForge:
             if tree == resolved.base_tree and await _is_ancestor(worktree, head_sha, base_sha):
                 return base_sha
             message = f"Merge pull request #{record.number} from {record.head}\n\n{record.title}"
-            parents = (base_sha, head_sha)
+            parents: tuple[str, ...] = (base_sha, head_sha)
         else:
             if tree == resolved.base_tree:
                 return base_sha  # nothing to squash (as ``git commit`` with nothing staged)
@@ -305,7 +305,14 @@ class GitForge:
         tree_dir.mkdir()
         empty_tree = _EMPTY_TREE[len(resolved.base_tree)]
         listed = await gitops.git(
-            "diff-tree", "--quiet", "-r", "--no-renames", empty_tree, resolved.base_tree, "--", _ATTRIBUTES_FILES,
+            "diff-tree",
+            "--quiet",
+            "-r",
+            "--no-renames",
+            empty_tree,
+            resolved.base_tree,
+            "--",
+            _ATTRIBUTES_FILES,
             cwd=worktree,
             check=False,
         )
