@@ -331,6 +331,34 @@ async def current_sha(cwd: Path, ref: str = "HEAD") -> str:
     return result.stdout.strip()
 
 
+def stripspace(message: str) -> str:
+    """Clean a commit message as ``git commit -m`` and ``git merge -m`` do (``git stripspace``).
+
+    Plumbing such as ``git commit-tree`` stores a message as given; this makes its commits carry the message the
+    porcelain would have made: trailing whitespace of every line removed, runs of empty lines made one, empty
+    lines at the start and the end dropped, every line ended by a newline.
+
+    Args:
+        message: The message as written.
+
+    Returns:
+        The cleaned message ("" for one that holds only whitespace).
+    """
+    lines: list[str] = []
+    empties = 0
+    for line in message.split("\n"):
+        # git's isspace() is ASCII space, tab, CR and LF only (a vertical tab or form feed stays).
+        line = line.rstrip(" \t\r")
+        if not line:
+            empties += 1
+            continue
+        if empties and lines:
+            lines.append("")
+        empties = 0
+        lines.append(line)
+    return "".join(f"{line}\n" for line in lines)
+
+
 async def commit_all(cwd: Path, *, message: str, author_name: str, author_email: str) -> str | None:
     """Stage every change (including new and deleted files) and commit it.
 

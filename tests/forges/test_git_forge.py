@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import subprocess
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -21,7 +23,8 @@ from quantapilot.forges import (
     gitops,
 )
 from quantapilot.forges.store import get_pull_request, list_comments
-from tests.forges.conftest import AUTHOR, show
+from tests.forges.conftest import AUTHOR, make_bare_repo, show
+from tests.support import GIT_ENV
 
 
 def _forge(engine: Engine, tmp_path: Path) -> GitForge:
@@ -206,3 +209,222 @@ async def test_git_forge_unknown_pr_is_not_retryable(db_engine: Engine, tmp_path
         await forge.comment(repo_url="https://x/y/z", number=7, body="hi")
     with pytest.raises(ForgeError):
         await forge.merge(repo_url="https://x/y/z", worktree=worktree, number=7, strategy="merge")
+
+
+# ----- merge and squash in the object database (no worktree), issue 15 -----------------------------------------
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every git command run from here on, as its arguments (the subcommand first)."""
+    calls: list[tuple[str, ...]] = []
+    real = gitops.git
+
+    async def recording(*args: str, **kwargs: Any) -> gitops.GitResult:
+        calls.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(gitops, "git", recording)
+    return calls
+
+
+def _subcommands(calls: list[tuple[str, ...]]) -> list[str]:
+    return [args[0] for args in calls]
+
+
+async def _commit_message(bare: Path, rev: str) -> str:
+    raw = (await gitops.git("cat-file", "commit", rev, cwd=bare)).stdout
+    return raw.split("\n\n", 1)[1]
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+async def test_git_forge_merge_and_squash_commit_in_the_object_database_without_a_worktree(
+    db_engine: Engine,
+    tmp_path: Path,
+    bare_repo: Path,
+    worktree: Path,
+    git_calls: list[tuple[str, ...]],
+    strategy: MergeStrategy,
+) -> None:
+    forge = _forge(db_engine, tmp_path)
+    head_sha = await _branch_with(worktree, "qp/docs", {"feature.txt": "feature\n", "README.md": "# demo\n\nnew\n"})
+    main_moved = await _push_to_main_elsewhere(tmp_path, bare_repo, {"other.txt": "other\n"}, "mover")
+    # A file of the checkout named like the ref the merge resolves must not be taken for it.
+    (worktree / "refs" / "remotes" / "origin").mkdir(parents=True)
+    (worktree / "refs" / "remotes" / "origin" / "main^{commit}").write_text("not a revision\n")
+    pr = await forge.open_pull_request(
+        PullRequestDraft(
+            repo_url=str(bare_repo),
+            head="qp/docs",
+            base="main",
+            title="Add docs  ",
+            body="\nfirst \t\n\n\n\nsecond\r\n\n",
+            run_id="r",
+        ),
+        worktree=worktree,
+    )
+    git_calls.clear()
+    merged = await forge.merge(repo_url=str(bare_repo), worktree=worktree, number=pr.number, strategy=strategy)
+    ran = _subcommands(git_calls)
+
+    assert merged.merge_sha == await gitops.current_sha(bare_repo, "main")
+    parents = (await gitops.git("log", "-1", "--format=%P", "main", cwd=bare_repo)).stdout.split()
+    assert parents == ([main_moved, head_sha] if strategy == "merge" else [main_moved])
+    files = (await gitops.git("ls-tree", "-r", "--name-only", "main", cwd=bare_repo)).stdout.split()
+    assert files == ["README.md", "feature.txt", "other.txt"]
+    assert await show(bare_repo, "main:README.md") == "# demo\n\nnew\n"
+    assert await show(bare_repo, "main:feature.txt") == "feature\n"
+    assert await show(bare_repo, "main:other.txt") == "other\n"
+    # The message git merge -m / git commit -m would have made of it (cleaned like git stripspace).
+    expected = (
+        "Merge pull request #1 from qp/docs\n\nAdd docs\n"
+        if strategy == "merge"
+        else "Add docs   (#1)\n\nfirst\n\nsecond\n"
+    )
+    assert await _commit_message(bare_repo, "main") == expected
+    people = (await gitops.git("log", "-1", "--format=%an <%ae>|%cn <%ce>", "main", cwd=bare_repo)).stdout.strip()
+    author = f"{AUTHOR['author_name']} <{AUTHOR['author_email']}>"
+    assert people == f"{author}|{author}"
+    # No worktree, no checkout of the repository, no porcelain merge or commit: a handful of plumbing commands.
+    assert ran == ["fetch", "rev-parse", "diff-tree", "merge-tree", "commit-tree", "push"]
+    assert not (worktree / ".git" / "worktrees").exists()
+    assert not any((tmp_path / "scratch").iterdir())
+    assert (await gitops.git("branch", "--show-current", cwd=worktree)).stdout.strip() == "qp/docs"
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash", "rebase"])
+async def test_git_forge_conflict_lists_every_conflicting_file_and_pushes_nothing(
+    db_engine: Engine, tmp_path: Path, git_calls: list[tuple[str, ...]], strategy: MergeStrategy
+) -> None:
+    seeded = {"README.md": "# demo\n", "docs/a b.md": "a\n", "ünï.txt": "u\n", "calm.txt": "calm\n"}
+    bare = await make_bare_repo(tmp_path / "origin", files=seeded)
+    worktree = await gitops.clone(str(bare), tmp_path / "wt", branch="main")
+    forge = _forge(db_engine, tmp_path)
+    theirs = {"README.md": "# theirs\n", "docs/a b.md": "theirs\n", "ünï.txt": "theirs\n"}
+    main_before = await _push_to_main_elsewhere(tmp_path, bare, theirs, "them")
+    ours = {"README.md": "# ours\n", "docs/a b.md": "ours\n", "ünï.txt": "ours\n", "calm.txt": "still calm\n"}
+    await _branch_with(worktree, "qp/clash", ours)
+    pr = await forge.open_pull_request(
+        PullRequestDraft(repo_url=str(bare), head="qp/clash", base="main", title="t", body="", run_id="r"),
+        worktree=worktree,
+    )
+    git_calls.clear()
+    with pytest.raises(MergeConflictError) as info:
+        await forge.merge(repo_url=str(bare), worktree=worktree, number=pr.number, strategy=strategy)
+    ran = _subcommands(git_calls)
+    assert info.value.files == ["README.md", "docs/a b.md", "ünï.txt"]
+    assert str(info.value) == "pull request #1 (qp/clash into main) conflicts in 3 file(s)"
+    assert await gitops.current_sha(bare, "main") == main_before
+    assert "push" not in ran
+    assert "commit-tree" not in ran
+    if strategy != "rebase":
+        assert "worktree" not in ran
+    assert (await forge.get(repo_url=str(bare), number=pr.number)).state == "open"
+    assert await _status(worktree) == ""
+    assert not any((tmp_path / "scratch").iterdir())
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash", "rebase"])
+async def test_git_forge_merge_retried_after_a_crash_past_the_push_returns_base_and_pushes_nothing(
+    db_engine: Engine,
+    tmp_path: Path,
+    bare_repo: Path,
+    worktree: Path,
+    git_calls: list[tuple[str, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: MergeStrategy,
+) -> None:
+    forge = _forge(db_engine, tmp_path)
+    await _branch_with(worktree, "qp/feat", {"feat.txt": "feat\n"})
+    await _push_to_main_elsewhere(tmp_path, bare_repo, {"other.txt": "other\n"}, "mover")
+    pr = await forge.open_pull_request(
+        PullRequestDraft(repo_url=str(bare_repo), head="qp/feat", base="main", title="t", body="b", run_id="r"),
+        worktree=worktree,
+    )
+    record_merged = forge._record_merged
+
+    def crash(*args: Any) -> Any:
+        raise RuntimeError("the worker died between the push and the record")
+
+    monkeypatch.setattr(forge, "_record_merged", crash)
+    with pytest.raises(RuntimeError):
+        await forge.merge(repo_url=str(bare_repo), worktree=worktree, number=pr.number, strategy=strategy)
+    pushed = await gitops.current_sha(bare_repo, "main")
+    assert await show(bare_repo, "main:feat.txt") == "feat\n"
+    assert (await forge.get(repo_url=str(bare_repo), number=pr.number)).state == "open"
+
+    monkeypatch.setattr(forge, "_record_merged", record_merged)
+    git_calls.clear()
+    merged = await forge.merge(repo_url=str(bare_repo), worktree=worktree, number=pr.number, strategy=strategy)
+    ran = _subcommands(git_calls)
+    assert merged.state == "merged"
+    assert merged.merge_sha == pushed
+    assert await gitops.current_sha(bare_repo, "main") == pushed
+    assert "push" not in ran
+    assert "commit-tree" not in ran
+    if strategy != "rebase":
+        # (a rebase has to replay head to find its commits already on base)
+        assert "worktree" not in ran
+
+
+@pytest.mark.parametrize("strategy", ["merge", "squash"])
+async def test_git_forge_merge_uses_the_attributes_of_base_never_those_of_head(
+    db_engine: Engine, tmp_path: Path, strategy: MergeStrategy
+) -> None:
+    seeded = {
+        "notes/log.txt": "a\nb\nc\n",
+        "notes/.gitattributes": "log.txt merge=union\n",
+        "plain.txt": "a\nb\nc\n",
+    }
+    bare = await make_bare_repo(tmp_path / "origin", files=seeded)
+    worktree = await gitops.clone(str(bare), tmp_path / "wt", branch="main")
+    forge = _forge(db_engine, tmp_path)
+    await _push_to_main_elsewhere(tmp_path, bare, {"notes/log.txt": "a\nBASE\nc\n"}, "base-union")
+    # Head drops base's union driver: base's attributes still apply, as in a merge checked out at base. The
+    # caller's checkout (on head, as the run's is) has no .gitattributes at all.
+    await gitops.checkout_new_branch(worktree, "qp/union", start_point="main")
+    (worktree / "notes" / "log.txt").write_text("a\nHEAD\nc\n")
+    (worktree / "notes" / ".gitattributes").unlink()
+    assert await gitops.commit_all(worktree, message="head", **AUTHOR) is not None
+    pr = await forge.open_pull_request(
+        PullRequestDraft(repo_url=str(bare), head="qp/union", base="main", title="u", body="", run_id="r"),
+        worktree=worktree,
+    )
+    await forge.merge(repo_url=str(bare), worktree=worktree, number=pr.number, strategy=strategy)
+    assert await show(bare, "main:notes/log.txt") == "a\nBASE\nHEAD\nc\n"
+
+    # Head adding a union driver for the file it conflicts in does not get it merged.
+    await _push_to_main_elsewhere(tmp_path, bare, {"plain.txt": "a\nBASE\nc\n"}, "base-plain")
+    await gitops.fetch(worktree, branches=("main",))
+    await gitops.checkout_new_branch(worktree, "qp/sneaky", start_point="origin/main~1")
+    (worktree / "plain.txt").write_text("a\nHEAD\nc\n")
+    (worktree / ".gitattributes").write_text("plain.txt merge=union\n")
+    assert await gitops.commit_all(worktree, message="sneaky", **AUTHOR) is not None
+    sneaky = await forge.open_pull_request(
+        PullRequestDraft(repo_url=str(bare), head="qp/sneaky", base="main", title="s", body="", run_id="r2"),
+        worktree=worktree,
+    )
+    before = await gitops.current_sha(bare, "main")
+    with pytest.raises(MergeConflictError) as info:
+        await forge.merge(repo_url=str(bare), worktree=worktree, number=sneaky.number, strategy=strategy)
+    assert info.value.files == ["plain.txt"]
+    assert await gitops.current_sha(bare, "main") == before
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "title",
+        "title  \n\n\n\nbody\t \n",
+        "\n\n  lead and trail  \n\n",
+        "crlf\r\nline\r\n\r\n\r\nend\r\n",
+        "# kept, not a comment\n\nx\vy\f\n  indented\n",
+        " \t\n\n",
+        "",
+    ],
+)
+def test_stripspace_matches_git_stripspace(message: str) -> None:
+    git = subprocess.run(
+        ["git", "stripspace"], input=message.encode(), capture_output=True, check=True, env=GIT_ENV
+    ).stdout.decode()
+    assert gitops.stripspace(message) == git
