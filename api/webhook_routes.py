@@ -28,7 +28,6 @@ from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 from quantapilot.webhooks import deliveries, endpoints, recovery, rotation
-from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.contracts import is_outbox_owner, outbox_owner, redelivery_workflow_id
 from quantapilot.webhooks.signing import standard_secret
 from quantapilot.webhooks.starts import start_redeliveries, start_redelivery
@@ -188,10 +187,8 @@ def _redeliver(
     with session_scope(engine) as session:
         workflow_id = _new_owner(delivery_id, outbox=outbox)
         try:
-            handover = delivery_state.redeliver(
-                delivery_id, session=session, workspace=workspace, workflow_id=workflow_id
-            )
-        except delivery_state.EndpointDisabledError as exc:
+            handover = recovery.redeliver(delivery_id, session=session, workspace=workspace, workflow_id=workflow_id)
+        except recovery.EndpointDisabledError as exc:
             raise conflict(str(exc)) from None
         return DeliveryView.of(handover.delivery), handover.previous_workflow_id, workflow_id, handover.first_attempt
 
@@ -209,7 +206,7 @@ def _recover(
                 until=until,
                 workflow_id=lambda delivery_id: _new_owner(delivery_id, outbox=outbox),
             )
-        except delivery_state.EndpointDisabledError as exc:
+        except recovery.EndpointDisabledError as exc:
             raise conflict(str(exc)) from None
         starts = [(r.delivery.id, r.workflow_id, r.first_attempt) for r in done.redeliveries]
         return starts, done.more

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,8 +29,27 @@ from quantapilot.webhooks.tables import (
 )
 
 
+class EndpointRef(Protocol):
+    """What a new delivery takes from its endpoint (a :class:`WebhookEndpoint`, or fan-out's lighter row)."""
+
+    @property
+    def id(self) -> str:
+        """The endpoint's id."""
+        ...
+
+    @property
+    def workspace(self) -> str:
+        """The endpoint's workspace, copied onto its deliveries."""
+        ...
+
+
+def _insert_fn(session: Session) -> Any:
+    """The dialect's ``insert`` (both have ``on_conflict_do_nothing``)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
 def _pending_row(
-    endpoint: WebhookEndpoint, *, delivery_id: str, event_id: str, dotted: str, run_id: str | None, at: datetime
+    endpoint: EndpointRef, *, delivery_id: str, event_id: str, dotted: str, run_id: str | None, at: datetime
 ) -> dict[str, Any]:
     """The columns of a new delivery of an event (of the dotted type) to an endpoint: pending, not yet attempted."""
     return {
@@ -49,7 +68,7 @@ def _pending_row(
 def ensure_delivery(
     *,
     session: Session,
-    endpoint: WebhookEndpoint,
+    endpoint: EndpointRef,
     event_id: str,
     event_type: str,
     run_id: str | None = None,
@@ -78,10 +97,8 @@ def ensure_delivery(
     )
     # INSERT ... ON CONFLICT DO NOTHING: a second worker racing on the same event neither fails nor duplicates,
     # and the transaction stays usable (no IntegrityError to recover from).
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
-        insert_fn(WebhookDelivery)
+        _insert_fn(session)(WebhookDelivery)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
         .returning(col(WebhookDelivery.id))
@@ -100,7 +117,7 @@ def ensure_delivery(
 def insert_outbox_deliveries(
     *,
     session: Session,
-    rows: Sequence[tuple[WebhookEndpoint, str, datetime]],
+    rows: Sequence[tuple[EndpointRef, str, datetime]],
     event_id: str,
     event_type: str,
     run_id: str | None = None,
@@ -138,17 +155,66 @@ def insert_outbox_deliveries(
         }
         for endpoint, delivery_id, due in rows
     ]
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # The rows go as the parameters of one executemany (batched into multi-row INSERTs by the driver layer),
     # not inlined with ``.values(rows)``: a statement with inlined rows is compiled afresh on every call (its
     # shape depends on the row count), which cost more than the insert itself on every stored event.
     statement = (
-        insert_fn(DELIVERIES_TABLE)
+        _insert_fn(session)(DELIVERIES_TABLE)
         .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
         .returning(DELIVERIES_TABLE.c.id)
     )
     return len(session.execute(statement, values).all())
+
+
+def insert_workflow_deliveries(
+    *,
+    session: Session,
+    endpoints: Sequence[EndpointRef],
+    event_id: str,
+    event_type: str,
+    run_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> tuple[int, list[EndpointRef]]:
+    """Create an event's deliveries for delivery workflows in one statement, each owned by its first workflow.
+
+    The rows are those :func:`ensure_delivery` creates, with ``workflow_id``
+    (:func:`~quantapilot.webhooks.contracts.delivery_workflow_id`) and ``payload`` already set; a delivery that
+    exists already is left alone and its endpoint returned, for the caller to look at.
+
+    Args:
+        session: Database session.
+        endpoints: The endpoints to deliver to.
+        event_id: The event id.
+        event_type: The event type (dotted or alias).
+        run_id: The event's run, if any.
+        payload: The envelope to keep with each delivery for events that are not in ``run_events``.
+
+    Returns:
+        How many deliveries this call created, and the endpoints that had one already.
+    """
+    from quantapilot.webhooks.contracts import delivery_workflow_id
+
+    if not endpoints:
+        return 0, []
+    dotted = normalize_event_type(event_type)
+    created_at = utcnow()
+    # None is left out rather than written: the column stays SQL NULL, as when ensure_delivery's row is given no
+    # payload (the JSON type would write None as JSON ``null``).
+    extra: dict[str, Any] = {} if payload is None else {"payload": payload}
+    values = []
+    for endpoint in endpoints:
+        delivery_id = new_id("wd_")
+        row = _pending_row(
+            endpoint, delivery_id=delivery_id, event_id=event_id, dotted=dotted, run_id=run_id, at=created_at
+        )
+        values.append({**row, **extra, "workflow_id": delivery_workflow_id(delivery_id)})
+    statement = (
+        _insert_fn(session)(DELIVERIES_TABLE)
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+        .returning(DELIVERIES_TABLE.c.endpoint_id)
+    )
+    created = set(session.execute(statement, values).scalars())
+    return len(created), [e for e in endpoints if e.id not in created]
 
 
 def delivery_by_id(delivery_id: str, *, session: Session) -> WebhookDelivery:

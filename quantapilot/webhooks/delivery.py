@@ -28,7 +28,8 @@ or signing secret is missing (``failed``), whose signing secret no configured ke
 endpoint disabled, :data:`DISABLED_UNDECRYPTABLE`), that another workflow owns (``superseded``: a redelivery
 handed the row on) or that is already settled. The secrets that sign are the endpoint's unexpired ones
 (:func:`quantapilot.webhooks.rotation.active_secrets`; a rotation lets the previous secrets sign alongside the
-new one for the overlap). :func:`redeliver` puts a settled delivery back to pending under a fresh workflow.
+new one for the overlap). :func:`quantapilot.webhooks.recovery.redeliver` puts a settled delivery back to pending
+under a fresh workflow.
 
 An attempt that disables its endpoint records the ``webhook.endpoint_disabled`` event in the same transaction:
 as an unsent row of the disabled endpoint's own delivery log (the durable record, there even when nobody
@@ -53,7 +54,7 @@ from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.secretbox import KeyRing, SecretDecryptError
 from quantapilot.webhooks.contracts import THROTTLED, DeliverAttemptInput, DeliverAttemptResult, is_outbox_owner
-from quantapilot.webhooks.deliveries import delivery_by_id, get_delivery, record_attempt, record_own_event
+from quantapilot.webhooks.deliveries import delivery_by_id, record_attempt, record_own_event
 from quantapilot.webhooks.envelopes import disabled_envelope
 from quantapilot.webhooks.fanout import fan_out, pending_deliveries
 from quantapilot.webhooks.rotation import active_secrets
@@ -91,10 +92,6 @@ ABORTED_ERROR: Final = "the receiver asked to stop retrying (webhook-delivery: a
 
 # The statuses whose Retry-After speaks for the whole endpoint (rate limited, overloaded), not one message.
 THROTTLE_STATUSES: Final = frozenset({429, 503})
-
-
-class EndpointDisabledError(Exception):
-    """A redelivery asked for while the delivery's endpoint is disabled (enable it first)."""
 
 
 # --- the rules ---------------------------------------------------------------------------------------------
@@ -471,59 +468,3 @@ def _after_disable(
         outbox=is_outbox_owner(delivery.workflow_id),
     )
     return _done(status.value, disabled=envelope, session=session)
-
-
-# --- redelivery --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Redelivery:
-    """A delivery handed to a fresh workflow: start ``workflow_id`` after the commit, cancel the previous one.
-
-    Attributes:
-        delivery: The delivery row, pending again.
-        previous_workflow_id: The workflow that owned it before (it stops without sending if it wakes up).
-        workflow_id: The new owner.
-        first_attempt: Attempt number the new workflow counts from (attempts keep counting, so the log shows
-            the history).
-    """
-
-    delivery: WebhookDelivery
-    previous_workflow_id: str | None
-    workflow_id: str
-    first_attempt: int
-
-
-def redeliver(delivery_id: str, *, session: Session, workspace: str, workflow_id: str) -> Redelivery:
-    """Put a delivery back to pending, owned by a new workflow, so it is sent again (same event id).
-
-    Args:
-        delivery_id: The delivery.
-        session: Database session.
-        workspace: The caller's workspace.
-        workflow_id: The fresh workflow's id (:func:`~quantapilot.webhooks.contracts.redelivery_workflow_id`),
-            or :func:`~quantapilot.webhooks.contracts.outbox_owner` to hand it to the outbox dispatcher.
-
-    Raises:
-        WebhookNotFoundError: If it does not exist or belongs to another workspace.
-        EndpointDisabledError: If its endpoint is disabled.
-    """
-    delivery = get_delivery(delivery_id, session=session, workspace=workspace)
-    endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
-    if endpoint is None or not endpoint.enabled:
-        raise EndpointDisabledError("the endpoint is disabled; enable it before redelivering")
-    previous = delivery.workflow_id
-    delivery.status = DeliveryStatus.PENDING.value
-    delivery.next_retry_at = None
-    # The row changes hands in this transaction: a previous workflow that wakes up later stops quietly.
-    delivery.workflow_id = workflow_id
-    # An outbox owner puts it in the outbox, due now, its schedule starting afresh; a fresh claim token is
-    # needed to record it, so a dispatcher still sending an earlier attempt records nothing.
-    outbox = is_outbox_owner(workflow_id)
-    delivery.next_attempt_at = utcnow() if outbox else None
-    delivery.schedule_base = delivery.attempts
-    delivery.claim_token = None
-    delivery.claimed_until = None
-    session.add(delivery)
-    session.flush()
-    return Redelivery(delivery, previous, workflow_id, delivery.attempts + 1)

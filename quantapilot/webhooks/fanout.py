@@ -8,31 +8,47 @@ idempotent, so a caller retried after a crash between the two simply starts what
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Table, bindparam
 from sqlmodel import Session, col, select
 
 from quantapilot.db import utcnow
 from quantapilot.events.record import EventRecord
 from quantapilot.events.table import RunEvent
 from quantapilot.webhooks.contracts import delivery_workflow_id, is_outbox_owner
-from quantapilot.webhooks.deliveries import ensure_delivery, insert_outbox_deliveries
+from quantapilot.webhooks.deliveries import (
+    EndpointRef,
+    ensure_delivery,
+    insert_outbox_deliveries,
+    insert_workflow_deliveries,
+)
 from quantapilot.webhooks.endpoints import endpoint_matches, matching_endpoints, normalize_event_type
 from quantapilot.webhooks.starts import PendingDelivery
-from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookEndpoint, new_id
+from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, new_id
 
 log = logging.getLogger("quantapilot.webhooks")
 
+_EVENTS: Table = RunEvent.__table__  # type: ignore[attr-defined]
+# The data of a run's run.started (the only event carrying repo_url): one column through the run_id index, no
+# ORM row; built once, as it runs for each later event of a repository run an endpoint filters by repository.
+_RUN_STARTED_DATA = (
+    select(_EVENTS.c.data)
+    .where(_EVENTS.c.run_id == bindparam("run_id"))
+    .where(_EVENTS.c.type == "run.started")
+    .limit(1)
+)
+
 
 def _run_repository(session: Session, event: EventRecord) -> str | None:
+    """The run's repository URL: in run.started's data, the event's own for run.started itself."""
     value = event.data.get("repo_url")
     if isinstance(value, str):
         return value
-    started = session.exec(
-        select(RunEvent).where(RunEvent.run_id == event.run_id, RunEvent.type == "run.started").limit(1)
-    ).first()
-    if started is not None and isinstance(started.data.get("repo_url"), str):
-        return str(started.data["repo_url"])
+    data = session.execute(_RUN_STARTED_DATA, {"run_id": event.run_id}).scalar()
+    if isinstance(data, dict) and isinstance(data.get("repo_url"), str):
+        return str(data["repo_url"])
     return None
 
 
@@ -80,7 +96,7 @@ def fan_out(
 
 def _create_deliveries(
     session: Session,
-    endpoints: list[WebhookEndpoint],
+    endpoints: Sequence[EndpointRef],
     *,
     event_type: str,
     event_id: str,
@@ -100,16 +116,19 @@ def _create_deliveries(
             run_id=run_id,
             payload=payload,
         )
-    created = 0
-    for endpoint in endpoints:
-        delivery, new = ensure_delivery(
+    # One statement for the new deliveries, each owned by its first workflow from the start.
+    created, existing = insert_workflow_deliveries(
+        session=session, endpoints=endpoints, event_id=event_id, event_type=event_type, run_id=run_id, payload=payload
+    )
+    # A delivery that was there already (a row kept without an owner, say) gets its first workflow if it has none.
+    for endpoint in existing:
+        delivery, _new = ensure_delivery(
             session=session, endpoint=endpoint, event_id=event_id, event_type=event_type, run_id=run_id
         )
         if delivery.workflow_id is None:
             delivery.workflow_id = delivery_workflow_id(delivery.id)
             delivery.payload = payload
             session.add(delivery)
-        created += int(new)
     session.flush()
     return created
 

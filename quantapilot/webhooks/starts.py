@@ -83,7 +83,7 @@ async def start_delivery_workflows(
 async def start_redelivery(
     client: Client, settings: Settings, delivery_id: str, workflow_id: str, first_attempt: int
 ) -> None:
-    """Start the fresh workflow a redelivery handed the delivery row to (see :func:`delivery.redeliver`).
+    """Start the fresh workflow a redelivery (:func:`~quantapilot.webhooks.recovery.redeliver`) handed the row to.
 
     Args:
         client: Temporal client.

@@ -10,8 +10,9 @@ worker calls work by id alone.
 - :mod:`~quantapilot.webhooks.signing_secrets`: storing signing secrets encrypted, re-encryption.
 - :mod:`~quantapilot.webhooks.deliveries`: creating delivery rows once per event, reading the delivery log.
 - :mod:`~quantapilot.webhooks.delivery`: the delivery state machine (attempts, retries, disabling, rotation
-  overlap, redelivery).
-- :mod:`~quantapilot.webhooks.recovery`: redelivering every undelivered delivery of an endpoint's time window.
+  overlap).
+- :mod:`~quantapilot.webhooks.recovery`: redelivering one delivery, or every undelivered delivery of an endpoint's
+  time window.
 """
 
 from __future__ import annotations

@@ -22,12 +22,13 @@ from quantapilot.db import session_scope
 from quantapilot.secretbox import KeyRing, generate_key, parse_key
 from quantapilot.settings import Settings
 from quantapilot.webhooks.contracts import DeliverAttemptInput, delivery_workflow_id, outbox_owner
-from quantapilot.webhooks.delivery import DISABLED_UNDECRYPTABLE, SECRET_UNDECRYPTABLE_ERROR, redeliver
+from quantapilot.webhooks.delivery import DISABLED_UNDECRYPTABLE, SECRET_UNDECRYPTABLE_ERROR
 from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.endpoints import create_endpoint as store_endpoint
 from quantapilot.webhooks.endpoints import update_endpoint
 from quantapilot.webhooks.envelopes import ENDPOINT_DISABLED
 from quantapilot.webhooks.fanout import fan_out
+from quantapilot.webhooks.recovery import redeliver
 from quantapilot.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tests.support import eventually
 from tests.webhook_e2e.support import Receiver, event_records

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from quantapilot.db import session_scope
-from quantapilot.webhooks import deliveries, endpoints, rotation
+from quantapilot.webhooks import deliveries, endpoints, recovery, rotation
 from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.delivery import classify_answer, retry_delay
 from quantapilot.webhooks.schedule import DISABLE_AFTER, MAX_ATTEMPTS, RETRY_AFTER_CAP_S, nominal_delay
@@ -198,11 +198,11 @@ def test_delivery_gone_disables_endpoint_once_and_redeliver(db_engine: Engine) -
         delivery_state.mark_failed(first.id, session=session, error="gave up")
         delivery_state.mark_disabled(second.id, session=session)
         with pytest.raises(WebhookNotFoundError):
-            delivery_state.redeliver(first.id, session=session, workspace="ws2", workflow_id="wf-2")
-        with pytest.raises(delivery_state.EndpointDisabledError):
-            delivery_state.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
+            recovery.redeliver(first.id, session=session, workspace="ws2", workflow_id="wf-2")
+        with pytest.raises(recovery.EndpointDisabledError):
+            recovery.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
         endpoints.update_endpoint(endpoint_id, session=session, workspace="ws1", enabled=True)
-        again = delivery_state.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
+        again = recovery.redeliver(first.id, session=session, workspace="ws1", workflow_id="wf-2")
     assert again.delivery.status == DeliveryStatus.PENDING
     assert again.delivery.workflow_id == again.workflow_id == "wf-2"
     assert again.previous_workflow_id is None

@@ -10,7 +10,6 @@ from sqlmodel import Session, select
 
 from quantapilot.db import session_scope
 from quantapilot.webhooks import deliveries, endpoints, recovery
-from quantapilot.webhooks import delivery as delivery_state
 from quantapilot.webhooks.tables import DeliveryStatus, WebhookDelivery, WebhookNotFoundError
 from tests.webhooks.support import T0, create_endpoint_row
 
@@ -86,7 +85,7 @@ def test_recovery_refuses_empty_window_unknown_and_disabled_endpoints(db_engine:
                 endpoint_id, session=session, workspace="ws2", since=T0, until=T0 + timedelta(1), workflow_id=str
             )
         endpoints.update_endpoint(endpoint_id, session=session, workspace="ws1", enabled=False)
-        with pytest.raises(delivery_state.EndpointDisabledError):
+        with pytest.raises(recovery.EndpointDisabledError):
             recovery.recover(
                 endpoint_id, session=session, workspace="ws1", since=T0, until=T0 + timedelta(1), workflow_id=str
             )
