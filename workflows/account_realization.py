@@ -68,7 +68,7 @@ class AccountRealizationWorkflow:
             run_id=self._stream, workspace=inp.workspace, kind=RunKind.LIFECYCLE, correlation_id=None
         )
         # Sequence numbers continue across continue-as-new so the stream stays one ordered log.
-        self._events.seq = inp.event_seq
+        self._events.restore(inp.event_seq)
 
     @workflow.signal(name=TELEMETRY_SIGNAL)
     def telemetry_ingested(self, signal: TelemetryIngested) -> None:
