@@ -181,6 +181,7 @@ def build_worker(
         sweep_every_s=settings.worktree_sweep_interval_s,
         interceptors=worker_interceptors(client, events=events, event_carry=settings.worker_event_carry),
         max_cached_workflows=settings.worker_max_cached_workflows,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
 

@@ -2,10 +2,11 @@
 
 Runs (README-only local bare repos, no quantapilot.yml) are triggered through the API in waves of ``--wave`` and
 each wave is parked at ``anchor`` before the next starts. The worker is ``python -m worker`` in a subprocess with
-``QP_WORKER_MAX_CACHED_WORKFLOWS=--cache``: past that many, waiting runs are evicted from its memory and replayed
-from history when their decision arrives, so its RSS (``VmRSS`` of /proc/<pid>/status, sampled after each wave)
-levels off instead of growing with the number of waiting runs. Then every gate is approved through the API
-(``--concurrency`` at a time) and we time until the last run completed.
+``QP_WORKER_MAX_CACHED_WORKFLOWS=--cache`` (and ``QP_WORKER_MAX_CONCURRENT_ACTIVITIES=--activities``): past
+that many, waiting runs are evicted from its memory and replayed from history when their decision arrives, so its
+RSS (``VmRSS`` of /proc/<pid>/status, sampled after each wave) levels off instead of growing with the number of
+waiting runs. Then every gate is approved through the API (``--concurrency`` at a time) and we time until the last
+run completed.
 
     python -m bench.capacity [--runs 400] [--cache 100] [--wave 100]   # --runs 10000 for the issue's figure
 
@@ -43,7 +44,12 @@ async def main(args: argparse.Namespace) -> None:
         async with (
             dev_server() as env,
             worker_and_api(
-                root, env.client, watch_interval=0.2, step_heartbeat_s=10.0, worker_max_cached_workflows=args.cache
+                root,
+                env.client,
+                watch_interval=0.2,
+                step_heartbeat_s=10.0,
+                worker_max_cached_workflows=args.cache,
+                worker_max_concurrent_activities=args.activities,
             ) as stack,
         ):
             watcher, worker = stack.watcher, stack.worker
@@ -85,7 +91,8 @@ async def main(args: argparse.Namespace) -> None:
             rows.append(["peak while approving (sampled)", "", fmt(max(peak, after)), ""])
 
     print_results(
-        f"Capacity: {args.runs} runs at gates on one worker (workflow cache {args.cache}, waves of {args.wave})",
+        f"Capacity: {args.runs} runs at gates on one worker (workflow cache {args.cache}, "
+        f"{args.activities} concurrent activities, waves of {args.wave})",
         ["phase", "runs", "worker RSS MiB", "elapsed s"],
         rows,
     )
@@ -100,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=400, help="runs parked at a gate (the issue asks for 10000)")
     parser.add_argument("--cache", type=int, default=100, help="the worker's max_cached_workflows")
+    parser.add_argument(
+        "--activities", type=int, default=100, help="the worker's max_concurrent_activities (Temporal's default 100)"
+    )
     parser.add_argument("--wave", type=int, default=100, help="runs triggered and parked per wave")
     parser.add_argument("--concurrency", type=int, default=16, help="decisions in flight")
     return parser.parse_args(argv)

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # evicted and replayed from history when they next get a task: it bounds the worker's memory however many
     # runs wait at gates (bench/capacity.py measures the trade-off).
     worker_max_cached_workflows: int = Field(default=2000, ge=0)
+    # Activities one worker process runs at once (Temporal's own default is 100). They share the process, and its
+    # GIL, with the workflow activations: a worker saturated with activities answered workflow tasks late (past
+    # the 10 s task timeout under bench/capacity.py at 10,000 runs), so lowering this leaves the excess queued at
+    # the server, where another worker can take it, instead of slowing every run in this one.
+    worker_max_concurrent_activities: int = Field(default=100, ge=1, le=10_000)
     # On shutdown (SIGTERM) running activities get this long to finish before they are cancelled: an activity cut
     # off mid-way is retried elsewhere, but one that finishes also returns its database connection before the
     # worker closes the pool.

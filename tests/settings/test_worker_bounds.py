@@ -1,0 +1,37 @@
+"""The worker's concurrency bounds come from settings (QP_WORKER_MAX_*), and nonsense values are refused."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from temporalio.client import Client
+
+from quantapilot.settings import Settings
+from worker import build_worker
+
+
+async def test_worker_bounds_reach_the_temporal_worker(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QP_WORKER_MAX_CONCURRENT_ACTIVITIES", "7")
+    monkeypatch.setenv("QP_WORKER_MAX_CACHED_WORKFLOWS", "11")
+    from_env = Settings()
+    bounded = settings.model_copy(
+        update={
+            "worker_max_concurrent_activities": from_env.worker_max_concurrent_activities,
+            "worker_max_cached_workflows": from_env.worker_max_cached_workflows,
+        }
+    )
+    config = build_worker(client, bounded).config()
+    assert (config.get("max_concurrent_activities"), config.get("max_cached_workflows")) == (7, 11)
+    # Unset, the worker keeps Temporal's own default of 100 concurrent activities.
+    # (another task queue: the SDK refuses two workers of one queue in one process)
+    default = build_worker(client, settings, task_queue=f"{settings.task_queue}-default")
+    assert default.config().get("max_concurrent_activities") == 100
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "10001", "many"])
+def test_worker_bounds_refuse_nonsense(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QP_WORKER_MAX_CONCURRENT_ACTIVITIES", value)
+    with pytest.raises(ValidationError, match="worker_max_concurrent_activities"):
+        Settings()
