@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import Closeable, build_activities
 from activities.event_carry import EventCarryInterceptor
@@ -32,7 +33,7 @@ from quantapilot.tracing import has_temporal_tracing, setup_tracing, temporal_in
 from quantapilot.webhooks.at_rest import encrypt_plaintext_secrets
 from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.urlsafety import Resolver
-from workflows.registry import WORKFLOWS
+from workflows.registry import WORKFLOWS, shared_workflow_modules
 
 log = logging.getLogger("quantapilot.worker")
 
@@ -140,6 +141,22 @@ def worker_interceptors(
     return [*own, RunContextInterceptor(), EventCarryInterceptor(events, new_runs=event_carry)]
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """Temporal's sandbox, with the workflow modules that define no registered workflow passed through.
+
+    The sandbox imports a workflow's module afresh for every workflow instance it creates, with every module of
+    ours that it imports. A repository run pulls in nine (its base classes, gates, budgets), about 270 KiB each
+    time, so a worker caching 1,000 waiting runs held over 250 MiB of copies of the same code. Temporal's guidance
+    is to pass through modules in separate files whose calls are deterministic: the shared modules are, and they
+    keep no state of their own (a run's state lives on its instance). The modules that define a workflow stay
+    sandboxed. The replay tests (tests/replay) use Temporal's default, fully restricted sandbox on every recorded
+    history, so a non-deterministic call in a passed-through module is still caught there.
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*sorted(shared_workflow_modules()))
+    )
+
+
 def build_worker(
     client: Client, settings: Settings, *, task_queue: str | None = None, resolver: Resolver | None = None
 ) -> ServiceWorker:
@@ -180,6 +197,7 @@ def build_worker(
         repo=next((r for r in resources if isinstance(r, RepoActivities)), None),
         sweep_every_s=settings.worktree_sweep_interval_s,
         interceptors=worker_interceptors(client, events=events, event_carry=settings.worker_event_carry),
+        workflow_runner=workflow_runner(),
         max_cached_workflows=settings.worker_max_cached_workflows,
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),

@@ -1,13 +1,15 @@
-"""The worker's concurrency bounds come from settings (QP_WORKER_MAX_*), and nonsense values are refused."""
+"""The worker's bounds: concurrency and cache from settings (nonsense refused), the modules its sandbox shares."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.worker.workflow_sandbox import SandboxRestrictions
 
 from quantapilot.settings import Settings
-from worker import build_worker
+from worker import build_worker, workflow_runner
+from workflows.registry import WORKFLOWS, shared_workflow_modules
 
 
 async def test_worker_bounds_reach_the_temporal_worker(
@@ -35,3 +37,16 @@ def test_worker_bounds_refuse_nonsense(value: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("QP_WORKER_MAX_CONCURRENT_ACTIVITIES", value)
     with pytest.raises(ValidationError, match="worker_max_concurrent_activities"):
         Settings()
+
+
+def test_worker_sandbox_passes_through_the_shared_workflow_modules_only() -> None:
+    passed = workflow_runner().restrictions.passthrough_modules
+    shared = shared_workflow_modules()
+    # The base classes and helpers every repository run imports are shared, not imported again per instance ...
+    assert {"workflows.base", "workflows.run_core", "workflows.common", "workflows.gates"} <= shared <= passed
+    # ... while each module that defines a registered workflow stays sandboxed (and so do the registry and package).
+    defining = {cls.__module__ for cls in WORKFLOWS}
+    assert len(defining) == 4
+    assert not (defining | {"workflows", "workflows.registry"}) & passed
+    # Temporal's own passthrough list (the standard library, temporalio) is kept.
+    assert SandboxRestrictions.default.passthrough_modules <= passed
