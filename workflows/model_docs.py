@@ -23,7 +23,13 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.repos.config import ModelConfig, QuantapilotConfig
     from quantapilot.runs.budget import Headroom
     from quantapilot.runs.contracts import DocsInput, DocsResult
-    from quantapilot.runs.model_contracts import DocsModelInput, ModelCallResult, ModelDocPage, ModelDocsInput
+    from quantapilot.runs.model_contracts import (
+        DocsModelInput,
+        ModelCallResult,
+        ModelDocPage,
+        ModelDocsInput,
+        ask_fields,
+    )
 
 PATCH_MODEL_DOCS = "model-docs"
 # The ledger's key of the documentation step: steps[doc].tokens_budget covers both pages.
@@ -51,17 +57,7 @@ class ModelDocs(ModelSteps):
         call: ModelCallResult = await self._step(
             f"model:{key}",
             ModelDocsActivities.call_docs_model,
-            DocsModelInput(
-                docs=docs,
-                page=page,
-                step=key,
-                model=arch.model,
-                temperature=arch.temperature,
-                max_output_tokens=arch.max_output_tokens,
-                tokens_left=room.tokens,
-                usd_left=room.usd,
-                day_limit=day_limit,
-            ),
+            DocsModelInput(**ask_fields(arch, room, day_limit), docs=docs, page=page, step=key),
             timeout_s=timeout_s,
             attempts=MODEL_CALL_ATTEMPTS,
             summary=f"Ask {arch.model} for the {page} page",
