@@ -14,7 +14,7 @@ from typing import Any
 from temporalio import workflow
 
 from workflows.common import RunFailure
-from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
+from workflows.model_budget import ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.lifecycle import LifecycleActivities
@@ -187,8 +187,8 @@ class LifecycleRunWorkflow(ModelBudget):
         key = f"narrative/{result.stage}"
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 LifecycleModelActivities.narrate_stage,
                 NarrateInput(
                     # _day_limit asks workflow.patched(PATCH_TOKENS_PER_DAY) only when the run has a daily limit.
@@ -200,10 +200,8 @@ class LifecycleRunWorkflow(ModelBudget):
                     result=result,
                 ),
                 timeout_s=NARRATE_TIMEOUT_S,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {model.model} for the narrative of the {result.stage} result",
             )
-            return call
 
         call = await self._budgeted(usage, key, None, ask)
         outcome, reason, narrated = "narrated", None, result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
+from workflows.model_budget import ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.model_review import ModelReviewActivities
@@ -55,8 +55,8 @@ class ModelQa(ModelBudget):
         output = "\n".join(f"$ {s.command} (exit {s.exit_code})\n{s.output_tail}" for s in result.steps)
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 ModelReviewActivities.review_model_diff,
                 ReviewInput(
                     **ask_fields(qa, room, self._day_limit(usage)),
@@ -70,10 +70,8 @@ class ModelQa(ModelBudget):
                     test_output=output,
                 ),
                 timeout_s=REVIEW_TIMEOUT_S,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {qa.model} to review the diff of {milestone.id}",
             )
-            return call
 
         call = await self._budgeted(usage, key, None, ask)
         self._record_call(record, key, 1, call, parse_verdict(call.answer), role=QA_ROLE)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS
 from workflows.model_qa import PATCH_MODEL_QA, ModelQa
 
 with workflow.unsafe.imports_passed_through():
@@ -76,8 +75,8 @@ class ModelSteps(ModelQa):
         timeout_s, _ = step_policy(step, config)
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 ModelActivities.call_model,
                 ModelCallInput(
                     **ask_fields(dev, room, self._day_limit(usage)),
@@ -94,10 +93,8 @@ class ModelSteps(ModelQa):
                     feedback=feedback,
                 ),
                 timeout_s=timeout_s,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {dev.model} for {key} (try {attempt})",
             )
-            return call
 
         return await self._budgeted(usage, key, budget, ask)
 
