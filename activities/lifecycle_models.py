@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.models import ModelActivities
+from activities.models import CallPlace, ModelBackedActivities
 from quantapilot.lifecycle.contracts import NARRATE_STAGE, NarrateInput
 from quantapilot.lifecycle.narrative import build_narrative_messages
 from quantapilot.llm.prompts import mask
@@ -19,15 +19,8 @@ from quantapilot.runs.budget import RECORDED_TEXT_CHARS
 from quantapilot.runs.model_contracts import ModelCallResult
 
 
-class LifecycleModelActivities:
-    """Lifecycle narratives by a model, built on the model activities (their provider and secrets).
-
-    Args:
-        models: The model activities whose :meth:`~ModelActivities.ask` makes the call (and prices it).
-    """
-
-    def __init__(self, models: ModelActivities) -> None:
-        self._models = models
+class LifecycleModelActivities(ModelBackedActivities):
+    """Lifecycle narratives by a model, built on the model activities (their provider and secrets)."""
 
     @activity.defn(name=NARRATE_STAGE)
     async def narrate_stage(self, inp: NarrateInput) -> ModelCallResult:
@@ -36,16 +29,10 @@ class LifecycleModelActivities:
         messages = [
             m.model_copy(update={"content": mask(m.content, secrets)}) for m in build_narrative_messages(inp.result)
         ]
-        prompt, reply = await self._models.ask(
+        # Whole: the workflow parses it (narratives are short; an overlong one is refused there).
+        return await self.ask_answered(
             inp,
             messages,
-            run_id=inp.run_id,
-            step=inp.step,
-            role="arch",
-            workspace=inp.workspace,
-            heartbeat="narrate_stage",
+            CallPlace(inp.run_id, inp.step, "arch", inp.workspace, heartbeat="narrate_stage"),
+            answer_chars=4 * RECORDED_TEXT_CHARS,
         )
-        if isinstance(reply, ModelCallResult):
-            return reply
-        # Whole: the workflow parses it (narratives are short; an overlong one is refused there).
-        return self._models.answered(inp, prompt, reply, answer_chars=4 * RECORDED_TEXT_CHARS)

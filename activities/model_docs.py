@@ -14,11 +14,12 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.models import ModelActivities
+from activities.models import CallPlace, ModelActivities, ModelBackedActivities
 from activities.repo import networked_worktree
 from quantapilot.docs.model_pages import MODEL_PAGES
 from quantapilot.errors import ErrorCode
 from quantapilot.forges import gitops
+from quantapilot.llm import ModelReply
 from quantapilot.llm.doc_prompts import build_doc_messages
 from quantapilot.repos.files import RepoReadError
 from quantapilot.runs import documentation
@@ -28,7 +29,7 @@ from quantapilot.runs.worktree import Worktrees
 from quantapilot.settings import Settings
 
 
-class ModelDocsActivities:
+class ModelDocsActivities(ModelBackedActivities):
     """Documentation pages written by a model, built on the model activities (their provider and secrets).
 
     Args:
@@ -38,9 +39,9 @@ class ModelDocsActivities:
     """
 
     def __init__(self, settings: Settings, worktrees: Worktrees, models: ModelActivities) -> None:
+        super().__init__(models)
         self._settings = settings
         self._worktrees = worktrees
-        self._models = models
         self._git_protocols = gitops.protocols_for(settings.allowed_repo_patterns)
 
     @activity.defn(name=CALL_DOCS_MODEL)
@@ -66,21 +67,15 @@ class ModelDocsActivities:
             total_bytes=settings.model_prompt_total_bytes,
             secrets=self._models.secrets(),
         )
-        prompt, reply = await self._models.ask(
-            inp,
-            messages,
-            run_id=docs.repo.run_id,
-            step=inp.step,
-            role=inp.role,
-            workspace=docs.repo.workspace,
-        )
-        if isinstance(reply, ModelCallResult):
-            return reply
-        if not reply.text.strip():
-            # The same request would most likely get the same nothing: fail for a person to look at.
-            raise ApplicationError(
-                f"the model {reply.model} answered no text for the {inp.page} page",
-                type=ErrorCode.MODEL_ANSWER_REJECTED,
-                non_retryable=True,
-            )
-        return self._models.answered(inp, prompt, reply, answer_chars=DOC_ANSWER_CHARS)
+
+        def _not_empty(reply: ModelReply) -> None:
+            if not reply.text.strip():
+                # The same request would most likely get the same nothing: fail for a person to look at.
+                raise ApplicationError(
+                    f"the model {reply.model} answered no text for the {inp.page} page",
+                    type=ErrorCode.MODEL_ANSWER_REJECTED,
+                    non_retryable=True,
+                )
+
+        place = CallPlace(docs.repo.run_id, inp.step, inp.role, docs.repo.workspace)
+        return await self.ask_answered(inp, messages, place, answer_chars=DOC_ANSWER_CHARS, accept=_not_empty)

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from activities.models import ModelActivities
+from activities.models import CallPlace, ModelBackedActivities
 from quantapilot.llm.review_prompts import build_review_messages
 from quantapilot.runs.model_contracts import REVIEW_MODEL_DIFF, ModelCallResult, ReviewInput
 
 
-class ModelReviewActivities:
-    """Reviews by the qa model, built on the model activities (their provider and secrets).
-
-    Args:
-        models: The model activities whose :meth:`~ModelActivities.ask` makes the call (and prices it).
-    """
-
-    def __init__(self, models: ModelActivities) -> None:
-        self._models = models
+class ModelReviewActivities(ModelBackedActivities):
+    """Reviews by the qa model, built on the model activities (their provider and secrets)."""
 
     @activity.defn(name=REVIEW_MODEL_DIFF)
     async def review_model_diff(self, inp: ReviewInput) -> ModelCallResult:
@@ -37,15 +30,5 @@ class ModelReviewActivities:
             test_output=inp.test_output,
             secrets=self._models.secrets(),
         )
-        prompt, reply = await self._models.ask(
-            inp,
-            messages,
-            run_id=inp.repo.run_id,
-            step=inp.step,
-            role="qa",
-            workspace=inp.repo.workspace,
-            heartbeat="review_model_diff",
-        )
-        if isinstance(reply, ModelCallResult):
-            return reply
-        return self._models.answered(inp, prompt, reply)
+        place = CallPlace(inp.repo.run_id, inp.step, "qa", inp.repo.workspace, heartbeat="review_model_diff")
+        return await self.ask_answered(inp, messages, place)

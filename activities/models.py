@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -363,6 +364,72 @@ class ModelActivities:
             response_id=reply.response_id,
             finish_reason=reply.finish_reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlace:
+    """Where a model call is made, as :meth:`ModelActivities.complete` logs and saves it.
+
+    Attributes:
+        run_id: The run the call is made for.
+        step: The step it serves.
+        role: The agent role.
+        workspace: The run's workspace (None: not saved).
+        heartbeat: Heartbeat with this detail while the model answers (None: no heartbeat).
+    """
+
+    run_id: str
+    step: str
+    role: str
+    workspace: str | None
+    heartbeat: str | None = None
+
+
+class ModelBackedActivities:
+    """Base of the activities that make one model call through the model activities (their provider and secrets).
+
+    Args:
+        models: The model activities whose :meth:`~ModelActivities.ask` makes the call (and prices it).
+    """
+
+    def __init__(self, models: ModelActivities) -> None:
+        self._models = models
+
+    async def ask_answered(
+        self,
+        inp: ModelAsk,
+        messages: Sequence[ChatMessage],
+        place: CallPlace,
+        *,
+        answer_chars: int = RECORDED_TEXT_CHARS,
+        accept: Callable[[ModelReply], None] | None = None,
+    ) -> ModelCallResult:
+        """Ask the model (:meth:`ModelActivities.ask`) and return what it answered, or the refusal.
+
+        Args:
+            inp: The call's input.
+            messages: The prompt.
+            place: Where the call is made.
+            answer_chars: How much of the answer the workflow keeps.
+            accept: Raises for a reply the activity refuses (it is then not returned).
+
+        Returns:
+            The refusal when the call does not fit the headroom, else the answered call.
+        """
+        prompt, reply = await self._models.ask(
+            inp,
+            messages,
+            run_id=place.run_id,
+            step=place.step,
+            role=place.role,
+            workspace=place.workspace,
+            heartbeat=place.heartbeat,
+        )
+        if isinstance(reply, ModelCallResult):
+            return reply
+        if accept is not None:
+            accept(reply)
+        return self._models.answered(inp, prompt, reply, answer_chars=answer_chars)
 
 
 def fit(

@@ -255,7 +255,7 @@ class RepoActivities:
                 path,
                 run_id=inp.repo.run_id,
                 branch=inp.docs_branch,
-                message=f"docs: generate documentation for {inp.project}\n\nQuantaPilot run {inp.repo.run_id}.",
+                message=f"docs: generate documentation for {inp.project}",
                 when=inp.run_started_at,
                 pathspec=inp.output_folder,
             )
@@ -329,7 +329,7 @@ class RepoActivities:
                 path,
                 run_id=inp.repo.run_id,
                 branch=inp.branch,
-                message=f"{inp.milestone_id}: {inp.title}\n\nQuantaPilot run {inp.repo.run_id}.",
+                message=f"{inp.milestone_id}: {inp.title}",
                 when=inp.run_started_at,
             )
         return MilestoneResult(branch=inp.branch, commit_sha=sha, changed=changed, steps=outcomes)

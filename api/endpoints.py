@@ -9,6 +9,8 @@ bodies (``schemas/generate.py``). The order is the order of the OpenAPI document
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from api import (
     contract_routes,
     docs_routes,
@@ -22,7 +24,7 @@ from api import (
     ui_session_routes,
 )
 from api.event_log import MAX_SEQ
-from api.registry import BODY_ERRORS, PUBLIC, RUN_PATH, Body, Endpoint, Page, Param, Registry
+from api.registry import BODY_ERRORS, PUBLIC, RUN_PATH, Body, Endpoint, Handler, Page, Param, Registry
 from api.webhook_endpoints import WEBHOOK_ENDPOINTS
 from quantapilot.bodies import EmptyRequest, Health, OpenApiDocument, Readiness
 from quantapilot.docs.views import DocsPage, DocsPageList
@@ -67,6 +69,46 @@ RUN_TRIGGER_DESCRIPTION = (
     "Starts a durable repository run: clone, read quantapilot.yml, generate and lint docs, then the gated "
     "milestones. With an Idempotency-Key, the same key and body always answer with the same run."
 )
+
+
+def _control(
+    action: str,
+    handler: Handler,
+    operation_id: str,
+    summary: str,
+    body: type[BaseModel] = EmptyRequest,
+    *,
+    required: bool = False,
+    answer: type[BaseModel] = RunStatusView,
+    status: int = 200,
+) -> Endpoint:
+    """A run control, ``POST /v1/runs/{run_id}/<action>``: scope ``runs:control``, 404 unknown, 409 refused.
+
+    Args:
+        action: The last path segment.
+        handler: The route's handler.
+        operation_id: Its OpenAPI operation id.
+        summary: Its one-line summary.
+        body: The request body's model (default: an empty body).
+        required: Whether the body must be sent.
+        answer: The success answer's model.
+        status: The success status.
+    """
+    return Endpoint(
+        "POST",
+        f"/v1/runs/{{run_id}}/{action}",
+        handler,
+        "runs:control",
+        operation_id,
+        summary,
+        "runs",
+        status,
+        answer,
+        body=Body(body, required=required),
+        params=(RUN_ID,),
+        errors=(*BODY_ERRORS, 404, 409),
+    )
+
 
 _RUNS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -191,61 +233,18 @@ _RUNS: tuple[Endpoint, ...] = (
             "without, it decides as its holder only when the gate names no approvers. Treat the URL as a secret."
         ),
     ),
-    Endpoint(
-        "POST",
-        "/v1/runs/{run_id}/pause",
-        run_routes.pause_run,
-        "runs:control",
-        "pauseRun",
-        "Pause a run (no new step starts)",
-        "runs",
-        200,
-        RunStatusView,
-        body=Body(PauseRequest, required=False),
-        params=(RUN_ID,),
-        errors=(*BODY_ERRORS, 404, 409),
-    ),
-    Endpoint(
-        "POST",
-        "/v1/runs/{run_id}/resume",
-        run_routes.resume_run,
-        "runs:control",
-        "resumeRun",
-        "Resume a paused run",
-        "runs",
-        200,
-        RunStatusView,
-        body=Body(EmptyRequest, required=False),
-        params=(RUN_ID,),
-        errors=(*BODY_ERRORS, 404, 409),
-    ),
-    Endpoint(
-        "POST",
-        "/v1/runs/{run_id}/budget",
+    _control("pause", run_routes.pause_run, "pauseRun", "Pause a run (no new step starts)", PauseRequest),
+    _control("resume", run_routes.resume_run, "resumeRun", "Resume a paused run"),
+    _control(
+        "budget",
         run_routes.raise_budget,
-        "runs:control",
         "raiseRunBudget",
         "Raise a run's time budget, step attempts or model budgets (tokens, usd)",
-        "runs",
-        200,
-        RunStatusView,
-        body=Body(BudgetRequest),
-        params=(RUN_ID,),
-        errors=(*BODY_ERRORS, 404, 409),
+        BudgetRequest,
+        required=True,
     ),
-    Endpoint(
-        "POST",
-        "/v1/runs/{run_id}/cancel",
-        run_routes.cancel_run,
-        "runs:control",
-        "cancelRun",
-        "Request a run's cancellation",
-        "runs",
-        202,
-        CancelAccepted,
-        body=Body(EmptyRequest, required=False),
-        params=(RUN_ID,),
-        errors=(*BODY_ERRORS, 404, 409),
+    _control(
+        "cancel", run_routes.cancel_run, "cancelRun", "Request a run's cancellation", answer=CancelAccepted, status=202
     ),
 )
 

@@ -26,8 +26,7 @@ from temporalio.service import RPCError
 from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
-from api.runs import run_handle, run_trigger, run_urls
-from api.tracing import RUN_ID
+from api.runs import run_handle, run_urls, start_triggered
 from quantapilot.db import session_scope
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
@@ -50,7 +49,7 @@ from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_re
 from quantapilot.models import RunKind, RunState, RunStatus
 from quantapilot.observability import TELEMETRY_ACCEPTED
 from quantapilot.runs.http import AccountAccepted, AccountEventList, LifecycleRunAccepted, TelemetryAccepted
-from quantapilot.runs.starter import request_hash, signal_with_start, start_run
+from quantapilot.runs.starter import request_hash, signal_with_start
 from quantapilot.temporal import SA_ACCOUNT_ID, SA_RUN_KIND, SA_STAGE, SA_WORKSPACE
 
 log = logging.getLogger("quantapilot.api.lifecycle")
@@ -136,7 +135,7 @@ def _store(
 
 async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Response:
     """Start one lifecycle stage for one account; ``Idempotency-Key`` returns the same run for the same body."""
-    principal, key, payload = call.principal, call.idempotency_key, call.body
+    principal = call.principal
     req = await lifecycle_run_request(request)
     settings = request.app[SETTINGS]
 
@@ -155,9 +154,9 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
         else LifecycleNarrative(model=arch, budgets=settings.lifecycle_budgets, limits=settings.lifecycle_limits)
     )
 
-    def make_input(run_id: str, digest: str) -> LifecycleRunInput:
+    def make_input(trigger: dict[str, Any]) -> LifecycleRunInput:
         return LifecycleRunInput(
-            **run_trigger(request, principal, run_id=run_id, digest=digest, correlation_id=req.correlation_id),
+            **trigger,
             stage=req.stage,
             account_id=req.account_id,
             inputs=req.inputs,
@@ -168,27 +167,22 @@ async def trigger_lifecycle_run(request: web.Request, call: Call) -> web.Respons
             narrative=narrative,
         )
 
-    client = request.app[TEMPORAL]
-    started = await start_run(
-        client,
+    started = await start_triggered(
+        request,
+        call,
         kind=RunKind.LIFECYCLE,
-        workspace=principal.workspace,
-        idempotency_key=key,
-        body=payload,
         make_input=make_input,
-        task_queue=settings.task_queue,
+        correlation_id=req.correlation_id,
         search_attributes=[
             SearchAttributePair(SA_ACCOUNT_ID, req.account_id),
             SearchAttributePair(SA_STAGE, req.stage),
         ],
-        correlation_id=req.correlation_id,
         summary=f"Lifecycle {req.stage} run of account {req.account_id}",
     )
-    request[RUN_ID] = started.run_id
     state = RunState.RUNNING
     if not started.created:
         # A repeated request answers with the run's current state, which may have moved on.
-        status: RunStatus = await run_handle(client, principal.workspace, started.run_id).query(
+        status: RunStatus = await run_handle(request.app[TEMPORAL], principal.workspace, started.run_id).query(
             "status", result_type=RunStatus
         )
         state = status.state

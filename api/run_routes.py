@@ -19,8 +19,7 @@ from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, KEYRING, SETTINGS, TEMPORAL
 from api.link_routes import with_review_urls
 from api.registry import Call, Param
-from api.runs import is_not_found, run_handle, run_trigger, run_urls
-from api.tracing import RUN_ID
+from api.runs import is_not_found, run_handle, run_urls, start_triggered
 from quantapilot.errors import ApiError, ErrorCode, conflict, not_found
 from quantapilot.events.log import gapless_page, read_events, stream_times
 from quantapilot.events.record import record_of
@@ -41,7 +40,6 @@ from quantapilot.runs import listing
 from quantapilot.runs.http import CancelAccepted, EventList, RunAccepted, RunAcceptedDeprecated, RunStatusView
 from quantapilot.runs.listing import list_runs as list_workspace_runs
 from quantapilot.runs.listing import parse_query
-from quantapilot.runs.starter import start_run
 from quantapilot.temporal import SA_BRANCH, SA_REPO_URL
 from quantapilot.tokens import Principal
 
@@ -50,32 +48,30 @@ RUN_ALIAS_DEPRECATED_AT = datetime(2026, 11, 24, tzinfo=UTC)
 RUN_ALIAS_SUNSET_AT = datetime(2027, 6, 30, tzinfo=UTC)
 
 
+def _text_query(name: str, max_length: int, pattern: str, description: str) -> Param:
+    """A string filter of GET /v1/runs: one to ``max_length`` characters matching ``pattern``."""
+    schema = {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": pattern}
+    return Param(name, "query", schema, description)
+
+
 #: The query parameters of GET /v1/runs, as documented (quantapilot/runs/listing.py validates them).
 RUN_LIST_PARAMS = (
     Param("state", "query", {"enum": [s.value for s in RunState]}, "Only runs in this state."),
     Param("kind", "query", {"enum": [k.value for k in RunKind]}, "Only runs of this kind."),
-    Param(
-        "gate",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_GATE, "pattern": listing.FILTER_PATTERN},
-        "Only runs waiting at this gate (paused there included).",
+    _text_query(
+        "gate", listing.MAX_GATE, listing.FILTER_PATTERN, "Only runs waiting at this gate (paused there included)."
     ),
-    Param(
+    _text_query(
         "repo_url",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_REPO_URL, "pattern": listing.FILTER_PATTERN},
+        listing.MAX_REPO_URL,
+        listing.FILTER_PATTERN,
         "Only repository runs of this repository URL (exactly as triggered).",
     ),
-    Param(
-        "correlation_id",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": 128, "pattern": listing.CORRELATION_ID_PATTERN},
-        "Only runs triggered with this correlation id.",
-    ),
-    Param(
+    _text_query("correlation_id", 128, listing.CORRELATION_ID_PATTERN, "Only runs triggered with this correlation id."),
+    _text_query(
         "page_token",
-        "query",
-        {"type": "string", "minLength": 1, "maxLength": listing.MAX_PAGE_TOKEN, "pattern": listing.PAGE_TOKEN_PATTERN},
+        listing.MAX_PAGE_TOKEN,
+        listing.PAGE_TOKEN_PATTERN,
         "The next_page_token of the previous page (with the same filters).",
     ),
     Param(
@@ -128,7 +124,7 @@ def _urls(request: web.Request, run_id: str) -> dict[str, str]:
 
 async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
     """``POST /run`` (seed path, configurable) and ``POST /v1/runs``: start a repository run."""
-    principal, key, body = call.principal, call.idempotency_key, call.body
+    body = call.body
     if url_has_credentials(body["repo_url"]):
         # Refused before anything stores the URL: events, webhooks and search attributes would carry the secret.
         raise ApiError(
@@ -148,9 +144,9 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
             details=[{"path": "repo_url", "message": "repository host not allowed"}],
         )
 
-    def make_input(run_id: str, digest: str) -> RepoRunInput:
+    def make_input(trigger: dict[str, Any]) -> RepoRunInput:
         return RepoRunInput(
-            **run_trigger(request, principal, run_id=run_id, digest=digest, correlation_id=body.get("correlation_id")),
+            **trigger,
             repo_url=body["repo_url"],
             branch=body["branch"],
             quantapilot_yaml_path=body.get("quantapilot_yaml_path", "quantapilot.yml"),
@@ -158,22 +154,18 @@ async def trigger_repo_run(request: web.Request, call: Call) -> web.Response:
             continue_as_new_every=settings.continue_as_new_every_milestones,
         )
 
-    started = await start_run(
-        request.app[TEMPORAL],
+    started = await start_triggered(
+        request,
+        call,
         kind=RunKind.REPOSITORY,
-        workspace=principal.workspace,
-        idempotency_key=key,
-        body=body,
         make_input=make_input,
-        task_queue=settings.task_queue,
+        correlation_id=body.get("correlation_id"),
         search_attributes=[
             SearchAttributePair(SA_REPO_URL, body["repo_url"]),
             SearchAttributePair(SA_BRANCH, body["branch"]),
         ],
-        correlation_id=body.get("correlation_id"),
         summary=f"Repository run of {body['repo_url']} @ {body['branch']}",
     )
-    request[RUN_ID] = started.run_id
     urls = _urls(request, started.run_id)
     accepted = RunAccepted(run_id=started.run_id, **urls, created=started.created)
     headers = {"Location": urls["status_url"]}

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+from pydantic import BaseModel
+from typing_extensions import Unpack
+
 from api import webhook_routes
-from api.registry import BODY_ERRORS, Body, Endpoint, Param
+from api.registry import BODY_ERRORS, Body, Endpoint, Handler, Method, Param
 from api.webhook_routes import MAX_DELIVERIES_PAGE
 from quantapilot.bodies import EmptyRequest
 from quantapilot.webhooks import views
@@ -12,15 +17,38 @@ WEBHOOKS = "webhooks:manage"
 ENDPOINT_ID = Param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "Webhook endpoint id.", required=True)
 DELIVERY_ID = Param("delivery_id", "path", {"type": "string", "maxLength": 64}, "Delivery id.", required=True)
 
+
+class _Declared(TypedDict, total=False):
+    """The :class:`~api.registry.Endpoint` fields a webhook endpoint declares besides the common ones."""
+
+    body: Body
+    params: tuple[Param, ...]
+    errors: tuple[int, ...]
+    description: str
+    media: str
+
+
+def _webhook(
+    method: Method,
+    path: str,
+    handler: Handler,
+    operation_id: str,
+    summary: str,
+    success: int,
+    response: type[BaseModel] | None,
+    **declared: Unpack[_Declared],
+) -> Endpoint:
+    """A webhook endpoint: scope ``webhooks:manage``, tag ``webhooks``; ``declared`` are its other fields."""
+    return Endpoint(method, path, handler, WEBHOOKS, operation_id, summary, "webhooks", success, response, **declared)
+
+
 WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(
+    _webhook(
         "POST",
         "/v1/webhooks/endpoints",
         webhook_routes.create_endpoint,
-        WEBHOOKS,
         "createWebhookEndpoint",
         "Subscribe a receiver URL; the answer carries its signing secret, shown once",
-        "webhooks",
         201,
         views.WebhookEndpointCreated,
         body=Body(views.CreateEndpointRequest),
@@ -31,80 +59,68 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
             "WEBHOOK_ENDPOINT_LIMIT."
         ),
     ),
-    Endpoint(
+    _webhook(
         "GET",
         "/v1/webhooks/endpoints",
         webhook_routes.list_endpoints,
-        WEBHOOKS,
         "listWebhookEndpoints",
         "The workspace's webhook endpoints",
-        "webhooks",
         200,
         views.WebhookEndpointList,
     ),
-    Endpoint(
+    _webhook(
         "GET",
         "/v1/webhooks/endpoints/{endpoint_id}",
         webhook_routes.get_endpoint,
-        WEBHOOKS,
         "getWebhookEndpoint",
         "One webhook endpoint (never its secret)",
-        "webhooks",
         200,
         views.WebhookEndpointView,
         params=(ENDPOINT_ID,),
         errors=(404,),
     ),
-    Endpoint(
+    _webhook(
         "PATCH",
         "/v1/webhooks/endpoints/{endpoint_id}",
         webhook_routes.update_endpoint,
-        WEBHOOKS,
         "updateWebhookEndpoint",
         "Change an endpoint's URL, filters or description, or enable/disable it",
-        "webhooks",
         200,
         views.WebhookEndpointView,
         body=Body(views.UpdateEndpointRequest),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
-    Endpoint(
+    _webhook(
         "DELETE",
         "/v1/webhooks/endpoints/{endpoint_id}",
         webhook_routes.delete_endpoint,
-        WEBHOOKS,
         "deleteWebhookEndpoint",
         "Delete an endpoint with its secrets and delivery log",
-        "webhooks",
         204,
         None,
         params=(ENDPOINT_ID,),
         errors=(404,),
         media="",
     ),
-    Endpoint(
+    _webhook(
         "POST",
         "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret",
         webhook_routes.rotate_secret,
-        WEBHOOKS,
         "rotateWebhookSecret",
         "Issue a new signing secret; the previous ones keep signing for the overlap",
-        "webhooks",
         200,
         views.WebhookSecretRotated,
         body=Body(views.RotateSecretRequest, required=False),
         params=(ENDPOINT_ID,),
         errors=(*BODY_ERRORS, 404),
     ),
-    Endpoint(
+    _webhook(
         "GET",
         "/v1/webhooks/endpoints/{endpoint_id}/deliveries",
         webhook_routes.list_deliveries,
-        WEBHOOKS,
         "listWebhookDeliveries",
         "An endpoint's deliveries, newest first, with their attempts",
-        "webhooks",
         200,
         views.WebhookDeliveryList,
         params=(
@@ -124,14 +140,12 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
         ),
         errors=(400, 404),
     ),
-    Endpoint(
+    _webhook(
         "POST",
         "/v1/webhooks/endpoints/{endpoint_id}/recover",
         webhook_routes.recover,
-        WEBHOOKS,
         "recoverWebhookEndpoint",
         "Re-send every delivery of a time window that did not arrive (failed, gone or disabled)",
-        "webhooks",
         202,
         views.WebhookRecovery,
         body=Body(views.RecoverRequest),
@@ -144,27 +158,23 @@ WEBHOOK_ENDPOINTS: tuple[Endpoint, ...] = (
             "since."
         ),
     ),
-    Endpoint(
+    _webhook(
         "GET",
         "/v1/webhooks/deliveries/{delivery_id}",
         webhook_routes.get_delivery,
-        WEBHOOKS,
         "getWebhookDelivery",
         "One delivery with its attempts",
-        "webhooks",
         200,
         views.DeliveryView,
         params=(DELIVERY_ID,),
         errors=(404,),
     ),
-    Endpoint(
+    _webhook(
         "POST",
         "/v1/webhooks/deliveries/{delivery_id}/redeliver",
         webhook_routes.redeliver,
-        WEBHOOKS,
         "redeliverWebhook",
         "Send a delivery again (same event id) through a fresh workflow",
-        "webhooks",
         202,
         views.DeliveryView,
         body=Body(EmptyRequest, required=False),

@@ -14,7 +14,7 @@ from typing import Any
 from temporalio import workflow
 
 from workflows.common import RunFailure
-from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
+from workflows.model_budget import ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.lifecycle import LifecycleActivities
@@ -40,9 +40,9 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.lifecycle.outputs import RealizationOutput, StageResult
     from quantapilot.lifecycle.realization import report_period
     from quantapilot.models import BudgetInput, RunKind, RunStatus
-    from quantapilot.runs.budget import Headroom, RunUsage
+    from quantapilot.runs.budget import Headroom, run_usage
     from quantapilot.runs.ids import LIFECYCLE_RUN_WORKFLOW
-    from quantapilot.runs.model_contracts import ModelCallResult
+    from quantapilot.runs.model_contracts import ModelCallResult, ask_fields
 
 AGENT_TIMEOUT_S = 300.0
 STORE_TIMEOUT_S = 60.0
@@ -180,41 +180,28 @@ class LifecycleRunWorkflow(ModelBudget):
     async def _narrated(self, result: StageResult, narrative: LifecycleNarrative) -> StageResult:
         """The result with its narrative fields by the model, within the run's budgets; the agent's on a misfit."""
         if self._usage is None:
-            budgets, limits = narrative.budgets, narrative.limits
             # limits (QP_LIFECYCLE_LIMITS) is None in runs triggered before it was carried: their ledger is as before.
-            self._usage = RunUsage(
-                tokens_budget=budgets.tokens if budgets else None,
-                usd_budget=budgets.usd if budgets else None,
-                tokens_per_run=limits.tokens_per_run if limits else None,
-                tokens_per_day=limits.tokens_per_day if limits else None,
-            )
+            self._usage = run_usage(narrative.budgets, narrative.limits)
         usage = self._usage
         model = narrative.model
         key = f"narrative/{result.stage}"
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 LifecycleModelActivities.narrate_stage,
                 NarrateInput(
+                    # _day_limit asks workflow.patched(PATCH_TOKENS_PER_DAY) only when the run has a daily limit.
+                    **ask_fields(model, room, self._day_limit(usage)),
                     run_id=self._inp.run_id,
                     workspace=self._inp.workspace,
                     stage=result.stage,
                     step=key,
                     result=result,
-                    model=model.model,
-                    temperature=model.temperature,
-                    max_output_tokens=model.max_output_tokens,
-                    tokens_left=room.tokens,
-                    usd_left=room.usd,
-                    # Asks workflow.patched(PATCH_TOKENS_PER_DAY) only when the run has a daily limit (None before).
-                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=NARRATE_TIMEOUT_S,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {model.model} for the narrative of the {result.stage} result",
             )
-            return call
 
         call = await self._budgeted(usage, key, None, ask)
         outcome, reason, narrated = "narrated", None, result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 
@@ -36,6 +37,8 @@ MODEL_CALL_ATTEMPTS = 5
 PATCH_TOKENS_PER_DAY = "tokens-per-day"
 # The smallest wait for the next day: the worker's clock and the workflow's may differ a little.
 MIN_DAY_WAIT_S = 1.0
+
+A = TypeVar("A")
 
 
 class ModelBudget(RunWorkflowBase):
@@ -78,6 +81,21 @@ class ModelBudget(RunWorkflowBase):
     def _record_run_call(self, record: ModelCallRecord) -> None:
         self._run_calls = [*(self._run_calls or []), record]
         self._touch()
+
+    async def _ask_model(
+        self,
+        key: str,
+        activity: Callable[[Any, A], Awaitable[ModelCallResult]],
+        arg: A,
+        *,
+        timeout_s: float,
+        summary: str,
+    ) -> ModelCallResult:
+        """One model call as a step (``model:<key>``), its transient failures retried MODEL_CALL_ATTEMPTS times."""
+        call: ModelCallResult = await self._step(
+            f"model:{key}", activity, arg, timeout_s=timeout_s, attempts=MODEL_CALL_ATTEMPTS, summary=summary
+        )
+        return call
 
     async def _budgeted(
         self,

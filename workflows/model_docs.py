@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS
 from workflows.model_steps import ModelSteps
 
 with workflow.unsafe.imports_passed_through():
@@ -23,7 +22,13 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.repos.config import ModelConfig, QuantapilotConfig
     from quantapilot.runs.budget import Headroom
     from quantapilot.runs.contracts import DocsInput, DocsResult
-    from quantapilot.runs.model_contracts import DocsModelInput, ModelCallResult, ModelDocPage, ModelDocsInput
+    from quantapilot.runs.model_contracts import (
+        DocsModelInput,
+        ModelCallResult,
+        ModelDocPage,
+        ModelDocsInput,
+        ask_fields,
+    )
 
 PATCH_MODEL_DOCS = "model-docs"
 # The ledger's key of the documentation step: steps[doc].tokens_budget covers both pages.
@@ -48,25 +53,13 @@ class ModelDocs(ModelSteps):
         day_limit: int | None,
     ) -> ModelCallResult:
         key = f"{DOC_STEP}/{page}"
-        call: ModelCallResult = await self._step(
-            f"model:{key}",
+        return await self._ask_model(
+            key,
             ModelDocsActivities.call_docs_model,
-            DocsModelInput(
-                docs=docs,
-                page=page,
-                step=key,
-                model=arch.model,
-                temperature=arch.temperature,
-                max_output_tokens=arch.max_output_tokens,
-                tokens_left=room.tokens,
-                usd_left=room.usd,
-                day_limit=day_limit,
-            ),
+            DocsModelInput(**ask_fields(arch, room, day_limit), docs=docs, page=page, step=key),
             timeout_s=timeout_s,
-            attempts=MODEL_CALL_ATTEMPTS,
             summary=f"Ask {arch.model} for the {page} page",
         )
-        return call
 
     async def _documented_by_models(
         self, config: QuantapilotConfig, docs: DocsInput, *, timeout_s: float, attempts: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS, ModelBudget
+from workflows.model_budget import ModelBudget
 
 with workflow.unsafe.imports_passed_through():
     from activities.model_review import ModelReviewActivities
@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.repos.config import MilestoneConfig, ModelConfig
     from quantapilot.runs.budget import Headroom, RunUsage
     from quantapilot.runs.contracts import MilestoneResult, RepoRef
-    from quantapilot.runs.model_contracts import ModelCallResult, ReviewInput
+    from quantapilot.runs.model_contracts import ModelCallResult, ReviewInput, ask_fields
 
 PATCH_MODEL_QA = "model-qa"
 REVIEW_TIMEOUT_S = 300.0
@@ -55,35 +55,41 @@ class ModelQa(ModelBudget):
         output = "\n".join(f"$ {s.command} (exit {s.exit_code})\n{s.output_tail}" for s in result.steps)
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 ModelReviewActivities.review_model_diff,
                 ReviewInput(
+                    **ask_fields(qa, room, self._day_limit(usage)),
                     repo=self._repo,
                     step=key,
-                    model=qa.model,
-                    temperature=qa.temperature,
-                    max_output_tokens=qa.max_output_tokens,
                     milestone_id=milestone.id,
                     title=milestone.title,
                     criteria=list(milestone.criteria),
                     prompt=prompt,
                     diff=diff,
                     test_output=output,
-                    tokens_left=room.tokens,
-                    usd_left=room.usd,
-                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=REVIEW_TIMEOUT_S,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {qa.model} to review the diff of {milestone.id}",
             )
-            return call
 
         call = await self._budgeted(usage, key, None, ask)
-        verdict = parse_verdict(call.answer)
+        self._record_call(record, key, 1, call, parse_verdict(call.answer), role=QA_ROLE)
+
+    def _record_call(
+        self,
+        record: MilestoneRecord,
+        key: str,
+        attempt: int,
+        call: ModelCallResult,
+        outcome: str,
+        feedback: str | None = None,
+        *,
+        role: str = "dev",
+    ) -> None:
+        """Add a model call to the milestone's record (the dev model's unless ``role`` says otherwise)."""
         record.model_calls = [
             *record.model_calls,
-            call.as_record(step=key, attempt=1, role=QA_ROLE, outcome=verdict, at=workflow.now()),
+            call.as_record(step=key, attempt=attempt, role=role, outcome=outcome, feedback=feedback, at=workflow.now()),
         ]
         self._touch()

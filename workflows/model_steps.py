@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.model_budget import MODEL_CALL_ATTEMPTS
 from workflows.model_qa import PATCH_MODEL_QA, ModelQa
 
 with workflow.unsafe.imports_passed_through():
@@ -23,9 +22,9 @@ with workflow.unsafe.imports_passed_through():
     from quantapilot.models import MilestoneRecord, StepOutcome
     from quantapilot.repos.config import MilestoneConfig, MilestoneStep, QuantapilotConfig, StepConfig
     from quantapilot.repos.policy import step_policy
-    from quantapilot.runs.budget import Headroom, RunUsage
+    from quantapilot.runs.budget import Headroom, RunUsage, run_usage
     from quantapilot.runs.contracts import MilestoneInput, MilestoneResult, RepoRef
-    from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult
+    from quantapilot.runs.model_contracts import ModelCallInput, ModelCallResult, ask_fields
 
 PATCH_MODEL_STEPS = "model-steps"
 FEEDBACK_CHARS = 4000
@@ -47,13 +46,7 @@ class ModelSteps(ModelQa):
 
     def _usage_for(self, config: QuantapilotConfig) -> RunUsage:
         if self._usage is None:
-            limits = config.limits
-            self._usage = RunUsage(
-                tokens_budget=config.budgets.tokens if config.budgets else None,
-                usd_budget=config.budgets.usd if config.budgets else None,
-                tokens_per_run=limits.tokens_per_run if limits else None,
-                tokens_per_day=limits.tokens_per_day if limits else None,
-            )
+            self._usage = run_usage(config.budgets, config.limits)
         return self._usage
 
     @staticmethod
@@ -82,17 +75,15 @@ class ModelSteps(ModelQa):
         timeout_s, _ = step_policy(step, config)
 
         async def ask(room: Headroom) -> ModelCallResult:
-            call: ModelCallResult = await self._step(
-                f"model:{key}",
+            return await self._ask_model(
+                key,
                 ModelActivities.call_model,
                 ModelCallInput(
+                    **ask_fields(dev, room, self._day_limit(usage)),
                     repo=self._repo,
                     step=key,
                     kind="plan" if step.name == "plan" else "impl",
                     role="dev",
-                    model=dev.model,
-                    temperature=dev.temperature,
-                    max_output_tokens=dev.max_output_tokens,
                     milestone_id=milestone.id,
                     title=milestone.title,
                     criteria=list(milestone.criteria),
@@ -100,34 +91,12 @@ class ModelSteps(ModelQa):
                     plan=plan,
                     previous_diff=previous_diff,
                     feedback=feedback,
-                    tokens_left=room.tokens,
-                    usd_left=room.usd,
-                    day_limit=self._day_limit(usage),
                 ),
                 timeout_s=timeout_s,
-                attempts=MODEL_CALL_ATTEMPTS,
                 summary=f"Ask {dev.model} for {key} (try {attempt})",
             )
-            return call
 
         return await self._budgeted(usage, key, budget, ask)
-
-    def _record_call(
-        self,
-        record: MilestoneRecord,
-        key: str,
-        attempt: int,
-        call: ModelCallResult,
-        outcome: str,
-        feedback: str | None = None,
-    ) -> None:
-        record.model_calls = [
-            *record.model_calls,
-            call.as_record(
-                step=key, attempt=attempt, role="dev", outcome=outcome, feedback=feedback, at=workflow.now()
-            ),
-        ]
-        self._touch()
 
     async def _model_milestone(
         self,

@@ -6,11 +6,11 @@ pages against it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantapilot.bodies import UniqueItems
+from quantapilot.bodies import UniqueItems, published_document
 
 _UPDATED = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
@@ -18,14 +18,10 @@ _UPDATED = (
 )
 
 
-def _published_document(schema: dict[str, Any]) -> None:
-    # What the published file says about itself, ahead of the generated keys.
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://quantapilot.dev/schemas/frontmatter.schema.json"
-    schema["description"] = (
-        "The YAML block that opens every documentation page: id, title, status, version, updated and owners are "
-        "required."
-    )
+_PUBLISHED = published_document(
+    "https://quantapilot.dev/schemas/frontmatter.schema.json",
+    "The YAML block that opens every documentation page: id, title, status, version, updated and owners are required.",
+)
 
 
 _Owner = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S", description="A team or handle, not blank.")]
@@ -36,7 +32,7 @@ class FrontMatter(BaseModel):
 
     model_config = ConfigDict(
         title="Document front matter",
-        json_schema_extra=_published_document,
+        json_schema_extra=_PUBLISHED,
         extra="forbid",
         strict=True,
         regex_engine="python-re",

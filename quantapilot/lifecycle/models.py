@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
 from quantapilot.approvals import RequiredApprovals, required_approvals_issue
+from quantapilot.bodies import published_document
 from quantapilot.lifecycle.rfc3339 import MAX_TEXT, aware_utc, parse_rfc3339
 
 STAGES: tuple[str, ...] = ("opportunity", "target", "realization", "expansion")
@@ -252,16 +253,16 @@ class StageGateSettings(_Request):
         return self
 
 
-def _published_document(schema: dict[str, Any]) -> None:
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "urn:quantapilot:schema:lifecycle_run"
-    schema["description"] = "Body of POST /v1/lifecycle/runs: run one value-lifecycle stage for one account."
+_PUBLISHED = published_document(
+    "urn:quantapilot:schema:lifecycle_run",
+    "Body of POST /v1/lifecycle/runs: run one value-lifecycle stage for one account.",
+)
 
 
 class LifecycleRunRequest(_Request):
     """Body of ``POST /v1/lifecycle/runs``."""
 
-    model_config = ConfigDict(title="Lifecycle run request", json_schema_extra=_published_document)
+    model_config = ConfigDict(title="Lifecycle run request", json_schema_extra=_PUBLISHED)
 
     stage: Stage = Field(description="Lifecycle stage to run.")
     account_id: str = Field(

@@ -19,6 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
 from quantapilot.approvals import RequiredApprovals, required_approvals_issue
+from quantapilot.bodies import published_document
 
 __all__ = [
     "BudgetsConfig",
@@ -319,24 +320,25 @@ class RunConfig(_Frozen):
     commands_timeout_s: PositiveSeconds = Field(default=600.0, description="Timeout of one milestone command.")
 
 
-def _published_document(schema: dict[str, Any]) -> None:
-    # What the published file says about itself, ahead of the generated keys.
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "urn:quantapilot:schema:quantapilot.yml:1"
-    schema["description"] = (
-        "Per-repository settings of a QuantaPilot run: the QuantaPilot project's own fields (stack, models, "
-        "budgets, steps, gates, limits, policies) plus milestones, named gate settings, documentation and "
-        "run time settings. A repository without the file runs with the documented defaults."
-    )
+def _version_required(schema: dict[str, Any]) -> None:
     # The model defaults version to 1 (no file means the defaults); a file that exists must say which format.
     schema["required"] = ["version"]
     schema["properties"]["version"].pop("default", None)
 
 
+_PUBLISHED = published_document(
+    "urn:quantapilot:schema:quantapilot.yml:1",
+    "Per-repository settings of a QuantaPilot run: the QuantaPilot project's own fields (stack, models, budgets, "
+    "steps, gates, limits, policies) plus milestones, named gate settings, documentation and run time settings. A "
+    "repository without the file runs with the documented defaults.",
+    then=_version_required,
+)
+
+
 class QuantapilotConfig(_Frozen):
     """A validated ``quantapilot.yml``; ``QuantapilotConfig()`` is the default when the file is absent."""
 
-    model_config = ConfigDict(title="quantapilot.yml", json_schema_extra=_published_document)
+    model_config = ConfigDict(title="quantapilot.yml", json_schema_extra=_PUBLISHED)
 
     # int, not Literal[1]: the file is held to 1 by the schema; the model stays as lenient as it always was.
     version: int = Field(default=1, description="Format version. Only 1 exists.", json_schema_extra={"const": 1})

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantapilot.repos.config import QuantapilotConfig
+from quantapilot.repos.config import BudgetsConfig, LimitsConfig, QuantapilotConfig, TokenLimitsConfig
 
 # What the run status keeps of one prompt and one answer (the review page reads them; the status stays small).
 RECORDED_TEXT_CHARS = 8000
@@ -62,6 +62,16 @@ class RunUsage(_Model):
     tokens_per_day: int | None = None
     granted_tokens: int = 0
     granted_usd: float = 0.0
+
+
+def run_usage(budgets: BudgetsConfig | None, limits: LimitsConfig | TokenLimitsConfig | None) -> RunUsage:
+    """A run's ledger before its first call: its budgets and token limits, nothing spent (None: no limit)."""
+    return RunUsage(
+        tokens_budget=budgets.tokens if budgets else None,
+        usd_budget=budgets.usd if budgets else None,
+        tokens_per_run=limits.tokens_per_run if limits else None,
+        tokens_per_day=limits.tokens_per_day if limits else None,
+    )
 
 
 class Headroom(_Model):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quantapilot.runs.budget import RECORDED_TEXT_CHARS, ModelCallRecord
+from quantapilot.repos.config import ModelConfig
+from quantapilot.runs.budget import RECORDED_TEXT_CHARS, Headroom, ModelCallRecord
 from quantapilot.runs.contracts import DocsInput, RepoRef
 
 CALL_MODEL = "call_model"
@@ -34,6 +35,24 @@ class ModelAsk(_Model):
     # limit, or a run from before the limit was checked there): the activity checks the workspace's spending
     # today (model_usage) against it.
     day_limit: int | None = None
+
+
+def ask_fields(model: ModelConfig, room: Headroom, day_limit: int | None) -> dict[str, Any]:
+    """The :class:`ModelAsk` fields of a call of ``model`` within ``room``, by name (for the call's input).
+
+    Args:
+        model: The role's model (name, temperature, output cap).
+        room: The headroom the workflow's ledger leaves for the call.
+        day_limit: The daily limit plus the run's grants (None: none).
+    """
+    return {
+        "model": model.model,
+        "temperature": model.temperature,
+        "max_output_tokens": model.max_output_tokens,
+        "tokens_left": room.tokens,
+        "usd_left": room.usd,
+        "day_limit": day_limit,
+    }
 
 
 class _MilestoneAsk(ModelAsk):

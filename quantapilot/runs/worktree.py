@@ -158,6 +158,14 @@ class Worktrees:
         created, never rewritten (``CONFIG_INVALID`` when it already exists at another commit), so a
         ``quantapilot.yml`` cannot point the run at ``release`` or at another run's branch.
 
+        Args:
+            path: The worktree.
+            run_id: The run (named in the commit message's last line, written here for every commit of a run).
+            branch: The branch to push.
+            message: The commit message's subject.
+            when: The commit's date.
+            pathspec: What to commit.
+
         Returns:
             Whether there was a change to commit, and the branch's sha.
         """
@@ -167,7 +175,13 @@ class Worktrees:
         if changed:
             identity = gitops.identity_env(self._settings.git_author_name, self._settings.git_author_email)
             await gitops.git(
-                "commit", "--quiet", "--no-verify", "-m", message, cwd=path, env=identity | _date_env(when)
+                "commit",
+                "--quiet",
+                "--no-verify",
+                "-m",
+                f"{message}\n\nQuantaPilot run {run_id}.",
+                cwd=path,
+                env=identity | _date_env(when),
             )
         sha = await gitops.current_sha(path)
         if in_run_namespace(branch, run_id):

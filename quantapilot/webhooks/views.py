@@ -68,7 +68,19 @@ Description = TypeAliasType(
 )
 
 
-class CreateEndpointRequest(RequestBody):
+class _EndpointFields(RequestBody):
+    """The fields an endpoint is created with and updated by, each declared once (unpublished base)."""
+
+    # Optional here: an update may leave it out; :class:`CreateEndpointRequest` requires it (same place in the
+    # schema: a redeclared field keeps its base's position).
+    url: WebhookUrl | None = None
+    events: EventTypes | None = None
+    description: Description | None = None
+    run_kinds: RunKinds | None = None
+    repositories: Repositories | None = None
+
+
+class CreateEndpointRequest(_EndpointFields):
     """``POST /v1/webhooks/endpoints``."""
 
     model_config = described(
@@ -77,13 +89,9 @@ class CreateEndpointRequest(RequestBody):
     )
 
     url: WebhookUrl
-    events: EventTypes | None = None
-    description: Description | None = None
-    run_kinds: RunKinds | None = None
-    repositories: Repositories | None = None
 
 
-class UpdateEndpointRequest(NonEmptyBody):
+class UpdateEndpointRequest(_EndpointFields, NonEmptyBody):
     """``PATCH /v1/webhooks/endpoints/{id}``."""
 
     model_config = described(
@@ -91,11 +99,6 @@ class UpdateEndpointRequest(NonEmptyBody):
         "PATCH /v1/webhooks/endpoints/{id}: change the given fields; enabled=true re-enables a disabled endpoint.",
     )
 
-    url: WebhookUrl | None = None
-    events: EventTypes | None = None
-    description: Description | None = None
-    run_kinds: RunKinds | None = None
-    repositories: Repositories | None = None
     enabled: bool | None = None
 
 
@@ -253,15 +256,8 @@ class AttemptView(ResponseBody):
 
     @classmethod
     def of(cls, row: WebhookAttempt) -> AttemptView:
-        """The public form of a stored attempt."""
-        return cls(
-            attempt=row.attempt,
-            outcome=row.outcome,
-            status_code=row.status_code,
-            latency_ms=row.latency_ms,
-            error=row.error,
-            at=row.at,
-        )
+        """The public form of a stored attempt: its fields of the same names (the row's others are not shown)."""
+        return cls.model_validate(row, from_attributes=True)
 
 
 class DeliveryView(ResponseBody):

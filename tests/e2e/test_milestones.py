@@ -80,6 +80,9 @@ async def test_milestones_two_with_gates_happy_path(cmd_api: Api, tmp_path: Path
             assert [s["exit_code"] for s in milestone["steps"]] == [0, 0]
             assert milestone["steps"][1]["output_tail"].strip() == "ok"
             assert remote_file(url, milestone["branch"], "CHANGELOG.md") == "v1\n"
+            # The milestone's commit: its subject, then the run it was made by (Worktrees.commit_and_push).
+            message = git("log", "-1", "--format=%B", milestone["branch"], cwd=Path(url.removeprefix("file://")))
+            assert message.strip() == f"M-001: Add a changelog\n\nQuantaPilot run {run_id}."
         code, decided = await api.decide(run_id, gate, True, f"{gate} ok")
         assert code == 200, decided
     final = await api.wait_state(run_id, "completed")

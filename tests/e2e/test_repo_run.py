@@ -40,6 +40,11 @@ async def test_repo_run_approve_anchor_completes(api: Api, tmp_path: Path) -> No
     index = remote_file(url, docs_branch, "docs/index.md")
     assert index is not None and index.startswith("---\n") and "Demo project" in index
     assert docs_branch in remote_branches(url)
+    # Its commit names the run it was made by after the subject (Worktrees.commit_and_push).
+    subject, trailer = (
+        git("log", "-1", "--format=%B", docs_branch, cwd=Path(url.removeprefix("file://"))).strip().split("\n\n")
+    )
+    assert subject.startswith("docs: generate documentation for ") and trailer == f"QuantaPilot run {run_id}."
 
     code, gate = await api.decide(run_id, "anchor", True, "looks right")
     assert code == 200, gate
