@@ -28,7 +28,7 @@ from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
 from api.runs import run_handle, run_trigger, run_urls
 from api.tracing import RUN_ID
-from quantapilot.db import session_scope
+from quantapilot.db import one_writer
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
 from quantapilot.events.record import record_of
@@ -125,9 +125,11 @@ def _store(
     engine: Engine, workspace: str, events: list[TelemetryIn], key: str | None, body: dict[str, Any]
 ) -> StoredBatch:
     digest = request_hash(body) if key is not None else ""
-    with session_scope(engine) as session:
+    # Behind this process's other SQLite writers (the worker's activities, the webhook dispatcher) rather than
+    # polling the database's lock from SQLite's busy handler, and on one Core transaction: no ORM session.
+    with one_writer(engine), engine.begin() as connection:
         return store_batch(
-            session=session, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
+            connection=connection, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
         )
 
 
