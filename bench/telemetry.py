@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from bench.common import machine_line
+from bench.common import cpu_seconds, dev_server_pid, machine_line
 from quantapilot.db import create_all, make_engine
+from quantapilot.lifecycle.contracts import AccountRealizationStatus, account_workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
@@ -63,8 +68,50 @@ def make_batches(batches: int, accounts: int) -> list[list[dict[str, Any]]]:
     return out
 
 
-async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) -> tuple[float, int]:
-    """Post every batch through the real API; return (seconds, accepted events)."""
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's live threads so far, summed by kind.
+
+    Kinds: ``event loop`` (the main thread: aiohttp's server and client, the worker's activities), a Python
+    thread's name without its number (``asyncio`` for ``to_thread``'s pool: parsing and storing; the worker's
+    workflow threads ...), and ``sdk core`` for threads Python does not know (the Temporal SDK's Rust runtime).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    named = {t.native_id: t.name.rstrip("_-0123456789") for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        tid = int(task.name)
+        kind = "event loop" if tid == os.getpid() else named.get(tid, "sdk core")
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRun:
+    """One pass of :func:`bench_api`.
+
+    Attributes:
+        seconds: Wall time from the first request to the last answer.
+        accepted: Events the API accepted.
+        process: This process's CPU seconds during the pass (every thread, also those that ended).
+        threads: This process's CPU seconds during the pass, by live thread kind (:func:`thread_cpu`).
+        dev_server: The Temporal dev server's CPU seconds during the pass (NaN if not found).
+        signals: Refresh signals the account workflows received (one per account and batch before the marks).
+    """
+
+    seconds: float
+    accepted: int
+    process: float
+    threads: dict[str, float]
+    dev_server: float
+    signals: int
+
+
+async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) -> ApiRun:
+    """Post every batch through the real API; return the wall time, accepted events and CPU by thread kind."""
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(temporal_cli_path()),
@@ -111,13 +158,35 @@ async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) ->
                                 done += int(payload["accepted"])
                         return done
 
+                    server = dev_server_pid()
+                    server_before = cpu_seconds(server) if server else math.nan
+                    threads_before, process_before = thread_cpu(), cpu_seconds(os.getpid())
                     started = time.perf_counter()
                     accepted = sum(await asyncio.gather(*(client_loop() for _ in range(concurrency))))
                     elapsed = time.perf_counter() - started
+                    threads_after, process_cpu = thread_cpu(), cpu_seconds(os.getpid()) - process_before
+                    server_cpu = (cpu_seconds(server) - server_before) if server else math.nan
+                    signals = 0
+                    for account in sorted({e["accountId"] for b in batches for e in b}):
+                        handle = env.client.get_workflow_handle(account_workflow_id("bench", account))
+                        status = await handle.query("status", result_type=AccountRealizationStatus)
+                        signals += status.signals
+                    threads = {
+                        kind: after - threads_before.get(kind, 0.0)
+                        for kind, after in threads_after.items()
+                        if after - threads_before.get(kind, 0.0) > 0
+                    }
             finally:
                 await runner.cleanup()
                 engine.dispose()
-            return elapsed, accepted
+            return ApiRun(
+                seconds=elapsed,
+                accepted=accepted,
+                process=process_cpu,
+                threads=threads,
+                dev_server=server_cpu,
+                signals=signals,
+            )
         finally:
             await env.shutdown()
 
@@ -164,7 +233,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     args = parser.parse_args()
     batches = make_batches(args.batches, args.accounts)
-    api_s, api_n = asyncio.run(bench_api(batches, concurrency=args.concurrency))
+    run = asyncio.run(bench_api(batches, concurrency=args.concurrency))
+    api_s, api_n = run.seconds, run.accepted
     raw_s, raw_n = bench_raw(batches)
     api_rate, raw_rate = api_n / api_s, raw_n / raw_s
     print(machine_line())
@@ -172,6 +242,14 @@ def main() -> None:
     api_label = f"API (HTTP, {args.concurrency} in flight, batches of 1000)"
     print(f"{api_label:<40} {api_n:>8} {api_s:>9.3f} {api_rate:>12,.0f}")
     print(f"{'raw sqlite3 executemany (batches of 1000)':<40} {raw_n:>8} {raw_s:>9.3f} {raw_rate:>12,.0f}")
+    # CPU per batch while the API pass ran (clock ticks: 10 ms resolution per thread, so read it over 20+ batches).
+    per_batch = 1000 / len(batches)
+    kinds = ", ".join(
+        f"{kind} {cpu * per_batch:.1f}" for kind, cpu in sorted(run.threads.items(), key=lambda kv: -kv[1])
+    )
+    print(f"CPU ms per batch: process {run.process * per_batch:.1f} ({kinds}); "
+          f"dev server {run.dev_server * per_batch:.1f}")  # fmt: skip
+    print(f"refresh signals: {run.signals} for {len(batches)} batches")
     # Last, as every benchmark here: our path as a fraction of its ceiling (1.0 would be as fast as the raw insert).
     print(f"ratio (API events/s / raw insert events/s): {api_rate / raw_rate:.3f}")
 

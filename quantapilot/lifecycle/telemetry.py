@@ -7,19 +7,36 @@ and always come back timezone-aware, on SQLite as on PostgreSQL.
 A sender's retry must not count twice: an event may carry its own ``id`` (unique per workspace, ``event_id``
 here), and a batch sent with an ``Idempotency-Key`` is recorded in ``telemetry_batches`` with its body's hash,
 in the same transaction as its events. A retried event id or batch is stored once.
+
+``telemetry_refreshes`` marks the accounts whose realization refresh is asked for and not yet reading, so the API
+signals an account's workflow about once per refresh rather than once per batch (:func:`request_refreshes`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, UniqueConstraint, func, select
+import pydantic_core
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
 
@@ -70,6 +87,23 @@ class TelemetryBatch(SQLModel, table=True):
     created_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False))
 
 
+class TelemetryRefresh(SQLModel, table=True):
+    """An account whose realization refresh was asked for (its workflow signalled) and has not started reading.
+
+    The API signals an account's workflow only when it marks a row here that was clear (or asked for so long ago
+    that the signal may have been lost); the refresh clears the mark before it reads the telemetry
+    (:func:`claim_refresh`), so a batch stored while the mark is set is read by that refresh. A burst then costs
+    about one signal per refresh instead of one per batch.
+    """
+
+    __tablename__ = "telemetry_refreshes"
+
+    workspace: str = SQLField(sa_column=Column(String(128), primary_key=True))
+    account_id: str = SQLField(sa_column=Column(String(36), primary_key=True))
+    # When the refresh was asked for; NULL: none is asked for (a refresh has started reading since).
+    requested_at: datetime | None = SQLField(default=None, sa_column=Column(UtcDateTime(), nullable=True))
+
+
 class IdempotencyKeyReused(Exception):
     """The ``Idempotency-Key`` of a telemetry batch was used before with another body."""
 
@@ -87,9 +121,17 @@ class StoredBatch:
     duplicates: int
 
 
+def _connection_of(session: Session | None, connection: Connection | None) -> Connection:
+    """The connection to run on: ``connection``, or the session's (exactly one of them is given)."""
+    if (session is None) == (connection is None):
+        raise TypeError("give exactly one of session= and connection=")
+    return connection if connection is not None else session.connection()  # type: ignore[union-attr]
+
+
 def store_batch(
     *,
-    session: Session,
+    session: Session | None = None,
+    connection: Connection | None = None,
     workspace: str,
     events: Sequence[TelemetryIn],
     idempotency_key: str | None = None,
@@ -101,7 +143,9 @@ def store_batch(
     (PostgreSQL's unique index, SQLite's write lock) and then finds it, so two deliveries never both store.
 
     Args:
-        session: Open session.
+        session: Open session (or ``connection``).
+        connection: Open Core connection in a transaction (or ``session``): the API stores on one, without the
+            ORM session's bookkeeping.
         workspace: Workspace of the caller.
         events: Parsed events.
         idempotency_key: The request's ``Idempotency-Key``, if any.
@@ -112,34 +156,39 @@ def store_batch(
 
     Raises:
         IdempotencyKeyReused: The key was used before with another body.
+        TypeError: Neither or both of ``session`` and ``connection`` given.
     """
+    conn = _connection_of(session, connection)
     if idempotency_key is not None:
-        claim = _insert_ignoring_conflicts(session, TelemetryBatch, ["workspace", "idempotency_key"])
-        claimed = session.execute(
-            claim.returning(TelemetryBatch.__table__.c.workspace),  # type: ignore[attr-defined]
-            [
-                {
-                    "workspace": workspace,
-                    "idempotency_key": idempotency_key,
-                    "request_sha256": request_sha256,
-                    "events": len(events),
-                    "created_at": utcnow(),
-                }
-            ],
+        batches = TelemetryBatch.__table__  # type: ignore[attr-defined]
+        claim = _insert_ignoring_conflicts(conn.dialect, TelemetryBatch, ["workspace", "idempotency_key"])
+        claimed = conn.execute(
+            claim.returning(batches.c.workspace),
+            {
+                "workspace": workspace,
+                "idempotency_key": idempotency_key,
+                "request_sha256": request_sha256,
+                "events": len(events),
+                "created_at": utcnow(),
+            },
         ).all()
         if not claimed:
-            earlier = session.get(TelemetryBatch, (workspace, idempotency_key))
-            if earlier is None or earlier.request_sha256 != request_sha256:
+            earlier = conn.execute(
+                select(batches.c.request_sha256).where(
+                    batches.c.workspace == workspace, batches.c.idempotency_key == idempotency_key
+                )
+            ).scalar_one_or_none()
+            if earlier is None or earlier != request_sha256:
                 raise IdempotencyKeyReused(idempotency_key)
             return StoredBatch(stored=0, duplicates=len(events))
-    stored = insert_events(session=session, workspace=workspace, events=events)
+    stored = insert_events(connection=conn, workspace=workspace, events=events)
     return StoredBatch(stored=stored, duplicates=len(events) - stored)
 
 
-def _insert_ignoring_conflicts(session: Session, table: type[SQLModel], columns: list[str]) -> Any:
-    """``INSERT ... ON CONFLICT (columns) DO NOTHING`` in the session's dialect (PostgreSQL or SQLite)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=columns)
+def _insert_ignoring_conflicts(dialect: Dialect, table: type[SQLModel], columns: list[str]) -> Any:
+    """``INSERT ... ON CONFLICT (columns) DO NOTHING`` in ``dialect`` (PostgreSQL or SQLite)."""
+    flavour = postgresql if dialect.name == "postgresql" else sqlite
+    return flavour.insert(table).on_conflict_do_nothing(index_elements=columns)
 
 
 # The columns an insert writes, in this order; the id is the database's.
@@ -153,15 +202,97 @@ _AS_IS = frozenset({"workspace", "account_id", "kpi", "unit", "source", "event_i
 Processor = Callable[[Any], Any]
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _json_text(value: Any) -> str:
+    # pydantic-core's serializer: the same JSON value as json.dumps (checked in _checked), several times faster.
+    return pydantic_core.to_json(value).decode()
+
+
+def _fast_timestamp(dialect: Dialect, own: Processor) -> Processor:
+    """The fast encoder of ``timestamp`` for ``dialect``, falling back to the column's own processor ``own``.
+
+    One ``isoformat`` per UTC timestamp on SQLite (its DATETIME text); on PostgreSQL the UTC datetime as is (its
+    processor only converts to UTC). A timestamp in another zone takes ``own``.
+    """
+    if dialect.name == "sqlite":
+
+        def naive_utc_text(value: datetime) -> Any:
+            return value.isoformat(" ", "microseconds")[:26] if value.tzinfo is UTC else own(value)
+
+        return naive_utc_text
+
+    def utc_as_is(value: datetime) -> Any:
+        return value if value.tzinfo is UTC else own(value)
+
+    return utc_as_is
+
+
+def _column_processor(dialect: Dialect, name: str) -> Processor | None:
+    table = SQLModel.metadata.tables[TelemetryEvent.__tablename__]
+    processor: Processor | None = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
+# Values the fast encoders are checked on against the columns' own processors, when a statement is compiled:
+# what the body models allow (nested scalars, unicode, ints beyond 64 bits, extreme doubles) and timestamps of
+# every shape (no microseconds, the first and last years, other zones).
+_METADATA_PROBES: tuple[dict[str, Any], ...] = (
+    {},
+    {"source": "bench", "seq": 1},
+    {"s": 'é ü \u2028 \\ " \n \t \x00 😀', "n": None, "t": True, "f": False},
+    {"i": [0, -1, 2**63, -(2**64) - 1, 2**1023], "d": [0.1, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308]},
+    {"nested": {"a": [1, "x", None], "b": 1.5}, "list": [{"k": "v"}, [1, 2]]},
+)
+_TIMESTAMP_PROBES: tuple[datetime, ...] = (
+    datetime(2025, 11, 17, 12, tzinfo=UTC),
+    datetime(2025, 11, 17, 12, 0, 0, 1, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2025, 3, 30, 1, 30, 15, 500000, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+)
+
+
+def _driver_json(value: Any) -> Any:
+    """The JSON value a metadata column's bound parameter stands for: its text, or psycopg's ``Json`` wrapper."""
+    if isinstance(value, str):
+        return json.loads(value)
+    dumps = getattr(value, "dumps", None) or json.dumps
+    return json.loads(dumps(value.obj))
+
+
+def _checked(dialect: Dialect, fast: dict[str, Processor]) -> dict[str, Processor]:
+    """``fast`` where each encoder gives what the column's own bind processor gives on the probes, else the latter.
+
+    Timestamps must encode identically (text on SQLite, the same aware datetime on PostgreSQL); metadata must
+    encode the same JSON value (PostgreSQL's ``json`` keeps the text, so separators may differ, not the value).
+    """
+    chosen: dict[str, Processor] = {}
+    for name, encoder in fast.items():
+        own = _column_processor(dialect, name) or _identity
+        if name == "metadata":
+            same = all(_driver_json(own(p)) == json.loads(encoder(p)) for p in _METADATA_PROBES)
+        else:
+            # repr as well as ==: an aware datetime equals its value in another zone, and the zone is stored.
+            same = all(own(p) == encoder(p) and repr(own(p)) == repr(encoder(p)) for p in _TIMESTAMP_PROBES)
+        chosen[name] = encoder if same else own
+    return chosen
+
+
 @dataclass(frozen=True, slots=True)
 class _BulkInsert:
     """The compiled ``INSERT ... ON CONFLICT (workspace, event_id) DO NOTHING`` of one dialect.
 
     Attributes:
-        sql: The statement as the driver takes it.
+        sql: The statement as the driver takes it (no ``RETURNING``: the driver's executemany runs it).
         names: Its parameters in order (positional paramstyles) or by name.
         positional: Whether the driver takes tuples (SQLite's ``?``) rather than dicts (psycopg's ``%(name)s``).
-        value: Bind processors of ``value``, ``metadata``, ``timestamp`` and ``ingested_at`` (identity if none).
+        value: Bind processor of ``value`` (identity if none).
+        metadata: Encoder of ``metadata``: pydantic-core JSON text where checked equal to the column's own.
+        timestamp: Encoder of ``timestamp``: one ``isoformat`` (SQLite) or as is (PostgreSQL) where checked.
+        ingested_at: Bind processor of ``ingested_at``.
     """
 
     sql: str
@@ -173,60 +304,87 @@ class _BulkInsert:
     ingested_at: Processor
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 @lru_cache(maxsize=8)
 def _bulk_insert(dialect: Dialect) -> _BulkInsert:
-    """Compile the event insert for ``dialect`` once, with the bind processors of its typed columns."""
+    """Compile the event insert for ``dialect`` once, with checked encoders of its typed columns."""
     table = SQLModel.metadata.tables[TelemetryEvent.__tablename__]
     flavour = postgresql if dialect.name == "postgresql" else sqlite
     statement = flavour.insert(table).on_conflict_do_nothing(index_elements=["workspace", "event_id"])
-    compiled = statement.compile(dialect=dialect, column_keys=list(_EVENT_COLUMNS))
-
-    def processor(name: str) -> Processor | None:
-        return table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+    # As an executemany: without it PostgreSQL's statement would end in RETURNING id (the implicit returning of
+    # one row's key), which the driver would then run and answer for every row.
+    compiled = statement.compile(dialect=dialect, column_keys=list(_EVENT_COLUMNS), for_executemany=True)
+    sql = str(compiled)
+    if compiled.effective_returning or "RETURNING" in sql.upper():  # pragma: no cover - SQLAlchemy changed
+        raise TypeError(f"the telemetry insert returns rows: {sql}")
 
     for name in _AS_IS:
-        if processor(name) is not None:  # pragma: no cover - a column type changed: encode it below
+        if _column_processor(dialect, name) is not None:  # pragma: no cover - a column type changed: encode it
             raise TypeError(f"telemetry_events.{name} has a bind processor in {dialect.name}")
     names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(_EVENT_COLUMNS)
     if set(names) != set(_EVENT_COLUMNS):  # pragma: no cover - the statement must bind every column once
         raise TypeError(f"unexpected parameters {names}")
+    own_timestamp = _column_processor(dialect, "timestamp") or _identity
+    encoders = _checked(dialect, {"metadata": _json_text, "timestamp": _fast_timestamp(dialect, own_timestamp)})
     return _BulkInsert(
-        sql=str(compiled),
+        sql=sql,
         names=names,
         positional=bool(compiled.positional),
-        value=processor("value") or _identity,
-        metadata=processor("metadata") or _identity,
-        timestamp=processor("timestamp") or _identity,
-        ingested_at=processor("ingested_at") or _identity,
+        value=_column_processor(dialect, "value") or _identity,
+        metadata=encoders["metadata"],
+        timestamp=encoders["timestamp"],
+        ingested_at=_column_processor(dialect, "ingested_at") or _identity,
     )
 
 
-def insert_events(*, session: Session, workspace: str, events: Sequence[TelemetryIn]) -> int:
+def insert_events(
+    *,
+    session: Session | None = None,
+    connection: Connection | None = None,
+    workspace: str,
+    events: Sequence[TelemetryIn],
+) -> int:
     """Insert ``events`` with one statement executed for all rows (the driver's ``executemany``).
 
-    The statement is SQLAlchemy's ``INSERT ... ON CONFLICT (workspace, event_id) DO NOTHING`` for the session's
-    dialect, compiled once: an event whose ``id`` is already stored in the workspace (a sender's retry) is
-    skipped by the database, atomically with the rest, also against a concurrent insert of the same id; events
-    without an id never conflict (NULLs are distinct). Rows go to the driver already encoded, with the
-    columns' own bind processors, instead of through SQLAlchemy's per-row parameter processing, which cost more
-    than the insert itself (bench/README.md). The caller commits.
+    The statement is SQLAlchemy's ``INSERT ... ON CONFLICT (workspace, event_id) DO NOTHING`` for the
+    connection's dialect, compiled once: an event whose ``id`` is already stored in the workspace (a sender's
+    retry) is skipped by the database, atomically with the rest, also against a concurrent insert of the same id;
+    events without an id never conflict (NULLs are distinct). Rows go to the driver already encoded, by encoders
+    checked against the columns' own bind processors when the statement is compiled, instead of through
+    SQLAlchemy's per-row parameter processing, which cost more than the insert itself (bench/README.md). The
+    caller commits.
 
     Args:
-        session: Open session.
+        session: Open session (or ``connection``).
+        connection: Open Core connection in a transaction (or ``session``).
         workspace: Workspace of the caller; every row is scoped to it.
         events: Parsed events (the API caps batches at 1000).
 
     Returns:
         The number of rows inserted (the driver's summed row count: conflicting rows count 0).
+
+    Raises:
+        TypeError: Neither or both of ``session`` and ``connection`` given.
     """
+    conn = _connection_of(session, connection)
     if not events:
         return 0
-    connection = session.connection()
-    bulk = _bulk_insert(connection.dialect)
+    sql, params = encode_events(conn.dialect, workspace, events)
+    result = conn.exec_driver_sql(sql, params)
+    return int(result.rowcount)
+
+
+def encode_events(dialect: Dialect, workspace: str, events: Sequence[TelemetryIn]) -> tuple[str, list[Any]]:
+    """The bulk insert of ``events`` for ``dialect``: its SQL and its rows, encoded as the driver takes them.
+
+    Args:
+        dialect: Dialect of the connection that will run it.
+        workspace: Workspace of the caller; every row is scoped to it.
+        events: Parsed events.
+
+    Returns:
+        The statement and its parameters for the driver's ``executemany`` (bench/telemetry_parts.py times it).
+    """
+    bulk = _bulk_insert(dialect)
     ingested_at = bulk.ingested_at(utcnow())
     value, metadata, timestamp = bulk.value, bulk.metadata, bulk.timestamp
     rows = [
@@ -239,8 +397,79 @@ def insert_events(*, session: Session, workspace: str, events: Sequence[Telemetr
         params: list[Any] = rows if order == list(range(len(order))) else [tuple(r[i] for i in order) for r in rows]
     else:
         params = [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
-    result = connection.exec_driver_sql(bulk.sql, params)
-    return int(result.rowcount)
+    return bulk.sql, params
+
+
+def request_refreshes(
+    connection: Connection, *, workspace: str, account_ids: Sequence[str], now: datetime, resignal_before: datetime
+) -> set[str]:
+    """Mark the accounts' realization refreshes as asked for; return those whose workflow must be signalled.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING``: an account is returned (and its mark set to
+    ``now``) when it had no mark, a clear one, or one set before ``resignal_before`` (a signal that may have been
+    lost, a workflow that is gone); an account whose refresh is already asked for is not, and the refresh that
+    was asked for reads its events (it clears the mark before reading, :func:`claim_refresh`). Run it in the
+    transaction that stores the events, so the mark and the events commit together. Rows are locked in account
+    order, so concurrent batches of the same accounts cannot deadlock on PostgreSQL.
+
+    Args:
+        connection: Connection in the storing transaction.
+        workspace: Caller's workspace.
+        account_ids: Canonical account UUIDs of the batch.
+        now: The time of the request.
+        resignal_before: A mark set before this is asked for again.
+
+    Returns:
+        The accounts to signal.
+    """
+    if not account_ids:
+        return set()
+    table = TelemetryRefresh.__table__  # type: ignore[attr-defined]
+    flavour: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+    insert = flavour.insert(table).values(
+        [{"workspace": workspace, "account_id": a, "requested_at": now} for a in sorted(set(account_ids))]
+    )
+    statement = insert.on_conflict_do_update(
+        index_elements=["workspace", "account_id"],
+        set_={"requested_at": insert.excluded.requested_at},
+        where=or_(table.c.requested_at.is_(None), table.c.requested_at < resignal_before),
+    ).returning(table.c.account_id)
+    return set(connection.execute(statement).scalars())
+
+
+def release_refresh(connection: Connection, *, workspace: str, account_id: str, requested_at: datetime) -> None:
+    """Clear a mark :func:`request_refreshes` set at ``requested_at`` whose signal failed: the next batch signals.
+
+    A mark set again since (another request's) is left alone.
+    """
+    table = TelemetryRefresh.__table__  # type: ignore[attr-defined]
+    connection.execute(
+        update(table)
+        .where(
+            table.c.workspace == workspace,
+            table.c.account_id == account_id,
+            table.c.requested_at == requested_at,
+        )
+        .values(requested_at=None)
+    )
+
+
+def claim_refresh(connection: Connection, *, workspace: str, account_id: str) -> None:
+    """A realization refresh of the account starts reading: clear its mark; commit before reading the telemetry.
+
+    Events stored before the commit are read by this refresh; a batch stored after it finds the mark clear and
+    signals again. Any realization read may clear it (a lifecycle run's too): a clear mark only costs a signal.
+    """
+    table = TelemetryRefresh.__table__  # type: ignore[attr-defined]
+    connection.execute(
+        update(table)
+        .where(
+            table.c.workspace == workspace,
+            table.c.account_id == canonical_account_id(account_id),
+            table.c.requested_at.is_not(None),
+        )
+        .values(requested_at=None)
+    )
 
 
 def kpi_aggregates(

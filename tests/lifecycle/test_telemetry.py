@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import Text, cast, func, select, type_coerce
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.db import create_all, make_engine, one_writer, session_scope
 from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
+    TelemetryRefresh,
+    _bulk_insert,
+    _json_text,
+    claim_refresh,
     insert_events,
     kpi_aggregates,
+    release_refresh,
+    request_refreshes,
     store_batch,
 )
 from quantapilot.lifecycle.telemetry_body import TelemetryIn, parse_telemetry_payload
@@ -269,3 +278,158 @@ def test_telemetry_idempotency_key_stores_a_batch_once(db_engine: Engine) -> Non
     assert other == StoredBatch(stored=2, duplicates=0)
     with Session(db_engine) as session:
         assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 4
+
+
+# Metadata the body models accept, of every kind the fast JSON encoder must write as json.dumps would.
+ENCODING_METADATA: list[dict[str, Any]] = [
+    {},
+    {"source": "app", "seq": 7},
+    {"s": 'é ü \u2028 \\ " \n 😀', "n": None, "t": True, "f": False},
+    {"i": [0, -1, 2**63, -(2**64) - 1, 2**200], "d": [0.1, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308]},
+    {"nested": {"a": 1, "b": 1.5}, "list": [1, "x", None]},
+]
+
+
+def _stored(engine: Engine, workspace: str) -> list[tuple[Any, Any]]:
+    """(metadata as its JSON value, timestamp as the database holds it) of a workspace's rows, in insert order."""
+    t = TelemetryEvent.__table__  # type: ignore[attr-defined]
+    # The stored text of the JSON column (not its decoding by SQLAlchemy), the timestamp as the driver reads it.
+    meta = cast(t.c.metadata, Text) if engine.dialect.name == "postgresql" else type_coerce(t.c.metadata, Text)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(meta, type_coerce(t.c.timestamp, Text) if engine.dialect.name == "sqlite" else t.c.timestamp)
+            .where(t.c.workspace == workspace)
+            .order_by(t.c.id)
+        ).all()
+    return [(json.loads(meta), ts) for meta, ts in rows]
+
+
+def test_telemetry_fast_encoding_stores_what_sqlalchemy_would(db_engine: Engine) -> None:
+    """The bulk insert's own encoders (pydantic-core JSON, one isoformat) store exactly what SQLAlchemy's per-row
+    processing stores: the same timestamp (SQLite's text, PostgreSQL's timestamptz) and the same JSON value."""
+    events = [
+        event("k", float(i), at, metadata=meta)
+        for i, (meta, at) in enumerate(
+            zip(
+                ENCODING_METADATA,
+                [T0, T0 + timedelta(microseconds=1), datetime(1, 1, 1, tzinfo=UTC),
+                 datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), T0 + timedelta(days=400, seconds=1)],
+                strict=True,
+            )
+        )
+    ]  # fmt: skip
+    bulk = _bulk_insert(db_engine.dialect)
+    assert bulk.metadata is _json_text  # the checked fast encoder was chosen, not the fallback
+    with db_engine.begin() as conn:
+        assert insert_events(connection=conn, workspace="fast", events=events) == len(events)
+    table = TelemetryEvent.__table__  # type: ignore[attr-defined]
+    with session_scope(db_engine) as session:  # SQLAlchemy's own per-row processing of the same rows
+        session.execute(
+            table.insert(),
+            [
+                {"workspace": "orm", "account_id": e.account_id, "kpi": e.kpi, "value": e.value, "unit": e.unit,
+                 "source": e.source, "metadata": e.metadata, "timestamp": e.timestamp, "ingested_at": T0}
+                for e in events
+            ],
+        )  # fmt: skip
+    fast, orm = _stored(db_engine, "fast"), _stored(db_engine, "orm")
+    assert fast == orm
+    assert [m for m, _ in fast] == ENCODING_METADATA
+    if db_engine.dialect.name == "sqlite":
+        assert all(isinstance(ts, str) for _, ts in fast)  # compared as the stored text itself
+
+
+def test_telemetry_fast_timestamp_encoder_defers_other_zones_to_the_column() -> None:
+    from sqlalchemy import create_engine
+
+    india = datetime(2025, 3, 30, 1, 30, 15, 500000, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    for url in ("sqlite://", "postgresql+psycopg://"):
+        dialect = create_engine(url).dialect
+        own = TelemetryEvent.__table__.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[attr-defined]
+        encode = _bulk_insert(dialect).timestamp
+        assert encode(india) == own(india) and repr(encode(india)) == repr(own(india))
+        assert encode(T0) == own(T0) and repr(encode(T0)) == repr(own(T0))
+
+
+def test_telemetry_bulk_insert_returns_no_rows(db_engine: Engine) -> None:
+    """The executemany insert has no RETURNING: PostgreSQL's compiled single-row form would return each row's id,
+    which the driver then fetches per row for nothing."""
+    statements: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sqlalchemy_event.listen(db_engine, "before_cursor_execute", capture)
+    try:
+        with db_engine.begin() as conn:
+            batch = [event("k", 1.0, T0, id=f"r-{i}") for i in range(3)]
+            assert insert_events(connection=conn, workspace="ws", events=batch) == 3
+            assert insert_events(connection=conn, workspace="ws", events=batch[:2]) == 0
+    finally:
+        sqlalchemy_event.remove(db_engine, "before_cursor_execute", capture)
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 2 and not any("RETURNING" in s.upper() for s in inserts), inserts
+
+
+def test_telemetry_store_batch_on_a_core_connection(db_engine: Engine) -> None:
+    batch = [event("k", 1, T0), event("k", 2, T0, id="c-1")]
+    for expected in (StoredBatch(stored=2, duplicates=0), StoredBatch(stored=0, duplicates=2)):
+        with db_engine.begin() as conn:
+            got = store_batch(connection=conn, workspace="ws", events=batch, idempotency_key="k1", request_sha256="h")
+        assert got == expected
+    with pytest.raises(IdempotencyKeyReused), db_engine.begin() as conn:
+        store_batch(connection=conn, workspace="ws", events=batch, idempotency_key="k1", request_sha256="other")
+    with db_engine.begin() as conn:  # without a key, the event id still stores the second delivery once
+        assert store_batch(connection=conn, workspace="ws", events=batch) == StoredBatch(stored=1, duplicates=1)
+    with pytest.raises(TypeError), Session(db_engine) as session, db_engine.begin() as conn:
+        store_batch(session=session, connection=conn, workspace="ws", events=batch)
+    with Session(db_engine) as session:
+        assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 3
+
+
+def test_telemetry_refresh_marks_ask_once_until_a_refresh_claims_them(db_engine: Engine) -> None:
+    """An account's refresh is asked for once (returned: signal it) until a refresh claims the mark; a mark older
+    than resignal_before is asked for again; a failed signal's release leaves a newer mark alone."""
+
+    def ask(accounts: list[str], now: datetime, lease: timedelta = timedelta(minutes=1)) -> set[str]:
+        with db_engine.begin() as conn:
+            return request_refreshes(conn, workspace="ws", account_ids=accounts, now=now, resignal_before=now - lease)
+
+    assert ask([OTHER, ACCOUNT, ACCOUNT], T0) == {ACCOUNT, OTHER}
+    assert ask([ACCOUNT, OTHER], T0 + timedelta(seconds=1)) == set()  # both already asked for
+    with db_engine.begin() as conn:
+        claim_refresh(conn, workspace="ws", account_id=ACCOUNT.upper())  # a refresh of ACCOUNT starts reading
+    assert ask([ACCOUNT, OTHER], T0 + timedelta(seconds=2)) == {ACCOUNT}
+    assert ask([OTHER], T0 + timedelta(minutes=2)) == {OTHER}  # asked for 2 minutes ago: its signal may be lost
+    with db_engine.begin() as conn:  # another workspace's marks are its own
+        assert request_refreshes(conn, workspace="ws2", account_ids=[ACCOUNT], now=T0, resignal_before=T0) == {ACCOUNT}
+    with db_engine.begin() as conn:
+        # ACCOUNT's signal at T0 + 2 s failed: released. OTHER's mark was set again at T0 + 2 min: not released.
+        release_refresh(conn, workspace="ws", account_id=ACCOUNT, requested_at=T0 + timedelta(seconds=2))
+        release_refresh(conn, workspace="ws", account_id=OTHER, requested_at=T0)
+    assert ask([ACCOUNT, OTHER], T0 + timedelta(minutes=2, seconds=1)) == {ACCOUNT}
+    with Session(db_engine) as session:
+        marks = session.execute(select(func.count()).select_from(TelemetryRefresh)).scalar_one()
+    assert marks == 3
+    assert ask([], T0) == set()
+
+
+def test_telemetry_concurrent_batches_ask_each_account_once(db_engine: Engine) -> None:
+    """Concurrent stores of the same accounts, listed in different orders: each account is returned (signalled)
+    by exactly one of them, and none deadlocks (PostgreSQL locks the marks in account order)."""
+    accounts = [str(uuid.UUID(int=n)) for n in range(1, 6)]
+    barrier = threading.Barrier(6)
+
+    def deliver(n: int) -> set[str]:
+        mine = accounts[n % 5 :] + accounts[: n % 5]
+        batch = [event("k", float(i), T0, account=a) for i, a in enumerate(reversed(mine))]
+        barrier.wait()
+        with one_writer(db_engine), db_engine.begin() as conn:
+            store_batch(connection=conn, workspace="ws", events=batch)
+            return request_refreshes(conn, workspace="ws", account_ids=mine, now=T0, resignal_before=T0)
+
+    with ThreadPoolExecutor(6) as pool:
+        asked = list(pool.map(deliver, range(6)))
+    assert sorted(a for got in asked for a in got) == accounts, asked
+    with Session(db_engine) as session:
+        assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 30
