@@ -63,6 +63,19 @@ async def test_gitops_branch_push_fetch_round_trip(tmp_path: Path, bare_repo: Pa
     assert await show(bare_repo, "feature/x:f.txt") == "x\n"
 
 
+async def test_gitops_clone_copies_no_template_and_still_commits_and_pushes(tmp_path: Path, bare_repo: Path) -> None:
+    clone = await gitops.clone(str(bare_repo), tmp_path / "fresh", branch="main")
+    git_dir = clone / ".git"
+    # No sample hooks, description or info/exclude: only what git itself needs.
+    assert not (git_dir / "hooks").exists()
+    assert not (git_dir / "description").exists()
+    assert not (git_dir / "info" / "exclude").exists()
+    (clone / "g.txt").write_text("g\n")
+    sha = await gitops.commit_all(clone, message="g", **AUTHOR)
+    await gitops.push(clone, remote="origin", branch="main")
+    assert await gitops.current_sha(bare_repo, "main") == sha
+
+
 async def test_gitops_error_has_returncode_and_no_credentials(tmp_path: Path) -> None:
     with pytest.raises(gitops.GitError) as info:
         await gitops.clone("http://someone:s3cr3t-token@127.0.0.1:9/nope.git", tmp_path / "x", timeout_s=30)
