@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from quantapilot.forges import gitops
 from tests.forges.conftest import AUTHOR, show
+from worker import wait_for_children_with_pidfds
 
 
 def _alive(pid: int) -> bool:
@@ -132,3 +135,33 @@ async def test_gitops_cancel_kills_the_process_group(tmp_path: Path) -> None:
 def test_gitops_redact_strips_userinfo() -> None:
     text = "fatal: https://x-access-token:abc@github.com/o/r.git and ssh://git@host/o/r"
     assert gitops.redact(text) == "fatal: https://github.com/o/r.git and ssh://host/o/r"
+
+
+def _waitpid_threads() -> set[str]:
+    # Python 3.11's ThreadedChildWatcher names its thread for each child "asyncio-waitpid-<n>" (earlier tests' may
+    # linger: compare before and after).
+    return {t.name for t in threading.enumerate() if "waitpid" in t.name}
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12+ waits for children with pidfds by itself")
+async def test_gitops_worker_waits_for_git_with_pidfds_not_a_thread_per_command(worktree: Path) -> None:
+    previous = asyncio.get_child_watcher()
+    try:
+        # The default: a thread per child, blocked in waitpid while the child runs.
+        before = _waitpid_threads()
+        child = await asyncio.create_subprocess_exec("sleep", "0.2")
+        assert _waitpid_threads() - before, "expected the default watcher's thread"
+        assert await child.wait() == 0
+        assert wait_for_children_with_pidfds()
+        before = _waitpid_threads()
+        child = await asyncio.create_subprocess_exec("sleep", "0.2")
+        assert _waitpid_threads() - before == set()
+        assert await child.wait() == 0
+        # git commands in parallel are each reaped, with their exit status and output.
+        results = await asyncio.gather(*(gitops.git("rev-parse", "HEAD", cwd=worktree) for _ in range(8)))
+        assert {r.returncode for r in results} == {0} and len({r.stdout for r in results}) == 1
+        failed = await gitops.git("rev-parse", "--verify", "no-such-ref", cwd=worktree, check=False)
+        assert failed.returncode != 0
+        assert _waitpid_threads() - before == set()
+    finally:
+        asyncio.set_child_watcher(previous)
