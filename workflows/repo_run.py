@@ -54,6 +54,8 @@ CLEANUP_TIMEOUT_S = 120.0
 # Workflow versioning (workflow.patched): a run that ends removes its worktree (cleanup_worktree) first.
 PATCH_WORKTREE_CLEANUP = "cleanup-worktree-at-end"
 # ... and does so with a local activity: no activity task, no workflow task after it, just a marker in the history.
+# Asked when the run starts, and PATCH_WORKTREE_CLEANUP with it: each patch's marker (and the TemporalChangeVersion
+# search attribute the SDK upserts with it) is written in the run's first workflow task, not after its last step.
 PATCH_CLEANUP_LOCAL = "cleanup-worktree-local"
 
 
@@ -75,10 +77,14 @@ class RepoRunWorkflow(ModelDocs):
         self._pull_requests: list[PullRequestRef] = []
         self._docs_branch: str | None = None
         self._merged_once = False
+        self._local_cleanup = False  # decided as the run starts (run)
 
     @workflow.run
     async def run(self, inp: RepoRunInput) -> RunStatus:
         """Run the pipeline to completion, failure or cancellation."""
+        # Runs started before the patch replay without it (False, kept for the run), and ask PATCH_WORKTREE_CLEANUP
+        # at their end as they did; a new run asks both now, so the end finds them decided and records no marker.
+        self._local_cleanup = workflow.patched(PATCH_CLEANUP_LOCAL) and workflow.patched(PATCH_WORKTREE_CLEANUP)
         return await self._guarded(self._pipeline)
 
     async def _release(self) -> None:
@@ -93,7 +99,7 @@ class RepoRunWorkflow(ModelDocs):
         # run, where an activity cost a round trip through the server and another workflow task. It still carries
         # the final event (activities.event_carry), recorded before the worktree goes. Runs that scheduled the
         # cleanup as an activity replay that.
-        local = workflow.patched(PATCH_CLEANUP_LOCAL)
+        local = self._local_cleanup
         retry = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
         timeout = timedelta(seconds=CLEANUP_TIMEOUT_S)
         while True:

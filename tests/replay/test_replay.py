@@ -8,7 +8,7 @@ Every workflow the worker registers has at least one recorded history. Re-record
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -303,8 +304,13 @@ async def test_replay_accepts_the_same_change_behind_a_patch(patched: type) -> N
 
 def patch_ids(history: WorkflowHistory) -> set[str]:
     """The workflow.patched ids whose markers the history recorded."""
+    return patch_ids_in(history.events)
+
+
+def patch_ids_in(events: Sequence[HistoryEvent]) -> set[str]:
+    """The workflow.patched ids whose markers these events of a history record."""
     ids = set()
-    for e in history.events:
+    for e in events:
         details = e.marker_recorded_event_attributes.details
         if e.event_type == E.EVENT_TYPE_MARKER_RECORDED and "patch-data" in details:
             # The SDK core's patch marker: {"id": ..., "deprecated": ...} as JSON.
@@ -558,6 +564,16 @@ def test_replay_minimal_run_removes_its_worktree_with_a_local_activity_one_round
     assert local_activities(before) == [] and local_activities(after) == [CLEANUP_WORKTREE]
     tasks = E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
     assert event_types(after).count(tasks) < event_types(before).count(tasks)
+    # Both cleanup patches are asked as the run starts: after the merge, only the local activity's marker and the
+    # final state's search attributes, no patch marker (nor the TemporalChangeVersion upsert that comes with one).
+    merged = max(i for i, e in enumerate(after.events) if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    tail = after.events[merged:]
+    assert [
+        e.marker_recorded_event_attributes.marker_name for e in tail if e.event_type == E.EVENT_TYPE_MARKER_RECORDED
+    ] == ["core_local_activity"]
+    assert [e.event_type for e in tail].count(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES) == 1
+    first_task = next(i for i, e in enumerate(after.events) if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert {PATCH_CLEANUP_LOCAL, PATCH_WORKTREE_CLEANUP} <= patch_ids_in(after.events[:first_task])
 
 
 async def test_replay_carried_recording_replays_on_a_worker_that_starts_no_carrying_run() -> None:
