@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -165,3 +167,29 @@ async def test_gitops_worker_waits_for_git_with_pidfds_not_a_thread_per_command(
         assert _waitpid_threads() - before == set()
     finally:
         asyncio.set_child_watcher(previous)
+
+
+def _children(trace: Path) -> list[list[str]]:
+    # GIT_TRACE2_EVENT writes one JSON object a line; child_start names each process git starts.
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    events = [json.loads(line) for line in lines]
+    return [e["argv"] for e in events if e.get("event") == "child_start"]
+
+
+async def test_gitops_commit_and_fetch_start_no_housekeeping_child(tmp_path: Path, worktree: Path) -> None:
+    plain, ours = tmp_path / "plain.json", tmp_path / "ours.json"
+    (worktree / "a.txt").write_text("a\n")
+    await gitops.git("add", "--all", cwd=worktree)
+    # The control: git on its own starts "git maintenance run --auto" after a commit.
+    env = {**os.environ, "GIT_TRACE2_EVENT": str(plain), **gitops.identity_env("T", "t@example.com")}
+    subprocess.run(["git", "commit", "--quiet", "--no-verify", "-m", "a"], cwd=worktree, env=env, check=True)
+    assert any(argv[1:3] == ["maintenance", "run"] for argv in _children(plain)), _children(plain)
+    (worktree / "b.txt").write_text("b\n")
+    trace = {"GIT_TRACE2_EVENT": str(ours)}
+    await gitops.git("add", "--all", cwd=worktree)
+    ident = gitops.identity_env("T", "t@example.com")
+    await gitops.git("commit", "--quiet", "--no-verify", "-m", "b", cwd=worktree, env={**ident, **trace})
+    await gitops.git("fetch", "--quiet", "origin", cwd=worktree, env=trace)
+    started = _children(ours)
+    assert started, "the fetch starts its transport"
+    assert not any("maintenance" in argv or "gc" in argv for argv in started), started
