@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -204,9 +206,34 @@ def build_worker(
     )
 
 
+def wait_for_children_with_pidfds() -> bool:
+    """On Python 3.11, have the running loop wait for child processes through pidfds instead of threads.
+
+    Every git command (and every sandboxed milestone command) is an asyncio subprocess. Python 3.11's default
+    child watcher starts one thread per child that blocks in ``waitpid`` until it exits: a thread start and stop
+    for each of a run's twenty git commands. ``PidfdChildWatcher`` has the event loop itself watch a pidfd per
+    child (Linux 5.3+). Python 3.12 and later choose pidfds on their own, so this is for 3.11 only.
+
+    Returns:
+        Whether the pidfd watcher is now in use (False: not 3.11, or no working ``pidfd_open``).
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False  # a kernel or seccomp profile without pidfd_open: keep the threads
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    return True
+
+
 async def run_worker(settings: Settings) -> None:
     """Connect, start the worker and run until SIGINT/SIGTERM, then shut down gracefully."""
     load_keyring(settings)  # refuse to start without the secret key before connecting to anything
+    if wait_for_children_with_pidfds():
+        log.debug("child processes are waited for with pidfds")
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     client = await connect(settings, sdk_metrics=True)

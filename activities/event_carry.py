@@ -1,7 +1,7 @@
 """The worker's interceptor that lets an activity carry the run events its workflow emitted before it.
 
 Workflow side: when a run workflow (under the ``events-carried`` patch, :class:`workflows.common.EventEmitter`)
-schedules an activity while it holds events not yet recorded, those events go into the activity's
+schedules an activity (or a local activity) while it holds events not yet recorded, those events go into the activity's
 :data:`~quantapilot.events.carry.EVENTS_HEADER` header, and the emitter counts them recorded once the activity
 completes. Activity side: before the activity's body runs, the events in the header are recorded exactly as
 ``record_event`` records them (same transaction, same dispatcher wake, idempotent by event id, so a retried
@@ -17,9 +17,9 @@ copy of the emitter's class is another class object.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity, workflow
 from temporalio.exceptions import ApplicationError
@@ -29,6 +29,7 @@ from temporalio.worker import (
     ExecuteWorkflowInput,
     Interceptor,
     StartActivityInput,
+    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
@@ -41,6 +42,8 @@ from quantapilot.events.record import EventRecord
 # Recording the carried events may take this long before the attempt gives up on them (the workflow then records
 # them itself); the carrying activity's own timeouts keep counting meanwhile, so it stays well below them.
 CARRY_RECORD_TIMEOUT = timedelta(seconds=10)
+
+_Start = TypeVar("_Start", StartActivityInput, StartLocalActivityInput)
 
 
 class EventCarryInterceptor(Interceptor):
@@ -74,12 +77,23 @@ def _emitter() -> Any:
 
 class _WorkflowOutbound(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
+        return self._carrying(input, super().start_activity)
+
+    def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
+        # A local activity carries the same way: the SDK hands its headers to the activity on this worker, whose
+        # inbound interceptor records them before the body (a run's cleanup is one, see workflows.repo_run).
+        return self._carrying(input, super().start_local_activity)
+
+    @staticmethod
+    def _carrying(
+        input: _Start, start: Callable[[_Start], workflow.ActivityHandle[Any]]
+    ) -> workflow.ActivityHandle[Any]:
         emitter = _emitter()
         batch: Sequence[EventRecord] = emitter.to_carry(input.activity) if emitter is not None else ()
         if not batch:
-            return super().start_activity(input)
+            return start(input)
         input.headers = {**input.headers, EVENTS_HEADER: workflow.payload_converter().to_payload(list(batch))}
-        handle = super().start_activity(input)
+        handle = start(input)
         # Registered before the workflow awaits the handle: the emitter knows the outcome before the step goes on.
         handle.add_done_callback(lambda done: emitter.carried(batch, done))
         return handle

@@ -150,9 +150,10 @@ class RepoActivities:
             raise _forge_failure(exc) from None
 
     async def close(self) -> None:
-        """Release the HTTP session used by REST forges."""
+        """Release the HTTP session used by REST forges; finish deleting the worktrees of runs that ended."""
         if self._http is not None:
             await self._http.close()
+        await self._worktrees.drain()
 
     def _sandbox(self, repo_url: str) -> SandboxPolicy:
         return SandboxPolicy.from_settings(self._settings, repo_url)
@@ -339,7 +340,8 @@ class RepoActivities:
         """Remove the run's worktree on this worker (the run has ended); a no-op when there is none.
 
         Best effort: a failure is logged, never raised, so a full disk or a stubborn file never keeps a run
-        from closing; the worker-side sweep (:meth:`sweep_worktrees`) retries later.
+        from closing; the worker-side sweep (:meth:`sweep_worktrees`) retries later. The run's folder is gone when
+        this returns; its files are deleted right after, in the background (:meth:`Worktrees.remove`).
 
         Returns:
             Whether a worktree was removed.

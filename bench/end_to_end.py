@@ -11,7 +11,8 @@ concurrency, its worker in this process.
 
     python -m bench.end_to_end [--runs 60] [--concurrency 8]
 
-Prints the table and, last, the ratio (our runs/s divided by the ceiling's runs/s).
+Prints the table, the CPU milliseconds per run by process (worker, its git children, dev server, bench + API) and,
+last, the ratio (our runs/s divided by the ceiling's runs/s).
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ import uuid
 from pathlib import Path
 
 from bench.ceiling import ceiling_worker
-from bench.common import Sample, dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
+from bench.common import (
+    CpuMeter,
+    Sample,
+    dev_server,
+    dev_server_pid,
+    fmt,
+    print_results,
+    progress,
+    repo_copies,
+    run_concurrently,
+    worker_and_api,
+)
 
 RUN_TIMEOUT_S = 120.0
 
@@ -53,7 +65,10 @@ async def main(args: argparse.Namespace) -> None:
                 async def measured(i: int) -> None:
                     await one_run(args.warmup + i)
 
+                ours_cpu = CpuMeter(worker=stack.worker.pid, server=dev_server_pid())
+                ours_cpu.start()
                 ours = await run_concurrently(measured, total=args.runs, concurrency=args.concurrency)
+                ours_cpu.stop()
 
             progress(f"ceiling: {args.runs} one-activity workflows at concurrency {args.concurrency}")
             queue = f"qp-bench-ceiling-{uuid.uuid4().hex[:8]}"
@@ -65,9 +80,12 @@ async def main(args: argparse.Namespace) -> None:
                     )
 
                 await run_concurrently(trivial, total=20, concurrency=args.concurrency)  # warm-up
+                ceiling_cpu = CpuMeter(worker=None, server=dev_server_pid())
+                ceiling_cpu.start()
                 ceiling = await run_concurrently(
                     lambda i: trivial(1000 + i), total=args.runs, concurrency=args.concurrency
                 )
+                ceiling_cpu.stop()
 
     ratio = ours.per_second / ceiling.per_second
 
@@ -86,6 +104,8 @@ async def main(args: argparse.Namespace) -> None:
         ["path", "runs", "errors", "runs/s", "p50 s", "p99 s"],
         [row("repository run via API + worker", ours, 2), row("raw: one-activity workflow", ceiling, 3)],
     )
+    print("\n" + ours_cpu.line("run, ours", ours.count))
+    print(ceiling_cpu.line("run, raw (its worker is in bench + API)", ceiling.count))
     print(f"\nratio (our runs/s / one-activity workflow runs/s): {ratio:.3f}")
 
 

@@ -15,7 +15,8 @@ completed.
 
     python -m bench.gates [--runs 100] [--concurrency 16]      # --runs 1000 for the issue's figure
 
-Prints the table and, last, the ratio of the p50s (ceiling / ours) for "next step done".
+Prints the table, the CPU milliseconds per decision by process (worker, its git children, dev server, bench + API)
+and, last, the ratio of the p50s (ceiling / ours) for "next step done".
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ import uuid
 from pathlib import Path
 
 from bench.ceiling import ceiling_worker
-from bench.common import Sample, dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
+from bench.common import (
+    CpuMeter,
+    Sample,
+    dev_server,
+    dev_server_pid,
+    fmt,
+    print_results,
+    progress,
+    repo_copies,
+    run_concurrently,
+    worker_and_api,
+)
 from quantapilot.models import RunKind
 from quantapilot.runs.ids import workflow_id
 
@@ -60,7 +72,10 @@ async def main(args: argparse.Namespace) -> None:
                     wid = workflow_id(RunKind.REPOSITORY, "default", run_ids[i])
                     await client.get_workflow_handle(wid).result()
 
+                ours_cpu = CpuMeter(worker=stack.worker.pid, server=dev_server_pid())
+                ours_cpu.start()
                 ours = await run_concurrently(decide_one, total=args.runs, concurrency=args.concurrency)
+                ours_cpu.stop()
                 ours_accepted = Sample(len(accepted), ours.seconds, accepted)
 
             progress(f"ceiling: {args.runs} workflows waiting on a signal")
@@ -81,7 +96,10 @@ async def main(args: argparse.Namespace) -> None:
                     signalled.append(time.perf_counter() - sent)
                     await handles[i].result()
 
+                ceiling_cpu = CpuMeter(worker=None, server=dev_server_pid())
+                ceiling_cpu.start()
                 ceiling = await run_concurrently(signal_one, total=args.runs, concurrency=args.concurrency)
+                ceiling_cpu.stop()
                 ceiling_accepted = Sample(len(signalled), ceiling.seconds, signalled)
 
     def row(name: str, what: str, s: Sample) -> list[str]:
@@ -97,6 +115,8 @@ async def main(args: argparse.Namespace) -> None:
             row("raw: signal a waiting workflow", "workflow completed", ceiling),
         ],
     )
+    print("\n" + ours_cpu.line("decision, ours", ours.count))
+    print(ceiling_cpu.line("signal, raw (its worker is in bench + API)", ceiling.count))
     ratio = ceiling.ms(50) / ours.ms(50)
     print(f"\nratio (p50 decision to next step done: raw signal-to-completed / ours): {ratio:.3f}")
 

@@ -249,7 +249,12 @@ class EventEmitter:
             self._landed(batch, recorded=recorded)
 
 
-def events_not_recorded(err: ActivityError) -> bool:
-    """Whether an activity failed because the events it carried could not be recorded (its body did not run)."""
-    cause = err.cause
+def events_not_recorded(err: ActivityError | ApplicationError) -> bool:
+    """Whether an activity failed because the events it carried could not be recorded (its body did not run).
+
+    Args:
+        err: What awaiting the activity raised: an ``ActivityError`` around the activity's failure, or (a local
+            activity that failed for good) the activity's ``ApplicationError`` itself.
+    """
+    cause = err.cause if isinstance(err, ActivityError) else err
     return isinstance(cause, ApplicationError) and cause.type == EVENTS_NOT_RECORDED

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.common import RunFailure, events_not_recorded
 from workflows.model_docs import PATCH_MODEL_DOCS, ModelDocs
@@ -53,6 +53,10 @@ CONFIG_TIMEOUT_S = 60.0
 CLEANUP_TIMEOUT_S = 120.0
 # Workflow versioning (workflow.patched): a run that ends removes its worktree (cleanup_worktree) first.
 PATCH_WORKTREE_CLEANUP = "cleanup-worktree-at-end"
+# ... and does so with a local activity: no activity task, no workflow task after it, just a marker in the history.
+# Asked when the run starts, and PATCH_WORKTREE_CLEANUP with it: each patch's marker (and the TemporalChangeVersion
+# search attribute the SDK upserts with it) is written in the run's first workflow task, not after its last step.
+PATCH_CLEANUP_LOCAL = "cleanup-worktree-local"
 
 
 def _named_step(config: QuantapilotConfig, name: str) -> StepConfig | None:
@@ -73,10 +77,14 @@ class RepoRunWorkflow(ModelDocs):
         self._pull_requests: list[PullRequestRef] = []
         self._docs_branch: str | None = None
         self._merged_once = False
+        self._local_cleanup = False  # decided as the run starts (run)
 
     @workflow.run
     async def run(self, inp: RepoRunInput) -> RunStatus:
         """Run the pipeline to completion, failure or cancellation."""
+        # Runs started before the patch replay without it (False, kept for the run), and ask PATCH_WORKTREE_CLEANUP
+        # at their end as they did; a new run asks both now, so the end finds them decided and records no marker.
+        self._local_cleanup = workflow.patched(PATCH_CLEANUP_LOCAL) and workflow.patched(PATCH_WORKTREE_CLEANUP)
         return await self._guarded(self._pipeline)
 
     async def _release(self) -> None:
@@ -87,21 +95,39 @@ class RepoRunWorkflow(ModelDocs):
         """
         if not workflow.patched(PATCH_WORKTREE_CLEANUP):
             return  # started before worktrees were removed: replay without the step
+        # A local activity: the worker running this workflow task runs it at once and the task goes on to close the
+        # run, where an activity cost a round trip through the server and another workflow task. It still carries
+        # the final event (activities.event_carry), recorded before the worktree goes. Runs that scheduled the
+        # cleanup as an activity replay that.
+        local = self._local_cleanup
+        retry = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+        timeout = timedelta(seconds=CLEANUP_TIMEOUT_S)
         while True:
             try:
-                await workflow.execute_activity_method(
-                    RepoActivities.cleanup_worktree,
-                    self._repo,
-                    start_to_close_timeout=timedelta(seconds=CLEANUP_TIMEOUT_S),
-                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
-                    summary="Remove the run's worktree",
-                )
-            except ActivityError as err:
+                if local:
+                    await workflow.execute_local_activity_method(
+                        RepoActivities.cleanup_worktree,
+                        self._repo,
+                        start_to_close_timeout=timeout,
+                        retry_policy=retry,
+                        summary="Remove the run's worktree",
+                    )
+                else:
+                    await workflow.execute_activity_method(
+                        RepoActivities.cleanup_worktree,
+                        self._repo,
+                        start_to_close_timeout=timeout,
+                        retry_policy=retry,
+                        summary="Remove the run's worktree",
+                    )
+            except (ActivityError, ApplicationError) as err:
+                # A local activity that failed for good raises its ApplicationError itself, not an ActivityError.
                 if events_not_recorded(err):
                     # The final event it carried could not be recorded, nor was the worktree removed: record, retry.
                     await self._events.flush()
                     continue
-                workflow.logger.warning("worktree cleanup failed: %s", err.cause, extra=self._log_context())
+                cause = err.cause if isinstance(err, ActivityError) else err
+                workflow.logger.warning("worktree cleanup failed: %s", cause, extra=self._log_context())
             return
 
     def _status(self) -> RunStatus:

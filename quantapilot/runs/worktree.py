@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,8 @@ class Worktrees:
         self._settings = settings
         self._resolver = resolver
         self._locks: dict[str, asyncio.Lock] = {}
+        # Run folders set aside by remove() whose files are being deleted in the background.
+        self._deleting: dict[Path, asyncio.Task[bool]] = {}
 
     def path(self, ref: RepoRef) -> Path:
         """Directory of the run's clone."""
@@ -197,15 +200,39 @@ class Worktrees:
         return changed, sha
 
     async def remove(self, workspace: str, run_id: str) -> bool:
-        """Remove a run's folder on this worker (its run has ended); a no-op when there is none.
+        """Take a run's folder away on this worker (its run has ended); a no-op when there is none.
+
+        The folder is renamed aside at once (``.<run_id>.removing-<hex>`` next to it, on the same file system),
+        so the run's path is gone when this returns, and its files are deleted in the background: the run that
+        ends does not wait for its clone's files to be unlinked one by one. A set-aside folder left by a worker
+        that stopped meanwhile is deleted by the next sweep (:meth:`sweep`). When the rename fails the folder is
+        deleted in place, as before.
 
         Returns:
-            Whether a folder was removed.
+            Whether a folder was taken away (or, renaming failing, deleted).
         """
+        run_dir = self.run_dir(workspace, run_id)
         async with self.lock(run_id):
-            removed = await asyncio.to_thread(_remove_tree, self.run_dir(workspace, run_id))
+            aside = await asyncio.to_thread(_set_aside, run_dir)
+            if aside is None:
+                removed = False
+            elif aside == run_dir:
+                removed = await asyncio.to_thread(_remove_tree, run_dir)
+            else:
+                self._delete_in_background(aside)
+                removed = True
         self._locks.pop(run_id, None)
         return removed
+
+    def _delete_in_background(self, path: Path) -> None:
+        task = asyncio.create_task(asyncio.to_thread(_remove_tree, path))
+        self._deleting[path] = task
+        task.add_done_callback(lambda _: self._deleting.pop(path, None))
+
+    async def drain(self) -> None:
+        """Wait until the folders set aside by :meth:`remove` are deleted (the worker is shutting down)."""
+        if self._deleting:
+            await asyncio.gather(*self._deleting.values(), return_exceptions=True)
 
     async def sweep(self, is_closed: Callable[[str, str], Awaitable[bool | None]]) -> int:
         """Remove the worktrees on this worker whose run has closed.
@@ -219,7 +246,11 @@ class Worktrees:
         Returns:
             How many worktrees were removed.
         """
-        found = await asyncio.to_thread(_run_dirs, self._settings.run_workdir)
+        root = self._settings.run_workdir
+        for leftover in await asyncio.to_thread(_set_aside_dirs, root):
+            if leftover not in self._deleting:  # not this worker's deletion in progress: one a stopped worker left
+                self._delete_in_background(leftover)
+        found = await asyncio.to_thread(_run_dirs, root)
         removed = 0
         for workspace, run_id in found:
             if await is_closed(workspace, run_id) is not True:
@@ -228,8 +259,38 @@ class Worktrees:
         return removed
 
 
+# The name a run folder takes while its files are deleted (Worktrees.remove): a dot first, so never a run id.
+_ASIDE_MARK = ".removing-"
+
+
+def _set_aside(run_dir: Path) -> Path | None:
+    """Rename a run folder aside for deletion; None when there is none, ``run_dir`` itself when renaming failed."""
+    if not run_dir.exists():
+        return None
+    aside = run_dir.with_name(f".{run_dir.name}{_ASIDE_MARK}{uuid.uuid4().hex[:12]}")
+    try:
+        run_dir.rename(aside)
+    except OSError as exc:
+        log.warning("worktree %s not set aside (%s): deleting it in place", run_dir.name, type(exc).__name__)
+        return run_dir
+    return aside
+
+
+def _set_aside_dirs(root: Path) -> list[Path]:
+    """Run folders set aside for deletion under the work directory (``<workspace>/.<run_id>.removing-<hex>``)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        entry
+        for ws in root.iterdir()
+        if ws.is_dir() and not ws.is_symlink()
+        for entry in ws.iterdir()
+        if entry.name.startswith(".") and _ASIDE_MARK in entry.name and not entry.is_symlink()
+    )
+
+
 def _run_dirs(root: Path) -> list[tuple[str, str]]:
-    """``(workspace, run_id)`` of every run folder under the work directory."""
+    """``(workspace, run_id)`` of every run folder under the work directory (not those set aside)."""
     if not root.is_dir():
         return []
     return sorted(
@@ -237,7 +298,7 @@ def _run_dirs(root: Path) -> list[tuple[str, str]]:
         for ws in root.iterdir()
         if ws.is_dir() and not ws.is_symlink()
         for run in ws.iterdir()
-        if run.is_dir() and not run.is_symlink()
+        if run.is_dir() and not run.is_symlink() and not run.name.startswith(".")
     )
 
 

@@ -60,6 +60,20 @@ def recordings(history: WorkflowHistory) -> list[tuple[str, list[str]]]:
     return calls
 
 
+def local_activities(history: WorkflowHistory) -> list[tuple[str, str]]:
+    """Each local activity attempt the history's markers record: its type and its failure's type ("" when none).
+
+    A local activity leaves a marker, not activity tasks: what it carried in its header is not in the history.
+    """
+    calls = []
+    for e in history.events:
+        attrs = e.marker_recorded_event_attributes
+        if e.event_type == E.EVENT_TYPE_MARKER_RECORDED and attrs.marker_name == "core_local_activity":
+            (payload,) = attrs.details["data"].payloads
+            calls.append((json.loads(payload.data)["activity_type"], attrs.failure.application_failure_info.type))
+    return calls
+
+
 def failures(history: WorkflowHistory) -> list[str]:
     """The error types of the history's failed activity attempts (the last attempt of each)."""
     return [
@@ -87,22 +101,23 @@ async def approved_run(api: Api, tmp_path: Path) -> str:
 
 
 @pytest.mark.usefixtures("worker")
-async def test_event_carry_minimal_run_takes_seven_activities_instead_of_eleven(
+async def test_event_carry_minimal_run_takes_six_activities_and_a_local_cleanup_instead_of_eleven(
     api: Api, client: Client, engine: Engine, tmp_path: Path
 ) -> None:
     run_id = await approved_run(api, tmp_path)
     history = await history_of(client, run_id)
     kinds = [e.event_type for e in history.events]
-    # clone, read_config, generate_docs, open_pr, record_events, merge, cleanup: one round trip for events where
-    # there were five (one record_event each), so eleven activities became seven.
-    assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 7
-    assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 7
+    # clone, read_config, generate_docs, open_pr, record_events, merge: one round trip for events where there were
+    # five (one record_event each); the cleanup, which carries run.completed, is a local activity.
+    assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 6
+    assert kinds.count(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED) == 6
     assert recordings(history) == [
         (CLONE_REPOSITORY, ["run.started"]),
         (RECORD_EVENTS, ["documentation.generated", "gate.requested"]),  # before the gate's wait
         (MERGE_PULL_REQUEST, ["gate.decided"]),
-        (CLEANUP_WORKTREE, ["run.completed"]),
     ]
+    assert local_activities(history) == [(CLEANUP_WORKTREE, "")]
+    # No activity recorded run.completed, yet it is stored: the local cleanup carried it.
     assert stored(engine, run_id) == list(enumerate(APPROVED, start=1))
     assert [e["type"] for e in await api.events(run_id)] == APPROVED
 
@@ -116,9 +131,9 @@ async def test_event_carry_event_carried_by_a_failing_activity_is_recorded_once(
     run_id = await fast_run(api, "carried-failing")
     final = await api.wait_state(run_id, "failed")
     history = await history_of_failed(client, run_id)
-    calls = recordings(history)
-    assert calls[0] == (CLONE_REPOSITORY, ["run.started"])
-    assert calls[-1] == (CLEANUP_WORKTREE, ["run.started", "run.failed"])
+    # The clone carried run.started and failed; the local cleanup carried it again, with run.failed.
+    assert recordings(history) == [(CLONE_REPOSITORY, ["run.started"])]
+    assert local_activities(history) == [(CLEANUP_WORKTREE, "")]
     assert failures(history)[0] == final["error"]["code"]
     # Recorded twice, stored once: the log is whole and gapless.
     assert stored(engine, run_id) == [(1, "run.started"), (2, "run.failed")]
@@ -150,9 +165,11 @@ async def test_event_carry_events_not_recorded_by_the_carrier_are_recorded_by_th
     async with worker:
         run_id = await approved_run(api, tmp_path)
     history = await history_of(client, run_id)
-    # Each carrier failed before its body ran; the workflow recorded its events, then ran the step again.
+    # Each carrier failed before its body ran; the workflow recorded its events, then ran the step again. The
+    # local cleanup's failure is in its marker (it raises ApplicationError, not ActivityError): handled the same.
     assert calls == [["run.started"], ["gate.decided"], ["run.completed"]]
-    assert failures(history) == [EVENTS_NOT_RECORDED] * 3
+    assert failures(history) == [EVENTS_NOT_RECORDED] * 2
+    assert local_activities(history) == [(CLEANUP_WORKTREE, EVENTS_NOT_RECORDED), (CLEANUP_WORKTREE, "")]
     names = [name for name, _ in recordings(history)]
     assert names == [
         CLONE_REPOSITORY,
@@ -160,7 +177,6 @@ async def test_event_carry_events_not_recorded_by_the_carrier_are_recorded_by_th
         RECORD_EVENTS,
         MERGE_PULL_REQUEST,
         RECORD_EVENTS,
-        CLEANUP_WORKTREE,
         RECORD_EVENTS,
     ]
     assert stored(engine, run_id) == list(enumerate(APPROVED, start=1))

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 
+from quantapilot.models import RunKind
+from quantapilot.runs.contracts import CLEANUP_WORKTREE, MERGE_PULL_REQUEST
+from quantapilot.runs.ids import workflow_id
 from quantapilot.settings import Settings
 from tests.support import Api, git, remote_branches, remote_file
 from tests.support import make_remote as _make_remote
+from workflows.repo_run import PATCH_CLEANUP_LOCAL
 
 README = "# Demo project\n\nA small project used by the tests.\n"
 PKG = '"""Demo package."""\n\n\ndef add(a: int, b: int = 1) -> int:\n    """Add two numbers."""\n    return a + b\n'
@@ -258,3 +265,39 @@ async def test_repo_run_docs_lint_failure_ends_the_run_unless_switched_off(api: 
     _, body = await api.post("/run", {"repo_url": off, "branch": "main"})
     status = await api.wait_gate(body["run_id"], "anchor")
     assert status["state"] == "waiting_for_gate"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_repo_run_removes_its_worktree_with_a_local_activity_after_the_merge(
+    api: Api, client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    url = make_remote(tmp_path)
+    _, body = await api.post("/run", {"repo_url": url, "branch": "main"})
+    run_id = body["run_id"]
+    await api.wait_gate(run_id, "anchor")
+    await api.decide(run_id, "anchor", True)
+    await api.wait_state(run_id, "completed")
+    handle = client.get_workflow_handle(workflow_id(RunKind.REPOSITORY, "default", run_id))
+    await handle.result()
+    events = (await handle.fetch_history()).events
+    kinds = [e.event_type for e in events]
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events]
+    merge_at = scheduled.index(MERGE_PULL_REQUEST)
+    after_merge = kinds[merge_at:]
+    # The merge is the last activity task: after it, the run's cleanup is a local activity's marker and the run
+    # completes (how many workflow tasks the SDK takes for it is its business: a long one heartbeats).
+    assert after_merge.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) == 1
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    markers = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)["activity_type"]
+        for e in events[merge_at:]
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert markers == [CLEANUP_WORKTREE]
+    assert PATCH_CLEANUP_LOCAL.encode() in b"".join(
+        e.SerializeToString() for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    )
+    # It did its work: the worktree is gone, and the final event it carried is in the log.
+    assert not (settings.run_workdir / "default" / run_id).exists()
+    assert types(await api.events(run_id))[-1] == "run.completed"

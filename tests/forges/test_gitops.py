@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 
 from quantapilot.forges import gitops
 from tests.forges.conftest import AUTHOR, show
+from worker import wait_for_children_with_pidfds
 
 
 def _alive(pid: int) -> bool:
@@ -61,6 +66,19 @@ async def test_gitops_branch_push_fetch_round_trip(tmp_path: Path, bare_repo: Pa
     await gitops.fetch(other, branches=("main",))
     assert await gitops.current_sha(other, "refs/remotes/origin/main") == await gitops.current_sha(bare_repo, "main")
     assert await show(bare_repo, "feature/x:f.txt") == "x\n"
+
+
+async def test_gitops_clone_copies_no_template_and_still_commits_and_pushes(tmp_path: Path, bare_repo: Path) -> None:
+    clone = await gitops.clone(str(bare_repo), tmp_path / "fresh", branch="main")
+    git_dir = clone / ".git"
+    # No sample hooks, description or info/exclude: only what git itself needs.
+    assert not (git_dir / "hooks").exists()
+    assert not (git_dir / "description").exists()
+    assert not (git_dir / "info" / "exclude").exists()
+    (clone / "g.txt").write_text("g\n")
+    sha = await gitops.commit_all(clone, message="g", **AUTHOR)
+    await gitops.push(clone, remote="origin", branch="main")
+    assert await gitops.current_sha(bare_repo, "main") == sha
 
 
 async def test_gitops_error_has_returncode_and_no_credentials(tmp_path: Path) -> None:
@@ -119,3 +137,59 @@ async def test_gitops_cancel_kills_the_process_group(tmp_path: Path) -> None:
 def test_gitops_redact_strips_userinfo() -> None:
     text = "fatal: https://x-access-token:abc@github.com/o/r.git and ssh://git@host/o/r"
     assert gitops.redact(text) == "fatal: https://github.com/o/r.git and ssh://host/o/r"
+
+
+def _waitpid_threads() -> set[str]:
+    # Python 3.11's ThreadedChildWatcher names its thread for each child "asyncio-waitpid-<n>" (earlier tests' may
+    # linger: compare before and after).
+    return {t.name for t in threading.enumerate() if "waitpid" in t.name}
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12+ waits for children with pidfds by itself")
+async def test_gitops_worker_waits_for_git_with_pidfds_not_a_thread_per_command(worktree: Path) -> None:
+    previous = asyncio.get_child_watcher()
+    try:
+        # The default: a thread per child, blocked in waitpid while the child runs.
+        before = _waitpid_threads()
+        child = await asyncio.create_subprocess_exec("sleep", "0.2")
+        assert _waitpid_threads() - before, "expected the default watcher's thread"
+        assert await child.wait() == 0
+        assert wait_for_children_with_pidfds()
+        before = _waitpid_threads()
+        child = await asyncio.create_subprocess_exec("sleep", "0.2")
+        assert _waitpid_threads() - before == set()
+        assert await child.wait() == 0
+        # git commands in parallel are each reaped, with their exit status and output.
+        results = await asyncio.gather(*(gitops.git("rev-parse", "HEAD", cwd=worktree) for _ in range(8)))
+        assert {r.returncode for r in results} == {0} and len({r.stdout for r in results}) == 1
+        failed = await gitops.git("rev-parse", "--verify", "no-such-ref", cwd=worktree, check=False)
+        assert failed.returncode != 0
+        assert _waitpid_threads() - before == set()
+    finally:
+        asyncio.set_child_watcher(previous)
+
+
+def _children(trace: Path) -> list[list[str]]:
+    # GIT_TRACE2_EVENT writes one JSON object a line; child_start names each process git starts.
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    events = [json.loads(line) for line in lines]
+    return [e["argv"] for e in events if e.get("event") == "child_start"]
+
+
+async def test_gitops_commit_and_fetch_start_no_housekeeping_child(tmp_path: Path, worktree: Path) -> None:
+    plain, ours = tmp_path / "plain.json", tmp_path / "ours.json"
+    (worktree / "a.txt").write_text("a\n")
+    await gitops.git("add", "--all", cwd=worktree)
+    # The control: git on its own starts "git maintenance run --auto" after a commit.
+    env = {**os.environ, "GIT_TRACE2_EVENT": str(plain), **gitops.identity_env("T", "t@example.com")}
+    subprocess.run(["git", "commit", "--quiet", "--no-verify", "-m", "a"], cwd=worktree, env=env, check=True)
+    assert any(argv[1:3] == ["maintenance", "run"] for argv in _children(plain)), _children(plain)
+    (worktree / "b.txt").write_text("b\n")
+    trace = {"GIT_TRACE2_EVENT": str(ours)}
+    await gitops.git("add", "--all", cwd=worktree)
+    ident = gitops.identity_env("T", "t@example.com")
+    await gitops.git("commit", "--quiet", "--no-verify", "-m", "b", cwd=worktree, env={**ident, **trace})
+    await gitops.git("fetch", "--quiet", "origin", cwd=worktree, env=trace)
+    started = _children(ours)
+    assert started, "the fetch starts its transport"
+    assert not any("maintenance" in argv or "gc" in argv for argv in started), started

@@ -8,7 +8,7 @@ Every workflow the worker registers has at least one recorded history. Re-record
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -53,6 +54,7 @@ from workflows.model_docs import PATCH_MODEL_DOCS
 from workflows.model_qa import PATCH_MODEL_QA
 from workflows.model_steps import PATCH_MODEL_STEPS
 from workflows.registry import WORKFLOWS
+from workflows.repo_run import PATCH_CLEANUP_LOCAL, PATCH_WORKTREE_CLEANUP
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 # Histories recorded by earlier releases, kept while runs of those releases may still be open (docs/DEPLOY.md).
@@ -95,8 +97,9 @@ CLOSED = {
     E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
 }
 SHAPES: dict[str, Shape] = {
-    # Events carried by the run's activities: seven activities (eleven before, five of them record_event).
-    "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_MARKER_RECORDED], activities=7),
+    # Events carried by the run's activities, the cleanup a local activity: six activities (seven with the cleanup
+    # an activity, eleven before events were carried, five of them record_event).
+    "repo_run_approved": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_MARKER_RECORDED], activities=6),
     "repo_run_rejected": Shape(E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED),
     "repo_run_paused_resumed": Shape(
         E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, [E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED]
@@ -220,10 +223,38 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SCENARIOS if n.startswith("repo_run_")))
-def test_replay_repo_run_recordings_end_with_the_worktree_cleanup_and_the_final_event(name: str) -> None:
-    history = load(name)
+def local_activities(history: WorkflowHistory) -> list[str]:
+    """The types of the local activities the history's markers record, in order (one marker per attempt)."""
+    types = []
+    for e in history.events:
+        attrs = e.marker_recorded_event_attributes
+        if e.event_type == E.EVENT_TYPE_MARKER_RECORDED and attrs.marker_name == "core_local_activity":
+            (payload,) = attrs.details["data"].payloads
+            types.append(str(json.loads(payload.data)["activity_type"]))
+    return types
+
+
+@pytest.mark.parametrize(
+    "path",
+    [*(HISTORIES / f"{n}.json" for n in sorted(SCENARIOS) if n.startswith("repo_run_")), *PREVIOUS.glob("repo_run_*")],
+    ids=lambda p: p.stem,
+)
+def test_replay_repo_run_recordings_end_with_the_worktree_cleanup_and_the_final_event(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
     activities = scheduled_activities(history)
+    if PATCH_WORKTREE_CLEANUP not in patch_ids(history):
+        assert CLEANUP_WORKTREE not in activities  # recorded before runs removed their worktrees
+        return
+    if PATCH_CLEANUP_LOCAL in patch_ids(history):
+        # The cleanup is a local activity, the run's last step: no activity task after it (its marker holds no
+        # header, so the final event it carried is not in the history; tests/e2e read the event log for that).
+        assert CLEANUP_WORKTREE not in activities
+        assert local_activities(history) == [CLEANUP_WORKTREE]
+        kinds = event_types(history)
+        last_marker = max(i for i, kind in enumerate(kinds) if kind == E.EVENT_TYPE_MARKER_RECORDED)
+        assert E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds[last_marker:]
+        assert PATCH_EVENTS_CARRIED in patch_ids(history)
+        return
     assert activities.count(CLEANUP_WORKTREE) == 1
     if PATCH_EVENTS_CARRIED in patch_ids(history):
         # The final event rides on the cleanup, the run's last activity: recorded before the worktree is removed and
@@ -273,8 +304,13 @@ async def test_replay_accepts_the_same_change_behind_a_patch(patched: type) -> N
 
 def patch_ids(history: WorkflowHistory) -> set[str]:
     """The workflow.patched ids whose markers the history recorded."""
+    return patch_ids_in(history.events)
+
+
+def patch_ids_in(events: Sequence[HistoryEvent]) -> set[str]:
+    """The workflow.patched ids whose markers these events of a history record."""
     ids = set()
-    for e in history.events:
+    for e in events:
         details = e.marker_recorded_event_attributes.details
         if e.event_type == E.EVENT_TYPE_MARKER_RECORDED and "patch-data" in details:
             # The SDK core's patch marker: {"id": ..., "deprecated": ...} as JSON.
@@ -478,7 +514,9 @@ def test_replay_minimal_run_carries_its_events_on_four_fewer_round_trips() -> No
     before = WorkflowHistory.from_json(
         "before", (PREVIOUS / "repo_run_approved.2026-12-07.json").read_text(encoding="utf-8")
     )
-    after = load("repo_run_approved")
+    after = WorkflowHistory.from_json(
+        "after", (PREVIOUS / "repo_run_approved.2026-12-07-carried.json").read_text(encoding="utf-8")
+    )
     assert PATCH_EVENTS_CARRIED not in patch_ids(before) and PATCH_EVENTS_CARRIED in patch_ids(after)
     # The same run, the same events, each recorded once and in order either way.
     assert recorded_event_types(before) == recorded_event_types(after) == MINIMAL_RUN_EVENTS
@@ -507,6 +545,35 @@ def test_replay_carried_recordings_record_every_event_of_the_run_in_order(name: 
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
     kinds = recorded_event_types(history)
     assert kinds[0] == "run.started" and kinds[-1] == "run.completed", kinds
+
+
+def test_replay_minimal_run_removes_its_worktree_with_a_local_activity_one_round_trip_fewer() -> None:
+    before = WorkflowHistory.from_json(
+        "before", (PREVIOUS / "repo_run_approved.2026-12-07-carried.json").read_text(encoding="utf-8")
+    )
+    after = load("repo_run_approved")
+    assert PATCH_CLEANUP_LOCAL not in patch_ids(before) and PATCH_CLEANUP_LOCAL in patch_ids(after)
+    # The same steps up to the merge, each carrying the same events; then the cleanup: an activity task (and the
+    # workflow task that followed it) before, a local activity's marker in the merge's next workflow task now.
+    assert scheduled_activities(before) == [*scheduled_activities(after), CLEANUP_WORKTREE]
+    assert [(name, [e["type"] for e in events]) for name, events in recording_calls(after)] == [
+        (CLONE_REPOSITORY, ["run.started"]),
+        (RECORD_EVENTS, ["documentation.generated", "gate.requested"]),
+        (MERGE_PULL_REQUEST, ["gate.decided"]),
+    ]
+    assert local_activities(before) == [] and local_activities(after) == [CLEANUP_WORKTREE]
+    tasks = E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    assert event_types(after).count(tasks) < event_types(before).count(tasks)
+    # Both cleanup patches are asked as the run starts: after the merge, only the local activity's marker and the
+    # final state's search attributes, no patch marker (nor the TemporalChangeVersion upsert that comes with one).
+    merged = max(i for i, e in enumerate(after.events) if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    tail = after.events[merged:]
+    assert [
+        e.marker_recorded_event_attributes.marker_name for e in tail if e.event_type == E.EVENT_TYPE_MARKER_RECORDED
+    ] == ["core_local_activity"]
+    assert [e.event_type for e in tail].count(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES) == 1
+    first_task = next(i for i, e in enumerate(after.events) if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    assert {PATCH_CLEANUP_LOCAL, PATCH_WORKTREE_CLEANUP} <= patch_ids_in(after.events[:first_task])
 
 
 async def test_replay_carried_recording_replays_on_a_worker_that_starts_no_carrying_run() -> None:

@@ -7,6 +7,7 @@ API the attacker reads the results from.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -348,9 +349,18 @@ async def test_repo_files_finished_runs_leave_no_worktree(api: Api, settings: Se
     ends = {completed: "completed", cancelled: "cancelled", failed: "failed"}
     for run_id, state in ends.items():
         final = await api.wait_state(run_id, state)
-        # Removed before the run reports its final state: a client that sees it finds the disk freed.
+        # Gone before the run reports its final state: a client that sees it finds no worktree of the run.
         assert not run_dir(settings, run_id).exists(), (state, final)
     assert (await api.status(failed))["error"]["code"] == "CONFIG_INVALID"
+    # Its files are deleted right after, off the run's path (set aside first): nothing is left on the disk.
+    workspace = settings.run_workdir / "default"
+    left = await eventually(
+        lambda: asyncio.to_thread(lambda: sorted(p.name for p in workspace.iterdir())),
+        lambda names: names == [],
+        timeout=30,
+        what="set-aside folders deleted",
+    )
+    assert left == []
 
 
 async def test_repo_files_worker_sweeps_worktrees_of_closed_runs(

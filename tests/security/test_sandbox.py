@@ -426,6 +426,8 @@ async def test_sandbox_worker_git_ignores_hooks_fsmonitor_and_transports_a_repos
     markers = tmp_path / "markers"
     markers.mkdir()
     git_dir = host.worktree / ".git"
+    # Clones copy no template (gitops.clone), so there is no hooks folder to plant in until one is made.
+    (git_dir / "hooks").mkdir(exist_ok=True)
     for hook in HOOKS:
         (git_dir / "hooks" / hook).write_text(f"#!/bin/sh\ntouch {markers}/hook-{hook}\n")
         (git_dir / "hooks" / hook).chmod(0o755)
