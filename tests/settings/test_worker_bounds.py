@@ -24,12 +24,13 @@ async def test_worker_bounds_reach_the_temporal_worker(
             "worker_max_cached_workflows": from_env.worker_max_cached_workflows,
         }
     )
-    config = build_worker(client, bounded).config()
+    # Started and shut down, so the worker closes the database connections it opened while being built.
+    async with build_worker(client, bounded) as worker:
+        config = worker.config()
     assert (config.get("max_concurrent_activities"), config.get("max_cached_workflows")) == (7, 11)
     # Unset, the worker keeps Temporal's own default of 100 concurrent activities.
-    # (another task queue: the SDK refuses two workers of one queue in one process)
-    default = build_worker(client, settings, task_queue=f"{settings.task_queue}-default")
-    assert default.config().get("max_concurrent_activities") == 100
+    async with build_worker(client, settings) as default:
+        assert default.config().get("max_concurrent_activities") == 100
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "10001", "many"])
