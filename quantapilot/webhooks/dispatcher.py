@@ -171,7 +171,10 @@ class Dispatcher:
                 log.warning("could not free %d webhook claims; they are re-claimed after the lease", len(leftover))
         if self._http is not None:
             await self._http.close()
-        self._db_threads.shutdown(wait=False)
+        # A step may still run in a thread (a renewal whose waiting task was cancelled above) with a pooled
+        # connection checked out; the owner disposes of the engine once this returns, which would leave that
+        # connection to the garbage collector, still open.
+        await asyncio.to_thread(self._db_threads.shutdown, wait=True, cancel_futures=True)
 
     # -- database steps (in the dispatcher's own threads) --
 
