@@ -28,6 +28,7 @@ from quantapilot.events.record import EventRecord
 from quantapilot.runs.contracts import RECORD_EVENT
 from quantapilot.settings import Settings
 from quantapilot.webhooks.fanout import fan_out_run_event, pending_deliveries
+from quantapilot.webhooks.outbox_store import store_outbox_event
 from quantapilot.webhooks.starts import PendingDelivery, start_amqp_publish, start_delivery_workflows
 
 
@@ -36,23 +37,26 @@ def store_event_with_deliveries(
 ) -> tuple[bool, list[PendingDelivery]]:
     """Insert an event and its deliveries in one transaction; a redo with the same id inserts nothing.
 
-    With ``outbox`` the deliveries go to the outbox (the dispatcher makes them) and none waits for a workflow.
+    With ``outbox`` the deliveries go to the outbox (the dispatcher makes them) and none waits for a workflow:
+    stored on one Core connection (:func:`~quantapilot.webhooks.outbox_store.store_outbox_event`).
 
     Returns:
         Whether this call inserted the event, and the event's deliveries still pending (on a redo too, so
         the caller can start workflows a crashed attempt did not).
     """
+    if outbox:
+        if store_outbox_event(engine, event) is not None:
+            # Every delivery this call made is in the outbox, for the dispatcher: none waits for a workflow, so
+            # the lookup is skipped. A redo still looks: its first attempt may have run in the workflow mode.
+            return True, []
+        with Session(engine) as session:
+            return False, pending_deliveries(session, event.id)
     # SQLite: behind this process's other writers (the dispatcher's claims and records), not in its busy handler.
     with one_writer(engine), Session(engine, expire_on_commit=False) as session:
         inserted = add_event(session, event)
         if inserted:
-            fan_out_run_event(session, event, outbox=outbox)
+            fan_out_run_event(session, event)
             session.commit()
-            if outbox:
-                # Every delivery this call made is in the outbox, for the dispatcher: none waits for a workflow,
-                # so the lookup (a fifth of a stored event's time, bench/README.md) is skipped. A redo still looks:
-                # its first attempt may have run in the workflow mode.
-                return inserted, []
         pending = pending_deliveries(session, event.id)
     return inserted, pending
 

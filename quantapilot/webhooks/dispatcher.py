@@ -13,7 +13,7 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
   failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
   time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
 - **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
-  (:func:`~quantapilot.webhooks.outbox.record_results`, set-based for successes); a database outage only delays
+  (:func:`~quantapilot.webhooks.outbox_record.record_results`, set-based for successes); a database outage only delays
   it (it retries), and a claim taken over meanwhile is fenced by its token. Claims and records run in the
   dispatcher's own threads, never behind the worker's activities in the default executor.
 - **Leases.** A claim holds for ``webhook_claim_lease_s`` (at least three HTTP timeouts) and is renewed while its
@@ -49,7 +49,8 @@ from quantapilot.review.links import with_review_url
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
 from quantapilot.webhooks.delivery import AttemptVerdict
-from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, record_results, release_claims, renew_claims
+from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, release_claims, renew_claims
+from quantapilot.webhooks.outbox_record import record_results
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
