@@ -6,6 +6,12 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
   is woken (:meth:`Dispatcher.wake`, called in-process when this worker records an event or a batch settles) or a
   short poll interval passes (backing off from :data:`POLL_MIN_S` to :data:`POLL_MAX_S` while idle), so deliveries
   recorded by another process (a redelivery through the API, another worker) are picked up within ~0.1 s.
+- **Handed over by this process's stores.** An event recorded by this worker's ``record_event`` can arrive
+  already claimed: the store asks :meth:`Dispatcher.lease` for a claim, writes it on the deliveries of healthy
+  endpoints in the event's own transaction (:mod:`quantapilot.webhooks.outbox_store`), and
+  :meth:`Dispatcher.adopt` starts their sends with no claim query. They are claims like any other (same lease,
+  renewal, fencing), so two dispatchers still never send one, and a crash before they are sent leaves them to be
+  claimed once the lease runs out.
 - **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
   ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
   left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
@@ -44,13 +50,16 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from quantapilot.db import one_writer, session_scope, utcnow
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.review.links import with_review_url
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks.delivery import AttemptVerdict
+from quantapilot.webhooks.contracts import DeliverAttemptInput, outbox_owner
+from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt
 from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, release_claims, renew_claims
 from quantapilot.webhooks.outbox_record import record_results
+from quantapilot.webhooks.outbox_store import HandedDelivery, Lease, StoredEvent
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
@@ -136,6 +145,64 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for due deliveries now (an event was just recorded); cheap, callable any number of times."""
         self._wake.set()
+
+    def lease(self) -> Lease | None:
+        """A claim for the deliveries an event store of this process is about to create (see :meth:`adopt`).
+
+        Call it on the event loop, just before the store; None when the dispatcher takes nothing now (not started,
+        stopping, every slot taken): the store then leaves every delivery to the claim loop.
+        """
+        free = self._settings.webhook_dispatch_inflight - len(self._claimed)
+        if not self._tasks or self._closing or free <= 0:
+            return None
+        saturated = frozenset(self._saturated())
+        return Lease(
+            token=secrets.token_hex(16),
+            until=utcnow() + timedelta(seconds=self._lease_s),
+            started=time.monotonic(),
+            keyring=self._keyring,
+            limit=min(free, CLAIM_BATCH),
+            exclude=saturated,
+        )
+
+    def adopt(self, lease: Lease | None, stored: StoredEvent | None, envelope: EventEnvelope | None) -> None:
+        """Send the deliveries a store handed over claimed under ``lease``; wake the claim loop for the rest.
+
+        Args:
+            lease: What :meth:`lease` gave the store (None: it claimed nothing).
+            stored: What the store wrote (None: nothing, a redo).
+            envelope: The stored event's envelope (what every handed delivery sends).
+        """
+        handed = stored.handed if stored is not None and lease is not None and envelope is not None else []
+        if handed and lease is not None and envelope is not None:
+            if self._closing:
+                # Stopping: never sent; freed with the other unsent claims if the stop has not freed them yet,
+                # else claimed again once the lease runs out (the crash cover).
+                for delivery in handed:
+                    self._claimed.setdefault(delivery.delivery_id, self._handed_claim(lease, delivery, envelope))
+            else:
+                self._deadlines[lease.token] = lease.started + self._lease_s
+                for delivery in handed:
+                    self._take(self._handed_claim(lease, delivery, envelope))
+        if stored is None or stored.created > len(handed):
+            self.wake()
+
+    def _handed_claim(self, lease: Lease, delivery: HandedDelivery, envelope: EventEnvelope) -> Claimed:
+        """The claim of a handed delivery: its first attempt, as :func:`claim_due` would prepare it."""
+        inp = DeliverAttemptInput(
+            delivery_id=delivery.delivery_id,
+            attempt=1,
+            schedule_index=1,
+            workflow_id=outbox_owner(delivery.delivery_id),
+            retry_scale=self._settings.webhook_retry_scale,
+            timeout_s=self._settings.webhook_timeout_s,
+        )
+        prepared = PreparedAttempt(url=delivery.url, secrets=delivery.secrets, envelope=envelope)
+        return Claimed(delivery.delivery_id, delivery.endpoint_id, lease.token, inp, prepared)
+
+    def _saturated(self) -> list[str]:
+        """Endpoints left out of the next claims: enough in flight already, or failing with a probe out."""
+        return [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
 
     async def stop(self) -> None:
         """Stop: cancel attempts in flight, record what was answered, free unsent claims, close the session.
@@ -247,7 +314,7 @@ class Dispatcher:
         if free <= 0 or self._closing:
             return False
         token = secrets.token_hex(16)
-        saturated = [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
+        saturated = self._saturated()
         started = time.monotonic()
         batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
         if batch.sends:

@@ -23,7 +23,7 @@ from quantapilot.models import RunKind
 from quantapilot.webhooks import endpoints
 from quantapilot.webhooks.contracts import is_outbox_owner
 from quantapilot.webhooks.fanout import fan_out_run_event
-from quantapilot.webhooks.outbox_store import store_outbox_event
+from quantapilot.webhooks.outbox_store import StoredEvent, store_outbox_event
 from quantapilot.webhooks.tables import WebhookDelivery
 from tests.webhooks.support import create_endpoint_row
 
@@ -74,10 +74,10 @@ def _endpoint_set(engine: Engine) -> dict[str, str]:
 def test_outbox_store_makes_one_due_delivery_per_matching_enabled_endpoint(db_engine: Engine) -> None:
     ids = _endpoint_set(db_engine)
     started = _event("run-1", 1)
-    assert store_outbox_event(db_engine, started) == 4
+    assert store_outbox_event(db_engine, started) == StoredEvent(4)
     # A later event of the run: its repository comes from run.started's data.
     later = _event("run-1", 2, event_type="gate.decided", data={})
-    assert store_outbox_event(db_engine, later) == 4
+    assert store_outbox_event(db_engine, later) == StoredEvent(4)
     wanted = sorted(ids[name] for name in ("all", "typed", "kind", "repo"))
     for event in (started, later):
         rows = _deliveries(db_engine, event.id)
@@ -113,13 +113,13 @@ def test_outbox_store_delivers_to_the_endpoints_the_orm_fan_out_picks(db_engine:
 def test_outbox_store_sees_an_endpoint_changed_in_another_transaction_for_the_next_event(db_engine: Engine) -> None:
     first_id = create_endpoint_row(db_engine)[0]
     first = _event("run-c", 1)
-    assert store_outbox_event(db_engine, first) == 1
+    assert store_outbox_event(db_engine, first) == StoredEvent(1)
     # Another transaction disables the first endpoint and adds a second, between two events of the run.
     second_id = create_endpoint_row(db_engine)[0]
     with session_scope(db_engine) as session:
         endpoints.update_endpoint(first_id, session=session, workspace="ws1", enabled=False)
     second = _event("run-c", 2, event_type="gate.decided", data={})
-    assert store_outbox_event(db_engine, second) == 1
+    assert store_outbox_event(db_engine, second) == StoredEvent(1)
     assert [r.endpoint_id for r in _deliveries(db_engine, first.id)] == [first_id]
     assert [r.endpoint_id for r in _deliveries(db_engine, second.id)] == [second_id]
 
@@ -139,7 +139,7 @@ def test_outbox_store_redo_adds_nothing(db_engine: Engine) -> None:
 def test_outbox_store_seq_conflict_raises_and_leaves_nothing(db_engine: Engine) -> None:
     create_endpoint_row(db_engine)
     first, other = _event("run-e", 1), _event("run-e", 1)
-    assert store_outbox_event(db_engine, first) == 1
+    assert store_outbox_event(db_engine, first) == StoredEvent(1)
     with pytest.raises(IntegrityError):
         store_outbox_event(db_engine, other)
     with pytest.raises(IntegrityError):
