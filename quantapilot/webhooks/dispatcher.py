@@ -121,6 +121,11 @@ class Dispatcher:
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
+        # Endpoints whose deliveries a store of this process left unclaimed (saturated, throttled, ...), with the
+        # adoption's stamp: none of theirs is handed over until a claim has taken what was due (see _claim_some),
+        # so a steady stream of fresh events handed straight over never starves the older ones waiting for a claim.
+        self._backlog: dict[str, int] = {}
+        self._stamp = 0
         self._next_failing_claim = 0.0
         # SQLite takes one writer at a time and a writer that finds the lock taken sleeps in steps of up to 0.1 s
         # (its busy handler): one thread queues the claim behind the record here instead, and it starts the
@@ -155,7 +160,7 @@ class Dispatcher:
         free = self._settings.webhook_dispatch_inflight - len(self._claimed)
         if not self._tasks or self._closing or free <= 0:
             return None
-        saturated = frozenset(self._saturated())
+        saturated = frozenset(self._saturated()) | self._backlog.keys()
         return Lease(
             token=secrets.token_hex(16),
             until=utcnow() + timedelta(seconds=self._lease_s),
@@ -184,6 +189,10 @@ class Dispatcher:
                 self._deadlines[lease.token] = lease.started + self._lease_s
                 for delivery in handed:
                     self._take(self._handed_claim(lease, delivery, envelope))
+        if stored is not None and stored.left:
+            self._stamp += 1
+            for endpoint_id in stored.left:
+                self._backlog[endpoint_id] = self._stamp
         if stored is None or stored.created > len(handed):
             self.wake()
 
@@ -316,7 +325,14 @@ class Dispatcher:
         token = secrets.token_hex(16)
         saturated = self._saturated()
         started = time.monotonic()
-        batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        stamp = self._stamp
+        limit = min(free, CLAIM_BATCH)
+        batch = await self._in_db_thread(self._claim, token, limit, saturated, failing)
+        if not failing and len(batch.sends) + len(batch.settled) < limit:
+            # Everything due of the endpoints not left out was claimed: what stores left before this claim
+            # started is taken (a store adopted since may have left more: its stamp is newer).
+            left_out = set(saturated)
+            self._backlog = {e: n for e, n in self._backlog.items() if n > stamp or e in left_out}
         if batch.sends:
             self._deadlines[token] = started + self._lease_s
         for claimed in batch.sends:

@@ -85,10 +85,17 @@ class HandedDelivery:
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """What :func:`store_outbox_event` stored: how many deliveries, and those handed over claimed."""
+    """What :func:`store_outbox_event` stored: how many deliveries, those handed over claimed, the others' endpoints.
+
+    Attributes:
+        created: How many deliveries were stored.
+        handed: Those stored claimed under the lease.
+        left: With a lease, the endpoints of the deliveries stored unclaimed (for the claim loop).
+    """
 
     created: int
     handed: list[HandedDelivery] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
 
 
 class _Endpoint(NamedTuple):
@@ -135,11 +142,14 @@ _ENABLED = (
     .order_by(_E.created_at, _E.id)
 )
 _S = SECRETS_TABLE.c
-# The signing secrets of some endpoints, newest first within each (the order they sign in, as active_secrets_of).
-_SECRETS = (
-    select(_S.id, _S.endpoint_id, _S.secret, _S.expires_at)
-    .where(_S.endpoint_id.in_(bindparam("ids", expanding=True)))
-    .order_by(_S.created_at.desc(), _S.id.desc())
+# The same endpoints each with its signing secrets, newest first (the order they sign in, as active_secrets_of),
+# for a store handing deliveries over: one statement, not a second one for the secrets (an endpoint without any
+# comes once, with NULLs).
+_ENABLED_WITH_SECRETS = (
+    select(*_ENABLED.selected_columns, _S.id.label("secret_id"), _S.secret, _S.expires_at)
+    .select_from(ENDPOINTS_TABLE.outerjoin(SECRETS_TABLE, _S.endpoint_id == _E.id))
+    .where(_E.workspace == bindparam("workspace"), _E.enabled.is_(True))
+    .order_by(_E.created_at, _E.id, _S.created_at.desc(), _S.id.desc())
 )
 _EVENT_EXISTS = select(_EVENTS.c.id).where(_EVENTS.c.id == bindparam("id"))
 
@@ -170,17 +180,16 @@ def store_outbox_event(engine: Engine, event: EventRecord, *, lease: Lease | Non
         with one_writer(engine), engine.begin() as conn:
             if conn.execute(_INSERT_EVENT[dialect], values_of(event)).first() is None:
                 return None
-            endpoints = _matching(conn, event, dotted)
+            endpoints, secrets = _matching(conn, event, dotted, with_secrets=lease is not None)
             if not endpoints:
                 return StoredEvent(0)
-            handed = _handed(conn, endpoints, lease) if lease is not None else {}
+            handed = _handed(endpoints, secrets, lease) if lease is not None else {}
             rows = _delivery_rows(event, dotted, endpoints, handed, lease)
             created = {row.id for row in conn.execute(_INSERT_DELIVERIES[dialect], rows)}
             # Only what this statement inserted is handed over (RETURNING; a delivery there already is not ours).
-            return StoredEvent(
-                len(created),
-                [d for row in rows if row["id"] in created and (d := handed.get(row["endpoint_id"])) is not None],
-            )
+            mine = [d for row in rows if row["id"] in created and (d := handed.get(row["endpoint_id"])) is not None]
+            left = [row["endpoint_id"] for row in rows if row["id"] in created and row["endpoint_id"] not in handed]
+            return StoredEvent(len(created), mine, left if lease is not None else [])
     except IntegrityError:
         # Another event holds the seq (raise), or a concurrent attempt of the same recording holds both the id and
         # the seq and PostgreSQL met the seq's index first (it committed: nothing more to add).
@@ -190,23 +199,40 @@ def store_outbox_event(engine: Engine, event: EventRecord, *, lease: Lease | Non
         return None
 
 
-def _matching(conn: Connection, event: EventRecord, dotted: str) -> list[_Endpoint]:
-    """The enabled endpoints of the event's workspace that subscribe to it (what fan_out_run_event delivers to)."""
-    candidates = [
-        endpoint
-        for endpoint in map(_Endpoint._make, conn.execute(_ENABLED, {"workspace": event.workspace}))
-        if endpoint_matches(endpoint, event_type=dotted, run_kind=None, repository=None)
-    ]
+def _matching(
+    conn: Connection, event: EventRecord, dotted: str, *, with_secrets: bool
+) -> tuple[list[_Endpoint], dict[str, list[_Secret]]]:
+    """The enabled endpoints of the event's workspace that subscribe to it (what fan_out_run_event delivers to).
+
+    Returns:
+        The endpoints, oldest first, and with ``with_secrets`` their secret rows, newest first.
+    """
+    secrets: dict[str, list[_Secret]] = {}
+    if with_secrets:
+        found: dict[str, _Endpoint] = {}
+        for row in conn.execute(_ENABLED_WITH_SECRETS, {"workspace": event.workspace}):
+            endpoint = found.get(row.id)
+            if endpoint is None:
+                endpoint = found[row.id] = _Endpoint._make(row[:8])
+            if row.secret_id is not None:
+                secrets.setdefault(row.id, []).append(_Secret(row.secret_id, row.id, row.secret, row.expires_at))
+        rows = list(found.values())
+    else:
+        rows = list(map(_Endpoint._make, conn.execute(_ENABLED, {"workspace": event.workspace})))
+    candidates = [e for e in rows if endpoint_matches(e, event_type=dotted, run_kind=None, repository=None)]
     if not candidates:
-        return []
+        return [], secrets
     kind = event.run_kind.value
     # Repository filters are rare: the run's repository is looked up only when one of the candidates has one.
     needs_repository = kind == "repository" and any(e.repositories for e in candidates)
     repository = run_repository(conn, event) if needs_repository else None
-    return [e for e in candidates if endpoint_matches(e, event_type=dotted, run_kind=kind, repository=repository)]
+    matched = [e for e in candidates if endpoint_matches(e, event_type=dotted, run_kind=kind, repository=repository)]
+    return matched, secrets
 
 
-def _handed(conn: Connection, endpoints: list[_Endpoint], lease: Lease) -> dict[str, HandedDelivery]:
+def _handed(
+    endpoints: list[_Endpoint], stored_secrets: dict[str, list[_Secret]], lease: Lease
+) -> dict[str, HandedDelivery]:
     """Endpoint id -> the delivery handed over for it: the healthy endpoints whose secrets all open.
 
     Healthy is exactly when :func:`~quantapilot.webhooks.outbox.claim_due` would prepare the attempt itself (and
@@ -220,22 +246,16 @@ def _handed(conn: Connection, endpoints: list[_Endpoint], lease: Lease) -> dict[
         and (e.throttled_until is None or aware(e.throttled_until) <= now)
         and e.id not in lease.exclude
     ][: lease.limit]
-    if not healthy:
-        return {}
-    secrets: dict[str, list[str]] = {}
-    unopened: set[str] = set()
-    for row in map(_Secret._make, conn.execute(_SECRETS, {"ids": [e.id for e in healthy]})):
-        if row.expires_at is not None and aware(row.expires_at) <= now:
-            continue
+    handed: dict[str, HandedDelivery] = {}
+    for endpoint in healthy:
+        rows = [r for r in stored_secrets.get(endpoint.id, []) if r.expires_at is None or aware(r.expires_at) > now]
         try:
-            secrets.setdefault(row.endpoint_id, []).append(reveal_secret(row, keyring=lease.keyring))
+            opened = [reveal_secret(row, keyring=lease.keyring) for row in rows]
         except SecretDecryptError:
-            unopened.add(row.endpoint_id)  # the claim loop's prepare_attempt decides (fails it, disables)
-    return {
-        e.id: HandedDelivery(new_id("wd_"), e.id, e.url, secrets[e.id])
-        for e in healthy
-        if e.id in secrets and e.id not in unopened
-    }
+            continue  # the claim loop's prepare_attempt decides (fails it, disables the endpoint)
+        if opened:
+            handed[endpoint.id] = HandedDelivery(new_id("wd_"), endpoint.id, endpoint.url, opened)
+    return handed
 
 
 def _delivery_rows(

@@ -91,6 +91,7 @@ def test_outbox_handoff_claims_healthy_endpoints_deliveries_in_the_events_transa
     stored = store_outbox_event(db_engine, _event(), lease=lease)
     assert stored is not None and stored.created == 4
     assert [(h.endpoint_id, h.url, h.secrets) for h in stored.handed] == [(healthy, URL, [secret])]
+    assert sorted(stored.left) == sorted([failing, throttled, excluded])
     rows = _rows(db_engine)
     assert rows[healthy].id == stored.handed[0].delivery_id
     assert rows[healthy].claim_token == lease.token
@@ -130,6 +131,7 @@ def test_outbox_handoff_leaves_what_it_cannot_prepare_to_the_claim_loop(db_engin
     stranger = KeyRing([bytes(range(1, 33))])
     stored = store_outbox_event(db_engine, _event("run-k"), lease=_lease(keyring=stranger))
     assert stored is not None and stored.created == 2 and stored.handed == []
+    assert sorted(stored.left) == sorted([first, second])
 
 
 def test_outbox_handoff_redo_hands_nothing(db_engine: Engine) -> None:
