@@ -89,8 +89,16 @@ async def record_outbox_event(engine: Engine, event: EventRecord, handoff: Hando
         Whether this call inserted the event (False: a redo, nothing added).
     """
     lease = handoff.lease()
-    stored = await asyncio.to_thread(store_outbox_event, engine, event, lease=lease)
-    handoff.adopt(lease, stored, envelope_of_record(event) if stored is not None and stored.handed else None)
+    storing = asyncio.ensure_future(asyncio.to_thread(store_outbox_event, engine, event, lease=lease))
+
+    def adopt(done: asyncio.Future[StoredEvent | None]) -> None:
+        stored = None if done.cancelled() or done.exception() is not None else done.result()
+        handoff.adopt(lease, stored, envelope_of_record(event) if stored is not None and stored.handed else None)
+
+    # Adopted when the store finishes, even if this caller is cancelled meanwhile (an activity cancelled while
+    # its thread commits): the handed deliveries are sent now, not once their lease has run out.
+    storing.add_done_callback(adopt)
+    stored = await asyncio.shield(storing)
     return stored is not None
 
 

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import time
 
+import pytest
 from aiohttp import web
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -128,3 +129,34 @@ async def test_webhooks_saturated_endpoint_hands_nothing_over_until_its_backlog_
         finally:
             await dispatcher.stop()
     assert sorted(str(r.event["id"]) for r in receiver.received) == sorted(e.id for e in events)
+
+
+async def test_webhooks_handed_deliveries_of_a_cancelled_recording_are_sent_at_once(
+    settings: Settings, engine: Engine
+) -> None:
+    # A long lease: the deliveries must go out now, not when it has run out.
+    long = settings.model_copy(update={"webhook_allow_private": True, "webhook_claim_lease_s": 120.0})
+    keyring = load_keyring(long)
+    async with Receiver() as receiver:
+        with session_scope(engine) as session:
+            store_endpoint(
+                session=session, workspace="default", url=receiver.url(), keyring=keyring, allow_private=True
+            )
+        dispatcher = Dispatcher(long, engine, keyring=keyring, client=None, task_queue="unused")
+        await dispatcher.start()
+        try:
+            [event] = event_records(1, prefix="handoff-cancel")
+            recording = asyncio.create_task(record_outbox_event(engine, event, dispatcher))
+            await asyncio.sleep(0)  # the store is under way in its thread
+            recording.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await recording
+            await eventually(
+                lambda: asyncio.to_thread(_statuses, engine),
+                lambda s: s == [("delivered", 1)],
+                timeout=20,
+                what="the handed delivery sent although its recording was cancelled",
+            )
+        finally:
+            await dispatcher.stop()
+    assert [str(r.event["id"]) for r in receiver.received] == [event.id]
