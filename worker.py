@@ -183,9 +183,7 @@ def build_worker(
         if settings.webhook_dispatch == "outbox"
         else None
     )
-    activities, resources = build_activities(
-        settings, engine, resolver=resolver, wake_dispatcher=dispatcher.wake if dispatcher is not None else None
-    )
+    activities, resources = build_activities(settings, engine, resolver=resolver, dispatcher=dispatcher)
     # The object behind the registered record_event: what an activity carries is recorded the same way.
     events = next(e for e in (getattr(a, "__self__", None) for a in activities) if isinstance(e, EventActivities))
     return ServiceWorker(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 
 from quantapilot.settings import Settings
 from quantapilot.webhooks.urlsafety import Resolver
+
+if TYPE_CHECKING:
+    from activities.events import Handoff
 
 
 class Closeable(Protocol):
@@ -24,6 +27,7 @@ def build_activities(
     *,
     resolver: Resolver | None = None,
     wake_dispatcher: Callable[[], None] | None = None,
+    dispatcher: Handoff | None = None,
 ) -> tuple[list[Callable[..., Any]], list[Closeable]]:
     """Create the activity objects.
 
@@ -32,6 +36,8 @@ def build_activities(
         engine: Database engine.
         resolver: Resolver of repository hosts (tests); ``getaddrinfo`` when None.
         wake_dispatcher: Wakes the worker's webhook outbox dispatcher after an event is recorded.
+        dispatcher: The worker's webhook outbox dispatcher, handed the deliveries of the events recorded here
+            (then ``wake_dispatcher`` is not needed).
 
     Returns:
         The bound activity methods to register, and the objects to close at shutdown.
@@ -46,7 +52,7 @@ def build_activities(
     from activities.webhooks import WebhookActivities
 
     repo = RepoActivities(settings, engine, resolver=resolver)
-    events = EventActivities(engine, settings, wake=wake_dispatcher)
+    events = EventActivities(engine, settings, wake=wake_dispatcher, handoff=dispatcher)
     webhooks = WebhookActivities(settings, engine)
     models = ModelActivities(settings, repo.worktrees, engine)
     model_docs = ModelDocsActivities(settings, repo.worktrees, models)

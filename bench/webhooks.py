@@ -4,8 +4,8 @@ Run with ``python -m bench.webhooks [--events N] [--dead]``. One process starts 
 worker with every workflow and activity, a loopback receiver that verifies signatures, and one webhook endpoint. Then:
 
 1. **our path**: N run events go through what ``record_event`` does (event and deliveries stored in one
-   transaction, then the worker's outbox dispatcher woken, which claims, signs, POSTs and records in batches; with
-   ``--dispatch workflow`` one delivery workflow started per delivery instead).
+   transaction, the deliveries already claimed for the worker's outbox dispatcher, which signs, POSTs and records
+   them in batches; with ``--dispatch workflow`` one delivery workflow started per delivery instead).
    Measured: deliveries per second (first event stored to last receipt) and event-to-receipt latency. The
    events are offered as fast as eight concurrent recorders store them, faster than any path delivers, so this
    latency is mostly the queue the burst builds (it grows with N: about N / 2 / rate). The path's own latency is
@@ -39,7 +39,7 @@ from aiohttp import web
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
-from activities.events import store_event_with_deliveries
+from activities.events import record_outbox_event, store_event_with_deliveries
 from bench.common import bench_settings, dev_server, fmt, machine_line, percentile, print_table, progress
 from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.events.envelope import envelope_of_record
@@ -181,13 +181,14 @@ async def _ours(
     started = time.perf_counter()
 
     async def _record(event: EventRecord) -> None:
-        # What the record_event activity does: one transaction, then wake the dispatcher (or start workflows).
-        outbox = worker.dispatcher is not None
-        _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, engine, event, outbox=outbox)
-        stored[event.id] = time.perf_counter()
+        # What the record_event activity does: one transaction (its deliveries handed to the dispatcher, claimed),
+        # or start workflows.
         if worker.dispatcher is not None:
-            worker.dispatcher.wake()
+            await record_outbox_event(engine, event, worker.dispatcher)
+            stored[event.id] = time.perf_counter()
         else:
+            _inserted, pending = await asyncio.to_thread(store_event_with_deliveries, engine, event, outbox=False)
+            stored[event.id] = time.perf_counter()
             await start_delivery_workflows(
                 client, task_queue=settings.task_queue, settings=settings, deliveries=pending
             )

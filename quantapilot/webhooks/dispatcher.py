@@ -6,6 +6,12 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
   is woken (:meth:`Dispatcher.wake`, called in-process when this worker records an event or a batch settles) or a
   short poll interval passes (backing off from :data:`POLL_MIN_S` to :data:`POLL_MAX_S` while idle), so deliveries
   recorded by another process (a redelivery through the API, another worker) are picked up within ~0.1 s.
+- **Handed over by this process's stores.** An event recorded by this worker's ``record_event`` can arrive
+  already claimed: the store asks :meth:`Dispatcher.lease` for a claim, writes it on the deliveries of healthy
+  endpoints in the event's own transaction (:mod:`quantapilot.webhooks.outbox_store`), and
+  :meth:`Dispatcher.adopt` starts their sends with no claim query. They are claims like any other (same lease,
+  renewal, fencing), so two dispatchers still never send one, and a crash before they are sent leaves them to be
+  claimed once the lease runs out.
 - **Sending.** Every attempt goes over one shared :class:`aiohttp.ClientSession` with keep-alive. At most
   ``webhook_endpoint_concurrency`` attempts run per endpoint, and an endpoint with twice that many claimed is
   left out of the next claims, so a slow endpoint holds a bounded share of the dispatcher and never delays the
@@ -13,7 +19,7 @@ Instead of a workflow per delivery, each worker runs a :class:`Dispatcher` (star
   failing endpoint (no success since it started failing) is throttled as a whole: one attempt at a
   time probes it, and healthy endpoints' deliveries are claimed before failing ones'.
 - **Recording.** Answers queue up and one recorder writes all that are ready in one transaction
-  (:func:`~quantapilot.webhooks.outbox.record_results`, set-based for successes); a database outage only delays
+  (:func:`~quantapilot.webhooks.outbox_record.record_results`, set-based for successes); a database outage only delays
   it (it retries), and a claim taken over meanwhile is fenced by its token. Claims and records run in the
   dispatcher's own threads, never behind the worker's activities in the default executor.
 - **Leases.** A claim holds for ``webhook_claim_lease_s`` (at least three HTTP timeouts) and is renewed while its
@@ -44,12 +50,16 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from quantapilot.db import one_writer, session_scope, utcnow
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.observability import WEBHOOK_DELIVERIES
 from quantapilot.review.links import with_review_url
 from quantapilot.secretbox import KeyRing
 from quantapilot.settings import Settings
-from quantapilot.webhooks.delivery import AttemptVerdict
-from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, record_results, release_claims, renew_claims
+from quantapilot.webhooks.contracts import DeliverAttemptInput, outbox_owner
+from quantapilot.webhooks.delivery import AttemptVerdict, PreparedAttempt
+from quantapilot.webhooks.outbox import ClaimBatch, Claimed, claim_due, release_claims, renew_claims
+from quantapilot.webhooks.outbox_record import record_results
+from quantapilot.webhooks.outbox_store import HandedDelivery, Lease, StoredEvent
 from quantapilot.webhooks.sender import post_event, prepare_request
 from quantapilot.webhooks.starts import start_amqp_publish
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult
@@ -111,6 +121,11 @@ class Dispatcher:
         self._deadlines: dict[str, float] = {}  # claim token -> monotonic time its lease may run out
         self._results: list[tuple[Claimed, DeliveryResult]] = []
         self._stop_task: asyncio.Task[None] | None = None
+        # Endpoints whose deliveries a store of this process left unclaimed (saturated, throttled, ...), with the
+        # adoption's stamp: none of theirs is handed over until a claim has taken what was due (see _claim_some),
+        # so a steady stream of fresh events handed straight over never starves the older ones waiting for a claim.
+        self._backlog: dict[str, int] = {}
+        self._stamp = 0
         self._next_failing_claim = 0.0
         # SQLite takes one writer at a time and a writer that finds the lock taken sleeps in steps of up to 0.1 s
         # (its busy handler): one thread queues the claim behind the record here instead, and it starts the
@@ -135,6 +150,68 @@ class Dispatcher:
     def wake(self) -> None:
         """Look for due deliveries now (an event was just recorded); cheap, callable any number of times."""
         self._wake.set()
+
+    def lease(self) -> Lease | None:
+        """A claim for the deliveries an event store of this process is about to create (see :meth:`adopt`).
+
+        Call it on the event loop, just before the store; None when the dispatcher takes nothing now (not started,
+        stopping, every slot taken): the store then leaves every delivery to the claim loop.
+        """
+        free = self._settings.webhook_dispatch_inflight - len(self._claimed)
+        if not self._tasks or self._closing or free <= 0:
+            return None
+        saturated = frozenset(self._saturated()) | self._backlog.keys()
+        return Lease(
+            token=secrets.token_hex(16),
+            until=utcnow() + timedelta(seconds=self._lease_s),
+            started=time.monotonic(),
+            keyring=self._keyring,
+            limit=min(free, CLAIM_BATCH),
+            exclude=saturated,
+        )
+
+    def adopt(self, lease: Lease | None, stored: StoredEvent | None, envelope: EventEnvelope | None) -> None:
+        """Send the deliveries a store handed over claimed under ``lease``; wake the claim loop for the rest.
+
+        Args:
+            lease: What :meth:`lease` gave the store (None: it claimed nothing).
+            stored: What the store wrote (None: nothing, a redo).
+            envelope: The stored event's envelope (what every handed delivery sends).
+        """
+        handed = stored.handed if stored is not None and lease is not None and envelope is not None else []
+        if handed and lease is not None and envelope is not None:
+            if self._closing:
+                # Stopping: never sent; freed with the other unsent claims if the stop has not freed them yet,
+                # else claimed again once the lease runs out (the crash cover).
+                for delivery in handed:
+                    self._claimed.setdefault(delivery.delivery_id, self._handed_claim(lease, delivery, envelope))
+            else:
+                self._deadlines[lease.token] = lease.started + self._lease_s
+                for delivery in handed:
+                    self._take(self._handed_claim(lease, delivery, envelope))
+        if stored is not None and stored.left:
+            self._stamp += 1
+            for endpoint_id in stored.left:
+                self._backlog[endpoint_id] = self._stamp
+        if stored is None or stored.created > len(handed):
+            self.wake()
+
+    def _handed_claim(self, lease: Lease, delivery: HandedDelivery, envelope: EventEnvelope) -> Claimed:
+        """The claim of a handed delivery: its first attempt, as :func:`claim_due` would prepare it."""
+        inp = DeliverAttemptInput(
+            delivery_id=delivery.delivery_id,
+            attempt=1,
+            schedule_index=1,
+            workflow_id=outbox_owner(delivery.delivery_id),
+            retry_scale=self._settings.webhook_retry_scale,
+            timeout_s=self._settings.webhook_timeout_s,
+        )
+        prepared = PreparedAttempt(url=delivery.url, secrets=delivery.secrets, envelope=envelope)
+        return Claimed(delivery.delivery_id, delivery.endpoint_id, lease.token, inp, prepared)
+
+    def _saturated(self) -> list[str]:
+        """Endpoints left out of the next claims: enough in flight already, or failing with a probe out."""
+        return [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
 
     async def stop(self) -> None:
         """Stop: cancel attempts in flight, record what was answered, free unsent claims, close the session.
@@ -249,9 +326,16 @@ class Dispatcher:
         if free <= 0 or self._closing:
             return False
         token = secrets.token_hex(16)
-        saturated = [e for e in self._by_endpoint if self._holding[e] >= 2 * self._per_endpoint or e in self._failing]
+        saturated = self._saturated()
         started = time.monotonic()
-        batch = await self._in_db_thread(self._claim, token, min(free, CLAIM_BATCH), saturated, failing)
+        stamp = self._stamp
+        limit = min(free, CLAIM_BATCH)
+        batch = await self._in_db_thread(self._claim, token, limit, saturated, failing)
+        if not failing and len(batch.sends) + len(batch.settled) < limit:
+            # Everything due of the endpoints not left out was claimed: what stores left before this claim
+            # started is taken (a store adopted since may have left more: its stamp is newer).
+            left_out = set(saturated)
+            self._backlog = {e: n for e, n in self._backlog.items() if n > stamp or e in left_out}
         if batch.sends:
             self._deadlines[token] = started + self._lease_s
         for claimed in batch.sends:

@@ -357,7 +357,7 @@ def delete_endpoint(endpoint_id: str, *, session: Session, workspace: str) -> No
 # Built once: every stored event runs it, and building a statement (its clauses, then its cache key) per call cost
 # about as much as executing it. Five columns, not whole rows: fan-out constructs no ORM object per endpoint.
 _ENDPOINT_COLUMNS = ENDPOINTS_TABLE.c
-_ENABLED_IN_WORKSPACE = (
+ENABLED_IN_WORKSPACE = (
     select(
         _ENDPOINT_COLUMNS.id,
         _ENDPOINT_COLUMNS.workspace,
@@ -401,7 +401,7 @@ def matching_endpoints(
         session.flush()
     # JSON list filters are evaluated here, not in SQL: the JSON operators differ between SQLite and
     # PostgreSQL, and a workspace has few endpoints.
-    rows = session.execute(_ENABLED_IN_WORKSPACE, {"workspace": workspace})
+    rows = session.execute(ENABLED_IN_WORKSPACE, {"workspace": workspace})
     return [
         endpoint
         for endpoint in map(EndpointMatch._make, rows)

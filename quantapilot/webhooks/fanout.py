@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table, bindparam
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from quantapilot.db import utcnow
@@ -41,12 +42,17 @@ _RUN_STARTED_DATA = (
 )
 
 
-def _run_repository(session: Session, event: EventRecord) -> str | None:
-    """The run's repository URL: in run.started's data, the event's own for run.started itself."""
+def run_repository(db: Session | Connection, event: EventRecord) -> str | None:
+    """The run's repository URL: in run.started's data, the event's own for run.started itself.
+
+    Args:
+        db: The session or connection of the transaction that stores the event.
+        event: The event.
+    """
     value = event.data.get("repo_url")
     if isinstance(value, str):
         return value
-    data = session.execute(_RUN_STARTED_DATA, {"run_id": event.run_id}).scalar()
+    data = db.execute(_RUN_STARTED_DATA, {"run_id": event.run_id}).scalar()
     if isinstance(data, dict) and isinstance(data.get("repo_url"), str):
         return str(data["repo_url"])
     return None
@@ -148,7 +154,7 @@ def fan_out_run_event(session: Session, event: EventRecord, *, outbox: bool = Fa
     if not candidates:
         return 0
     needs_repository = kind == "repository" and any(e.repositories for e in candidates)
-    repository = _run_repository(session, event) if needs_repository else None
+    repository = run_repository(session, event) if needs_repository else None
     # The candidates already passed the type filter and are the workspace's enabled endpoints: the run-kind and
     # repository filters are applied to them here (what fan_out's own matching_endpoints would do), instead of
     # loading the same endpoints a second time for every stored event.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlmodel import Session, col
@@ -16,7 +17,26 @@ from quantapilot.secretbox import FORMAT_VERSION, KeyRing, SecretDecryptError
 from quantapilot.webhooks.tables import WebhookSecret
 
 
-def _secret_context(row: WebhookSecret) -> str:
+class StoredSecret(Protocol):
+    """What opening a stored secret reads of its row (a :class:`WebhookSecret`, or a Core row of those columns)."""
+
+    @property
+    def id(self) -> int | None:
+        """The row id (part of the associated data)."""
+        ...
+
+    @property
+    def endpoint_id(self) -> str:
+        """The endpoint (part of the associated data)."""
+        ...
+
+    @property
+    def secret(self) -> str:
+        """The stored value: ciphertext, or plaintext from before encryption."""
+        ...
+
+
+def _secret_context(row: StoredSecret) -> str:
     # The associated data: a ciphertext moved to another endpoint or row no longer decrypts.
     return f"webhook_secrets/{row.endpoint_id}/{row.id}"
 
@@ -32,7 +52,7 @@ def add_secret(session: Session, endpoint_id: str, secret: str, *, keyring: KeyR
     return row
 
 
-def reveal_secret(row: WebhookSecret, *, keyring: KeyRing) -> str:
+def reveal_secret(row: StoredSecret, *, keyring: KeyRing) -> str:
     """The plaintext of a stored secret (a row from before encryption is returned as it is).
 
     Raises:

@@ -14,12 +14,14 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from activities.events import store_event_with_deliveries
+from activities.events import record_outbox_event, store_event_with_deliveries
 from quantapilot.db import create_all, make_engine, session_scope
+from quantapilot.events.envelope import EventEnvelope
 from quantapilot.secretbox import load_keyring
 from quantapilot.settings import Settings
 from quantapilot.webhooks.dispatcher import Dispatcher
 from quantapilot.webhooks.endpoints import create_endpoint as store_endpoint
+from quantapilot.webhooks.outbox_store import Lease, StoredEvent
 from quantapilot.webhooks.tables import WebhookDelivery
 from tests.support import eventually
 from tests.webhook_e2e.conftest import StackFactory
@@ -61,10 +63,28 @@ async def slow_receiver() -> AsyncIterator[Receiver]:
         yield rec
 
 
+class _CountingHandoff:
+    """A dispatcher as a store sees it, counting the deliveries handed to it."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self.handed = 0
+
+    def lease(self) -> Lease | None:
+        return self._dispatcher.lease()
+
+    def adopt(self, lease: Lease | None, stored: StoredEvent | None, envelope: EventEnvelope | None) -> None:
+        self.handed += len(stored.handed) if stored is not None else 0
+        self._dispatcher.adopt(lease, stored, envelope)
+
+
 @pytest.mark.postgres
+@pytest.mark.parametrize("handoff", [False, True], ids=["claimed", "handed"])
 async def test_webhooks_two_dispatchers_on_postgres_never_double_send(
-    settings: Settings, postgres_url: str, pg_engine: Engine, slow_receiver: Receiver
+    settings: Settings, postgres_url: str, pg_engine: Engine, slow_receiver: Receiver, handoff: bool
 ) -> None:
+    # handed: each event is stored as record_event stores it, its deliveries handed (claimed in the event's own
+    # transaction) to one of the two dispatchers in turn, while both also claim whatever is left.
     # The shortest lease the settings allow (3 HTTP timeouts) and attempts close to the timeout: the situation in
     # which an earlier design let a lease run out and a second dispatcher send the same delivery again. A 2 s
     # timeout (answers within 0-1.2 s, the same proportions as 1 s and 0-0.6 s): with 1 s, a loaded CI machine's
@@ -93,7 +113,13 @@ async def test_webhooks_two_dispatchers_on_postgres_never_double_send(
     try:
         for dispatcher in dispatchers:
             await dispatcher.start()
-        for event in events:  # recorded while both dispatchers drain
+        handed = 0
+        for index, event in enumerate(events):  # recorded while both dispatchers drain
+            if handoff:
+                counting = _CountingHandoff(dispatchers[index % 2])
+                assert await record_outbox_event(pg_engine, event, counting)
+                handed += counting.handed
+                continue
             await asyncio.to_thread(store_event_with_deliveries, pg_engine, event, outbox=True)
             for dispatcher in dispatchers:
                 dispatcher.wake()
@@ -102,6 +128,8 @@ async def test_webhooks_two_dispatchers_on_postgres_never_double_send(
         def delivered() -> set[tuple[str, str]]:
             return {(r.path, str(r.event["id"])) for r in slow_receiver.delivered()}
 
+        # Handed over: at least the first event's four, before any endpoint had enough in flight.
+        assert handed >= (len(paths) if handoff else 0)
         await eventually(lambda: asyncio.sleep(0, delivered()), lambda got: got >= expected, what="every delivery")
         # Past a whole lease: a claim that ran out would be re-sent now.
         await asyncio.sleep(pg.webhook_claim_lease_s + 1.0)

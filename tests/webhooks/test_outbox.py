@@ -10,7 +10,8 @@ from sqlmodel import select
 from quantapilot.db import session_scope, utcnow
 from quantapilot.webhooks.contracts import is_outbox_owner
 from quantapilot.webhooks.fanout import fan_out
-from quantapilot.webhooks.outbox import claim_due, record_results, release_claims
+from quantapilot.webhooks.outbox import claim_due, release_claims
+from quantapilot.webhooks.outbox_record import record_results
 from quantapilot.webhooks.tables import DeliveryOutcome, DeliveryResult, WebhookAttempt, WebhookDelivery
 from tests.webhooks.support import KEYS, create_endpoint_row
 

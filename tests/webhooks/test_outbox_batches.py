@@ -21,7 +21,8 @@ from quantapilot.webhooks.delivery import (
     record_outcome,
 )
 from quantapilot.webhooks.fanout import fan_out
-from quantapilot.webhooks.outbox import Claimed, apply_verdict, claim_due, record_results
+from quantapilot.webhooks.outbox import Claimed, apply_verdict, claim_due
+from quantapilot.webhooks.outbox_record import record_results
 from quantapilot.webhooks.rotation import active_secrets_of
 from quantapilot.webhooks.tables import (
     DeliveryOutcome,
