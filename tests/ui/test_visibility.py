@@ -122,10 +122,12 @@ async def test_visibility_current_details_and_activity_summaries_tell_the_story(
     assert "Approve with" not in done and "Current step" not in done
     assert "#1 docs (merged)" in done
 
-    # Each step's activity carries a readable summary, shown as its title in the Web UI's history.
+    # Each step's activity carries a readable summary, shown as its title in the Web UI's history; the worktree
+    # cleanup, a local activity (cleanup-worktree-local), has no scheduled event but a marker, which carries it.
     summaries = []
+    titled = {EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_MARKER_RECORDED}
     async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and event.HasField("user_metadata"):
+        if event.event_type in titled and event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
             summaries.append(client.data_converter.payload_converter.from_payload(event.user_metadata.summary, str))
     assert summaries == [
         f"Clone {url} at main",
