@@ -23,16 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import (
-    dev_server,
-    fmt,
-    print_results,
-    progress,
-    repo_copies,
-    rss_mib,
-    run_concurrently,
-    worker_and_api,
-)
+from bench.common import dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
+from bench.procstat import rss_mib
 
 
 async def main(args: argparse.Namespace) -> None:

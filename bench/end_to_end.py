@@ -24,18 +24,8 @@ import uuid
 from pathlib import Path
 
 from bench.ceiling import ceiling_worker
-from bench.common import (
-    CpuMeter,
-    Sample,
-    dev_server,
-    dev_server_pid,
-    fmt,
-    print_results,
-    progress,
-    repo_copies,
-    run_concurrently,
-    worker_and_api,
-)
+from bench.common import Sample, dev_server, fmt, print_results, progress, repo_copies, run_concurrently, worker_and_api
+from bench.procstat import CpuMeter, dev_server_pid
 
 RUN_TIMEOUT_S = 120.0
 

@@ -32,7 +32,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
-from bench.common import cpu_seconds, dev_server_pid, machine_line
+from bench.common import machine_line
+from bench.procstat import cpu_seconds, dev_server_pid
 from quantapilot.db import create_all, make_engine
 from quantapilot.lifecycle.contracts import AccountRealizationStatus, account_workflow_id
 from quantapilot.settings import Settings

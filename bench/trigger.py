@@ -37,14 +37,13 @@ from bench.common import (
     Sample,
     api_server,
     bench_settings,
-    cpu_seconds,
     dev_server,
-    dev_server_pid,
     fmt,
     print_results,
     progress,
     run_concurrently,
 )
+from bench.procstat import cpu_seconds, dev_server_pid
 from quantapilot.models import RepoRunInput, RunKind
 from quantapilot.runs.ids import REPO_RUN_WORKFLOW
 from quantapilot.runs.starter import MEMO_REQUEST_HASH, request_hash
