@@ -43,8 +43,13 @@ from quantapilot.lifecycle.contracts import (
     account_workflow_id,
 )
 from quantapilot.lifecycle.models import LifecycleRunRequest, StageGateSettings, canonical_account_id
-from quantapilot.lifecycle.refresh_marks import release_refresh, request_refreshes
-from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, store_batch
+from quantapilot.lifecycle.telemetry import (
+    IdempotencyKeyReused,
+    StoredBatch,
+    release_refresh,
+    request_refreshes,
+    store_batch,
+)
 from quantapilot.lifecycle.telemetry_body import TelemetryIn
 from quantapilot.lifecycle.telemetry_body import parse_telemetry as parse_telemetry_bytes
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
@@ -314,7 +319,7 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
             headers={"Retry-After": DB_RETRY_AFTER_S},
         ) from None
     # Only accounts without a refresh already asked for: that refresh has not started reading, so it reads these
-    # events too (quantapilot.lifecycle.refresh_marks.request_refreshes).
+    # events too (quantapilot.lifecycle.telemetry.request_refreshes).
     signalled = sorted(stored.to_signal)
     outcomes = await asyncio.gather(
         *(

@@ -25,7 +25,6 @@ TABLE_MODULES: tuple[str, ...] = (
     "quantapilot.events.table",
     "quantapilot.docs.store",
     "quantapilot.lifecycle.telemetry",
-    "quantapilot.lifecycle.refresh_marks",
     "quantapilot.webhooks.tables",
     "quantapilot.forges.store",
     "quantapilot.lifecycle.store",

@@ -8,8 +8,7 @@ the built-ins, ``load_agents``).
 
 Not for workflows: :mod:`~quantapilot.lifecycle.validation` (request bodies parsed by their models),
 :mod:`~quantapilot.lifecycle.store` (the ``lifecycle_results`` table), :mod:`~quantapilot.lifecycle.telemetry`
-(the telemetry tables, ingestion, aggregates), :mod:`~quantapilot.lifecycle.refresh_marks` (which refreshes are
-asked for), :mod:`~quantapilot.lifecycle.telemetry_body` (the telemetry request
+(the telemetry tables, ingestion, aggregates), :mod:`~quantapilot.lifecycle.telemetry_body` (the telemetry request
 body and its parsing), and :mod:`~quantapilot.lifecycle.service` and
 :mod:`~quantapilot.lifecycle.pages` (the steps the activities of :mod:`activities.lifecycle` run). This file
 imports none of them, so importing the package is free of I/O.

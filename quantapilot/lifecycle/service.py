@@ -21,7 +21,6 @@ from quantapilot.lifecycle.contracts import (
 from quantapilot.lifecycle.models import ReportPeriod
 from quantapilot.lifecycle.outputs import KpiAggregate, OpportunityOutput, RealizationOutput, StageInput
 from quantapilot.lifecycle.realization import report_period
-from quantapilot.lifecycle.refresh_marks import claim_refresh
 from quantapilot.lifecycle.store import (
     LifecycleResultRecord,
     latest_approved_target,
@@ -29,7 +28,7 @@ from quantapilot.lifecycle.store import (
     save_result,
     set_status,
 )
-from quantapilot.lifecycle.telemetry import kpi_aggregates
+from quantapilot.lifecycle.telemetry import claim_refresh, kpi_aggregates
 
 
 class ResultNotFound(LookupError):
@@ -67,7 +66,7 @@ def gather_stage_input(engine: Engine, inp: StageAgentInput) -> StageInput | str
     """
     if inp.stage == "realization":
         # Committed before anything is read: a batch stored after this signals again, one stored before is read
-        # below (quantapilot.lifecycle.refresh_marks.request_refreshes). Also when the refresh is then skipped.
+        # below (quantapilot.lifecycle.telemetry.request_refreshes). Also when the refresh is then skipped.
         with one_writer(engine), engine.begin() as connection:
             claim_refresh(connection, workspace=inp.workspace, account_id=inp.account_id)
     with Session(engine) as session:

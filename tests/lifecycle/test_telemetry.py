@@ -17,15 +17,18 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from quantapilot.db import create_all, make_engine, one_writer, session_scope
-from quantapilot.lifecycle.refresh_marks import TelemetryRefresh, claim_refresh, release_refresh, request_refreshes
 from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
+    TelemetryRefresh,
     _bulk_insert,
     _json_text,
+    claim_refresh,
     insert_events,
     kpi_aggregates,
+    release_refresh,
+    request_refreshes,
     store_batch,
 )
 from quantapilot.lifecycle.telemetry_body import TelemetryIn, parse_telemetry_payload
