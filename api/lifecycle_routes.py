@@ -335,20 +335,21 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
         ),
         return_exceptions=True,
     )
-    failed = [account for account, outcome in zip(signalled, outcomes, strict=True) if outcome is not None]
+    failed: list[str] = []
+    for account, outcome in zip(signalled, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, RPCError | asyncio.TimeoutError):
+                raise outcome
+            # The events are stored; the next batch (or a realization run) refreshes the account.
+            failed.append(account)
+            log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
     if failed:
-        # Their marks would hold back the next batches' signals: clear them, so the next batch (or this one's
+        # The marks would hold back the next batches' signals: clear them, so the next batch (or this one's
         # retry) signals again. Best effort: a mark left set is asked for again after resignal_after_s.
         try:
             await asyncio.to_thread(_release, engine, principal.workspace, failed, stored.requested_at)
         except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
             log.warning("refresh marks not released: %s", type(exc).__name__)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            if not isinstance(outcome, RPCError | asyncio.TimeoutError):
-                raise outcome
-            # The events are stored; the next batch (or a realization run) refreshes the account.
-            log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
     accepted = TelemetryAccepted(
         accepted=len(events),
         duplicates=stored.batch.duplicates,
