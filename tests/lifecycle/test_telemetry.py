@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +14,7 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from quantapilot.db import create_all, make_engine, one_writer, session_scope
+from quantapilot.db import create_all, make_engine, session_scope
 from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
@@ -412,24 +410,3 @@ def test_telemetry_refresh_marks_ask_once_until_a_refresh_claims_them(db_engine:
         marks = session.execute(select(func.count()).select_from(TelemetryRefresh)).scalar_one()
     assert marks == 3
     assert ask([], T0) == set()
-
-
-def test_telemetry_concurrent_batches_ask_each_account_once(db_engine: Engine) -> None:
-    """Concurrent stores of the same accounts, listed in different orders: each account is returned (signalled)
-    by exactly one of them, and none deadlocks (PostgreSQL locks the marks in account order)."""
-    accounts = [str(uuid.UUID(int=n)) for n in range(1, 6)]
-    barrier = threading.Barrier(6)
-
-    def deliver(n: int) -> set[str]:
-        mine = accounts[n % 5 :] + accounts[: n % 5]
-        batch = [event("k", float(i), T0, account=a) for i, a in enumerate(reversed(mine))]
-        barrier.wait()
-        with one_writer(db_engine), db_engine.begin() as conn:
-            store_batch(connection=conn, workspace="ws", events=batch)
-            return request_refreshes(conn, workspace="ws", account_ids=mine, now=T0, resignal_before=T0)
-
-    with ThreadPoolExecutor(6) as pool:
-        asked = list(pool.map(deliver, range(6)))
-    assert sorted(a for got in asked for a in got) == accounts, asked
-    with Session(db_engine) as session:
-        assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 30
