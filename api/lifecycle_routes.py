@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +27,7 @@ from api.event_log import parse_after, workflow_open
 from api.keys import ENGINE, SETTINGS, TEMPORAL
 from api.registry import Call
 from api.runs import run_handle, run_urls, start_triggered
-from quantapilot.db import one_writer, utcnow
+from quantapilot.db import one_writer
 from quantapilot.errors import ApiError, ErrorCode, not_found
 from quantapilot.events.log import gapless_page, read_events
 from quantapilot.events.record import record_of
@@ -43,13 +42,7 @@ from quantapilot.lifecycle.contracts import (
     account_workflow_id,
 )
 from quantapilot.lifecycle.models import LifecycleRunRequest, StageGateSettings, canonical_account_id
-from quantapilot.lifecycle.telemetry import (
-    IdempotencyKeyReused,
-    StoredBatch,
-    release_refresh,
-    request_refreshes,
-    store_batch,
-)
+from quantapilot.lifecycle.telemetry import IdempotencyKeyReused, StoredBatch, store_batch
 from quantapilot.lifecycle.telemetry_body import TelemetryIn
 from quantapilot.lifecycle.telemetry_body import parse_telemetry as parse_telemetry_bytes
 from quantapilot.lifecycle.validation import SchemaValidationError, parse_run_request
@@ -72,14 +65,11 @@ class RealizationOptions:
         window_s: At most one refresh per this many seconds per account.
         refreshes_per_run: Refreshes before the workflow continues as new.
         retry_initial_s: First retry interval of a refresh's activities.
-        resignal_after_s: A refresh asked for this long ago that has not started reading is asked for again (its
-            signal may be lost, its workflow gone); before that, a batch of the account sends no signal.
     """
 
     window_s: float = 5.0
     refreshes_per_run: int = 100
     retry_initial_s: float = 2.0
-    resignal_after_s: float = 60.0
 
 
 # Set on the application (before it starts) to override :class:`RealizationOptions` defaults, e.g. in tests.
@@ -130,47 +120,16 @@ async def lifecycle_run_request(request: web.Request) -> LifecycleRunRequest:
         raise _invalid(exc) from None
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """What :func:`_store` did: the batch's outcome, and the accounts whose refresh this request asked for."""
-
-    batch: StoredBatch
-    to_signal: set[str]
-    requested_at: datetime
-
-
 def _store(
-    engine: Engine,
-    workspace: str,
-    events: list[TelemetryIn],
-    key: str | None,
-    body: dict[str, Any],
-    accounts: list[str],
-    resignal_after_s: float,
-) -> _Stored:
+    engine: Engine, workspace: str, events: list[TelemetryIn], key: str | None, body: dict[str, Any]
+) -> StoredBatch:
     digest = request_hash(body) if key is not None else ""
-    now = utcnow()
     # Behind this process's other SQLite writers (the worker's activities, the webhook dispatcher) rather than
     # polling the database's lock from SQLite's busy handler, and on one Core transaction: no ORM session.
     with one_writer(engine), engine.begin() as connection:
-        batch = store_batch(
+        return store_batch(
             connection=connection, workspace=workspace, events=events, idempotency_key=key, request_sha256=digest
         )
-        # Also for a retry that stored nothing: a first delivery whose signal failed released its marks.
-        to_signal = request_refreshes(
-            connection,
-            workspace=workspace,
-            account_ids=accounts,
-            now=now,
-            resignal_before=now - timedelta(seconds=resignal_after_s),
-        )
-    return _Stored(batch=batch, to_signal=to_signal, requested_at=now)
-
-
-def _release(engine: Engine, workspace: str, accounts: list[str], requested_at: datetime) -> None:
-    with one_writer(engine), engine.begin() as connection:
-        for account in accounts:
-            release_refresh(connection, workspace=workspace, account_id=account, requested_at=requested_at)
 
 
 # ----- lifecycle runs ------------------------------------------------------------------------------------
@@ -283,29 +242,19 @@ async def signal_account(
 
 
 async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
-    """Store one event or ``{"events": [...]}`` (at most 1000), then see that each touched account is refreshed.
+    """Store one event or ``{"events": [...]}`` (at most 1000), then ask each touched account for a refresh.
 
     A retry stores nothing twice: events whose ``id`` is already stored, and a whole batch whose
     ``Idempotency-Key`` was stored with the same body, count as ``duplicates`` (the same key with another body is
     422 ``IDEMPOTENCY_KEY_REUSED``). ``accepted`` counts the request's events that are stored, now or before, so a
-    retry answers as the first delivery did.
-
-    An account's workflow is signalled only when no refresh of it is asked for already (a mark stored with the
-    events, cleared when a refresh starts reading): one already asked for reads these events too, so a burst
-    costs about one signal per refresh, not one per batch. A signal that fails clears its mark, so the next
-    batch, or this one's retry, signals again; a mark older than ``resignal_after_s`` is signalled again too.
-    ``refreshesScheduled`` counts the accounts with a refresh asked for, by this request or an earlier one.
+    retry answers as the first delivery did; refreshes are asked for again (they coalesce), which also heals a
+    first delivery that stored its events but could not schedule them.
     """
     principal, key = call.principal, call.idempotency_key
     events: list[TelemetryIn] = call.parsed  # parsed from the request's bytes by the registry (parse_telemetry)
-    per_account = Counter(e.account_id for e in events)
-    options = request.app.get(REALIZATION_OPTIONS) or RealizationOptions()
-    engine = request.app[ENGINE]
     try:
-        stored = await asyncio.to_thread(
-            _store, engine, principal.workspace, events, key, call.body, list(per_account), options.resignal_after_s
-        )
-        TELEMETRY_ACCEPTED.inc(stored.batch.stored)
+        stored = await asyncio.to_thread(_store, request.app[ENGINE], principal.workspace, events, key, call.body)
+        TELEMETRY_ACCEPTED.inc(stored.stored)
     except IdempotencyKeyReused:
         raise ApiError(
             422, ErrorCode.IDEMPOTENCY_KEY_REUSED, "Idempotency-Key was already used with a different request body"
@@ -318,9 +267,8 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
             "the telemetry store is unavailable; nothing was stored, retry later",
             headers={"Retry-After": DB_RETRY_AFTER_S},
         ) from None
-    # Only accounts without a refresh already asked for: that refresh has not started reading, so it reads these
-    # events too (quantapilot.lifecycle.telemetry.request_refreshes).
-    signalled = sorted(stored.to_signal)
+    per_account = Counter(e.account_id for e in events)
+    options = request.app.get(REALIZATION_OPTIONS) or RealizationOptions()
     outcomes = await asyncio.gather(
         *(
             signal_account(
@@ -328,34 +276,27 @@ async def ingest_telemetry(request: web.Request, call: Call) -> web.Response:
                 task_queue=request.app[SETTINGS].task_queue,
                 workspace=principal.workspace,
                 account_id=account,
-                accepted=per_account[account],
+                accepted=count,
                 options=options,
             )
-            for account in signalled
+            for account, count in per_account.items()
         ),
         return_exceptions=True,
     )
-    failed: list[str] = []
-    for account, outcome in zip(signalled, outcomes, strict=True):
+    failed = 0
+    for outcome in outcomes:
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, RPCError | asyncio.TimeoutError):
                 raise outcome
             # The events are stored; the next batch (or a realization run) refreshes the account.
-            failed.append(account)
+            failed += 1
             log.warning("realization refresh not scheduled: %s", type(outcome).__name__)
-    if failed:
-        # The marks would hold back the next batches' signals: clear them, so the next batch (or this one's
-        # retry) signals again. Best effort: a mark left set is asked for again after resignal_after_s.
-        try:
-            await asyncio.to_thread(_release, engine, principal.workspace, failed, stored.requested_at)
-        except (OperationalError, InterfaceError, PoolTimeoutError) as exc:
-            log.warning("refresh marks not released: %s", type(exc).__name__)
     accepted = TelemetryAccepted(
         accepted=len(events),
-        duplicates=stored.batch.duplicates,
+        duplicates=stored.duplicates,
         account_ids=sorted(per_account),
         accounts=[AccountAccepted(account_id=a, accepted=n) for a, n in sorted(per_account.items())],
-        refreshes_scheduled=len(per_account) - len(failed),
+        refreshes_scheduled=len(per_account) - failed,
     )
     return call.answer(accepted)
 

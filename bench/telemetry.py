@@ -35,7 +35,6 @@ from api.lifecycle_routes import REALIZATION_OPTIONS, RealizationOptions
 from bench.common import machine_line
 from bench.procstat import cpu_seconds, dev_server_pid
 from quantapilot.db import create_all, make_engine
-from quantapilot.lifecycle.contracts import AccountRealizationStatus, account_workflow_id
 from quantapilot.settings import Settings
 from quantapilot.temporal_dev import load_dev_config, temporal_cli_path
 from quantapilot.tokens import create_token
@@ -100,7 +99,6 @@ class ApiRun:
         process: This process's CPU seconds during the pass (every thread, also those that ended).
         threads: This process's CPU seconds during the pass, by live thread kind (:func:`thread_cpu`).
         dev_server: The Temporal dev server's CPU seconds during the pass (NaN if not found).
-        signals: Refresh signals the account workflows received (one per account and batch before the marks).
     """
 
     seconds: float
@@ -108,7 +106,6 @@ class ApiRun:
     process: float
     threads: dict[str, float]
     dev_server: float
-    signals: int
 
 
 async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) -> ApiRun:
@@ -167,11 +164,6 @@ async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) ->
                     elapsed = time.perf_counter() - started
                     threads_after, process_cpu = thread_cpu(), cpu_seconds(os.getpid()) - process_before
                     server_cpu = (cpu_seconds(server) - server_before) if server else math.nan
-                    signals = 0
-                    for account in sorted({e["accountId"] for b in batches for e in b}):
-                        handle = env.client.get_workflow_handle(account_workflow_id("bench", account))
-                        status = await handle.query("status", result_type=AccountRealizationStatus)
-                        signals += status.signals
                     threads = {
                         kind: after - threads_before.get(kind, 0.0)
                         for kind, after in threads_after.items()
@@ -181,12 +173,7 @@ async def bench_api(batches: list[list[dict[str, Any]]], *, concurrency: int) ->
                 await runner.cleanup()
                 engine.dispose()
             return ApiRun(
-                seconds=elapsed,
-                accepted=accepted,
-                process=process_cpu,
-                threads=threads,
-                dev_server=server_cpu,
-                signals=signals,
+                seconds=elapsed, accepted=accepted, process=process_cpu, threads=threads, dev_server=server_cpu
             )
         finally:
             await env.shutdown()
@@ -250,7 +237,6 @@ def main() -> None:
     )
     print(f"CPU ms per batch: process {run.process * per_batch:.1f} ({kinds}); "
           f"dev server {run.dev_server * per_batch:.1f}")  # fmt: skip
-    print(f"refresh signals: {run.signals} for {len(batches)} batches")
     # Last, as every benchmark here: our path as a fraction of its ceiling (1.0 would be as fast as the raw insert).
     print(f"ratio (API events/s / raw insert events/s): {api_rate / raw_rate:.3f}")
 

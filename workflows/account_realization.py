@@ -1,9 +1,7 @@
 """One long-lived workflow per account that refreshes its realization when telemetry arrives.
 
-The telemetry API signal-with-starts it after an accepted batch when no refresh of the account is asked for
-already (a mark its refresh clears before it reads, ``quantapilot.lifecycle.telemetry.request_refreshes``), so a
-burst sends about one signal per refresh. Bursts coalesce: a refresh starts at most once per ``window_s``
-seconds, and every signal received meanwhile is served by the next refresh. A refresh runs
+The telemetry API signal-with-starts it after every accepted batch. Bursts coalesce: a refresh starts at most
+once per ``window_s`` seconds, and every signal received meanwhile is served by the next refresh. A refresh runs
 the realization agent over the report period (the 30 days up to now) against the latest approved targets -
 skipped, with a note, while the account has none - republishes ``accounts/<accountId>/realization`` and emits
 ``realization.updated`` into the account's event stream (run id :func:`account_stream_id`). The workflow

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from quantapilot.db import one_writer, session_scope
+from quantapilot.db import session_scope
 from quantapilot.lifecycle.contracts import (
     SetStatusInput,
     StageAgentInput,
@@ -28,7 +28,7 @@ from quantapilot.lifecycle.store import (
     save_result,
     set_status,
 )
-from quantapilot.lifecycle.telemetry import claim_refresh, kpi_aggregates
+from quantapilot.lifecycle.telemetry import kpi_aggregates
 
 
 class ResultNotFound(LookupError):
@@ -64,11 +64,6 @@ def gather_stage_input(engine: Engine, inp: StageAgentInput) -> StageInput | str
         The agent's input, or a sentence saying why the stage is skipped (a realization refresh of an account
         without an approved target).
     """
-    if inp.stage == "realization":
-        # Committed before anything is read: a batch stored after this signals again, one stored before is read
-        # below (quantapilot.lifecycle.telemetry.request_refreshes). Also when the refresh is then skipped.
-        with one_writer(engine), engine.begin() as connection:
-            claim_refresh(connection, workspace=inp.workspace, account_id=inp.account_id)
     with Session(engine) as session:
         ws, account = inp.workspace, inp.account_id
         opp_row = latest_result(session=session, workspace=ws, account_id=account, stage="opportunity")

@@ -19,14 +19,10 @@ from quantapilot.lifecycle.telemetry import (
     IdempotencyKeyReused,
     StoredBatch,
     TelemetryEvent,
-    TelemetryRefresh,
     _bulk_insert,
     _json_text,
-    claim_refresh,
     insert_events,
     kpi_aggregates,
-    release_refresh,
-    request_refreshes,
     store_batch,
 )
 from quantapilot.lifecycle.telemetry_body import TelemetryIn, parse_telemetry_payload
@@ -383,30 +379,3 @@ def test_telemetry_store_batch_on_a_core_connection(db_engine: Engine) -> None:
         store_batch(session=session, connection=conn, workspace="ws", events=batch)
     with Session(db_engine) as session:
         assert session.execute(select(func.count()).select_from(TelemetryEvent)).scalar_one() == 3
-
-
-def test_telemetry_refresh_marks_ask_once_until_a_refresh_claims_them(db_engine: Engine) -> None:
-    """An account's refresh is asked for once (returned: signal it) until a refresh claims the mark; a mark older
-    than resignal_before is asked for again; a failed signal's release leaves a newer mark alone."""
-
-    def ask(accounts: list[str], now: datetime, lease: timedelta = timedelta(minutes=1)) -> set[str]:
-        with db_engine.begin() as conn:
-            return request_refreshes(conn, workspace="ws", account_ids=accounts, now=now, resignal_before=now - lease)
-
-    assert ask([OTHER, ACCOUNT, ACCOUNT], T0) == {ACCOUNT, OTHER}
-    assert ask([ACCOUNT, OTHER], T0 + timedelta(seconds=1)) == set()  # both already asked for
-    with db_engine.begin() as conn:
-        claim_refresh(conn, workspace="ws", account_id=ACCOUNT.upper())  # a refresh of ACCOUNT starts reading
-    assert ask([ACCOUNT, OTHER], T0 + timedelta(seconds=2)) == {ACCOUNT}
-    assert ask([OTHER], T0 + timedelta(minutes=2)) == {OTHER}  # asked for 2 minutes ago: its signal may be lost
-    with db_engine.begin() as conn:  # another workspace's marks are its own
-        assert request_refreshes(conn, workspace="ws2", account_ids=[ACCOUNT], now=T0, resignal_before=T0) == {ACCOUNT}
-    with db_engine.begin() as conn:
-        # ACCOUNT's signal at T0 + 2 s failed: released. OTHER's mark was set again at T0 + 2 min: not released.
-        release_refresh(conn, workspace="ws", account_id=ACCOUNT, requested_at=T0 + timedelta(seconds=2))
-        release_refresh(conn, workspace="ws", account_id=OTHER, requested_at=T0)
-    assert ask([ACCOUNT, OTHER], T0 + timedelta(minutes=2, seconds=1)) == {ACCOUNT}
-    with Session(db_engine) as session:
-        marks = session.execute(select(func.count()).select_from(TelemetryRefresh)).scalar_one()
-    assert marks == 3
-    assert ask([], T0) == set()

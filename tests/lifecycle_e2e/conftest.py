@@ -36,13 +36,10 @@ async def make_lc_api(
         scopes: tuple[str, ...] | None = None,
         app_engine: Engine | None = None,
         app_settings: Settings | None = None,
-        resignal_after_s: float = 60.0,
     ) -> Api:
         eng = app_engine or engine
         app = create_app(app_settings or settings, client=client, engine=eng)
-        app[REALIZATION_OPTIONS] = RealizationOptions(
-            window_s=window_s, refreshes_per_run=refreshes_per_run, resignal_after_s=resignal_after_s
-        )
+        app[REALIZATION_OPTIONS] = RealizationOptions(window_s=window_s, refreshes_per_run=refreshes_per_run)
         test_client = await aiohttp_client(app)
         kwargs: dict[str, Any] = {"scopes": scopes} if scopes is not None else {}
         token, _ = create_token(eng, workspace=workspace, subject="tester", **kwargs)
